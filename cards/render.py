@@ -1,0 +1,142 @@
+"""Findings -> CDS Hooks 2.0 cards, from the templates in this folder."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+import uuid
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from fhir.resources.R4B.servicerequest import ServiceRequest
+from jinja2 import Environment, StrictUndefined
+
+from service.clinical.codes import LOINC, WorkupTest
+from service.clinical.rules import Finding
+
+SUMMARY_MAX = 140
+OVERRIDE_SYSTEM = "urn:alp-cds:override-reason"
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "?"
+    if isinstance(value, float):
+        text = f"{value:.2f}".rstrip("0").rstrip(".")
+        return text if text not in ("", "-0") else "0"
+    return str(value)
+
+
+_env = Environment(
+    undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False
+)
+_env.filters["num"] = _num
+
+
+def _read(name: str) -> dict[str, Any]:
+    return tomllib.loads(resources.files("cards").joinpath(name).read_text(encoding="utf-8"))
+
+
+@cache
+def sources() -> dict[str, dict[str, str]]:
+    return _read("sources.toml")
+
+
+@cache
+def template(kind: str) -> dict[str, Any]:
+    data = _read(f"{kind}.toml")
+    data["_summary"] = _env.from_string(data["summary"])
+    data["_detail"] = _env.from_string(data["detail"])
+    return data
+
+
+def card_kinds() -> list[str]:
+    return sorted(
+        p.name.removesuffix(".toml")
+        for p in resources.files("cards").iterdir()
+        if p.name.endswith(".toml") and p.name != "sources.toml"
+    )
+
+
+@cache
+def _service_request(test: WorkupTest) -> dict[str, Any]:
+    """A validated R4 ServiceRequest for the test, without subject (filled per patient)."""
+    body: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "status": "draft",
+        "intent": "proposal",
+        "code": {"coding": [{"system": LOINC, "code": test.loinc, "display": test.display}], "text": test.display},
+        "subject": {"reference": "Patient/placeholder"},
+    }
+    if test.note:
+        body["note"] = [{"text": test.note}]
+    return ServiceRequest.model_validate(body).model_dump(mode="json", exclude_none=True)
+
+
+def service_request(test: WorkupTest, patient_id: str) -> dict[str, Any]:
+    resource = copy.deepcopy(_service_request(test))
+    resource["subject"] = {"reference": f"Patient/{patient_id}"}
+    return resource
+
+
+def render_card(finding: Finding, patient_id: str) -> dict[str, Any]:
+    spec = template(finding.kind)
+    facts = dict(finding.facts)
+    summary = " ".join(spec["_summary"].render(**facts).split())
+    if len(summary) > SUMMARY_MAX:
+        summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
+    detail = spec["_detail"].render(**facts).strip()
+    primary = sources()[spec["source"]]
+    card: dict[str, Any] = {
+        "uuid": str(uuid.uuid4()),
+        "summary": summary,
+        "indicator": finding.indicator or spec["indicator"],
+        "source": {"label": primary["label"], "url": primary["url"]},
+    }
+    if detail:
+        card["detail"] = detail
+    suggestions = [
+        {
+            "label": f"Remove the draft order ({reference.split('/', 1)[0]})",
+            "uuid": str(uuid.uuid4()),
+            "actions": [
+                {
+                    "type": "delete",
+                    "description": spec.get("delete_description", "Remove this draft order"),
+                    "resourceId": reference,
+                }
+            ],
+        }
+        for reference in finding.deletes
+    ]
+    for order in finding.orders:
+        suggestion = {
+            "label": f"Order {order.test.display}",
+            "uuid": str(uuid.uuid4()),
+            "actions": [
+                {
+                    "type": "create",
+                    "description": f"Propose a draft order: {order.test.display}",
+                    "resource": service_request(order.test, patient_id),
+                }
+            ],
+        }
+        if order.recommended:
+            suggestion["isRecommended"] = True
+        suggestions.append(suggestion)
+    if suggestions:
+        card["suggestions"] = suggestions
+        card["selectionBehavior"] = "any"
+    reasons = spec.get("override_reasons") or []
+    if reasons:
+        card["overrideReasons"] = [
+            {"system": OVERRIDE_SYSTEM, "code": r["code"], "display": r["display"]} for r in reasons
+        ]
+    links = [
+        {"label": sources()[key]["label"], "url": sources()[key]["url"], "type": "absolute"}
+        for key in spec.get("links", [])
+    ]
+    if links:
+        card["links"] = links
+    return card

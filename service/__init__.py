@@ -1,0 +1,1 @@
+"""Low serum alkaline phosphatase CDS Hooks service."""

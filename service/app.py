@@ -1,0 +1,50 @@
+"""Application factory: ``create_app(overrides)``, the ``flask --app service.app`` convention."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from werkzeug.exceptions import HTTPException
+
+from service import api
+from service.errors import CdsError, operation_outcome
+from service.hooks import all_services
+from service.settings import load_settings
+
+
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    settings = load_settings(overrides)
+    logging.basicConfig(level=settings["LOG_LEVEL"], format="%(message)s")
+    app = Flask(__name__)
+    app.config["CDS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
+    app.json.sort_keys = False
+    app.extensions["cds_services"] = {s.id: s for s in all_services()}
+    app.register_blueprint(api.bp)
+
+    @app.errorhandler(CdsError)
+    def cds_error(error: CdsError):
+        return api.error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(error.code or 500, "invalid")
+        response = api.json_response(operation_outcome(error.description or error.name, code), error.code or 500)
+        if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        # Type and place only: an exception's message may quote request data.
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename]
+        frame = frames[-1] if frames else None
+        where = f"{frame.filename}:{frame.lineno}" if frame else "?"
+        logging.getLogger("service").error('{"event":"error","type":"%s","at":"%s"}', type(error).__name__, where)
+        return api.json_response(operation_outcome("internal error", "exception", "fatal"), 500)
+
+    return app

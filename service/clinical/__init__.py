@@ -1,0 +1,1 @@
+"""The clinical core: codes and thresholds as data, typed facts, and pure rules. No Flask, no HTTP, no JSON."""

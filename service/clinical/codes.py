@@ -1,0 +1,160 @@
+"""Codes, units and thresholds, loaded once from the CSV files in ``data/`` (each row names its source)."""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+LOINC = "http://loinc.org"
+
+
+def _rows(name: str) -> list[dict[str, str]]:
+    text = resources.files("service.clinical").joinpath("data", name).read_text(encoding="utf-8")
+    return list(csv.DictReader(text.splitlines()))
+
+
+@dataclass(frozen=True)
+class Analyte:
+    loinc: str
+    analyte: str
+    display: str
+    unit_group: str
+
+
+@cache
+def analytes() -> dict[str, Analyte]:
+    """LOINC code -> analyte."""
+    return {r["loinc"]: Analyte(r["loinc"], r["analyte"], r["display"], r["unit_group"]) for r in _rows("analytes.csv")}
+
+
+def loinc_codes(*names: str) -> list[str]:
+    """LOINC codes of the named analytes, in file order."""
+    return [code for code, a in analytes().items() if a.analyte in names]
+
+
+@cache
+def _unit_table() -> dict[str, tuple[str, dict[str, float]]]:
+    table: dict[str, tuple[str, dict[str, float]]] = {}
+    for r in _rows("units.csv"):
+        _, factors = table.setdefault(r["unit_group"], (r["canonical"], {}))
+        factors[r["unit"]] = float(r["factor"])
+    return table
+
+
+def normalise_unit(unit: str) -> str:
+    """Lower case, micro sign to u, no spaces: ``"µmol/L"`` -> ``"umol/l"``."""
+    return re.sub(r"\s+", "", unit.replace("µ", "u").replace("μ", "u")).lower()
+
+
+def convert(value: float, unit: str | None, unit_group: str) -> tuple[float, str] | None:
+    """Value in the group's canonical unit, or None for a unit the table does not know (never guessed)."""
+    canonical, factors = _unit_table()[unit_group]
+    if unit is None:
+        return None
+    factor = factors.get(normalise_unit(unit))
+    if factor is None:
+        return None
+    return value * factor, canonical
+
+
+def canonical_unit(unit_group: str) -> str:
+    return _unit_table()[unit_group][0]
+
+
+@cache
+def thresholds() -> dict[str, float]:
+    return {r["name"]: float(r["value"]) for r in _rows("thresholds.csv")}
+
+
+@dataclass(frozen=True)
+class ReferenceBand:
+    sex: str  # male | female | any
+    from_days: float
+    to_days: float  # exclusive; inf for the open adult band
+    low: float
+    high: float
+    source: str
+
+
+def _age_days(text: str) -> float:
+    if not text:
+        return float("inf")
+    number, unit = float(text[:-1]), text[-1]
+    return number * {"d": 1, "y": 365.25}[unit]
+
+
+@cache
+def alp_reference_bands() -> tuple[ReferenceBand, ...]:
+    return tuple(
+        ReferenceBand(
+            r["sex"], _age_days(r["age_from"]), _age_days(r["age_to"]), float(r["low"]), float(r["high"]), r["source"]
+        )
+        for r in _rows("alp_reference_intervals.csv")
+    )
+
+
+@dataclass(frozen=True)
+class WorkupTest:
+    key: str
+    loinc: str
+    display: str
+    analyte: str
+    group: str
+    abnormal_when: str
+    explanation: str
+    note: str
+
+
+@cache
+def workup_tests() -> dict[str, WorkupTest]:
+    return {
+        r["key"]: WorkupTest(
+            r["key"],
+            r["loinc"],
+            r["display"],
+            r["analyte"],
+            r["group"],
+            r["abnormal_when"],
+            r["explanation"],
+            r["note"],
+        )
+        for r in _rows("workup_tests.csv")
+    }
+
+
+@dataclass(frozen=True)
+class MedicationEntry:
+    group: str
+    tier: str
+    match: str  # code | atc-prefix | text
+    system: str
+    code: str
+    display: str
+
+
+@cache
+def medication_entries() -> tuple[MedicationEntry, ...]:
+    return tuple(
+        MedicationEntry(
+            r["group"],
+            r["tier"],
+            r["match"],
+            r["system"],
+            r["code"].lower() if r["match"] == "text" else r["code"],
+            r["display"],
+        )
+        for r in _rows("medications.csv")
+        if r["status"] in ("VERIFIED", "PARTIAL")
+    )
+
+
+@cache
+def hpp_condition_codes() -> tuple[frozenset[tuple[str, str]], tuple[str, ...]]:
+    """(system, code) pairs and lower-case text fragments that document hypophosphatasia on a Condition."""
+    rows = [r for r in _rows("conditions.csv") if r["group"] == "hpp" and r["status"] in ("VERIFIED", "PARTIAL")]
+    codes = frozenset((r["system"], r["code"]) for r in rows if r["match"] == "code")
+    texts = tuple(r["code"].lower() for r in rows if r["match"] == "text")
+    return codes, texts

@@ -1,0 +1,101 @@
+"""A small FHIR R4 REST client: bearer token, timeouts, and Bundle paging through next links.
+
+Next links are followed exactly as the server wrote them (HAPI's are opaque ``_getpages`` URLs), but only
+while they stay on the server the client was given: the access token is never sent anywhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+log = logging.getLogger(__name__)
+
+
+class FhirError(Exception):
+    """Data could not be had from the FHIR server. The message names the cause, never patient data."""
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def next_link(bundle: dict[str, Any]) -> str | None:
+    for link in bundle.get("link") or ():
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return link["url"]
+    return None
+
+
+@dataclass
+class FhirClient:
+    base_url: str
+    access_token: str | None = None
+    connect_timeout: float = 3.05
+    read_timeout: float = 10.0
+    max_pages: int = 20
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def __post_init__(self) -> None:
+        self.base_url = self.base_url.rstrip("/") + "/"
+        self.session.headers["Accept"] = "application/fhir+json, application/json;q=0.9"
+        if self.access_token:
+            self.session.headers["Authorization"] = f"Bearer {self.access_token}"
+
+    def get(self, relative_or_absolute: str) -> dict[str, Any]:
+        """GET one resource (a read, or one page of a search) and check that it is FHIR JSON."""
+        url = urljoin(self.base_url, relative_or_absolute)
+        if _origin(url) != _origin(self.base_url):
+            raise FhirError("the FHIR server pointed to another host; the request was not sent")
+        try:
+            response = self.session.get(url, timeout=(self.connect_timeout, self.read_timeout))
+        except requests.Timeout:
+            raise FhirError("the FHIR server did not answer in time") from None
+        except requests.RequestException:
+            raise FhirError("the FHIR server could not be reached") from None
+        if response.status_code in (401, 403):
+            raise FhirError(f"the FHIR server refused access ({response.status_code})")
+        if response.status_code != 200:
+            raise FhirError(f"the FHIR server answered {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise FhirError("the FHIR server's answer is not JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+            raise FhirError("the FHIR server's answer is not a FHIR resource")
+        if body["resourceType"] == "OperationOutcome":
+            raise FhirError("the FHIR server answered with an OperationOutcome")
+        return body
+
+    def fetch(self, relative: str) -> dict[str, Any]:
+        """A read or a search; a searchset Bundle is followed through its next links and merged into one."""
+        first = self.get(relative)
+        if first["resourceType"] != "Bundle":
+            return first
+        return self.follow_pages(first)
+
+    def follow_pages(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        """Merge the pages after ``bundle`` into one Bundle (bounded by max_pages; a looping link ends it)."""
+        entries = list(bundle.get("entry") or [])
+        seen: set[str] = set()
+        url = next_link(bundle)
+        pages = 1
+        while url and url not in seen:
+            if pages >= self.max_pages:
+                log.warning("fhir paging stopped at %d pages", pages)
+                break
+            seen.add(url)
+            page = self.get(url)
+            if page["resourceType"] != "Bundle":
+                raise FhirError("a next link did not lead to a Bundle")
+            entries.extend(page.get("entry") or [])
+            pages += 1
+            url = next_link(page)
+        merged = {k: v for k, v in bundle.items() if k not in ("link", "entry")}
+        merged["entry"] = entries
+        return merged

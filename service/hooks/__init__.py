@@ -1,0 +1,59 @@
+"""CDS services: each module declares one service (its discovery entry) beside its handler.
+
+Discovery, routing and prefetch resolution are generated from these declarations; nothing is written twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """What a handler gets: the validated request, the resolved prefetch data, settings and the clock."""
+
+    request: Mapping[str, Any]
+    data: Mapping[str, dict[str, Any] | None]
+    settings: Mapping[str, Any]
+    now: datetime
+    fetch: Callable[[str], dict[str, Any]] | None = None
+
+    @property
+    def context(self) -> Mapping[str, Any]:
+        return self.request["context"]
+
+
+@dataclass(frozen=True)
+class CdsService:
+    id: str
+    hook: str
+    title: str
+    description: str
+    prefetch: Mapping[str, str]
+    handler: Callable[[HookCall], list[dict[str, Any]]]
+    usage_requirements: str | None = None
+    context_schema: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "context_schema", f"context-{self.hook}")
+
+    def discovery(self) -> dict[str, Any]:
+        entry = {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "prefetch": dict(self.prefetch),
+        }
+        if self.usage_requirements:
+            entry["usageRequirements"] = self.usage_requirements
+        return entry
+
+
+def all_services() -> tuple[CdsService, ...]:
+    from service.hooks import antiresorptive_order_check, low_alp_workup
+
+    return (low_alp_workup.SERVICE, antiresorptive_order_check.SERVICE)

@@ -1,0 +1,33 @@
+"""patient-view: low serum ALP -> workup for hypophosphatasia and the other causes; antiresorptive review."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cards import render_card
+from service.clinical import antiresorptives, rules
+from service.hooks import CdsService, HookCall
+from service.hooks.common import build_chart, chart_prefetch, without_repeats
+
+
+def handle(call: HookCall) -> list[dict[str, Any]]:
+    chart = build_chart(call)
+    findings = without_repeats(rules.low_alp(chart) + antiresorptives.review_current(chart))
+    return [render_card(f, chart.patient.id) for f in findings]
+
+
+SERVICE = CdsService(
+    id="low-alp-workup",
+    hook="patient-view",
+    title="Low alkaline phosphatase: workup advice",
+    description=(
+        "When the chart opens, reads the patient's total ALP results (LOINC 6768-6, 77141-0) against the lab's "
+        "range or an age- and sex-specific reference interval. A low ALP gets advice: repeat a single low value; "
+        "for a persistently low one, a hypophosphatasia workup (PLP, urine phosphoethanolamine, ALPL genetics) and "
+        "checks for secondary causes (zinc, magnesium, thyroid, protein, vitamin B12). It also flags possible EDTA "
+        "sample contamination, the Wilson disease pattern in young patients, and a current bisphosphonate or "
+        "denosumab alongside a low ALP."
+    ),
+    prefetch=chart_prefetch(),
+    handler=handle,
+)

@@ -1,0 +1,128 @@
+"""Settings: built-in defaults, then environment variables (``CDS_<NAME>``), then an override mapping.
+
+Each setting is declared once below with its type and default; the README's settings table is checked against
+this list by a test, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; raised at start-up, never during a request."""
+
+
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"expected on/off, got {raw!r}")
+
+
+def _positive_float(raw: Any) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise SettingsError(f"expected a positive number, got {raw!r}")
+    return value
+
+
+def _positive_int(raw: Any) -> int:
+    value = int(raw)
+    if value < 1:
+        raise SettingsError(f"expected a positive whole number, got {raw!r}")
+    return value
+
+
+def _site_limits(raw: Any) -> dict[str, float]:
+    """``"40"`` (both sexes) or ``"female=35,male=40"``; a mapping is accepted from overrides."""
+    if raw in (None, ""):
+        return {}
+    if isinstance(raw, Mapping):
+        items = {str(k).lower(): _positive_float(v) for k, v in raw.items()}
+    elif isinstance(raw, int | float) or "=" not in str(raw):
+        value = _positive_float(raw)
+        items = {"male": value, "female": value}
+    else:
+        items = {}
+        for part in str(raw).split(","):
+            key, _, value = part.partition("=")
+            items[key.strip().lower()] = _positive_float(value)
+    unknown = set(items) - {"male", "female"}
+    if unknown:
+        raise SettingsError(f"site limits know only male and female, not {sorted(unknown)}")
+    return items
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    doc: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("FHIR_CONNECT_TIMEOUT", _positive_float, 3.05, "Seconds to wait for a FHIR server connection."),
+    Setting("FHIR_READ_TIMEOUT", _positive_float, 10.0, "Seconds to wait for a FHIR server's answer."),
+    Setting("FHIR_MAX_PAGES", _positive_int, 20, "Most Bundle pages followed (next links) per prefetch key."),
+    Setting("FHIR_FETCH_WORKERS", _positive_int, 6, "Missing prefetch keys fetched at once."),
+    Setting("MAX_BODY_BYTES", _positive_int, 5_000_000, "Largest hook request body accepted (413 beyond)."),
+    Setting(
+        "ALP_SITE_LOW_LIMITS",
+        _site_limits,
+        {},
+        "Adult ALP lower limits (U/L) of your lab, used when a result carries no referenceRange: "
+        "`40` for both sexes or `female=35,male=40`. Empty: the built-in CALIPER table.",
+    ),
+    Setting("ADULT_AGE", _positive_int, 19, "Age (years) from which ALP_SITE_LOW_LIMITS apply."),
+    Setting("WILSON_MAX_AGE", _positive_int, 40, "Patients younger than this get the Wilson disease check."),
+    Setting(
+        "RECENT_RESULT_DAYS", _positive_int, 90, "A workup test resulted within this many days is not re-suggested."
+    ),
+    Setting(
+        "PERSISTENT_MIN_DAYS",
+        _positive_int,
+        14,
+        "Two low ALP results at least this many days apart (no normal between) count as persistent.",
+    ),
+    Setting("LOG_LEVEL", str, "INFO", "Python log level."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+ENV_PREFIX = "CDS_"
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Defaults <- environment <- overrides. Unknown override keys are kept as-is (tests inject e.g. ``NOW``)."""
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw: Any = setting.default
+        env_name = ENV_PREFIX + setting.name
+        if env_name in environ:
+            raw = environ[env_name]
+        if setting.name in overrides:
+            raw = overrides.pop(setting.name)
+        try:
+            values[setting.name] = raw if raw is setting.default else setting.parse(raw)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"setting {setting.name} ({env_name}): {exc}") from None
+    values.update(overrides)
+    values.setdefault("NOW", lambda: datetime.now(UTC))
+    return values
+
+
+def setting_names() -> list[str]:
+    return list(_BY_NAME)
