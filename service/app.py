@@ -25,6 +25,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
     app.extensions["cds_services"] = {s.id: s for s in all_services()}
     app.register_blueprint(api.bp)
+    warm_up()
 
     @app.errorhandler(CdsError)
     def cds_error(error: CdsError):
@@ -48,3 +49,14 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         return api.json_response(operation_outcome("internal error", "exception", "fatal"), 500)
 
     return app
+
+
+def warm_up() -> None:
+    """Compile schemas and card templates at start-up, not on the first clinician's chart open."""
+    from cards.render import card_kinds, template
+    from service.validation import validator
+
+    for name in ("hook-request", "context-patient-view", "context-order-select", "cds-response", "discovery"):
+        validator(name)
+    for kind in card_kinds():
+        template(kind)

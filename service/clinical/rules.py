@@ -105,7 +105,8 @@ def workup(chart: Chart, groups: Sequence[str]) -> tuple[list[OrderSuggestion], 
     for test in workup_tests().values():
         if test.group not in groups:
             continue
-        result = chart.latest(test.analyte, recent_days) if test.analyte else None
+        # A repeat is asked for because of the recent result, so it is never "already resulted".
+        result = chart.latest(test.analyte, recent_days) if test.analyte and test.group != "repeat" else None
         if result is None:
             orders.append(OrderSuggestion(test, recommended=test.group != "genetic"))
             continue

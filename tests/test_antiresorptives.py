@@ -1,0 +1,209 @@
+"""Antiresorptives with low ALP: the value set, patient-view review and the order-select check."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from service.clinical.medications import match_medication
+from service.fhir.readers import read_medications
+from tests.conftest import OS, PV, load_request
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ATC = "http://www.whocc.no/atc"
+
+
+@pytest.mark.parametrize("code", ["904419", "904420", "1114085", "1737449", "993452", "46041", "77655", "993449"])
+def test_synthea_and_ingredient_rxnorm_codes_are_strong(code):
+    groups, tier, by = match_medication([(RXNORM, code)], [])
+    assert tier == "strong" and groups & {"bisphosphonate", "denosumab"} and by == "code"
+
+
+@pytest.mark.parametrize(
+    ("code", "group"),
+    [
+        ("M05BA04", "bisphosphonate"),
+        ("M05BA08", "bisphosphonate"),
+        ("M05BB03", "bisphosphonate"),
+        ("M05BX04", "denosumab"),
+    ],
+)
+def test_atc_prefixes(code, group):
+    assert group in match_medication([(ATC, code)], [])[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "tier"),
+    [
+        ("Actonel 35 mg weekly", "strong"),
+        ("Prolia injection", "strong"),
+        ("ZOLEDRONIC ACID 5 mg", "strong"),
+        ("Evenity", "informational"),
+        ("raloxifene 60 mg", "informational"),
+        ("Calcitonin nasal spray", "informational"),
+    ],
+)
+def test_text_fallback(text, tier):
+    _, found_tier, by = match_medication([(RXNORM, "999999999")], [text])
+    assert found_tier == tier and by == "text"
+
+
+@pytest.mark.parametrize("text", ["teriparatide 20 mcg", "abaloparatide", "atorvastatin 10 mg"])
+def test_anabolics_and_other_drugs_are_not_antiresorptive(text):
+    groups, _, _ = match_medication([], [text])
+    assert not groups & {"bisphosphonate", "denosumab", "romosozumab", "raloxifene", "calcitonin"}
+
+
+def _statement(status, **extra):
+    return {"resourceType": "MedicationStatement", "id": "m", "status": status, **extra}
+
+
+@pytest.mark.parametrize(
+    ("status", "meaning"),
+    [
+        ("active", "current"),
+        ("intended", "current"),
+        ("on-hold", "current"),
+        ("stopped", "history"),
+        ("completed", "history"),
+        ("entered-in-error", None),
+        ("cancelled", None),
+    ],
+)
+def test_medication_status_meaning(status, meaning):
+    resource = _statement(
+        status, medicationCodeableConcept={"text": "alendronate 70 mg"}, effectivePeriod={"start": "2025-01-01"}
+    )
+    meds = read_medications([resource])
+    assert [m.status for m in meds] == ([meaning] if meaning else [])
+
+
+def test_medication_reference_resolved_from_contained_prefetch_or_server():
+    contained = _statement(
+        "active",
+        medicationReference={"reference": "#med"},
+        contained=[
+            {"resourceType": "Medication", "id": "med", "code": {"coding": [{"system": RXNORM, "code": "993452"}]}}
+        ],
+    )
+    assert read_medications([contained])[0].groups == {"denosumab"}
+    request = {
+        "resourceType": "MedicationRequest",
+        "id": "r",
+        "status": "active",
+        "authoredOn": "2026-01-02",
+        "medicationReference": {"reference": "Medication/x"},
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "entry": [
+            {"resource": request},
+            {
+                "resource": {
+                    "resourceType": "Medication",
+                    "id": "x",
+                    "code": {"coding": [{"system": ATC, "code": "M05BA04"}]},
+                }
+            },
+        ],
+    }
+    med = read_medications([bundle])[0]
+    assert med.groups == {"bisphosphonate"} and med.start.date().isoformat() == "2026-01-02"
+    fetched = read_medications(
+        [request], resolve=lambda ref: {"resourceType": "Medication", "code": {"text": "Fosamax 70 mg"}}
+    )
+    assert fetched[0].groups == {"bisphosphonate"}
+
+
+def test_patient_view_low_alp_on_alendronate_says_low_before_the_drug(client):
+    cards = client.cards(PV, load_request("antiresorptive-current-in"))
+    card = next(c for c in cards if "Fosamax" in c["summary"])
+    assert card["indicator"] == "warning"
+    assert "ALP was low before the drug" in card["summary"]
+    assert "already low before the drug was started** (27 U/L on 2025-01-15)" in card["detail"]
+    assert "since 2025-06-01" in card["detail"]
+    assert {r["code"] for r in card["overrideReasons"]} == {"hpp-excluded", "benefit-outweighs-risk", "workup-planned"}
+    # the HPP workup is suggested once, on the low-ALP card, not repeated on this one
+    all_codes = [
+        a["resource"]["code"]["coding"][0]["code"]
+        for c in cards
+        for s in c.get("suggestions", [])
+        for a in s["actions"]
+    ]
+    assert all_codes.count("62236-5") == 1
+
+
+def test_patient_view_drug_explains_low_alp_when_no_earlier_low(client):
+    body = load_request("antiresorptive-current-in")
+    entries = body["prefetch"]["alp"]["entry"]
+    body["prefetch"]["alp"]["entry"] = [e for e in entries if e["resource"]["effectiveDateTime"] > "2025-06-01"]
+    card = next(c for c in client.cards(PV, body) if "Fosamax" in c["summary"])
+    assert "may explain a low value" in card["detail"] and "before the drug" not in card["summary"]
+
+
+def test_patient_view_normal_alp_on_alendronate_is_quiet(client):
+    assert client.cards(PV, load_request("antiresorptive-current-out")) == []
+
+
+def test_order_select_low_alp_warns_with_delete_and_workup(client):
+    body = load_request("order-low-alp-in")
+    (card,) = client.cards(OS, body)
+    assert card["indicator"] == "warning"
+    assert card["summary"] == (
+        "Denosumab 60 mg ordered with a low ALP (23 U/L on 2026-04-05): exclude hypophosphatasia first"
+    )
+    assert "| 2026-01-05 | 24 | 35 |" in card["detail"]
+    delete = card["suggestions"][0]["actions"][0]
+    assert delete == {
+        "type": "delete",
+        "description": "Remove the draft antiresorptive order",
+        "resourceId": "MedicationRequest/draft-denosumab",
+    }
+    creates = [a["resource"]["code"]["coding"][0]["code"] for s in card["suggestions"][1:] for a in s["actions"]]
+    assert creates == ["62236-5", "28604-7", "69548-6"]
+    assert card["selectionBehavior"] == "any"
+    assert {r["display"] for r in card["overrideReasons"]} >= {"HPP already excluded", "Workup will be done"}
+
+
+def test_order_select_only_selected_orders_count(client):
+    body = load_request("order-low-alp-in")
+    body["context"]["selections"] = ["MedicationRequest/draft-statin"]
+    assert client.cards(OS, body) == []
+
+
+def test_order_select_text_only_order_and_weak_tier(client):
+    body = load_request("order-low-alp-in")
+    order = body["context"]["draftOrders"]["entry"][0]["resource"]
+    order["medicationCodeableConcept"] = {"text": "Evista 60 mg daily"}
+    (card,) = client.cards(OS, body)
+    assert card["indicator"] == "info" and "Evista" in card["summary"]
+
+
+def test_order_select_normal_alp_is_quiet(client):
+    assert client.cards(OS, load_request("order-normal-alp-out")) == []
+
+
+def test_order_select_documented_hpp_is_critical(client):
+    (card,) = client.cards(OS, load_request("order-hpp-in"))
+    assert card["indicator"] == "critical"
+    assert "documented hypophosphatasia" in card["summary"]
+    assert card["suggestions"][0]["actions"][0]["resourceId"] == "MedicationRequest/draft-alendronate"
+
+
+def test_order_select_without_any_alp_suggests_a_baseline(client):
+    (card,) = client.cards(OS, load_request("order-no-alp-in"))
+    assert card["indicator"] == "info"
+    assert card["summary"].startswith("No ALP on record before starting Actonel")
+    (suggestion,) = card["suggestions"]
+    assert suggestion["actions"][0]["resource"]["code"]["coding"][0]["code"] == "6768-6"
+
+
+def test_order_select_sandbox_shape(client):
+    """The CDS Hooks Sandbox sends a MedicationRequest in draftOrders and selections ["MedicationRequest/<id>"]."""
+    body = load_request("order-low-alp-in")
+    assert body["context"]["selections"] == ["MedicationRequest/draft-denosumab"]
+    assert body["context"]["draftOrders"]["resourceType"] == "Bundle"
+    body = copy.deepcopy(body)
+    body["context"]["draftOrders"]["entry"].reverse()
+    assert len(client.cards(OS, body)) == 1

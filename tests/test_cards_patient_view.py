@@ -1,0 +1,187 @@
+"""patient-view cards from the fixture scenarios: presence, indicator, wording, evidence and suggestions."""
+
+from __future__ import annotations
+
+import pytest
+from fhir.resources.R4B.servicerequest import ServiceRequest
+
+from tests.conftest import PV, load_request, make_app
+
+
+def cards_for(client, name):
+    return client.cards(PV, load_request(name))
+
+
+def by_summary(cards, text):
+    found = [c for c in cards if text in c["summary"]]
+    assert found, [c["summary"] for c in cards]
+    return found[0]
+
+
+def ordered_codes(card):
+    return [
+        a["resource"]["code"]["coding"][0]["code"]
+        for s in card.get("suggestions", [])
+        for a in s["actions"]
+        if a["type"] == "create"
+    ]
+
+
+def test_normal_alp_gets_no_cards_at_all(client):
+    assert cards_for(client, "normal-alp-out") == []
+
+
+def test_single_low_gives_info_card_advising_repeat(client):
+    (card,) = cards_for(client, "single-low-in")
+    assert card["indicator"] == "info"
+    assert card["summary"] == ("Low ALP 31 U/L on 2026-05-20 (lower limit 40): repeat it and check common causes")
+    assert "| 2026-05-20 | 31 | 40 |" in card["detail"]
+    assert "cardiac surgery" in card["detail"] and "massive transfusion" in card["detail"]
+    assert ordered_codes(card)[0] == "6768-6"  # repeat ALP first
+    assert {"5763-8", "19123-9", "3016-3", "3024-7", "1751-7", "2885-2", "2132-9"} <= set(ordered_codes(card))
+    assert "62236-5" not in ordered_codes(card)  # HPP substrates wait for a persistent low
+    assert card["selectionBehavior"] == "any"
+    assert card["source"]["url"].startswith("https://") and card["links"]
+
+
+def test_single_low_followed_by_normal_gives_nothing(client):
+    assert cards_for(client, "single-low-out") == []
+
+
+def test_persistent_low_gives_hpp_warning(client):
+    (card,) = cards_for(client, "persistent-low-in")
+    assert card["indicator"] == "warning"
+    assert card["summary"].startswith("Persistently low ALP (2 results over 64 days, latest 24 U/L)")
+    assert "hypophosphatasia" in card["summary"]
+    assert "| 2026-01-10 | 22 | 35 |" in card["detail"] and "| 2026-03-15 | 24 | 35 |" in card["detail"]
+    assert "below 25 U/L is more specific for HPP" in card["detail"]
+    assert "acute illness, cardiac surgery, massive transfusion" in card["detail"]
+    codes = ordered_codes(card)
+    assert codes[:3] == ["62236-5", "28604-7", "69548-6"]
+    assert "5763-8" not in codes  # zinc resulted 78 days ago: shown instead
+    assert "| Zinc | 88 ug/dL | 2026-03-15 |" in card["detail"]
+    genetic = next(s for s in card["suggestions"] if "ALPL" in s["label"])
+    assert "isRecommended" not in genetic  # genetics after the biochemistry
+    assert {r["code"] for r in card["overrideReasons"]} >= {"hpp-already-assessed", "known-cause"}
+
+
+def test_pyridoxine_is_named_as_plp_confounder(client):
+    (card,) = cards_for(client, "persistent-low-in")
+    assert "no vitamin B6 or multivitamin supplements in the 24 hours before the draw" in card["detail"]
+    assert "active vitamin B6-containing product (pyridoxine)" in card["detail"]
+    plp = next(
+        a["resource"]
+        for s in card["suggestions"]
+        for a in s["actions"]
+        if a["resource"]["code"]["coding"][0]["code"] == "62236-5"
+    )
+    assert "24 hours" in plp["note"][0]["text"]
+
+
+def test_lows_too_close_together_are_not_persistent(client):
+    (card,) = cards_for(client, "persistent-low-out")
+    assert card["indicator"] == "info" and "Persistently" not in card["summary"]
+
+
+def test_child_is_judged_against_the_paediatric_limit(client):
+    (card,) = cards_for(client, "child-low-in")
+    assert "95 U/L" in card["summary"] and "lower limit 142" in card["summary"]
+    assert "CALIPER" in card["detail"]
+    assert cards_for(client, "child-low-out") == []
+
+
+def test_units_are_converted_and_unknown_units_are_reported(client):
+    (card,) = cards_for(client, "units-in")
+    assert "Low ALP 24 U/L" in card["summary"]
+    assert "Not interpreted (unit not recognised): 7 mg/dL on 2026-05-21" in card["detail"]
+    assert cards_for(client, "units-out") == []
+
+
+def test_preliminary_counts_but_is_marked_and_entered_in_error_is_ignored(client):
+    (card,) = cards_for(client, "status-in")
+    assert "2026-05-20 (preliminary)" in card["detail"]
+    assert cards_for(client, "status-out") == []  # includes low bone ALP results, never compared
+
+
+def test_abnormal_secondary_results_are_named_as_explanations(client):
+    (card,) = cards_for(client, "secondary-in")
+    assert "may explain it:** low zinc (zinc deficiency); high TSH (hypothyroidism)" in card["detail"]
+    codes = ordered_codes(card)
+    assert "5763-8" not in codes and "3016-3" not in codes and "19123-9" not in codes
+    assert "| Magnesium | 2 mg/dL | 2026-05-01 |" in card["detail"]  # normal: shown, not named
+
+
+def test_old_results_are_suggested_again(client):
+    (card,) = cards_for(client, "secondary-out")
+    assert "may explain" not in card["detail"]
+    assert "5763-8" in ordered_codes(card)  # zinc from a year ago is not recent
+
+
+def test_wilson_screen_for_young_patient_with_raised_bilirubin(client):
+    cards = cards_for(client, "wilson-in")
+    card = by_summary(cards, "Wilson")
+    assert card["indicator"] == "warning"
+    assert card["summary"].startswith("Age 22 with low ALP (30 U/L) and raised bilirubin (5.1 mg/dL)")
+    assert ordered_codes(card) == ["2064-4", "5631-7", "5633-3"]
+    assert "ALP/bilirubin ratio: 5.88" in card["detail"]
+
+
+def test_wilson_critical_when_both_korman_ratios_are_met_with_si_bilirubin(client):
+    card = by_summary(cards_for(client, "wilson-critical-in"), "Wilson")
+    assert card["indicator"] == "critical"
+    # 87.2 umol/L = 5.1 mg/dL; 20 / 5.1 = 3.92 < 4; AST/ALT = 200/60 = 3.33 > 2.2
+    assert "ALP/bilirubin 3.92 and AST/ALT 3.33" in card["summary"]
+    assert "hepatology urgently" in card["detail"]
+    assert card["overrideReasons"]
+
+
+def test_no_wilson_card_above_the_age_cut_off(client):
+    cards = cards_for(client, "wilson-out")
+    assert not [c for c in cards if "Wilson" in c["summary"]]
+    assert len(cards) == 1
+
+
+def test_wilson_age_cut_off_is_a_setting():
+    older = make_app(WILSON_MAX_AGE=70)
+    assert [c for c in older.cards(PV, load_request("wilson-out")) if "Wilson" in c["summary"]]
+
+
+def test_edta_pattern_replaces_the_workup(client):
+    (card,) = cards_for(client, "edta-in")
+    assert card["indicator"] == "warning"
+    assert "possible EDTA contamination, recollect" in card["summary"]
+    assert "high potassium** (7.4 mmol/L)" in card["detail"] and "low calcium** (6.1 mg/dL)" in card["detail"]
+    assert "low zinc (12 ug/dL)" in card["detail"]
+    assert ordered_codes(card) == ["6768-6"]
+
+
+def test_no_edta_card_with_normal_potassium(client):
+    (card,) = cards_for(client, "edta-out")
+    assert "EDTA" not in card["summary"] and card["indicator"] == "info"
+
+
+def test_every_suggested_resource_is_a_valid_draft_service_request(client):
+    for name in ("single-low-in", "persistent-low-in", "wilson-in", "edta-in"):
+        body = load_request(name)
+        for card in client.cards(PV, body):
+            for suggestion in card.get("suggestions", []):
+                assert suggestion["uuid"]
+                for action in suggestion["actions"]:
+                    resource = action["resource"]
+                    ServiceRequest.model_validate(resource)
+                    assert resource["status"] == "draft" and resource["intent"] == "proposal"
+                    assert resource["subject"] == {"reference": f"Patient/{body['context']['patientId']}"}
+                    assert resource["code"]["coding"][0]["system"] == "http://loinc.org"
+
+
+def test_recency_window_is_a_setting():
+    short = make_app(RECENT_RESULT_DAYS=30)
+    (card,) = short.cards(PV, load_request("persistent-low-in"))
+    assert "5763-8" in ordered_codes(card)
+
+
+@pytest.mark.parametrize("name", ["single-low-in", "persistent-low-in", "wilson-critical-in", "edta-in"])
+def test_card_uuids_are_unique(client, name):
+    cards = cards_for(client, name)
+    ids = [c["uuid"] for c in cards] + [s["uuid"] for c in cards for s in c.get("suggestions", [])]
+    assert len(ids) == len(set(ids))

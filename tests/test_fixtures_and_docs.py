@@ -1,0 +1,76 @@
+"""Fixtures are current and valid FHIR R4; the README documents every setting and every card kind."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+
+import pytest
+from fhir.resources.R4B import get_fhir_model_class
+
+from cards import card_kinds, render_card
+from service.settings import setting_names
+from tests.conftest import FIXTURES, ROOT
+
+
+def test_fixture_files_are_current():
+    scenarios = importlib.import_module("fixtures.scenarios")
+    for path, text in scenarios.build().items():
+        assert path.exists(), f"missing {path}; run python fixtures/scenarios.py"
+        assert path.read_text() == text, f"{path} is stale; run python fixtures/scenarios.py"
+
+
+@pytest.mark.parametrize("path", sorted((FIXTURES / "fhir").glob("*.json")), ids=lambda p: p.stem)
+def test_fixture_bundles_are_valid_idempotent_transactions(path):
+    bundle = json.loads(path.read_text())
+    get_fhir_model_class("Bundle").model_validate(bundle)
+    assert bundle["type"] == "transaction"
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+        assert entry["request"] == {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}
+
+
+def test_every_scenario_has_in_and_out_cases():
+    names = {p.stem for p in (FIXTURES / "fhir").glob("*.json")}
+    assert len(names) >= 20
+    assert {
+        "normal-alp-out",
+        "single-low-in",
+        "single-low-out",
+        "persistent-low-in",
+        "persistent-low-out",
+        "wilson-in",
+        "wilson-out",
+        "edta-in",
+        "edta-out",
+        "order-low-alp-in",
+        "order-normal-alp-out",
+    } <= names
+
+
+def test_readme_documents_every_setting_and_card_kind():
+    readme = (ROOT / "README.md").read_text()
+    for name in setting_names():
+        assert f"`CDS_{name}`" in readme, name
+    for kind in card_kinds():
+        assert f"`{kind}`" in readme, kind
+
+
+def test_readme_opens_with_the_run_and_test_commands():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:sh|bash)\n(.*?)```", readme, re.S)
+    assert "alp-cds" in blocks[0] and "pytest" in blocks[1]
+    assert "pytest" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_card_template_renders_only_known_sources():
+    from cards.render import sources, template
+
+    for kind in card_kinds():
+        spec = template(kind)
+        assert spec["indicator"] in ("info", "warning", "critical")
+        for key in [spec["source"], *spec.get("links", [])]:
+            assert sources()[key]["url"].startswith("https://"), key
+    assert callable(render_card)

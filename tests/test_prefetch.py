@@ -1,0 +1,279 @@
+"""Prefetch resolution and the FHIR fallback, against `responses` (no network)."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+import responses
+
+from service.fhir.client import FhirClient, FhirError
+from service.fixtures import bundle_resources, hook_request, search
+from tests.conftest import PV, load_bundle, make_app
+
+BASE = "https://ehr.example.org/fhir"
+TOKEN = "opaque-token-123"
+
+
+def request_without_prefetch(name: str, keep: tuple[str, ...] = ()) -> dict:
+    bundle = load_bundle(name)
+    body = hook_request(PV, bundle, name, fhir_server=BASE)
+    body["prefetch"] = {k: v for k, v in body.pop("prefetch").items() if k in keep}
+    if not body["prefetch"]:
+        body.pop("prefetch")
+    body["fhirAuthorization"] = {
+        "access_token": TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "user/Observation.read",
+        "subject": "alp-cds",
+    }
+    return body
+
+
+def serve_bundle(rsps: responses.RequestsMock, name: str) -> None:
+    """Answer any GET under BASE from the scenario's resources, the way a FHIR server would."""
+    resources = bundle_resources(load_bundle(name))
+
+    def answer(request):
+        relative = request.url[len(BASE) + 1 :]
+        result = search(resources, relative)
+        if result is None:
+            return 404, {}, json.dumps({"resourceType": "OperationOutcome", "issue": []})
+        return 200, {"Content-Type": "application/fhir+json"}, json.dumps(result)
+
+    rsps.add_callback(responses.GET, __import__("re").compile(BASE + "/.*"), callback=answer)
+
+
+@responses.activate
+def test_missing_prefetch_is_fetched_with_the_bearer_token_and_gives_the_same_cards(client):
+    serve_bundle(responses, "persistent-low-in")
+    fetched = client.cards(PV, request_without_prefetch("persistent-low-in"))
+    prefetched = client.cards(PV, hook_request(PV, load_bundle("persistent-low-in"), "persistent-low-in"))
+    assert [(c["summary"], c["indicator"]) for c in fetched] == [(c["summary"], c["indicator"]) for c in prefetched]
+    assert fetched[0]["indicator"] == "warning"
+    assert len(responses.calls) == 5  # patient, alp, labs, two medication searches
+    for call in responses.calls:
+        assert call.request.headers["Authorization"] == f"Bearer {TOKEN}"
+    paths = sorted(urlsplit(c.request.url).path.rsplit("/", 1)[-1] for c in responses.calls)
+    assert paths == ["MedicationRequest", "MedicationStatement", "Observation", "Observation", "persistent-low-in"]
+
+
+@responses.activate
+def test_only_missing_keys_are_fetched(client):
+    serve_bundle(responses, "single-low-in")
+    body = request_without_prefetch(
+        "single-low-in", keep=("patient", "labs", "medicationStatements", "medicationRequests")
+    )
+    cards = client.cards(PV, body)
+    assert len(responses.calls) == 1
+    query = parse_qs(urlsplit(responses.calls[0].request.url).query)
+    assert "http://loinc.org|6768-6" in query["code"][0]
+    assert cards[0]["summary"].startswith("Low ALP 31 U/L")
+
+
+@responses.activate
+def test_null_prefetch_means_no_data_and_nothing_is_fetched(client):
+    body = hook_request(PV, load_bundle("single-low-in"), "single-low-in", fhir_server=BASE)
+    body["prefetch"]["medicationStatements"] = None
+    body["prefetch"]["medicationRequests"] = None
+    cards = client.cards(PV, body)
+    assert len(responses.calls) == 0
+    assert cards[0]["indicator"] == "info"
+
+
+@responses.activate
+def test_operation_outcome_in_prefetch_is_fetched_again(client):
+    serve_bundle(responses, "single-low-in")
+    body = hook_request(PV, load_bundle("single-low-in"), "single-low-in", fhir_server=BASE)
+    body["prefetch"]["alp"] = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
+    cards = client.cards(PV, body)
+    assert len(responses.calls) == 1
+    assert cards and cards[0]["summary"].startswith("Low ALP 31 U/L")
+
+
+def _alp(ident: str, value: float, when: str) -> dict:
+    return {
+        "fullUrl": f"{BASE}/Observation/{ident}",
+        "resource": {
+            "resourceType": "Observation",
+            "id": ident,
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "6768-6"}]},
+            "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": when,
+            "valueQuantity": {"value": value, "unit": "U/L", "system": "http://unitsofmeasure.org", "code": "U/L"},
+        },
+    }
+
+
+@responses.activate
+def test_next_links_are_followed_exactly_as_given(client):
+    page2 = f"{BASE}?_getpages=4f1c2a&_getpagesoffset=1&_count=1&_pretty=true&_bundletype=searchset"
+    first = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": [{"relation": "next", "url": page2}],
+        "entry": [_alp("a2", 30, "2026-04-20")],
+    }
+    second = {"resourceType": "Bundle", "type": "searchset", "entry": [_alp("a1", 29, "2026-01-02")]}
+    responses.add(responses.GET, f"{BASE}/Observation", json=first)
+    responses.add(
+        responses.GET,
+        page2,
+        json=second,
+        match=[
+            responses.matchers.query_string_matcher(
+                "_getpages=4f1c2a&_getpagesoffset=1&_count=1&_pretty=true&_bundletype=searchset"
+            )
+        ],
+    )
+    body = hook_request(
+        PV,
+        {"entry": [{"resource": {"resourceType": "Patient", "id": "p1", "gender": "male", "birthDate": "1970-01-01"}}]},
+        "p1",
+        fhir_server=BASE,
+    )
+    body["prefetch"].pop("alp")
+    cards = client.cards(PV, body)
+    assert [c.request.url for c in responses.calls] == [responses.calls[0].request.url, page2]
+    assert cards[0]["indicator"] == "warning"  # both pages were read: two lows 108 days apart
+    assert "2026-01-02" in cards[0]["detail"] and "2026-04-20" in cards[0]["detail"]
+
+
+@responses.activate
+def test_paginated_prefetch_is_completed_from_the_server(client):
+    page2 = f"{BASE}?_getpages=abc&_getpagesoffset=1"
+    responses.add(
+        responses.GET,
+        page2,
+        json={"resourceType": "Bundle", "type": "searchset", "entry": [_alp("a1", 29, "2026-01-02")]},
+    )
+    body = hook_request(
+        PV,
+        {"entry": [{"resource": {"resourceType": "Patient", "id": "p1", "gender": "male", "birthDate": "1970-01-01"}}]},
+        "p1",
+        fhir_server=BASE,
+    )
+    body["prefetch"]["alp"] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": [{"relation": "next", "url": page2}],
+        "entry": [_alp("a2", 30, "2026-04-20")],
+    }
+    cards = client.cards(PV, body)
+    assert len(responses.calls) == 1
+    assert cards[0]["indicator"] == "warning"
+
+
+def test_paging_is_bounded_and_stops_on_a_loop():
+    with responses.RequestsMock() as rsps:
+        loop = f"{BASE}/Observation?page=2"
+        rsps.add(
+            responses.GET,
+            f"{BASE}/Observation",
+            json={
+                "resourceType": "Bundle",
+                "link": [{"relation": "next", "url": loop}],
+                "entry": [_alp("x", 1, "2026")],
+            },
+        )
+        rsps.add(
+            responses.GET,
+            loop,
+            json={
+                "resourceType": "Bundle",
+                "link": [{"relation": "next", "url": loop}],
+                "entry": [_alp("y", 1, "2026")],
+            },
+        )
+        merged = FhirClient(BASE, max_pages=50).fetch("Observation")
+        assert len(merged["entry"]) == 2 and len(rsps.calls) == 2
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        for i in range(10):
+            rsps.add(
+                responses.GET,
+                f"{BASE}/page{i}",
+                json={
+                    "resourceType": "Bundle",
+                    "link": [{"relation": "next", "url": f"{BASE}/page{i + 1}"}],
+                    "entry": [],
+                },
+            )
+        FhirClient(BASE, max_pages=3).fetch("page0")
+        assert len(rsps.calls) == 3
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        (dict(status=401, json={"resourceType": "OperationOutcome"}), "refused access (401)"),
+        (dict(status=403, json={}), "refused access (403)"),
+        (dict(status=404, json={}), "answered 404"),
+        (dict(status=503, body="busy"), "answered 503"),
+        (dict(status=200, body="<html>login</html>"), "not JSON"),
+        (dict(status=200, json={"hello": "world"}), "not a FHIR resource"),
+        (dict(body=requests.exceptions.ReadTimeout("slow")), "did not answer in time"),
+        (dict(body=requests.exceptions.ConnectionError("down")), "could not be reached"),
+    ],
+)
+def test_fhir_failures_give_412_with_a_reason_and_no_patient_data(client, setup, reason):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add(responses.GET, __import__("re").compile(BASE + "/.*"), **setup)
+        response = client.hook(PV, request_without_prefetch("persistent-low-in"))
+    assert response.status_code == 412
+    body = response.get_json()
+    assert body["resourceType"] == "OperationOutcome"
+    message = body["issue"][0]["diagnostics"]
+    assert reason in message
+    assert "persistent-low-in" not in json.dumps(body) and "Traceback" not in json.dumps(body)
+
+
+def test_missing_prefetch_without_fhir_server_is_412(client):
+    body = hook_request(PV, load_bundle("single-low-in"), "single-low-in")
+    body["prefetch"].pop("alp")
+    response = client.hook(PV, body)
+    assert response.status_code == 412
+    assert "alp" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_next_link_to_another_host_is_not_followed():
+    with responses.RequestsMock() as rsps:
+        rsps.add(
+            responses.GET,
+            f"{BASE}/Observation",
+            json={"resourceType": "Bundle", "link": [{"relation": "next", "url": "https://evil.example.com/steal"}]},
+        )
+        with pytest.raises(FhirError, match="another host"):
+            FhirClient(BASE, "secret").fetch("Observation")
+        assert len(rsps.calls) == 1
+
+
+@responses.activate
+def test_timeouts_are_passed_to_requests():
+    seen = {}
+
+    def answer(request):
+        return 200, {}, json.dumps({"resourceType": "Patient", "id": "p"})
+
+    responses.add_callback(responses.GET, f"{BASE}/Patient/p", callback=answer)
+    client = FhirClient(BASE, connect_timeout=1.5, read_timeout=4.0)
+    original = client.session.get
+
+    def spy(url, **kwargs):
+        seen.update(kwargs)
+        return original(url, **kwargs)
+
+    client.session.get = spy
+    client.fetch("Patient/p")
+    assert seen["timeout"] == (1.5, 4.0)
+
+
+def test_settings_reach_the_client():
+    app = make_app(FHIR_CONNECT_TIMEOUT=0.5, FHIR_READ_TIMEOUT=2, FHIR_MAX_PAGES=7)
+    from service.api import client_for
+
+    fhir = client_for({"fhirServer": BASE}, app.app.config["CDS"])
+    assert (fhir.connect_timeout, fhir.read_timeout, fhir.max_pages) == (0.5, 2.0, 7)
