@@ -16,7 +16,7 @@ ATC = "http://www.whocc.no/atc"
 
 @pytest.mark.parametrize("code", ["904419", "904420", "1114085", "1737449", "993452", "46041", "77655", "993449"])
 def test_synthea_and_ingredient_rxnorm_codes_are_strong(code):
-    groups, tier, by = match_medication([(RXNORM, code)], [])
+    groups, tier, by, _ = match_medication([(RXNORM, code)], [])
     assert tier == "strong" and groups & {"bisphosphonate", "denosumab"} and by == "code"
 
 
@@ -45,13 +45,13 @@ def test_atc_prefixes(code, group):
     ],
 )
 def test_text_fallback(text, tier):
-    _, found_tier, by = match_medication([(RXNORM, "999999999")], [text])
+    _, found_tier, by, _ = match_medication([(RXNORM, "999999999")], [text])
     assert found_tier == tier and by == "text"
 
 
 @pytest.mark.parametrize("text", ["teriparatide 20 mcg", "abaloparatide", "atorvastatin 10 mg"])
 def test_anabolics_and_other_drugs_are_not_antiresorptive(text):
-    groups, _, _ = match_medication([], [text])
+    groups, _, _, _ = match_medication([], [text])
     assert not groups & {"bisphosphonate", "denosumab", "romosozumab", "raloxifene", "calcitonin"}
 
 

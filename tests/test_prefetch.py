@@ -277,3 +277,58 @@ def test_settings_reach_the_client():
 
     fhir = client_for({"fhirServer": BASE}, app.app.config["CDS"])
     assert (fhir.connect_timeout, fhir.read_timeout, fhir.max_pages) == (0.5, 2.0, 7)
+
+
+def test_missing_keys_are_fetched_concurrently(client):
+    """Five missing keys: each answer waits for all five requests to be in flight, which a serial fetch never is."""
+    import re
+    import threading
+
+    barrier = threading.Barrier(5, timeout=5)
+    resources = bundle_resources(load_bundle("single-low-in"))
+
+    def answer(request):
+        barrier.wait()  # raises BrokenBarrierError (-> 412) if the requests come one after another
+        return 200, {}, json.dumps(search(resources, request.url[len(BASE) + 1 :]))
+
+    with responses.RequestsMock() as rsps:
+        rsps.add_callback(responses.GET, re.compile(BASE + "/.*"), callback=answer)
+        cards = client.cards(PV, request_without_prefetch("single-low-in"))
+        assert len(rsps.calls) == 5
+    assert cards[0]["summary"].startswith("Low ALP 31 U/L")
+
+
+def test_medication_reference_is_read_from_the_fhir_server(client):
+    body = hook_request(PV, load_bundle("persistent-low-out"), "persistent-low-out", fhir_server=BASE)
+    body["prefetch"]["medicationRequests"] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "MedicationRequest",
+                    "id": "mr1",
+                    "status": "active",
+                    "intent": "order",
+                    "authoredOn": "2026-05-11",
+                    "subject": {"reference": "Patient/persistent-low-out"},
+                    "medicationReference": {"reference": "Medication/prolia"},
+                }
+            }
+        ],
+    }
+    with responses.RequestsMock() as rsps:
+        rsps.add(
+            responses.GET,
+            f"{BASE}/Medication/prolia",
+            json={
+                "resourceType": "Medication",
+                "id": "prolia",
+                "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "993452"}]},
+            },
+        )
+        cards = client.cards(PV, body)
+        assert len(rsps.calls) == 1
+    antiresorptive = [c for c in cards if "exclude hypophosphatasia" in c["summary"]]
+    assert antiresorptive and antiresorptive[0]["indicator"] == "warning"
+    assert "denosumab 60 MG/ML" in antiresorptive[0]["summary"]

@@ -105,6 +105,7 @@ class WorkupTest:
     group: str
     abnormal_when: str
     explanation: str
+    recommended: bool
     note: str
 
 
@@ -119,6 +120,7 @@ def workup_tests() -> dict[str, WorkupTest]:
             r["group"],
             r["abnormal_when"],
             r["explanation"],
+            r["recommended"] == "yes",
             r["note"],
         )
         for r in _rows("workup_tests.csv")

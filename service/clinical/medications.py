@@ -11,8 +11,8 @@ TIER_ORDER = {"strong": 0, "plp-confounder": 1, "informational": 2}
 
 def match_medication(
     codings: Iterable[tuple[str | None, str | None]], texts: Iterable[str]
-) -> tuple[frozenset[str], str | None, str]:
-    """(groups, strongest tier, matched_by) for the codings ``(system, code)`` and free texts given.
+) -> tuple[frozenset[str], str | None, str, str | None]:
+    """(groups, strongest tier, matched_by, display of the first match) for the codings and free texts given.
 
     Codes win over text: text matching is a fallback for products whose codes are not listed.
     """
@@ -33,6 +33,6 @@ def match_medication(
         hits = [e for e in entries if e.match == "text" and e.code in lowered]
         matched_by = "text"
     if not hits:
-        return frozenset(), None, matched_by
+        return frozenset(), None, matched_by, None
     tier = min((e.tier for e in hits), key=lambda t: TIER_ORDER.get(t, 9))
-    return frozenset(e.group for e in hits), tier, matched_by
+    return frozenset(e.group for e in hits), tier, matched_by, hits[0].display

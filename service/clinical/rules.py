@@ -108,7 +108,7 @@ def workup(chart: Chart, groups: Sequence[str]) -> tuple[list[OrderSuggestion], 
         # A repeat is asked for because of the recent result, so it is never "already resulted".
         result = chart.latest(test.analyte, recent_days) if test.analyte and test.group != "repeat" else None
         if result is None:
-            orders.append(OrderSuggestion(test, recommended=test.group != "genetic"))
+            orders.append(OrderSuggestion(test, recommended=test.recommended))
             continue
         flag = abnormal(test, result)
         resulted.append({**describe(result), "abnormal": flag, "explanation": test.explanation if flag else None})

@@ -218,7 +218,7 @@ def read_medications(
         if concept is None:
             concept = _referenced_code(resource, medications, resolve)
         codings, texts = _concept_parts(concept)
-        groups, tier, matched_by = match_medication(codings, texts)
+        groups, tier, matched_by, display = match_medication(codings, texts)
         if not groups:
             continue
         if kind == "MedicationStatement":
@@ -234,7 +234,7 @@ def read_medications(
             Medication(
                 groups=groups,
                 tier=tier,
-                name=texts[0] if texts else "unnamed medication",
+                name=texts[0] if texts else display or "unnamed medication",
                 status=meaning,
                 start=start,
                 reference=f"{kind}/{resource['id']}" if isinstance(resource.get("id"), str) else None,
