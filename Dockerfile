@@ -4,9 +4,10 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY cards ./cards
-RUN pip install --no-cache-dir . && rm -rf /root/.cache
-USER cds
+COPY fixtures ./fixtures
+RUN pip install --no-cache-dir .
+USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --retries=3 \
-  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/cds-services', timeout=2)"
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/cds-services', timeout=2)"]
 CMD ["alp-cds", "serve", "--bind", "0.0.0.0:8080", "--workers", "2"]

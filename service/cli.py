@@ -1,9 +1,11 @@
-"""The ``alp-cds`` command: serve the service (gunicorn, or Flask's development server)."""
+"""The ``alp-cds`` command: serve the service, load fixtures into a FHIR server, call a running service."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,6 +17,22 @@ def main(argv: list[str] | None = None) -> int:
     dev = sub.add_parser("dev", help="run Flask's development server (reloads on change)")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8080)
+
+    load = sub.add_parser("load-fixtures", help="load fixtures/fhir/*.json into a FHIR R4 server (idempotent)")
+    load.add_argument("--fhir-base", required=True, help="e.g. http://localhost:8090/fhir")
+    load.add_argument("--token", help="bearer token for the FHIR server")
+    load.add_argument("--dir", help="folder of transaction Bundles (default: fixtures/fhir)")
+    load.add_argument("--wait", type=float, default=0, help="seconds to wait for the server's /metadata first")
+
+    call = sub.add_parser("call", help="call a running service for a loaded patient, without prefetch")
+    call.add_argument("service_id", help="low-alp-workup or antiresorptive-low-alp")
+    call.add_argument("--patient", required=True)
+    call.add_argument("--fhir-base", required=True)
+    call.add_argument("--service-url", default="http://127.0.0.1:8080")
+    call.add_argument("--token", help="access token passed to the service as fhirAuthorization")
+    call.add_argument("--draft-orders", help="order-select: a JSON Bundle file of draft orders")
+    call.add_argument("--select", action="append", default=[], help="order-select: e.g. MedicationRequest/abc")
+    call.add_argument("--json", action="store_true", help="print the raw JSON response")
     args = parser.parse_args(argv)
 
     if args.command == "dev":
@@ -22,23 +40,35 @@ def main(argv: list[str] | None = None) -> int:
 
         create_app().run(host=args.host, port=args.port, debug=False, use_reloader=True)
         return 0
+    if args.command == "serve":
+        from gunicorn.app.wsgiapp import run
 
-    from gunicorn.app.wsgiapp import run
+        # No gunicorn access log: the app writes one structured line per request itself.
+        sys.argv = ["gunicorn", "--bind", args.bind, "--workers", str(args.workers), "service.app:create_app()"]
+        run()
+        return 0
 
-    sys.argv = [
-        "gunicorn",
-        "--bind",
-        args.bind,
-        "--workers",
-        str(args.workers),
-        "--access-logfile",
-        "-",
-        "--access-logformat",
-        '{"event":"http","status":%(s)s,"path":"%(U)s","ms":%(M)s}',
-        "service.app:create_app()",
-    ]
-    run()
-    return 0
+    from service import tools
+
+    try:
+        if args.command == "load-fixtures":
+            if args.wait:
+                tools.wait_for_server(args.fhir_base, args.wait, args.token)
+            report = tools.load_fixtures(args.fhir_base, args.token, args.dir)
+            total = sum(sum(c.values()) for c in report.values())
+            for name, counts in report.items():
+                print(f"{name}: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
+            print(f"Loaded {len(report)} bundles ({total} resources) into {args.fhir_base}")
+            return 0
+        draft_orders = json.loads(Path(args.draft_orders).read_text()) if args.draft_orders else None
+        cards = tools.call_service(
+            args.service_url, args.service_id, args.patient, args.fhir_base, args.token, draft_orders, args.select
+        )
+        print(json.dumps({"cards": cards}, indent=2) if args.json else tools.format_cards(cards))
+        return 0
+    except (tools.ToolError, OSError, ValueError) as exc:
+        print(f"alp-cds {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

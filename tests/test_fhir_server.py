@@ -1,0 +1,236 @@
+"""Integration against a real FHIR R4 server on loopback (sekmet-fhir, in a virtualenv of its own).
+
+The server is started here with a settings file (127.0.0.1, a free port, a temporary data dir, no simulator, bearer
+auth). ``.ci/run`` installs it and sets ``SEKMET_BIN``; in CI a server that cannot start fails these tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from service import cli, tools
+from service.fixtures import hook_request
+from tests.conftest import FIXTURES, OS, PV, ROOT, load_bundle, load_request, make_app
+
+TOKEN = "integration-token"
+
+
+def _sekmet_bin() -> str | None:
+    for candidate in (os.environ.get("SEKMET_BIN"), str(ROOT / ".venv-sekmet" / "bin" / "sekmet")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return shutil.which("sekmet")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fhir_base(tmp_path_factory):
+    binary = _sekmet_bin()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("sekmet-fhir is not installed: .ci/run must install it (SEKMET_BIN)")
+        pytest.skip("sekmet-fhir not installed; run bash .ci/run (or set SEKMET_BIN)")
+    workdir = tmp_path_factory.mktemp("sekmet")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}/fhir"
+    (workdir / "settings.yaml").write_text(
+        f"host: 127.0.0.1\nport: {port}\nbase_url: {base}\ndata_dir: {workdir / 'data'}\n"
+        "simulator:\n  enabled: false\nlog_inbound: false\n"
+        f"server_auth:\n  types: [bearer]\n  tokens: [{TOKEN}]\n"
+    )
+    log = (workdir / "server.log").open("w")
+    env = {**os.environ, "SEKMET_CONFIG": str(workdir / "settings.yaml")}
+    process = subprocess.Popen([binary, "serve"], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        tools.wait_for_server(base, 60, TOKEN)
+    except tools.ToolError as exc:
+        process.terminate()
+        pytest.fail(f"{exc}; server log: {(workdir / 'server.log').read_text()[-2000:]}")
+    yield base
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def loaded(fhir_base):
+    first = tools.load_fixtures(fhir_base, TOKEN)
+    second = tools.load_fixtures(fhir_base, TOKEN)  # idempotent: the same report, no duplicates
+    assert first == second
+    return first
+
+
+def comparable(cards: list[dict]) -> list[dict]:
+    """Cards without their random uuids."""
+    text = json.dumps(cards, sort_keys=True)
+    for card in cards:
+        text = text.replace(card["uuid"], "CARD")
+        for suggestion in card.get("suggestions", []):
+            text = text.replace(suggestion["uuid"], "SUGGESTION")
+    return json.loads(text)
+
+
+def test_loader_loads_every_fixture_once(fhir_base, loaded):
+    assert set(loaded) == {p.name for p in (FIXTURES / "fhir").glob("*.json")}
+    answer = requests.get(
+        f"{fhir_base}/Observation",
+        params={"patient": "persistent-low-in"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    ).json()
+    assert answer["total"] == loaded["persistent-low-in.json"]["Observation"] == 3
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (FIXTURES / "requests").glob("*.json")))
+def test_fetch_path_gives_the_same_cards_as_the_prefetch_path(fhir_base, loaded, name):
+    client = make_app()
+    with_prefetch = load_request(name)
+    service = OS if with_prefetch["hook"] == "order-select" else PV
+    without = json.loads(json.dumps(with_prefetch))
+    without.pop("prefetch")
+    without["fhirServer"] = fhir_base
+    without["fhirAuthorization"] = {
+        "access_token": TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "user/*.read",
+        "subject": "alp-cds",
+    }
+    fetched = client.cards(service, without)
+    assert comparable(fetched) == comparable(client.cards(service, with_prefetch))
+
+
+def test_wrong_token_gives_412(fhir_base, loaded):
+    body = hook_request(PV, load_bundle("single-low-in"), "single-low-in", with_prefetch=False, fhir_server=fhir_base)
+    body["fhirAuthorization"] = {
+        "access_token": "wrong",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "s",
+        "subject": "x",
+    }
+    response = make_app().hook(PV, body)
+    assert response.status_code == 412
+    assert "refused access (401)" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_paging_through_a_real_server(fhir_base, loaded):
+    """One result per page: the older ALP is only reachable through the server's own next link."""
+    from service.fhir.client import FhirClient
+
+    first_page = requests.get(
+        f"{fhir_base}/Observation",
+        params={"patient": "persistent-low-in", "code": "http://loinc.org|6768-6", "_sort": "-date", "_count": "1"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    ).json()
+    assert len(first_page["entry"]) == 1 and any(link["relation"] == "next" for link in first_page["link"])
+    merged = FhirClient(fhir_base, TOKEN).fetch(
+        "Observation?patient=persistent-low-in&code=http://loinc.org|6768-6&_sort=-date&_count=1"
+    )
+    dates = [e["resource"]["effectiveDateTime"] for e in merged["entry"]]
+    assert dates == ["2026-03-15", "2026-01-10"]
+
+
+def test_cli_load_and_call_against_a_running_service(fhir_base, loaded, capsys):
+    assert cli.main(["load-fixtures", "--fhir-base", fhir_base, "--token", TOKEN]) == 0
+    assert f"Loaded {len(loaded)} bundles" in capsys.readouterr().out
+    server = make_server("127.0.0.1", 0, make_app().app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        assert (
+            cli.main(
+                [
+                    "call",
+                    PV,
+                    "--patient",
+                    "persistent-low-in",
+                    "--fhir-base",
+                    fhir_base,
+                    "--token",
+                    TOKEN,
+                    "--service-url",
+                    url,
+                ]
+            )
+            == 0
+        )
+        out = capsys.readouterr().out
+        assert "[1] WARNING: Persistently low ALP (2 results over 64 days, latest 24 U/L)" in out
+        assert "* Order Pyridoxal 5'-phosphate (vitamin B6), plasma" in out
+        drafts = FIXTURES.parent / "tests" / "_drafts.json"
+        drafts.write_text(json.dumps(load_request("order-low-alp-in")["context"]["draftOrders"]))
+        try:
+            assert (
+                cli.main(
+                    [
+                        "call",
+                        OS,
+                        "--patient",
+                        "order-low-alp-in",
+                        "--fhir-base",
+                        fhir_base,
+                        "--token",
+                        TOKEN,
+                        "--service-url",
+                        url,
+                        "--draft-orders",
+                        str(drafts),
+                        "--select",
+                        "MedicationRequest/draft-denosumab",
+                    ]
+                )
+                == 0
+            )
+        finally:
+            drafts.unlink()
+        assert "WARNING: Denosumab 60 mg ordered with a low ALP" in capsys.readouterr().out
+    finally:
+        server.shutdown()
+
+
+def test_cli_reports_an_unreachable_server(capsys):
+    port = _free_port()
+    assert cli.main(["load-fixtures", "--fhir-base", f"http://127.0.0.1:{port}/fhir"]) == 2
+    assert "cannot reach the FHIR server" in capsys.readouterr().err
+    started = time.monotonic()
+    assert cli.main(["load-fixtures", "--fhir-base", f"http://127.0.0.1:{port}/fhir", "--wait", "2"]) == 2
+    assert time.monotonic() - started < 10
+    assert "did not answer /metadata" in capsys.readouterr().err
+
+
+def test_cli_reports_a_rejected_bundle(fhir_base, tmp_path, capsys):
+    (tmp_path / "bad.json").write_text(
+        json.dumps(
+            {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [
+                    {
+                        "resource": {"resourceType": "Observation", "id": "bad", "status": "not-a-status"},
+                        "request": {"method": "PUT", "url": "Observation/bad"},
+                    }
+                ],
+            }
+        )
+    )
+    code = cli.main(["load-fixtures", "--fhir-base", fhir_base, "--token", TOKEN, "--dir", str(tmp_path)])
+    assert code == 2
+    assert "rejected bad.json: HTTP 4" in capsys.readouterr().err
