@@ -1,23 +1,29 @@
-"""HTTP transport for CDS Hooks 2.0: discovery and hook calls. Parses, validates, maps errors to status codes;
-knows nothing about ALP."""
+"""HTTP transport for CDS Hooks 2.0: discovery, hook calls, feedback, CORS and operations endpoints.
+Parses, authenticates, validates and maps errors to status codes; knows nothing about ALP."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 
-from service.errors import BadRequest, CdsError, NotFound, operation_outcome
+from service import metrics
+from service.errors import BadRequest, CdsError, NotFound, StoreUnavailable, operation_outcome
 from service.fhir.client import FhirClient
 from service.fhir.prefetch import resolve_prefetch
 from service.hooks import CdsService, HookCall
+from service.security import Unauthorized, check_fhir_server
 from service.validation import first_error
 
 log = logging.getLogger("service.access")
 bp = Blueprint("cds", __name__)
+CDS_PATHS = ("/cds-services",)
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -25,24 +31,52 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 def error_response(error: CdsError) -> Response:
-    return json_response(operation_outcome(error.message, error.code), error.status)
+    response = json_response(operation_outcome(error.message, error.code), error.status)
+    if isinstance(error, Unauthorized):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="cds-services"'
+        log.info(json.dumps({"event": "auth_failed", "reason": error.reason, "path": request.path}))
+    return response
 
 
 def services() -> dict[str, CdsService]:
     return current_app.extensions["cds_services"]
 
 
+def settings() -> dict[str, Any]:
+    return current_app.config["CDS"]
+
+
+def authenticate() -> dict[str, Any] | None:
+    """Claims of the caller's JWT, or None when AUTH is off (local development)."""
+    if not settings()["AUTH"]:
+        return None
+    authenticator = current_app.extensions["cds_authenticator"]
+    claims = authenticator.verify(
+        request.headers.get("Authorization"), authenticator.audience(request.url_root, request.path)
+    )
+    g.issuer = claims["iss"]
+    return claims
+
+
+def find_service(service_id: str) -> CdsService:
+    service = services().get(service_id)
+    if service is None:
+        raise NotFound(f"no CDS service with id {service_id!r}; see GET /cds-services")
+    g.service_id = service_id
+    return service
+
+
 @bp.get("/cds-services")
 def discovery() -> Response:
+    if settings()["DISCOVERY_AUTH"]:
+        authenticate()
     return json_response({"services": [s.discovery() for s in services().values()]})
 
 
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
-    service = services().get(service_id)
-    if service is None:
-        raise NotFound(f"no CDS service with id {service_id!r}; see GET /cds-services")
-    g.service_id = service_id
+    service = find_service(service_id)
+    claims = authenticate()
     body = parse_json_body()
     problem = first_error("hook-request", body)
     if problem:
@@ -53,17 +87,62 @@ def call_service(service_id: str) -> Response:
     problem = first_error(service.context_schema, body["context"])
     if problem:
         raise BadRequest(f"invalid {service.hook} context: {problem}")
+    check_fhir_server(body.get("fhirServer"), claims, settings())
 
-    settings = current_app.config["CDS"]
-    make_client = lambda: client_for(body, settings)  # noqa: E731
-    data = resolve_prefetch(service.prefetch, body, make_client, settings["FHIR_FETCH_WORKERS"])
-    call = HookCall(request=body, data=data, settings=settings, now=settings["NOW"](), fetch=fetcher(make_client))
-    cards = service.handler(call)
-    g.card_count = len(cards)
-    return json_response({"cards": cards})
+    config = settings()
+    deadline = time.monotonic() + config["FHIR_TIME_BUDGET"]
+    make_client = lambda: client_for(body, config, deadline)  # noqa: E731
+    data = resolve_prefetch(service.prefetch, body, make_client, config["FHIR_FETCH_WORKERS"])
+    call = HookCall(request=body, data=data, settings=config, now=config["NOW"](), fetch=fetcher(make_client))
+    issued = service.handler(call)
+    for kind, card in issued:
+        metrics.CARDS.labels(kind, card["indicator"]).inc()
+    try:
+        current_app.extensions["cds_feedback"].record_cards(service_id, issued)
+    except Exception as exc:  # noqa: BLE001 - the cards matter more than the audit row; the failure is logged
+        logging.getLogger("service").error(json.dumps({"event": "record_cards_failed", "error": type(exc).__name__}))
+    g.card_count = len(issued)
+    return json_response({"cards": [card for _, card in issued]})
 
 
-def client_for(body: dict[str, Any], settings: dict[str, Any]) -> FhirClient | None:
+@bp.post("/cds-services/<service_id>/feedback")
+def post_feedback(service_id: str) -> Response:
+    find_service(service_id)
+    authenticate()
+    body = parse_json_body()
+    problem = first_error("feedback", body)
+    if problem:
+        raise BadRequest(f"invalid feedback: {problem}")
+    try:
+        stored = current_app.extensions["cds_feedback"].add_feedback(service_id, body["feedback"])
+    except SQLAlchemyError as exc:
+        logging.getLogger("service").error(json.dumps({"event": "feedback_not_stored", "error": type(exc).__name__}))
+        raise StoreUnavailable("the feedback store is unavailable; nothing was stored, please retry") from None
+    for item in body["feedback"]:
+        metrics.FEEDBACK.labels(item["outcome"]).inc()
+    return json_response({"stored": stored})
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    try:
+        current_app.extensions["cds_feedback"].ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+        return json_response({"status": "unavailable", "feedback_store": type(exc).__name__}, 503)
+    return json_response({"status": "ready", "feedback_store": "ok"})
+
+
+@bp.get("/metrics")
+def prometheus_metrics() -> Response:
+    return Response(generate_latest(metrics.REGISTRY), mimetype=CONTENT_TYPE_LATEST)
+
+
+def client_for(body: dict[str, Any], config: dict[str, Any], deadline: float | None = None) -> FhirClient | None:
     server = body.get("fhirServer")
     if not server:
         return None
@@ -71,13 +150,15 @@ def client_for(body: dict[str, Any], settings: dict[str, Any]) -> FhirClient | N
     return FhirClient(
         server,
         token,
-        connect_timeout=settings["FHIR_CONNECT_TIMEOUT"],
-        read_timeout=settings["FHIR_READ_TIMEOUT"],
-        max_pages=settings["FHIR_MAX_PAGES"],
+        connect_timeout=config["FHIR_CONNECT_TIMEOUT"],
+        read_timeout=config["FHIR_READ_TIMEOUT"],
+        max_pages=config["FHIR_MAX_PAGES"],
+        max_entries=config["FHIR_MAX_ENTRIES"],
+        deadline=deadline,
     )
 
 
-def fetcher(make_client):
+def fetcher(make_client: Callable[[], FhirClient | None]) -> Callable[[str], dict[str, Any]]:
     """A lazy one-off reader for handlers that need a resource the prefetch did not hold."""
 
     def fetch(relative: str) -> dict[str, Any]:
@@ -98,8 +179,8 @@ def parse_json_body() -> Any:
     raw = request.get_data(cache=False)
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}") from None
 
 
 @bp.before_app_request
@@ -108,16 +189,36 @@ def start_timer() -> None:
 
 
 @bp.after_app_request
-def access_log(response: Response) -> Response:
+def cors_and_access_log(response: Response) -> Response:
+    add_cors_headers(response)
+    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+    endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+    service = g.get("service_id") or ""
+    metrics.REQUESTS.labels(endpoint, service, str(response.status_code)).inc()
+    metrics.REQUEST_SECONDS.labels(endpoint, service, str(response.status_code)).observe(elapsed)
     entry = {
         "event": "request",
         "method": request.method,
-        "path": request.url_rule.rule if request.url_rule else "unmatched",
+        "path": endpoint,
         "service": g.get("service_id"),
         "hookInstance": g.get("hook_instance"),
+        "issuer": g.get("issuer"),
         "status": response.status_code,
-        "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 1),
+        "ms": round(elapsed * 1000, 1),
         "cards": g.get("card_count"),
     }
     log.info(json.dumps({k: v for k, v in entry.items() if v is not None}))
     return response
+
+
+def add_cors_headers(response: Response) -> None:
+    origin = request.headers.get("Origin")
+    allowed = settings()["CORS_ORIGINS"]
+    if not origin or not request.path.startswith(CDS_PATHS) or not ("*" in allowed or origin in allowed):
+        return
+    response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
+    response.headers["Vary"] = "Origin"
+    if request.method == "OPTIONS":
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response.headers["Access-Control-Max-Age"] = "600"

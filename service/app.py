@@ -12,7 +12,9 @@ from werkzeug.exceptions import HTTPException
 
 from service import api
 from service.errors import CdsError, operation_outcome
+from service.feedback import FeedbackStore
 from service.hooks import all_services
+from service.security import Authenticator
 from service.settings import load_settings
 
 
@@ -24,6 +26,16 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
     app.json.sort_keys = False
     app.extensions["cds_services"] = {s.id: s for s in all_services()}
+    app.extensions["cds_authenticator"] = Authenticator(settings)
+    app.extensions["cds_feedback"] = FeedbackStore(settings["FEEDBACK_DB_URL"])
+    if not settings["AUTH"]:
+        logging.getLogger("service").warning(
+            '{"event":"auth_off","message":"JWT verification is OFF: for local development only"}'
+        )
+    elif not settings["TRUSTED_ISSUERS"]:
+        logging.getLogger("service").warning(
+            '{"event":"no_trusted_issuers","message":"AUTH is on but no issuer is trusted: every hook call gets 401"}'
+        )
     app.register_blueprint(api.bp)
     warm_up()
 
@@ -56,7 +68,14 @@ def warm_up() -> None:
     from cards.render import card_kinds, template
     from service.validation import validator
 
-    for name in ("hook-request", "context-patient-view", "context-order-select", "cds-response", "discovery"):
+    for name in (
+        "hook-request",
+        "context-patient-view",
+        "context-order-select",
+        "cds-response",
+        "discovery",
+        "feedback",
+    ):
         validator(name)
     for kind in card_kinds():
         template(kind)

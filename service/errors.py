@@ -33,6 +33,11 @@ class DataUnavailable(CdsError):
     code = "incomplete"
 
 
+class StoreUnavailable(CdsError):
+    status = 503
+    code = "transient"
+
+
 def operation_outcome(message: str, code: str = "invalid", severity: str = "error") -> dict[str, Any]:
     return {
         "resourceType": "OperationOutcome",

@@ -6,10 +6,12 @@ this list by a test, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 
@@ -40,6 +42,54 @@ def _positive_int(raw: Any) -> int:
     if value < 1:
         raise SettingsError(f"expected a positive whole number, got {raw!r}")
     return value
+
+
+def _list(raw: Any) -> list[str]:
+    """A list from overrides, or a comma-separated string from the environment."""
+    if raw in (None, ""):
+        return []
+    if isinstance(raw, list | tuple):
+        return [str(x).strip() for x in raw if str(x).strip()]
+    return [part.strip() for part in str(raw).split(",") if part.strip()]
+
+
+def _issuers(raw: Any) -> dict[str, dict[str, Any]]:
+    """Trusted issuers: a mapping from overrides, or (from the environment) a JSON or YAML file's path."""
+    if raw in (None, ""):
+        return {}
+    if isinstance(raw, Mapping):
+        data: Any = raw
+    else:
+        path = Path(str(raw))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError(f"cannot read trusted issuers file {path}: {exc.strerror}") from None
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    if not isinstance(data, Mapping):
+        raise SettingsError("trusted issuers must map each iss to its settings")
+    issuers: dict[str, dict[str, Any]] = {}
+    for iss, conf in data.items():
+        if not isinstance(conf, Mapping) or not (conf.get("jwks") or conf.get("jwks_url") or conf.get("jku")):
+            raise SettingsError(f"issuer {iss!r} needs jwks, jwks_url or a jku allow-list")
+        issuers[str(iss)] = {
+            "jwks": conf.get("jwks"),
+            "jwks_url": conf.get("jwks_url"),
+            "jku": _list(conf.get("jku")),
+            "fhir_servers": [u.rstrip("/") for u in _list(conf.get("fhir_servers"))],
+            "tenant": conf.get("tenant"),
+        }
+    return issuers
+
+
+def _on_off(raw: Any) -> bool:
+    """Secure by default: anything but an explicit off is on."""
+    return not (isinstance(raw, str) and raw.strip().lower() in {"off", "0", "false", "no"}) and raw is not False
 
 
 def _site_limits(raw: Any) -> dict[str, float]:
@@ -94,6 +144,22 @@ SETTINGS: tuple[Setting, ...] = (
         14,
         "Two low ALP results at least this many days apart (no normal between) count as persistent.",
     ),
+    Setting("AUTH", _on_off, True, "JWT verification of hook and feedback calls: on unless `off` (local use only)."),
+    Setting("DISCOVERY_AUTH", _bool, False, "Also require a JWT for GET /cds-services."),
+    Setting(
+        "TRUSTED_ISSUERS",
+        _issuers,
+        {},
+        "Trusted CDS clients (env: `CDS_TRUSTED_ISSUERS_FILE`, a JSON or YAML file): each `iss` maps to `jwks` or "
+        "`jwks_url`, optional `jku` allow-list, `fhir_servers` allow-list and `tenant`.",
+    ),
+    Setting("PUBLIC_BASE_URL", str, "", "The service's public base URL (behind a proxy) used to check a JWT's `aud`."),
+    Setting("JWT_LEEWAY", _positive_int, 5, "Seconds of clock skew allowed on `exp` and `iat`."),
+    Setting("FHIR_SERVERS", _list, [], "With AUTH off, the only fhirServer values accepted (comma-separated)."),
+    Setting("CORS_ORIGINS", _list, [], "Browser origins allowed to call the service (comma-separated; `*` for any)."),
+    Setting("FEEDBACK_DB_URL", str, "sqlite:///var/feedback.db", "SQLAlchemy URL of the feedback store."),
+    Setting("FHIR_TIME_BUDGET", _positive_float, 8.0, "Seconds all FHIR fetching of one hook call may take."),
+    Setting("FHIR_MAX_ENTRIES", _positive_int, 20000, "Most Bundle entries read per prefetch key."),
     Setting("LOG_LEVEL", str, "INFO", "Python log level."),
 )
 
@@ -110,7 +176,7 @@ def load_settings(
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         raw: Any = setting.default
-        env_name = ENV_PREFIX + setting.name
+        env_name = ENV_PREFIX + setting.name + ("_FILE" if setting.name == "TRUSTED_ISSUERS" else "")
         if env_name in environ:
             raw = environ[env_name]
         if setting.name in overrides:

@@ -47,8 +47,15 @@ class CheckedClient:
 
 
 @pytest.fixture
-def app():
-    return create_app({"NOW": lambda: NOW, "LOG_LEVEL": "WARNING"})
+def app(tmp_path):
+    return create_app(
+        {
+            "NOW": lambda: NOW,
+            "LOG_LEVEL": "WARNING",
+            "AUTH": "off",
+            "FEEDBACK_DB_URL": f"sqlite:///{tmp_path}/feedback.db",
+        }
+    )
 
 
 @pytest.fixture
@@ -57,4 +64,5 @@ def client(app) -> CheckedClient:
 
 
 def make_app(**overrides: Any):
-    return CheckedClient(create_app({"NOW": lambda: NOW, "LOG_LEVEL": "WARNING", **overrides}))
+    defaults = {"NOW": lambda: NOW, "LOG_LEVEL": "WARNING", "AUTH": "off", "FEEDBACK_DB_URL": "sqlite://"}
+    return CheckedClient(create_app({**defaults, **overrides}))

@@ -53,7 +53,8 @@ def test_every_scenario_has_in_and_out_cases():
 def test_readme_documents_every_setting_and_card_kind():
     readme = (ROOT / "README.md").read_text()
     for name in setting_names():
-        assert f"`CDS_{name}`" in readme, name
+        env = f"CDS_{name}_FILE" if name == "TRUSTED_ISSUERS" else f"CDS_{name}"
+        assert f"`{env}`" in readme, name
     for kind in card_kinds():
         assert f"`{kind}`" in readme, kind
 

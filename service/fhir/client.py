@@ -7,11 +7,14 @@ while they stay on the server the client was given: the access token is never se
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+
+from service import metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,8 @@ class FhirClient:
     connect_timeout: float = 3.05
     read_timeout: float = 10.0
     max_pages: int = 20
+    max_entries: int = 20000
+    deadline: float | None = None  # time.monotonic() after which no request is sent (the request's FHIR budget)
     session: requests.Session = field(default_factory=requests.Session)
 
     def __post_init__(self) -> None:
@@ -52,12 +57,25 @@ class FhirClient:
         url = urljoin(self.base_url, relative_or_absolute)
         if _origin(url) != _origin(self.base_url):
             raise FhirError("the FHIR server pointed to another host; the request was not sent")
+        connect, read = self.connect_timeout, self.read_timeout
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                metrics.FHIR_FETCHES.labels("budget").inc()
+                raise FhirError("the time allowed for FHIR fetching ran out")
+            connect, read = min(connect, remaining), min(read, remaining)
+        started = time.perf_counter()
         try:
-            response = self.session.get(url, timeout=(self.connect_timeout, self.read_timeout))
+            response = self.session.get(url, timeout=(connect, read))
         except requests.Timeout:
+            metrics.FHIR_FETCHES.labels("timeout").inc()
             raise FhirError("the FHIR server did not answer in time") from None
         except requests.RequestException:
+            metrics.FHIR_FETCHES.labels("network").inc()
             raise FhirError("the FHIR server could not be reached") from None
+        finally:
+            metrics.FHIR_SECONDS.observe(time.perf_counter() - started)
+        metrics.FHIR_FETCHES.labels(str(response.status_code)).inc()
         if response.status_code in (401, 403):
             raise FhirError(f"the FHIR server refused access ({response.status_code})")
         if response.status_code != 200:
@@ -86,8 +104,8 @@ class FhirClient:
         url = next_link(bundle)
         pages = 1
         while url and url not in seen:
-            if pages >= self.max_pages:
-                log.warning("fhir paging stopped at %d pages", pages)
+            if pages >= self.max_pages or len(entries) >= self.max_entries:
+                log.warning('{"event":"fhir_paging_stopped","pages":%d,"entries":%d}', pages, len(entries))
                 break
             seen.add(url)
             page = self.get(url)
@@ -97,5 +115,5 @@ class FhirClient:
             pages += 1
             url = next_link(page)
         merged = {k: v for k, v in bundle.items() if k not in ("link", "entry")}
-        merged["entry"] = entries
+        merged["entry"] = entries[: self.max_entries]
         return merged

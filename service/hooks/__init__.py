@@ -33,7 +33,7 @@ class CdsService:
     title: str
     description: str
     prefetch: Mapping[str, str]
-    handler: Callable[[HookCall], list[dict[str, Any]]]
+    handler: Callable[[HookCall], list[tuple[str, dict[str, Any]]]]  # (card kind, card)
     usage_requirements: str | None = None
     context_schema: str = field(init=False)
 

@@ -11,7 +11,7 @@ from service.hooks import CdsService, HookCall
 from service.hooks.common import PATIENT, build_chart, chart_prefetch, resolver
 
 
-def handle(call: HookCall) -> list[dict[str, Any]]:
+def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     selections = set(call.context["selections"])
     draft_orders = call.context["draftOrders"]
     selected = {
@@ -25,7 +25,7 @@ def handle(call: HookCall) -> list[dict[str, Any]]:
     chart = build_chart(call)
     ordered = read_medications([selected], resolver(call))
     findings = antiresorptives.review_order(chart, ordered, has_hpp_diagnosis(call.data.get("conditions")))
-    return [render_card(f, chart.patient.id) for f in findings]
+    return [(f.kind, render_card(f, chart.patient.id)) for f in findings]
 
 
 SERVICE = CdsService(

@@ -10,10 +10,10 @@ from service.hooks import CdsService, HookCall
 from service.hooks.common import build_chart, chart_prefetch, without_repeats
 
 
-def handle(call: HookCall) -> list[dict[str, Any]]:
+def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     chart = build_chart(call)
     findings = without_repeats(rules.low_alp(chart) + antiresorptives.review_current(chart))
-    return [render_card(f, chart.patient.id) for f in findings]
+    return [(f.kind, render_card(f, chart.patient.id)) for f in findings]
 
 
 SERVICE = CdsService(

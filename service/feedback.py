@@ -1,0 +1,170 @@
+"""Durable store of issued cards and clinicians' feedback (CDS Hooks 2.0 "Feedback").
+
+SQLite by default (embedded), PostgreSQL when ``FEEDBACK_DB_URL`` says so. Issued cards keep only what is needed to
+report per card kind (uuid, service, kind, indicator, time): no patient data. A feedback 200 means committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+log = logging.getLogger("service.feedback")
+
+metadata = MetaData()
+
+issued_cards = Table(
+    "issued_cards",
+    metadata,
+    Column("uuid", String(36), primary_key=True),
+    Column("service_id", String(100), nullable=False),
+    Column("kind", String(100), nullable=False),
+    Column("indicator", String(20), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service_id", String(100), nullable=False),
+    Column("card_uuid", String(100), nullable=False, index=True),
+    Column("outcome", String(20), nullable=False),
+    Column("accepted_suggestions", Text, nullable=True),
+    Column("override_system", String(300), nullable=True),
+    Column("override_code", String(300), nullable=True),
+    Column("override_display", String(500), nullable=True),
+    Column("user_comment", Text, nullable=True),
+    Column("outcome_timestamp", String(64), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+
+class FeedbackStore:
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        self.engine: Engine = create_engine(parsed, pool_pre_ping=True)
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._schema_ready = False
+        try:
+            self._ensure_schema()
+        except SQLAlchemyError as exc:  # the service still answers hooks; /readyz reports the store as down
+            log.error(json.dumps({"event": "feedback_store_unavailable", "error": type(exc).__name__}))
+
+    def _ensure_schema(self) -> None:
+        if not self._schema_ready:
+            metadata.create_all(self.engine)
+            self._schema_ready = True
+
+    def record_cards(self, service_id: str, cards: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        rows = [
+            {
+                "uuid": card["uuid"],
+                "service_id": service_id,
+                "kind": kind,
+                "indicator": card["indicator"],
+                "issued_at": datetime.now(UTC),
+            }
+            for kind, card in cards
+        ]
+        if rows:
+            self._ensure_schema()
+            with self.engine.begin() as connection:
+                connection.execute(insert(issued_cards), rows)
+
+    def add_feedback(self, service_id: str, items: Iterable[Mapping[str, Any]]) -> int:
+        """Store every item in one transaction; returns how many were stored once it has committed."""
+        now = datetime.now(UTC)
+        rows = []
+        for item in items:
+            reason = (item.get("overrideReason") or {}).get("reason") or {}
+            accepted = item.get("acceptedSuggestions")
+            rows.append(
+                {
+                    "service_id": service_id,
+                    "card_uuid": item["card"],
+                    "outcome": item["outcome"],
+                    "accepted_suggestions": json.dumps([s["id"] for s in accepted]) if accepted else None,
+                    "override_system": reason.get("system"),
+                    "override_code": reason.get("code"),
+                    "override_display": reason.get("display"),
+                    "user_comment": (item.get("overrideReason") or {}).get("userComment"),
+                    "outcome_timestamp": item["outcomeTimestamp"],
+                    "received_at": now,
+                }
+            )
+        self._ensure_schema()
+        with self.engine.begin() as connection:
+            connection.execute(insert(feedback), rows)
+        return len(rows)
+
+    def ping(self) -> None:
+        self._ensure_schema()
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def feedback_rows(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as connection:
+            return [dict(r._mapping) for r in connection.execute(select(feedback).order_by(feedback.c.id))]
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """Per card kind: cards issued, accepted, overridden, and the override reasons given (no comments)."""
+        with self.engine.connect() as connection:
+            issued = Counter(
+                dict(
+                    connection.execute(
+                        select(issued_cards.c.kind, text("count(*)")).group_by(issued_cards.c.kind)
+                    ).all()
+                )
+            )
+            joined = connection.execute(
+                select(
+                    issued_cards.c.kind, feedback.c.outcome, feedback.c.override_code, feedback.c.override_display
+                ).select_from(feedback.outerjoin(issued_cards, feedback.c.card_uuid == issued_cards.c.uuid))
+            ).all()
+        report: dict[str, dict[str, Any]] = defaultdict(
+            lambda: {"issued": 0, "accepted": 0, "overridden": 0, "override_reasons": Counter()}
+        )
+        for kind, count in issued.items():
+            report[kind]["issued"] = count
+        for kind, outcome, code, display in joined:
+            entry = report[kind or "unknown card"]
+            entry[outcome] += 1
+            if outcome == "overridden":
+                entry["override_reasons"][display or code or "no reason given"] += 1
+        return {k: {**v, "override_reasons": dict(v["override_reasons"])} for k, v in sorted(report.items())}
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # a 200 means the feedback is on disk
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

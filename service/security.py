@@ -1,0 +1,176 @@
+"""Trusting CDS clients (CDS Hooks 2.0): JWT bearer tokens signed with ES384 or RS384 by a configured issuer,
+and the fhirServer allow-list that keeps the FHIR access token from going anywhere else (SSRF guard)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jwt
+import requests
+from jwt import PyJWK, PyJWKSet
+
+from service.errors import CdsError
+
+log = logging.getLogger("service.security")
+ALGORITHMS = ("ES384", "RS384")
+JWKS_REFRESH_SECONDS = 30  # at most one refetch per issuer in this time, whatever kids attackers send
+
+
+class Unauthorized(CdsError):
+    status = 401
+    code = "login"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("authentication failed")  # the caller learns nothing more
+        self.reason = reason  # logged, never returned
+
+
+class Forbidden(CdsError):
+    status = 403
+    code = "forbidden"
+
+
+class KeyStore:
+    """JWKS per source (inline, jwks_url or an allow-listed jku), cached and refreshed on an unknown kid."""
+
+    def __init__(self, timeout: float = 5.0) -> None:
+        self._keys: dict[str, dict[str, PyJWK]] = {}
+        self._fetched_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.timeout = timeout
+
+    @staticmethod
+    def _parse(jwks: Mapping[str, Any]) -> dict[str, PyJWK]:
+        keys: dict[str, PyJWK] = {}
+        for key in PyJWKSet.from_dict(dict(jwks)).keys:
+            if key.key_id:
+                keys[key.key_id] = key
+        return keys
+
+    def _fetch(self, url: str) -> dict[str, PyJWK]:
+        response = requests.get(url, timeout=self.timeout, headers={"Accept": "application/json"})
+        response.raise_for_status()
+        return self._parse(response.json())
+
+    def key(self, source: str, kid: str, inline: Mapping[str, Any] | None = None) -> PyJWK | None:
+        with self._lock:
+            if inline is not None:
+                if source not in self._keys:
+                    self._keys[source] = self._parse(inline)
+                return self._keys[source].get(kid)
+            cached = self._keys.get(source, {})
+            if kid in cached:
+                return cached[kid]
+            if time.monotonic() - self._fetched_at.get(source, -1e9) < JWKS_REFRESH_SECONDS and source in self._keys:
+                return None
+            self._fetched_at[source] = time.monotonic()
+        try:
+            keys = self._fetch(source)
+        except (requests.RequestException, ValueError, jwt.PyJWTError) as exc:
+            log.warning('{"event":"jwks_fetch_failed","error":"%s"}', type(exc).__name__)
+            return None
+        with self._lock:
+            self._keys[source] = keys
+        return keys.get(kid)
+
+
+class ReplayGuard:
+    """Remembers each token's jti until the token expires."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def first_use(self, jti: str, expires: float) -> bool:
+        now = time.time()
+        with self._lock:
+            if len(self._seen) > 10_000:
+                self._seen = {k: v for k, v in self._seen.items() if v > now}
+            if self._seen.get(jti, 0) > now:
+                return False
+            self._seen[jti] = expires
+            return True
+
+
+class Authenticator:
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.issuers: Mapping[str, Mapping[str, Any]] = settings["TRUSTED_ISSUERS"]
+        self.leeway = settings["JWT_LEEWAY"]
+        self.public_base = settings["PUBLIC_BASE_URL"].rstrip("/")
+        self.keys = KeyStore()
+        self.replays = ReplayGuard()
+
+    def audience(self, url_root: str, path: str) -> str:
+        return (self.public_base or url_root.rstrip("/")) + path
+
+    def verify(self, authorization: str | None, audience: str) -> dict[str, Any]:
+        """Claims of a valid token; :class:`Unauthorized` (with a logged reason) otherwise."""
+        if not authorization or not authorization.startswith("Bearer "):
+            raise Unauthorized("no bearer token")
+        token = authorization.removeprefix("Bearer ").strip()
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise Unauthorized("malformed token") from None
+        if header.get("alg") not in ALGORITHMS:
+            raise Unauthorized(f"algorithm {header.get('alg')!r} not allowed")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthorized("no kid")
+        issuer = self.issuers.get(unverified.get("iss")) if isinstance(unverified.get("iss"), str) else None
+        if issuer is None:
+            raise Unauthorized("untrusted issuer")
+        key = self._key(issuer, header, kid)
+        if key is None:
+            raise Unauthorized("unknown key")
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=list(ALGORITHMS),
+                audience=audience,
+                issuer=unverified["iss"],
+                leeway=self.leeway,
+                options={"require": ["iss", "aud", "exp", "iat", "jti"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
+        if claims["iat"] > time.time() + self.leeway:
+            raise Unauthorized("issued in the future")
+        if issuer.get("tenant") and claims.get("tenant") != issuer["tenant"]:
+            raise Unauthorized("wrong tenant")
+        if not self.replays.first_use(f"{claims['iss']}|{claims['jti']}", float(claims["exp"]) + self.leeway):
+            raise Unauthorized("replayed jti")
+        return claims
+
+    def _key(self, issuer: Mapping[str, Any], header: Mapping[str, Any], kid: str) -> PyJWK | None:
+        jku = header.get("jku")
+        if jku is not None:
+            if jku not in issuer["jku"]:
+                raise Unauthorized("jku not allow-listed")  # and never fetched
+            return self.keys.key(jku, kid)
+        if issuer.get("jwks"):
+            return self.keys.key(f"inline:{id(issuer)}", kid, issuer["jwks"])
+        if issuer.get("jwks_url"):
+            return self.keys.key(issuer["jwks_url"], kid)
+        return None
+
+
+def check_fhir_server(fhir_server: str | None, claims: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> None:
+    """Only allow-listed FHIR servers get our requests (and the bearer token); otherwise 403, nothing sent."""
+    if not fhir_server:
+        return
+    server = fhir_server.rstrip("/")
+    if claims is not None:
+        allowed = settings["TRUSTED_ISSUERS"][claims["iss"]]["fhir_servers"]
+    else:
+        allowed = [u.rstrip("/") for u in settings["FHIR_SERVERS"]]
+        if not allowed:
+            return  # AUTH off and no list: local development
+    if server not in allowed:
+        raise Forbidden("fhirServer is not on the allow-list for this client; no request was sent to it")

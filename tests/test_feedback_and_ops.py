@@ -1,0 +1,165 @@
+"""Feedback (validated, durable across restarts, reported per card kind; SQLite and PostgreSQL) and operations."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from service.app import create_app
+from service.feedback import FeedbackStore
+from service.fixtures import NOW
+from tests.conftest import PV, CheckedClient, load_request
+
+
+def app_on(url: str) -> CheckedClient:
+    return CheckedClient(
+        create_app({"NOW": lambda: NOW, "AUTH": "off", "LOG_LEVEL": "WARNING", "FEEDBACK_DB_URL": url})
+    )
+
+
+def postgres_url() -> str:
+    url = os.environ.get("FEEDBACK_PG_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("FEEDBACK_PG_URL is not set: .ci/run must start PostgreSQL")
+        pytest.skip("no PostgreSQL (set FEEDBACK_PG_URL)")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/feedback.db"
+    url = postgres_url()
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as connection:  # a clean slate for each test
+        connection.execute(text("DROP TABLE IF EXISTS feedback, issued_cards"))
+    engine.dispose()
+    return url
+
+
+def post_feedback(client: CheckedClient, body, service=PV):
+    return client.client.post(f"/cds-services/{service}/feedback", json=body)
+
+
+def test_feedback_is_stored_reported_and_survives_a_restart(store_url):
+    first = app_on(store_url)
+    cards = first.cards(PV, load_request("persistent-low-in"))
+    card = cards[0]
+    accepted = {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "outcomeTimestamp": "2026-06-01T10:05:31Z",
+        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+    }
+    overridden = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "outcomeTimestamp": "2026-06-01T10:06:00Z",
+        "overrideReason": {"reason": card["overrideReasons"][1], "userComment": "Coeliac disease known"},
+    }
+    response = post_feedback(first, {"feedback": [accepted, overridden]})
+    assert response.status_code == 200 and response.get_json() == {"stored": 2}
+    del first  # "restart": a new app, a new engine, the same database
+
+    second = app_on(store_url)
+    store: FeedbackStore = second.app.extensions["cds_feedback"]
+    rows = store.feedback_rows()
+    assert [(r["card_uuid"], r["outcome"]) for r in rows] == [(card["uuid"], "accepted"), (card["uuid"], "overridden")]
+    assert rows[1]["override_code"] == "known-cause" and rows[1]["user_comment"] == "Coeliac disease known"
+    report = store.report()
+    assert report["alp-low-persistent"] == {
+        "issued": 1,
+        "accepted": 1,
+        "overridden": 1,
+        "override_reasons": {"Another known cause explains the low ALP": 1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({"outcome": "overridden", "outcomeTimestamp": "2026-06-01T10:00:00Z"}, "'card' is a required property"),
+        ({"card": "c", "outcome": "liked", "outcomeTimestamp": "2026-06-01T10:00:00Z"}, "outcome"),
+        ({"card": "c", "outcome": "accepted", "outcomeTimestamp": "2026-06-01T10:00:00Z"}, "acceptedSuggestions"),
+        ({"card": "c", "outcome": "overridden", "outcomeTimestamp": "yesterday"}, "date-time"),
+        ({"card": "c", "outcome": "overridden"}, "outcomeTimestamp"),
+    ],
+)
+def test_bad_feedback_is_400_and_nothing_is_stored(tmp_path, item, message):
+    client = app_on(f"sqlite:///{tmp_path}/f.db")
+    response = post_feedback(client, {"feedback": [item]})
+    assert response.status_code == 400
+    assert message in response.get_json()["issue"][0]["diagnostics"]
+    assert client.app.extensions["cds_feedback"].feedback_rows() == []
+
+
+def test_feedback_for_unknown_service_is_404_and_empty_list_is_400(tmp_path):
+    client = app_on(f"sqlite:///{tmp_path}/f.db")
+    item = {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-06-01T10:00:00Z"}
+    assert post_feedback(client, {"feedback": [item]}, service="nope").status_code == 404
+    assert post_feedback(client, {"feedback": []}).status_code == 400
+    assert (
+        client.client.post(f"/cds-services/{PV}/feedback", data="{", content_type="application/json").status_code == 400
+    )
+
+
+def test_feedback_for_a_card_not_on_record_is_kept(tmp_path):
+    client = app_on(f"sqlite:///{tmp_path}/f.db")
+    item = {"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": "2026-06-01T10:00:00Z"}
+    assert post_feedback(client, {"feedback": [item]}).status_code == 200
+    assert client.app.extensions["cds_feedback"].report()["unknown card"]["overridden"] == 1
+
+
+def test_store_down_gives_503_for_feedback_but_hooks_still_answer():
+    client = app_on("postgresql+psycopg://nobody:x@127.0.0.1:9/none?connect_timeout=1")
+    assert client.hook(PV, load_request("single-low-in")).status_code == 200
+    item = {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-06-01T10:00:00Z"}
+    response = post_feedback(client, {"feedback": [item]})
+    assert response.status_code == 503
+    assert "nothing was stored" in response.get_json()["issue"][0]["diagnostics"]
+    ready = client.client.get("/readyz")
+    assert ready.status_code == 503 and ready.get_json()["status"] == "unavailable"
+
+
+def test_health_and_readiness(tmp_path):
+    client = app_on(f"sqlite:///{tmp_path}/f.db")
+    assert client.client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["feedback_store"] == "ok"
+
+
+def test_metrics_count_requests_cards_and_fhir_fetches(tmp_path):
+    client = app_on(f"sqlite:///{tmp_path}/f.db")
+    client.hook(PV, load_request("wilson-critical-in"))
+    client.hook("nope", load_request("wilson-critical-in"))
+    text_body = client.client.get("/metrics").get_data(as_text=True)
+    assert (
+        'cds_requests_total{endpoint="/cds-services/<service_id>",service="low-alp-workup",status="200"}' in text_body
+    )
+    assert (
+        'cds_request_seconds_bucket{endpoint="/cds-services/<service_id>",le="0.5",service="low-alp-workup"'
+        ',status="200"}' in text_body
+    )
+    # an unknown id is not a label value (callers cannot grow the metric without bound)
+    assert 'cds_requests_total{endpoint="/cds-services/<service_id>",service="",status="404"}' in text_body
+    assert 'service="nope"' not in text_body
+    assert 'cds_cards_total{indicator="critical",kind="wilson-alf-pattern"}' in text_body
+    assert "cds_fhir_fetches_total" in text_body and "cds_fhir_fetch_seconds_bucket" in text_body
+
+
+def test_one_structured_log_line_per_request_without_patient_data(tmp_path, caplog):
+    import json
+    import logging
+
+    caplog.set_level(logging.INFO, logger="service.access")
+    client = app_on(f"sqlite:///{tmp_path}/f.db")
+    body = load_request("wilson-critical-in")
+    client.hook(PV, body)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "service.access"]
+    assert len(lines) == 1
+    assert lines[0]["hookInstance"] == body["hookInstance"] and lines[0]["status"] == 200 and lines[0]["cards"] == 2
+    assert "wilson-critical-in" not in caplog.text and "2004-05-05" not in caplog.text

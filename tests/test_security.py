@@ -1,0 +1,294 @@
+"""JWT verification, SSRF guard and CORS: each test fails if its protection is removed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+
+import jwt
+import pytest
+import responses
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from service.app import create_app
+from service.fixtures import NOW
+from tests.conftest import PV, CheckedClient, load_request
+
+ISS = "https://ehr.example.org"
+BASE = "http://localhost"
+URL = f"{BASE}/cds-services/{PV}"
+FHIR = "https://ehr.example.org/fhir"
+
+EC_KEY = ec.generate_private_key(ec.SECP384R1())
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+OTHER_EC_KEY = ec.generate_private_key(ec.SECP384R1())
+
+
+def jwk(key, kid: str, alg: str) -> dict:
+    algorithm = ECAlgorithm if alg.startswith("ES") else RSAAlgorithm
+    data = json.loads(algorithm.to_jwk(key.public_key()))
+    return {**data, "kid": kid, "alg": alg, "use": "sig"}
+
+
+JWKS = {"keys": [jwk(EC_KEY, "ec-1", "ES384"), jwk(RSA_KEY, "rsa-1", "RS384")]}
+
+
+def token(key=EC_KEY, alg="ES384", kid="ec-1", headers=None, **claims) -> str:
+    now = int(time.time())
+    body = {"iss": ISS, "aud": URL, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4()), **claims}
+    body = {k: v for k, v in body.items() if v is not None}
+    return jwt.encode(body, key, algorithm=alg, headers={"kid": kid, **(headers or {})} if kid else headers)
+
+
+def secured(issuer: dict | None = None, **settings) -> CheckedClient:
+    conf = {"jwks": JWKS, "fhir_servers": [FHIR], **(issuer or {})}
+    return CheckedClient(
+        create_app(
+            {
+                "NOW": lambda: NOW,
+                "LOG_LEVEL": "WARNING",
+                "FEEDBACK_DB_URL": "sqlite://",
+                "TRUSTED_ISSUERS": {ISS: conf},
+                **settings,
+            }
+        )
+    )
+
+
+def call(client: CheckedClient, bearer: str | None, body=None, path=PV):
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    return client.hook(path, body or load_request("single-low-in"), headers=headers)
+
+
+def assert_401(response) -> None:
+    assert response.status_code == 401
+    assert response.get_json()["issue"][0]["diagnostics"] == "authentication failed"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_auth_is_on_by_default():
+    client = CheckedClient(create_app({"FEEDBACK_DB_URL": "sqlite://", "LOG_LEVEL": "WARNING"}))
+    assert_401(call(client, None))
+
+
+def test_auth_off_logs_a_warning(caplog):
+    caplog.set_level(logging.WARNING)
+    create_app({"AUTH": "off", "FEEDBACK_DB_URL": "sqlite://"})
+    assert "JWT verification is OFF" in caplog.text
+
+
+@pytest.mark.parametrize(("key", "alg", "kid"), [(EC_KEY, "ES384", "ec-1"), (RSA_KEY, "RS384", "rsa-1")])
+def test_valid_tokens_are_accepted(key, alg, kid):
+    response = call(secured(), token(key, alg, kid))
+    assert response.status_code == 200 and response.get_json()["cards"]
+
+
+def test_missing_or_non_bearer_token():
+    client = secured()
+    assert_401(call(client, None))
+    response = client.hook(PV, load_request("single-low-in"), headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert_401(response)
+
+
+def test_alg_none_hmac_and_other_curves_are_rejected():
+    client = secured()
+    unsigned = jwt.encode(
+        {"iss": ISS, "aud": URL, "iat": int(time.time()), "exp": int(time.time()) + 60, "jti": "x"},
+        None,
+        algorithm="none",
+        headers={"kid": "ec-1"},
+    )
+    assert_401(call(client, unsigned))
+    public_pem = jwk(RSA_KEY, "rsa-1", "RS384")["n"].encode()
+    assert_401(call(client, token(public_pem, "HS384", "rsa-1")))
+    assert_401(call(client, token(ec.generate_private_key(ec.SECP256R1()), "ES256", "ec-1")))
+
+
+def test_kid_is_required_and_must_be_known():
+    client = secured()
+    assert_401(call(client, token(kid=None)))
+    assert_401(call(client, token(kid="nope")))
+    assert_401(call(client, token(key=OTHER_EC_KEY)))  # right kid, wrong key: bad signature
+
+
+def test_untrusted_issuer():
+    assert_401(call(secured(), token(iss="https://stranger.example.org")))
+
+
+def test_audience_must_be_the_url_called():
+    client = secured()
+    assert_401(call(client, token(aud="https://other.example.org/cds-services/low-alp-workup")))
+    assert_401(call(client, token(aud=f"{BASE}/cds-services")))
+    behind_proxy = secured(PUBLIC_BASE_URL="https://cds.example.org/")
+    assert call(behind_proxy, token(aud=f"https://cds.example.org/cds-services/{PV}")).status_code == 200
+    assert_401(call(behind_proxy, token()))
+
+
+def test_expiry_and_issued_at_with_leeway():
+    client = secured()
+    now = int(time.time())
+    assert_401(call(client, token(iat=now - 400, exp=now - 60)))
+    assert call(client, token(iat=now - 300, exp=now - 2)).status_code == 200  # within the 5 s leeway
+    assert call(client, token(iat=now + 1)).status_code == 200  # the sandbox rounds iat to the second
+    assert_401(call(client, token(iat=now + 120)))
+    assert_401(call(client, token(exp=None)))
+
+
+def test_tenant_checked_when_configured():
+    client = secured({"tenant": "hospital-a"})
+    assert call(client, token(tenant="hospital-a")).status_code == 200
+    assert_401(call(client, token(tenant="hospital-b")))
+    assert_401(call(client, token()))
+
+
+def test_replayed_jti_is_rejected():
+    client = secured()
+    reused = token()
+    assert call(client, reused).status_code == 200
+    assert_401(call(client, reused))
+    assert_401(call(client, token(jti=None)))
+
+
+def test_jku_outside_the_allow_list_is_rejected_and_never_fetched():
+    client = secured({"jku": ["https://ehr.example.org/jwks.json"]})
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add(responses.GET, "https://evil.example.com/jwks.json", json=JWKS)
+        assert_401(call(client, token(headers={"jku": "https://evil.example.com/jwks.json"})))
+        assert len(rsps.calls) == 0
+
+
+def test_allow_listed_jku_is_fetched():
+    client = secured({"jwks": None, "jku": ["https://ehr.example.org/jwks.json"]})
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, "https://ehr.example.org/jwks.json", json=JWKS)
+        assert call(client, token(headers={"jku": "https://ehr.example.org/jwks.json"})).status_code == 200
+
+
+def test_jwks_url_is_cached_and_refreshed_on_unknown_kid(monkeypatch):
+    from service import security
+
+    client = secured({"jwks": None, "jwks_url": "https://ehr.example.org/.well-known/jwks.json"})
+    rotated = {"keys": [*JWKS["keys"], jwk(OTHER_EC_KEY, "ec-2", "ES384")]}
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, "https://ehr.example.org/.well-known/jwks.json", json=JWKS)
+        rsps.add(responses.GET, "https://ehr.example.org/.well-known/jwks.json", json=rotated)
+        assert call(client, token()).status_code == 200
+        assert call(client, token()).status_code == 200
+        assert len(rsps.calls) == 1  # cached
+        monkeypatch.setattr(security, "JWKS_REFRESH_SECONDS", 0)
+        assert call(client, token(key=OTHER_EC_KEY, kid="ec-2")).status_code == 200
+        assert len(rsps.calls) == 2  # refreshed for the new kid
+
+
+def test_discovery_open_by_default_and_closable():
+    assert secured().client.get("/cds-services").status_code == 200
+    closed = secured(DISCOVERY_AUTH=True)
+    assert_401(closed.client.get("/cds-services"))
+    ok = closed.client.get("/cds-services", headers={"Authorization": f"Bearer {token(aud=f'{BASE}/cds-services')}"})
+    assert ok.status_code == 200
+
+
+def test_feedback_needs_a_token():
+    client = secured()
+    body = {
+        "feedback": [{"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": "2026-06-01T10:00:00Z"}]
+    }
+    assert_401(client.client.post(f"/cds-services/{PV}/feedback", json=body))
+    good = client.client.post(
+        f"/cds-services/{PV}/feedback", json=body, headers={"Authorization": f"Bearer {token(aud=f'{URL}/feedback')}"}
+    )
+    assert good.status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------ SSRF guard
+
+
+def _with_server(server: str) -> dict:
+    body = load_request("single-low-in")
+    body["prefetch"].pop("alp")
+    body["fhirServer"] = server
+    body["fhirAuthorization"] = {
+        "access_token": "secret-ehr-token",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "s",
+        "subject": "alp-cds",
+    }
+    return body
+
+
+def test_fhir_server_outside_the_issuers_allow_list_gets_403_and_no_request():
+    client = secured()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add(responses.GET, "http://169.254.169.254/latest/Observation", json={})
+        response = call(client, token(), _with_server("http://169.254.169.254/latest"))
+        assert response.status_code == 403 and len(rsps.calls) == 0
+    full = load_request("single-low-in")
+    full["fhirServer"] = "http://internal.example:8080/fhir"  # even with complete prefetch
+    assert call(client, token(), full).status_code == 403
+
+
+def test_allow_listed_fhir_server_is_used():
+    client = secured()
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, f"{FHIR}/Observation", json={"resourceType": "Bundle", "type": "searchset"})
+        response = call(client, token(), _with_server(FHIR + "/"))
+        assert response.status_code == 200
+        assert rsps.calls[0].request.headers["Authorization"] == "Bearer secret-ehr-token"
+
+
+def test_fhir_servers_setting_applies_when_auth_is_off():
+    client = CheckedClient(
+        create_app(
+            {
+                "NOW": lambda: NOW,
+                "AUTH": "off",
+                "FEEDBACK_DB_URL": "sqlite://",
+                "FHIR_SERVERS": "https://ehr.example.org/fhir",
+            }
+        )
+    )
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        assert call(client, None, _with_server("http://127.0.0.1:9/fhir")).status_code == 403
+        assert len(rsps.calls) == 0
+
+
+# ------------------------------------------------------------------------------------------------ CORS
+
+
+@pytest.mark.parametrize("path", ["/cds-services", f"/cds-services/{PV}", f"/cds-services/{PV}/feedback"])
+def test_cors_preflight_on_every_cds_endpoint(path):
+    client = secured(CORS_ORIGINS="https://sandbox.cds-hooks.org")
+    response = client.client.options(
+        path,
+        headers={
+            "Origin": "https://sandbox.cds-hooks.org",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
+    assert response.status_code in (200, 204)
+    assert response.headers["Access-Control-Allow-Origin"] == "https://sandbox.cds-hooks.org"
+    assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
+    assert "Content-Type" in response.headers["Access-Control-Allow-Headers"]
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+
+
+def test_cors_refuses_other_origins_and_is_off_by_default():
+    client = secured(CORS_ORIGINS=["https://sandbox.cds-hooks.org"])
+    response = client.client.options("/cds-services", headers={"Origin": "https://evil.example.com"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+    default = secured()
+    response = default.client.get("/cds-services", headers={"Origin": "https://sandbox.cds-hooks.org"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_cors_headers_on_actual_responses():
+    client = secured(CORS_ORIGINS="*")
+    response = call(client, token())
+    assert response.status_code == 200
+    response = client.client.get("/cds-services", headers={"Origin": "https://x.example"})
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
