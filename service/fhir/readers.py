@@ -31,15 +31,24 @@ MED_STATUS = {
 }
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    """The value if it is a JSON object, else an empty one: malformed FHIR is skipped, never an exception."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def resources(value: Any, resource_type: str | None = None) -> Iterator[dict[str, Any]]:
     """The resources in a prefetch value: a single resource, or the entries of a Bundle (outcomes skipped)."""
     if not isinstance(value, dict):
         return
     if value.get("resourceType") == "Bundle":
-        for entry in value.get("entry") or ():
+        for entry in _list(value.get("entry")):
             if not isinstance(entry, dict):
                 continue
-            if (entry.get("search") or {}).get("mode") == "outcome":
+            if _dict(entry.get("search")).get("mode") == "outcome":
                 continue
             resource = entry.get("resource")
             if isinstance(resource, dict) and (resource_type is None or resource.get("resourceType") == resource_type):
@@ -97,9 +106,9 @@ def _unit(quantity: dict[str, Any]) -> str | None:
 
 
 def _flag(observation: dict[str, Any]) -> str | None:
-    for concept in observation.get("interpretation") or ():
-        for coding in (concept or {}).get("coding") or () if isinstance(concept, dict) else ():
-            code = coding.get("code") if isinstance(coding, dict) else None
+    for concept in _list(observation.get("interpretation")):
+        for coding in _list(_dict(concept).get("coding")):
+            code = _dict(coding).get("code")
             if code in LOW_FLAGS:
                 return "low"
             if code in HIGH_FLAGS:
@@ -110,8 +119,7 @@ def _flag(observation: dict[str, Any]) -> str | None:
 
 
 def observation_time(observation: dict[str, Any]) -> datetime | None:
-    period = observation.get("effectivePeriod")
-    period = period if isinstance(period, dict) else {}
+    period = _dict(observation.get("effectivePeriod"))
     return (
         parse_datetime(observation.get("effectiveDateTime"))
         or parse_datetime(observation.get("effectiveInstant"))
@@ -127,8 +135,13 @@ def read_observation(observation: dict[str, Any]) -> LabResult | None:
         return None
     known = analytes()
     analyte = None
-    for coding in (observation.get("code") or {}).get("coding") or ():
-        if isinstance(coding, dict) and coding.get("system") == LOINC and coding.get("code") in known:
+    for coding in _list(_dict(observation.get("code")).get("coding")):
+        if (
+            isinstance(coding, dict)
+            and coding.get("system") == LOINC
+            and isinstance(coding.get("code"), str)
+            and coding["code"] in known
+        ):
             analyte = known[coding["code"]]
             break
     if analyte is None:
@@ -143,8 +156,8 @@ def read_observation(observation: dict[str, Any]) -> LabResult | None:
     converted = convert(raw_value, raw_unit, analyte.unit_group)
     low = high = None
     if converted:
-        ranges = observation.get("referenceRange") or ()
-        first = ranges[0] if isinstance(ranges, list) and ranges and isinstance(ranges[0], dict) else {}
+        ranges = _list(observation.get("referenceRange"))
+        first = _dict(ranges[0]) if ranges else {}
         low, high = (_range_bound(first.get(side), raw_unit, analyte.unit_group) for side in ("low", "high"))
     return LabResult(
         analyte=analyte.analyte,
@@ -194,9 +207,10 @@ def read_lab_results(*values: Any) -> list[LabResult]:
 def _concept_parts(concept: Any) -> tuple[list[tuple[str | None, str | None]], list[str]]:
     if not isinstance(concept, dict):
         return [], []
-    codings = [c for c in concept.get("coding") or () if isinstance(c, dict)]
+    codings = [c for c in _list(concept.get("coding")) if isinstance(c, dict)]
     texts = [t for t in [concept.get("text"), *(c.get("display") for c in codings)] if isinstance(t, str)]
-    return [(c.get("system"), c.get("code")) for c in codings], texts
+    pairs = [(c.get("system"), c.get("code")) for c in codings]
+    return [(system, code) for system, code in pairs if isinstance(code, str) and isinstance(system, str | None)], texts
 
 
 def read_medications(
@@ -206,12 +220,17 @@ def read_medications(
     """MedicationStatement and MedicationRequest resources that match a value set, with status meaning."""
     found: list[Medication] = []
     pool = [r for value in values for r in resources(value)]
-    medications = {f"Medication/{r.get('id')}": r for r in pool if r.get("resourceType") == "Medication"}
+    medications = {
+        f"Medication/{r.get('id')}": r
+        for r in pool
+        if r.get("resourceType") == "Medication" and isinstance(r.get("id"), str)
+    }
     for resource in pool:
         kind = resource.get("resourceType")
         if kind not in ("MedicationStatement", "MedicationRequest"):
             continue
-        meaning = MED_STATUS.get(resource.get("status"))
+        status = resource.get("status")
+        meaning = MED_STATUS.get(status) if isinstance(status, str) else None
         if meaning is None:
             continue
         concept = resource.get("medicationCodeableConcept")
@@ -222,7 +241,7 @@ def read_medications(
         if not groups:
             continue
         if kind == "MedicationStatement":
-            period = resource.get("effectivePeriod") if isinstance(resource.get("effectivePeriod"), dict) else {}
+            period = _dict(resource.get("effectivePeriod"))
             start = (
                 parse_datetime(period.get("start"))
                 or parse_datetime(resource.get("effectiveDateTime"))
@@ -249,11 +268,11 @@ def _referenced_code(
     medications: dict[str, dict[str, Any]],
     resolve: Callable[[str], dict[str, Any] | None] | None,
 ) -> Any:
-    reference = (resource.get("medicationReference") or {}).get("reference")
+    reference = _dict(resource.get("medicationReference")).get("reference")
     if not isinstance(reference, str):
         return None
     if reference.startswith("#"):
-        for contained in resource.get("contained") or ():
+        for contained in _list(resource.get("contained")):
             if isinstance(contained, dict) and contained.get("id") == reference[1:]:
                 return contained.get("code")
         return None
@@ -273,8 +292,8 @@ def has_hpp_diagnosis(*values: Any) -> bool:
     codes, texts = hpp_condition_codes()
     for value in values:
         for condition in resources(value, "Condition"):
-            status = ((condition.get("verificationStatus") or {}).get("coding") or [{}])[0]
-            if isinstance(status, dict) and status.get("code") in ("refuted", "entered-in-error"):
+            status = (_list(_dict(condition.get("verificationStatus")).get("coding")) or [{}])[0]
+            if _dict(status).get("code") in ("refuted", "entered-in-error"):
                 continue
             codings, words = _concept_parts(condition.get("code"))
             if any(pair in codes for pair in codings) or any(t in w.lower() for w in words for t in texts):
