@@ -32,7 +32,7 @@ class FaultyFhir(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         mode = self.path.strip("/").split("/")[0]
         base = f"http://127.0.0.1:{self.server.server_port}/{mode}"
         if mode == "slow":
