@@ -5,7 +5,8 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY cards ./cards
 COPY fixtures ./fixtures
-RUN pip install --no-cache-dir .
+COPY deploy ./deploy
+RUN pip install --no-cache-dir . && mkdir /data && chown 10001 /data
 USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --retries=3 \

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--draft-orders", help="order-select: a JSON Bundle file of draft orders")
     call.add_argument("--select", action="append", default=[], help="order-select: e.g. MedicationRequest/abc")
     call.add_argument("--json", action="store_true", help="print the raw JSON response")
+    report = sub.add_parser("feedback-report", help="feedback per card kind: issued, accepted, overridden and why")
+    report.add_argument("--db", help="feedback store URL (default: CDS_FEEDBACK_DB_URL)")
     args = parser.parse_args(argv)
 
     if args.command == "dev":
@@ -46,6 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         # No gunicorn access log: the app writes one structured line per request itself.
         sys.argv = ["gunicorn", "--bind", args.bind, "--workers", str(args.workers), "service.app:create_app()"]
         run()
+        return 0
+
+    if args.command == "feedback-report":
+        from service.feedback import FeedbackStore
+        from service.settings import load_settings
+
+        store = FeedbackStore(args.db or load_settings()["FEEDBACK_DB_URL"])
+        print(json.dumps(store.report(), indent=2))
         return 0
 
     from service import tools

@@ -72,3 +72,15 @@ def test_dockerfile_passes_hadolint_and_runs_as_non_root():
     assert result.returncode == 0, result.stdout + result.stderr
     text = (ROOT / "Dockerfile").read_text()
     assert "USER 10001" in text and "HEALTHCHECK" in text and '"alp-cds", "serve"' in text
+
+
+def test_sandbox_trust_file_loads_and_the_compose_service_uses_it():
+    from service.settings import load_settings
+
+    settings = load_settings({}, environ={"CDS_TRUSTED_ISSUERS_FILE": str(ROOT / "deploy" / "sandbox-issuers.yaml")})
+    sandbox = settings["TRUSTED_ISSUERS"]["https://sandbox.cds-hooks.org"]
+    assert sandbox["jwks_url"] == "https://sandbox.cds-hooks.org/.well-known/jwks.json"
+    assert "http://localhost:8090/fhir" in sandbox["fhir_servers"]
+    env = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["alp-cds"]["environment"]
+    assert env["CDS_TRUSTED_ISSUERS_FILE"] == "/app/deploy/sandbox-issuers.yaml"
+    assert env["CDS_CORS_ORIGINS"] == "https://sandbox.cds-hooks.org"
