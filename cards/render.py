@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import tomllib
 import uuid
 from functools import cache
@@ -75,9 +74,8 @@ def _service_request(test: WorkupTest) -> dict[str, Any]:
 
 
 def service_request(test: WorkupTest, patient_id: str) -> dict[str, Any]:
-    resource = copy.deepcopy(_service_request(test))
-    resource["subject"] = {"reference": f"Patient/{patient_id}"}
-    return resource
+    """A shallow copy: the nested parts are shared between responses, which only ever serialise them."""
+    return {**_service_request(test), "subject": {"reference": f"Patient/{patient_id}"}}
 
 
 def render_card(finding: Finding, patient_id: str) -> dict[str, Any]:

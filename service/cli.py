@@ -46,7 +46,16 @@ def main(argv: list[str] | None = None) -> int:
         from gunicorn.app.wsgiapp import run
 
         # No gunicorn access log: the app writes one structured line per request itself.
-        sys.argv = ["gunicorn", "--bind", args.bind, "--workers", str(args.workers), "service.app:create_app()"]
+        sys.argv = [
+            "gunicorn",
+            "--config",
+            "python:service.gunicorn_conf",
+            "--bind",
+            args.bind,
+            "--workers",
+            str(args.workers),
+            "service.app:create_app()",
+        ]
         run()
         return 0
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -73,6 +76,9 @@ class FeedbackStore:
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._schema_ready = False
+        self._queue: queue.Queue = queue.Queue(maxsize=10_000)
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
         try:
             self._ensure_schema()
         except SQLAlchemyError as exc:  # the service still answers hooks; /readyz reports the store as down
@@ -82,6 +88,50 @@ class FeedbackStore:
         if not self._schema_ready:
             metadata.create_all(self.engine)
             self._schema_ready = True
+
+    def record_cards_later(self, service_id: str, cards: Iterable[tuple[str, Mapping[str, Any]]]) -> bool:
+        """Queue the audit rows for a background writer, off the hook call's path. False when the queue is full
+        (the rows are dropped and the caller counts it); feedback itself is never queued."""
+        rows = [(service_id, kind, card["uuid"], card["indicator"]) for kind, card in cards]
+        if not rows:
+            return True
+        with self._writer_lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_forever, name="issued-cards", daemon=True)
+                self._writer.start()
+        try:
+            self._queue.put_nowait(rows)
+        except queue.Full:
+            return False
+        return True
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every queued audit row is written (tests, reports, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def _write_forever(self) -> None:
+        while True:
+            batch = self._queue.get()
+            taken = 1
+            while True:  # whatever else is waiting goes in the same transaction
+                try:
+                    batch += self._queue.get_nowait()
+                    taken += 1
+                except queue.Empty:
+                    break
+            by_service: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+            for service_id, kind, uuid, indicator in batch:
+                by_service.setdefault(service_id, []).append((kind, {"uuid": uuid, "indicator": indicator}))
+            try:
+                for service_id, cards in by_service.items():
+                    self.record_cards(service_id, cards)
+            except SQLAlchemyError as exc:
+                log.error(json.dumps({"event": "record_cards_failed", "error": type(exc).__name__}))
+            finally:
+                for _ in range(taken):
+                    self._queue.task_done()
 
     def record_cards(self, service_id: str, cards: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
         rows = [
@@ -97,6 +147,9 @@ class FeedbackStore:
         if rows:
             self._ensure_schema()
             with self.engine.begin() as connection:
+                # An audit row, not a clinician's words: it may wait for the next sync (it survives a crash of
+                # the service, not of the machine), which keeps an fsync off every chart open.
+                self._relaxed_durability(connection)
                 connection.execute(insert(issued_cards), rows)
 
     def add_feedback(self, service_id: str, items: Iterable[Mapping[str, Any]]) -> int:
@@ -122,8 +175,19 @@ class FeedbackStore:
             )
         self._ensure_schema()
         with self.engine.begin() as connection:
+            self._full_durability(connection)
             connection.execute(insert(feedback), rows)
         return len(rows)
+
+    def _relaxed_durability(self, connection) -> None:
+        if self.engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+        elif self.engine.dialect.name == "postgresql":
+            connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+
+    def _full_durability(self, connection) -> None:
+        if self.engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("PRAGMA synchronous=FULL")
 
     def ping(self) -> None:
         self._ensure_schema()
@@ -136,6 +200,7 @@ class FeedbackStore:
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per card kind: cards issued, accepted, overridden, and the override reasons given (no comments)."""
+        self.flush()
         with self.engine.connect() as connection:
             issued = Counter(
                 dict(

@@ -24,3 +24,6 @@ FHIR_FETCHES = Counter("cds_fhir_fetches_total", "FHIR GETs by outcome", ["outco
 FHIR_SECONDS = Histogram("cds_fhir_fetch_seconds", "FHIR GET latency", buckets=LATENCY_BUCKETS, registry=REGISTRY)
 CARDS = Counter("cds_cards_total", "Cards issued by kind and indicator", ["kind", "indicator"], registry=REGISTRY)
 FEEDBACK = Counter("cds_feedback_total", "Feedback items stored by outcome", ["outcome"], registry=REGISTRY)
+AUDIT_DROPPED = Counter(
+    "cds_issued_cards_dropped_total", "Issued-card audit rows dropped (writer queue full)", registry=REGISTRY
+)

@@ -24,6 +24,8 @@ def validator(name: str) -> Draft202012Validator:
 
 def first_error(name: str, document: Any) -> str | None:
     """A readable description of the most relevant violation, or None when the document is valid."""
+    if validator(name).is_valid(document):
+        return None
     errors = sorted(validator(name).iter_errors(document), key=lambda e: (len(e.absolute_path), e.message))
     if not errors:
         return None

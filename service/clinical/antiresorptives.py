@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.clinical.alp import AlpReading, low_run
+from service.clinical.alp import AlpReading
 from service.clinical.codes import workup_tests
 from service.clinical.facts import Medication
-from service.clinical.rules import Chart, Finding, OrderSuggestion, describe_reading, workup
+from service.clinical.rules import SHOWN_READINGS, Chart, Finding, OrderSuggestion, describe_reading, workup
 
 ANTIRESORPTIVE_GROUPS = ("bisphosphonate", "denosumab", "romosozumab", "raloxifene", "calcitonin")
 
@@ -22,9 +22,7 @@ def _indicator(medications: Sequence[Medication], strong: str, weak: str) -> str
 
 
 def _clean_low_run(chart: Chart) -> list[AlpReading]:
-    from service.clinical.rules import sample_contamination
-
-    return [r for r in low_run(chart.alp_readings()) if sample_contamination(chart, r) is None]
+    return list(chart.low_run_split[0])
 
 
 def review_current(chart: Chart) -> list[Finding]:
@@ -44,7 +42,7 @@ def review_current(chart: Chart) -> list[Finding]:
             {
                 "drugs": sorted({m.name for m in drugs}),
                 "start": first_start.date().isoformat() if first_start else None,
-                "readings": [describe_reading(r) for r in run],
+                "readings": [describe_reading(r) for r in run[-SHOWN_READINGS:]],
                 "latest": describe_reading(run[-1]),
                 "low_before": [describe_reading(r) for r in low_before],
                 "resulted": resulted,
@@ -84,7 +82,7 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
             "antiresorptive-order-low-alp",
             {
                 "drugs": names,
-                "readings": [describe_reading(r) for r in run],
+                "readings": [describe_reading(r) for r in run[-SHOWN_READINGS:]],
                 "latest": describe_reading(run[-1]),
                 "resulted": resulted,
             },

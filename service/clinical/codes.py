@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 LOINC = "http://loinc.org"
@@ -44,20 +44,23 @@ def _unit_table() -> dict[str, tuple[str, dict[str, float]]]:
     return table
 
 
+@lru_cache(maxsize=1024)
 def normalise_unit(unit: str) -> str:
     """Lower case, micro sign to u, no spaces: ``"µmol/L"`` -> ``"umol/l"``."""
     return re.sub(r"\s+", "", unit.replace("µ", "u").replace("μ", "u")).lower()
 
 
+@lru_cache(maxsize=1024)
+def _factor(unit: str, unit_group: str) -> tuple[float, str] | None:
+    canonical, factors = _unit_table()[unit_group]
+    factor = factors.get(normalise_unit(unit))
+    return None if factor is None else (factor, canonical)
+
+
 def convert(value: float, unit: str | None, unit_group: str) -> tuple[float, str] | None:
     """Value in the group's canonical unit, or None for a unit the table does not know (never guessed)."""
-    canonical, factors = _unit_table()[unit_group]
-    if unit is None:
-        return None
-    factor = factors.get(normalise_unit(unit))
-    if factor is None:
-        return None
-    return value * factor, canonical
+    found = _factor(unit, unit_group) if unit is not None else None
+    return None if found is None else (value * found[0], found[1])
 
 
 def canonical_unit(unit_group: str) -> str:

@@ -5,9 +5,11 @@ A finding names a card kind (a file in ``cards/``), the facts its template shows
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from service.clinical.alp import AlpReading, low_run, total_alp_readings
@@ -41,36 +43,81 @@ class Chart:
     now: datetime
     settings: Mapping[str, Any]
 
+    @cached_property
+    def _by_analyte(self) -> dict[str, tuple[list[float], list[LabResult]]]:
+        """Usable results per analyte, oldest first, with their timestamps for bisection."""
+        index: dict[str, list[LabResult]] = {}
+        for result in self.labs:
+            if result.value is not None and result.when is not None:
+                index.setdefault(result.analyte, []).append(result)
+        return {a: ([r.when.timestamp() for r in rs], rs) for a, rs in index.items()}
+
+    @cached_property
+    def _alp_readings(self) -> tuple[AlpReading, ...]:
+        return tuple(total_alp_readings(self.patient, self.labs, self.settings))
+
     def alp_readings(self) -> list[AlpReading]:
-        return total_alp_readings(self.patient, self.labs, self.settings)
+        return list(self._alp_readings)
+
+    @cached_property
+    def low_run_split(self) -> tuple[tuple[AlpReading, ...], tuple[Finding, ...]]:
+        """The current run of low ALP results without possibly contaminated ones, and the contamination findings.
+
+        Only the most recent results of a run are checked for contamination: they are the ones a card shows.
+        """
+        run = low_run(self.alp_readings())
+        checked = {id(r) for r in run[-CONTAMINATION_CHECKED:]}
+        clean: list[AlpReading] = []
+        contaminated: list[Finding] = []
+        for reading in run:
+            finding = sample_contamination(self, reading) if id(reading) in checked else None
+            if finding:
+                contaminated.append(finding)
+            else:
+                clean.append(reading)
+        return tuple(clean), tuple(contaminated)
 
     def latest(self, analyte: str, within_days: int | None = None) -> LabResult | None:
-        since = self.now - timedelta(days=within_days) if within_days else None
-        for result in reversed(self.labs):
-            if result.analyte == analyte and result.value is not None:
-                if since and (result.when is None or result.when < since):
-                    return None
-                return result
-        return None
+        _, results = self._by_analyte.get(analyte, ((), ()))
+        if not results:
+            return None
+        result = results[-1]
+        if within_days and result.when < self.now - timedelta(days=within_days):
+            return None
+        return result
 
     def drawn_with(self, reading: AlpReading, analyte: str) -> LabResult | None:
         """The result of ``analyte`` closest in time to the ALP result, within the same-draw window."""
         when = reading.result.when
-        if when is None:
+        if when is None or analyte not in self._by_analyte:
             return None
-        window = timedelta(hours=thresholds()["same_draw_hours"])
-        candidates = [
-            r
-            for r in self.labs
-            if r.analyte == analyte and r.value is not None and r.when and abs(r.when - when) <= window
-        ]
-        return min(candidates, key=lambda r: abs(r.when - when), default=None)
+        times, results = self._by_analyte[analyte]
+        at = when.timestamp()
+        window = thresholds()["same_draw_hours"] * 3600
+        i = bisect_left(times, at)
+        candidates = [j for j in (i - 1, i) if 0 <= j < len(times) and abs(times[j] - at) <= window]
+        return results[min(candidates, key=lambda j: abs(times[j] - at))] if candidates else None
 
     def current(self, group: str) -> list[Medication]:
         return [m for m in self.medications if group in m.groups and m.status == "current"]
 
 
 # --------------------------------------------------------------------------------------------- presentation data
+
+SHOWN_READINGS = 12  # a card lists at most this many results; older ones are counted, not listed
+CONTAMINATION_CHECKED = SHOWN_READINGS
+
+
+def lab_days_needed(
+    patient: Patient, alp_results: Sequence[LabResult], now: datetime, settings: Mapping[str, Any]
+) -> tuple[date, set[date]]:
+    """Which other lab results the rules can use: those since the recency cut-off, and those drawn on the days
+    (plus or minus one) of the low ALP results that are checked for contamination. Lets a reader skip the rest of a
+    large chart without parsing it."""
+    run = low_run(total_alp_readings(patient, alp_results, settings))[-CONTAMINATION_CHECKED:]
+    days = {r.result.when.date() + timedelta(days=d) for r in run for d in (-1, 0, 1)}
+    since = (now - timedelta(days=settings["RECENT_RESULT_DAYS"] + 1)).date()
+    return since, days
 
 
 def describe(result: LabResult) -> dict[str, Any]:
@@ -141,18 +188,9 @@ def sample_contamination(chart: Chart, reading: AlpReading) -> Finding | None:
 
 def low_alp(chart: Chart) -> list[Finding]:
     """Single low -> repeat (info); persistent low -> HPP-oriented workup (warning); contamination replaces both."""
-    readings = chart.alp_readings()
-    run = low_run(readings)
-    if not run:
-        return []
-    findings: list[Finding] = []
-    clean: list[AlpReading] = []
-    for reading in run:
-        contaminated = sample_contamination(chart, reading)
-        if contaminated:
-            findings.append(contaminated)
-        else:
-            clean.append(reading)
+    clean_run, contaminated = chart.low_run_split
+    findings = list(contaminated)
+    clean = list(clean_run)
     if not clean:
         return findings
 
@@ -174,7 +212,10 @@ def low_alp(chart: Chart) -> list[Finding]:
         if r.analyte == "alp_total" and r.unit_unknown and r.when and r.when >= clean[0].result.when
     ]
     facts = {
-        "readings": [describe_reading(r) for r in clean],
+        "readings": [describe_reading(r) for r in clean[-SHOWN_READINGS:]],
+        "earlier": {"count": len(clean) - SHOWN_READINGS, "since": describe_reading(clean[0])["date"]}
+        if len(clean) > SHOWN_READINGS
+        else None,
         "latest": describe_reading(latest),
         "count": len(clean),
         "span_days": span,

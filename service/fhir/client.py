@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+import orjson
 import requests
 
 from service import metrics
@@ -81,8 +82,8 @@ class FhirClient:
         if response.status_code != 200:
             raise FhirError(f"the FHIR server answered {response.status_code}")
         try:
-            body = response.json()
-        except ValueError:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
             raise FhirError("the FHIR server's answer is not JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
             raise FhirError("the FHIR server's answer is not a FHIR resource")

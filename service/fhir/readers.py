@@ -68,7 +68,7 @@ def parse_datetime(text: Any) -> datetime | None:
             return datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
         if len(text) == 10:
             return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text)  # Python 3.11 reads "Z" and offsets
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
@@ -119,10 +119,12 @@ def _flag(observation: dict[str, Any]) -> str | None:
 
 
 def observation_time(observation: dict[str, Any]) -> datetime | None:
+    when = parse_datetime(observation.get("effectiveDateTime"))
+    if when is not None:
+        return when
     period = _dict(observation.get("effectivePeriod"))
     return (
-        parse_datetime(observation.get("effectiveDateTime"))
-        or parse_datetime(observation.get("effectiveInstant"))
+        parse_datetime(observation.get("effectiveInstant"))
         or parse_datetime(period.get("start"))
         or parse_datetime(period.get("end"))
         or parse_datetime(observation.get("issued"))
@@ -155,10 +157,11 @@ def read_observation(observation: dict[str, Any]) -> LabResult | None:
     raw_unit = _unit(quantity)
     converted = convert(raw_value, raw_unit, analyte.unit_group)
     low = high = None
-    if converted:
-        ranges = _list(observation.get("referenceRange"))
-        first = _dict(ranges[0]) if ranges else {}
-        low, high = (_range_bound(first.get(side), raw_unit, analyte.unit_group) for side in ("low", "high"))
+    ranges = observation.get("referenceRange")
+    if converted and ranges and isinstance(ranges, list):
+        first = _dict(ranges[0])
+        low = _range_bound(first.get("low"), raw_unit, analyte.unit_group)
+        high = _range_bound(first.get("high"), raw_unit, analyte.unit_group)
     return LabResult(
         analyte=analyte.analyte,
         loinc=analyte.loinc,
@@ -186,12 +189,17 @@ def _range_bound(bound: Any, value_unit: str | None, unit_group: str) -> float |
     return converted[0] if converted else None
 
 
-def read_lab_results(*values: Any) -> list[LabResult]:
-    """Every usable lab result in the given prefetch values, oldest first, de-duplicated by resource id."""
+def read_lab_results(*values: Any, keep: Callable[[dict[str, Any]], bool] | None = None) -> list[LabResult]:
+    """Every usable lab result in the given prefetch values, oldest first, de-duplicated by resource id.
+
+    ``keep`` is a cheap test run before an Observation is parsed: what it rejects is never parsed at all.
+    """
     seen: set[str] = set()
     results: list[LabResult] = []
     for value in values:
         for observation in resources(value, "Observation"):
+            if keep is not None and not keep(observation):
+                continue
             ident = observation.get("id")
             if isinstance(ident, str):
                 if ident in seen:

@@ -1,0 +1,34 @@
+"""The benchmark harness runs end to end (tiny sizes; no timing assertions: timings belong to bench/)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_bench_smoke_run_prints_the_table():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "| scenario | request KiB | p50 ms | p95 ms | p99 ms | req/s | p50 / baseline p50 |" in out
+    for row in (
+        "baseline: bare Flask POST",
+        "discovery",
+        "patient-view, prefetch 10 Observations",
+        "patient-view, prefetch 100 Observations",
+        "order-select",
+    ):
+        assert f"| {row} |" in out, row
+    if os.environ.get("SEKMET_BIN"):
+        assert "| patient-view, no prefetch (FHIR server, 100 Obs) |" in out
+    assert "worker RSS (MiB)" in out
