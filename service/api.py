@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, g, render_template, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -120,6 +120,30 @@ def post_feedback(service_id: str) -> Response:
     for item in body["feedback"]:
         metrics.FEEDBACK.labels(item["outcome"]).inc()
     return json_response({"stored": stored})
+
+
+@bp.get("/")
+def integrator_page() -> str:
+    """Services, example exchanges and the card gallery, rendered on the server (no JavaScript)."""
+    from service import gallery
+
+    content = current_app.extensions.get("cds_gallery")
+    if content is None:
+        content = gallery.build(services(), settings())
+        for exchange in content["exchanges"].values():
+            exchange["request_json"] = json.dumps(exchange["request"], indent=2)
+            exchange["response_json"] = json.dumps(exchange["response"], indent=2)
+        current_app.extensions["cds_gallery"] = content
+    return render_template(
+        "index.html", services=[s.discovery() for s in services().values()], base=request.url_root, **content
+    )
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    from service.openapi import openapi_document
+
+    return json_response(openapi_document())
 
 
 @bp.get("/healthz")
