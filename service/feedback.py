@@ -69,7 +69,10 @@ class FeedbackStore:
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # reported by /readyz and by 503s on feedback, not a crash at start-up
+                log.error(json.dumps({"event": "feedback_dir_unavailable", "error": type(exc).__name__}))
         if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
         self.engine: Engine = create_engine(parsed, pool_pre_ping=True)

@@ -163,3 +163,11 @@ def test_one_structured_log_line_per_request_without_patient_data(tmp_path, capl
     assert len(lines) == 1
     assert lines[0]["hookInstance"] == body["hookInstance"] and lines[0]["status"] == 200 and lines[0]["cards"] == 2
     assert "wilson-critical-in" not in caplog.text and "2004-05-05" not in caplog.text
+
+
+def test_unwritable_sqlite_location_does_not_stop_the_service(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    client = app_on(f"sqlite:///{blocker}/sub/feedback.db")
+    assert client.hook(PV, load_request("single-low-in")).status_code == 200
+    assert client.client.get("/readyz").status_code == 503

@@ -147,7 +147,7 @@ def test_paging_through_a_real_server(fhir_base, loaded):
     assert dates == ["2026-03-15", "2026-01-10"]
 
 
-def test_cli_load_and_call_against_a_running_service(fhir_base, loaded, capsys):
+def test_cli_load_and_call_against_a_running_service(fhir_base, loaded, capsys, tmp_path):
     assert cli.main(["load-fixtures", "--fhir-base", fhir_base, "--token", TOKEN]) == 0
     assert f"Loaded {len(loaded)} bundles" in capsys.readouterr().out
     server = make_server("127.0.0.1", 0, make_app().app, threaded=True)
@@ -175,32 +175,29 @@ def test_cli_load_and_call_against_a_running_service(fhir_base, loaded, capsys):
         out = capsys.readouterr().out
         assert "[1] WARNING: Persistently low ALP (2 results over 64 days, latest 24 U/L)" in out
         assert "* Order Pyridoxal 5'-phosphate (vitamin B6), plasma" in out
-        drafts = FIXTURES.parent / "tests" / "_drafts.json"
+        drafts = tmp_path / "drafts.json"
         drafts.write_text(json.dumps(load_request("order-low-alp-in")["context"]["draftOrders"]))
-        try:
-            assert (
-                cli.main(
-                    [
-                        "call",
-                        OS,
-                        "--patient",
-                        "order-low-alp-in",
-                        "--fhir-base",
-                        fhir_base,
-                        "--token",
-                        TOKEN,
-                        "--service-url",
-                        url,
-                        "--draft-orders",
-                        str(drafts),
-                        "--select",
-                        "MedicationRequest/draft-denosumab",
-                    ]
-                )
-                == 0
+        assert (
+            cli.main(
+                [
+                    "call",
+                    OS,
+                    "--patient",
+                    "order-low-alp-in",
+                    "--fhir-base",
+                    fhir_base,
+                    "--token",
+                    TOKEN,
+                    "--service-url",
+                    url,
+                    "--draft-orders",
+                    str(drafts),
+                    "--select",
+                    "MedicationRequest/draft-denosumab",
+                ]
             )
-        finally:
-            drafts.unlink()
+            == 0
+        )
         assert "WARNING: Denosumab 60 mg ordered with a low ALP" in capsys.readouterr().out
     finally:
         server.shutdown()
