@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import cached_property
 from typing import Any
@@ -30,7 +30,6 @@ class Finding:
     orders: tuple[OrderSuggestion, ...] = ()
     deletes: tuple[str, ...] = ()  # references of draft orders the card suggests removing
     indicator: str | None = None  # overrides the template's indicator (graded value sets)
-    evidence: tuple[LabResult, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -232,7 +231,7 @@ def low_alp(chart: Chart) -> list[Finding]:
         "plp_note": workup_tests()["plp"].note,
     }
     kind = "alp-low-persistent" if persistent else "alp-low-single"
-    findings.append(Finding(kind, facts, tuple(orders), evidence=tuple(r.result for r in clean)))
+    findings.append(Finding(kind, facts, tuple(orders)))
     wilson = wilson_disease(chart, latest)
     if wilson:
         findings.append(wilson)

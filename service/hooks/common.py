@@ -77,7 +77,7 @@ def lab_filter(since: date, days: set[date]):
     return keep
 
 
-def build_chart(call: HookCall, *extra_medications: Any) -> Chart:
+def build_chart(call: HookCall) -> Chart:
     data = call.data
     patient = read_patient(data.get("patient"), call.context["patientId"])
     alp = read_lab_results(data.get("alp"))
@@ -86,7 +86,7 @@ def build_chart(call: HookCall, *extra_medications: Any) -> Chart:
         patient=patient,
         labs=_unique_sorted([*alp, *read_lab_results(data.get("labs"), keep=lab_filter(since, days))]),
         medications=read_medications(
-            [data.get("medicationStatements"), data.get("medicationRequests"), *extra_medications], resolver(call)
+            [data.get("medicationStatements"), data.get("medicationRequests")], resolver(call)
         ),
         now=call.now,
         settings=call.settings,
