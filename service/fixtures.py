@@ -60,6 +60,17 @@ def search(resources: Iterable[Mapping[str, Any]], query: str) -> dict[str, Any]
     }
 
 
+def fhir_authorization(access_token: str, scope: str = "user/*.read") -> dict[str, Any]:
+    """A CDS Hooks 2.0 ``fhirAuthorization`` object for a bearer token."""
+    return {
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": scope,
+        "subject": "alp-cds",
+    }
+
+
 def bundle_resources(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [e["resource"] for e in bundle.get("entry") or () if isinstance(e.get("resource"), dict)]
 

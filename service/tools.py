@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from service.fixtures import hook_request
+from service.fixtures import fhir_authorization, hook_request
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,15 +100,9 @@ def call_service(
         with_prefetch=False,
         fhir_server=fhir_base.rstrip("/"),
     )
-    body["hookInstance"] = str(__import__("uuid").uuid4())
+    body["hookInstance"] = str(uuid.uuid4())
     if token:
-        body["fhirAuthorization"] = {
-            "access_token": token,
-            "token_type": "Bearer",
-            "expires_in": 300,
-            "scope": "user/*.read",
-            "subject": "alp-cds",
-        }
+        body["fhirAuthorization"] = fhir_authorization(token)
     url = f"{service_url.rstrip('/')}/cds-services/{service_id}"
     try:
         response = requests.post(url, json=body, timeout=60)

@@ -20,7 +20,7 @@ import requests
 from werkzeug.serving import make_server
 
 from service import cli, tools
-from service.fixtures import hook_request
+from service.fixtures import fhir_authorization, hook_request
 from tests.conftest import FIXTURES, OS, PV, ROOT, load_bundle, load_request, make_app
 
 TOKEN = "integration-token"
@@ -104,26 +104,14 @@ def test_fetch_path_gives_the_same_cards_as_the_prefetch_path(fhir_base, loaded,
     without = json.loads(json.dumps(with_prefetch))
     without.pop("prefetch")
     without["fhirServer"] = fhir_base
-    without["fhirAuthorization"] = {
-        "access_token": TOKEN,
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "user/*.read",
-        "subject": "alp-cds",
-    }
+    without["fhirAuthorization"] = fhir_authorization(TOKEN)
     fetched = client.cards(service, without)
     assert comparable(fetched) == comparable(client.cards(service, with_prefetch))
 
 
 def test_wrong_token_gives_412(fhir_base, loaded):
     body = hook_request(PV, load_bundle("single-low-in"), "single-low-in", with_prefetch=False, fhir_server=fhir_base)
-    body["fhirAuthorization"] = {
-        "access_token": "wrong",
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "s",
-        "subject": "x",
-    }
+    body["fhirAuthorization"] = fhir_authorization("wrong")
     response = make_app().hook(PV, body)
     assert response.status_code == 412
     assert "refused access (401)" in response.get_json()["issue"][0]["diagnostics"]
@@ -155,47 +143,32 @@ def test_cli_load_and_call_against_a_running_service(fhir_base, loaded, capsys, 
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_port}"
-        assert (
-            cli.main(
+
+        def call(service: str, patient: str, *extra: str) -> int:
+            return cli.main(
                 [
                     "call",
-                    PV,
+                    service,
                     "--patient",
-                    "persistent-low-in",
+                    patient,
                     "--fhir-base",
                     fhir_base,
                     "--token",
                     TOKEN,
                     "--service-url",
                     url,
+                    *extra,
                 ]
             )
-            == 0
-        )
+
+        assert call(PV, "persistent-low-in") == 0
         out = capsys.readouterr().out
         assert "[1] WARNING: Persistently low ALP (2 results over 64 days, latest 24 U/L)" in out
         assert "* Order Pyridoxal 5'-phosphate (vitamin B6), plasma" in out
         drafts = tmp_path / "drafts.json"
         drafts.write_text(json.dumps(load_request("order-low-alp-in")["context"]["draftOrders"]))
         assert (
-            cli.main(
-                [
-                    "call",
-                    OS,
-                    "--patient",
-                    "order-low-alp-in",
-                    "--fhir-base",
-                    fhir_base,
-                    "--token",
-                    TOKEN,
-                    "--service-url",
-                    url,
-                    "--draft-orders",
-                    str(drafts),
-                    "--select",
-                    "MedicationRequest/draft-denosumab",
-                ]
-            )
+            call(OS, "order-low-alp-in", "--draft-orders", str(drafts), "--select", "MedicationRequest/draft-denosumab")
             == 0
         )
         assert "WARNING: Denosumab 60 mg ordered with a low ALP" in capsys.readouterr().out

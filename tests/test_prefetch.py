@@ -10,7 +10,7 @@ import requests
 import responses
 
 from service.fhir.client import FhirClient, FhirError
-from service.fixtures import bundle_resources, hook_request, search
+from service.fixtures import bundle_resources, fhir_authorization, hook_request, search
 from tests.conftest import PV, load_bundle, make_app
 
 BASE = "https://ehr.example.org/fhir"
@@ -23,13 +23,7 @@ def request_without_prefetch(name: str, keep: tuple[str, ...] = ()) -> dict:
     body["prefetch"] = {k: v for k, v in body.pop("prefetch").items() if k in keep}
     if not body["prefetch"]:
         body.pop("prefetch")
-    body["fhirAuthorization"] = {
-        "access_token": TOKEN,
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "user/Observation.read",
-        "subject": "alp-cds",
-    }
+    body["fhirAuthorization"] = fhir_authorization(TOKEN, "user/Observation.read")
     return body
 
 

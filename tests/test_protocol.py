@@ -6,6 +6,7 @@ import copy
 
 import pytest
 
+from service.fixtures import fhir_authorization
 from tests.conftest import OS, PV, load_request
 
 
@@ -34,18 +35,7 @@ def test_wrong_content_type_is_400(client):
         (lambda b: b.pop("context"), "'context' is a required property"),
         (lambda b: b["context"].pop("patientId"), "'patientId' is a required property"),
         (lambda b: b["context"].update(userId="nobody"), "invalid patient-view context: userId"),
-        (
-            lambda b: b.update(
-                fhirAuthorization={
-                    "access_token": "t",
-                    "token_type": "Bearer",
-                    "expires_in": 300,
-                    "scope": "s",
-                    "subject": "x",
-                }
-            ),
-            "fhirServer",
-        ),
+        (lambda b: b.update(fhirAuthorization=fhir_authorization("t")), "fhirServer"),
         (lambda b: b.update(fhirServer="ftp://example.org"), "fhirServer"),
         (lambda b: b.update(prefetch={"alp": "text"}), "prefetch.alp"),
         (lambda b: b.update(prefetch=[]), "prefetch"),

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from service.app import create_app
-from service.fixtures import NOW
+from service.fixtures import NOW, fhir_authorization
 from tests.conftest import PV, CheckedClient, load_request
 
 ISS = "https://ehr.example.org"
@@ -210,13 +210,7 @@ def _with_server(server: str) -> dict:
     body = load_request("single-low-in")
     body["prefetch"].pop("alp")
     body["fhirServer"] = server
-    body["fhirAuthorization"] = {
-        "access_token": "secret-ehr-token",
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "s",
-        "subject": "alp-cds",
-    }
+    body["fhirAuthorization"] = fhir_authorization("secret-ehr-token")
     return body
 
 
