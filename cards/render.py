@@ -9,9 +9,10 @@ from importlib import resources
 from typing import Any
 
 from fhir.resources.R4B.servicerequest import ServiceRequest
-from jinja2 import Environment, StrictUndefined
+from jinja2 import Environment, FunctionLoader, StrictUndefined
 
 from service.clinical.codes import LOINC, WorkupTest
+from service.clinical.facts import number_text
 from service.clinical.rules import Finding
 
 SUMMARY_MAX = 140
@@ -22,13 +23,17 @@ def _num(value: Any) -> str:
     if value is None:
         return "?"
     if isinstance(value, float):
-        text = f"{value:.2f}".rstrip("0").rstrip(".")
-        return text if text not in ("", "-0") else "0"
+        return number_text(value)
     return str(value)
 
 
 _env = Environment(
-    undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False
+    loader=FunctionLoader(lambda name: resources.files("cards").joinpath(name).read_text(encoding="utf-8")),
+    undefined=StrictUndefined,
+    autoescape=False,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=False,
 )
 _env.filters["num"] = _num
 

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from service import metrics
 from service.errors import BadRequest, CdsError, NotFound, StoreUnavailable, operation_outcome
 from service.fhir.client import FhirClient
-from service.fhir.prefetch import resolve_prefetch
+from service.fhir.prefetch import fetched_keys, resolve_prefetch
 from service.hooks import CdsService, HookCall
 from service.security import Unauthorized, check_fhir_server
 from service.validation import first_error
@@ -94,7 +94,14 @@ def call_service(service_id: str) -> Response:
     deadline = time.monotonic() + config["FHIR_TIME_BUDGET"]
     make_client = lambda: client_for(body, config, deadline)  # noqa: E731
     data = resolve_prefetch(service.prefetch, body, make_client, config["FHIR_FETCH_WORKERS"])
-    call = HookCall(request=body, data=data, settings=config, now=config["NOW"](), fetch=fetcher(make_client))
+    call = HookCall(
+        request=body,
+        data=data,
+        settings=config,
+        now=config["NOW"](),
+        fetch=fetcher(make_client),
+        fetched=fetched_keys(service.prefetch, body),
+    )
     issued = service.handler(call)
     for kind, card in issued:
         metrics.CARDS.labels(kind, card["indicator"]).inc()

@@ -27,3 +27,15 @@ FEEDBACK = Counter("cds_feedback_total", "Feedback items stored by outcome", ["o
 AUDIT_DROPPED = Counter(
     "cds_issued_cards_dropped_total", "Issued-card audit rows dropped (writer queue full)", registry=REGISTRY
 )
+FOREIGN_DROPPED = Counter(
+    "cds_foreign_resources_dropped_total",
+    "Resources dropped because they belong to another patient than the hook call's",
+    ["resource_type"],
+    registry=REGISTRY,
+)
+UNREADABLE_RESULTS = Counter(
+    "cds_unreadable_results_total",
+    "Lab results of a known code that could not be used (named in the card instead)",
+    ["reason"],
+    registry=REGISTRY,
+)

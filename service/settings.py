@@ -139,6 +139,13 @@ SETTINGS: tuple[Setting, ...] = (
         "RECENT_RESULT_DAYS", _positive_int, 90, "A workup test resulted within this many days is not re-suggested."
     ),
     Setting(
+        "ALP_CURRENT_DAYS",
+        _positive_int,
+        365,
+        "An ALP result older than this many days is history: shown, never the reason for advice today "
+        "(a setting, not a sourced number: see the README's rules for the age of results).",
+    ),
+    Setting(
         "PERSISTENT_MIN_DAYS",
         _positive_int,
         14,

@@ -6,13 +6,22 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from service.clinical.alp import judge, total_alp_readings
+from service.clinical.alp import total_alp
 from service.clinical.codes import convert
 from service.clinical.facts import Patient
-from service.fhir.readers import read_observation
+from service.fhir.readers import Scope, read_observation
 from service.settings import load_settings
 
 SETTINGS = load_settings({}, environ={})
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+ADULT_MAN = Patient("p", date(1980, 1, 1), "male")
+
+
+def read(observation, patient=ADULT_MAN, settings=SETTINGS):
+    """The one result in an Observation, read (and judged) for the patient."""
+    results = read_observation(observation, Scope(patient, NOW, settings))
+    assert len(results) <= 1
+    return results[0] if results else None
 
 
 def obs(value, unit="U/L", code="6768-6", status="final", when="2026-05-01", **extra):
@@ -40,15 +49,14 @@ def obs(value, unit="U/L", code="6768-6", status="final", when="2026-05-01", **e
     ],
 )
 def test_alp_units_are_normalised(unit, value, expected):
-    result = read_observation(obs(value, unit))
+    result = read(obs(value, unit))
     assert result.value == pytest.approx(expected) and result.unit == "U/L"
 
 
 def test_unknown_unit_is_never_guessed():
-    result = read_observation(obs(30, "mg/dL"))
-    assert result.value is None and result.unit_unknown and result.raw_unit == "mg/dL"
-    reading = judge(Patient("p", date(1980, 1, 1), "male"), result, SETTINGS)
-    assert reading.low is None
+    result = read(obs(30, "mg/dL"))
+    assert result.value is None and result.problem == "unit not recognised: mg/dL" and result.raw_unit == "mg/dL"
+    assert result.is_low() is None and total_alp([result]) == []
 
 
 def test_bilirubin_umol_is_converted_to_mg_dl():
@@ -68,7 +76,7 @@ def test_bilirubin_umol_is_converted_to_mg_dl():
     ],
 )
 def test_observation_status(status, kept, preliminary):
-    result = read_observation(obs(30, status=status))
+    result = read(obs(30, status=status))
     assert (result is not None) == kept
     if kept:
         assert result.preliminary == preliminary
@@ -77,42 +85,35 @@ def test_observation_status(status, kept, preliminary):
 def test_time_from_effective_period_or_issued():
     period = obs(30, when=None, effectivePeriod={"start": "2026-02-03T10:00:00+02:00"})
     period.pop("effectiveDateTime")
-    assert read_observation(period).when == datetime(2026, 2, 3, 8, 0, tzinfo=UTC)
+    assert read(period).when == datetime(2026, 2, 3, 8, 0, tzinfo=UTC)
     issued = obs(30)
     issued.pop("effectiveDateTime")
     issued["issued"] = "2026-03-04T05:06:07Z"
-    assert read_observation(issued).when == datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    assert read(issued).when == datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 
 
 def test_isoenzymes_are_never_compared_with_total_alp_limits():
-    patient = Patient("p", date(1980, 1, 1), "male")
-    results = [
-        read_observation(obs(5, code="1777-2")),
-        read_observation(obs(4, "ug/L", code="17838-4")),
-        read_observation(obs(3, code="1779-8")),
-    ]
+    results = [read(obs(5, code="1777-2")), read(obs(4, "ug/L", code="17838-4")), read(obs(3, code="1779-8"))]
     assert [r.analyte for r in results] == ["alp_bone", "alp_bone_mass", "alp_liver"]
-    assert total_alp_readings(patient, results, SETTINGS) == []
+    assert total_alp(results) == []
 
 
-def test_77141_0_is_total_alp():
-    assert read_observation(obs(30, code="77141-0")).analyte == "alp_total"
+@pytest.mark.parametrize("code", ["6768-6", "77141-0", "1783-0"])
+def test_total_alp_codes(code):
+    assert read(obs(30, code=code)).analyte == "alp_total"
 
 
 def test_lab_reference_range_comes_first_and_is_converted():
-    result = read_observation(obs(0.5, "ukat/L", referenceRange=[{"low": {"value": 0.6, "unit": "ukat/L"}}]))
-    reading = judge(Patient("p", date(1980, 1, 1), "male"), result, SETTINGS)
-    assert (
-        reading.low_limit == pytest.approx(36) and reading.low and reading.limit_source == "the lab's reference range"
-    )
+    result = read(obs(0.5, "ukat/L", referenceRange=[{"low": {"value": 0.6, "unit": "ukat/L"}}]))
+    assert result.low == pytest.approx(36) and result.is_low() and result.low_source == "the lab's reference range"
 
 
 def test_site_limit_before_the_table_for_adults_only():
     settings = load_settings({"ALP_SITE_LOW_LIMITS": "female=45,male=50"}, environ={})
-    adult = judge(Patient("p", date(1980, 1, 1), "male"), read_observation(obs(45)), settings)
-    assert (adult.low_limit, adult.limit_source, adult.low) == (50, "the site's lower limit", True)
-    child = judge(Patient("c", date(2020, 1, 1), "male"), read_observation(obs(45)), settings)
-    assert child.low_limit == 142 and "CALIPER" in child.limit_source
+    adult = read(obs(45), settings=settings)
+    assert (adult.low, adult.low_source, adult.is_low()) == (50, "the site's lower limit", True)
+    child = read(obs(45), Patient("c", date(2020, 1, 1), "male"), settings)
+    assert child.low == 142 and "CALIPER" in child.low_source
 
 
 def test_site_limits_from_the_environment():
@@ -136,17 +137,16 @@ def test_site_limits_from_the_environment():
     ],
 )
 def test_caliper_table_by_age_and_sex_at_the_time_of_the_test(birth, gender, value, limit, low):
-    patient = Patient("p", date.fromisoformat(birth), gender)
-    reading = judge(patient, read_observation(obs(value)), SETTINGS)
-    assert (reading.low_limit, reading.low) == (limit, low)
+    result = read(obs(value), Patient("p", date.fromisoformat(birth), gender))
+    assert (result.low, result.is_low()) == (limit, low)
 
 
 def test_lab_flag_without_range_is_the_labs_judgement():
-    result = read_observation(obs(45, interpretation=[{"coding": [{"code": "L"}]}]))
-    reading = judge(Patient("p", date(1980, 1, 1), "male"), result, SETTINGS)
-    assert reading.low and reading.limit_source == "the lab's flag"
+    result = read(obs(45, interpretation=[{"coding": [{"code": "L"}]}]))
+    assert result.is_low() and result.low is None and result.low_source == "the lab's flag"
 
 
 @pytest.mark.parametrize("value", [True, "12", None, float("nan"), 1e300, [1]])
-def test_malformed_values_are_skipped(value):
-    assert read_observation(obs(value)) is None
+def test_malformed_values_are_kept_unusable_and_named(value):
+    result = read(obs(value))
+    assert result.value is None and result.problem == "the value is not a number" and result.is_low() is None

@@ -59,7 +59,7 @@ def test_persistent_low_gives_hpp_warning(client):
     codes = ordered_codes(card)
     assert codes[:3] == ["62236-5", "28604-7", "69548-6"]
     assert "5763-8" not in codes  # zinc resulted 78 days ago: shown instead
-    assert "| Zinc | 88 ug/dL | 2026-03-15 |" in card["detail"]
+    assert "| Zinc | 88 ug/dL | 60-120 ug/dL (the lab's reference range) | 2026-03-15 |" in card["detail"]
     genetic = next(s for s in card["suggestions"] if "ALPL" in s["label"])
     assert "isRecommended" not in genetic  # genetics after the biochemistry
     assert {r["code"] for r in card["overrideReasons"]} >= {"hpp-already-assessed", "known-cause"}
@@ -93,7 +93,10 @@ def test_child_is_judged_against_the_paediatric_limit(client):
 def test_units_are_converted_and_unknown_units_are_reported(client):
     (card,) = cards_for(client, "units-in")
     assert "Low ALP 24 U/L" in card["summary"]
-    assert "Not interpreted (unit not recognised): 7 mg/dL on 2026-05-21" in card["detail"]
+    assert (
+        "**Not interpreted:** Alkaline phosphatase, serum/plasma 7 mg/dL on 2026-05-21 (unit not recognised: mg/dL)"
+        in card["detail"]
+    )
     assert cards_for(client, "units-out") == []
 
 
@@ -108,7 +111,8 @@ def test_abnormal_secondary_results_are_named_as_explanations(client):
     assert "may explain it:** low zinc (zinc deficiency); high TSH (hypothyroidism)" in card["detail"]
     codes = ordered_codes(card)
     assert "5763-8" not in codes and "3016-3" not in codes and "19123-9" not in codes
-    assert "| Magnesium | 2 mg/dL | 2026-05-01 |" in card["detail"]  # normal: shown, not named
+    # normal: shown, not named
+    assert "| Magnesium | 2 mg/dL | 1.7-2.4 mg/dL (the lab's reference range) | 2026-05-01 |" in card["detail"]
 
 
 def test_old_results_are_suggested_again(client):

@@ -4,11 +4,12 @@ fractures); they also lower ALP themselves, so the order of events matters (refe
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
-from service.clinical.alp import AlpReading
+from service.clinical.alp import is_current
 from service.clinical.codes import workup_tests
-from service.clinical.facts import Medication
-from service.clinical.rules import SHOWN_READINGS, Chart, Finding, OrderSuggestion, describe_reading, workup
+from service.clinical.facts import LabResult, Medication
+from service.clinical.rules import SHOWN_READINGS, Chart, Finding, OrderSuggestion, workup
 
 ANTIRESORPTIVE_GROUPS = ("bisphosphonate", "denosumab", "romosozumab", "raloxifene", "calcitonin")
 
@@ -21,31 +22,45 @@ def _indicator(medications: Sequence[Medication], strong: str, weak: str) -> str
     return strong if any(m.tier == "strong" for m in medications) else weak
 
 
-def _clean_low_run(chart: Chart) -> list[AlpReading]:
-    return list(chart.low_run_split[0])
+def first_exposure(medications: Sequence[Medication]) -> datetime | None:
+    """When antiresorptive treatment began: the earliest evidence of any antiresorptive (statement start, request,
+    dispense), not the latest renewal. Any antiresorptive counts, because each lowers ALP and bisphosphonates act
+    for years after the last dose. None when a record has no date, since the start then cannot be known."""
+    starts = [m.start for m in medications if is_antiresorptive(m) and m.status != "draft"]
+    if not starts or any(s is None for s in starts):
+        return None
+    return min(starts)
+
+
+def alp_before(chart: Chart, start: datetime | None) -> LabResult | None:
+    """The last judged ALP before treatment began, when that start is known."""
+    if start is None:
+        return None
+    before = [r for r in chart.alp if r.when < start]
+    return before[-1] if before else None
 
 
 def review_current(chart: Chart) -> list[Finding]:
-    """patient-view: low ALP while an antiresorptive is current."""
+    """patient-view: a current low ALP while an antiresorptive is current."""
     drugs = [m for m in chart.medications if m.status == "current" and is_antiresorptive(m)]
-    run = _clean_low_run(chart)
+    run = chart.low_run_split[0]
     if not drugs or not run:
         return []
-    starts = [m.start for m in drugs if m.start]
-    first_start = min(starts) if starts else None
-    readings = chart.alp_readings()
-    low_before = [r for r in readings if r.low and first_start and r.result.when and r.result.when < first_start]
+    start = first_exposure(chart.medications)
+    before = alp_before(chart, start)
     orders, resulted = workup(chart, ["hpp", "genetic"])
     return [
         Finding(
             "antiresorptive-current-low-alp",
             {
                 "drugs": sorted({m.name for m in drugs}),
-                "start": first_start.date().isoformat() if first_start else None,
-                "readings": [describe_reading(r) for r in run[-SHOWN_READINGS:]],
-                "latest": describe_reading(run[-1]),
-                "low_before": [describe_reading(r) for r in low_before],
+                "start": start.date().isoformat() if start else None,
+                "readings": [chart.describe_alp(r) for r in run[-SHOWN_READINGS:]],
+                "latest": chart.describe_alp(run[-1]),
+                "before": chart.describe_alp(before) if before else None,
+                "low_before": bool(before and before.is_low()),
                 "resulted": resulted,
+                "not_interpreted": chart.not_interpreted(),
             },
             tuple(orders),
             indicator=_indicator(drugs, "warning", "info"),
@@ -60,20 +75,34 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
         return []
     deletes = tuple(m.reference for m in drugs if m.reference)
     names = sorted({m.name for m in drugs})
-    readings = [r for r in chart.alp_readings() if r.low is not None]
+    judged = chart.alp
     if hpp_documented:
         return [
             Finding(
                 "antiresorptive-order-hpp",
-                {"drugs": names, "readings": [describe_reading(r) for r in readings[-3:]]},
+                {"drugs": names, "readings": [chart.describe_alp(r) for r in judged[-3:]]},
                 deletes=deletes,
             )
         ]
-    if not readings:
+    if not judged or not is_current(judged[-1], chart.now, chart.settings):
+        # No ALP that can drive advice today: ask for a current one before the drug lowers it.
+        last = judged[-1] if judged else None
+        last_low = bool(last and last.is_low())
         return [
-            Finding("antiresorptive-order-no-alp", {"drugs": names}, (OrderSuggestion(workup_tests()["repeat_alp"]),))
+            Finding(
+                "antiresorptive-order-no-alp",
+                {
+                    "drugs": names,
+                    "last": chart.describe_alp(last) if last else None,
+                    "last_low": last_low,
+                    "current_days": chart.settings["ALP_CURRENT_DAYS"],
+                    "not_interpreted": chart.not_interpreted(),
+                },
+                (OrderSuggestion(workup_tests()["repeat_alp"]),),
+                indicator=_indicator(drugs, "warning", "info") if last_low else "info",
+            )
         ]
-    run = _clean_low_run(chart)
+    run = chart.low_run_split[0]
     if not run:
         return []
     orders, resulted = workup(chart, ["hpp", "genetic"])
@@ -82,9 +111,10 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
             "antiresorptive-order-low-alp",
             {
                 "drugs": names,
-                "readings": [describe_reading(r) for r in run[-SHOWN_READINGS:]],
-                "latest": describe_reading(run[-1]),
+                "readings": [chart.describe_alp(r) for r in run[-SHOWN_READINGS:]],
+                "latest": chart.describe_alp(run[-1]),
                 "resulted": resulted,
+                "not_interpreted": chart.not_interpreted(),
             },
             tuple(orders),
             deletes=deletes,

@@ -63,10 +63,6 @@ def convert(value: float, unit: str | None, unit_group: str) -> tuple[float, str
     return None if found is None else (value * found[0], found[1])
 
 
-def canonical_unit(unit_group: str) -> str:
-    return _unit_table()[unit_group][0]
-
-
 @cache
 def thresholds() -> dict[str, float]:
     return {r["name"]: float(r["value"]) for r in _rows("thresholds.csv")}
@@ -74,29 +70,73 @@ def thresholds() -> dict[str, float]:
 
 @dataclass(frozen=True)
 class ReferenceBand:
+    """A reference interval for one analyte, sex and age band, in the analyte's canonical unit."""
+
+    analyte: str
     sex: str  # male | female | any
     from_days: float
     to_days: float  # exclusive; inf for the open adult band
-    low: float
-    high: float
+    low: float | None
+    high: float | None
+    label: str  # what the card says the limit is, e.g. "Mayo Clinic Laboratories adult interval"
     source: str
+
+
+AGE_UNITS = {"d": 1.0, "m": 30.4375, "y": 365.25}
 
 
 def _age_days(text: str) -> float:
     if not text:
         return float("inf")
-    number, unit = float(text[:-1]), text[-1]
-    return number * {"d": 1, "y": 365.25}[unit]
+    return float(text[:-1]) * AGE_UNITS[text[-1]]
+
+
+def _canonical(value: str, unit: str, unit_group: str) -> float | None:
+    if not value:
+        return None
+    converted = convert(float(value), unit, unit_group)
+    if converted is None:
+        raise ValueError(f"reference data: unit {unit!r} unknown for {unit_group}")
+    return converted[0]
+
+
+def _unit_group(analyte: str) -> str:
+    return next(a.unit_group for a in analytes().values() if a.analyte == analyte)
 
 
 @cache
-def alp_reference_bands() -> tuple[ReferenceBand, ...]:
-    return tuple(
-        ReferenceBand(
-            r["sex"], _age_days(r["age_from"]), _age_days(r["age_to"]), float(r["low"]), float(r["high"]), r["source"]
+def reference_bands() -> dict[str, tuple[ReferenceBand, ...]]:
+    """Fallback reference intervals per analyte (used only when the lab sends no range and no flag)."""
+    bands: dict[str, list[ReferenceBand]] = {}
+    for r in _rows("reference_intervals.csv"):
+        group = _unit_group(r["analyte"])
+        bands.setdefault(r["analyte"], []).append(
+            ReferenceBand(
+                r["analyte"],
+                r["sex"],
+                _age_days(r["age_from"]),
+                _age_days(r["age_to"]),
+                _canonical(r["low"], r["unit"], group),
+                _canonical(r["high"], r["unit"], group),
+                r["label"],
+                r["source"],
+            )
         )
-        for r in _rows("alp_reference_intervals.csv")
-    )
+    return {analyte: tuple(rows) for analyte, rows in bands.items()}
+
+
+@cache
+def plausible_ranges() -> dict[str, tuple[float | None, float | None, str]]:
+    """Analyte -> (lowest, highest possible value in the canonical unit, canonical unit): outside is not a result."""
+    ranges = {}
+    for r in _rows("plausibility.csv"):
+        group = _unit_group(r["analyte"])
+        ranges[r["analyte"]] = (
+            _canonical(r["low"], r["unit"], group),
+            _canonical(r["high"], r["unit"], group),
+            _unit_table()[group][0],
+        )
+    return ranges
 
 
 @dataclass(frozen=True)
@@ -138,6 +178,7 @@ class MedicationEntry:
     system: str
     code: str
     display: str
+    ingredient: str  # empty for a class-level entry (an ATC group)
 
 
 @cache
@@ -150,6 +191,7 @@ def medication_entries() -> tuple[MedicationEntry, ...]:
             r["system"],
             r["code"].lower() if r["match"] == "text" else r["code"],
             r["display"],
+            r["ingredient"],
         )
         for r in _rows("medications.csv")
         if r["status"] in ("VERIFIED", "PARTIAL")

@@ -1,4 +1,9 @@
-"""Typed, normalised facts the rules work on. Built by ``service.fhir.readers`` from FHIR JSON."""
+"""Typed, normalised facts the rules work on. Built by ``service.fhir.readers`` from FHIR JSON.
+
+A fact that reaches the rules is already this patient's, dated, plausible, in the analyte's canonical unit, and
+carries the limits it is judged against with where they came from. A result that fails one of those checks is kept
+with ``value=None`` and a ``problem`` so that a card can name it instead of ignoring it.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,12 @@ class Patient:
     id: str
     birth_date: date | None = None
     gender: str | None = None  # FHIR administrative gender: male | female | other | unknown
+    deceased: bool = False
+    deceased_at: datetime | None = None  # None when deceased without a date (deceasedBoolean)
 
     def age_years(self, when: datetime | date) -> float | None:
-        if self.birth_date is None:
-            return None
-        day = when.date() if isinstance(when, datetime) else when
-        return (day - self.birth_date).days / 365.25
+        days = self.age_days(when)
+        return None if days is None else days / 365.25
 
     def age_days(self, when: datetime | date) -> int | None:
         if self.birth_date is None:
@@ -25,9 +30,41 @@ class Patient:
         return (day - self.birth_date).days
 
 
+# Where a limit came from (the card names it).
+LAB_RANGE = "the lab's reference range"
+LAB_FLAG = "the lab's flag"
+
+
+def _below(value: float, comparator: str | None, limit: float) -> bool | None:
+    """Is the true value below ``limit``? A result reported as "<20" is below 20; None when it cannot be told."""
+    if comparator is None:
+        return value < limit
+    if comparator == "<":
+        return True if value <= limit else None
+    if comparator == "<=":
+        return True if value < limit else None
+    return False if value >= limit else None  # ">" or ">=": the true value is at least ``value``
+
+
+def _above(value: float, comparator: str | None, limit: float) -> bool | None:
+    if comparator is None:
+        return value > limit
+    if comparator == ">":
+        return True if value >= limit else None
+    if comparator == ">=":
+        return True if value > limit else None
+    return False if value <= limit else None  # "<" or "<=": the true value is at most ``value``
+
+
 @dataclass(frozen=True)
 class LabResult:
-    """One quantitative lab result in the analyte's canonical unit (``value`` is None when the unit is unknown)."""
+    """One lab result in the analyte's canonical unit, with the limits that apply to it.
+
+    ``value`` is None when the result cannot be used; ``problem`` then says why (unit not recognised, no number,
+    outside the possible range, no date...). ``low``/``high`` are the lab's own range, or, when the lab sent neither
+    a range nor a flag, the fallback reference interval for the patient's age and sex (``low_source``/``high_source``
+    say which).
+    """
 
     analyte: str
     loinc: str
@@ -37,38 +74,59 @@ class LabResult:
     unit: str  # canonical unit of the analyte, or the raw unit when it could not be converted
     raw_value: float | None = None
     raw_unit: str | None = None
-    low: float | None = None  # the lab's referenceRange.low, converted to the canonical unit
+    raw_text: str | None = None  # the value as the lab wrote it, e.g. "<20" or "see report"
+    comparator: str | None = None  # "<", "<=", ">", ">=" (the true value is beyond ``value``)
+    low: float | None = None
     high: float | None = None
+    low_source: str | None = None
+    high_source: str | None = None
     flag: str | None = None  # "low" | "high" | "normal" from Observation.interpretation
     preliminary: bool = False
     resource_id: str | None = None
+    problem: str | None = None
 
     @property
-    def unit_unknown(self) -> bool:
-        return self.value is None and self.raw_value is not None
+    def usable(self) -> bool:
+        return self.value is not None and self.when is not None
 
-    def is_low(self, fallback_low: float | None = None) -> bool | None:
-        """Low against the lab's range or flag, else ``fallback_low``; None when it cannot be judged."""
+    @property
+    def shown_value(self) -> str:
+        """The value as a clinician should read it: with its comparator, or the lab's own text."""
+        if self.value is None:
+            if self.raw_text is not None:
+                return self.raw_text
+            return "no value" if self.raw_value is None else number_text(self.raw_value)
+        return f"{self.comparator or ''}{number_text(self.value)}"
+
+    def is_low(self) -> bool | None:
+        """Below the lower limit (the lab's, else the lab's flag, else the fallback); None when it cannot be judged."""
         if self.value is None:
             return None
         if self.low is not None:
-            return self.value < self.low
+            return _below(self.value, self.comparator, self.low)
         if self.flag is not None:
             return self.flag == "low"
-        if fallback_low is not None:
-            return self.value < fallback_low
         return None
 
-    def is_high(self, fallback_high: float | None = None) -> bool | None:
+    def is_high(self) -> bool | None:
         if self.value is None:
             return None
         if self.high is not None:
-            return self.value > self.high
+            return _above(self.value, self.comparator, self.high)
         if self.flag is not None:
             return self.flag == "high"
-        if fallback_high is not None:
-            return self.value >= fallback_high
         return None
+
+    def at_least(self, threshold: float) -> bool:
+        """The true value is certainly at or above ``threshold`` (a sourced decision limit, not a reference limit)."""
+        if self.value is None or self.comparator in ("<", "<="):
+            return False
+        return self.value >= threshold
+
+
+def number_text(value: float) -> str:
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"
 
 
 @dataclass(frozen=True)
@@ -77,8 +135,10 @@ class Medication:
 
     groups: frozenset[str]  # value-set groups it belongs to, e.g. {"bisphosphonate"}
     tier: str | None  # strongest tier among its groups, e.g. "strong"
-    name: str
+    name: str  # as the record names it
     status: str  # current | history | draft
-    start: datetime | None = None
+    start: datetime | None = None  # when this record says the drug was started, ordered or handed over
+    end: datetime | None = None
     reference: str | None = None  # e.g. "MedicationRequest/abc"
     matched_by: str = "code"  # code | atc | text
+    ingredient: str | None = None  # e.g. "alendronate"

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from service.clinical.codes import MedicationEntry, medication_entries
 
 TIER_ORDER = {"strong": 0, "plp-confounder": 1, "informational": 2}
 
 
-def match_medication(
-    codings: Iterable[tuple[str | None, str | None]], texts: Iterable[str]
-) -> tuple[frozenset[str], str | None, str, str | None]:
-    """(groups, strongest tier, matched_by, display of the first match) for the codings and free texts given.
+@dataclass(frozen=True)
+class Match:
+    groups: frozenset[str]
+    tier: str | None
+    matched_by: str  # code | text
+    display: str | None  # display of the first matching entry
+    ingredient: str | None  # the first named ingredient among the matches
+
+
+NO_MATCH = Match(frozenset(), None, "code", None, None)
+
+
+def match_medication(codings: Iterable[tuple[str | None, str | None]], texts: Iterable[str]) -> Match:
+    """The value-set groups the codings and free texts belong to.
 
     Codes win over text: text matching is a fallback for products whose codes are not listed.
     """
@@ -33,6 +44,7 @@ def match_medication(
         hits = [e for e in entries if e.match == "text" and e.code in lowered]
         matched_by = "text"
     if not hits:
-        return frozenset(), None, matched_by, None
+        return NO_MATCH
     tier = min((e.tier for e in hits), key=lambda t: TIER_ORDER.get(t, 9))
-    return frozenset(e.group for e in hits), tier, matched_by, hits[0].display
+    ingredient = next((e.ingredient for e in hits if e.ingredient), None)
+    return Match(frozenset(e.group for e in hits), tier, matched_by, hits[0].display, ingredient)

@@ -50,6 +50,12 @@ def is_operation_outcome(value: Any) -> bool:
     return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
 
 
+def fetched_keys(templates: Mapping[str, str], request: Mapping[str, Any]) -> frozenset[str]:
+    """The keys whose data comes from the FHIR server rather than from the client's prefetch."""
+    provided = request.get("prefetch") or {}
+    return frozenset(k for k in templates if k not in provided or is_operation_outcome(provided[k]))
+
+
 def resolve_prefetch(
     templates: Mapping[str, str],
     request: Mapping[str, Any],

@@ -1,34 +1,60 @@
-"""Turn FHIR R4 JSON into typed facts. Tolerant: a malformed element is skipped, never an exception.
+"""The trust boundary: FHIR R4 JSON in, facts out. Everything read here comes from outside and is checked here.
 
-Validation is deliberately cheap (plain dict reads) because a chart may hold thousands of Observations;
-only Observations with a known LOINC code are looked at closely.
+- Identity: a resource is used only when its subject/patient reference names the patient of the hook call; other
+  patients' resources are dropped and counted (``Scope.dropped``), never shown.
+- Shape: any JSON may arrive. A malformed element is skipped (or, for a lab result, kept with a ``problem`` so the
+  card can name it); reading never raises on bad data.
+- Results: value from ``valueQuantity`` (with its comparator), ``valueString`` ("<20", "< 5 U/L") or
+  ``valueInteger``, at Observation level or in a ``component``; converted to the analyte's canonical unit; checked
+  against the possible range and the patient's lifetime; judged against the lab's range, else the lab's flag, else
+  the sourced fallback interval for age and sex (``service.clinical.limits``).
+- Medications: status meaning, the record's own start and end, never current after death.
+
+Reading is cheap (plain dict reads) because a chart may hold thousands of Observations; only Observations with a
+known LOINC code are looked at closely.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, date, datetime
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from service.clinical.codes import LOINC, analytes, convert
-from service.clinical.facts import LabResult, Medication, Patient
+from service.clinical.codes import LOINC, Analyte, analytes, convert, plausible_ranges
+from service.clinical.facts import LAB_FLAG, LAB_RANGE, LabResult, Medication, Patient
+from service.clinical.limits import fallback_limits
 from service.clinical.medications import match_medication
 
 COUNTED = {"final", "amended", "corrected"}
 PRELIMINARY = {"preliminary"}
 LOW_FLAGS = {"L", "LL", "LU", "<"}
 HIGH_FLAGS = {"H", "HH", "HU", ">"}
+COMPARATORS = {"<", "<=", ">", ">="}
 MED_STATUS = {
-    # MedicationRequest
+    # MedicationRequest and MedicationStatement
     "active": "current",
     "on-hold": "current",
+    "intended": "current",
     "draft": "draft",
     "completed": "history",
     "stopped": "history",
-    # MedicationStatement
-    "intended": "current",
+    # MedicationDispense: the drug was handed over (evidence of exposure, not of current use)
+    "in-progress": "history",
 }
+MEDICATION_RECORDS = ("MedicationStatement", "MedicationRequest", "MedicationDispense")
+# "<20", "< 5 U/L", ">= 1000 IU/L", "35": a comparator, a number with a decimal point (a comma is ambiguous
+# between a decimal and a thousands separator, so it is not read), and an optional unit.
+VALUE_TEXT = re.compile(r"^\s*(<=|>=|<|>|≤|≥)?\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*([^\d\s,][^,]*)?$")
+UNICODE_COMPARATORS = {"≤": "<=", "≥": ">="}
+DATE_TOLERANCE = timedelta(days=1)  # time zones and partial dates: a result a day outside life is still believed
+
+
+class PatientMismatch(ValueError):
+    """The Patient resource given is not the patient of the hook call."""
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -38,6 +64,10 @@ def _dict(value: Any) -> dict[str, Any]:
 
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def resources(value: Any, resource_type: str | None = None) -> Iterator[dict[str, Any]]:
@@ -69,9 +99,9 @@ def parse_datetime(text: Any) -> datetime | None:
         if len(text) == 10:
             return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
         parsed = datetime.fromisoformat(text)  # Python 3.11 reads "Z" and offsets
-    except ValueError:
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def parse_date(text: Any) -> date | None:
@@ -79,15 +109,62 @@ def parse_date(text: Any) -> date | None:
     return parsed.date() if parsed else None
 
 
+def patient_in_reference(reference: Any) -> str | None:
+    """The patient id a reference names: ``Patient/x``, ``https://host/fhir/Patient/x``, with or without
+    ``/_history/n``; None for anything else (contained, urn:uuid, identifier-only, another resource type)."""
+    if not isinstance(reference, str):
+        return None
+    path = reference.split("/_history/", 1)[0]
+    head, found, ident = path.rpartition("Patient/")
+    if not found or (head and not head.endswith("/")) or not ident or "/" in ident:
+        return None
+    return ident
+
+
+@dataclass
+class Scope:
+    """Whose chart is being read, and when. Every resource is checked against it."""
+
+    patient: Patient
+    now: datetime
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    dropped: Counter[str] = field(default_factory=Counter)  # resource type -> other patients' resources dropped
+
+    def owns(self, resource: dict[str, Any], *, unnamed_ok: bool = False) -> bool:
+        """The resource names this patient as its subject (or ``patient``); ``unnamed_ok`` accepts a resource that
+        names nobody (a draft order in the hook context is about the context patient)."""
+        reference = _dict(resource.get("subject")).get("reference")
+        if reference is None:
+            reference = _dict(resource.get("patient")).get("reference")
+        if patient_in_reference(reference) == self.patient.id:
+            return True
+        if unnamed_ok and reference is None and "subject" not in resource and "patient" not in resource:
+            return True
+        kind = resource.get("resourceType")
+        self.dropped[kind if isinstance(kind, str) and kind.isalpha() and len(kind) < 40 else "unknown"] += 1
+        return False
+
+
 def read_patient(value: Any, patient_id: str) -> Patient:
-    for resource in resources(value, "Patient"):
-        gender = resource.get("gender")
-        return Patient(
-            id=patient_id,
-            birth_date=parse_date(resource.get("birthDate")),
-            gender=gender if gender in ("male", "female", "other", "unknown") else None,
-        )
-    return Patient(id=patient_id)
+    """The Patient of the hook call. A Patient resource with another id raises :class:`PatientMismatch`."""
+    found = list(resources(value, "Patient"))
+    if not found:
+        return Patient(id=patient_id)
+    resource = next((r for r in found if r.get("id") == patient_id), None)
+    if resource is None:
+        raise PatientMismatch("the Patient resource given is not context.patientId")
+    gender = resource.get("gender")
+    deceased_at = parse_datetime(resource.get("deceasedDateTime"))
+    deceased = resource.get("deceasedBoolean") is True or deceased_at is not None
+    if isinstance(resource.get("deceasedDateTime"), str) and deceased_at is None:
+        deceased = True  # a death date that cannot be read is still a death
+    return Patient(
+        id=patient_id,
+        birth_date=parse_date(resource.get("birthDate")),
+        gender=gender if gender in ("male", "female", "other", "unknown") else None,
+        deceased=deceased,
+        deceased_at=deceased_at,
+    )
 
 
 def _number(value: Any) -> float | None:
@@ -105,10 +182,12 @@ def _unit(quantity: dict[str, Any]) -> str | None:
     return None
 
 
-def _flag(observation: dict[str, Any]) -> str | None:
-    for concept in _list(observation.get("interpretation")):
+def _flag(element: dict[str, Any]) -> str | None:
+    for concept in _list(element.get("interpretation")):
         for coding in _list(_dict(concept).get("coding")):
             code = _dict(coding).get("code")
+            if not isinstance(code, str):
+                continue
             if code in LOW_FLAGS:
                 return "low"
             if code in HIGH_FLAGS:
@@ -119,64 +198,72 @@ def _flag(observation: dict[str, Any]) -> str | None:
 
 
 def observation_time(observation: dict[str, Any]) -> datetime | None:
-    when = parse_datetime(observation.get("effectiveDateTime"))
-    if when is not None:
-        return when
     period = _dict(observation.get("effectivePeriod"))
     return (
-        parse_datetime(observation.get("effectiveInstant"))
+        parse_datetime(observation.get("effectiveDateTime"))
+        or parse_datetime(observation.get("effectiveInstant"))
         or parse_datetime(period.get("start"))
         or parse_datetime(period.get("end"))
         or parse_datetime(observation.get("issued"))
     )
 
 
-def read_observation(observation: dict[str, Any]) -> LabResult | None:
-    status = observation.get("status")
-    if status not in COUNTED and status not in PRELIMINARY:
-        return None
-    known = analytes()
-    analyte = None
-    for coding in _list(_dict(observation.get("code")).get("coding")):
-        if (
-            isinstance(coding, dict)
-            and coding.get("system") == LOINC
-            and isinstance(coding.get("code"), str)
-            and coding["code"] in known
-        ):
-            analyte = known[coding["code"]]
-            break
-    if analyte is None:
-        return None
-    quantity = observation.get("valueQuantity")
-    if not isinstance(quantity, dict):
-        return None
-    raw_value = _number(quantity.get("value"))
-    if raw_value is None:
-        return None
-    raw_unit = _unit(quantity)
-    converted = convert(raw_value, raw_unit, analyte.unit_group)
-    low = high = None
-    ranges = observation.get("referenceRange")
-    if converted and ranges and isinstance(ranges, list):
-        first = _dict(ranges[0])
-        low = _range_bound(first.get("low"), raw_unit, analyte.unit_group)
-        high = _range_bound(first.get("high"), raw_unit, analyte.unit_group)
-    return LabResult(
-        analyte=analyte.analyte,
-        loinc=analyte.loinc,
-        display=analyte.display,
-        when=observation_time(observation),
-        value=converted[0] if converted else None,
-        unit=converted[1] if converted else (raw_unit or "no unit"),
-        raw_value=raw_value,
-        raw_unit=raw_unit,
-        low=low,
-        high=high,
-        flag=_flag(observation),
-        preliminary=status in PRELIMINARY,
-        resource_id=observation.get("id") if isinstance(observation.get("id"), str) else None,
+def _analyte(concept: Any, known: Mapping[str, Analyte]) -> Analyte | None:
+    for coding in _list(_dict(concept).get("coding")):
+        if not isinstance(coding, dict) or coding.get("system") != LOINC:
+            continue
+        code = coding.get("code")
+        if isinstance(code, str) and code in known:
+            return known[code]
+    return None
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """A value as the lab sent it, before conversion."""
+
+    number: float | None
+    unit: str | None
+    comparator: str | None
+    text: str | None  # shown when the value cannot be used
+    problem: str | None
+
+
+def _raw_value(element: dict[str, Any], range_unit: str | None) -> _Raw:
+    quantity = element.get("valueQuantity")
+    if isinstance(quantity, dict):
+        number = _number(quantity.get("value"))
+        comparator = quantity.get("comparator")
+        unit = _unit(quantity)
+        if number is None:
+            return _Raw(None, unit, None, None, "the value is not a number")
+        if comparator is not None and comparator not in COMPARATORS:
+            return _Raw(number, unit, None, None, "the comparator is not one FHIR allows")
+        return _Raw(number, unit, comparator, None, None)
+    text = element.get("valueString")
+    if isinstance(text, str):
+        shown = text.strip()[:40]
+        match = VALUE_TEXT.match(text)
+        if not match:
+            return _Raw(None, None, None, shown, "the value is text that does not read as a number")
+        comparator = UNICODE_COMPARATORS.get(match.group(1), match.group(1))
+        return _Raw(float(match.group(2)), (match.group(3) or "").strip() or range_unit, comparator, shown, None)
+    integer = element.get("valueInteger")
+    if isinstance(integer, int) and not isinstance(integer, bool):
+        return _Raw(_number(integer), range_unit, None, None, None)
+    absent = _dict(element.get("dataAbsentReason"))
+    reason = _text(absent.get("text")) or next(
+        (_text(_dict(c).get("display")) or _text(_dict(c).get("code")) for c in _list(absent.get("coding"))), None
     )
+    return _Raw(None, None, None, None, f"no value: {reason[:40]}" if reason else "no value")
+
+
+def _range_unit(reference_range: dict[str, Any]) -> str | None:
+    for key in ("low", "high"):
+        bound = reference_range.get(key)
+        if isinstance(bound, dict) and _unit(bound):
+            return _unit(bound)
+    return None
 
 
 def _range_bound(bound: Any, value_unit: str | None, unit_group: str) -> float | None:
@@ -189,11 +276,134 @@ def _range_bound(bound: Any, value_unit: str | None, unit_group: str) -> float |
     return converted[0] if converted else None
 
 
-def read_lab_results(*values: Any, keep: Callable[[dict[str, Any]], bool] | None = None) -> list[LabResult]:
-    """Every usable lab result in the given prefetch values, oldest first, de-duplicated by resource id.
+def _read_result(
+    analyte: Analyte,
+    element: dict[str, Any],
+    *,
+    when: datetime | None,
+    preliminary: bool,
+    resource_id: str | None,
+    scope: Scope | None,
+    problem: str | None = None,
+) -> LabResult:
+    reference_range = _dict(next(iter(_list(element.get("referenceRange"))), None))
+    raw = _raw_value(element, _range_unit(reference_range))
+    problem = problem or raw.problem
+    converted = None
+    if problem is None and raw.number is not None:
+        converted = convert(raw.number, raw.unit, analyte.unit_group)
+        if converted is None:
+            problem = f"unit not recognised: {raw.unit[:20]}" if raw.unit else "no unit"
+    if converted is not None and problem is None:
+        problem = _implausible(analyte.analyte, converted[0])
+    if problem is None:
+        problem = _misdated(when, scope)
+    base = LabResult(
+        analyte=analyte.analyte,
+        loinc=analyte.loinc,
+        display=analyte.display,
+        when=when,
+        value=None,
+        unit=raw.unit or "no unit",
+        raw_value=raw.number,
+        raw_unit=raw.unit,
+        raw_text=raw.text,
+        comparator=raw.comparator,
+        flag=_flag(element),
+        preliminary=preliminary,
+        resource_id=resource_id,
+        problem=problem,
+    )
+    if problem is not None or converted is None:
+        return base
+    value, unit = converted
+    low = _range_bound(reference_range.get("low"), raw.unit, analyte.unit_group)
+    high = _range_bound(reference_range.get("high"), raw.unit, analyte.unit_group)
+    result = replace(
+        base,
+        value=value,
+        unit=unit,
+        low=low,
+        high=high,
+        low_source=LAB_RANGE if low is not None else None,
+        high_source=LAB_RANGE if high is not None else None,
+    )
+    if base.flag is not None:
+        return replace(result, low_source=result.low_source or LAB_FLAG, high_source=result.high_source or LAB_FLAG)
+    if (low is None or high is None) and scope is not None and when is not None:
+        fallback = fallback_limits(analyte.analyte, scope.patient, when, scope.settings)
+        if fallback is not None:
+            if low is None and fallback.low is not None:
+                result = replace(result, low=fallback.low, low_source=fallback.source)
+            if high is None and fallback.high is not None:
+                result = replace(result, high=fallback.high, high_source=fallback.source)
+    return result
 
-    ``keep`` is a cheap test run before an Observation is parsed: what it rejects is never parsed at all.
-    """
+
+def _implausible(analyte: str, value: float) -> str | None:
+    lowest, highest, unit = plausible_ranges().get(analyte, (None, None, ""))
+    if (lowest is not None and value < lowest) or (highest is not None and value > highest):
+        span = f"{_plain(lowest) if lowest is not None else ''}-{_plain(highest) if highest is not None else ''}"
+        return f"outside the possible range: {span} {unit}"
+    return None
+
+
+def _plain(number: float) -> str:
+    return f"{number:g}"
+
+
+def _misdated(when: datetime | None, scope: Scope | None) -> str | None:
+    if when is None:
+        return "no date"
+    if scope is None:
+        return None
+    if scope.patient.birth_date is not None and when.date() < scope.patient.birth_date - DATE_TOLERANCE:
+        return "dated before the patient's birth"
+    if when > scope.now + DATE_TOLERANCE:
+        return "dated in the future"
+    return None
+
+
+def read_observation(observation: dict[str, Any], scope: Scope | None = None) -> list[LabResult]:
+    """The known lab results in one Observation: its own value and those of its components (a panel)."""
+    known = analytes()
+    parts: list[tuple[Analyte, dict[str, Any], str | None]] = []
+    ident = observation.get("id") if isinstance(observation.get("id"), str) else None
+    top = _analyte(observation.get("code"), known)
+    if top is not None:
+        parts.append((top, observation, ident))
+    for index, component in enumerate(_list(observation.get("component"))):
+        found = _analyte(_dict(component).get("code"), known)
+        if found is not None:
+            parts.append((found, component, f"{ident}#component{index}" if ident else None))
+    if not parts:
+        return []
+    status = observation.get("status")
+    problem = None
+    if not isinstance(status, str):
+        problem = "the status cannot be read"
+    elif status not in COUNTED and status not in PRELIMINARY:
+        return []  # registered, cancelled, entered-in-error...: not a result
+    when = observation_time(observation)
+    return [
+        _read_result(
+            analyte,
+            element,
+            when=when,
+            preliminary=status in PRELIMINARY,
+            resource_id=part_id,
+            scope=scope,
+            problem=problem,
+        )
+        for analyte, element, part_id in parts
+    ]
+
+
+def read_lab_results(
+    *values: Any, scope: Scope | None = None, keep: Callable[[dict[str, Any]], bool] | None = None
+) -> list[LabResult]:
+    """Every lab result of the scope's patient in the given prefetch values, oldest first, de-duplicated by
+    resource id. ``keep`` is a cheap test run before an Observation is parsed: what it rejects is never parsed."""
     seen: set[str] = set()
     results: list[LabResult] = []
     for value in values:
@@ -205,14 +415,14 @@ def read_lab_results(*values: Any, keep: Callable[[dict[str, Any]], bool] | None
                 if ident in seen:
                     continue
                 seen.add(ident)
-            result = read_observation(observation)
-            if result is not None:
-                results.append(result)
+            if scope is not None and not scope.owns(observation):
+                continue
+            results.extend(read_observation(observation, scope))
     results.sort(key=lambda r: r.when or datetime.min.replace(tzinfo=UTC))
     return results
 
 
-def _concept_parts(concept: Any) -> tuple[list[tuple[str | None, str | None]], list[str]]:
+def _concept_parts(concept: Any) -> tuple[list[tuple[str | None, str]], list[str]]:
     if not isinstance(concept, dict):
         return [], []
     codings = [c for c in _list(concept.get("coding")) if isinstance(c, dict)]
@@ -221,11 +431,31 @@ def _concept_parts(concept: Any) -> tuple[list[tuple[str | None, str | None]], l
     return [(system, code) for system, code in pairs if isinstance(code, str) and isinstance(system, str | None)], texts
 
 
+def _record_dates(resource: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """(start, end) this record gives for the drug: a statement's effective period, a request's authoring date, a
+    dispense's hand-over. ``dateAsserted`` is when a statement was written down, not when the drug started."""
+    kind = resource.get("resourceType")
+    if kind == "MedicationStatement":
+        period = _dict(resource.get("effectivePeriod"))
+        start = parse_datetime(period.get("start")) or parse_datetime(resource.get("effectiveDateTime"))
+        return start, parse_datetime(period.get("end"))
+    if kind == "MedicationRequest":
+        return parse_datetime(resource.get("authoredOn")), None
+    return parse_datetime(resource.get("whenHandedOver")) or parse_datetime(resource.get("whenPrepared")), None
+
+
 def read_medications(
     values: Iterable[Any],
+    scope: Scope | None = None,
     resolve: Callable[[str], dict[str, Any] | None] | None = None,
+    *,
+    drafts: bool = False,
 ) -> list[Medication]:
-    """MedicationStatement and MedicationRequest resources that match a value set, with status meaning."""
+    """Medication records (statements, requests, dispenses) of the scope's patient that match a value set.
+
+    ``drafts`` reads the hook context's draft orders, which may name no subject (they are the context patient's).
+    A record is current only while it is active, its effective period has not ended and the patient is alive.
+    """
     found: list[Medication] = []
     pool = [r for value in values for r in resources(value)]
     medications = {
@@ -235,37 +465,38 @@ def read_medications(
     }
     for resource in pool:
         kind = resource.get("resourceType")
-        if kind not in ("MedicationStatement", "MedicationRequest"):
+        if kind not in MEDICATION_RECORDS:
             continue
         status = resource.get("status")
         meaning = MED_STATUS.get(status) if isinstance(status, str) else None
-        if meaning is None:
+        if meaning is None or (kind == "MedicationDispense" and status not in ("completed", "in-progress")):
+            continue
+        if scope is not None and not scope.owns(resource, unnamed_ok=drafts):
             continue
         concept = resource.get("medicationCodeableConcept")
         if concept is None:
             concept = _referenced_code(resource, medications, resolve)
         codings, texts = _concept_parts(concept)
-        groups, tier, matched_by, display = match_medication(codings, texts)
-        if not groups:
+        match = match_medication(codings, texts)
+        if not match.groups:
             continue
-        if kind == "MedicationStatement":
-            period = _dict(resource.get("effectivePeriod"))
-            start = (
-                parse_datetime(period.get("start"))
-                or parse_datetime(resource.get("effectiveDateTime"))
-                or parse_datetime(resource.get("dateAsserted"))
-            )
-        else:
-            start = parse_datetime(resource.get("authoredOn"))
+        start, end = _record_dates(resource)
+        if meaning == "current" and scope is not None:
+            if end is not None and end < scope.now:
+                meaning = "history"
+            if scope.patient.deceased:
+                meaning = "history"
         found.append(
             Medication(
-                groups=groups,
-                tier=tier,
-                name=texts[0] if texts else display or "unnamed medication",
+                groups=match.groups,
+                tier=match.tier,
+                name=texts[0] if texts else match.display or "unnamed medication",
                 status=meaning,
                 start=start,
+                end=end,
                 reference=f"{kind}/{resource['id']}" if isinstance(resource.get("id"), str) else None,
-                matched_by=matched_by,
+                matched_by=match.matched_by,
+                ingredient=match.ingredient,
             )
         )
     return found
@@ -293,15 +524,19 @@ def _referenced_code(
     return None
 
 
-def has_hpp_diagnosis(*values: Any) -> bool:
-    """A Condition documenting hypophosphatasia (not refuted or entered in error)."""
+def has_hpp_diagnosis(*values: Any, scope: Scope | None = None) -> bool:
+    """A Condition of the patient documenting hypophosphatasia (not refuted or entered in error)."""
     from service.clinical.codes import hpp_condition_codes
 
     codes, texts = hpp_condition_codes()
     for value in values:
         for condition in resources(value, "Condition"):
-            status = (_list(_dict(condition.get("verificationStatus")).get("coding")) or [{}])[0]
-            if _dict(status).get("code") in ("refuted", "entered-in-error"):
+            if scope is not None and not scope.owns(condition):
+                continue
+            verification = {
+                _text(_dict(c).get("code")) for c in _list(_dict(condition.get("verificationStatus")).get("coding"))
+            }
+            if verification & {"refuted", "entered-in-error"}:
                 continue
             codings, words = _concept_parts(condition.get("code"))
             if any(pair in codes for pair in codings) or any(t in w.lower() for w in words for t in texts):

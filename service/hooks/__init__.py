@@ -20,6 +20,7 @@ class HookCall:
     settings: Mapping[str, Any]
     now: datetime
     fetch: Callable[[str], dict[str, Any]] | None = None
+    fetched: frozenset[str] = frozenset()  # prefetch keys whose data came from the FHIR server, not the client
 
     @property
     def context(self) -> Mapping[str, Any]:

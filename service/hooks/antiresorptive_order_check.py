@@ -8,7 +8,7 @@ from cards import render_card
 from service.clinical import antiresorptives
 from service.fhir.readers import has_hpp_diagnosis, read_medications, resources
 from service.hooks import CdsService, HookCall
-from service.hooks.common import PATIENT, build_chart, chart_prefetch, resolver
+from service.hooks.common import PATIENT, build_chart, chart_prefetch, read_scope, report, resolver
 
 
 def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
@@ -22,9 +22,12 @@ def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
             if f"{r.get('resourceType')}/{r.get('id')}" in selections or r.get("resourceType") == "Medication"
         ],
     }
-    chart = build_chart(call)
-    ordered = read_medications([selected], resolver(call))
-    findings = antiresorptives.review_order(chart, ordered, has_hpp_diagnosis(call.data.get("conditions")))
+    scope = read_scope(call)
+    chart = build_chart(call, scope)
+    ordered = read_medications([selected], scope, resolver(call), drafts=True)
+    hpp = has_hpp_diagnosis(call.data.get("conditions"), scope=scope)
+    report(scope, [])
+    findings = antiresorptives.review_order(chart, ordered, hpp)
     return [(f.kind, render_card(f, chart.patient.id)) for f in findings]
 
 

@@ -6,10 +6,12 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
+from service import metrics
 from service.clinical.codes import LOINC, analytes, loinc_codes
 from service.clinical.facts import LabResult
 from service.clinical.rules import Chart, Finding, lab_days_needed
-from service.fhir.readers import read_lab_results, read_medications, read_patient
+from service.errors import BadRequest, DataUnavailable
+from service.fhir.readers import PatientMismatch, Scope, read_lab_results, read_medications, read_patient
 from service.hooks import HookCall
 
 PATIENT = "{{context.patientId}}"
@@ -58,11 +60,17 @@ def without_repeats(findings: list[Finding]) -> list[Finding]:
 
 
 def lab_filter(since: date, days: set[date]):
-    """A cheap pre-parse test on an Observation's date text (ISO dates compare as strings); undated or ALP-coded
-    Observations are always kept and read in full."""
+    """A cheap pre-parse test on an Observation's date text (ISO dates compare as strings); undated Observations and
+    those carrying an ALP code (also as a panel component) are always kept and read in full."""
     since_text = since.isoformat()
     day_texts = {d.isoformat() for d in days}
     alp_codes = {f"{LOINC}|{c}" for c in loinc_codes(*ALP_ANALYTES)}
+
+    def coded_alp(concept: Any) -> bool:
+        codings = concept.get("coding") if isinstance(concept, dict) else None
+        return isinstance(codings, list) and any(
+            isinstance(c, dict) and f"{c.get('system')}|{c.get('code')}" in alp_codes for c in codings
+        )
 
     def keep(observation: dict[str, Any]) -> bool:
         text = observation.get("effectiveDateTime")
@@ -71,26 +79,48 @@ def lab_filter(since: date, days: set[date]):
         day = text[:10]
         if day >= since_text or day in day_texts:
             return True
-        codings = (observation.get("code") or {}).get("coding") if isinstance(observation.get("code"), dict) else None
-        return any(isinstance(c, dict) and f"{c.get('system')}|{c.get('code')}" in alp_codes for c in codings or ())
+        components = observation.get("component")
+        return coded_alp(observation.get("code")) or (
+            isinstance(components, list) and any(isinstance(c, dict) and coded_alp(c.get("code")) for c in components)
+        )
 
     return keep
 
 
-def build_chart(call: HookCall) -> Chart:
+def read_scope(call: HookCall) -> Scope:
+    """The patient of the call, checked: a Patient resource with another id is refused (400 when the client sent
+    it, 412 when the FHIR server did)."""
+    patient_id = call.context["patientId"]
+    try:
+        patient = read_patient(call.data.get("patient"), patient_id)
+    except PatientMismatch:
+        if "patient" in call.fetched:
+            raise DataUnavailable("the FHIR server returned a Patient whose id is not context.patientId") from None
+        raise BadRequest("prefetch.patient is not the patient named in context.patientId") from None
+    return Scope(patient=patient, now=call.now, settings=call.settings)
+
+
+def build_chart(call: HookCall, scope: Scope | None = None) -> Chart:
     data = call.data
-    patient = read_patient(data.get("patient"), call.context["patientId"])
-    alp = read_lab_results(data.get("alp"))
-    since, days = lab_days_needed(patient, alp, call.now, call.settings)
-    return Chart(
-        patient=patient,
-        labs=_unique_sorted([*alp, *read_lab_results(data.get("labs"), keep=lab_filter(since, days))]),
-        medications=read_medications(
-            [data.get("medicationStatements"), data.get("medicationRequests")], resolver(call)
-        ),
-        now=call.now,
-        settings=call.settings,
+    scope = scope or read_scope(call)
+    alp = read_lab_results(data.get("alp"), scope=scope)
+    since, days = lab_days_needed(alp, call.now, call.settings)
+    labs = _unique_sorted([*alp, *read_lab_results(data.get("labs"), scope=scope, keep=lab_filter(since, days))])
+    medications = read_medications(
+        [data.get("medicationStatements"), data.get("medicationRequests")], scope, resolver(call)
     )
+    report(scope, labs)
+    return Chart(patient=scope.patient, labs=labs, medications=medications, now=call.now, settings=call.settings)
+
+
+def report(scope: Scope, labs: list[LabResult]) -> None:
+    """Count what the reading step refused (no patient data: resource types and reasons only)."""
+    for kind, count in scope.dropped.items():
+        metrics.FOREIGN_DROPPED.labels(kind).inc(count)
+    scope.dropped.clear()
+    for result in labs:
+        if result.problem is not None:
+            metrics.UNREADABLE_RESULTS.labels(result.problem.split(":", 1)[0]).inc()
 
 
 def _unique_sorted(results: list[LabResult]) -> list[LabResult]:

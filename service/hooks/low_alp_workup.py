@@ -12,6 +12,8 @@ from service.hooks.common import build_chart, chart_prefetch, without_repeats
 
 def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     chart = build_chart(call)
+    if chart.patient.deceased:
+        return []  # no workup advice on the chart of a patient who has died
     findings = without_repeats(rules.low_alp(chart) + antiresorptives.review_current(chart))
     return [(f.kind, render_card(f, chart.patient.id)) for f in findings]
 

@@ -1,0 +1,58 @@
+"""Which reference limits apply to a result when the laboratory sent neither a range nor a flag.
+
+Many feeds (Synthea among them) send bare numbers: without a fallback, a bilirubin of 14 mg/dL is "not high" and
+the Wilson and EDTA rules never fire. The fallback is the sourced interval in ``data/reference_intervals.csv`` for
+the patient's age and sex on the day of the test; for total ALP in adults, the site's own lower limit
+(``ALP_SITE_LOW_LIMITS``) comes first. The card always says which limit was used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from service.clinical.codes import reference_bands
+from service.clinical.facts import Patient
+
+TOTAL_ALP = "alp_total"
+SITE_LIMIT = "the site's lower limit"
+
+
+@dataclass(frozen=True)
+class Limits:
+    low: float | None
+    high: float | None
+    source: str
+
+
+def fallback_limits(analyte: str, patient: Patient, when: datetime, settings: Mapping[str, Any]) -> Limits | None:
+    """The fallback interval for the analyte at the patient's age and sex on ``when``; None when none applies."""
+    bands = reference_bands().get(analyte, ())
+    if not bands:
+        return None
+    age_days = patient.age_days(when)
+    if age_days is None:
+        if analyte != TOTAL_ALP:
+            return None  # no age, no band: judging a child by adult limits could call a normal value abnormal
+        # ALP without a birth date: the lowest adult lower limit never calls a normal adult value low.
+        adult = [b for b in bands if b.to_days == float("inf")]
+        return Limits(min(b.low for b in adult), None, "adult lower limit, CALIPER (birth date unknown)")
+    if age_days < 0:
+        return None
+    if analyte == TOTAL_ALP:
+        site: Mapping[str, float] = settings.get("ALP_SITE_LOW_LIMITS") or {}
+        if site and age_days / 365.25 >= settings["ADULT_AGE"]:
+            return Limits(site.get(patient.gender or "") or min(site.values()), None, SITE_LIMIT)
+    candidates = [b for b in bands if b.from_days <= age_days < b.to_days]
+    if patient.gender in ("male", "female"):
+        candidates = [b for b in candidates if b.sex in ("any", patient.gender)]
+    # Otherwise (sex unknown or "other") both sexes' bands are combined into the widest limits, which call nothing
+    # abnormal that would be normal for either sex.
+    if not candidates:
+        return None
+    lows = [b.low for b in candidates if b.low is not None]
+    highs = [b.high for b in candidates if b.high is not None]
+    labels = sorted({b.label for b in candidates})
+    return Limits(min(lows) if lows else None, max(highs) if highs else None, "; ".join(labels))
