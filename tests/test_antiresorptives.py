@@ -51,7 +51,8 @@ def test_text_fallback(text, tier):
 
 @pytest.mark.parametrize("text", ["teriparatide 20 mcg", "abaloparatide", "atorvastatin 10 mg"])
 def test_anabolics_and_other_drugs_are_not_antiresorptive(text):
-    assert not match_medication([], [text]).groups & {"bisphosphonate", "denosumab", "romosozumab", "raloxifene", "calcitonin"}
+    groups = match_medication([], [text]).groups
+    assert not groups & {"bisphosphonate", "denosumab", "romosozumab", "raloxifene", "calcitonin"}
 
 
 def _statement(status, **extra):
@@ -120,8 +121,10 @@ def test_patient_view_low_alp_on_alendronate_says_low_before_the_drug(client):
     card = next(c for c in cards if "Fosamax" in c["summary"])
     assert card["indicator"] == "warning"
     assert "ALP was low before treatment" in card["summary"]
-    assert "already low before antiresorptive treatment began**: the last result before 2025-06-01 was 27 U/L on " \
+    assert (
+        "already low before antiresorptive treatment began**: the last result before 2025-06-01 was 27 U/L on "
         "2025-01-15" in " ".join(card["detail"].split())
+    )
     assert "first recorded on 2025-06-01" in " ".join(card["detail"].split())
     assert {r["code"] for r in card["overrideReasons"]} == {"hpp-excluded", "benefit-outweighs-risk", "workup-planned"}
     # the HPP workup is suggested once, on the low-ALP card, not repeated on this one
