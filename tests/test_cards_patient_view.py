@@ -154,7 +154,10 @@ def test_edta_pattern_replaces_the_workup(client):
     (card,) = cards_for(client, "edta-in")
     assert card["indicator"] == "warning"
     assert "possible EDTA contamination, recollect" in card["summary"]
-    assert "high potassium** (7.4 mmol/L)" in card["detail"] and "low calcium** (6.1 mg/dL)" in card["detail"]
+    assert (
+        "high potassium** (7.4 mmol/L)" in card["detail"]
+        and "low calcium** (6.1 mg/dL; 8.6-10.2 mg/dL (the lab's reference range))" in card["detail"]
+    )
     assert "low zinc (12 ug/dL)" in card["detail"]
     assert ordered_codes(card) == ["6768-6"]
 

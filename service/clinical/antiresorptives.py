@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from service.clinical.alp import is_current
+from service.clinical.alp import TOTAL_ALP, is_current
 from service.clinical.codes import workup_tests
 from service.clinical.facts import LabResult, Medication
 from service.clinical.rules import SHOWN_READINGS, Chart, Finding, OrderSuggestion, workup
@@ -88,6 +88,7 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
         # No ALP that can drive advice today: ask for a current one before the drug lowers it.
         last = judged[-1] if judged else None
         last_low = bool(last and last.is_low())
+        unreadable = chart.not_interpreted()
         return [
             Finding(
                 "antiresorptive-order-no-alp",
@@ -96,7 +97,8 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
                     "last": chart.describe_alp(last) if last else None,
                     "last_low": last_low,
                     "current_days": chart.settings["ALP_CURRENT_DAYS"],
-                    "not_interpreted": chart.not_interpreted(),
+                    "not_interpreted": unreadable,
+                    "unreadable_alp": any(u["analyte"] == TOTAL_ALP for u in unreadable),
                 },
                 (OrderSuggestion(workup_tests()["repeat_alp"]),),
                 indicator=_indicator(drugs, "warning", "info") if last_low else "info",

@@ -163,6 +163,7 @@ def _limit_text(result: LabResult) -> str:
 
 def describe(result: LabResult) -> dict[str, Any]:
     return {
+        "analyte": result.analyte,
         "display": result.display,
         "value": result.shown_value,
         "unit": result.unit,

@@ -1,0 +1,555 @@
+"""Reading the chart (issue: read only this patient's current, plausible data, in every form EHRs send it).
+
+Each test builds the chart a careless EHR, a hostile client or a broken server would send, and checks the cards.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
+import responses
+
+from service import metrics
+from service.clinical.facts import Patient
+from service.fhir.readers import Scope, patient_in_reference, read_medications, read_observation
+from service.fixtures import NOW, hook_request
+from service.settings import load_settings
+from tests.conftest import OS, PV, make_app
+
+LOINC = "http://loinc.org"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+PID = "p1"
+
+
+def patient(pid: str = PID, birth: str = "1970-01-01", gender: str = "female", **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Patient", "id": pid, "birthDate": birth, "gender": gender, **extra}
+
+
+_counter = iter(range(10**6))
+
+
+def lab(code: str, value: Any, unit: str | None, when: str, pid: str = PID, **extra: Any) -> dict[str, Any]:
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": f"obs-{next(_counter)}",
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": code}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": when,
+    }
+    if value is not None:
+        obs["valueQuantity"] = {"value": value, **({"unit": unit, "code": unit} if unit else {})}
+    obs.update(extra)
+    return obs
+
+
+def alp(value: Any, when: str, pid: str = PID, **extra: Any) -> dict[str, Any]:
+    return lab("6768-6", value, "U/L", when, pid, **extra)
+
+
+def alendronate(status: str = "active", pid: str = PID, **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "MedicationRequest",
+        "id": f"mr-{next(_counter)}",
+        "status": status,
+        "intent": "order",
+        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "904419"}], "text": "alendronate 10 mg"},
+        "subject": {"reference": f"Patient/{pid}"},
+        **extra,
+    }
+
+
+def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+
+
+def pv_request(*resources: dict[str, Any], pid: str = PID) -> dict[str, Any]:
+    return hook_request(PV, bundle(*resources), pid)
+
+
+def os_request(*resources: dict[str, Any], pid: str = PID, order: dict[str, Any] | None = None) -> dict[str, Any]:
+    order = order or alendronate("draft", pid=pid, id="draft-1", authoredOn="2026-06-01")
+    order = {**order, "id": "draft-1"}
+    return hook_request(
+        OS,
+        bundle(*resources),
+        pid,
+        draft_orders=bundle(order),
+        selections=["MedicationRequest/draft-1"],
+    )
+
+
+def summaries(cards: list[dict[str, Any]]) -> list[str]:
+    return [c["summary"] for c in cards]
+
+
+def add_to_prefetch(request: dict[str, Any], key: str, *resources: dict[str, Any]) -> dict[str, Any]:
+    request = copy.deepcopy(request)
+    request["prefetch"][key]["entry"].extend({"resource": r} for r in resources)
+    return request
+
+
+# ------------------------------------------------------------------------------------------------ 1. identity
+
+
+@pytest.mark.parametrize(
+    ("reference", "named"),
+    [
+        ("Patient/p1", "p1"),
+        ("https://ehr.example.org/fhir/Patient/p1", "p1"),
+        ("Patient/p1/_history/3", "p1"),
+        ("https://ehr.example.org/fhir/Patient/p1/_history/3", "p1"),
+        ("Patient/p10", "p10"),
+        ("RelatedPerson/p1", None),
+        ("XPatient/p1", None),
+        ("urn:uuid:1234", None),
+        ("#p1", None),
+        ("Patient/", None),
+        (None, None),
+        (["Patient/p1"], None),
+    ],
+)
+def test_which_patient_a_reference_names(reference, named):
+    assert patient_in_reference(reference) == named
+
+
+def test_another_patients_low_alp_in_the_prefetch_is_dropped_and_counted():
+    client = make_app()
+    own = pv_request(patient(), alp(80, "2026-05-01"))
+    assert client.cards(PV, own) == []
+    before = metrics.FOREIGN_DROPPED.labels("Observation")._value.get()
+    hostile = add_to_prefetch(own, "alp", alp(12, "2026-05-20", pid="p2"), alp(13, "2026-05-21", pid="p1x"))
+    hostile = add_to_prefetch(hostile, "labs", lab("2823-3", 7.5, "mmol/L", "2026-05-20", pid="p2"))
+    assert client.cards(PV, hostile) == []
+    assert metrics.FOREIGN_DROPPED.labels("Observation")._value.get() - before == 3
+    scrape = client.client.get("/metrics").get_data(as_text=True)
+    assert 'cds_foreign_resources_dropped_total{resource_type="Observation"}' in scrape
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        {"reference": "https://ehr.example.org/fhir/Patient/p1"},
+        {"reference": "Patient/p1/_history/2"},
+    ],
+)
+def test_absolute_and_versioned_references_to_the_patient_are_used(subject):
+    request = add_to_prefetch(pv_request(patient()), "alp", alp(22, "2026-05-20", subject=subject))
+    (card,) = make_app().cards(PV, request)
+    assert card["summary"].startswith("Low ALP 22 U/L on 2026-05-20")
+
+
+@pytest.mark.parametrize("subject", [None, {"reference": "urn:uuid:abc"}, {"identifier": {"value": "p1"}}])
+def test_results_that_name_no_patient_are_not_used(subject):
+    observation = alp(22, "2026-05-20")
+    observation.pop("subject")
+    if subject is not None:
+        observation["subject"] = subject
+    request = pv_request(patient(), alp(80, "2026-01-20"))
+    request = add_to_prefetch(request, "alp", observation)
+    assert make_app().cards(PV, request) == []
+
+
+def test_another_patients_alendronate_and_hpp_diagnosis_are_ignored():
+    request = os_request(patient(), alp(80, "2026-05-01"))
+    hpp = {
+        "resourceType": "Condition",
+        "id": "c-other",
+        "code": {"text": "Hypophosphatasia"},
+        "subject": {"reference": "Patient/p2"},
+    }
+    request = add_to_prefetch(request, "conditions", hpp)
+    assert make_app().cards(OS, request) == []  # ALP normal and no HPP of this patient: quiet
+    pv = add_to_prefetch(pv_request(patient(), alp(25, "2026-05-01")), "medicationRequests", alendronate(pid="p2"))
+    assert [s for s in summaries(make_app().cards(PV, pv)) if "alendronate" in s] == []
+
+
+def test_a_draft_order_for_another_patient_is_not_checked():
+    request = os_request(patient(), alp(22, "2026-05-01"), order=alendronate("draft", pid="p2"))
+    assert make_app().cards(OS, request) == []
+    unnamed = alendronate("draft")
+    unnamed.pop("subject")
+    (card,) = make_app().cards(OS, os_request(patient(), alp(22, "2026-05-01"), order=unnamed))
+    assert "ordered with a low ALP" in card["summary"]
+
+
+def test_a_prefetched_patient_with_another_id_is_a_400():
+    request = pv_request(patient(), alp(22, "2026-05-01"))
+    request["prefetch"]["patient"]["id"] = "p2"
+    response = make_app().hook(PV, request)
+    assert response.status_code == 400
+    assert "context.patientId" in response.get_json()["issue"][0]["diagnostics"]
+
+
+@responses.activate
+def test_a_fhir_server_answering_with_another_patient_is_a_412():
+    base = "https://fhir.example.org/r4"
+    responses.get(f"{base}/Patient/p1", json=patient("p2"))
+    request = pv_request(patient(), alp(22, "2026-05-01"))
+    request["fhirServer"] = base
+    del request["prefetch"]["patient"]
+    response = make_app().hook(PV, request)
+    assert response.status_code == 412
+    assert "context.patientId" in response.get_json()["issue"][0]["diagnostics"]
+
+
+@responses.activate
+def test_a_fhir_search_answer_holding_other_patients_is_filtered():
+    base = "https://fhir.example.org/r4"
+    request = pv_request(patient(), alp(80, "2026-05-01"))
+    request["fhirServer"] = base
+    del request["prefetch"]["alp"]
+    responses.get(f"{base}/Observation", json=bundle(alp(80, "2026-05-01"), alp(15, "2026-05-25", pid="p9")))
+    assert make_app().cards(PV, request) == []
+
+
+# ------------------------------------------------------------------------------------------------ 2. deceased
+
+
+@pytest.mark.parametrize("death", [{"deceasedBoolean": True}, {"deceasedDateTime": "2026-05-28"}])
+def test_no_workup_for_a_deceased_patient(death):
+    request = pv_request(patient(**death), alp(22, "2026-01-10"), alp(24, "2026-05-20"), alendronate())
+    assert make_app().cards(PV, request) == []
+
+
+def test_deceased_false_is_alive():
+    request = pv_request(patient(deceasedBoolean=False), alp(22, "2026-05-20"))
+    assert len(make_app().cards(PV, request)) == 1
+
+
+def test_medications_are_never_current_after_death():
+    scope = Scope(Patient(PID, date(1950, 1, 1), "female", deceased=True), NOW)
+    (med,) = read_medications([alendronate()], scope)
+    assert med.status == "history"
+
+
+# ------------------------------------------------------------------------------------------------ 3. age of results
+
+
+def test_a_low_alp_from_1978_gives_no_advice_today():
+    assert make_app().cards(PV, pv_request(patient(birth="1950-01-01"), alp(20, "1978-01-09"))) == []
+
+
+def test_old_lows_are_not_persistent():
+    request = pv_request(patient(), alp(20, "2018-01-09"), alp(21, "2019-03-01"))
+    assert make_app().cards(PV, request) == []
+
+
+def test_a_current_low_shows_older_lows_as_history():
+    request = pv_request(patient(), alp(20, "2019-03-01"), alp(21, "2026-05-01"))
+    (card,) = make_app().cards(PV, request)
+    assert "| 2019-03-01 (history) | 20 | 35 |" in card["detail"]
+    assert "| 2026-05-01 | 21 | 35 |" in card["detail"]
+
+
+def test_order_select_with_only_an_old_low_asks_for_a_current_alp():
+    request = os_request(patient(birth="1950-01-01"), alp(20, "1978-01-09"))
+    (card,) = make_app().cards(OS, request)
+    assert card["summary"] == (
+        "No ALP in the last 365 days (last one low, 20 U/L on 1978-01-09): measure ALP before starting "
+        "alendronate 10 mg"
+    )
+    assert "ordered with a low ALP" not in card["summary"]
+    assert card["indicator"] == "warning"
+    (suggestion,) = card["suggestions"]
+    assert suggestion["actions"][0]["resource"]["code"]["coding"][0]["code"] == "6768-6"
+
+
+def test_order_select_with_an_old_normal_alp_is_informational():
+    (card,) = make_app().cards(OS, os_request(patient(), alp(80, "2019-01-09")))
+    assert card["indicator"] == "info"
+    assert card["summary"].startswith("No ALP in the last 365 days: measure ALP before starting")
+
+
+def test_the_window_is_a_setting():
+    request = pv_request(patient(birth="1950-01-01"), alp(20, "1978-01-09"))
+    (card,) = make_app(ALP_CURRENT_DAYS=20000).cards(PV, request)
+    assert "1978-01-09" in card["summary"]
+
+
+# ------------------------------------------------------------------------------------------------ 4. medication timeline
+
+
+def _antiresorptive_card(cards):
+    found = [c for c in cards if "alendronate" in c["summary"]]
+    return found[0] if found else None
+
+
+def test_therapy_start_is_the_earliest_record_not_the_renewal():
+    first = alendronate("completed", authoredOn="2020-01-10")
+    renewal = alendronate("active", authoredOn="2025-12-01")
+    request = pv_request(patient(), alp(70, "2019-06-01"), alp(30, "2023-05-01"), alp(28, "2026-05-01"), first, renewal)
+    card = _antiresorptive_card(make_app().cards(PV, request))
+    assert "before treatment" not in card["summary"]  # the 2023 low came after the drug was first recorded
+    detail = " ".join(card["detail"].split())
+    assert "first recorded on 2020-01-10" in detail
+    assert "the last ALP before treatment (70 U/L on 2019-06-01) was not low" in detail
+
+
+def test_low_before_treatment_needs_the_last_alp_before_the_start_to_be_low():
+    request = pv_request(
+        patient(), alp(30, "2018-01-01"), alp(70, "2019-06-01"), alp(28, "2026-05-01"),
+        alendronate(authoredOn="2020-01-10"),
+    )  # fmt: skip
+    card = _antiresorptive_card(make_app().cards(PV, request))
+    assert "before treatment" not in card["summary"]
+    low_first = pv_request(
+        patient(), alp(30, "2019-06-01"), alp(28, "2026-05-01"), alendronate(authoredOn="2020-01-10")
+    )
+    card = _antiresorptive_card(make_app().cards(PV, low_first))
+    assert card["summary"].endswith("ALP was low before treatment")
+
+
+def test_unknown_start_leaves_the_claim_out():
+    statement = {
+        "resourceType": "MedicationStatement",
+        "id": "ms-undated",
+        "status": "active",
+        "medicationCodeableConcept": {"text": "alendronate 70 mg weekly"},
+        "subject": {"reference": "Patient/p1"},
+        "dateAsserted": "2025-01-01",  # when it was written down, not when it started
+    }
+    request = pv_request(patient(), alp(30, "2019-06-01"), alp(28, "2026-05-01"), statement)
+    card = _antiresorptive_card(make_app().cards(PV, request))
+    assert "before treatment" not in card["summary"]
+    assert "the start of treatment is not recorded" in " ".join(card["detail"].split())
+
+
+def test_a_dispense_is_evidence_of_an_earlier_start():
+    dispense = {
+        "resourceType": "MedicationDispense",
+        "id": "md1",
+        "status": "completed",
+        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "904419"}]},
+        "subject": {"reference": "Patient/p1"},
+        "whenHandedOver": "2017-03-01",
+    }
+    scope = Scope(Patient(PID, date(1950, 1, 1), "female"), NOW)
+    meds = read_medications([bundle(dispense, alendronate(authoredOn="2025-01-01"))], scope)
+    assert sorted((m.status, m.start.date().isoformat()) for m in meds) == [
+        ("current", "2025-01-01"),
+        ("history", "2017-03-01"),
+    ]
+
+
+def test_a_statement_whose_period_has_ended_is_not_current():
+    statement = {
+        "resourceType": "MedicationStatement",
+        "id": "ms1",
+        "status": "active",
+        "medicationCodeableConcept": {"text": "alendronate 70 mg weekly"},
+        "subject": {"reference": "Patient/p1"},
+        "effectivePeriod": {"start": "2019-01-01", "end": "2024-01-01"},
+    }
+    request = pv_request(patient(), alp(28, "2026-05-01"), statement)
+    assert _antiresorptive_card(make_app().cards(PV, request)) is None
+
+
+# ------------------------------------------------------------------------------------------------ 5. forms labs send
+
+
+def read_one(observation: dict[str, Any], birth: str = "1970-01-01", gender: str = "female"):
+    scope = Scope(Patient(PID, date.fromisoformat(birth), gender), NOW, load_settings({}, environ={}))
+    (result,) = read_observation(observation, scope)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "comparator", "low"),
+    [
+        ("<20", 20, "<", True),  # the range below gives U/L
+        ("< 5 U/L", 5, "<", True),
+        ("<=34 U/L", 34, "<=", True),
+        ("<35 U/L", 35, "<", True),
+        ("<50 U/L", 50, "<", None),  # below 50 may or may not be below 35
+        (">= 1000 IU/L", 1000, ">=", False),
+        ("≤ 20 U/L", 20, "<=", True),
+        ("30", 30, None, True),
+    ],
+)
+def test_value_strings_are_read(text, value, comparator, low):
+    observation = alp(None, "2026-05-01", valueString=text, referenceRange=[{"low": {"value": 35, "unit": "U/L"}}])
+    result = read_one(observation)
+    assert (result.value, result.comparator, result.is_low()) == (value, comparator, low)
+
+
+@pytest.mark.parametrize("text", ["see report", "1,200 U/L", "pending", ""])
+def test_unreadable_value_strings_are_named_not_guessed(text):
+    result = read_one(alp(None, "2026-05-01", valueString=text))
+    assert result.value is None and result.problem == "the value is text that does not read as a number"
+
+
+def test_a_value_string_without_any_unit_is_not_guessed():
+    result = read_one(alp(None, "2026-05-01", valueString="<20"))
+    assert result.value is None and result.problem == "no unit"
+
+
+@pytest.mark.parametrize(
+    ("comparator", "value", "low"), [("<", 20, True), ("<", 50, None), (">", 10, None), (">", 40, False)]
+)
+def test_value_quantity_comparator(comparator, value, low):
+    observation = alp(value, "2026-05-01")
+    observation["valueQuantity"]["comparator"] = comparator
+    assert read_one(observation).is_low() is low
+
+
+def test_a_low_alp_written_as_less_than_gets_a_card():
+    observation = alp(None, "2026-05-20", valueString="<20 U/L")
+    (card,) = make_app().cards(PV, pv_request(patient(), observation))
+    assert card["summary"].startswith("Low ALP <20 U/L on 2026-05-20 (lower limit 35)")
+
+
+def test_alp_as_a_component_of_a_panel():
+    panel = {
+        "resourceType": "Observation",
+        "id": "panel-1",
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "24325-3", "display": "Hepatic function panel"}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2026-05-20",
+        "component": [
+            {"code": {"coding": [{"system": LOINC, "code": "6768-6"}]}, "valueQuantity": {"value": 21, "unit": "U/L"}},
+            {"code": {"coding": [{"system": LOINC, "code": "1742-6"}]}, "valueQuantity": {"value": 30, "unit": "U/L"}},
+        ],
+    }
+    request = pv_request(patient())
+    request["prefetch"]["alp"]["entry"].append({"resource": panel})
+    (card,) = make_app().cards(PV, request)
+    assert card["summary"].startswith("Low ALP 21 U/L on 2026-05-20")
+
+
+@pytest.mark.parametrize(
+    ("code", "value", "unit", "analyte", "expected"),
+    [
+        ("5763-8", 9.2, "umol/L", "zinc", 60.15),
+        ("5631-7", 11.0, "umol/L", "copper_serum", 69.9),
+        ("49765-1", 9.1, "mg/dL", "calcium", 9.1),
+    ],
+)
+def test_more_units_and_codes(code, value, unit, analyte, expected):
+    result = read_one(lab(code, value, unit, "2026-05-01"))
+    assert result.analyte == analyte and result.value == pytest.approx(expected, rel=1e-3)
+
+
+def test_order_select_names_an_alp_in_an_unknown_unit_instead_of_saying_none_exists():
+    (card,) = make_app().cards(OS, os_request(patient(), lab("6768-6", 0.4, "mmol/L", "2026-05-01")))
+    assert card["summary"].startswith("ALP on record could not be interpreted: measure ALP before starting")
+    assert "no total ALP result on record" not in card["detail"]
+    assert "(unit not recognised: mmol/L)" in card["detail"]
+
+
+# ------------------------------------------------------------------------------------------------ 6. plausibility
+
+
+def test_total_protein_in_g_per_l_labelled_g_per_dl_is_implausible_and_not_already_done():
+    request = pv_request(patient(), alp(25, "2026-05-20"), lab("2885-2", 71, "g/dL", "2026-05-20"))
+    (card,) = make_app().cards(PV, request)
+    detail = " ".join(card["detail"].split())
+    assert "Total protein 71 g/dL on 2026-05-20 (outside the possible range: 2-15 g/dL)" in detail
+    assert "| Total protein |" not in card["detail"]  # not shown as a resulted test
+    ordered = [s["label"] for s in card["suggestions"]]
+    assert "Order Total protein, serum" in ordered
+
+
+@pytest.mark.parametrize(("value", "unit"), [(0.5, "U/L"), (9000, "U/L"), (-3, "U/L")])
+def test_impossible_alp_is_never_evidence(value, unit):
+    request = pv_request(patient(), lab("6768-6", value, unit, "2026-05-20"))
+    assert make_app().cards(PV, request) == []
+    result = read_one(lab("6768-6", value, unit, "2026-05-20"))
+    assert result.value is None and result.problem.startswith("outside the possible range")
+
+
+@pytest.mark.parametrize(
+    ("when", "problem"),
+    [("0001-01-01", "dated before the patient's birth"), ("9999-12-31T23:59:59Z", "dated in the future")],
+)
+def test_placeholder_dates_are_named_not_used(when, problem):
+    result = read_one(alp(20, when))
+    assert result.value is None and result.problem == problem
+    request = pv_request(patient(), alp(20, when))
+    assert make_app().cards(PV, request) == []
+
+
+# ------------------------------------------------------------------------------------------------ 7. fallback limits
+
+
+def test_bilirubin_without_a_range_is_judged_against_the_sourced_adult_limit():
+    result = read_one(lab("1975-2", 14, "mg/dL", "2026-05-20"))
+    assert result.high == 1.2 and result.is_high() and result.high_source == "Mayo Clinic Laboratories adult interval"
+
+
+def test_wilson_fires_without_lab_ranges_and_names_the_limit_used():
+    request = pv_request(
+        patient(birth="2001-01-01", gender="male"),
+        alp(20, "2026-05-20"),
+        lab("14631-6", 87, "umol/L", "2026-05-20"),
+        lab("1920-8", 200, "U/L", "2026-05-20"),
+        lab("1742-6", 60, "U/L", "2026-05-20"),
+    )
+    cards = make_app().cards(PV, request)
+    (wilson,) = [c for c in cards if "Wilson" in c["summary"]]
+    assert wilson["indicator"] == "critical"
+    assert "(raised: upper limit 1.2 mg/dL (Mayo Clinic Laboratories adult interval))" in wilson["detail"]
+
+
+def test_neonatal_bilirubin_has_no_fallback_limit():
+    result = read_one(lab("1975-2", 10, "mg/dL", "2026-05-20"), birth="2026-05-17")
+    assert result.high is None and result.is_high() is None
+
+
+def test_edta_pattern_fires_without_lab_ranges():
+    request = pv_request(
+        patient(birth="1972-08-08", gender="male"),
+        alp(28, "2026-05-20T08:00:00Z"),
+        lab("2823-3", 7.4, "mmol/L", "2026-05-20T08:00:00Z"),
+        lab("17861-6", 6.1, "mg/dL", "2026-05-20T08:00:00Z"),
+    )
+    (card,) = [c for c in make_app().cards(PV, request) if "EDTA" in c["summary"]]
+    assert "6.1 mg/dL; 8.6-10 mg/dL (Mayo Clinic Laboratories interval, 18-59 years)" in card["detail"]
+
+
+def test_the_card_says_which_fallback_limit_it_used():
+    request = pv_request(patient(), alp(25, "2026-05-20"), lab("5763-8", 50, "ug/dL", "2026-05-20"))
+    (card,) = make_app().cards(PV, request)
+    assert (
+        "| Zinc | 50 ug/dL (abnormal) | 60-106 ug/dL (Mayo Clinic Laboratories adult interval) | 2026-05-20 |"
+        in (card["detail"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("analyte_code", "unit", "birth", "gender", "low", "high"),
+    [
+        ("2823-3", "mmol/L", "2026-05-25", "male", 3.2, 5.5),  # potassium, 0-7 days
+        ("2823-3", "mmol/L", "2026-05-15", "male", 3.4, 6.0),  # 8 days-1 month
+        ("2823-3", "mmol/L", "1990-01-01", "male", 3.3, 5.0),
+        ("1742-6", "U/L", "1990-01-01", "female", 7, 45),
+        ("1742-6", "U/L", "1990-01-01", "male", 7, 55),
+        ("1742-6", "U/L", "1990-01-01", "other", 7, 55),  # sex unknown: the widest limits
+        ("17861-6", "mg/dL", "1950-01-01", "female", 8.8, 10.2),
+        ("19123-9", "mg/dL", "1990-01-01", "female", 1.703, 2.676),  # from mmol/L
+    ],
+)
+def test_fallback_limits_by_age_and_sex(analyte_code, unit, birth, gender, low, high):
+    result = read_one(lab(analyte_code, 4, unit, "2026-06-01"), birth=birth, gender=gender)
+    assert result.low == pytest.approx(low, rel=1e-3) and result.high == pytest.approx(high, rel=1e-3)
+
+
+def test_the_labs_own_range_wins_over_the_fallback():
+    result = read_one(lab("5763-8", 50, "ug/dL", "2026-05-20", referenceRange=[{"low": {"value": 45}}]))
+    assert result.low == 45 and result.low_source == "the lab's reference range" and result.is_low() is False
+    assert result.high == 106  # the lab gave no upper limit
+
+
+def test_a_lab_flag_without_range_is_not_overridden_by_the_fallback():
+    flagged = lab("5763-8", 50, "ug/dL", "2026-05-20", interpretation=[{"coding": [{"code": "N"}]}])
+    result = read_one(flagged)
+    assert result.low is None and result.is_low() is False
+
+
+def test_naive_and_partial_dates():
+    assert read_one(alp(30, "2026-05")).when == datetime(2026, 5, 1, tzinfo=UTC)
+    assert read_one(alp(30, "2026-05-02T10:00:00")).when == datetime(2026, 5, 2, 10, tzinfo=UTC)
