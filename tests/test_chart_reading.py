@@ -270,7 +270,7 @@ def test_the_window_is_a_setting():
     assert "1978-01-09" in card["summary"]
 
 
-# ------------------------------------------------------------------------------------------------ 4. medication timeline
+# ---------------------------------------------------------------------------------------------- 4. medication timeline
 
 
 def _antiresorptive_card(cards):
