@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +70,71 @@ def client(app) -> CheckedClient:
 def make_app(**overrides: Any):
     defaults = {"NOW": lambda: NOW, "LOG_LEVEL": "WARNING", "AUTH": "off", "FEEDBACK_DB_URL": "sqlite://"}
     return CheckedClient(create_app({**defaults, **overrides}))
+
+
+# ---------------------------------------------------------------------------------------- a real FHIR server
+
+FHIR_TOKEN = "integration-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _sekmet_bin() -> str | None:
+    for candidate in (os.environ.get("SEKMET_BIN"), str(ROOT / ".venv-sekmet" / "bin" / "sekmet")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return shutil.which("sekmet")
+
+
+class FhirServer:
+    def __init__(self, base: str, database: Path) -> None:
+        self.base = base
+        self.database = database
+
+    def analyze(self) -> None:
+        """Refresh SQLite's statistics after a bulk load; without them ``_sort=-date`` searches take seconds."""
+        import sqlite3
+
+        with sqlite3.connect(self.database) as connection:
+            connection.execute("ANALYZE")
+
+
+@pytest.fixture(scope="session")
+def fhir_base(fhir_server: FhirServer) -> str:
+    return fhir_server.base
+
+
+@pytest.fixture(scope="session")
+def fhir_server(tmp_path_factory):
+    """sekmet-fhir on loopback (its own virtualenv): a free port, a temporary data dir, no simulator, bearer auth.
+    ``.ci/run`` installs it and sets ``SEKMET_BIN``; in CI a server that cannot start fails these tests."""
+    from service import tools
+
+    binary = _sekmet_bin()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("sekmet-fhir is not installed: .ci/run must install it (SEKMET_BIN)")
+        pytest.skip("sekmet-fhir not installed; run bash .ci/run (or set SEKMET_BIN)")
+    workdir = tmp_path_factory.mktemp("sekmet")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/fhir"
+    (workdir / "settings.yaml").write_text(
+        f"host: 127.0.0.1\nport: {port}\nbase_url: {base}\ndata_dir: {workdir / 'data'}\n"
+        "simulator:\n  enabled: false\nlog_inbound: false\n"
+        f"server_auth:\n  types: [bearer]\n  tokens: [{FHIR_TOKEN}]\n"
+    )
+    log = (workdir / "server.log").open("w")
+    env = {**os.environ, "SEKMET_CONFIG": str(workdir / "settings.yaml")}
+    process = subprocess.Popen([binary, "serve"], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        tools.wait_for_server(base, 60, FHIR_TOKEN)
+    except tools.ToolError as exc:
+        process.terminate()
+        pytest.fail(f"{exc}; server log: {(workdir / 'server.log').read_text()[-2000:]}")
+    yield FhirServer(base, workdir / "data" / "sekmet.db")
+    process.terminate()
+    process.wait(timeout=10)

@@ -1,19 +1,10 @@
-"""Integration against a real FHIR R4 server on loopback (sekmet-fhir, in a virtualenv of its own).
-
-The server is started here with a settings file (127.0.0.1, a free port, a temporary data dir, no simulator, bearer
-auth). ``.ci/run`` installs it and sets ``SEKMET_BIN``; in CI a server that cannot start fails these tests.
-"""
+"""Integration against a real FHIR R4 server on loopback (sekmet-fhir, started by the ``fhir_base`` fixture)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -21,50 +12,8 @@ from werkzeug.serving import make_server
 
 from service import cli, tools
 from service.fixtures import fhir_authorization, hook_request
-from tests.conftest import FIXTURES, OS, PV, ROOT, load_bundle, load_request, make_app
-
-TOKEN = "integration-token"
-
-
-def _sekmet_bin() -> str | None:
-    for candidate in (os.environ.get("SEKMET_BIN"), str(ROOT / ".venv-sekmet" / "bin" / "sekmet")):
-        if candidate and Path(candidate).exists():
-            return candidate
-    return shutil.which("sekmet")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def fhir_base(tmp_path_factory):
-    binary = _sekmet_bin()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("sekmet-fhir is not installed: .ci/run must install it (SEKMET_BIN)")
-        pytest.skip("sekmet-fhir not installed; run bash .ci/run (or set SEKMET_BIN)")
-    workdir = tmp_path_factory.mktemp("sekmet")
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}/fhir"
-    (workdir / "settings.yaml").write_text(
-        f"host: 127.0.0.1\nport: {port}\nbase_url: {base}\ndata_dir: {workdir / 'data'}\n"
-        "simulator:\n  enabled: false\nlog_inbound: false\n"
-        f"server_auth:\n  types: [bearer]\n  tokens: [{TOKEN}]\n"
-    )
-    log = (workdir / "server.log").open("w")
-    env = {**os.environ, "SEKMET_CONFIG": str(workdir / "settings.yaml")}
-    process = subprocess.Popen([binary, "serve"], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        tools.wait_for_server(base, 60, TOKEN)
-    except tools.ToolError as exc:
-        process.terminate()
-        pytest.fail(f"{exc}; server log: {(workdir / 'server.log').read_text()[-2000:]}")
-    yield base
-    process.terminate()
-    process.wait(timeout=10)
+from tests.conftest import FHIR_TOKEN as TOKEN
+from tests.conftest import FIXTURES, OS, PV, free_port, load_bundle, load_request, make_app
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +126,7 @@ def test_cli_load_and_call_against_a_running_service(fhir_base, loaded, capsys, 
 
 
 def test_cli_reports_an_unreachable_server(capsys):
-    port = _free_port()
+    port = free_port()
     assert cli.main(["load-fixtures", "--fhir-base", f"http://127.0.0.1:{port}/fhir"]) == 2
     assert "cannot reach the FHIR server" in capsys.readouterr().err
     started = time.monotonic()

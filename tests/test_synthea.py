@@ -1,0 +1,264 @@
+"""100 Synthea R4 patients the project did not write, through the real FHIR server, checked against what the data says.
+
+The data: ``tests/data/synthea-r4.tar.xz``, a copy of ``shared/data/synthea-r4`` (smart-on-fhir/generated-sample-data,
+Apache 2.0; README and LICENSE inside the archive). Every Bundle is loaded into sekmet-fhir; each patient is then
+called without prefetch (the service searches the server) and with a prefetch built from the Bundle, at a fixed
+clock and at a clock just after the patient's last ALP, and the cards are compared with expectations derived here
+from the raw JSON by a deliberately separate, simple reading of the data:
+
+- a deceased patient gets no patient-view card at all;
+- a low-ALP card comes exactly when the latest ALP is below the adult CALIPER limit (40 U/L men, 35 women; every
+  Synthea ALP is from an adult) and no older than 365 days; it is "persistent" when two or more trailing lows span
+  at least 14 days; its summary names the latest value;
+- an active alendronate order of a living patient with such a low gives the antiresorptive card;
+- order-select with a draft alendronate: no ALP -> "No ALP on record"; latest older than 365 days -> "No ALP in the
+  last 365 days" (saying it was low when it was); current and low -> the low-ALP warning; current and normal -> quiet;
+- another patient's resources mixed into a prefetch change nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import tarfile
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service import tools
+from service.fixtures import fhir_authorization, hook_request
+from tests.conftest import FHIR_TOKEN, OS, PV, ROOT, make_app
+
+ARCHIVE = ROOT / "tests" / "data" / "synthea-r4.tar.xz"
+SHARED = ROOT.parent / "shared" / "data" / "synthea-r4"
+FIXED_NOW = datetime(2021, 3, 1, 12, tzinfo=UTC)
+WINDOW = timedelta(days=365)
+ALENDRONATE_CODES = {"904419", "904420"}
+DRAFT = {
+    "resourceType": "MedicationRequest",
+    "id": "draft-alendronate",
+    "status": "draft",
+    "intent": "order",
+    "medicationCodeableConcept": {
+        "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "904419"}],
+        "text": "Alendronic acid 10 MG Oral Tablet",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def synthea_dir(tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("synthea")
+    with tarfile.open(ARCHIVE) as archive:
+        archive.extractall(target, filter="data")
+    return target / "synthea-r4"
+
+
+@cache
+def _bundles(directory: str) -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(directory).glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def bundles(synthea_dir) -> dict[str, dict[str, Any]]:
+    return _bundles(str(synthea_dir))
+
+
+@pytest.fixture(scope="module")
+def synthea_server(fhir_server, synthea_dir):
+    report = tools.load_fixtures(fhir_server.base, FHIR_TOKEN, str(synthea_dir))
+    assert len(report) == 100
+    fhir_server.analyze()
+    return fhir_server.base
+
+
+# ------------------------------------------------------------------------------------------ the separate reading
+
+
+def _resources(bundle: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == kind]
+
+
+def _alp_series(bundle: dict[str, Any]) -> list[tuple[datetime, float]]:
+    return sorted(
+        (datetime.fromisoformat(o["effectiveDateTime"]), o["valueQuantity"]["value"])
+        for o in _resources(bundle, "Observation")
+        if any(c["code"] == "6768-6" for c in o["code"]["coding"])
+    )
+
+
+def expected(bundle: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """What the data says at ``now`` (results dated after ``now`` do not exist yet)."""
+    (person,) = _resources(bundle, "Patient")
+    limit = 35 if person["gender"] == "female" else 40
+    series = [(when, value) for when, value in _alp_series(bundle) if when <= now]
+    trailing: list[tuple[datetime, float]] = []
+    for when, value in reversed(series):
+        if value >= limit:
+            break
+        trailing.insert(0, (when, value))
+    current_low = bool(trailing) and trailing[-1][0] >= now - WINDOW
+    latest = series[-1] if series else None
+    alendronate = any(
+        r["status"] == "active" and {c["code"] for c in r["medicationCodeableConcept"]["coding"]} & ALENDRONATE_CODES
+        for r in _resources(bundle, "MedicationRequest")
+    )
+    deceased = "deceasedDateTime" in person or person.get("deceasedBoolean") is True
+    return {
+        "deceased": deceased,
+        "latest": latest,
+        "latest_current": bool(latest) and latest[0] >= now - WINDOW,
+        "latest_low": bool(latest) and latest[1] < limit,
+        "low_card": current_low and not deceased,
+        "persistent": current_low and len(trailing) >= 2 and (trailing[-1][0] - trailing[0][0]).days >= 14,
+        "antiresorptive_card": current_low and alendronate and not deceased,
+    }
+
+
+def _value_text(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def check_patient_view(cards: list[dict[str, Any]], want: dict[str, Any]) -> None:
+    summaries = [c["summary"] for c in cards]
+    if want["deceased"]:
+        assert cards == []
+        return
+    low = [s for s in summaries if re.match(r"(Low ALP [<>]?\d|Persistently low ALP)", s)]
+    assert bool(low) == want["low_card"], summaries
+    if want["low_card"]:
+        (summary,) = low
+        assert summary.startswith("Persistently low ALP" if want["persistent"] else "Low ALP ")
+        assert f"{_value_text(want['latest'][1])} U/L" in summary
+    on_drug = [s for s in summaries if "Alendronic acid" in s]
+    assert bool(on_drug) == want["antiresorptive_card"], summaries
+    assert not [s for s in summaries if "EDTA" in s or "Wilson" in s], summaries  # no such pattern in this data
+
+
+def check_order_select(cards: list[dict[str, Any]], want: dict[str, Any]) -> None:
+    summaries = [c["summary"] for c in cards]
+    if want["latest"] is None:
+        assert [s.split(":")[0] for s in summaries] == ["No ALP on record"]
+    elif not want["latest_current"]:
+        (summary,) = summaries
+        assert summary.startswith("No ALP in the last 365 days")
+        assert ("(last one low," in summary) == want["latest_low"]
+    elif want["latest_low"]:
+        (summary,) = summaries
+        assert "ordered with a low ALP" in summary
+    else:
+        assert summaries == []
+
+
+def comparable(cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    text = json.dumps(cards, sort_keys=True)
+    for card in cards:
+        text = text.replace(card["uuid"], "CARD")
+        for suggestion in card.get("suggestions", []):
+            text = text.replace(suggestion["uuid"], "SUGGESTION")
+    return json.loads(text)
+
+
+def order_request(bundle: dict[str, Any], pid: str) -> dict[str, Any]:
+    draft = {**DRAFT, "subject": {"reference": f"Patient/{pid}"}}
+    drafts = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": draft}]}
+    return hook_request(OS, bundle, pid, draft_orders=drafts, selections=["MedicationRequest/draft-alendronate"])
+
+
+def without_prefetch(request: dict[str, Any], server: str) -> dict[str, Any]:
+    request = copy.deepcopy(request)
+    request.pop("prefetch")
+    request["fhirServer"] = server
+    request["fhirAuthorization"] = fhir_authorization(FHIR_TOKEN)
+    return request
+
+
+# ------------------------------------------------------------------------------------------ the tests
+
+
+def test_the_archive_is_the_shared_data(bundles):
+    if not SHARED.is_dir():
+        pytest.skip("shared/data/synthea-r4 is not beside this checkout")
+    assert bundles == _bundles(str(SHARED))
+
+
+def test_the_data_has_what_the_rules_meet(bundles):
+    wants = [expected(b, FIXED_NOW) for b in bundles.values()]
+    assert sum(w["deceased"] for w in wants) == 40
+    assert sum(w["latest"] is not None for w in wants) == 66
+    assert sum(w["low_card"] for w in wants) >= 1  # the fixed clock still reaches a few current lows
+    potassium = [
+        o["valueQuantity"]["value"]
+        for b in bundles.values()
+        for o in _resources(b, "Observation")
+        if o["code"]["coding"][0]["code"] in ("6298-4", "2823-3")
+    ]
+    assert potassium and max(potassium) < 6.0  # so no EDTA pattern is expected anywhere
+
+
+def test_every_patient_through_the_fhir_server_and_the_prefetch_at_a_fixed_clock(bundles, synthea_server):
+    client = make_app(NOW=lambda: FIXED_NOW)
+    seen = {"low": 0, "history": 0, "deceased": 0}
+    for pid, bundle in bundles.items():
+        want = expected(bundle, FIXED_NOW)
+        for service, request, check in (
+            (PV, hook_request(PV, bundle, pid), check_patient_view),
+            (OS, order_request(bundle, pid), check_order_select),
+        ):
+            with_prefetch = client.cards(service, request)
+            check(with_prefetch, want)
+            fetched = client.cards(service, without_prefetch(request, synthea_server))
+            assert comparable(fetched) == comparable(with_prefetch), pid
+        seen["low"] += want["low_card"]
+        seen["history"] += bool(want["latest"]) and not want["latest_current"]
+        seen["deceased"] += want["deceased"]
+    assert seen["low"] and seen["history"] and seen["deceased"]
+
+
+def _after_last(bundle: dict[str, Any]) -> datetime:
+    series = _alp_series(bundle)
+    return series[-1][0] + timedelta(days=30) if series else FIXED_NOW
+
+
+def test_every_patient_at_the_time_of_each_alp(bundles):
+    """Clocks a day after each ALP of a living patient (the last one of a deceased patient) make each of those
+    results the current one, so the rules meet every pattern the data holds (later results are then dated in the
+    future and set aside)."""
+    counted = {"low_card": 0, "persistent": 0, "antiresorptive_card": 0, "deceased": 0}
+    for pid, bundle in bundles.items():
+        series = _alp_series(bundle)
+        if expected(bundle, FIXED_NOW)["deceased"]:
+            series = series[-1:]
+        clocks = [when + timedelta(days=1) for when, _ in series] or [FIXED_NOW]
+        for now in clocks:
+            client = make_app(NOW=lambda now=now: now)
+            want = expected(bundle, now)
+            check_patient_view(client.cards(PV, hook_request(PV, bundle, pid)), want)
+            check_order_select(client.cards(OS, order_request(bundle, pid)), want)
+            for key in counted:
+                counted[key] += want[key]
+    assert counted["low_card"] >= 5 and counted["persistent"] >= 1 and counted["deceased"] >= 40
+
+
+def test_another_patients_resources_in_the_prefetch_change_nothing(bundles):
+    """Mix every resource of another patient whose latest ALP is low into each patient's prefetch, at a clock that
+    makes that low current: had it been read, it would have given a card."""
+    intruders = [pid for pid, b in bundles.items() if _alp_series(b) and expected(b, _after_last(b))["low_card"]]
+    assert len(intruders) >= 3
+    pids = list(bundles)
+    for number, pid in enumerate(pids):
+        other = intruders[number % len(intruders)]
+        if other == pid:
+            continue
+        now = _after_last(bundles[other])
+        client = make_app(NOW=lambda now=now: now)
+        clean = hook_request(PV, bundles[pid], pid)
+        mixed = copy.deepcopy(clean)
+        intruder = hook_request(PV, bundles[other], other)
+        for key in ("alp", "labs", "medicationRequests"):
+            mixed["prefetch"][key]["entry"].extend(intruder["prefetch"][key]["entry"])
+        assert comparable(client.cards(PV, mixed)) == comparable(client.cards(PV, clean)), (pid, other)
