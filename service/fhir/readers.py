@@ -99,7 +99,8 @@ def parse_datetime(text: Any) -> datetime | None:
         if len(text) == 10:
             return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
         parsed = datetime.fromisoformat(text)  # Python 3.11 reads "Z" and offsets
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        # In UTC, so that comparing any two times can never overflow (e.g. 0001-01-01T00:00:00+14:00 cannot be held).
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     except (ValueError, OverflowError):
         return None
 
@@ -237,7 +238,7 @@ def _raw_value(element: dict[str, Any], range_unit: str | None) -> _Raw:
         unit = _unit(quantity)
         if number is None:
             return _Raw(None, unit, None, None, "the value is not a number")
-        if comparator is not None and comparator not in COMPARATORS:
+        if comparator is not None and (not isinstance(comparator, str) or comparator not in COMPARATORS):
             return _Raw(number, unit, None, None, "the comparator is not one FHIR allows")
         return _Raw(number, unit, comparator, None, None)
     text = element.get("valueString")
@@ -357,7 +358,7 @@ def _misdated(when: datetime | None, scope: Scope | None) -> str | None:
         return "no date"
     if scope is None:
         return None
-    if scope.patient.birth_date is not None and when.date() < scope.patient.birth_date - DATE_TOLERANCE:
+    if scope.patient.birth_date is not None and (scope.patient.birth_date - when.date()) > DATE_TOLERANCE:
         return "dated before the patient's birth"
     if when > scope.now + DATE_TOLERANCE:
         return "dated in the future"
@@ -390,7 +391,7 @@ def read_observation(observation: dict[str, Any], scope: Scope | None = None) ->
             analyte,
             element,
             when=when,
-            preliminary=status in PRELIMINARY,
+            preliminary=problem is None and status in PRELIMINARY,
             resource_id=part_id,
             scope=scope,
             problem=problem,
