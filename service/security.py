@@ -52,8 +52,12 @@ class KeyStore:
         return keys
 
     def _fetch(self, url: str) -> dict[str, PyJWK]:
-        response = requests.get(url, timeout=self.timeout, headers={"Accept": "application/json"})
-        response.raise_for_status()
+        # Never redirected: the keys must come from the configured URL itself.
+        response = requests.get(
+            url, timeout=self.timeout, headers={"Accept": "application/json"}, allow_redirects=False
+        )
+        if response.status_code != 200:
+            raise requests.HTTPError(f"JWKS answer {response.status_code}")
         return self._parse(response.json())
 
     def key(self, source: str, kid: str, inline: Mapping[str, Any] | None = None) -> PyJWK | None:

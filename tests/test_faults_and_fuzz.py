@@ -38,6 +38,11 @@ class FaultyFhir(BaseHTTPRequestHandler):
         if mode == "slow":
             time.sleep(3)
             self._send(200, json.dumps({"resourceType": "Bundle", "type": "searchset"}))
+        elif mode == "elsewhere":  # the same server under another name: another origin
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{self.server.server_port}/pages/Observation")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif mode == "error":
             self._send(502, "<html>bad gateway</html>", "text/html")
         elif mode == "garbage":
@@ -104,6 +109,12 @@ def test_slow_server_is_cut_off_by_the_time_budget(faulty):
 def test_server_errors_and_garbage_give_412(faulty, mode, reason):
     response = make_app().hook(PV, _request(f"http://127.0.0.1:{faulty.server_port}/{mode}"))
     assert response.status_code == 412 and reason in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_redirect_to_another_origin_gives_412_and_is_not_followed(faulty):
+    response = make_app().hook(PV, _request(f"http://127.0.0.1:{faulty.server_port}/elsewhere"))
+    assert response.status_code == 412
+    assert "redirected to another origin" in response.get_json()["issue"][0]["diagnostics"]
 
 
 def test_looping_next_links_end(faulty):

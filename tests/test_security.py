@@ -183,6 +183,22 @@ def test_jwks_url_is_cached_and_refreshed_on_unknown_kid(monkeypatch):
         assert len(rsps.calls) == 2  # refreshed for the new kid
 
 
+def test_jwks_url_redirect_is_not_followed():
+    """An attacker who can make the issuer's JWKS URL redirect must not get its own keys trusted."""
+    client = secured({"jwks": None, "jwks_url": "https://ehr.example.org/.well-known/jwks.json"})
+    attacker = {"keys": [jwk(OTHER_EC_KEY, "evil-1", "ES384")]}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add(
+            responses.GET,
+            "https://ehr.example.org/.well-known/jwks.json",
+            status=302,
+            headers={"Location": "https://evil.example.com/jwks.json"},
+        )
+        rsps.add(responses.GET, "https://evil.example.com/jwks.json", json=attacker)
+        assert_401(call(client, token(key=OTHER_EC_KEY, kid="evil-1")))
+        assert [c.request.url for c in rsps.calls] == ["https://ehr.example.org/.well-known/jwks.json"]
+
+
 def test_discovery_open_by_default_and_closable():
     assert secured().client.get("/cds-services").status_code == 200
     closed = secured(DISCOVERY_AUTH=True)

@@ -1,7 +1,8 @@
 """A small FHIR R4 REST client: bearer token, timeouts, and Bundle paging through next links.
 
 Next links are followed exactly as the server wrote them (HAPI's are opaque ``_getpages`` URLs), but only
-while they stay on the server the client was given: the access token is never sent anywhere else.
+while they stay on the server the client was given: the access token is never sent anywhere else. Redirects are
+followed only within that origin (scheme, host and port) and count against the page budget like pages do.
 """
 
 from __future__ import annotations
@@ -29,6 +30,21 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), parts.netloc.lower()
 
 
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+@dataclass
+class Allowance:
+    """Requests one prefetch key may still make (pages, and the redirects on the way to them)."""
+
+    left: int
+
+    def take(self) -> None:
+        if self.left <= 0:
+            raise FhirError("the FHIR server needed more requests than CDS_FHIR_MAX_PAGES allows (pages and redirects)")
+        self.left -= 1
+
+
 def next_link(bundle: dict[str, Any]) -> str | None:
     for link in bundle.get("link") or ():
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
@@ -53,11 +69,24 @@ class FhirClient:
         if self.access_token:
             self.session.headers["Authorization"] = f"Bearer {self.access_token}"
 
-    def get(self, relative_or_absolute: str) -> dict[str, Any]:
+    def get(self, relative_or_absolute: str, allowance: Allowance | None = None) -> dict[str, Any]:
         """GET one resource (a read, or one page of a search) and check that it is FHIR JSON."""
         url = urljoin(self.base_url, relative_or_absolute)
         if _origin(url) != _origin(self.base_url):
             raise FhirError("the FHIR server pointed to another host; the request was not sent")
+        allowance = allowance or Allowance(self.max_pages)
+        while True:
+            allowance.take()
+            response = self._send(url)
+            if response.status_code not in REDIRECTS or not response.headers.get("Location"):
+                break
+            url = urljoin(url, response.headers["Location"])
+            if _origin(url) != _origin(self.base_url):
+                metrics.FHIR_FETCHES.labels("redirect_refused").inc()
+                raise FhirError("the FHIR server redirected to another origin; the redirect was not followed")
+        return self._parse(response)
+
+    def _send(self, url: str) -> requests.Response:
         connect, read = self.connect_timeout, self.read_timeout
         if self.deadline is not None:
             remaining = self.deadline - time.monotonic()
@@ -67,7 +96,7 @@ class FhirClient:
             connect, read = min(connect, remaining), min(read, remaining)
         started = time.perf_counter()
         try:
-            response = self.session.get(url, timeout=(connect, read))
+            response = self.session.get(url, timeout=(connect, read), allow_redirects=False)
         except requests.Timeout:
             metrics.FHIR_FETCHES.labels("timeout").inc()
             raise FhirError("the FHIR server did not answer in time") from None
@@ -77,6 +106,10 @@ class FhirClient:
         finally:
             metrics.FHIR_SECONDS.observe(time.perf_counter() - started)
         metrics.FHIR_FETCHES.labels(str(response.status_code)).inc()
+        return response
+
+    @staticmethod
+    def _parse(response: requests.Response) -> dict[str, Any]:
         if response.status_code in (401, 403):
             raise FhirError(f"the FHIR server refused access ({response.status_code})")
         if response.status_code != 200:
@@ -93,27 +126,27 @@ class FhirClient:
 
     def fetch(self, relative: str) -> dict[str, Any]:
         """A read or a search; a searchset Bundle is followed through its next links and merged into one."""
-        first = self.get(relative)
+        allowance = Allowance(self.max_pages)
+        first = self.get(relative, allowance)
         if first["resourceType"] != "Bundle":
             return first
-        return self.follow_pages(first)
+        return self.follow_pages(first, allowance)
 
-    def follow_pages(self, bundle: dict[str, Any]) -> dict[str, Any]:
+    def follow_pages(self, bundle: dict[str, Any], allowance: Allowance | None = None) -> dict[str, Any]:
         """Merge the pages after ``bundle`` into one Bundle (bounded by max_pages; a looping link ends it)."""
+        allowance = allowance or Allowance(self.max_pages - 1)  # ``bundle`` itself was the first page
         entries = list(bundle.get("entry") or [])
         seen: set[str] = set()
         url = next_link(bundle)
-        pages = 1
         while url and url not in seen:
-            if pages >= self.max_pages or len(entries) >= self.max_entries:
-                log.warning('{"event":"fhir_paging_stopped","pages":%d,"entries":%d}', pages, len(entries))
+            if allowance.left <= 0 or len(entries) >= self.max_entries:
+                log.warning('{"event":"fhir_paging_stopped","entries":%d}', len(entries))
                 break
             seen.add(url)
-            page = self.get(url)
+            page = self.get(url, allowance)
             if page["resourceType"] != "Bundle":
                 raise FhirError("a next link did not lead to a Bundle")
             entries.extend(page.get("entry") or [])
-            pages += 1
             url = next_link(page)
         merged = {k: v for k, v in bundle.items() if k not in ("link", "entry")}
         merged["entry"] = entries[: self.max_entries]
