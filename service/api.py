@@ -52,9 +52,7 @@ def authenticate() -> dict[str, Any] | None:
     if not settings()["AUTH"]:
         return None
     authenticator = current_app.extensions["cds_authenticator"]
-    claims = authenticator.verify(
-        request.headers.get("Authorization"), authenticator.audience(request.url_root, request.path)
-    )
+    claims = authenticator.verify(request.headers.get("Authorization"), authenticator.audience(request.path))
     g.issuer = claims["iss"]
     return claims
 

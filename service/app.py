@@ -15,11 +15,12 @@ from service.errors import CdsError, operation_outcome
 from service.feedback import FeedbackStore
 from service.hooks import all_services
 from service.security import Authenticator
-from service.settings import load_settings
+from service.settings import check_startup, load_settings
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     settings = load_settings(overrides)
+    check_startup(settings)
     logging.basicConfig(level=settings["LOG_LEVEL"], format="%(message)s")
     app = Flask(__name__)
     app.config["CDS"] = settings

@@ -104,12 +104,13 @@ class Authenticator:
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.issuers: Mapping[str, Mapping[str, Any]] = settings["TRUSTED_ISSUERS"]
         self.leeway = settings["JWT_LEEWAY"]
-        self.public_base = settings["PUBLIC_BASE_URL"].rstrip("/")
+        self.public_base = settings["PUBLIC_BASE_URL"]  # required with AUTH on (settings.check_startup)
         self.keys = KeyStore()
         self.replays = ReplayGuard()
 
-    def audience(self, url_root: str, path: str) -> str:
-        return (self.public_base or url_root.rstrip("/")) + path
+    def audience(self, path: str) -> str:
+        """The ``aud`` a token for ``path`` must carry: never built from the Host header, which the caller sets."""
+        return self.public_base + path
 
     def verify(self, authorization: str | None, audience: str) -> dict[str, Any]:
         """Claims of a valid token; :class:`Unauthorized` (with a logged reason) otherwise."""

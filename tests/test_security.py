@@ -15,6 +15,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from service.app import create_app
 from service.fixtures import NOW, fhir_authorization
+from service.settings import SettingsError
 from tests.conftest import PV, CheckedClient, load_request
 
 ISS = "https://ehr.example.org"
@@ -52,6 +53,7 @@ def secured(issuer: dict | None = None, **settings) -> CheckedClient:
                 "LOG_LEVEL": "WARNING",
                 "FEEDBACK_DB_URL": "sqlite://",
                 "TRUSTED_ISSUERS": {ISS: conf},
+                "PUBLIC_BASE_URL": BASE,
                 **settings,
             }
         )
@@ -70,7 +72,9 @@ def assert_401(response) -> None:
 
 
 def test_auth_is_on_by_default():
-    client = CheckedClient(create_app({"FEEDBACK_DB_URL": "sqlite://", "LOG_LEVEL": "WARNING"}))
+    client = CheckedClient(
+        create_app({"FEEDBACK_DB_URL": "sqlite://", "LOG_LEVEL": "WARNING", "PUBLIC_BASE_URL": BASE})
+    )
     assert_401(call(client, None))
 
 
@@ -125,6 +129,25 @@ def test_audience_must_be_the_url_called():
     behind_proxy = secured(PUBLIC_BASE_URL="https://cds.example.org/")
     assert call(behind_proxy, token(aud=f"https://cds.example.org/cds-services/{PV}")).status_code == 200
     assert_401(call(behind_proxy, token()))
+
+
+def test_host_header_does_not_choose_the_audience():
+    """A token minted for another service must not be accepted by sending that service's Host header."""
+    forged = token(aud=f"https://other-service.example.org/cds-services/{PV}")
+    response = secured().client.post(
+        f"/cds-services/{PV}",
+        json=load_request("single-low-in"),
+        headers={"Authorization": f"Bearer {forged}", "X-Forwarded-Proto": "https"},
+        base_url="https://other-service.example.org",  # what the server makes of Host and X-Forwarded-Proto
+    )
+    assert_401(response)
+
+
+def test_auth_on_refuses_to_start_without_a_public_base_url():
+    conf = {"FEEDBACK_DB_URL": "sqlite://", "TRUSTED_ISSUERS": {ISS: {"jwks": JWKS}}}
+    with pytest.raises(SettingsError, match="CDS_PUBLIC_BASE_URL"):
+        create_app(conf)
+    assert create_app({**conf, "AUTH": "off"})  # local development needs no URL
 
 
 def test_expiry_and_issued_at_with_leeway():
