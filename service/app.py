@@ -27,7 +27,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
     app.json.sort_keys = False
     app.extensions["cds_services"] = {s.id: s for s in all_services()}
-    app.extensions["cds_authenticator"] = Authenticator(settings)
+    app.extensions["cds_authenticator"] = Authenticator(settings) if settings["AUTH"] else None
     app.extensions["cds_feedback"] = FeedbackStore(settings["FEEDBACK_DB_URL"])
     if not settings["AUTH"]:
         logging.getLogger("service").warning(

@@ -12,8 +12,10 @@ from typing import Any
 import jwt
 import requests
 from jwt import PyJWK, PyJWKSet
+from sqlalchemy.exc import SQLAlchemyError
 
-from service.errors import CdsError
+from service.errors import CdsError, StoreUnavailable
+from service.replay import open_replay_store
 
 log = logging.getLogger("service.security")
 ALGORITHMS = ("ES384", "RS384")
@@ -82,31 +84,14 @@ class KeyStore:
         return keys.get(kid)
 
 
-class ReplayGuard:
-    """Remembers each token's jti until the token expires."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def first_use(self, jti: str, expires: float) -> bool:
-        now = time.time()
-        with self._lock:
-            if len(self._seen) > 10_000:
-                self._seen = {k: v for k, v in self._seen.items() if v > now}
-            if self._seen.get(jti, 0) > now:
-                return False
-            self._seen[jti] = expires
-            return True
-
-
 class Authenticator:
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.issuers: Mapping[str, Mapping[str, Any]] = settings["TRUSTED_ISSUERS"]
         self.leeway = settings["JWT_LEEWAY"]
+        self.max_lifetime = settings["JWT_MAX_LIFETIME"]
         self.public_base = settings["PUBLIC_BASE_URL"]  # required with AUTH on (settings.check_startup)
         self.keys = KeyStore()
-        self.replays = ReplayGuard()
+        self.replays = open_replay_store(settings["REPLAY_STORE_URL"])
 
     def audience(self, path: str) -> str:
         """The ``aud`` a token for ``path`` must carry: never built from the Host header, which the caller sets."""
@@ -147,9 +132,16 @@ class Authenticator:
             raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
         if claims["iat"] > time.time() + self.leeway:
             raise Unauthorized("issued in the future")
+        if claims["exp"] - claims["iat"] > self.max_lifetime:
+            raise Unauthorized("token lifetime longer than JWT_MAX_LIFETIME")
         if issuer.get("tenant") and claims.get("tenant") != issuer["tenant"]:
             raise Unauthorized("wrong tenant")
-        if not self.replays.first_use(f"{claims['iss']}|{claims['jti']}", float(claims["exp"]) + self.leeway):
+        try:
+            first = self.replays.first_use(f"{claims['iss']}|{claims['jti']}", float(claims["exp"]) + self.leeway)
+        except (SQLAlchemyError, OSError) as exc:
+            log.error('{"event":"replay_store_unavailable","error":"%s"}', type(exc).__name__)
+            raise StoreUnavailable("the token replay store is unavailable; please retry") from None
+        if not first:
             raise Unauthorized("replayed jti")
         return claims
 

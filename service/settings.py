@@ -170,6 +170,18 @@ SETTINGS: tuple[Setting, ...] = (
         "called. Required when AUTH is on (never taken from the Host header).",
     ),
     Setting("JWT_LEEWAY", _positive_int, 5, "Seconds of clock skew allowed on `exp` and `iat`."),
+    Setting(
+        "JWT_MAX_LIFETIME",
+        _positive_int,
+        600,
+        "Longest lifetime (`exp` - `iat`, seconds) of a token accepted; the spec recommends 5 minutes.",
+    ),
+    Setting(
+        "REPLAY_STORE_URL",
+        str,
+        "sqlite:///var/replay.db",
+        "Where the `jti`s of accepted tokens are kept until they expire, shared by all workers that open it.",
+    ),
     Setting("FHIR_SERVERS", _list, [], "With AUTH off, the only fhirServer values accepted (comma-separated)."),
     Setting("CORS_ORIGINS", _list, [], "Browser origins allowed to call the service (comma-separated; `*` for any)."),
     Setting("FEEDBACK_DB_URL", str, "sqlite:///var/feedback.db", "SQLAlchemy URL of the feedback store."),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
@@ -54,6 +56,7 @@ def secured(issuer: dict | None = None, **settings) -> CheckedClient:
                 "FEEDBACK_DB_URL": "sqlite://",
                 "TRUSTED_ISSUERS": {ISS: conf},
                 "PUBLIC_BASE_URL": BASE,
+                "REPLAY_STORE_URL": "sqlite://",
                 **settings,
             }
         )
@@ -173,6 +176,59 @@ def test_replayed_jti_is_rejected():
     assert call(client, reused).status_code == 200
     assert_401(call(client, reused))
     assert_401(call(client, token(jti=None)))
+
+
+def test_a_token_is_accepted_once_by_all_instances_sharing_the_replay_store(tmp_path):
+    """Two app instances (as two gunicorn workers or two replicas on one machine) share one replay store."""
+    store = f"sqlite:///{tmp_path}/replay.db"
+    first, second = secured(REPLAY_STORE_URL=store), secured(REPLAY_STORE_URL=store)
+    reused = token()
+    assert call(first, reused).status_code == 200
+    assert_401(call(second, reused))
+    assert_401(call(first, reused))
+
+
+def test_concurrent_replays_across_instances_are_accepted_once_in_total(tmp_path):
+    store = f"sqlite:///{tmp_path}/replay.db"
+    apps = [secured(REPLAY_STORE_URL=store) for _ in range(2)]
+    reused = token()
+    barrier = threading.Barrier(8)
+
+    def attempt(i: int) -> int:
+        barrier.wait()
+        return call(apps[i % 2], reused).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(attempt, range(8)))
+    assert sorted(statuses) == [200] + [401] * 7
+
+
+def test_token_lifetime_is_capped():
+    client = secured(JWT_MAX_LIFETIME=600)
+    now = int(time.time())
+    assert call(client, token(iat=now, exp=now + 600)).status_code == 200
+    assert_401(call(client, token(iat=now, exp=now + 601)))
+    assert_401(call(client, token(iat=now - 86_400 * 365, exp=now + 86_400 * 365)))
+
+
+def test_replay_store_forgets_expired_tokens(tmp_path):
+    from service.replay import open_replay_store
+
+    store = open_replay_store(f"sqlite:///{tmp_path}/replay.db")
+    now = time.time()
+    assert store.first_use("iss|old", now - 1)
+    assert store.first_use("iss|new", now + 60)
+    assert not store.first_use("iss|new", now + 60)
+    assert store.size() == 1  # the expired entry was removed: the store stays bounded by the token lifetime
+
+
+def test_replay_store_down_fails_closed_with_503(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    client = secured(REPLAY_STORE_URL=f"sqlite:///{blocker}/replay.db")
+    response = call(client, token())
+    assert response.status_code == 503
+    assert "replay" in response.get_json()["issue"][0]["diagnostics"]
 
 
 def test_jku_outside_the_allow_list_is_rejected_and_never_fetched():
