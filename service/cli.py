@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run under gunicorn (production)")
     serve.add_argument("--bind", default="127.0.0.1:8080")
     serve.add_argument("--workers", type=int, default=2)
+    serve.add_argument("--threads", type=int, help="requests each worker serves at once (default 8)")
     serve.add_argument(
         "--public-url",
         help="the URL clients call, which a JWT's aud must match (default: CDS_PUBLIC_BASE_URL, else http://BIND "
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             args.bind,
             "--workers",
             str(args.workers),
+            *(["--threads", str(args.threads)] if args.threads else []),
             "service.app:create_app()",
         ]
         run()

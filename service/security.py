@@ -3,6 +3,7 @@ and the fhirServer allow-list that keeps the FHIR access token from going anywhe
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -10,16 +11,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import jwt
-import requests
 from jwt import PyJWK, PyJWKSet
 from sqlalchemy.exc import SQLAlchemyError
 
+from service import outbound
 from service.errors import CdsError, StoreUnavailable
 from service.replay import open_replay_store
 
 log = logging.getLogger("service.security")
 ALGORITHMS = ("ES384", "RS384")
 JWKS_REFRESH_SECONDS = 30  # at most one refetch per issuer in this time, whatever kids attackers send
+JWKS_MAX_BYTES = 1_000_000  # a key set is a few kilobytes
 
 
 class Unauthorized(CdsError):
@@ -43,7 +45,8 @@ class KeyStore:
         self._keys: dict[str, dict[str, PyJWK]] = {}
         self._fetched_at: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.timeout = timeout
+        self.timeout = timeout  # seconds for a whole JWKS fetch
+        self.session = outbound.session()
 
     @staticmethod
     def _parse(jwks: Mapping[str, Any]) -> dict[str, PyJWK]:
@@ -54,13 +57,19 @@ class KeyStore:
         return keys
 
     def _fetch(self, url: str) -> dict[str, PyJWK]:
-        # Never redirected: the keys must come from the configured URL itself.
-        response = requests.get(
-            url, timeout=self.timeout, headers={"Accept": "application/json"}, allow_redirects=False
+        # Never redirected (the keys must come from the configured URL), bounded in time and size as a whole.
+        answer = outbound.get(
+            self.session,
+            url,
+            deadline=time.monotonic() + self.timeout,
+            connect_timeout=self.timeout,
+            read_timeout=self.timeout,
+            max_bytes=JWKS_MAX_BYTES,
+            headers={"Accept": "application/json"},
         )
-        if response.status_code != 200:
-            raise requests.HTTPError(f"JWKS answer {response.status_code}")
-        return self._parse(response.json())
+        if answer.status != 200:
+            raise outbound.OutboundError(f"JWKS answer {answer.status}")
+        return self._parse(json.loads(answer.body))
 
     def key(self, source: str, kid: str, inline: Mapping[str, Any] | None = None) -> PyJWK | None:
         with self._lock:
@@ -76,7 +85,7 @@ class KeyStore:
             self._fetched_at[source] = time.monotonic()
         try:
             keys = self._fetch(source)
-        except (requests.RequestException, ValueError, jwt.PyJWTError) as exc:
+        except (outbound.OutboundError, ValueError, jwt.PyJWTError) as exc:
             log.warning('{"event":"jwks_fetch_failed","error":"%s"}', type(exc).__name__)
             return None
         with self._lock:

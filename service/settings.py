@@ -136,6 +136,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FHIR_FETCH_WORKERS", _positive_int, 6, "Missing prefetch keys fetched at once."),
     Setting("MAX_BODY_BYTES", _positive_int, 5_000_000, "Largest hook request body accepted (413 beyond)."),
     Setting(
+        "CLIENT_TIMEOUT",
+        _positive_float,
+        10.0,
+        "Seconds a client may send nothing while sending its request before it is disconnected (alp-cds serve).",
+    ),
+    Setting(
         "ALP_SITE_LOW_LIMITS",
         _site_limits,
         {},

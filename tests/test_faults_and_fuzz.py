@@ -43,6 +43,20 @@ class FaultyFhir(BaseHTTPRequestHandler):
             self.send_header("Location", f"http://localhost:{self.server.server_port}/pages/Observation")
             self.send_header("Content-Length", "0")
             self.end_headers()
+        elif mode in ("trickle", "trickle-head"):  # one byte every 0.25 s (of the body, or of everything)
+            body = json.dumps({"resourceType": "Bundle", "type": "searchset"}).encode()
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {len(body)}\r\n\r\n"
+            slow = body if mode == "trickle" else head.encode() + body
+            if mode == "trickle":
+                self.wfile.write(head.encode())
+            self.close_connection = True
+            try:
+                for byte in slow[:40]:  # then it gives up: about 10 s in all
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.25)
+            except OSError:  # the client hung up
+                pass
         elif mode == "error":
             self._send(502, "<html>bad gateway</html>", "text/html")
         elif mode == "garbage":
@@ -103,6 +117,26 @@ def test_slow_server_is_cut_off_by_the_time_budget(faulty):
     assert response.status_code == 412
     assert time.monotonic() - started < 2.5
     assert "did not answer in time" in response.get_json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("mode", ["trickle", "trickle-head"])
+def test_trickling_server_is_cut_off_at_the_time_budget(faulty, mode):
+    """Each byte comes well within the read timeout: only a deadline on the whole exchange stops it."""
+    client = make_app(FHIR_TIME_BUDGET=2)
+    started = time.monotonic()
+    response = client.hook(PV, _request(f"http://127.0.0.1:{faulty.server_port}/{mode}"))
+    elapsed = time.monotonic() - started
+    assert response.status_code == 412
+    assert "did not answer in time" in response.get_json()["issue"][0]["diagnostics"]
+    assert elapsed < 2 + 1.5  # the budget, not the 10 s the server would trickle for
+
+
+def test_trickling_jwks_endpoint_is_cut_off_at_the_fetch_timeout(faulty):
+    from service.security import KeyStore
+
+    started = time.monotonic()
+    assert KeyStore(timeout=1).key(f"http://127.0.0.1:{faulty.server_port}/trickle-head", "k1") is None
+    assert time.monotonic() - started < 1 + 1.5
 
 
 @pytest.mark.parametrize(("mode", "reason"), [("error", "answered 502"), ("garbage", "not JSON")])

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import socket
+import subprocess
 import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import requests
 
 from service import cli
+from tests.conftest import PV, load_request
+from tests.test_security import ISS, JWKS, token
 
 
 @pytest.fixture
@@ -39,3 +51,120 @@ def test_serve_refuses_to_start_without_a_public_url_when_auth_is_on(serve_env, 
 def test_serve_with_auth_off_needs_no_public_url(serve_env, monkeypatch):
     monkeypatch.setenv("CDS_AUTH", "off")
     assert cli.main(["serve", "--bind", "0.0.0.0:8080"]) == 0
+
+
+# ------------------------------------------------------------------------------------------ gunicorn on loopback
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 3.0, **kwargs) -> requests.Response:
+    return requests.get(url, timeout=timeout, **kwargs)
+
+
+@dataclass
+class Served:
+    base: str
+    workdir: Path
+    process: subprocess.Popen
+
+    def log(self) -> str:
+        return (self.workdir / "server.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """``alp-cds serve`` as production runs it (JWT checks on, two workers), on fresh store files."""
+    workdir = tmp_path_factory.mktemp("served")
+    port = _free_port()
+    issuers = workdir / "issuers.json"
+    issuers.write_text(json.dumps({ISS: {"jwks": JWKS}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    env.update(
+        CDS_TRUSTED_ISSUERS_FILE=str(issuers),
+        CDS_FEEDBACK_DB_URL=f"sqlite:///{workdir}/feedback.db",
+        CDS_REPLAY_STORE_URL=f"sqlite:///{workdir}/replay.db",
+        CDS_CLIENT_TIMEOUT="2",
+    )
+    command = [str(Path(sys.executable).parent / "alp-cds"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+    with (workdir / "server.log").open("w") as log:
+        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if _get(f"{base}/readyz", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"alp-cds serve did not start: {(workdir / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield Served(base, workdir, process)
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _hook_call(base: str, timeout: float = 5.0) -> requests.Response:
+    bearer = token(aud=f"{base}/cds-services/{PV}")
+    return requests.post(
+        f"{base}/cds-services/{PV}",
+        json=load_request("single-low-in"),
+        headers={"Authorization": f"Bearer {bearer}"},
+        timeout=timeout,
+    )
+
+
+class SlowPeer:
+    """A client that sends its request one byte every half second (it would take minutes to finish)."""
+
+    def __init__(self, base: str) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)))
+        self.stop = threading.Event()
+        request = f"POST /cds-services/{PV} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n" + "X" * 200
+        self.thread = threading.Thread(target=self._trickle, args=(request.encode(),), daemon=True)
+        self.thread.start()
+
+    def _trickle(self, data: bytes) -> None:
+        for byte in data:
+            if self.stop.wait(0.5):
+                break
+            try:
+                self.sock.sendall(bytes([byte]))
+            except OSError:
+                break
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+def test_slow_peers_do_not_starve_the_service(served):
+    peers = [SlowPeer(served.base) for _ in range(4)]  # more than there are workers
+    try:
+        time.sleep(1.5)  # accepted and holding whatever they hold
+        for _ in range(3):
+            assert _get(f"{served.base}/healthz").status_code == 200  # each within 3 s
+        response = _hook_call(served.base)
+        assert response.status_code == 200 and response.json()["cards"]
+    finally:
+        for peer in peers:
+            peer.close()
+
+
+def test_a_client_that_stops_sending_is_disconnected(served):
+    host, port = served.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"POST /cds-services/{PV} HTTP/1.1\r\nHost: {host}\r\n".encode())  # and then nothing
+        sock.settimeout(10)
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):  # a reset is a close too
+            assert sock.recv(1024) == b""  # the server closed the connection
+        assert time.monotonic() - started < 2 + 3  # CDS_CLIENT_TIMEOUT is 2 s here

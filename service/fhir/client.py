@@ -3,6 +3,7 @@
 Next links are followed exactly as the server wrote them (HAPI's are opaque ``_getpages`` URLs), but only
 while they stay on the server the client was given: the access token is never sent anywhere else. Redirects are
 followed only within that origin (scheme, host and port) and count against the page budget like pages do.
+The time budget of a hook call covers each whole exchange, not each socket read (see :mod:`service.outbound`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from urllib.parse import urljoin, urlsplit
 import orjson
 import requests
 
-from service import metrics
+from service import metrics, outbound
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,8 @@ class FhirClient:
     read_timeout: float = 10.0
     max_pages: int = 20
     max_entries: int = 20000
-    deadline: float | None = None  # time.monotonic() after which no request is sent (the request's FHIR budget)
-    session: requests.Session = field(default_factory=requests.Session)
+    deadline: float | None = None  # time.monotonic() by which all fetching is done (the hook call's FHIR budget)
+    session: requests.Session = field(default_factory=outbound.session)
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/") + "/"
@@ -77,45 +78,50 @@ class FhirClient:
         allowance = allowance or Allowance(self.max_pages)
         while True:
             allowance.take()
-            response = self._send(url)
-            if response.status_code not in REDIRECTS or not response.headers.get("Location"):
+            answer = self._send(url)
+            if answer.status not in REDIRECTS or not answer.headers.get("Location"):
                 break
-            url = urljoin(url, response.headers["Location"])
+            url = urljoin(url, answer.headers["Location"])
             if _origin(url) != _origin(self.base_url):
                 metrics.FHIR_FETCHES.labels("redirect_refused").inc()
                 raise FhirError("the FHIR server redirected to another origin; the redirect was not followed")
-        return self._parse(response)
+        return self._parse(answer)
 
-    def _send(self, url: str) -> requests.Response:
-        connect, read = self.connect_timeout, self.read_timeout
-        if self.deadline is not None:
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                metrics.FHIR_FETCHES.labels("budget").inc()
-                raise FhirError("the time allowed for FHIR fetching ran out")
-            connect, read = min(connect, remaining), min(read, remaining)
+    def _send(self, url: str) -> outbound.Answer:
+        """One GET, done by the hook call's deadline (or, without one, within the connect and read timeouts)."""
+        deadline = self.deadline or time.monotonic() + self.connect_timeout + self.read_timeout
+        if deadline <= time.monotonic():
+            metrics.FHIR_FETCHES.labels("budget").inc()
+            raise FhirError("the time allowed for FHIR fetching ran out")
         started = time.perf_counter()
         try:
-            response = self.session.get(url, timeout=(connect, read), allow_redirects=False)
-        except requests.Timeout:
+            answer = outbound.get(
+                self.session,
+                url,
+                deadline=deadline,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+                max_bytes=2**63,
+            )
+        except outbound.TimedOut:
             metrics.FHIR_FETCHES.labels("timeout").inc()
             raise FhirError("the FHIR server did not answer in time") from None
-        except requests.RequestException:
-            metrics.FHIR_FETCHES.labels("network").inc()
+        except outbound.OutboundError as exc:
+            metrics.FHIR_FETCHES.labels(exc.kind).inc()
             raise FhirError("the FHIR server could not be reached") from None
         finally:
             metrics.FHIR_SECONDS.observe(time.perf_counter() - started)
-        metrics.FHIR_FETCHES.labels(str(response.status_code)).inc()
-        return response
+        metrics.FHIR_FETCHES.labels(str(answer.status)).inc()
+        return answer
 
     @staticmethod
-    def _parse(response: requests.Response) -> dict[str, Any]:
-        if response.status_code in (401, 403):
-            raise FhirError(f"the FHIR server refused access ({response.status_code})")
-        if response.status_code != 200:
-            raise FhirError(f"the FHIR server answered {response.status_code}")
+    def _parse(answer: outbound.Answer) -> dict[str, Any]:
+        if answer.status in (401, 403):
+            raise FhirError(f"the FHIR server refused access ({answer.status})")
+        if answer.status != 200:
+            raise FhirError(f"the FHIR server answered {answer.status}")
         try:
-            body = orjson.loads(response.content)
+            body = orjson.loads(answer.body)
         except orjson.JSONDecodeError:
             raise FhirError("the FHIR server's answer is not JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
