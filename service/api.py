@@ -15,8 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import metrics
-from service.errors import BadRequest, CdsError, NotFound, StoreUnavailable, operation_outcome
-from service.fhir.client import FhirClient
+from service.errors import BadRequest, CdsError, NotFound, StoreUnavailable, TooLarge, operation_outcome
+from service.fhir.client import CallBudget, FhirClient
 from service.fhir.prefetch import resolve_prefetch
 from service.hooks import CdsService, HookCall
 from service.security import Unauthorized, check_fhir_server
@@ -89,8 +89,8 @@ def call_service(service_id: str) -> Response:
     check_fhir_server(body.get("fhirServer"), claims, settings())
 
     config = settings()
-    deadline = time.monotonic() + config["FHIR_TIME_BUDGET"]
-    make_client = lambda: client_for(body, config, deadline)  # noqa: E731
+    budget = CallBudget(config["FHIR_TIME_BUDGET"], config["FHIR_MAX_CALL_BYTES"])
+    make_client = lambda: client_for(body, config, budget)  # noqa: E731
     data = resolve_prefetch(service.prefetch, body, make_client, config["FHIR_FETCH_WORKERS"])
     call = HookCall(request=body, data=data, settings=config, now=config["NOW"](), fetch=fetcher(make_client))
     issued = service.handler(call)
@@ -163,7 +163,7 @@ def prometheus_metrics() -> Response:
     return Response(generate_latest(metrics.REGISTRY), mimetype=CONTENT_TYPE_LATEST)
 
 
-def client_for(body: dict[str, Any], config: dict[str, Any], deadline: float | None = None) -> FhirClient | None:
+def client_for(body: dict[str, Any], config: dict[str, Any], budget: CallBudget | None = None) -> FhirClient | None:
     server = body.get("fhirServer")
     if not server:
         return None
@@ -175,7 +175,8 @@ def client_for(body: dict[str, Any], config: dict[str, Any], deadline: float | N
         read_timeout=config["FHIR_READ_TIMEOUT"],
         max_pages=config["FHIR_MAX_PAGES"],
         max_entries=config["FHIR_MAX_ENTRIES"],
-        deadline=deadline,
+        max_bytes=config["FHIR_MAX_RESPONSE_BYTES"],
+        budget=budget,
     )
 
 
@@ -198,6 +199,11 @@ def parse_json_body() -> Any:
     if not request.mimetype or request.mimetype not in ("application/json", "application/fhir+json"):
         raise BadRequest("Content-Type must be application/json")
     raw = request.get_data(cache=False)
+    # Werkzeug stops a chunked body at MAX_CONTENT_LENGTH without an error; it is set one byte higher (app.py)
+    # so that a longer body shows here, as it does for a Content-Length body.
+    limit = settings()["MAX_BODY_BYTES"]
+    if len(raw) > limit:
+        raise TooLarge(f"request body is larger than {limit} bytes (CDS_MAX_BODY_BYTES)")
     try:
         return orjson.loads(raw)  # several times faster than json on large prefetch bundles
     except orjson.JSONDecodeError as exc:

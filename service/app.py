@@ -24,7 +24,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     logging.basicConfig(level=settings["LOG_LEVEL"], format="%(message)s")
     app = Flask(__name__)
     app.config["CDS"] = settings
-    app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
+    app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"] + 1  # one more: see api.parse_json_body
     app.json.sort_keys = False
     app.extensions["cds_services"] = {s.id: s for s in all_services()}
     app.extensions["cds_authenticator"] = Authenticator(settings) if settings["AUTH"] else None
@@ -47,7 +47,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
         code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(error.code or 500, "invalid")
-        response = api.json_response(operation_outcome(error.description or error.name, code), error.code or 500)
+        message = error.description or error.name
+        if error.code == 413:
+            message = f"request body is larger than {settings['MAX_BODY_BYTES']} bytes (CDS_MAX_BODY_BYTES)"
+        response = api.json_response(operation_outcome(message, code), error.code or 500)
         if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)
         return response

@@ -193,6 +193,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FEEDBACK_DB_URL", str, "sqlite:///var/feedback.db", "SQLAlchemy URL of the feedback store."),
     Setting("FHIR_TIME_BUDGET", _positive_float, 8.0, "Seconds all FHIR fetching of one hook call may take."),
     Setting("FHIR_MAX_ENTRIES", _positive_int, 20000, "Most Bundle entries read per prefetch key."),
+    Setting(
+        "FHIR_MAX_RESPONSE_BYTES",
+        _positive_int,
+        10_000_000,
+        "Most bytes read from one FHIR answer (a resource or a page); reading stops there and the call gets 412.",
+    ),
+    Setting(
+        "FHIR_MAX_CALL_BYTES",
+        _positive_int,
+        20_000_000,
+        "Most bytes read from FHIR servers for one hook call, all answers together; then 412.",
+    ),
     Setting("LOG_LEVEL", str, "INFO", "Python log level."),
 )
 

@@ -57,6 +57,23 @@ class FaultyFhir(BaseHTTPRequestHandler):
                     time.sleep(0.25)
             except OSError:  # the client hung up
                 pass
+        elif mode in ("huge", "huge-declared"):  # a 64 MB Bundle, with or without a Content-Length
+            size = 64 * 2**20
+            head, tail = b'{"resourceType": "Bundle", "type": "searchset", "pad": "', b'"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/fhir+json")
+            if mode == "huge-declared":
+                self.send_header("Content-Length", str(size))
+            self.end_headers()
+            self.close_connection = True
+            self.server.huge_sent = 0
+            data = head + b"x" * (size - len(head) - len(tail)) + tail
+            try:
+                for start in range(0, size, 2**20):
+                    self.wfile.write(data[start : start + 2**20])
+                    self.server.huge_sent += 2**20
+            except OSError:  # the client stopped reading and hung up
+                pass
         elif mode == "error":
             self._send(502, "<html>bad gateway</html>", "text/html")
         elif mode == "garbage":
@@ -129,6 +146,15 @@ def test_trickling_server_is_cut_off_at_the_time_budget(faulty, mode):
     assert response.status_code == 412
     assert "did not answer in time" in response.get_json()["issue"][0]["diagnostics"]
     assert elapsed < 2 + 1.5  # the budget, not the 10 s the server would trickle for
+
+
+@pytest.mark.parametrize("mode", ["huge", "huge-declared"])
+def test_fhir_answer_over_the_size_limit_gives_412_and_is_not_read_whole(faulty, mode):
+    client = make_app(FHIR_MAX_RESPONSE_BYTES=1_000_000)
+    response = client.hook(PV, _request(f"http://127.0.0.1:{faulty.server_port}/{mode}"))
+    assert response.status_code == 412
+    assert "CDS_FHIR_MAX_RESPONSE_BYTES" in response.get_json()["issue"][0]["diagnostics"]
+    assert faulty.huge_sent < 32 * 2**20  # the server could not send it all: the reading stopped
 
 
 def test_trickling_jwks_endpoint_is_cut_off_at_the_fetch_timeout(faulty):

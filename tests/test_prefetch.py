@@ -367,3 +367,23 @@ def test_same_origin_redirect_is_followed_within_the_page_budget():
         with pytest.raises(FhirError, match="CDS_FHIR_MAX_PAGES"):
             FhirClient(BASE, max_pages=1).fetch("Observation")
         assert len(rsps.calls) == 1
+
+
+def test_fhir_answers_of_one_hook_call_are_capped_in_total():
+    """Each answer is under the per-answer limit; together they are over the per-call one."""
+    resources = bundle_resources(load_bundle("persistent-low-in"))
+
+    def answer(request):
+        result = search(resources, request.url[len(BASE) + 1 :])
+        return 200, {}, json.dumps({**result, "text": {"status": "generated", "div": "x" * 40_000}})
+
+    client = make_app(FHIR_MAX_RESPONSE_BYTES=100_000, FHIR_MAX_CALL_BYTES=150_000)
+    with responses.RequestsMock() as rsps:
+        rsps.add_callback(responses.GET, __import__("re").compile(BASE + "/.*"), callback=answer)
+        response = client.hook(PV, request_without_prefetch("persistent-low-in"))
+    assert response.status_code == 412
+    assert "CDS_FHIR_MAX_CALL_BYTES" in response.get_json()["issue"][0]["diagnostics"]
+    roomy = make_app(FHIR_MAX_RESPONSE_BYTES=100_000, FHIR_MAX_CALL_BYTES=1_000_000)
+    with responses.RequestsMock() as rsps:
+        rsps.add_callback(responses.GET, __import__("re").compile(BASE + "/.*"), callback=answer)
+        assert roomy.hook(PV, request_without_prefetch("persistent-low-in")).status_code == 200

@@ -9,6 +9,7 @@ The time budget of a hook call covers each whole exchange, not each socket read 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,28 @@ def _origin(url: str) -> tuple[str, str]:
 
 
 REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class CallBudget:
+    """What the FHIR fetching of one hook call may spend: a deadline, and bytes read (shared by all its fetches,
+    which run in several threads)."""
+
+    def __init__(self, seconds: float, max_bytes: int) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.max_bytes = max_bytes
+        self._read = 0
+        self._lock = threading.Lock()
+
+    def count(self, size: int) -> None:
+        with self._lock:
+            self._read += size
+            over = self._read > self.max_bytes
+        if over:
+            metrics.FHIR_FETCHES.labels("too_large").inc()
+            raise FhirError(
+                f"the FHIR answers for this hook call add up to more than {self.max_bytes} bytes "
+                "(CDS_FHIR_MAX_CALL_BYTES)"
+            )
 
 
 @dataclass
@@ -61,7 +84,8 @@ class FhirClient:
     read_timeout: float = 10.0
     max_pages: int = 20
     max_entries: int = 20000
-    deadline: float | None = None  # time.monotonic() by which all fetching is done (the hook call's FHIR budget)
+    max_bytes: int = 10_000_000  # per answer
+    budget: CallBudget | None = None  # the hook call's: its deadline and byte allowance
     session: requests.Session = field(default_factory=outbound.session)
 
     def __post_init__(self) -> None:
@@ -89,7 +113,8 @@ class FhirClient:
 
     def _send(self, url: str) -> outbound.Answer:
         """One GET, done by the hook call's deadline (or, without one, within the connect and read timeouts)."""
-        deadline = self.deadline or time.monotonic() + self.connect_timeout + self.read_timeout
+        budget = self.budget
+        deadline = budget.deadline if budget else time.monotonic() + self.connect_timeout + self.read_timeout
         if deadline <= time.monotonic():
             metrics.FHIR_FETCHES.labels("budget").inc()
             raise FhirError("the time allowed for FHIR fetching ran out")
@@ -101,11 +126,15 @@ class FhirClient:
                 deadline=deadline,
                 connect_timeout=self.connect_timeout,
                 read_timeout=self.read_timeout,
-                max_bytes=2**63,
+                max_bytes=self.max_bytes,
+                count=budget.count if budget else None,
             )
         except outbound.TimedOut:
             metrics.FHIR_FETCHES.labels("timeout").inc()
             raise FhirError("the FHIR server did not answer in time") from None
+        except outbound.TooLarge as exc:
+            metrics.FHIR_FETCHES.labels("too_large").inc()
+            raise FhirError(f"the FHIR server's answer is too large: {exc} (CDS_FHIR_MAX_RESPONSE_BYTES)") from None
         except outbound.OutboundError as exc:
             metrics.FHIR_FETCHES.labels(exc.kind).inc()
             raise FhirError("the FHIR server could not be reached") from None
