@@ -12,10 +12,11 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, g, render_template, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from service import metrics
 from service.errors import BadRequest, CdsError, NotFound, StoreUnavailable, TooLarge, operation_outcome
+from service.feedback import storable_problem
 from service.fhir.client import CallBudget, FhirClient
 from service.fhir.prefetch import resolve_prefetch
 from service.hooks import CdsService, HookCall
@@ -107,11 +108,14 @@ def post_feedback(service_id: str) -> Response:
     find_service(service_id)
     authenticate()
     body = parse_json_body()
-    problem = first_error("feedback", body)
+    problem = first_error("feedback", body) or storable_problem(body["feedback"])
     if problem:
         raise BadRequest(f"invalid feedback: {problem}")
     try:
         stored = current_app.extensions["cds_feedback"].add_feedback(service_id, body["feedback"])
+    except DataError as exc:  # the store refuses this data: retrying would not help
+        logging.getLogger("service").error(json.dumps({"event": "feedback_refused", "error": type(exc).__name__}))
+        raise BadRequest("the feedback store cannot hold this feedback; nothing was stored") from None
     except SQLAlchemyError as exc:
         logging.getLogger("service").error(json.dumps({"event": "feedback_not_stored", "error": type(exc).__name__}))
         raise StoreUnavailable("the feedback store is unavailable; nothing was stored, please retry") from None

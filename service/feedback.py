@@ -65,6 +65,32 @@ feedback = Table(
 )
 
 
+def storable_problem(items: Iterable[Mapping[str, Any]]) -> str | None:
+    """Why a schema-valid feedback list cannot be stored, or None. Checked before storing, so that what no store can
+    hold is a 400 (permanent) and never looks like an outage (503, "retry"): PostgreSQL refuses NUL characters in
+    text, and a timestamp must be an instant that both stores, and Python, can hold."""
+    for i, item in enumerate(items):
+        for path, value in _strings(item, f"feedback[{i}]"):
+            if "\x00" in value:
+                return f"{path}: contains a NUL character"
+        try:
+            datetime.fromisoformat(item["outcomeTimestamp"]).astimezone(UTC)
+        except (ValueError, OverflowError):
+            return f"feedback[{i}].outcomeTimestamp: not a time that can be stored"
+    return None
+
+
+def _strings(value: Any, path: str) -> Iterable[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, inner in value.items():
+            yield from _strings(inner, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            yield from _strings(inner, f"{path}[{index}]")
+
+
 class FeedbackStore:
     def __init__(self, url: str) -> None:
         parsed = make_url(url)

@@ -97,6 +97,47 @@ def test_bad_feedback_is_400_and_nothing_is_stored(tmp_path, item, message):
     assert client.app.extensions["cds_feedback"].feedback_rows() == []
 
 
+GOOD = {"card": "c1", "outcome": "overridden", "outcomeTimestamp": "2026-06-01T10:00:00Z"}
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({**GOOD, "outcomeTimestamp": "2026-06-01T10:00:00." + "1" * 60 + "Z"}, "outcomeTimestamp"),
+        ({**GOOD, "outcomeTimestamp": "9999-12-31T23:59:59-01:00"}, "outcomeTimestamp"),  # after year 9999 in UTC
+        ({**GOOD, "card": "c\x00"}, "feedback[1].card: contains a NUL character"),
+        ({**GOOD, "overrideReason": {"userComment": "no\x00"}}, "overrideReason.userComment: contains a NUL"),
+        ({**GOOD, "overrideReason": {"reason": {"code": "x\x00y"}}}, "overrideReason.reason.code: contains a NUL"),
+    ],
+)
+def test_feedback_no_store_can_hold_is_400_on_both_stores_and_nothing_is_stored(store_url, item, message):
+    """A permanent problem must not be a 503 ("retry"): the client would retry the batch for ever."""
+    client = app_on(store_url)
+    response = post_feedback(client, {"feedback": [GOOD, item]})
+    assert response.status_code == 400, response.get_json()
+    assert message in response.get_json()["issue"][0]["diagnostics"]
+    store = client.app.extensions["cds_feedback"]
+    assert store.feedback_rows() == []  # the batch is refused whole
+    assert post_feedback(client, {"feedback": [GOOD]}).status_code == 200  # and the store is fine
+    assert len(store.feedback_rows()) == 1
+
+
+def test_store_refusing_data_is_400_not_503(tmp_path, monkeypatch):
+    """Whatever else a store refuses as data (not an outage) is permanent too."""
+    from sqlalchemy.exc import DataError
+
+    client = app_on(f"sqlite:///{tmp_path}/f.db")
+    store = client.app.extensions["cds_feedback"]
+
+    def refuse(*args, **kwargs):
+        raise DataError("INSERT ...", {}, ValueError("value too long"))
+
+    monkeypatch.setattr(store, "add_feedback", refuse)
+    response = post_feedback(client, {"feedback": [GOOD]})
+    assert response.status_code == 400
+    assert "nothing was stored" in response.get_json()["issue"][0]["diagnostics"]
+
+
 def test_feedback_for_unknown_service_is_404_and_empty_list_is_400(tmp_path):
     client = app_on(f"sqlite:///{tmp_path}/f.db")
     item = {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-06-01T10:00:00Z"}
