@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import uuid
 
@@ -212,3 +213,52 @@ def test_unwritable_sqlite_location_does_not_stop_the_service(tmp_path):
     client = app_on(f"sqlite:///{blocker}/sub/feedback.db")
     assert client.hook(PV, load_request("single-low-in")).status_code == 200
     assert client.client.get("/readyz").status_code == 503
+
+
+def _open_at_once(urls: list[str], barrier, results) -> None:
+    """One worker process: opens each (fresh) store at the same moment as the others and stores one feedback item."""
+    import logging
+
+    from sqlalchemy import func, select, text
+
+    from service.feedback import FeedbackStore, feedback
+
+    problems: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            problems.append(record.getMessage())
+
+    logging.getLogger("service").addHandler(Keep())
+    rows = []
+    for url in urls:
+        barrier.wait(timeout=60)
+        store = FeedbackStore(url)
+        try:
+            store.add_feedback(PV, [GOOD])
+        except Exception as exc:
+            problems.append(f"add_feedback: {type(exc).__name__}")
+        if barrier.wait(timeout=60) == 0:  # one of them counts, and empties PostgreSQL for the next round
+            with store.engine.begin() as connection:
+                rows.append(connection.execute(select(func.count()).select_from(feedback)).scalar_one())
+                if url.startswith("postgresql"):
+                    connection.execute(text("DROP TABLE feedback, issued_cards"))
+        store.engine.dispose()
+        barrier.wait(timeout=60)
+    results.put((problems, rows))
+
+
+def test_workers_opening_a_fresh_store_at_once_create_it_cleanly(store_url):
+    """Four processes (as gunicorn workers, or replicas) open a store that has no tables yet, at the same moment."""
+    workers, rounds = 4, 5
+    urls = [store_url.replace("feedback.db", f"fresh-{i}.db") for i in range(rounds)]  # PostgreSQL: dropped between
+    context = multiprocessing.get_context("spawn")  # no fork of the test process and its threads
+    barrier, results = context.Barrier(workers), context.Queue()
+    processes = [context.Process(target=_open_at_once, args=(urls, barrier, results)) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    reports = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    assert [problem for problems, _ in reports for problem in problems] == []
+    assert [count for _, rows in reports for count in rows] == [workers] * rounds  # every item of every round stored

@@ -110,6 +110,15 @@ def served(tmp_path_factory):
     process.wait(timeout=30)
 
 
+def test_a_multi_worker_start_on_fresh_store_files_is_clean(served):
+    """The fixture started two workers on files that did not exist: none of them reported a store problem.
+    (The race itself is reproduced deterministically in test_feedback_and_ops.py.)"""
+    assert (served.workdir / "feedback.db").exists()
+    assert "feedback_store_unavailable" not in served.log() and "Booting worker" in served.log()
+    ready = _get(f"{served.base}/readyz")
+    assert ready.status_code == 200 and ready.json()["feedback_store"] == "ok"
+
+
 def _hook_call(base: str, timeout: float = 5.0) -> requests.Response:
     bearer = token(aud=f"{base}/cds-services/{PV}")
     return requests.post(
