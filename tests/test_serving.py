@@ -177,3 +177,19 @@ def test_a_client_that_stops_sending_is_disconnected(served):
         with contextlib.suppress(ConnectionResetError):  # a reset is a close too
             assert sock.recv(1024) == b""  # the server closed the connection
         assert time.monotonic() - started < 2 + 3  # CDS_CLIENT_TIMEOUT is 2 s here
+
+
+def test_a_replayed_token_is_accepted_once_across_the_workers(served):
+    """Each attempt comes on a new connection, to whichever worker takes it: one 200 in all. (Which worker takes a
+    connection is up to the kernel; test_security.py shows the same with two app instances, deterministically.)"""
+    bearer = token(aud=f"{served.base}/cds-services/{PV}")
+    statuses = [
+        requests.post(
+            f"{served.base}/cds-services/{PV}",
+            json=load_request("single-low-in"),
+            headers={"Authorization": f"Bearer {bearer}", "Connection": "close"},
+            timeout=5,
+        ).status_code
+        for _ in range(8)
+    ]
+    assert sorted(statuses) == [200] + [401] * 7
