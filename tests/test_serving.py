@@ -34,8 +34,6 @@ def serve_env(monkeypatch):
 
 
 def test_serve_sets_the_public_url_from_a_specific_bind(serve_env):
-    import os
-
     assert cli.main(["serve", "--bind", "127.0.0.1:18080"]) == 0
     assert os.environ["CDS_PUBLIC_BASE_URL"] == "http://127.0.0.1:18080"
     assert "service.app:create_app()" in serve_env["argv"]
@@ -62,8 +60,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _get(url: str, timeout: float = 3.0, **kwargs) -> requests.Response:
-    return requests.get(url, timeout=timeout, **kwargs)
+def _get(url: str, timeout: float = 3.0) -> requests.Response:
+    return requests.get(url, timeout=timeout)
 
 
 @dataclass
