@@ -12,11 +12,12 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, g, render_template, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from service import metrics
-from service.errors import BadRequest, CdsError, NotFound, StoreUnavailable, operation_outcome
-from service.fhir.client import FhirClient
+from service.errors import BadRequest, CdsError, NotFound, StoreUnavailable, TooLarge, operation_outcome
+from service.feedback import storable_problem
+from service.fhir.client import CallBudget, FhirClient
 from service.fhir.prefetch import fetched_keys, resolve_prefetch
 from service.hooks import CdsService, HookCall
 from service.security import Unauthorized, check_fhir_server
@@ -52,9 +53,7 @@ def authenticate() -> dict[str, Any] | None:
     if not settings()["AUTH"]:
         return None
     authenticator = current_app.extensions["cds_authenticator"]
-    claims = authenticator.verify(
-        request.headers.get("Authorization"), authenticator.audience(request.url_root, request.path)
-    )
+    claims = authenticator.verify(request.headers.get("Authorization"), authenticator.audience(request.path))
     g.issuer = claims["iss"]
     return claims
 
@@ -91,8 +90,8 @@ def call_service(service_id: str) -> Response:
     check_fhir_server(body.get("fhirServer"), claims, settings())
 
     config = settings()
-    deadline = time.monotonic() + config["FHIR_TIME_BUDGET"]
-    make_client = lambda: client_for(body, config, deadline)  # noqa: E731
+    budget = CallBudget(config["FHIR_TIME_BUDGET"], config["FHIR_MAX_CALL_BYTES"])
+    make_client = lambda: client_for(body, config, budget)  # noqa: E731
     data = resolve_prefetch(service.prefetch, body, make_client, config["FHIR_FETCH_WORKERS"])
     call = HookCall(
         request=body,
@@ -116,11 +115,14 @@ def post_feedback(service_id: str) -> Response:
     find_service(service_id)
     authenticate()
     body = parse_json_body()
-    problem = first_error("feedback", body)
+    problem = first_error("feedback", body) or storable_problem(body["feedback"])
     if problem:
         raise BadRequest(f"invalid feedback: {problem}")
     try:
         stored = current_app.extensions["cds_feedback"].add_feedback(service_id, body["feedback"])
+    except DataError as exc:  # the store refuses this data: retrying would not help
+        logging.getLogger("service").error(json.dumps({"event": "feedback_refused", "error": type(exc).__name__}))
+        raise BadRequest("the feedback store cannot hold this feedback; nothing was stored") from None
     except SQLAlchemyError as exc:
         logging.getLogger("service").error(json.dumps({"event": "feedback_not_stored", "error": type(exc).__name__}))
         raise StoreUnavailable("the feedback store is unavailable; nothing was stored, please retry") from None
@@ -172,7 +174,7 @@ def prometheus_metrics() -> Response:
     return Response(generate_latest(metrics.REGISTRY), mimetype=CONTENT_TYPE_LATEST)
 
 
-def client_for(body: dict[str, Any], config: dict[str, Any], deadline: float | None = None) -> FhirClient | None:
+def client_for(body: dict[str, Any], config: dict[str, Any], budget: CallBudget | None = None) -> FhirClient | None:
     server = body.get("fhirServer")
     if not server:
         return None
@@ -184,7 +186,8 @@ def client_for(body: dict[str, Any], config: dict[str, Any], deadline: float | N
         read_timeout=config["FHIR_READ_TIMEOUT"],
         max_pages=config["FHIR_MAX_PAGES"],
         max_entries=config["FHIR_MAX_ENTRIES"],
-        deadline=deadline,
+        max_bytes=config["FHIR_MAX_RESPONSE_BYTES"],
+        budget=budget,
     )
 
 
@@ -207,6 +210,11 @@ def parse_json_body() -> Any:
     if not request.mimetype or request.mimetype not in ("application/json", "application/fhir+json"):
         raise BadRequest("Content-Type must be application/json")
     raw = request.get_data(cache=False)
+    # Werkzeug stops a chunked body at MAX_CONTENT_LENGTH without an error; it is set one byte higher (app.py)
+    # so that a longer body shows here, as it does for a Content-Length body.
+    limit = settings()["MAX_BODY_BYTES"]
+    if len(raw) > limit:
+        raise TooLarge(f"request body is larger than {limit} bytes (CDS_MAX_BODY_BYTES)")
     try:
         return orjson.loads(raw)  # several times faster than json on large prefetch bundles
     except orjson.JSONDecodeError as exc:

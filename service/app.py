@@ -15,18 +15,19 @@ from service.errors import CdsError, operation_outcome
 from service.feedback import FeedbackStore
 from service.hooks import all_services
 from service.security import Authenticator
-from service.settings import load_settings
+from service.settings import check_startup, load_settings
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     settings = load_settings(overrides)
+    check_startup(settings)
     logging.basicConfig(level=settings["LOG_LEVEL"], format="%(message)s")
     app = Flask(__name__)
     app.config["CDS"] = settings
-    app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
+    app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"] + 1  # one more: see api.parse_json_body
     app.json.sort_keys = False
     app.extensions["cds_services"] = {s.id: s for s in all_services()}
-    app.extensions["cds_authenticator"] = Authenticator(settings)
+    app.extensions["cds_authenticator"] = Authenticator(settings) if settings["AUTH"] else None
     app.extensions["cds_feedback"] = FeedbackStore(settings["FEEDBACK_DB_URL"])
     if not settings["AUTH"]:
         logging.getLogger("service").warning(
@@ -46,7 +47,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
         code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(error.code or 500, "invalid")
-        response = api.json_response(operation_outcome(error.description or error.name, code), error.code or 500)
+        message = error.description or error.name
+        if error.code == 413:
+            message = f"request body is larger than {settings['MAX_BODY_BYTES']} bytes (CDS_MAX_BODY_BYTES)"
+        response = api.json_response(operation_outcome(message, code), error.code or 500)
         if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)
         return response

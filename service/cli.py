@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run under gunicorn (production)")
     serve.add_argument("--bind", default="127.0.0.1:8080")
     serve.add_argument("--workers", type=int, default=2)
+    serve.add_argument("--threads", type=int, help="requests each worker serves at once (default 8)")
+    serve.add_argument(
+        "--public-url",
+        help="the URL clients call, which a JWT's aud must match (default: CDS_PUBLIC_BASE_URL, else http://BIND "
+        "when BIND names a specific address)",
+    )
     dev = sub.add_parser("dev", help="run Flask's development server (reloads on change)")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8080)
@@ -45,6 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from gunicorn.app.wsgiapp import run
 
+        from service.settings import SettingsError, check_startup, load_settings
+
+        public_url = args.public_url or os.environ.get("CDS_PUBLIC_BASE_URL") or url_of_bind(args.bind)
+        if public_url:
+            os.environ["CDS_PUBLIC_BASE_URL"] = public_url
+        try:  # here, with a clear message, rather than in every worker
+            check_startup(load_settings())
+        except SettingsError as exc:
+            print(f"alp-cds serve: {exc}", file=sys.stderr)
+            return 2
+
         # No gunicorn access log: the app writes one structured line per request itself.
         sys.argv = [
             "gunicorn",
@@ -54,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             args.bind,
             "--workers",
             str(args.workers),
+            *(["--threads", str(args.threads)] if args.threads else []),
             "service.app:create_app()",
         ]
         run()
@@ -88,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     except (tools.ToolError, OSError, ValueError) as exc:
         print(f"alp-cds {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+def url_of_bind(bind: str) -> str | None:
+    """``http://HOST:PORT`` for a specific address; None for a wildcard or a Unix socket (nobody calls those)."""
+    host, _, port = bind.rpartition(":")
+    if bind.startswith(("unix:", "fd://")) or not port.isdigit() or host in ("", "0.0.0.0", "[::]", "::"):
+        return None
+    return f"http://{host}:{port}"
 
 
 if __name__ == "__main__":

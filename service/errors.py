@@ -26,6 +26,11 @@ class NotFound(CdsError):
     code = "not-found"
 
 
+class TooLarge(CdsError):
+    status = 413
+    code = "too-costly"
+
+
 class DataUnavailable(CdsError):
     """The FHIR data the rules need cannot be had: 412 Precondition Failed (CDS Hooks 2.0)."""
 

@@ -34,7 +34,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.sqlite import pragmas
+
 log = logging.getLogger("service.feedback")
+SCHEMA_LOCK = 0x616C70636473  # any number, the same in every process: "alpcds"
 
 metadata = MetaData()
 
@@ -65,6 +68,32 @@ feedback = Table(
 )
 
 
+def storable_problem(items: Iterable[Mapping[str, Any]]) -> str | None:
+    """Why a schema-valid feedback list cannot be stored, or None. Checked before storing, so that what no store can
+    hold is a 400 (permanent) and never looks like an outage (503, "retry"): PostgreSQL refuses NUL characters in
+    text, and a timestamp must be an instant that both stores, and Python, can hold."""
+    for i, item in enumerate(items):
+        for path, value in _strings(item, f"feedback[{i}]"):
+            if "\x00" in value:
+                return f"{path}: contains a NUL character"
+        try:
+            datetime.fromisoformat(item["outcomeTimestamp"]).astimezone(UTC)
+        except (ValueError, OverflowError):
+            return f"feedback[{i}].outcomeTimestamp: not a time that can be stored"
+    return None
+
+
+def _strings(value: Any, path: str) -> Iterable[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, inner in value.items():
+            yield from _strings(inner, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            yield from _strings(inner, f"{path}[{index}]")
+
+
 class FeedbackStore:
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
@@ -77,7 +106,7 @@ class FeedbackStore:
             parsed = parsed.set(drivername="postgresql+psycopg")
         self.engine: Engine = create_engine(parsed, pool_pre_ping=True)
         if parsed.get_backend_name() == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", pragmas("FULL"))  # a 200 means the feedback is on disk
         self._schema_ready = False
         self._queue: queue.Queue = queue.Queue(maxsize=10_000)
         self._writer: threading.Thread | None = None
@@ -88,9 +117,18 @@ class FeedbackStore:
             log.error(json.dumps({"event": "feedback_store_unavailable", "error": type(exc).__name__}))
 
     def _ensure_schema(self) -> None:
-        if not self._schema_ready:
-            metadata.create_all(self.engine)
-            self._schema_ready = True
+        """Create the tables once, whoever comes first: workers and replicas start at the same time, and each would
+        otherwise find no table and create it (the others then fail). The check and the creation run under the
+        database's write lock (SQLite) or an advisory lock (PostgreSQL), so the others wait and find the tables."""
+        if self._schema_ready:
+            return
+        with self.engine.begin() as connection:
+            if self.engine.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            elif self.engine.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+            metadata.create_all(connection)
+        self._schema_ready = True
 
     def record_cards_later(self, service_id: str, cards: Iterable[tuple[str, Mapping[str, Any]]]) -> bool:
         """Queue the audit rows for a background writer, off the hook call's path. False when the queue is full
@@ -228,11 +266,3 @@ class FeedbackStore:
             if outcome == "overridden":
                 entry["override_reasons"][display or code or "no reason given"] += 1
         return {k: {**v, "override_reasons": dict(v["override_reasons"])} for k, v in sorted(report.items())}
-
-
-def _sqlite_pragmas(connection, _record) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")  # a 200 means the feedback is on disk
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()

@@ -3,6 +3,7 @@ and the fhirServer allow-list that keeps the FHIR access token from going anywhe
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -10,14 +11,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import jwt
-import requests
 from jwt import PyJWK, PyJWKSet
+from sqlalchemy.exc import SQLAlchemyError
 
-from service.errors import CdsError
+from service import outbound
+from service.errors import CdsError, StoreUnavailable
+from service.replay import open_replay_store
 
 log = logging.getLogger("service.security")
 ALGORITHMS = ("ES384", "RS384")
 JWKS_REFRESH_SECONDS = 30  # at most one refetch per issuer in this time, whatever kids attackers send
+JWKS_MAX_BYTES = 1_000_000  # a key set is a few kilobytes
 
 
 class Unauthorized(CdsError):
@@ -41,7 +45,8 @@ class KeyStore:
         self._keys: dict[str, dict[str, PyJWK]] = {}
         self._fetched_at: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.timeout = timeout
+        self.timeout = timeout  # seconds for a whole JWKS fetch
+        self.session = outbound.session()
 
     @staticmethod
     def _parse(jwks: Mapping[str, Any]) -> dict[str, PyJWK]:
@@ -52,9 +57,19 @@ class KeyStore:
         return keys
 
     def _fetch(self, url: str) -> dict[str, PyJWK]:
-        response = requests.get(url, timeout=self.timeout, headers={"Accept": "application/json"})
-        response.raise_for_status()
-        return self._parse(response.json())
+        # Never redirected (the keys must come from the configured URL), bounded in time and size as a whole.
+        answer = outbound.get(
+            self.session,
+            url,
+            deadline=time.monotonic() + self.timeout,
+            connect_timeout=self.timeout,
+            read_timeout=self.timeout,
+            max_bytes=JWKS_MAX_BYTES,
+            headers={"Accept": "application/json"},
+        )
+        if answer.status != 200:
+            raise outbound.OutboundError(f"JWKS answer {answer.status}")
+        return self._parse(json.loads(answer.body))
 
     def key(self, source: str, kid: str, inline: Mapping[str, Any] | None = None) -> PyJWK | None:
         with self._lock:
@@ -70,7 +85,7 @@ class KeyStore:
             self._fetched_at[source] = time.monotonic()
         try:
             keys = self._fetch(source)
-        except (requests.RequestException, ValueError, jwt.PyJWTError) as exc:
+        except (outbound.OutboundError, ValueError, jwt.PyJWTError) as exc:
             log.warning('{"event":"jwks_fetch_failed","error":"%s"}', type(exc).__name__)
             return None
         with self._lock:
@@ -78,34 +93,18 @@ class KeyStore:
         return keys.get(kid)
 
 
-class ReplayGuard:
-    """Remembers each token's jti until the token expires."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def first_use(self, jti: str, expires: float) -> bool:
-        now = time.time()
-        with self._lock:
-            if len(self._seen) > 10_000:
-                self._seen = {k: v for k, v in self._seen.items() if v > now}
-            if self._seen.get(jti, 0) > now:
-                return False
-            self._seen[jti] = expires
-            return True
-
-
 class Authenticator:
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.issuers: Mapping[str, Mapping[str, Any]] = settings["TRUSTED_ISSUERS"]
         self.leeway = settings["JWT_LEEWAY"]
-        self.public_base = settings["PUBLIC_BASE_URL"].rstrip("/")
+        self.max_lifetime = settings["JWT_MAX_LIFETIME"]
+        self.public_base = settings["PUBLIC_BASE_URL"]  # required with AUTH on (settings.check_startup)
         self.keys = KeyStore()
-        self.replays = ReplayGuard()
+        self.replays = open_replay_store(settings["REPLAY_STORE_URL"])
 
-    def audience(self, url_root: str, path: str) -> str:
-        return (self.public_base or url_root.rstrip("/")) + path
+    def audience(self, path: str) -> str:
+        """The ``aud`` a token for ``path`` must carry: never built from the Host header, which the caller sets."""
+        return self.public_base + path
 
     def verify(self, authorization: str | None, audience: str) -> dict[str, Any]:
         """Claims of a valid token; :class:`Unauthorized` (with a logged reason) otherwise."""
@@ -142,9 +141,16 @@ class Authenticator:
             raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
         if claims["iat"] > time.time() + self.leeway:
             raise Unauthorized("issued in the future")
+        if claims["exp"] - claims["iat"] > self.max_lifetime:
+            raise Unauthorized("token lifetime longer than JWT_MAX_LIFETIME")
         if issuer.get("tenant") and claims.get("tenant") != issuer["tenant"]:
             raise Unauthorized("wrong tenant")
-        if not self.replays.first_use(f"{claims['iss']}|{claims['jti']}", float(claims["exp"]) + self.leeway):
+        try:
+            first = self.replays.first_use(f"{claims['iss']}|{claims['jti']}", float(claims["exp"]) + self.leeway)
+        except (SQLAlchemyError, OSError) as exc:
+            log.error('{"event":"replay_store_unavailable","error":"%s"}', type(exc).__name__)
+            raise StoreUnavailable("the token replay store is unavailable; please retry") from None
+        if not first:
             raise Unauthorized("replayed jti")
         return claims
 

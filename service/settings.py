@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -87,6 +88,14 @@ def _issuers(raw: Any) -> dict[str, dict[str, Any]]:
     return issuers
 
 
+def _base_url(raw: Any) -> str:
+    text = str(raw).strip().rstrip("/")
+    parts = urlsplit(text)
+    if text and (parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment):
+        raise SettingsError(f"expected a base URL such as https://cds.example.org, got {raw!r}")
+    return text
+
+
 def _on_off(raw: Any) -> bool:
     """Secure by default: anything but an explicit off is on."""
     return not (isinstance(raw, str) and raw.strip().lower() in {"off", "0", "false", "no"}) and raw is not False
@@ -127,6 +136,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FHIR_FETCH_WORKERS", _positive_int, 6, "Missing prefetch keys fetched at once."),
     Setting("MAX_BODY_BYTES", _positive_int, 5_000_000, "Largest hook request body accepted (413 beyond)."),
     Setting(
+        "CLIENT_TIMEOUT",
+        _positive_float,
+        10.0,
+        "Seconds a client may send nothing while sending its request before it is disconnected (alp-cds serve).",
+    ),
+    Setting(
         "ALP_SITE_LOW_LIMITS",
         _site_limits,
         {},
@@ -160,13 +175,43 @@ SETTINGS: tuple[Setting, ...] = (
         "Trusted CDS clients (env: `CDS_TRUSTED_ISSUERS_FILE`, a JSON or YAML file): each `iss` maps to `jwks` or "
         "`jwks_url`, optional `jku` allow-list, `fhir_servers` allow-list and `tenant`.",
     ),
-    Setting("PUBLIC_BASE_URL", str, "", "The service's public base URL (behind a proxy) used to check a JWT's `aud`."),
+    Setting(
+        "PUBLIC_BASE_URL",
+        _base_url,
+        "",
+        "The URL clients call the service at, e.g. `https://cds.example.org`: a JWT's `aud` must be it plus the path "
+        "called. Required when AUTH is on (never taken from the Host header).",
+    ),
     Setting("JWT_LEEWAY", _positive_int, 5, "Seconds of clock skew allowed on `exp` and `iat`."),
+    Setting(
+        "JWT_MAX_LIFETIME",
+        _positive_int,
+        600,
+        "Longest lifetime (`exp` - `iat`, seconds) of a token accepted; the spec recommends 5 minutes.",
+    ),
+    Setting(
+        "REPLAY_STORE_URL",
+        str,
+        "sqlite:///var/replay.db",
+        "Where the `jti`s of accepted tokens are kept until they expire, shared by all workers that open it.",
+    ),
     Setting("FHIR_SERVERS", _list, [], "With AUTH off, the only fhirServer values accepted (comma-separated)."),
     Setting("CORS_ORIGINS", _list, [], "Browser origins allowed to call the service (comma-separated; `*` for any)."),
     Setting("FEEDBACK_DB_URL", str, "sqlite:///var/feedback.db", "SQLAlchemy URL of the feedback store."),
     Setting("FHIR_TIME_BUDGET", _positive_float, 8.0, "Seconds all FHIR fetching of one hook call may take."),
     Setting("FHIR_MAX_ENTRIES", _positive_int, 20000, "Most Bundle entries read per prefetch key."),
+    Setting(
+        "FHIR_MAX_RESPONSE_BYTES",
+        _positive_int,
+        10_000_000,
+        "Most bytes read from one FHIR answer (a resource or a page); reading stops there and the call gets 412.",
+    ),
+    Setting(
+        "FHIR_MAX_CALL_BYTES",
+        _positive_int,
+        20_000_000,
+        "Most bytes read from FHIR servers for one hook call, all answers together; then 412.",
+    ),
     Setting("LOG_LEVEL", str, "INFO", "Python log level."),
 )
 
@@ -195,6 +240,16 @@ def load_settings(
     values.update(overrides)
     values.setdefault("NOW", lambda: datetime.now(UTC))
     return values
+
+
+def check_startup(values: Mapping[str, Any]) -> None:
+    """Combinations of settings the service must not start with (:class:`SettingsError` says what to set)."""
+    if values["AUTH"] and not values["PUBLIC_BASE_URL"]:
+        raise SettingsError(
+            "CDS_PUBLIC_BASE_URL must be set when CDS_AUTH is on: a JWT's aud is checked against the URL clients "
+            "call, which the Host header cannot be trusted to give. Set it (e.g. https://cds.example.org), "
+            "or use CDS_AUTH=off for local development."
+        )
 
 
 def setting_names() -> list[str]:

@@ -84,3 +84,4 @@ def test_sandbox_trust_file_loads_and_the_compose_service_uses_it():
     env = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["alp-cds"]["environment"]
     assert env["CDS_TRUSTED_ISSUERS_FILE"] == "/app/deploy/sandbox-issuers.yaml"
     assert env["CDS_CORS_ORIGINS"] == "https://sandbox.cds-hooks.org"
+    assert env["CDS_PUBLIC_BASE_URL"] == "http://localhost:8080"  # JWT checks are on: the service must know its URL

@@ -39,6 +39,42 @@ class FaultyFhir(BaseHTTPRequestHandler):
         if mode == "slow":
             time.sleep(3)
             self._send(200, json.dumps({"resourceType": "Bundle", "type": "searchset"}))
+        elif mode == "elsewhere":  # the same server under another name: another origin
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{self.server.server_port}/pages/Observation")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif mode in ("trickle", "trickle-head"):  # one byte every 0.25 s (of the body, or of everything)
+            body = json.dumps({"resourceType": "Bundle", "type": "searchset"}).encode()
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {len(body)}\r\n\r\n"
+            slow = body if mode == "trickle" else head.encode() + body
+            if mode == "trickle":
+                self.wfile.write(head.encode())
+            self.close_connection = True
+            try:
+                for byte in slow[:40]:  # then it gives up: about 10 s in all
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.25)
+            except OSError:  # the client hung up
+                pass
+        elif mode in ("huge", "huge-declared"):  # a 64 MB Bundle, with or without a Content-Length
+            size = 64 * 2**20
+            head, tail = b'{"resourceType": "Bundle", "type": "searchset", "pad": "', b'"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/fhir+json")
+            if mode == "huge-declared":
+                self.send_header("Content-Length", str(size))
+            self.end_headers()
+            self.close_connection = True
+            self.server.huge_sent = 0
+            data = head + b"x" * (size - len(head) - len(tail)) + tail
+            try:
+                for start in range(0, size, 2**20):
+                    self.wfile.write(data[start : start + 2**20])
+                    self.server.huge_sent += 2**20
+            except OSError:  # the client stopped reading and hung up
+                pass
         elif mode == "error":
             self._send(502, "<html>bad gateway</html>", "text/html")
         elif mode == "garbage":
@@ -101,10 +137,45 @@ def test_slow_server_is_cut_off_by_the_time_budget(faulty):
     assert "did not answer in time" in response.get_json()["issue"][0]["diagnostics"]
 
 
+@pytest.mark.parametrize("mode", ["trickle", "trickle-head"])
+def test_trickling_server_is_cut_off_at_the_time_budget(faulty, mode):
+    """Each byte comes well within the read timeout: only a deadline on the whole exchange stops it."""
+    client = make_app(FHIR_TIME_BUDGET=2)
+    started = time.monotonic()
+    response = client.hook(PV, _request(f"http://127.0.0.1:{faulty.server_port}/{mode}"))
+    elapsed = time.monotonic() - started
+    assert response.status_code == 412
+    assert "did not answer in time" in response.get_json()["issue"][0]["diagnostics"]
+    assert elapsed < 2 + 1.5  # the budget, not the 10 s the server would trickle for
+
+
+@pytest.mark.parametrize("mode", ["huge", "huge-declared"])
+def test_fhir_answer_over_the_size_limit_gives_412_and_is_not_read_whole(faulty, mode):
+    client = make_app(FHIR_MAX_RESPONSE_BYTES=1_000_000)
+    response = client.hook(PV, _request(f"http://127.0.0.1:{faulty.server_port}/{mode}"))
+    assert response.status_code == 412
+    assert "CDS_FHIR_MAX_RESPONSE_BYTES" in response.get_json()["issue"][0]["diagnostics"]
+    assert faulty.huge_sent < 32 * 2**20  # the server could not send it all: the reading stopped
+
+
+def test_trickling_jwks_endpoint_is_cut_off_at_the_fetch_timeout(faulty):
+    from service.security import KeyStore
+
+    started = time.monotonic()
+    assert KeyStore(timeout=1).key(f"http://127.0.0.1:{faulty.server_port}/trickle-head", "k1") is None
+    assert time.monotonic() - started < 1 + 1.5
+
+
 @pytest.mark.parametrize(("mode", "reason"), [("error", "answered 502"), ("garbage", "not JSON")])
 def test_server_errors_and_garbage_give_412(faulty, mode, reason):
     response = make_app().hook(PV, _request(f"http://127.0.0.1:{faulty.server_port}/{mode}"))
     assert response.status_code == 412 and reason in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_redirect_to_another_origin_gives_412_and_is_not_followed(faulty):
+    response = make_app().hook(PV, _request(f"http://127.0.0.1:{faulty.server_port}/elsewhere"))
+    assert response.status_code == 412
+    assert "redirected to another origin" in response.get_json()["issue"][0]["diagnostics"]
 
 
 def test_looping_next_links_end(faulty):

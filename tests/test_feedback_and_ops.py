@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import uuid
 
@@ -97,6 +98,47 @@ def test_bad_feedback_is_400_and_nothing_is_stored(tmp_path, item, message):
     assert client.app.extensions["cds_feedback"].feedback_rows() == []
 
 
+GOOD = {"card": "c1", "outcome": "overridden", "outcomeTimestamp": "2026-06-01T10:00:00Z"}
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({**GOOD, "outcomeTimestamp": "2026-06-01T10:00:00." + "1" * 60 + "Z"}, "outcomeTimestamp"),
+        ({**GOOD, "outcomeTimestamp": "9999-12-31T23:59:59-01:00"}, "outcomeTimestamp"),  # after year 9999 in UTC
+        ({**GOOD, "card": "c\x00"}, "feedback[1].card: contains a NUL character"),
+        ({**GOOD, "overrideReason": {"userComment": "no\x00"}}, "overrideReason.userComment: contains a NUL"),
+        ({**GOOD, "overrideReason": {"reason": {"code": "x\x00y"}}}, "overrideReason.reason.code: contains a NUL"),
+    ],
+)
+def test_feedback_no_store_can_hold_is_400_on_both_stores_and_nothing_is_stored(store_url, item, message):
+    """A permanent problem must not be a 503 ("retry"): the client would retry the batch for ever."""
+    client = app_on(store_url)
+    response = post_feedback(client, {"feedback": [GOOD, item]})
+    assert response.status_code == 400, response.get_json()
+    assert message in response.get_json()["issue"][0]["diagnostics"]
+    store = client.app.extensions["cds_feedback"]
+    assert store.feedback_rows() == []  # the batch is refused whole
+    assert post_feedback(client, {"feedback": [GOOD]}).status_code == 200  # and the store is fine
+    assert len(store.feedback_rows()) == 1
+
+
+def test_store_refusing_data_is_400_not_503(tmp_path, monkeypatch):
+    """Whatever else a store refuses as data (not an outage) is permanent too."""
+    from sqlalchemy.exc import DataError
+
+    client = app_on(f"sqlite:///{tmp_path}/f.db")
+    store = client.app.extensions["cds_feedback"]
+
+    def refuse(*args, **kwargs):
+        raise DataError("INSERT ...", {}, ValueError("value too long"))
+
+    monkeypatch.setattr(store, "add_feedback", refuse)
+    response = post_feedback(client, {"feedback": [GOOD]})
+    assert response.status_code == 400
+    assert "nothing was stored" in response.get_json()["issue"][0]["diagnostics"]
+
+
 def test_feedback_for_unknown_service_is_404_and_empty_list_is_400(tmp_path):
     client = app_on(f"sqlite:///{tmp_path}/f.db")
     item = {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-06-01T10:00:00Z"}
@@ -171,3 +213,52 @@ def test_unwritable_sqlite_location_does_not_stop_the_service(tmp_path):
     client = app_on(f"sqlite:///{blocker}/sub/feedback.db")
     assert client.hook(PV, load_request("single-low-in")).status_code == 200
     assert client.client.get("/readyz").status_code == 503
+
+
+def _open_at_once(urls: list[str], barrier, results) -> None:
+    """One worker process: opens each (fresh) store at the same moment as the others and stores one feedback item."""
+    import logging
+
+    from sqlalchemy import func, select, text
+
+    from service.feedback import FeedbackStore, feedback
+
+    problems: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            problems.append(record.getMessage())
+
+    logging.getLogger("service").addHandler(Keep())
+    rows = []
+    for url in urls:
+        barrier.wait(timeout=60)
+        store = FeedbackStore(url)
+        try:
+            store.add_feedback(PV, [GOOD])
+        except Exception as exc:
+            problems.append(f"add_feedback: {type(exc).__name__}")
+        if barrier.wait(timeout=60) == 0:  # one of them counts, and empties PostgreSQL for the next round
+            with store.engine.begin() as connection:
+                rows.append(connection.execute(select(func.count()).select_from(feedback)).scalar_one())
+                if url.startswith("postgresql"):
+                    connection.execute(text("DROP TABLE feedback, issued_cards"))
+        store.engine.dispose()
+        barrier.wait(timeout=60)
+    results.put((problems, rows))
+
+
+def test_workers_opening_a_fresh_store_at_once_create_it_cleanly(store_url):
+    """Four processes (as gunicorn workers, or replicas) open a store that has no tables yet, at the same moment."""
+    workers, rounds = 4, 5
+    urls = [store_url.replace("feedback.db", f"fresh-{i}.db") for i in range(rounds)]  # PostgreSQL: dropped between
+    context = multiprocessing.get_context("spawn")  # no fork of the test process and its threads
+    barrier, results = context.Barrier(workers), context.Queue()
+    processes = [context.Process(target=_open_at_once, args=(urls, barrier, results)) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    reports = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    assert [problem for problems, _ in reports for problem in problems] == []
+    assert [count for _, rows in reports for count in rows] == [workers] * rounds  # every item of every round stored

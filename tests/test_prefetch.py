@@ -326,3 +326,64 @@ def test_medication_reference_is_read_from_the_fhir_server(client):
     antiresorptive = [c for c in cards if "exclude hypophosphatasia" in c["summary"]]
     assert antiresorptive and antiresorptive[0]["indicator"] == "warning"
     assert "denosumab 60 MG/ML" in antiresorptive[0]["summary"]
+
+
+# ------------------------------------------------------------------------------------------------ redirects
+
+
+def _redirect_then_bundle(rsps: responses.RequestsMock, target: str) -> None:
+    rsps.add(responses.GET, f"{BASE}/Observation", status=302, headers={"Location": target})
+    rsps.add(
+        responses.GET, target, json={"resourceType": "Bundle", "type": "searchset", "entry": [_alp("x", 5, "2026")]}
+    )
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://evil.example.com/fhir/Observation",  # another host
+        "https://ehr.example.org:8443/fhir/Observation",  # another port
+        "http://ehr.example.org/fhir/Observation",  # another scheme (a downgrade)
+    ],
+)
+def test_redirect_to_another_origin_is_refused_with_412(client, target):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        _redirect_then_bundle(rsps, target)
+        keep = ("patient", "labs", "medicationStatements", "medicationRequests")  # only the ALP search is fetched
+        response = client.hook(PV, request_without_prefetch("single-low-in", keep=keep))
+        assert len(rsps.calls) == 1  # the redirect target was never asked
+    assert response.status_code == 412
+    assert "redirected to another origin" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_same_origin_redirect_is_followed_within_the_page_budget():
+    target = f"{BASE}/Observation?moved=1"
+    with responses.RequestsMock() as rsps:
+        _redirect_then_bundle(rsps, target)
+        merged = FhirClient(BASE, max_pages=2).fetch("Observation")
+        assert len(merged["entry"]) == 1 and len(rsps.calls) == 2
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        _redirect_then_bundle(rsps, target)
+        with pytest.raises(FhirError, match="CDS_FHIR_MAX_PAGES"):
+            FhirClient(BASE, max_pages=1).fetch("Observation")
+        assert len(rsps.calls) == 1
+
+
+def test_fhir_answers_of_one_hook_call_are_capped_in_total():
+    """Each answer is under the per-answer limit; together they are over the per-call one."""
+    resources = bundle_resources(load_bundle("persistent-low-in"))
+
+    def answer(request):
+        result = search(resources, request.url[len(BASE) + 1 :])
+        return 200, {}, json.dumps({**result, "text": {"status": "generated", "div": "x" * 40_000}})
+
+    client = make_app(FHIR_MAX_RESPONSE_BYTES=100_000, FHIR_MAX_CALL_BYTES=150_000)
+    with responses.RequestsMock() as rsps:
+        rsps.add_callback(responses.GET, __import__("re").compile(BASE + "/.*"), callback=answer)
+        response = client.hook(PV, request_without_prefetch("persistent-low-in"))
+    assert response.status_code == 412
+    assert "CDS_FHIR_MAX_CALL_BYTES" in response.get_json()["issue"][0]["diagnostics"]
+    roomy = make_app(FHIR_MAX_RESPONSE_BYTES=100_000, FHIR_MAX_CALL_BYTES=1_000_000)
+    with responses.RequestsMock() as rsps:
+        rsps.add_callback(responses.GET, __import__("re").compile(BASE + "/.*"), callback=answer)
+        assert roomy.hook(PV, request_without_prefetch("persistent-low-in")).status_code == 200

@@ -98,6 +98,7 @@ def test_body_over_the_limit_is_413():
     response = small.hook(PV, body)
     assert response.status_code == 413
     assert response.get_json()["resourceType"] == "OperationOutcome"
+    assert "CDS_MAX_BODY_BYTES" in outcome_message(response)
 
 
 def test_no_cards_is_an_empty_list(client):
@@ -115,3 +116,41 @@ def test_access_log_has_no_patient_data(client, caplog):
     text = caplog.text
     assert body["hookInstance"] in text
     assert "persistent-low-in" not in text and "1981-07-30" not in text and "U/L" not in text
+
+
+def _post_chunked(url: str, body: bytes) -> tuple[int, dict]:
+    """POST with Transfer-Encoding: chunked (no Content-Length), as a streaming client sends it."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    chunks = (body[i : i + 4096] for i in range(0, len(body), 4096))
+    connection.request("POST", parts.path, body=chunks, headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def test_chunked_body_over_the_limit_is_413_not_cut_and_parsed():
+    """A valid request padded with whitespace past the limit: cut at the limit it would still parse."""
+    import json
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from tests.conftest import make_app
+
+    request = json.dumps(load_request("single-low-in")).encode()
+    limit = len(request) + 100
+    server = make_server("127.0.0.1", 0, make_app(MAX_BODY_BYTES=limit).app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/cds-services/{PV}"
+    try:
+        status, body = _post_chunked(url, request + b" " * 100_000)
+        assert status == 413, body
+        assert "CDS_MAX_BODY_BYTES" in body["issue"][0]["diagnostics"]
+        status, body = _post_chunked(url, request + b" " * 100)  # exactly at the limit: accepted
+        assert status == 200 and body["cards"]
+    finally:
+        server.shutdown()

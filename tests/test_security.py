@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
@@ -15,6 +17,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from service.app import create_app
 from service.fixtures import NOW, fhir_authorization
+from service.settings import SettingsError
 from tests.conftest import PV, CheckedClient, load_request
 
 ISS = "https://ehr.example.org"
@@ -52,6 +55,8 @@ def secured(issuer: dict | None = None, **settings) -> CheckedClient:
                 "LOG_LEVEL": "WARNING",
                 "FEEDBACK_DB_URL": "sqlite://",
                 "TRUSTED_ISSUERS": {ISS: conf},
+                "PUBLIC_BASE_URL": BASE,
+                "REPLAY_STORE_URL": "sqlite://",
                 **settings,
             }
         )
@@ -70,7 +75,9 @@ def assert_401(response) -> None:
 
 
 def test_auth_is_on_by_default():
-    client = CheckedClient(create_app({"FEEDBACK_DB_URL": "sqlite://", "LOG_LEVEL": "WARNING"}))
+    client = CheckedClient(
+        create_app({"FEEDBACK_DB_URL": "sqlite://", "LOG_LEVEL": "WARNING", "PUBLIC_BASE_URL": BASE})
+    )
     assert_401(call(client, None))
 
 
@@ -127,6 +134,25 @@ def test_audience_must_be_the_url_called():
     assert_401(call(behind_proxy, token()))
 
 
+def test_host_header_does_not_choose_the_audience():
+    """A token minted for another service must not be accepted by sending that service's Host header."""
+    forged = token(aud=f"https://other-service.example.org/cds-services/{PV}")
+    response = secured().client.post(
+        f"/cds-services/{PV}",
+        json=load_request("single-low-in"),
+        headers={"Authorization": f"Bearer {forged}", "X-Forwarded-Proto": "https"},
+        base_url="https://other-service.example.org",  # what the server makes of Host and X-Forwarded-Proto
+    )
+    assert_401(response)
+
+
+def test_auth_on_refuses_to_start_without_a_public_base_url():
+    conf = {"FEEDBACK_DB_URL": "sqlite://", "TRUSTED_ISSUERS": {ISS: {"jwks": JWKS}}}
+    with pytest.raises(SettingsError, match="CDS_PUBLIC_BASE_URL"):
+        create_app(conf)
+    assert create_app({**conf, "AUTH": "off"})  # local development needs no URL
+
+
 def test_expiry_and_issued_at_with_leeway():
     client = secured()
     now = int(time.time())
@@ -150,6 +176,59 @@ def test_replayed_jti_is_rejected():
     assert call(client, reused).status_code == 200
     assert_401(call(client, reused))
     assert_401(call(client, token(jti=None)))
+
+
+def test_a_token_is_accepted_once_by_all_instances_sharing_the_replay_store(tmp_path):
+    """Two app instances (as two gunicorn workers or two replicas on one machine) share one replay store."""
+    store = f"sqlite:///{tmp_path}/replay.db"
+    first, second = secured(REPLAY_STORE_URL=store), secured(REPLAY_STORE_URL=store)
+    reused = token()
+    assert call(first, reused).status_code == 200
+    assert_401(call(second, reused))
+    assert_401(call(first, reused))
+
+
+def test_concurrent_replays_across_instances_are_accepted_once_in_total(tmp_path):
+    store = f"sqlite:///{tmp_path}/replay.db"
+    apps = [secured(REPLAY_STORE_URL=store) for _ in range(2)]
+    reused = token()
+    barrier = threading.Barrier(8)
+
+    def attempt(i: int) -> int:
+        barrier.wait()
+        return call(apps[i % 2], reused).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(attempt, range(8)))
+    assert sorted(statuses) == [200] + [401] * 7
+
+
+def test_token_lifetime_is_capped():
+    client = secured(JWT_MAX_LIFETIME=600)
+    now = int(time.time())
+    assert call(client, token(iat=now, exp=now + 600)).status_code == 200
+    assert_401(call(client, token(iat=now, exp=now + 601)))
+    assert_401(call(client, token(iat=now - 86_400 * 365, exp=now + 86_400 * 365)))
+
+
+def test_replay_store_forgets_expired_tokens(tmp_path):
+    from service.replay import open_replay_store
+
+    store = open_replay_store(f"sqlite:///{tmp_path}/replay.db")
+    now = time.time()
+    assert store.first_use("iss|old", now - 1)
+    assert store.first_use("iss|new", now + 60)
+    assert not store.first_use("iss|new", now + 60)
+    assert store.size() == 1  # the expired entry was removed: the store stays bounded by the token lifetime
+
+
+def test_replay_store_down_fails_closed_with_503(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    client = secured(REPLAY_STORE_URL=f"sqlite:///{blocker}/replay.db")
+    response = call(client, token())
+    assert response.status_code == 503
+    assert "replay" in response.get_json()["issue"][0]["diagnostics"]
 
 
 def test_jku_outside_the_allow_list_is_rejected_and_never_fetched():
@@ -181,6 +260,22 @@ def test_jwks_url_is_cached_and_refreshed_on_unknown_kid(monkeypatch):
         monkeypatch.setattr(security, "JWKS_REFRESH_SECONDS", 0)
         assert call(client, token(key=OTHER_EC_KEY, kid="ec-2")).status_code == 200
         assert len(rsps.calls) == 2  # refreshed for the new kid
+
+
+def test_jwks_url_redirect_is_not_followed():
+    """An attacker who can make the issuer's JWKS URL redirect must not get its own keys trusted."""
+    client = secured({"jwks": None, "jwks_url": "https://ehr.example.org/.well-known/jwks.json"})
+    attacker = {"keys": [jwk(OTHER_EC_KEY, "evil-1", "ES384")]}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add(
+            responses.GET,
+            "https://ehr.example.org/.well-known/jwks.json",
+            status=302,
+            headers={"Location": "https://evil.example.com/jwks.json"},
+        )
+        rsps.add(responses.GET, "https://evil.example.com/jwks.json", json=attacker)
+        assert_401(call(client, token(key=OTHER_EC_KEY, kid="evil-1")))
+        assert [c.request.url for c in rsps.calls] == ["https://ehr.example.org/.well-known/jwks.json"]
 
 
 def test_discovery_open_by_default_and_closable():

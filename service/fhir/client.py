@@ -1,12 +1,15 @@
 """A small FHIR R4 REST client: bearer token, timeouts, and Bundle paging through next links.
 
 Next links are followed exactly as the server wrote them (HAPI's are opaque ``_getpages`` URLs), but only
-while they stay on the server the client was given: the access token is never sent anywhere else.
+while they stay on the server the client was given: the access token is never sent anywhere else. Redirects are
+followed only within that origin (scheme, host and port) and count against the page budget like pages do.
+The time budget of a hook call covers each whole exchange, not each socket read (see :mod:`service.outbound`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +18,7 @@ from urllib.parse import urljoin, urlsplit
 import orjson
 import requests
 
-from service import metrics
+from service import metrics, outbound
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,43 @@ class FhirError(Exception):
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme.lower(), parts.netloc.lower()
+
+
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class CallBudget:
+    """What the FHIR fetching of one hook call may spend: a deadline, and bytes read (shared by all its fetches,
+    which run in several threads)."""
+
+    def __init__(self, seconds: float, max_bytes: int) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.max_bytes = max_bytes
+        self._read = 0
+        self._lock = threading.Lock()
+
+    def count(self, size: int) -> None:
+        with self._lock:
+            self._read += size
+            over = self._read > self.max_bytes
+        if over:
+            metrics.FHIR_FETCHES.labels("too_large").inc()
+            raise FhirError(
+                f"the FHIR answers for this hook call add up to more than {self.max_bytes} bytes "
+                "(CDS_FHIR_MAX_CALL_BYTES)"
+            )
+
+
+@dataclass
+class Allowance:
+    """Requests one prefetch key may still make (pages, and the redirects on the way to them)."""
+
+    left: int
+
+    def take(self) -> None:
+        if self.left <= 0:
+            raise FhirError("the FHIR server needed more requests than CDS_FHIR_MAX_PAGES allows (pages and redirects)")
+        self.left -= 1
 
 
 def next_link(bundle: dict[str, Any]) -> str | None:
@@ -44,8 +84,9 @@ class FhirClient:
     read_timeout: float = 10.0
     max_pages: int = 20
     max_entries: int = 20000
-    deadline: float | None = None  # time.monotonic() after which no request is sent (the request's FHIR budget)
-    session: requests.Session = field(default_factory=requests.Session)
+    max_bytes: int = 10_000_000  # per answer
+    budget: CallBudget | None = None  # the hook call's: its deadline and byte allowance
+    session: requests.Session = field(default_factory=outbound.session)
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/") + "/"
@@ -53,36 +94,63 @@ class FhirClient:
         if self.access_token:
             self.session.headers["Authorization"] = f"Bearer {self.access_token}"
 
-    def get(self, relative_or_absolute: str) -> dict[str, Any]:
+    def get(self, relative_or_absolute: str, allowance: Allowance | None = None) -> dict[str, Any]:
         """GET one resource (a read, or one page of a search) and check that it is FHIR JSON."""
         url = urljoin(self.base_url, relative_or_absolute)
         if _origin(url) != _origin(self.base_url):
             raise FhirError("the FHIR server pointed to another host; the request was not sent")
-        connect, read = self.connect_timeout, self.read_timeout
-        if self.deadline is not None:
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                metrics.FHIR_FETCHES.labels("budget").inc()
-                raise FhirError("the time allowed for FHIR fetching ran out")
-            connect, read = min(connect, remaining), min(read, remaining)
+        allowance = allowance or Allowance(self.max_pages)
+        while True:
+            allowance.take()
+            answer = self._send(url)
+            if answer.status not in REDIRECTS or not answer.headers.get("Location"):
+                break
+            url = urljoin(url, answer.headers["Location"])
+            if _origin(url) != _origin(self.base_url):
+                metrics.FHIR_FETCHES.labels("redirect_refused").inc()
+                raise FhirError("the FHIR server redirected to another origin; the redirect was not followed")
+        return self._parse(answer)
+
+    def _send(self, url: str) -> outbound.Answer:
+        """One GET, done by the hook call's deadline (or, without one, within the connect and read timeouts)."""
+        budget = self.budget
+        deadline = budget.deadline if budget else time.monotonic() + self.connect_timeout + self.read_timeout
+        if deadline <= time.monotonic():
+            metrics.FHIR_FETCHES.labels("budget").inc()
+            raise FhirError("the time allowed for FHIR fetching ran out")
         started = time.perf_counter()
         try:
-            response = self.session.get(url, timeout=(connect, read))
-        except requests.Timeout:
+            answer = outbound.get(
+                self.session,
+                url,
+                deadline=deadline,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+                max_bytes=self.max_bytes,
+                count=budget.count if budget else None,
+            )
+        except outbound.TimedOut:
             metrics.FHIR_FETCHES.labels("timeout").inc()
             raise FhirError("the FHIR server did not answer in time") from None
-        except requests.RequestException:
-            metrics.FHIR_FETCHES.labels("network").inc()
+        except outbound.TooLarge as exc:
+            metrics.FHIR_FETCHES.labels("too_large").inc()
+            raise FhirError(f"the FHIR server's answer is too large: {exc} (CDS_FHIR_MAX_RESPONSE_BYTES)") from None
+        except outbound.OutboundError as exc:
+            metrics.FHIR_FETCHES.labels(exc.kind).inc()
             raise FhirError("the FHIR server could not be reached") from None
         finally:
             metrics.FHIR_SECONDS.observe(time.perf_counter() - started)
-        metrics.FHIR_FETCHES.labels(str(response.status_code)).inc()
-        if response.status_code in (401, 403):
-            raise FhirError(f"the FHIR server refused access ({response.status_code})")
-        if response.status_code != 200:
-            raise FhirError(f"the FHIR server answered {response.status_code}")
+        metrics.FHIR_FETCHES.labels(str(answer.status)).inc()
+        return answer
+
+    @staticmethod
+    def _parse(answer: outbound.Answer) -> dict[str, Any]:
+        if answer.status in (401, 403):
+            raise FhirError(f"the FHIR server refused access ({answer.status})")
+        if answer.status != 200:
+            raise FhirError(f"the FHIR server answered {answer.status}")
         try:
-            body = orjson.loads(response.content)
+            body = orjson.loads(answer.body)
         except orjson.JSONDecodeError:
             raise FhirError("the FHIR server's answer is not JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
@@ -93,27 +161,27 @@ class FhirClient:
 
     def fetch(self, relative: str) -> dict[str, Any]:
         """A read or a search; a searchset Bundle is followed through its next links and merged into one."""
-        first = self.get(relative)
+        allowance = Allowance(self.max_pages)
+        first = self.get(relative, allowance)
         if first["resourceType"] != "Bundle":
             return first
-        return self.follow_pages(first)
+        return self.follow_pages(first, allowance)
 
-    def follow_pages(self, bundle: dict[str, Any]) -> dict[str, Any]:
+    def follow_pages(self, bundle: dict[str, Any], allowance: Allowance | None = None) -> dict[str, Any]:
         """Merge the pages after ``bundle`` into one Bundle (bounded by max_pages; a looping link ends it)."""
+        allowance = allowance or Allowance(self.max_pages - 1)  # ``bundle`` itself was the first page
         entries = list(bundle.get("entry") or [])
         seen: set[str] = set()
         url = next_link(bundle)
-        pages = 1
         while url and url not in seen:
-            if pages >= self.max_pages or len(entries) >= self.max_entries:
-                log.warning('{"event":"fhir_paging_stopped","pages":%d,"entries":%d}', pages, len(entries))
+            if allowance.left <= 0 or len(entries) >= self.max_entries:
+                log.warning('{"event":"fhir_paging_stopped","entries":%d}', len(entries))
                 break
             seen.add(url)
-            page = self.get(url)
+            page = self.get(url, allowance)
             if page["resourceType"] != "Bundle":
                 raise FhirError("a next link did not lead to a Bundle")
             entries.extend(page.get("entry") or [])
-            pages += 1
             url = next_link(page)
         merged = {k: v for k, v in bundle.items() if k not in ("link", "entry")}
         merged["entry"] = entries[: self.max_entries]

@@ -1,0 +1,186 @@
+"""GET requests to peers the service does not control (FHIR servers, JWKS endpoints), bounded as a whole.
+
+requests' timeouts apply to each socket read, so a peer that sends one byte every few seconds is never timed out.
+Here a deadline covers the whole exchange: at the deadline a watchdog shuts the socket down, which ends a read that
+is waiting for the peer, in the headers or in the body. The body is streamed and reading stops past a byte limit.
+Redirects are never followed here: the caller sees them and decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+CHUNK = 64 * 1024
+
+
+class OutboundError(Exception):
+    """The exchange failed; ``kind`` is a metrics label and the message is safe to show (no response data)."""
+
+    kind = "network"
+
+
+class TimedOut(OutboundError):
+    kind = "timeout"
+
+
+class TooLarge(OutboundError):
+    kind = "too_large"
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: Any  # a case-insensitive mapping
+    body: bytes  # read for a 200 only
+
+
+def session() -> requests.Session:
+    """A requests Session whose connections report their socket to the watchdog of the request in progress."""
+    s = requests.Session()
+    adapter = _WatchedAdapter()
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    return s
+
+
+def get(
+    http: requests.Session,
+    url: str,
+    *,
+    deadline: float,
+    connect_timeout: float,
+    read_timeout: float,
+    max_bytes: int,
+    count: Callable[[int], None] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Answer:
+    """GET ``url`` with everything done by ``deadline`` (``time.monotonic()``); a 200's body is read up to
+    ``max_bytes`` (``count`` is told of every chunk, and may raise to stop reading)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimedOut("no time was left to send the request")
+    timeout = (min(connect_timeout, remaining), min(read_timeout, remaining))
+    with _Watchdog(remaining) as watchdog:
+        try:
+            with http.get(url, headers=headers, timeout=timeout, allow_redirects=False, stream=True) as response:
+                body = _read(response, max_bytes, count) if response.status_code == 200 else b""
+        except requests.Timeout:
+            raise TimedOut("the peer did not answer in time") from None
+        except requests.RequestException:
+            if watchdog.fired:
+                raise TimedOut("the peer did not finish its answer in time") from None
+            raise OutboundError("the peer could not be reached") from None
+        if watchdog.fired:  # the shut-down socket may have looked like the end of a body sent without a length
+            raise TimedOut("the peer did not finish its answer in time")
+    return Answer(response.status_code, response.headers, body)
+
+
+def _read(response: requests.Response, max_bytes: int, count: Callable[[int], None] | None) -> bytes:
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise TooLarge(f"the answer is {declared} bytes, more than the {max_bytes} allowed")
+    body = bytearray()
+    for chunk in response.iter_content(CHUNK):  # decompressed, at most CHUNK bytes at a time
+        body += chunk
+        if len(body) > max_bytes:
+            raise TooLarge(f"the answer is more than the {max_bytes} bytes allowed")
+        if count is not None:
+            count(len(chunk))
+    return bytes(body)
+
+
+# ------------------------------------------------------------------------------------------------ the watchdog
+
+_current = threading.local()  # the watchdog of the request this thread is making
+
+
+class _Watchdog:
+    """Shuts down the socket of this thread's request when the time is up (a timer thread per request)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        _current.watchdog = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        _current.watchdog = None
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            fired = self.fired
+        if fired:
+            _shutdown(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            sock = self._sock
+        if sock is not None:
+            _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watched:
+    """Mixed into urllib3's connections: hand the socket to the current watchdog before waiting for the answer."""
+
+    sock: socket.socket | None
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        watchdog = getattr(_current, "watchdog", None)
+        if watchdog is not None and self.sock is not None:
+            watchdog.watch(self.sock)
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _WatchedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        manager.pool_classes_by_scheme = _POOLS
+        return manager

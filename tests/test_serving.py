@@ -1,0 +1,193 @@
+"""The service as ``alp-cds serve`` runs it: the command's start-up checks, and gunicorn on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from service import cli
+from tests.conftest import PV, load_request
+from tests.test_security import ISS, JWKS, token
+
+
+@pytest.fixture
+def serve_env(monkeypatch):
+    """A clean environment for ``alp-cds serve``; gunicorn itself is replaced by a recorder."""
+    for name in ("CDS_PUBLIC_BASE_URL", "CDS_AUTH"):
+        monkeypatch.setenv(name, "")  # recorded, so that what the command sets is undone afterwards
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    started: dict = {}
+    monkeypatch.setattr("gunicorn.app.wsgiapp.run", lambda: started.update(argv=list(sys.argv)))
+    return started
+
+
+def test_serve_sets_the_public_url_from_a_specific_bind(serve_env):
+    assert cli.main(["serve", "--bind", "127.0.0.1:18080"]) == 0
+    assert os.environ["CDS_PUBLIC_BASE_URL"] == "http://127.0.0.1:18080"
+    assert "service.app:create_app()" in serve_env["argv"]
+
+
+def test_serve_refuses_to_start_without_a_public_url_when_auth_is_on(serve_env, capsys):
+    assert cli.main(["serve", "--bind", "0.0.0.0:8080"]) == 2
+    assert "CDS_PUBLIC_BASE_URL" in capsys.readouterr().err
+    assert serve_env == {}  # gunicorn was not started
+    assert cli.main(["serve", "--bind", "0.0.0.0:8080", "--public-url", "https://cds.example.org"]) == 0
+
+
+def test_serve_with_auth_off_needs_no_public_url(serve_env, monkeypatch):
+    monkeypatch.setenv("CDS_AUTH", "off")
+    assert cli.main(["serve", "--bind", "0.0.0.0:8080"]) == 0
+
+
+# ------------------------------------------------------------------------------------------ gunicorn on loopback
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 3.0) -> requests.Response:
+    return requests.get(url, timeout=timeout)
+
+
+@dataclass
+class Served:
+    base: str
+    workdir: Path
+    process: subprocess.Popen
+
+    def log(self) -> str:
+        return (self.workdir / "server.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """``alp-cds serve`` as production runs it (JWT checks on, two workers), on fresh store files."""
+    workdir = tmp_path_factory.mktemp("served")
+    port = _free_port()
+    issuers = workdir / "issuers.json"
+    issuers.write_text(json.dumps({ISS: {"jwks": JWKS}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    env.update(
+        CDS_TRUSTED_ISSUERS_FILE=str(issuers),
+        CDS_FEEDBACK_DB_URL=f"sqlite:///{workdir}/feedback.db",
+        CDS_REPLAY_STORE_URL=f"sqlite:///{workdir}/replay.db",
+        CDS_CLIENT_TIMEOUT="2",
+    )
+    command = [str(Path(sys.executable).parent / "alp-cds"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+    with (workdir / "server.log").open("w") as log:
+        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if _get(f"{base}/readyz", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"alp-cds serve did not start: {(workdir / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield Served(base, workdir, process)
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_a_multi_worker_start_on_fresh_store_files_is_clean(served):
+    """The fixture started two workers on files that did not exist: none of them reported a store problem.
+    (The race itself is reproduced deterministically in test_feedback_and_ops.py.)"""
+    assert (served.workdir / "feedback.db").exists()
+    assert "feedback_store_unavailable" not in served.log() and "Booting worker" in served.log()
+    ready = _get(f"{served.base}/readyz")
+    assert ready.status_code == 200 and ready.json()["feedback_store"] == "ok"
+
+
+def _hook_call(base: str, timeout: float = 5.0) -> requests.Response:
+    bearer = token(aud=f"{base}/cds-services/{PV}")
+    return requests.post(
+        f"{base}/cds-services/{PV}",
+        json=load_request("single-low-in"),
+        headers={"Authorization": f"Bearer {bearer}"},
+        timeout=timeout,
+    )
+
+
+class SlowPeer:
+    """A client that sends its request one byte every half second (it would take minutes to finish)."""
+
+    def __init__(self, base: str) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)))
+        self.stop = threading.Event()
+        request = f"POST /cds-services/{PV} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n" + "X" * 200
+        self.thread = threading.Thread(target=self._trickle, args=(request.encode(),), daemon=True)
+        self.thread.start()
+
+    def _trickle(self, data: bytes) -> None:
+        for byte in data:
+            if self.stop.wait(0.5):
+                break
+            try:
+                self.sock.sendall(bytes([byte]))
+            except OSError:
+                break
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+def test_slow_peers_do_not_starve_the_service(served):
+    peers = [SlowPeer(served.base) for _ in range(4)]  # more than there are workers
+    try:
+        time.sleep(1.5)  # accepted and holding whatever they hold
+        for _ in range(3):
+            assert _get(f"{served.base}/healthz").status_code == 200  # each within 3 s
+        response = _hook_call(served.base)
+        assert response.status_code == 200 and response.json()["cards"]
+    finally:
+        for peer in peers:
+            peer.close()
+
+
+def test_a_client_that_stops_sending_is_disconnected(served):
+    host, port = served.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"POST /cds-services/{PV} HTTP/1.1\r\nHost: {host}\r\n".encode())  # and then nothing
+        sock.settimeout(10)
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):  # a reset is a close too
+            assert sock.recv(1024) == b""  # the server closed the connection
+        assert time.monotonic() - started < 2 + 3  # CDS_CLIENT_TIMEOUT is 2 s here
+
+
+def test_a_replayed_token_is_accepted_once_across_the_workers(served):
+    """Each attempt comes on a new connection, to whichever worker takes it: one 200 in all. (Which worker takes a
+    connection is up to the kernel; test_security.py shows the same with two app instances, deterministically.)"""
+    bearer = token(aud=f"{served.base}/cds-services/{PV}")
+    statuses = [
+        requests.post(
+            f"{served.base}/cds-services/{PV}",
+            json=load_request("single-low-in"),
+            headers={"Authorization": f"Bearer {bearer}", "Connection": "close"},
+            timeout=5,
+        ).status_code
+        for _ in range(8)
+    ]
+    assert sorted(statuses) == [200] + [401] * 7
