@@ -210,3 +210,117 @@ def test_order_select_sandbox_shape(client):
     body = copy.deepcopy(body)
     body["context"]["draftOrders"]["entry"].reverse()
     assert len(client.cards(OS, body)) == 1
+
+
+# ------------------------------------------------------------------ products by code alone (published RxNorm lists)
+
+
+def _product_table():
+    import csv
+    from importlib import resources
+
+    text = resources.files("service.clinical").joinpath("data", "rxnorm_antiresorptives.csv").read_text()
+    return list(csv.DictReader(text.splitlines()))
+
+
+STRONG = {"alendronate", "risedronate", "ibandronate", "zoledronic acid", "pamidronate", "etidronate", "clodronate"}
+STRONG |= {"tiludronate", "denosumab"}
+WEAKER = {"romosozumab", "raloxifene", "bazedoxifene", "calcitonin"}
+
+
+@pytest.mark.parametrize(
+    ("code", "ingredient", "tier"),
+    [
+        ("904431", "alendronate", "strong"),  # alendronic acid 70 MG Oral Tablet (SCD)
+        ("904433", "alendronate", "strong"),  # alendronic acid 70 MG Oral Tablet [Fosamax] (SBD)
+        ("904495", "alendronate", "strong"),  # ... cholecalciferol 2800 UNT Oral Tablet [Fosamax Plus D]
+        ("114265", "alendronate", "strong"),  # Fosamax (BN)
+        ("993456", "denosumab", "strong"),  # 1 ML denosumab 60 MG/ML Prefilled Syringe [Prolia]
+        ("1046402", "denosumab", "strong"),  # Xgeva
+        ("1490065", "raloxifene", "informational"),
+        ("2123190", "romosozumab", "informational"),  # Evenity
+        ("1441392", "bazedoxifene", "informational"),  # Duavee's generic
+        ("42682", "etidronate", "strong"),
+        ("73056", "risedronate", "strong"),
+        ("115264", "ibandronate", "strong"),
+        ("11473", "pamidronate", "strong"),
+    ],
+)
+def test_products_match_by_code_alone(code, ingredient, tier):
+    match = match_medication([(RXNORM, code)], [])
+    assert (match.ingredient, match.tier, match.matched_by) == (ingredient, tier, "code")
+
+
+def test_a_sample_of_every_ingredients_codes_matches_by_code_alone():
+    """Every ingredient of the table, up to five of its codes spread over the list (ingredients, products, packs,
+    brands), recognised with no text at all and named by ingredient."""
+    by_ingredient: dict[str, list[dict[str, str]]] = {}
+    for row in _product_table():
+        by_ingredient.setdefault(row["ingredient"], []).append(row)
+    assert set(by_ingredient) == STRONG | WEAKER
+    for ingredient, rows in by_ingredient.items():
+        sample = rows[:: max(1, len(rows) // 5)][:5]
+        for row in sample:
+            match = match_medication([(RXNORM, row["rxcui"])], [])
+            assert match.ingredient == ingredient, row
+            assert match.tier == ("strong" if ingredient in STRONG else "informational"), row
+    assert sum(len(rows) for rows in by_ingredient.values()) >= 200
+
+
+def test_every_product_code_names_its_sources():
+    known = {"VSAC-PIM", "VSAC-Reclast", "VSAC-BWH", "VSAC-Allergy", "VSAC-HormoneTherapy", "VSAC-HarmfulEstrogens"}
+    known |= {"eCQM-HarmfulEstrogens", "eCQM-ConjugatedEstrogens", "USCore-AllergySubstance", "PHIN-BrandNames"}
+    known |= {"OHDSI-ODTP", "EMA-RxNorm-map", "Synthea"}
+    for row in _product_table():
+        assert row["sources"] and set(row["sources"].split(";")) <= known, row
+
+
+@pytest.mark.parametrize("code", ["32915", "1164244", "1921069", "1921073", "2418", "1649574", "1151126"])
+def test_anabolics_vitamin_d_and_bare_dose_forms_are_not_antiresorptives(code):
+    assert not match_medication([(RXNORM, code)], []).groups
+
+
+@pytest.mark.parametrize(
+    ("code", "ingredient"),
+    [
+        ("M05BA04", "alendronate"),
+        ("M05BB03", "alendronate"),
+        ("M05BA08", "zoledronic acid"),
+        ("M05BX06", "romosozumab"),
+    ],
+)
+def test_exact_atc_codes_name_the_ingredient(code, ingredient):
+    assert match_medication([(ATC, code)], []).ingredient == ingredient
+
+
+def test_an_order_coded_only_as_alendronic_acid_70_mg_gets_the_card(client):
+    body = load_request("order-low-alp-in")
+    order = body["context"]["draftOrders"]["entry"][0]["resource"]
+    order["medicationCodeableConcept"] = {"coding": [{"system": RXNORM, "code": "904431"}]}  # no display, no text
+    (card,) = client.cards(OS, body)
+    assert card["indicator"] == "warning" and "ordered with a low ALP" in card["summary"]
+
+
+SNOMED = "http://snomed.info/sct"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+
+
+@pytest.mark.parametrize(
+    ("coding", "documented"),
+    [
+        ({"system": SNOMED, "code": "190859005"}, True),
+        ({"system": SNOMED, "code": "20756002"}, True),
+        ({"system": SNOMED, "code": "30174008"}, True),
+        ({"system": SNOMED, "code": "55236002"}, True),
+        ({"system": SNOMED, "code": "708672004"}, True),
+        ({"system": SNOMED, "code": "360792001"}, False),  # deficiency of ALP: broader than HPP
+        ({"system": ICD10CM, "code": "E83.39"}, False),  # other disorders of phosphorus metabolism
+        ({"system": ICD10CM, "code": "E83.39", "display": "Hypophosphatasia"}, True),
+    ],
+)
+def test_documented_hpp_by_code(client, coding, documented):
+    body = load_request("order-hpp-in")
+    condition = body["prefetch"]["conditions"]["entry"][0]["resource"]
+    condition["code"] = {"coding": [coding]}
+    (card,) = client.cards(OS, body)
+    assert (card["indicator"] == "critical") == documented

@@ -183,19 +183,26 @@ class MedicationEntry:
 
 @cache
 def medication_entries() -> tuple[MedicationEntry, ...]:
-    return tuple(
-        MedicationEntry(
-            r["group"],
-            r["tier"],
-            r["match"],
-            r["system"],
-            r["code"].lower() if r["match"] == "text" else r["code"],
-            r["display"],
-            r["ingredient"],
+    """The value sets: ``medications.csv``, where an ``rxnorm-table`` row stands for every RxNorm code of its
+    ingredient in ``rxnorm_antiresorptives.csv`` (products, packs, brands; sources per code in that file)."""
+    products: dict[str, list[dict[str, str]]] = {}
+    for r in _rows("rxnorm_antiresorptives.csv"):
+        products.setdefault(r["ingredient"], []).append(r)
+    entries: list[MedicationEntry] = []
+    for r in _rows("medications.csv"):
+        if r["status"] not in ("VERIFIED", "PARTIAL"):
+            continue
+        if r["match"] == "rxnorm-table":
+            entries.extend(
+                MedicationEntry(r["group"], r["tier"], "code", r["system"], p["rxcui"], p["name"], r["ingredient"])
+                for p in products[r["ingredient"]]
+            )
+            continue
+        code = r["code"].lower() if r["match"] == "text" else r["code"]
+        entries.append(
+            MedicationEntry(r["group"], r["tier"], r["match"], r["system"], code, r["display"], r["ingredient"])
         )
-        for r in _rows("medications.csv")
-        if r["status"] in ("VERIFIED", "PARTIAL")
-    )
+    return tuple(entries)
 
 
 @cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 
 from service.clinical.codes import MedicationEntry, medication_entries
 
@@ -22,26 +23,39 @@ class Match:
 NO_MATCH = Match(frozenset(), None, "code", None, None)
 
 
+@cache
+def _index() -> tuple[dict[tuple[str, str], list[MedicationEntry]], list[MedicationEntry], list[MedicationEntry]]:
+    """(system, code) -> entries; ATC prefix entries; text entries."""
+    by_code: dict[tuple[str, str], list[MedicationEntry]] = {}
+    prefixes: list[MedicationEntry] = []
+    texts: list[MedicationEntry] = []
+    for entry in medication_entries():
+        if entry.match == "code":
+            by_code.setdefault((entry.system, entry.code), []).append(entry)
+        elif entry.match == "atc-prefix":
+            prefixes.append(entry)
+        else:
+            texts.append(entry)
+    return by_code, prefixes, texts
+
+
 def match_medication(codings: Iterable[tuple[str | None, str | None]], texts: Iterable[str]) -> Match:
     """The value-set groups the codings and free texts belong to.
 
-    Codes win over text: text matching is a fallback for products whose codes are not listed.
+    Codes win over text: text matching is a fallback for products whose codes are not listed. An exact code names
+    the ingredient; an ATC group prefix (M05BA...) only the class.
     """
-    entries = medication_entries()
+    by_code, prefixes, text_entries = _index()
     hits: list[MedicationEntry] = []
     matched_by = "code"
-    codings = list(codings)
-    for entry in entries:
-        for system, code in codings:
-            if not code or system != entry.system:
-                continue
-            if (entry.match == "code" and code == entry.code) or (
-                entry.match == "atc-prefix" and code.upper().startswith(entry.code)
-            ):
-                hits.append(entry)
+    for system, code in codings:
+        if not code or not system:
+            continue
+        hits.extend(by_code.get((system, code), ()))
+        hits.extend(e for e in prefixes if system == e.system and code.upper().startswith(e.code))
     if not hits:
         lowered = " ".join(t.lower() for t in texts if t)
-        hits = [e for e in entries if e.match == "text" and e.code in lowered]
+        hits = [e for e in text_entries if e.code in lowered]
         matched_by = "text"
     if not hits:
         return NO_MATCH
