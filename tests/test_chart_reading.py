@@ -553,3 +553,36 @@ def test_a_lab_flag_without_range_is_not_overridden_by_the_fallback():
 def test_naive_and_partial_dates():
     assert read_one(alp(30, "2026-05")).when == datetime(2026, 5, 1, tzinfo=UTC)
     assert read_one(alp(30, "2026-05-02T10:00:00")).when == datetime(2026, 5, 2, 10, tzinfo=UTC)
+
+
+# ------------------------------------------------------------------------------------------------ the fixture patients
+
+
+@pytest.mark.parametrize(
+    ("name", "service", "expected"),
+    [
+        ("deceased-out", PV, []),
+        ("old-low-out", PV, []),
+        ("implausible-out", PV, []),
+        ("text-value-in", PV, ["Low ALP <20 U/L on 2026-05-18 (lower limit 35): repeat it and check common causes"]),
+        (
+            "order-old-low-in",
+            OS,
+            [
+                "No ALP in the last 365 days (last one low, 26 U/L on 2016-09-12): measure ALP before starting "
+                "Alendronic acid 10 MG [Fosamax]"
+            ],
+        ),
+    ],
+)
+def test_fixture_patients_for_reading_the_chart(name, service, expected):
+    from tests.conftest import load_request
+
+    assert summaries(make_app().cards(service, load_request(name))) == expected
+
+
+def test_fixture_without_ranges_reaches_the_wilson_pattern():
+    from tests.conftest import load_request
+
+    cards = make_app().cards(PV, load_request("no-ranges-in"))
+    assert [c["indicator"] for c in cards if "Wilson" in c["summary"]] == ["critical"]
