@@ -149,7 +149,20 @@ SETTINGS: tuple[Setting, ...] = (
         "`40` for both sexes or `female=35,male=40`. Empty: the built-in CALIPER table.",
     ),
     Setting("ADULT_AGE", _positive_int, 19, "Age (years) from which ALP_SITE_LOW_LIMITS apply."),
-    Setting("WILSON_MAX_AGE", _positive_int, 40, "Patients younger than this get the Wilson disease check."),
+    Setting(
+        "WILSON_MIN_AGE",
+        _positive_int,
+        3,
+        "Youngest age (years) for the Wilson disease check: liver disease from Wilson disease is not seen before "
+        "about 3 years (EASL 2012), and a newborn's jaundice is not it.",
+    ),
+    Setting(
+        "WILSON_MAX_AGE",
+        _positive_int,
+        55,
+        "Patients younger than this get the Wilson disease check (AASLD: consider it from 3 to 55 years in "
+        "unexplained liver disease).",
+    ),
     Setting(
         "RECENT_RESULT_DAYS", _positive_int, 90, "A workup test resulted within this many days is not re-suggested."
     ),
@@ -163,8 +176,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "PERSISTENT_MIN_DAYS",
         _positive_int,
-        14,
-        "Two low ALP results at least this many days apart (no normal between) count as persistent.",
+        28,
+        "Two low ALP results at least this many days apart (no normal between, the latest current) count as "
+        "persistent: a fall after surgery or acute illness can last weeks (addendum 6: 4 weeks, a design choice).",
     ),
     Setting("AUTH", _on_off, True, "JWT verification of hook and feedback calls: on unless `off` (local use only)."),
     Setting("DISCOVERY_AUTH", _bool, False, "Also require a JWT for GET /cds-services."),

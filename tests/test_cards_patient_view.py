@@ -34,12 +34,11 @@ def test_normal_alp_gets_no_cards_at_all(client):
 def test_single_low_gives_info_card_advising_repeat(client):
     (card,) = cards_for(client, "single-low-in")
     assert card["indicator"] == "info"
-    assert card["summary"] == ("Low ALP 31 U/L on 2026-05-20 (lower limit 40): repeat it and check common causes")
+    assert card["summary"] == "Repeat the ALP when the patient is well: low at 31 U/L on 2026-05-20 (lower limit 40)"
     assert "| 2026-05-20 | 31 | 40 |" in card["detail"]
     assert "cardiac surgery" in card["detail"] and "massive transfusion" in card["detail"]
-    assert ordered_codes(card)[0] == "6768-6"  # repeat ALP first
-    assert {"5763-8", "19123-9", "3016-3", "3024-7", "1751-7", "2885-2", "2132-9"} <= set(ordered_codes(card))
-    assert "62236-5" not in ordered_codes(card)  # HPP substrates wait for a persistent low
+    # a first low: repeat the ALP, nothing else yet (the workup starts if it stays low)
+    assert ordered_codes(card) == ["6768-6"]
     assert card["selectionBehavior"] == "any"
     assert card["source"]["url"].startswith("https://") and card["links"]
 
@@ -54,8 +53,8 @@ def test_persistent_low_gives_hpp_warning(client):
     assert card["summary"].startswith("Persistently low ALP (2 results over 64 days, latest 24 U/L)")
     assert "hypophosphatasia" in card["summary"]
     assert "| 2026-01-10 | 22 | 35 |" in card["detail"] and "| 2026-03-15 | 24 | 35 |" in card["detail"]
-    assert "below 25 U/L is more specific for HPP" in card["detail"]
-    assert "acute illness, cardiac surgery, massive transfusion" in card["detail"]
+    assert "An adult ALP below 25 U/L is specific for an ALPL variant in one cohort." in card["detail"]
+    assert "temporary causes (acute illness, cardiac surgery, massive transfusion)" in card["detail"]
     codes = ordered_codes(card)
     assert codes[:3] == ["62236-5", "28604-7", "69548-6"]
     assert "5763-8" not in codes  # zinc resulted 78 days ago: shown instead
@@ -92,7 +91,7 @@ def test_child_is_judged_against_the_paediatric_limit(client):
 
 def test_units_are_converted_and_unknown_units_are_reported(client):
     (card,) = cards_for(client, "units-in")
-    assert "Low ALP 24 U/L" in card["summary"]
+    assert "low at 24 U/L" in card["summary"]
     assert (
         "**Not interpreted:** Alkaline phosphatase, serum/plasma 7 mg/dL on 2026-05-21 (unit not recognised: mg/dL)"
         in card["detail"]
@@ -108,9 +107,17 @@ def test_preliminary_counts_but_is_marked_and_entered_in_error_is_ignored(client
 
 def test_abnormal_secondary_results_are_named_as_explanations(client):
     (card,) = cards_for(client, "secondary-in")
-    assert "may explain it:** low zinc (zinc deficiency); high TSH (hypothyroidism)" in card["detail"]
+    detail = " ".join(card["detail"].split())
+    assert (
+        "**A secondary cause is on the chart:** low zinc (zinc deficiency); a raised TSH, which suggests "
+        "hypothyroidism (confirm with free T4). Correct it and repeat the ALP before ALPL genetic testing." in detail
+    )
     codes = ordered_codes(card)
     assert "5763-8" not in codes and "3016-3" not in codes and "19123-9" not in codes
+    free_t4 = next(s for s in card["suggestions"] if s["label"] == "Order Free T4")
+    assert free_t4["isRecommended"] is True  # the raised TSH is to be confirmed
+    genetic = next(s for s in card["suggestions"] if "ALPL" in s["label"])
+    assert "isRecommended" not in genetic  # a secondary cause comes first
     # normal: shown, not named
     assert "| Magnesium | 2 mg/dL | 1.7-2.4 mg/dL (the lab's reference range) | 2026-05-01 |" in card["detail"]
 
@@ -125,7 +132,13 @@ def test_wilson_screen_for_young_patient_with_raised_bilirubin(client):
     cards = cards_for(client, "wilson-in")
     card = by_summary(cards, "Wilson")
     assert card["indicator"] == "warning"
-    assert card["summary"].startswith("Age 22 with low ALP (30 U/L) and raised bilirubin (5.1 mg/dL)")
+    assert card["summary"] == (
+        "Check for Wilson disease: age 22 with low ALP (30 U/L), raised bilirubin (5.1 mg/dL) and liver injury"
+    )
+    assert (
+        "| AST | 90 U/L (8-48 U/L (Mayo Clinic Laboratories interval, 14 years and over)) | 2026-05-20 |"
+        in (card["detail"])
+    )
     assert ordered_codes(card) == ["2064-4", "5631-7", "5633-3"]
     assert "ALP/bilirubin ratio: 5.88" in card["detail"]
 
@@ -150,16 +163,18 @@ def test_wilson_age_cut_off_is_a_setting():
     assert [c for c in older.cards(PV, load_request("wilson-out")) if "Wilson" in c["summary"]]
 
 
-def test_edta_pattern_replaces_the_workup(client):
-    (card,) = cards_for(client, "edta-in")
+def test_edta_pattern_asks_to_recollect_first_and_keeps_the_low_alp_advice(client):
+    card, low = cards_for(client, "edta-in")
     assert card["indicator"] == "warning"
-    assert "possible EDTA contamination, recollect" in card["summary"]
-    assert (
-        "high potassium** (7.4 mmol/L)" in card["detail"]
-        and "low calcium** (6.1 mg/dL; 8.6-10.2 mg/dL (the lab's reference range))" in card["detail"]
-    )
-    assert "low zinc (12 ug/dL)" in card["detail"]
+    assert card["summary"].startswith("Recollect before any workup: ALP 28 U/L on 2026-05-20")
+    detail = " ".join(card["detail"].split())
+    assert "**potassium of 7.4 mmol/L** (at or above 6.0 mmol/L)" in detail
+    assert "**low calcium** (6.1 mg/dL; 8.6-10.2 mg/dL (the lab's reference range))" in detail
+    assert "low zinc (12 ug/dL)" in detail
+    assert "Laboratories reject EDTA plasma" not in detail
     assert ordered_codes(card) == ["6768-6"]
+    assert low["summary"].startswith("Repeat the ALP when the patient is well: low at 28 U/L")
+    assert "may be contaminated with EDTA (see the sample card)" in low["detail"]
 
 
 def test_no_edta_card_with_normal_potassium(client):

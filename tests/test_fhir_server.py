@@ -120,7 +120,7 @@ def test_cli_load_and_call_against_a_running_service(fhir_base, loaded, capsys, 
             call(OS, "order-low-alp-in", "--draft-orders", str(drafts), "--select", "MedicationRequest/draft-denosumab")
             == 0
         )
-        assert "WARNING: Denosumab 60 mg ordered with a low ALP" in capsys.readouterr().out
+        assert "WARNING: Exclude hypophosphatasia before starting denosumab: ALP low" in capsys.readouterr().out
     finally:
         server.shutdown()
 

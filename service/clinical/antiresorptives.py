@@ -1,5 +1,7 @@
 """Antiresorptives and low ALP: pure rules. In HPP, bisphosphonates and denosumab can do harm (atypical femoral
-fractures); they also lower ALP themselves, so the order of events matters (reference section 2e; S37, S38, S41)."""
+fractures); they also lower ALP themselves, so the order of events matters (reference section 2e; S37, S38, S41).
+Denosumab differs from a bisphosphonate when it is stopped: bone loss rebounds and multiple vertebral fractures
+follow (addendum 5; Cummings 2018, ECTS 2021), so an established course is never simply cancelled."""
 
 from __future__ import annotations
 
@@ -9,17 +11,17 @@ from datetime import datetime
 from service.clinical.alp import TOTAL_ALP, is_current
 from service.clinical.codes import workup_tests
 from service.clinical.facts import LabResult, Medication
+from service.clinical.medications import is_antiresorptive
 from service.clinical.rules import SHOWN_READINGS, Chart, Finding, OrderSuggestion, workup
-
-ANTIRESORPTIVE_GROUPS = ("bisphosphonate", "denosumab", "romosozumab", "raloxifene", "calcitonin")
-
-
-def is_antiresorptive(medication: Medication) -> bool:
-    return any(g in medication.groups for g in ANTIRESORPTIVE_GROUPS)
 
 
 def _indicator(medications: Sequence[Medication], strong: str, weak: str) -> str:
     return strong if any(m.tier == "strong" for m in medications) else weak
+
+
+def drug_names(medications: Sequence[Medication]) -> list[str]:
+    """Ingredient names (short, and what a clinician says), the record's own name where no ingredient is known."""
+    return sorted({m.ingredient or m.name for m in medications})
 
 
 def first_exposure(medications: Sequence[Medication]) -> datetime | None:
@@ -40,10 +42,26 @@ def alp_before(chart: Chart, start: datetime | None) -> LabResult | None:
     return before[-1] if before else None
 
 
+def denosumab_course(chart: Chart) -> datetime | None:
+    """The first recorded dose of an established denosumab course (any earlier statement, request or dispense of
+    denosumab), or None when there is none: then a denosumab order is a first dose."""
+    starts = [
+        m.start
+        for m in chart.medications
+        if "denosumab" in m.groups and m.status != "draft" and (m.start is None or m.start <= chart.now)
+    ]
+    if not starts:
+        return None
+    dated = [s for s in starts if s is not None]
+    return min(dated) if dated else chart.now
+
+
 def review_current(chart: Chart) -> list[Finding]:
-    """patient-view: a current low ALP while an antiresorptive is current."""
+    """When: the current ALP is low while an antiresorptive is current (patient-view).
+    Then: exclude HPP; say plainly whether the ALP was already low before treatment began; for denosumab, warn
+    against stopping it without a plan."""
     drugs = [m for m in chart.medications if m.status == "current" and is_antiresorptive(m)]
-    run = chart.low_run_split[0]
+    run = chart.current_run
     if not drugs or not run:
         return []
     start = first_exposure(chart.medications)
@@ -53,7 +71,8 @@ def review_current(chart: Chart) -> list[Finding]:
         Finding(
             "antiresorptive-current-low-alp",
             {
-                "drugs": sorted({m.name for m in drugs}),
+                "drugs": drug_names(drugs),
+                "denosumab": any("denosumab" in m.groups for m in drugs),
                 "start": start.date().isoformat() if start else None,
                 "readings": [chart.describe_alp(r) for r in run[-SHOWN_READINGS:]],
                 "latest": chart.describe_alp(run[-1]),
@@ -69,18 +88,28 @@ def review_current(chart: Chart) -> list[Finding]:
 
 
 def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: bool) -> list[Finding]:
-    """order-select: the selected antiresorptive orders against the ALP history."""
+    """When: an antiresorptive order is selected (order-select).
+    Then: documented HPP -> critical; no current ALP -> measure one before the first dose; a current low ALP ->
+    exclude HPP first (warning). A denosumab order that continues an established course is never offered for simple
+    removal: stopping denosumab causes rebound fractures."""
     drugs = [m for m in selected if is_antiresorptive(m)]
     if not drugs:
         return []
-    deletes = tuple(m.reference for m in drugs if m.reference)
-    names = sorted({m.name for m in drugs})
+    names = drug_names(drugs)
+    course = denosumab_course(chart) if any("denosumab" in m.groups for m in drugs) else None
+    # Removing a draft is offered for a first dose only: cancelling the next dose of denosumab is stopping it.
+    deletes = () if course else tuple(m.reference for m in drugs if m.reference)
+    common = {
+        "drugs": names,
+        "denosumab": any("denosumab" in m.groups for m in drugs),
+        "course_start": course.date().isoformat() if course else None,
+    }
     judged = chart.alp
     if hpp_documented:
         return [
             Finding(
                 "antiresorptive-order-hpp",
-                {"drugs": names, "readings": [chart.describe_alp(r) for r in judged[-3:]]},
+                {**common, "readings": [chart.describe_alp(r) for r in judged[-3:]]},
                 deletes=deletes,
             )
         ]
@@ -93,7 +122,7 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
             Finding(
                 "antiresorptive-order-no-alp",
                 {
-                    "drugs": names,
+                    **common,
                     "last": chart.describe_alp(last) if last else None,
                     "last_low": last_low,
                     "current_days": chart.settings["ALP_CURRENT_DAYS"],
@@ -104,15 +133,15 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
                 indicator=_indicator(drugs, "warning", "info") if last_low else "info",
             )
         ]
-    run = chart.low_run_split[0]
+    run = chart.current_run
     if not run:
         return []
     orders, resulted = workup(chart, ["hpp", "genetic"])
     return [
         Finding(
-            "antiresorptive-order-low-alp",
+            "antiresorptive-order-denosumab-course" if course else "antiresorptive-order-low-alp",
             {
-                "drugs": names,
+                **common,
                 "readings": [chart.describe_alp(r) for r in run[-SHOWN_READINGS:]],
                 "latest": chart.describe_alp(run[-1]),
                 "resulted": resulted,

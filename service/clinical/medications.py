@@ -7,8 +7,14 @@ from dataclasses import dataclass
 from functools import cache
 
 from service.clinical.codes import MedicationEntry, medication_entries
+from service.clinical.facts import Medication
 
-TIER_ORDER = {"strong": 0, "plp-confounder": 1, "informational": 2}
+TIER_ORDER = {"strong": 0, "plp-confounder": 1, "informational": 2, "alp-lowering": 3}
+ANTIRESORPTIVE_GROUPS = ("bisphosphonate", "denosumab", "romosozumab", "raloxifene", "calcitonin")
+
+
+def is_antiresorptive(medication: Medication) -> bool:
+    return any(g in medication.groups for g in ANTIRESORPTIVE_GROUPS)
 
 
 @dataclass(frozen=True)

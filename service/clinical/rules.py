@@ -6,7 +6,7 @@ A finding names a card kind (a file in ``cards/``), the facts its template shows
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import cached_property
@@ -15,6 +15,7 @@ from typing import Any
 from service.clinical.alp import TOTAL_ALP, current_since, is_current, low_run, total_alp
 from service.clinical.codes import WorkupTest, thresholds, workup_tests
 from service.clinical.facts import LabResult, Medication, Patient, number_text
+from service.clinical.medications import is_antiresorptive
 
 
 @dataclass(frozen=True)
@@ -57,24 +58,22 @@ class Chart:
         return tuple(total_alp(self.labs))
 
     @cached_property
-    def low_run_split(self) -> tuple[tuple[LabResult, ...], tuple[Finding, ...]]:
-        """The current run of low ALP results without possibly contaminated ones, and the contamination findings.
+    def current_run(self) -> tuple[LabResult, ...]:
+        """The low results since the last normal one, when the latest of them is current (``ALP_CURRENT_DAYS``);
+        empty otherwise: a run whose latest low is older is history and gives no advice."""
+        run = low_run(self.alp)
+        return tuple(run) if run and is_current(run[-1], self.now, self.settings) else ()
 
-        A run whose latest low is older than ``ALP_CURRENT_DAYS`` is history and gives no advice.
-        """
-        checked = contamination_checked(self.alp, self.now, self.settings)
-        if not checked:
-            return (), ()
-        checked_ids = {id(r) for r in checked}
-        clean: list[LabResult] = []
-        contaminated: list[Finding] = []
-        for result in low_run(self.alp):
-            finding = sample_contamination(self, result) if id(result) in checked_ids else None
-            if finding:
-                contaminated.append(finding)
-            else:
-                clean.append(result)
-        return tuple(clean), tuple(contaminated)
+    @cached_property
+    def contamination(self) -> dict[int, Finding]:
+        """Possible EDTA contamination, by ``id`` of the low result it concerns (the latest lows of the run)."""
+        checked = self.current_run[-CONTAMINATION_CHECKED:]
+        found = {id(r): sample_contamination(self, r) for r in checked}
+        return {key: finding for key, finding in found.items() if finding is not None}
+
+    def reliable(self, results: Sequence[LabResult]) -> list[LabResult]:
+        """The results not suspected of sample contamination."""
+        return [r for r in results if id(r) not in self.contamination]
 
     def latest(self, analyte: str, within_days: int | None = None) -> LabResult | None:
         _, results = self._by_analyte.get(analyte, ((), ()))
@@ -123,7 +122,9 @@ class Chart:
 # --------------------------------------------------------------------------------------------- presentation data
 
 SHOWN_READINGS = 12  # a card lists at most this many results; older ones are counted, not listed
-CONTAMINATION_CHECKED = SHOWN_READINGS
+# The latest lows of a run that are checked for sample contamination: bounded so that the check stays linear on a
+# chart with thousands of results (older lows matter less and are rarely drawn with potassium and calcium).
+CONTAMINATION_CHECKED = 12
 
 
 def contamination_checked(alp: Sequence[LabResult], now: datetime, settings: Mapping[str, Any]) -> list[LabResult]:
@@ -183,35 +184,64 @@ def abnormal(test: WorkupTest, result: LabResult) -> bool | None:
     return None
 
 
-def workup(chart: Chart, groups: Sequence[str]) -> tuple[list[OrderSuggestion], list[dict[str, Any]]]:
-    """Tests of the groups to suggest, and those already resulted recently (shown with their judgement)."""
+def workup(
+    chart: Chart, suggest: Sequence[str], show: Sequence[str] = ()
+) -> tuple[list[OrderSuggestion], list[dict[str, Any]]]:
+    """Tests of the ``suggest`` groups to order, and the recent results of the ``suggest`` and ``show`` groups (shown
+    with their judgement; a test resulted within ``RECENT_RESULT_DAYS`` is not suggested again)."""
     recent_days = chart.settings["RECENT_RESULT_DAYS"]
     orders: list[OrderSuggestion] = []
     resulted: list[dict[str, Any]] = []
     for test in workup_tests().values():
-        if test.group not in groups:
+        if test.group not in suggest and test.group not in show:
             continue
         # A repeat is asked for because of the recent result, so it is never "already resulted".
         result = chart.latest(test.analyte, recent_days) if test.analyte and test.group != "repeat" else None
         if result is None:
-            orders.append(OrderSuggestion(test, recommended=test.recommended))
+            if test.group in suggest:
+                orders.append(OrderSuggestion(test, recommended=test.recommended))
             continue
         flag = abnormal(test, result)
-        resulted.append({**describe(result), "abnormal": flag, "explanation": test.explanation if flag else None})
+        resulted.append(
+            {
+                **describe(result),
+                "key": test.key,
+                "group": test.group,
+                "abnormal": flag,
+                "explanation": test.explanation if flag else None,
+            }
+        )
     return orders, resulted
+
+
+INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
+
+
+def by_importance(findings: Sequence[Finding], indicator_of: Callable[[str], str]) -> list[Finding]:
+    """Critical cards first, then warnings, then information; within an indicator, by card kind (stable).
+    ``indicator_of`` gives a kind's own indicator where a finding does not override it."""
+    return sorted(findings, key=lambda f: (INDICATOR_ORDER[f.indicator or indicator_of(f.kind)], f.kind))
 
 
 # --------------------------------------------------------------------------------------------- rules
 
 
 def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
-    """Low ALP with potassium >= 6.0 mmol/L and a low calcium in the same draw: possible EDTA contamination
-    (Cornes 2008 screened samples with K >= 6.0)."""
+    """When: a low ALP was drawn with potassium >= 6.0 mmol/L and a low calcium (patients from 1 year of age).
+    Then: possible EDTA contamination of that sample; recollect before any workup (which is kept for after).
+
+    Cornes 2008 screened samples with K >= 6.0 and found EDTA in about a quarter; gross contamination shows as
+    high K with low Ca, Mg and Zn (S26, addendum 4). Under one year the potassium interval reaches 6.0-6.1 (ARUP).
+    """
+    age = chart.patient.age_years(alp.when)
+    limits = thresholds()
+    if age is not None and age < limits["edta_min_age_years"]:
+        return None
     potassium = chart.drawn_with(alp, "potassium")
     calcium = chart.drawn_with(alp, "calcium")
     if not potassium or not calcium:
         return None
-    if not potassium.at_least(thresholds()["potassium_edta"]) or not calcium.is_low():
+    if not potassium.at_least(limits["potassium_edta"]) or not calcium.is_low():
         return None
     supporting = [r for a in ("zinc", "magnesium") if (r := chart.drawn_with(alp, a)) and r.is_low()]
     return Finding(
@@ -219,6 +249,7 @@ def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
         {
             "alp": chart.describe_alp(alp),
             "potassium": describe(potassium),
+            "potassium_limit": limits["potassium_edta"],
             "calcium": describe(calcium),
             "supporting": [describe(r) for r in supporting],
         },
@@ -226,42 +257,61 @@ def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
     )
 
 
-def low_alp(chart: Chart) -> list[Finding]:
-    """Single low -> repeat (info); persistent low -> HPP-oriented workup (warning); contamination replaces both.
-    Only a run whose latest low is current (``ALP_CURRENT_DAYS``) gives advice."""
-    clean_run, contaminated = chart.low_run_split
-    findings = list(contaminated)
-    clean = list(clean_run)
-    if not clean:
-        return findings
+def is_persistent(chart: Chart, lows: Sequence[LabResult]) -> bool:
+    """Persistently low: at least two low results (not suspected of contamination), none normal in between, the
+    first and last at least ``PERSISTENT_MIN_DAYS`` apart and the latest current (S47, S50, addendum 6: the sources
+    count two or more lows with no normal value; the spacing keeps a fall after surgery or acute illness, which can
+    last weeks, from counting)."""
+    return len(lows) >= 2 and (lows[-1].when - lows[0].when).days >= chart.settings["PERSISTENT_MIN_DAYS"]
 
+
+def low_alp(chart: Chart) -> list[Finding]:
+    """When: the latest total ALP is low and current.
+    Then: one low (or lows too close together) -> repeat the ALP when the patient is well (info); persistently low
+    -> the HPP substrates (PLP, urine PEA) and the common secondary causes, ALPL genetics after them (warning).
+    A possibly contaminated sample gets its own card and is not counted towards persistence."""
+    run = list(chart.current_run)
+    if not run:
+        return []
+    findings = [chart.contamination[id(r)] for r in run if id(r) in chart.contamination]
     settings = chart.settings
-    latest = clean[-1]
-    span = (clean[-1].when - clean[0].when).days
-    persistent = len(clean) >= 2 and span >= settings["PERSISTENT_MIN_DAYS"]
+    latest = run[-1]
+    reliable = chart.reliable(run)
+    persistent = is_persistent(chart, reliable)
     age = chart.patient.age_years(latest.when)
+    child = age is not None and age < settings["ADULT_AGE"]
     very_low_limit = thresholds()["alp_very_low"]
-    adult = age is not None and age >= settings["ADULT_AGE"]
-    very_low = adult and any(r.value < very_low_limit and r.comparator not in (">", ">=") for r in clean)
-    groups = ["hpp", "genetic", "secondary"] if persistent else ["repeat", "secondary"]
-    orders, resulted = workup(chart, groups)
-    if persistent and any(r["abnormal"] and "PLP" in r["display"] for r in resulted):
-        orders = [OrderSuggestion(o.test, True) if o.test.group == "genetic" else o for o in orders]
+    very_low = not child and age is not None and any(_certainly_below(r, very_low_limit) for r in reliable)
+    if persistent:
+        orders, resulted = workup(chart, ["hpp", "genetic", "secondary"])
+    else:
+        orders, resulted = workup(chart, ["repeat"], show=["secondary"])
+    secondary_found = [r for r in resulted if r["group"] == "secondary" and r["abnormal"]]
+    substrates_high = [r for r in resulted if r["group"] == "hpp" and r["abnormal"]]
+    orders = _tiers(orders, resulted, secondary_found, substrates_high)
+    span = (run[-1].when - run[0].when).days
     facts = {
-        "readings": [chart.describe_alp(r) for r in clean[-SHOWN_READINGS:]],
-        "earlier": {"count": len(clean) - SHOWN_READINGS, "since": describe(clean[0])["date"]}
-        if len(clean) > SHOWN_READINGS
+        "readings": [chart.describe_alp(r) for r in run[-SHOWN_READINGS:]],
+        "earlier": {"count": len(run) - SHOWN_READINGS, "since": describe(run[0])["date"]}
+        if len(run) > SHOWN_READINGS
         else None,
         "latest": chart.describe_alp(latest),
-        "count": len(clean),
-        "span_days": span,
+        "count": len(reliable),
+        "span_days": (reliable[-1].when - reliable[0].when).days if reliable else span,
+        "latest_suspect": id(latest) in chart.contamination,
         "very_low": very_low,
         "very_low_limit": very_low_limit,
         "age": None if age is None else int(age),
+        "child": child,
         "resulted": resulted,
         "explanations": [r["explanation"] for r in resulted if r["explanation"]],
+        "secondary_found": [r["explanation"] for r in secondary_found],
+        "substrates_high": [r["explanation"] for r in substrates_high],
         "not_interpreted": chart.not_interpreted(),
         "b6_supplements": sorted({m.name for m in chart.current("pyridoxine")}),
+        "alp_lowering_drugs": alp_lowering_drugs(chart),
+        "on_antiresorptive": any(m.status == "current" and is_antiresorptive(m) for m in chart.medications),
+        "pregnancy_note": chart.patient.gender == "female" and age is not None and 12 <= age < 56,
         "persistent_min_days": settings["PERSISTENT_MIN_DAYS"],
         "current_days": settings["ALP_CURRENT_DAYS"],
         "plp_note": workup_tests()["plp"].note,
@@ -274,16 +324,68 @@ def low_alp(chart: Chart) -> list[Finding]:
     return findings
 
 
+def _tiers(
+    orders: list[OrderSuggestion],
+    resulted: list[dict[str, Any]],
+    secondary_found: list[dict[str, Any]],
+    substrates_high: list[dict[str, Any]],
+) -> list[OrderSuggestion]:
+    """Which suggestions are recommended: ALPL genetics once PLP or urine PEA is high, and not while a secondary
+    cause on the chart is still to be corrected; free T4 when the TSH is raised (to confirm hypothyroidism)."""
+    tsh_high = any(r["key"] == "tsh" and r["abnormal"] for r in resulted)
+    tiered = []
+    for order in orders:
+        recommended = order.recommended
+        if order.test.group == "genetic":
+            recommended = bool(substrates_high) and not secondary_found
+        if order.test.key == "free_t4" and tsh_high:
+            recommended = True
+        tiered.append(OrderSuggestion(order.test, recommended))
+    return tiered
+
+
+def _certainly_below(result: LabResult, limit: float) -> bool:
+    return result.value < limit and result.comparator not in (">", ">=")
+
+
+ALP_LOWERING = {"estrogen": "oestrogen", "glucocorticoid": "glucocorticoid", "clofibrate": "clofibrate"}
+
+
+def alp_lowering_drugs(chart: Chart) -> list[dict[str, str]]:
+    """Current drugs other than antiresorptives that lower ALP (addendum 8: oestrogens and combined oral
+    contraceptives, glucocorticoids; clofibrate on secondary lists)."""
+    found = {}
+    for medication in chart.medications:
+        if medication.status != "current":
+            continue
+        for group, label in ALP_LOWERING.items():
+            if group in medication.groups:
+                found[medication.ingredient or medication.name] = label
+    return [{"name": name, "kind": kind} for name, kind in sorted(found.items())]
+
+
 def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
-    """Young patient, low ALP, raised bilirubin -> Wilson screen; with Korman's two ratios -> critical."""
+    """When: a patient aged from ``WILSON_MIN_AGE`` (3) to under ``WILSON_MAX_AGE`` (55) has a low ALP with a raised
+    total bilirubin and liver injury (AST or ALT raised) in the same draw.
+    Then: screen for Wilson disease (warning); with both Korman ratios (ALP/bilirubin < 4, AST/ALT > 2.2) the
+    acute-liver-failure pattern (critical).
+
+    Wilson disease presents with liver disease from about 3 years (EASL 2012), and AASLD advises considering it from
+    3 to 55 years in unexplained liver disease (A34, A35). Bilirubin alone (newborn jaundice, Gilbert syndrome) is not
+    liver injury (addendum 3). In children the ratios are specific but insensitive, so a negative ratio does not
+    remove the screen (S62).
+    """
     age = chart.patient.age_years(alp.when)
-    if age is None or age >= chart.settings["WILSON_MAX_AGE"]:
+    settings = chart.settings
+    if age is None or not settings["WILSON_MIN_AGE"] <= age < settings["WILSON_MAX_AGE"]:
         return None
     bilirubin = chart.drawn_with(alp, "bilirubin_total")
     if not bilirubin or not bilirubin.is_high():
         return None
-    limits = thresholds()
     ast, alt = chart.drawn_with(alp, "ast"), chart.drawn_with(alp, "alt")
+    if not ((ast and ast.is_high()) or (alt and alt.is_high())):
+        return None
+    limits = thresholds()
     # Ratios need exact numbers: "<20" over a bilirubin says nothing about where the ratio lies.
     alp_bili = _ratio(alp, bilirubin)
     ast_alt = _ratio(ast, alt) if ast and alt else None
@@ -298,6 +400,7 @@ def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
         "wilson-alf-pattern" if alf_pattern else "wilson-screen",
         {
             "age": int(age),
+            "child": age < 18,
             "alp": chart.describe_alp(alp),
             "bilirubin": describe(bilirubin),
             "ast": describe(ast) if ast else None,
@@ -309,7 +412,8 @@ def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
                 "ast_alt": limits["wilson_ast_alt_ratio"],
             },
             "resulted": resulted,
-            "max_age": chart.settings["WILSON_MAX_AGE"],
+            "min_age": settings["WILSON_MIN_AGE"],
+            "max_age": settings["WILSON_MAX_AGE"],
         },
         tuple(orders),
     )

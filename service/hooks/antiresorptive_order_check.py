@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cards import render_card
 from service.clinical import antiresorptives
 from service.fhir.readers import has_hpp_diagnosis, read_medications, resources
 from service.hooks import CdsService, HookCall
-from service.hooks.common import PATIENT, build_chart, chart_prefetch, read_scope, report, resolver
+from service.hooks.common import PATIENT, build_chart, chart_prefetch, issue, read_scope, report, resolver
 
 
 def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
@@ -27,8 +26,7 @@ def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     ordered = read_medications([selected], scope, resolver(call), drafts=True)
     hpp = has_hpp_diagnosis(call.data.get("conditions"), scope=scope)
     report(scope, [])
-    findings = antiresorptives.review_order(chart, ordered, hpp)
-    return [(f.kind, render_card(f, chart.patient.id)) for f in findings]
+    return issue(antiresorptives.review_order(chart, ordered, hpp), chart.patient.id)
 
 
 SERVICE = CdsService(

@@ -9,7 +9,9 @@ from typing import Any
 from service import metrics
 from service.clinical.codes import LOINC, analytes, loinc_codes
 from service.clinical.facts import LabResult
-from service.clinical.rules import Chart, Finding, lab_days_needed
+from cards import render_card
+from cards.render import template
+from service.clinical.rules import Chart, Finding, by_importance, lab_days_needed
 from service.errors import BadRequest, DataUnavailable
 from service.fhir.readers import PatientMismatch, Scope, read_lab_results, read_medications, read_patient
 from service.hooks import HookCall
@@ -46,6 +48,13 @@ def resolver(call: HookCall):
             return None
 
     return resolve
+
+
+def issue(findings: list[Finding], patient_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """Findings -> cards: the most important first (critical, warning, info), each test suggested once, on the
+    first card that asks for it."""
+    ordered = without_repeats(by_importance(findings, lambda kind: template(kind)["indicator"]))
+    return [(f.kind, render_card(f, patient_id)) for f in ordered]
 
 
 def without_repeats(findings: list[Finding]) -> list[Finding]:

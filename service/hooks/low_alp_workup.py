@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from cards import render_card
 from service.clinical import antiresorptives, rules
 from service.hooks import CdsService, HookCall
-from service.hooks.common import build_chart, chart_prefetch, without_repeats
+from service.hooks.common import build_chart, chart_prefetch, issue
 
 
 def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     chart = build_chart(call)
     if chart.patient.deceased:
         return []  # no workup advice on the chart of a patient who has died
-    findings = without_repeats(rules.low_alp(chart) + antiresorptives.review_current(chart))
-    return [(f.kind, render_card(f, chart.patient.id)) for f in findings]
+    return issue(rules.low_alp(chart) + antiresorptives.review_current(chart), chart.patient.id)
 
 
 SERVICE = CdsService(
