@@ -6,11 +6,11 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
+from cards import render_card
+from cards.render import template
 from service import metrics
 from service.clinical.codes import LOINC, analytes, loinc_codes
 from service.clinical.facts import LabResult
-from cards import render_card
-from cards.render import template
 from service.clinical.rules import Chart, Finding, by_importance, lab_days_needed
 from service.errors import BadRequest, DataUnavailable
 from service.fhir.readers import PatientMismatch, Scope, read_lab_results, read_medications, read_patient
