@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 
 from service.sqlite import pragmas
 
@@ -104,7 +105,11 @@ class FeedbackStore:
                 log.error(json.dumps({"event": "feedback_dir_unavailable", "error": type(exc).__name__}))
         if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        self.engine: Engine = create_engine(parsed, pool_pre_ping=True)
+        in_memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+        # An in-memory SQLite database lives in one connection: every thread (the audit writer included) must
+        # share it, or the writer finds no tables.
+        options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}} if in_memory else {}
+        self.engine: Engine = create_engine(parsed, pool_pre_ping=True, **options)
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", pragmas("FULL"))  # a 200 means the feedback is on disk
         self._schema_ready = False

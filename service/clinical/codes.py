@@ -9,6 +9,27 @@ from functools import cache, lru_cache
 from importlib import resources
 
 LOINC = "http://loinc.org"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+SNOMED = "http://snomed.info/sct"
+ATC = "http://www.whocc.no/atc"
+# The HL7 OIDs of these code systems, as C-CDA-derived FHIR often writes them (identifiers of the canonical
+# CodeSystems: SNOMED CT in the FHIR R4 core package, ATC in fhir.tx.support.r3; LOINC and RxNorm as HL7 registers).
+SYSTEM_ALIASES = {
+    "urn:oid:2.16.840.1.113883.6.1": LOINC,
+    "urn:oid:2.16.840.1.113883.6.88": RXNORM,
+    "urn:oid:2.16.840.1.113883.6.96": SNOMED,
+    "urn:oid:2.16.840.1.113883.6.73": ATC,
+}
+
+
+def canonical_system(system: object) -> str | None:
+    """A code system URI as the value sets write it: no trailing slash, http for https, OIDs mapped."""
+    if not isinstance(system, str):
+        return None
+    cleaned = system.strip().rstrip("/")
+    if cleaned.startswith("https://"):
+        cleaned = "http://" + cleaned[len("https://") :]
+    return SYSTEM_ALIASES.get(cleaned, cleaned)
 
 
 def _rows(name: str) -> list[dict[str, str]]:
@@ -46,8 +67,12 @@ def _unit_table() -> dict[str, tuple[str, dict[str, float]]]:
 
 @lru_cache(maxsize=1024)
 def normalise_unit(unit: str) -> str:
-    """Lower case, micro sign to u, no spaces: ``"µmol/L"`` -> ``"umol/l"``."""
-    return re.sub(r"\s+", "", unit.replace("µ", "u").replace("μ", "u")).lower()
+    """Lower case, micro sign to u, no spaces, UCUM annotations dropped: ``"µmol/L"`` -> ``"umol/l"``,
+    ``"U/L{37Cel}"`` -> ``"u/l"`` (an annotation in braces carries no meaning in UCUM). A unit that is only an
+    annotation, such as ``{creat}`` in ``umol/g{creat}``, keeps it."""
+    cleaned = re.sub(r"\s+", "", unit.replace("µ", "u").replace("μ", "u")).lower()
+    bare = re.sub(r"\{[^{}]*\}", "", cleaned)
+    return bare if bare and bare != cleaned and not cleaned.endswith("{creat}") else cleaned
 
 
 @lru_cache(maxsize=1024)

@@ -22,9 +22,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 from typing import Any
+from urllib.parse import urlsplit
 
-from service.clinical.codes import LOINC, Analyte, analytes, convert, plausible_ranges
+from fhir.resources.R4B import get_fhir_model_class
+
+from service.clinical.codes import LOINC, Analyte, analytes, canonical_system, convert, plausible_ranges
 from service.clinical.facts import LAB_FLAG, LAB_RANGE, LabResult, Medication, Patient
 from service.clinical.limits import fallback_limits
 from service.clinical.medications import match_medication
@@ -54,7 +58,18 @@ DATE_TOLERANCE = timedelta(days=1)  # time zones and partial dates: a result a d
 
 
 class PatientMismatch(ValueError):
-    """The Patient resource given is not the patient of the hook call."""
+    """The Patient resource given is not the patient of the hook call (or not one Patient at all)."""
+
+
+@cache
+def is_resource_type(name: str) -> bool:
+    if not name[:1].isupper() or not name.isalpha():
+        return False
+    try:
+        get_fhir_model_class(name)
+    except (KeyError, ValueError, AttributeError, ImportError):
+        return False
+    return True
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -99,8 +114,12 @@ def parse_datetime(text: Any) -> datetime | None:
         if len(text) == 10:
             return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
         parsed = datetime.fromisoformat(text)  # Python 3.11 reads "Z" and offsets
-        # In UTC, so that comparing any two times can never overflow (e.g. 0001-01-01T00:00:00+14:00 cannot be held).
-        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=UTC)
+        # The lab's own offset is kept (a card shows the date the lab wrote), once the time is known to exist in UTC
+        # too, so that comparing any two times can never overflow (0001-01-01T00:00:00+14:00 cannot be held).
+        parsed.astimezone(UTC)
+        return parsed
     except (ValueError, OverflowError):
         return None
 
@@ -110,16 +129,41 @@ def parse_date(text: Any) -> date | None:
     return parsed.date() if parsed else None
 
 
-def patient_in_reference(reference: Any) -> str | None:
-    """The patient id a reference names: ``Patient/x``, ``https://host/fhir/Patient/x``, with or without
-    ``/_history/n``; None for anything else (contained, urn:uuid, identifier-only, another resource type)."""
+PATIENT_REFERENCE = re.compile(
+    r"^(?:(?P<base>https?://[^/?#]+(?:/[^?#]*)?)/)?Patient/(?P<id>[^/?#]+)(?:/_history/[^/?#]+)?$"
+)
+
+
+def patient_in_reference(reference: Any, server: str | None = None) -> str | None:
+    """The patient id a reference names: ``Patient/x`` or ``<base>/Patient/x``, either with ``/_history/n``; None for
+    anything else (contained, urn:uuid, identifier-only, ``../``, another resource type, a path through another
+    resource such as ``Group/g/Patient/x``). With ``server`` (the request's ``fhirServer``) an absolute reference
+    must be on that server: ``Patient/x`` on another server is another patient."""
     if not isinstance(reference, str):
         return None
-    path = reference.split("/_history/", 1)[0]
-    head, found, ident = path.rpartition("Patient/")
-    if not found or (head and not head.endswith("/")) or not ident or "/" in ident:
+    match = PATIENT_REFERENCE.match(reference)
+    if match is None:
         return None
-    return ident
+    base = match.group("base")
+    if base is not None:
+        if server is not None and _base(base) != _base(server):
+            return None
+        if _through_a_resource(base):
+            return None
+    return match.group("id")
+
+
+def _base(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port if parts.port not in (None, {"http": 80, "https": 443}.get(parts.scheme.lower())) else None
+    host = (parts.hostname or "") + (f":{port}" if port else "")
+    return f"{parts.scheme.lower()}://{host}{parts.path.rstrip('/')}"
+
+
+def _through_a_resource(base: str) -> bool:
+    """``https://x/fhir/Group/g`` ends in a resource type and an id: a reference through it is not a patient's."""
+    segments = urlsplit(base).path.strip("/").split("/")
+    return len(segments) >= 2 and is_resource_type(segments[-2])
 
 
 @dataclass
@@ -129,36 +173,49 @@ class Scope:
     patient: Patient
     now: datetime
     settings: Mapping[str, Any] = field(default_factory=dict)
+    server: str | None = None  # the request's fhirServer: absolute references must point there
+    aliases: frozenset[str] = frozenset()  # Bundle fullUrls of this patient's Patient entry (e.g. urn:uuid:...)
     dropped: Counter[str] = field(default_factory=Counter)  # resource type -> other patients' resources dropped
+    unresolved: list[str] = field(default_factory=list)  # medication records whose Medication could not be read
 
     def owns(self, resource: dict[str, Any], *, unnamed_ok: bool = False) -> bool:
-        """The resource names this patient as its subject (or ``patient``); ``unnamed_ok`` accepts a resource that
-        names nobody (a draft order in the hook context is about the context patient)."""
-        reference = _dict(resource.get("subject")).get("reference")
-        if reference is None:
-            reference = _dict(resource.get("patient")).get("reference")
-        if patient_in_reference(reference) == self.patient.id:
+        """The resource names this patient as its ``subject`` (``patient`` only when there is no subject);
+        ``unnamed_ok`` accepts a resource that names nobody (a draft order in the hook context is about the context
+        patient)."""
+        key = "subject" if "subject" in resource else "patient"
+        reference = _dict(resource.get(key)).get("reference")
+        if (isinstance(reference, str) and reference in self.aliases) or patient_in_reference(
+            reference, self.server
+        ) == self.patient.id:
             return True
-        if unnamed_ok and reference is None and "subject" not in resource and "patient" not in resource:
+        if unnamed_ok and "subject" not in resource and "patient" not in resource:
             return True
         kind = resource.get("resourceType")
         self.dropped[kind if isinstance(kind, str) and kind.isalpha() and len(kind) < 40 else "unknown"] += 1
         return False
 
 
-def read_patient(value: Any, patient_id: str) -> Patient:
-    """The Patient of the hook call. A Patient resource with another id raises :class:`PatientMismatch`."""
+def read_patient(value: Any, patient_id: str, now: datetime | None = None) -> Patient:
+    """The Patient of the hook call: exactly one Patient resource, whose id is ``context.patientId``, else
+    :class:`PatientMismatch` (another id, several Patients, another resource type)."""
+    if isinstance(value, dict) and value.get("resourceType") not in ("Patient", "Bundle"):
+        raise PatientMismatch("the patient data given is not a Patient resource")
     found = list(resources(value, "Patient"))
     if not found:
         return Patient(id=patient_id)
-    resource = next((r for r in found if r.get("id") == patient_id), None)
-    if resource is None:
+    if len(found) > 1:
+        raise PatientMismatch("the patient data given holds more than one Patient")
+    resource = found[0]
+    if resource.get("id") != patient_id:
         raise PatientMismatch("the Patient resource given is not context.patientId")
     gender = resource.get("gender")
-    deceased_at = parse_datetime(resource.get("deceasedDateTime"))
+    death_text = resource.get("deceasedDateTime")
+    deceased_at = parse_datetime(death_text)
     deceased = resource.get("deceasedBoolean") is True or deceased_at is not None
-    if isinstance(resource.get("deceasedDateTime"), str) and deceased_at is None:
+    if isinstance(death_text, str) and death_text.strip() and deceased_at is None:
         deceased = True  # a death date that cannot be read is still a death
+    if deceased_at is not None and now is not None and deceased_at > now + DATE_TOLERANCE:
+        deceased, deceased_at = False, None  # a death in the future is a data error, not a death
     return Patient(
         id=patient_id,
         birth_date=parse_date(resource.get("birthDate")),
@@ -181,6 +238,15 @@ def _unit(quantity: dict[str, Any]) -> str | None:
         if isinstance(unit, str) and unit.strip():
             return unit
     return None
+
+
+def _units_disagree(quantity: dict[str, Any], unit_group: str) -> bool:
+    """The UCUM code and the display unit are both known and mean different things (e.g. code U/L, unit ukat/L)."""
+    code, unit = quantity.get("code"), quantity.get("unit")
+    if not (isinstance(code, str) and isinstance(unit, str)):
+        return False
+    by_code, by_unit = convert(1.0, code, unit_group), convert(1.0, unit, unit_group)
+    return by_code is not None and by_unit is not None and by_code != by_unit
 
 
 def _flag(element: dict[str, Any]) -> str | None:
@@ -211,7 +277,7 @@ def observation_time(observation: dict[str, Any]) -> datetime | None:
 
 def _analyte(concept: Any, known: Mapping[str, Analyte]) -> Analyte | None:
     for coding in _list(_dict(concept).get("coding")):
-        if not isinstance(coding, dict) or coding.get("system") != LOINC:
+        if not isinstance(coding, dict) or canonical_system(coding.get("system")) != LOINC:
             continue
         code = coding.get("code")
         if isinstance(code, str) and code in known:
@@ -256,7 +322,7 @@ def _raw_value(element: dict[str, Any], range_unit: str | None) -> _Raw:
     reason = _text(absent.get("text")) or next(
         (_text(_dict(c).get("display")) or _text(_dict(c).get("code")) for c in _list(absent.get("coding"))), None
     )
-    return _Raw(None, None, None, None, f"no value: {reason[:40]}" if reason else "no value")
+    return _Raw(None, None, None, reason[:40] if reason else None, "no value")
 
 
 def _range_unit(reference_range: dict[str, Any]) -> str | None:
@@ -294,7 +360,10 @@ def _read_result(
     if problem is None and raw.number is not None:
         converted = convert(raw.number, raw.unit, analyte.unit_group)
         if converted is None:
-            problem = f"unit not recognised: {raw.unit[:20]}" if raw.unit else "no unit"
+            problem = "unit not recognised" if raw.unit else "no unit"
+    quantity = element.get("valueQuantity")
+    if converted is not None and isinstance(quantity, dict) and _units_disagree(quantity, analyte.unit_group):
+        problem = "the unit code and the unit text disagree"
     if converted is not None and problem is None:
         problem = _implausible(analyte.analyte, converted[0])
     if problem is None:
@@ -411,13 +480,13 @@ def read_lab_results(
         for observation in resources(value, "Observation"):
             if keep is not None and not keep(observation):
                 continue
+            if scope is not None and not scope.owns(observation):
+                continue  # before de-duplication: another patient's resource must not hide one of this patient's
             ident = observation.get("id")
             if isinstance(ident, str):
                 if ident in seen:
                     continue
                 seen.add(ident)
-            if scope is not None and not scope.owns(observation):
-                continue
             results.extend(read_observation(observation, scope))
     results.sort(key=lambda r: r.when or datetime.min.replace(tzinfo=UTC))
     return results
@@ -428,21 +497,61 @@ def _concept_parts(concept: Any) -> tuple[list[tuple[str | None, str]], list[str
         return [], []
     codings = [c for c in _list(concept.get("coding")) if isinstance(c, dict)]
     texts = [t for t in [concept.get("text"), *(c.get("display") for c in codings)] if isinstance(t, str)]
-    pairs = [(c.get("system"), c.get("code")) for c in codings]
-    return [(system, code) for system, code in pairs if isinstance(code, str) and isinstance(system, str | None)], texts
+    pairs = [(canonical_system(c.get("system")), c.get("code")) for c in codings]
+    return [(system, code) for system, code in pairs if isinstance(code, str)], texts
 
 
 def _record_dates(resource: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
-    """(start, end) this record gives for the drug: a statement's effective period, a request's authoring date, a
-    dispense's hand-over. ``dateAsserted`` is when a statement was written down, not when the drug started."""
+    """(start, end) this record gives for the drug: a statement's effective period, a request's authoring date (and
+    the end of its validity period), a dispense's hand-over. ``dateAsserted`` is when a statement was written down,
+    not when the drug started."""
     kind = resource.get("resourceType")
     if kind == "MedicationStatement":
         period = _dict(resource.get("effectivePeriod"))
         start = parse_datetime(period.get("start")) or parse_datetime(resource.get("effectiveDateTime"))
         return start, parse_datetime(period.get("end"))
     if kind == "MedicationRequest":
-        return parse_datetime(resource.get("authoredOn")), None
+        validity = _dict(_dict(resource.get("dispenseRequest")).get("validityPeriod"))
+        return parse_datetime(resource.get("authoredOn")), parse_datetime(validity.get("end"))
     return parse_datetime(resource.get("whenHandedOver")) or parse_datetime(resource.get("whenPrepared")), None
+
+
+NOT_AN_ORDER = {"proposal", "plan", "option"}  # MedicationRequest intents that order nothing
+VOID = {"entered-in-error", "cancelled", "revoked"}
+
+
+def _meaning(resource: dict[str, Any], drafts: bool) -> str | None:
+    """current | history | draft, or None when the record says nothing about taking the drug."""
+    status = resource.get("status")
+    status = status if isinstance(status, str) else None
+    if resource.get("doNotPerform") is True:
+        return None  # an instruction not to give the drug
+    if drafts:  # the hook context's draft orders are being ordered now, whatever status the EHR sent
+        return None if status in VOID else "draft"
+    kind = resource.get("resourceType")
+    if kind == "MedicationRequest" and resource.get("intent") in NOT_AN_ORDER:
+        return None
+    if kind == "MedicationDispense" and status not in ("completed", "in-progress"):
+        return None
+    return MED_STATUS.get(status) if status else None
+
+
+def medication_index(values: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """Medication resources by every reference that can name them: ``Medication/id``, the Bundle entry's
+    ``fullUrl`` (``urn:uuid:...`` for unsaved drafts, or an absolute URL)."""
+    index: dict[str, dict[str, Any]] = {}
+    for value in values:
+        entries = _list(value.get("entry")) if isinstance(value, dict) and value.get("resourceType") == "Bundle" else []
+        for entry in [*entries, {"resource": value}]:
+            resource = _dict(_dict(entry).get("resource"))
+            if resource.get("resourceType") != "Medication":
+                continue
+            if isinstance(resource.get("id"), str):
+                index[f"Medication/{resource['id']}"] = resource
+            full_url = _dict(entry).get("fullUrl")
+            if isinstance(full_url, str):
+                index[full_url] = resource
+    return index
 
 
 def read_medications(
@@ -454,48 +563,50 @@ def read_medications(
 ) -> list[Medication]:
     """Medication records (statements, requests, dispenses) of the scope's patient that match a value set.
 
-    ``drafts`` reads the hook context's draft orders, which may name no subject (they are the context patient's).
-    A record is current only while it is active, its effective period has not ended and the patient is alive.
+    ``drafts`` reads the hook context's draft orders: they may name no subject (they are the context patient's) and
+    count as drafts whatever their status. Otherwise a record is current only while it is active, its effective or
+    validity period has not ended, it did not start in the future, and the patient is alive. A request that is only
+    a proposal or plan, or says not to give the drug, is not a record of taking it. A record whose Medication cannot
+    be read is noted in ``scope.unresolved``.
     """
+    values = list(values)
     found: list[Medication] = []
     pool = [r for value in values for r in resources(value)]
-    medications = {
-        f"Medication/{r.get('id')}": r
-        for r in pool
-        if r.get("resourceType") == "Medication" and isinstance(r.get("id"), str)
-    }
+    medications = medication_index(values)
     for resource in pool:
         kind = resource.get("resourceType")
         if kind not in MEDICATION_RECORDS:
             continue
-        status = resource.get("status")
-        meaning = MED_STATUS.get(status) if isinstance(status, str) else None
-        if meaning is None or (kind == "MedicationDispense" and status not in ("completed", "in-progress")):
+        meaning = _meaning(resource, drafts)
+        if meaning is None:
             continue
         if scope is not None and not scope.owns(resource, unnamed_ok=drafts):
             continue
+        reference = f"{kind}/{resource['id']}" if isinstance(resource.get("id"), str) else None
         concept = resource.get("medicationCodeableConcept")
         if concept is None:
             concept = _referenced_code(resource, medications, resolve)
+            if concept is None and scope is not None and "medicationReference" in resource:
+                scope.unresolved.append(reference or kind)
         codings, texts = _concept_parts(concept)
         match = match_medication(codings, texts)
         if not match.groups:
             continue
         start, end = _record_dates(resource)
-        if meaning == "current" and scope is not None:
-            if end is not None and end < scope.now:
-                meaning = "history"
-            if scope.patient.deceased:
+        if scope is not None and meaning != "draft":
+            if start is not None and start > scope.now + DATE_TOLERANCE:
+                continue  # planned, not taken: neither current nor evidence of exposure
+            if meaning == "current" and (scope.patient.deceased or (end is not None and end < scope.now)):
                 meaning = "history"
         found.append(
             Medication(
                 groups=match.groups,
                 tier=match.tier,
-                name=texts[0] if texts else match.display or "unnamed medication",
+                name=" ".join((texts[0] if texts else match.display or "unnamed medication").split())[:80],
                 status=meaning,
                 start=start,
                 end=end,
-                reference=f"{kind}/{resource['id']}" if isinstance(resource.get("id"), str) else None,
+                reference=reference,
                 matched_by=match.matched_by,
                 ingredient=match.ingredient,
             )
@@ -525,21 +636,34 @@ def _referenced_code(
     return None
 
 
+HPP_TEXT = re.compile(
+    r"^(?:(?:adult|childhood|juvenile|infantile|perinatal|prenatal|benign prenatal)[ -]onset )?"
+    r"(?:(?:adult|childhood|juvenile|infantile|perinatal|prenatal) )?(?:odonto)?hypophosphatasia"
+    r"(?: \((?:disorder|diagnosis)\))?$"
+)
+DOCUMENTED = {None, "confirmed"}  # verificationStatus: absent (many EHRs omit it) or confirmed
+
+
 def has_hpp_diagnosis(*values: Any, scope: Scope | None = None) -> bool:
-    """A Condition of the patient documenting hypophosphatasia (not refuted or entered in error)."""
+    """A Condition of the patient that documents hypophosphatasia: coded as HPP (SNOMED CT, Orphanet), or named
+    exactly so ("Hypophosphatasia", "Adult hypophosphatasia"...): a text that only mentions HPP ("ruled out", "family
+    history of", "pseudohypophosphatasia") does not. A provisional, differential, unconfirmed or refuted diagnosis
+    is not documented HPP."""
     from service.clinical.codes import hpp_condition_codes
 
-    codes, texts = hpp_condition_codes()
+    codes, _ = hpp_condition_codes()
     for value in values:
         for condition in resources(value, "Condition"):
             if scope is not None and not scope.owns(condition):
                 continue
-            verification = {
+            verification = [
                 _text(_dict(c).get("code")) for c in _list(_dict(condition.get("verificationStatus")).get("coding"))
-            }
-            if verification & {"refuted", "entered-in-error"}:
+            ]
+            if any(v not in DOCUMENTED for v in verification):
                 continue
             codings, words = _concept_parts(condition.get("code"))
-            if any(pair in codes for pair in codings) or any(t in w.lower() for w in words for t in texts):
+            if any(pair in codes for pair in codings):
+                return True
+            if any(HPP_TEXT.match(" ".join(w.lower().split())) for w in words):
                 return True
     return False

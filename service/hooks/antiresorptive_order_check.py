@@ -5,25 +5,40 @@ from __future__ import annotations
 from typing import Any
 
 from service.clinical import antiresorptives
-from service.fhir.readers import has_hpp_diagnosis, read_medications, resources
+from service.errors import DataUnavailable
+from service.fhir.readers import Scope, has_hpp_diagnosis, read_medications
 from service.hooks import CdsService, HookCall
 from service.hooks.common import PATIENT, build_chart, chart_prefetch, issue, read_scope, report, resolver
 
 
 def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     selections = set(call.context["selections"])
-    draft_orders = call.context["draftOrders"]
+    entries = call.context["draftOrders"].get("entry")
+    # The selected orders, with every Medication of the context (by id and by fullUrl) to resolve references.
     selected = {
         "resourceType": "Bundle",
         "entry": [
-            {"resource": r}
-            for r in resources(draft_orders)
-            if f"{r.get('resourceType')}/{r.get('id')}" in selections or r.get("resourceType") == "Medication"
+            entry
+            for entry in (entries if isinstance(entries, list) else ())
+            if isinstance(entry, dict)
+            and isinstance(resource := entry.get("resource"), dict)
+            and (
+                f"{resource.get('resourceType')}/{resource.get('id')}" in selections
+                or resource.get("resourceType") == "Medication"
+            )
         ],
     }
     scope = read_scope(call)
     chart = build_chart(call, scope)
-    ordered = read_medications([selected], scope, resolver(call), drafts=True)
+    if chart.patient.deceased:
+        return []  # no advice on the chart of a patient who has died
+    drafts = Scope(patient=scope.patient, now=scope.now, settings=scope.settings, server=scope.server)
+    ordered = read_medications([selected], drafts, resolver(call), drafts=True)
+    if drafts.unresolved and not ordered:
+        raise DataUnavailable(
+            f"the Medication of the selected order ({', '.join(drafts.unresolved[:3])}) could not be read, "
+            "so the order cannot be checked"
+        )
     hpp = has_hpp_diagnosis(call.data.get("conditions"), scope=scope)
     report(scope, [])
     return issue(antiresorptives.review_order(chart, ordered, hpp), chart.patient.id)

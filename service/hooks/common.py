@@ -101,12 +101,38 @@ def read_scope(call: HookCall) -> Scope:
     it, 412 when the FHIR server did)."""
     patient_id = call.context["patientId"]
     try:
-        patient = read_patient(call.data.get("patient"), patient_id)
-    except PatientMismatch:
+        patient = read_patient(call.data.get("patient"), patient_id, call.now)
+    except PatientMismatch as exc:
         if "patient" in call.fetched:
-            raise DataUnavailable("the FHIR server returned a Patient whose id is not context.patientId") from None
-        raise BadRequest("prefetch.patient is not the patient named in context.patientId") from None
-    return Scope(patient=patient, now=call.now, settings=call.settings)
+            raise DataUnavailable(f"the FHIR server's answer for the patient: {exc}") from None
+        raise BadRequest(f"prefetch.patient: {exc}") from None
+    return Scope(
+        patient=patient,
+        now=call.now,
+        settings=call.settings,
+        server=call.request.get("fhirServer") or None,
+        aliases=patient_aliases(call.data.values(), patient_id),
+    )
+
+
+def patient_aliases(values: Any, patient_id: str) -> frozenset[str]:
+    """The fullUrls under which a Bundle in the request holds this patient's Patient resource (``urn:uuid:...``),
+    so that references to them count as references to the patient."""
+    aliases = set()
+    for value in values:
+        if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
+            continue
+        entries = value.get("entry")
+        for entry in entries if isinstance(entries, list) else ():
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if (
+                isinstance(resource, dict)
+                and resource.get("resourceType") == "Patient"
+                and resource.get("id") == patient_id
+                and isinstance(entry.get("fullUrl"), str)
+            ):
+                aliases.add(entry["fullUrl"])
+    return frozenset(aliases)
 
 
 def build_chart(call: HookCall, scope: Scope | None = None) -> Chart:
