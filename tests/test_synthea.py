@@ -11,8 +11,9 @@ from the raw JSON by a deliberately separate, simple reading of the data:
   Synthea ALP is from an adult) and no older than 365 days; it is "persistent" when two or more trailing lows span
   at least 28 days; its summary names the latest value;
 - an active alendronate order of a living patient with such a low gives the antiresorptive card;
-- order-select with a draft alendronate (living patients): no ALP -> "No ALP on record"; latest older than 365 days -> "No ALP in the
-  last 365 days" (saying it was low when it was); current and low -> the low-ALP warning; current and normal -> quiet;
+- order-select with a draft alendronate (living patients): no ALP -> "measure ALP ... none on record"; latest older
+  than 365 days -> "none in the last 365 days" (saying it was low when it was); current and low -> the low-ALP
+  warning; current and normal -> quiet;
 - another patient's resources mixed into a prefetch change nothing.
 """
 
