@@ -96,7 +96,8 @@ def test_units_are_converted_and_unknown_units_are_reported(client):
         "**Not interpreted:** Alkaline phosphatase, serum/plasma 7 mg/dL on 2026-05-21 (unit not recognised)"
         in card["detail"]
     )
-    assert cards_for(client, "units-out") == []
+    (unknown,) = cards_for(client, "unit-unknown-in")  # the only ALP is in mg/dL: no advice, a request to check it
+    assert unknown["summary"] == "Check the latest ALP by hand: 7 mg/dL on 2026-05-21 could not be interpreted"
 
 
 def test_preliminary_counts_but_is_marked_and_entered_in_error_is_ignored(client):

@@ -458,7 +458,9 @@ def test_total_protein_in_g_per_l_labelled_g_per_dl_is_implausible_and_not_alrea
 @pytest.mark.parametrize(("value", "unit"), [(0.5, "U/L"), (9000, "U/L"), (-3, "U/L")])
 def test_impossible_alp_is_never_evidence(value, unit):
     request = pv_request(patient(), lab("6768-6", value, unit, "2026-05-20"))
-    assert make_app().cards(PV, request) == []
+    (card,) = make_app().cards(PV, request)  # no low-ALP advice: only a request to read the value by hand
+    assert card["summary"].startswith("Check the latest ALP by hand:") and card["indicator"] == "info"
+    assert "outside the possible range: 2-5000 U/L" in card["detail"]
     result = read_one(lab("6768-6", value, unit, "2026-05-20"))
     assert result.value is None and result.problem.startswith("outside the possible range")
 
@@ -471,7 +473,8 @@ def test_placeholder_dates_are_named_not_used(when, problem):
     result = read_one(alp(20, when))
     assert result.value is None and result.problem == problem
     request = pv_request(patient(), alp(20, when))
-    assert make_app().cards(PV, request) == []
+    summaries_ = summaries(make_app().cards(PV, request))
+    assert not [s for s in summaries_ if "low at" in s or "Persistently" in s]  # never advice from it
 
 
 # ------------------------------------------------------------------------------------------------ 7. fallback limits
@@ -564,7 +567,11 @@ def test_naive_and_partial_dates():
     [
         ("deceased-out", PV, []),
         ("old-low-out", PV, []),
-        ("implausible-out", PV, []),
+        (
+            "implausible-in",
+            PV,
+            ["Check the latest ALP by hand: 0.3 U/L on 2026-05-18 could not be interpreted"],
+        ),
         (
             "text-value-in",
             PV,

@@ -117,7 +117,7 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
         # No ALP that can drive advice today: ask for a current one before the drug lowers it.
         last = judged[-1] if judged else None
         last_low = bool(last and last.is_low())
-        unreadable = chart.not_interpreted()
+        unreadable = chart.not_interpreted(all_alp=True)
         return [
             Finding(
                 "antiresorptive-order-no-alp",

@@ -102,21 +102,37 @@ class Chart:
     def describe_alp(self, result: LabResult) -> dict[str, Any]:
         return {**describe(result), "history": not is_current(result, self.now, self.settings)}
 
-    def not_interpreted(self) -> list[dict[str, Any]]:
-        """Results the reading step could not use, that a card about the current ALP should name: ALP results
-        within ``ALP_CURRENT_DAYS`` and workup results within ``RECENT_RESULT_DAYS`` (newest first)."""
-        alp_since = current_since(self.now, self.settings)
+    def not_interpreted(self, all_alp: bool = False) -> list[dict[str, Any]]:
+        """Results that could not be used, that a card about the current ALP should name: ALP results within
+        ``ALP_CURRENT_DAYS`` (any date with ``all_alp``) and workup results within ``RECENT_RESULT_DAYS``, newest
+        first. An ALP that was read but cannot be judged ("<50" against a limit of 35) is named too."""
+        alp_since = None if all_alp else current_since(self.now, self.settings)
         recent_since = self.now - timedelta(days=self.settings["RECENT_RESULT_DAYS"])
-        named = [
-            r
-            for r in self.labs
-            if r.problem is not None
-            and (r.when is None or r.when >= (alp_since if r.analyte == TOTAL_ALP else recent_since))
-        ]
+        named = []
+        for result in self.labs:
+            problem = unusable(result)
+            if problem is None:
+                continue
+            since = alp_since if result.analyte == TOTAL_ALP else recent_since
+            if since is None or result.when is None or result.when >= since:
+                named.append((result, problem))
+        named.sort(key=lambda pair: pair[0].when or self.now, reverse=True)
         return [
-            {**describe(r), "unit": r.raw_unit or "", "problem": r.problem}
-            for r in sorted(named, key=lambda r: r.when or self.now, reverse=True)[:SHOWN_READINGS]
+            {**describe(r), "unit": r.raw_unit or "" if r.value is None else r.unit, "problem": problem}
+            for r, problem in named[:SHOWN_READINGS]
         ]
+
+    def latest_alp_unreadable(self) -> LabResult | None:
+        """The most recent total ALP, when it is current, newer than every judged one, and could not be used."""
+        candidates = [r for r in self.labs if r.analyte == TOTAL_ALP and r.when is not None]
+        if not candidates:
+            return None
+        latest = max(candidates, key=lambda r: r.when)
+        if unusable(latest) is None or not is_current(latest, self.now, self.settings):
+            return None
+        if self.alp and self.alp[-1].when >= latest.when:
+            return None
+        return latest
 
 
 # --------------------------------------------------------------------------------------------- presentation data
@@ -133,6 +149,17 @@ def contamination_checked(alp: Sequence[LabResult], now: datetime, settings: Map
     if not run or not is_current(run[-1], now, settings):
         return []
     return run[-CONTAMINATION_CHECKED:]
+
+
+def unusable(result: LabResult) -> str | None:
+    """Why a result cannot be used: the reading step's problem, or, for total ALP, that it cannot be judged."""
+    if result.problem is not None:
+        return result.problem
+    if result.analyte == TOTAL_ALP and result.usable and result.is_low() is None:
+        if result.comparator:
+            return "cannot be judged: the true value may be above or below the lower limit"
+        return "no lower limit applies"
+    return None
 
 
 def lab_days_needed(
@@ -259,10 +286,33 @@ def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
 
 def is_persistent(chart: Chart, lows: Sequence[LabResult]) -> bool:
     """Persistently low: at least two low results (not suspected of contamination), none normal in between, the
-    first and last at least ``PERSISTENT_MIN_DAYS`` apart and the latest current (S47, S50, addendum 6: the sources
+    first and last at least ``PERSISTENT_MIN_DAYS`` apart and the latest of them current, so that history lows do
+    not become "persistent" when today's sample is the suspect one (S47, S50, addendum 6: the sources
     count two or more lows with no normal value; the spacing keeps a fall after surgery or acute illness, which can
     last weeks, from counting)."""
-    return len(lows) >= 2 and (lows[-1].when - lows[0].when).days >= chart.settings["PERSISTENT_MIN_DAYS"]
+    return (
+        len(lows) >= 2
+        and is_current(lows[-1], chart.now, chart.settings)
+        and (lows[-1].when - lows[0].when).days >= chart.settings["PERSISTENT_MIN_DAYS"]
+    )
+
+
+def unreadable_alp(chart: Chart) -> Finding | None:
+    """When: the latest ALP is current but could not be used (unknown unit, not a number, impossible value, no
+    limit to judge it by).
+    Then: say so (info): a low ALP may be hiding behind it, and this service's advice did not run on it."""
+    latest = chart.latest_alp_unreadable()
+    if latest is None:
+        return None
+    return Finding(
+        "alp-unreadable",
+        {
+            "result": {**describe(latest), "unit": latest.raw_unit or "" if latest.value is None else latest.unit},
+            "problem": unusable(latest),
+            "not_interpreted": chart.not_interpreted(),
+        },
+        (OrderSuggestion(workup_tests()["repeat_alp"], recommended=False),),
+    )
 
 
 def low_alp(chart: Chart) -> list[Finding]:
@@ -272,7 +322,8 @@ def low_alp(chart: Chart) -> list[Finding]:
     A possibly contaminated sample gets its own card and is not counted towards persistence."""
     run = list(chart.current_run)
     if not run:
-        return []
+        unreadable = unreadable_alp(chart)
+        return [unreadable] if unreadable else []
     findings = [chart.contamination[id(r)] for r in run if id(r) in chart.contamination]
     settings = chart.settings
     latest = run[-1]
