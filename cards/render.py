@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 import uuid
 from functools import cache
@@ -10,6 +11,7 @@ from typing import Any
 
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from jinja2 import Environment, FunctionLoader, StrictUndefined
+from markupsafe import Markup
 
 from service.clinical.codes import LOINC, WorkupTest
 from service.clinical.facts import number_text
@@ -27,15 +29,36 @@ def _num(value: Any) -> str:
     return str(value)
 
 
-_env = Environment(
-    loader=FunctionLoader(lambda name: resources.files("cards").joinpath(name).read_text(encoding="utf-8")),
-    undefined=StrictUndefined,
-    autoescape=False,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=False,
-)
-_env.filters["num"] = _num
+MARKDOWN_ACTIVE = re.compile(r"([\\`*_\[\]<>!#|~])")
+
+
+def markdown_text(value: Any) -> Any:
+    """Every value printed into a card's markdown detail, made inert: chart text (a medication name, a value the
+    lab wrote as text, a unit) can hold markdown, and must not become an image, a link, a heading or a table cell
+    there. One line; markdown punctuation escaped (it still reads the same); web addresses not made links.
+    Pieces of card markdown built by the templates themselves (the shared macros) are marked safe and pass."""
+    if isinstance(value, Markup) or not isinstance(value, str):
+        return value
+    text = MARKDOWN_ACTIVE.sub(r"\\\1", " ".join(value.split()))
+    return text.replace("://", ": //").replace("www.", "www .")
+
+
+def _environment(finalize=None) -> Environment:
+    environment = Environment(
+        loader=FunctionLoader(lambda name: resources.files("cards").joinpath(name).read_text(encoding="utf-8")),
+        undefined=StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        finalize=finalize,
+    )
+    environment.filters["num"] = _num
+    return environment
+
+
+_summary_env = _environment()  # the summary is plain text: nothing in it is ever rendered as markup
+_detail_env = _environment(markdown_text)
 
 
 def _read(name: str) -> dict[str, Any]:
@@ -50,8 +73,8 @@ def sources() -> dict[str, dict[str, str]]:
 @cache
 def template(kind: str) -> dict[str, Any]:
     data = _read(f"{kind}.toml")
-    data["_summary"] = _env.from_string(data["summary"])
-    data["_detail"] = _env.from_string(data["detail"])
+    data["_summary"] = _summary_env.from_string(data["summary"])
+    data["_detail"] = _detail_env.from_string(data["detail"])
     return data
 
 

@@ -595,3 +595,268 @@ def test_fixture_without_ranges_reaches_the_wilson_pattern():
 
     cards = make_app().cards(PV, load_request("no-ranges-in"))
     assert [c["indicator"] for c in cards if "Wilson" in c["summary"]] == ["critical"]
+
+
+def test_chart_text_cannot_inject_markdown_into_a_card():
+    """A medication name (patient-entered, say) holding an image, a link and a heading: shown as inert text."""
+    statement = {
+        "resourceType": "MedicationStatement",
+        "id": "ms-hostile",
+        "status": "active",
+        "medicationCodeableConcept": {
+            "text": "alendronate ![](https://tracker.example/p.png) [click](https://evil.example)\n\n# HPP EXCLUDED"
+        },
+        "subject": {"reference": "Patient/p1"},
+        "effectivePeriod": {"start": "2025-01-01"},
+    }
+    pyridoxine = {**statement, "id": "ms-b6", "medicationCodeableConcept": {"text": "pyridoxine [x](http://e.example)"}}
+    request = pv_request(patient(), alp(30, "2026-01-01"), alp(28, "2026-05-01"), statement, pyridoxine)
+    from service.gallery import markdown
+
+    for card in make_app().cards(PV, request):
+        html = markdown(card.get("detail", ""))
+        assert "<img" not in html and "<a " not in html and "<h1" not in html, card["detail"]
+        assert "\n# " not in card.get("detail", "")
+    detail = " ".join(c.get("detail", "") for c in make_app().cards(PV, request))
+    assert "pyridoxine \\[x\\](http: //e.example)" in detail  # still readable, no longer a link
+
+
+@pytest.mark.parametrize(
+    ("birth", "band_low"),
+    [("2008-06-01", 8.6), ("2008-06-02", 9.3)],  # 18 on the day of the test, or 18 the day after
+)
+def test_age_bands_switch_on_the_birthday(birth, band_low):
+    result = read_one(lab("17861-6", 9.0, "mg/dL", "2026-06-01"), birth=birth)
+    assert result.low == band_low
+
+
+def test_history_lows_are_not_persistent_when_the_current_sample_is_suspect():
+    request = pv_request(
+        patient(birth="1970-01-01", gender="male"),
+        alp(22, "2024-01-01"),
+        alp(20, "2024-03-01"),
+        alp(12, "2026-05-20T08:00:00Z"),
+        lab("2823-3", 9.8, "mmol/L", "2026-05-20T08:00:00Z"),
+        lab("17861-6", 3.0, "mg/dL", "2026-05-20T08:00:00Z"),  # gross EDTA: calcium far below 4 mg/dL
+    )
+    found = summaries(make_app().cards(PV, request))
+    assert found[0].startswith("Recollect before any workup: ALP 12 U/L on 2026-05-20")
+    assert not [s for s in found if s.startswith("Persistently")]
+
+
+def test_a_readable_but_unjudgeable_alp_is_named_not_dropped():
+    observation = alp(None, "2026-05-20", valueString="<50 U/L")
+    (card,) = make_app().cards(PV, pv_request(patient(), observation))
+    assert card["summary"] == "Check the latest ALP by hand: <50 U/L on 2026-05-20 could not be interpreted"
+    assert "cannot be judged" in card["detail"]
+    (order,) = make_app().cards(OS, os_request(patient(), observation))
+    assert order["summary"] == "Measure ALP before starting alendronate: the ALP on record could not be interpreted"
+
+
+@pytest.mark.parametrize(
+    ("text", "documented"),
+    [
+        ("Hypophosphatasia", True),
+        ("Adult hypophosphatasia", True),
+        ("Hypophosphatasia ruled out", False),
+        ("Family history of hypophosphatasia", False),
+        ("Pseudohypophosphatasia", False),
+    ],
+)
+def test_hpp_by_text_only_when_the_text_names_the_diagnosis(text, documented):
+    condition = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "code": {"text": text},
+        "subject": {"reference": "Patient/p1"},
+    }
+    request = add_to_prefetch(os_request(patient(), alp(80, "2026-05-01")), "conditions", condition)
+    cards = make_app().cards(OS, request)
+    assert bool(cards and cards[0]["indicator"] == "critical") == documented
+
+
+@pytest.mark.parametrize("verification", ["provisional", "differential", "unconfirmed", "refuted", "entered-in-error"])
+def test_hpp_that_is_not_confirmed_is_not_documented(verification):
+    condition = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "190859005"}]},
+        "verificationStatus": {"coding": [{"code": verification}]},
+        "subject": {"reference": "Patient/p1"},
+    }
+    request = add_to_prefetch(os_request(patient(), alp(80, "2026-05-01")), "conditions", condition)
+    assert make_app().cards(OS, request) == []
+
+
+def test_hpp_with_a_weaker_agent_is_a_warning_not_a_fracture_claim():
+    condition = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "code": {"text": "Hypophosphatasia"},
+        "subject": {"reference": "Patient/p1"},
+    }
+    raloxifene = {**alendronate("draft"), "medicationCodeableConcept": {"text": "raloxifene 60 mg"}}
+    request = add_to_prefetch(os_request(patient(), alp(80, "2026-05-01"), order=raloxifene), "conditions", condition)
+    (card,) = make_app().cards(OS, request)
+    assert card["indicator"] == "warning" and "atypical fractures" not in card["summary"]
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "https://other-hospital.example/fhir/Patient/p1",  # p1 of another server
+        "https://fhir.example.org/r4/Group/g/Patient/p1",
+        "Observation/x/Patient/p1",
+        "../Patient/p1",
+        "Patient/p1/_history/2/extra",
+    ],
+)
+def test_references_that_do_not_name_this_patient_on_this_server(reference):
+    assert patient_in_reference(reference, "https://fhir.example.org/r4") is None
+
+
+def test_a_reference_on_the_requests_own_server_names_the_patient():
+    assert patient_in_reference("https://FHIR.example.org:443/r4/Patient/p1", "https://fhir.example.org/r4/") == "p1"
+
+
+def test_subject_wins_over_patient():
+    observation = alp(
+        12, "2026-05-20", subject={"identifier": {"value": "someone-else"}}, patient={"reference": "Patient/p1"}
+    )
+    request = add_to_prefetch(pv_request(patient()), "alp", observation)
+    assert make_app().cards(PV, request) == []
+
+
+def test_another_patients_resource_with_the_same_id_does_not_hide_this_patients():
+    own = alp(20, "2026-05-20")
+    foreign = {**own, "subject": {"reference": "Patient/p2"}, "valueQuantity": {"value": 90, "unit": "U/L"}}
+    request = pv_request(patient(), alp(22, "2026-03-01"))
+    request["prefetch"]["alp"]["entry"][:0] = [{"resource": foreign}, {"resource": own}]
+    (card,) = make_app().cards(PV, request)
+    assert card["summary"].startswith("Persistently low ALP (2 results")
+
+
+@pytest.mark.parametrize(
+    "patient_value",
+    [
+        bundle(patient("p2"), patient()),
+        bundle(patient(), patient(deceasedBoolean=True)),
+        {"resourceType": "Practitioner", "id": "p1"},
+    ],
+)
+def test_patient_prefetch_must_be_exactly_this_patient(patient_value):
+    request = pv_request(patient(), alp(22, "2026-05-20"))
+    request["prefetch"]["patient"] = patient_value
+    assert make_app().hook(PV, request).status_code == 400
+
+
+def test_a_death_date_in_the_future_is_not_a_death():
+    request = pv_request(patient(deceasedDateTime="2099-01-01"), alp(22, "2026-05-20"))
+    assert len(make_app().cards(PV, request)) == 1
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"doNotPerform": True}, {"intent": "proposal"}, {"intent": "plan"}],
+)
+def test_requests_that_order_nothing_are_not_taking_the_drug(extra):
+    request = pv_request(patient(), alp(22, "2026-05-20"), alendronate(authoredOn="2025-01-01", **extra))
+    assert not [s for s in summaries(make_app().cards(PV, request)) if "on alendronate" in s]
+
+
+def test_a_statement_starting_in_the_future_is_a_plan_not_a_drug_taken():
+    statement = {
+        "resourceType": "MedicationStatement",
+        "id": "ms-future",
+        "status": "active",
+        "medicationCodeableConcept": {"text": "alendronate 70 mg"},
+        "subject": {"reference": "Patient/p1"},
+        "effectivePeriod": {"start": "2027-01-01"},
+    }
+    request = pv_request(patient(), alp(22, "2026-05-20"), statement)
+    assert not [s for s in summaries(make_app().cards(PV, request)) if "on alendronate" in s]
+
+
+def test_a_request_whose_validity_period_ended_is_not_current():
+    old = alendronate(authoredOn="2018-01-01", dispenseRequest={"validityPeriod": {"end": "2019-01-01"}})
+    request = pv_request(patient(), alp(22, "2026-05-20"), old)
+    assert not [s for s in summaries(make_app().cards(PV, request)) if "on alendronate" in s]
+
+
+@pytest.mark.parametrize("status", [None, "unknown", "active"])
+def test_a_selected_draft_is_checked_whatever_status_the_ehr_sent(status):
+    order = alendronate("draft")
+    if status is None:
+        order.pop("status")
+    else:
+        order["status"] = status
+    (card,) = make_app().cards(OS, os_request(patient(), alp(22, "2026-05-01"), order=order))
+    assert card["summary"].startswith("Exclude hypophosphatasia before starting alendronate")
+
+
+def test_a_draft_referring_to_its_medication_by_urn_uuid():
+    order = {**alendronate("draft"), "medicationReference": {"reference": "urn:uuid:med-1"}}
+    order.pop("medicationCodeableConcept")
+    request = os_request(patient(), alp(22, "2026-05-01"), order=order)
+    request["context"]["draftOrders"]["entry"].append(
+        {"fullUrl": "urn:uuid:med-1", "resource": {"resourceType": "Medication", "code": {"text": "Prolia 60 mg"}}}
+    )
+    (card,) = make_app().cards(OS, request)
+    assert "denosumab" in card["summary"]
+
+
+@pytest.mark.parametrize("system", ["urn:oid:2.16.840.1.113883.6.88", "http://www.nlm.nih.gov/research/umls/rxnorm/"])
+def test_rxnorm_written_as_its_oid_or_with_a_trailing_slash(system):
+    order = {**alendronate("draft"), "medicationCodeableConcept": {"coding": [{"system": system, "code": "904431"}]}}
+    (card,) = make_app().cards(OS, os_request(patient(), alp(22, "2026-05-01"), order=order))
+    assert card["summary"].startswith("Exclude hypophosphatasia before starting alendronate")
+
+
+@responses.activate
+def test_an_unreadable_medication_of_the_selected_order_is_a_412():
+    base = "https://fhir.example.org/r4"
+    order = {**alendronate("draft"), "medicationReference": {"reference": "Medication/m1"}}
+    order.pop("medicationCodeableConcept")
+    request = os_request(patient(), alp(22, "2026-05-01"), order=order)
+    request["fhirServer"] = base
+    responses.get(f"{base}/Medication/m1", status=503)
+    response = make_app().hook(OS, request)
+    assert response.status_code == 412
+    assert "could not be read" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_ucum_annotations_are_not_part_of_the_unit():
+    assert read_one(lab("6768-6", 30, "U/L{37Cel}", "2026-05-01")).value == 30
+
+
+def test_a_unit_code_and_unit_text_that_disagree_are_named():
+    observation = alp(30, "2026-05-01")
+    observation["valueQuantity"] = {"value": 30, "code": "U/L", "unit": "ukat/L"}
+    assert read_one(observation).problem == "the unit code and the unit text disagree"
+
+
+def test_alp_below_2_labelled_u_per_l_is_the_ukat_signature():
+    assert read_one(alp(1.4, "2026-05-01")).problem.startswith("outside the possible range")
+
+
+def test_the_date_shown_is_the_labs_own_date():
+    result = read_one(alp(30, "2026-05-20T20:30:00-07:00"))
+    assert result.when.date().isoformat() == "2026-05-20"
+
+
+def test_the_last_alp_before_treatment_must_be_from_the_year_before_it():
+    request = pv_request(patient(), alp(20, "1998-01-01"), alp(28, "2026-05-01"), alendronate(authoredOn="2020-01-10"))
+    card = _antiresorptive_card(make_app().cards(PV, request))
+    assert "before treatment" not in card["summary"]
+    assert "no ALP from the year before 2020-01-10 is on record" in " ".join(card["detail"].split())
+
+
+def test_an_earlier_antiresorptive_is_named_among_the_drugs_that_lower_alp():
+    request = pv_request(patient(), alp(28, "2026-05-01"), alendronate("completed", authoredOn="2021-03-01"))
+    (card,) = make_app().cards(PV, request)
+    assert "alendronate (earlier antiresorptive, last recorded 2021-03-01)" in card["detail"]
+
+
+def test_order_select_gives_nothing_for_a_deceased_patient():
+    request = os_request(patient(deceasedBoolean=True), alp(22, "2026-05-01"))
+    assert make_app().cards(OS, request) == []

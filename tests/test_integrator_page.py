@@ -40,7 +40,9 @@ def test_gallery_cards_come_from_the_rule_code(client, monkeypatch):
     from cards import render
 
     spec = render.template("alp-low-single")
-    monkeypatch.setitem(spec, "_summary", render._env.from_string("RENDERED BY THE RULES {{ latest.value|num }}"))
+    monkeypatch.setitem(
+        spec, "_summary", render._summary_env.from_string("RENDERED BY THE RULES {{ latest.value|num }}")
+    )
     html = make_app().client.get("/").get_data(as_text=True)
     assert re.search(r"RENDERED BY THE RULES \d+", html)
 

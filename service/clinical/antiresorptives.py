@@ -6,7 +6,7 @@ follow (addendum 5; Cummings 2018, ECTS 2021), so an established course is never
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from service.clinical.alp import TOTAL_ALP, is_current
 from service.clinical.codes import workup_tests
@@ -26,8 +26,9 @@ def drug_names(medications: Sequence[Medication]) -> list[str]:
 
 def first_exposure(medications: Sequence[Medication]) -> datetime | None:
     """When antiresorptive treatment began: the earliest evidence of any antiresorptive (statement start, request,
-    dispense), not the latest renewal. Any antiresorptive counts, because each lowers ALP and bisphosphonates act
-    for years after the last dose. None when a record has no date, since the start then cannot be known."""
+    dispense), not the latest renewal. Any antiresorptive counts, because each lowers ALP (S41), so an ALP measured
+    after any of them is no longer a pre-treatment value. None when a record has no date, since the start then
+    cannot be known."""
     starts = [m.start for m in medications if is_antiresorptive(m) and m.status != "draft"]
     if not starts or any(s is None for s in starts):
         return None
@@ -35,10 +36,13 @@ def first_exposure(medications: Sequence[Medication]) -> datetime | None:
 
 
 def alp_before(chart: Chart, start: datetime | None) -> LabResult | None:
-    """The last judged ALP before treatment began, when that start is known."""
+    """The last judged ALP before treatment began, when that start is known: at least a day before the recorded
+    start (a start written as a date may be any time that day, in any time zone) and within ``ALP_CURRENT_DAYS``
+    of it (an ALP from decades before says little about the patient when treatment began)."""
     if start is None:
         return None
-    before = [r for r in chart.alp if r.when < start]
+    window = timedelta(days=chart.settings["ALP_CURRENT_DAYS"])
+    before = [r for r in chart.alp if start - window <= r.when <= start - timedelta(days=1)]
     return before[-1] if before else None
 
 
@@ -101,6 +105,7 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
     deletes = () if course else tuple(m.reference for m in drugs if m.reference)
     common = {
         "drugs": names,
+        "strong": any(m.tier == "strong" for m in drugs),
         "denosumab": any("denosumab" in m.groups for m in drugs),
         "course_start": course.date().isoformat() if course else None,
     }
@@ -111,6 +116,7 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
                 "antiresorptive-order-hpp",
                 {**common, "readings": [chart.describe_alp(r) for r in judged[-3:]]},
                 deletes=deletes,
+                indicator=_indicator(drugs, "critical", "warning"),
             )
         ]
     if not judged or not is_current(judged[-1], chart.now, chart.settings):

@@ -99,21 +99,21 @@ class ReferenceBand:
 
     analyte: str
     sex: str  # male | female | any
-    from_days: float
-    to_days: float  # exclusive; inf for the open adult band
+    age_from: tuple[int, str]  # (amount, unit d|m|y): from this calendar age
+    age_to: tuple[int, str] | None  # up to (not including) this calendar age; None for the open adult band
     low: float | None
     high: float | None
     label: str  # what the card says the limit is, e.g. "Mayo Clinic Laboratories adult interval"
     source: str
 
 
-AGE_UNITS = {"d": 1.0, "m": 30.4375, "y": 365.25}
-
-
-def _age_days(text: str) -> float:
+def _age(text: str) -> tuple[int, str] | None:
+    """``"15d"``, ``"7m"``, ``"19y"`` -> (15, "d")...; empty -> None (no upper bound)."""
     if not text:
-        return float("inf")
-    return float(text[:-1]) * AGE_UNITS[text[-1]]
+        return None
+    if text[-1] not in "dmy":
+        raise ValueError(f"reference data: age {text!r} must end in d, m or y")
+    return int(text[:-1]), text[-1]
 
 
 def _canonical(value: str, unit: str, unit_group: str) -> float | None:
@@ -139,8 +139,8 @@ def reference_bands() -> dict[str, tuple[ReferenceBand, ...]]:
             ReferenceBand(
                 r["analyte"],
                 r["sex"],
-                _age_days(r["age_from"]),
-                _age_days(r["age_to"]),
+                _age(r["age_from"]) or (0, "d"),
+                _age(r["age_to"]),
                 _canonical(r["low"], r["unit"], group),
                 _canonical(r["high"], r["unit"], group),
                 r["label"],

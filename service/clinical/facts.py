@@ -19,15 +19,24 @@ class Patient:
     deceased: bool = False
     deceased_at: datetime | None = None  # None when deceased without a date (deceasedBoolean)
 
-    def age_years(self, when: datetime | date) -> float | None:
-        days = self.age_days(when)
-        return None if days is None else days / 365.25
+    def age_years(self, when: datetime | date) -> int | None:
+        """Completed years on that day, as a birthday counts them."""
+        return self.age_in("y", when)
 
     def age_days(self, when: datetime | date) -> int | None:
+        return self.age_in("d", when)
+
+    def age_in(self, unit: str, when: datetime | date) -> int | None:
+        """Completed days (``d``), months (``m``) or years (``y``) of age on the day of ``when`` (calendar age: a
+        band "from 18 years" starts on the 18th birthday)."""
         if self.birth_date is None:
             return None
         day = when.date() if isinstance(when, datetime) else when
-        return (day - self.birth_date).days
+        birth = self.birth_date
+        if unit == "d":
+            return (day - birth).days
+        months = (day.year - birth.year) * 12 + day.month - birth.month - (1 if day.day < birth.day else 0)
+        return months if unit == "m" else months // 12 if months >= 0 else -((-months + 11) // 12)
 
 
 # Where a limit came from (the card names it).

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from service.clinical.codes import reference_bands
+from service.clinical.codes import ReferenceBand, reference_bands
 from service.clinical.facts import Patient
 
 TOTAL_ALP = "alp_total"
@@ -27,6 +27,16 @@ class Limits:
     source: str
 
 
+def _in_band(patient: Patient, when: datetime, band: ReferenceBand) -> bool:
+    amount, unit = band.age_from
+    if patient.age_in(unit, when) < amount:
+        return False
+    if band.age_to is None:
+        return True
+    amount, unit = band.age_to
+    return patient.age_in(unit, when) < amount
+
+
 def fallback_limits(analyte: str, patient: Patient, when: datetime, settings: Mapping[str, Any]) -> Limits | None:
     """The fallback interval for the analyte at the patient's age and sex on ``when``; None when none applies."""
     bands = reference_bands().get(analyte, ())
@@ -37,15 +47,15 @@ def fallback_limits(analyte: str, patient: Patient, when: datetime, settings: Ma
         if analyte != TOTAL_ALP:
             return None  # no age, no band: judging a child by adult limits could call a normal value abnormal
         # ALP without a birth date: the lowest adult lower limit never calls a normal adult value low.
-        adult = [b for b in bands if b.to_days == float("inf")]
+        adult = [b for b in bands if b.age_to is None]
         return Limits(min(b.low for b in adult), None, "adult lower limit, CALIPER (birth date unknown)")
     if age_days < 0:
         return None
     if analyte == TOTAL_ALP:
         site: Mapping[str, float] = settings.get("ALP_SITE_LOW_LIMITS") or {}
-        if site and age_days / 365.25 >= settings["ADULT_AGE"]:
+        if site and patient.age_years(when) >= settings["ADULT_AGE"]:
             return Limits(site.get(patient.gender or "") or min(site.values()), None, SITE_LIMIT)
-    candidates = [b for b in bands if b.from_days <= age_days < b.to_days]
+    candidates = [b for b in bands if _in_band(patient, when, b)]
     if patient.gender in ("male", "female"):
         candidates = [b for b in candidates if b.sex in ("any", patient.gender)]
     # Otherwise (sex unknown or "other") both sexes' bands are combined into the widest limits, which call nothing

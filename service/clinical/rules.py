@@ -403,15 +403,22 @@ ALP_LOWERING = {"estrogen": "oestrogen", "glucocorticoid": "glucocorticoid", "cl
 
 
 def alp_lowering_drugs(chart: Chart) -> list[dict[str, str]]:
-    """Current drugs other than antiresorptives that lower ALP (addendum 8: oestrogens and combined oral
-    contraceptives, glucocorticoids; clofibrate on secondary lists)."""
-    found = {}
+    """Drugs on the chart that lower ALP: current oestrogens and combined oral contraceptives, glucocorticoids and
+    clofibrate (addendum 8), and earlier antiresorptives, which lower ALP too (S41; current ones have their own
+    card)."""
+    found: dict[str, str] = {}
+    taking = {m.ingredient or m.name for m in chart.medications if m.status == "current" and is_antiresorptive(m)}
     for medication in chart.medications:
-        if medication.status != "current":
-            continue
-        for group, label in ALP_LOWERING.items():
-            if group in medication.groups:
-                found[medication.ingredient or medication.name] = label
+        name = medication.ingredient or medication.name
+        if medication.status == "current":
+            for group, label in ALP_LOWERING.items():
+                if group in medication.groups:
+                    found[name] = label
+        elif (
+            medication.status == "history" and is_antiresorptive(medication) and medication.start and name not in taking
+        ):
+            last = medication.start.date().isoformat()
+            found[name] = max(found.get(name, ""), f"earlier antiresorptive, last recorded {last}")
     return [{"name": name, "kind": kind} for name, kind in sorted(found.items())]
 
 
