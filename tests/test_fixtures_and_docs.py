@@ -16,9 +16,13 @@ from tests.conftest import FIXTURES, ROOT
 
 def test_fixture_files_are_current():
     scenarios = importlib.import_module("fixtures.scenarios")
-    for path, text in scenarios.build().items():
+    built = scenarios.build()
+    for path, text in built.items():
         assert path.exists(), f"missing {path}; run python fixtures/scenarios.py"
         assert path.read_text() == text, f"{path} is stale; run python fixtures/scenarios.py"
+    for folder in ("fhir", "requests", "responses"):
+        for path in (FIXTURES / folder).glob("*.json"):
+            assert path in built, f"{path} belongs to no scenario any more: delete it"
 
 
 @pytest.mark.parametrize("path", sorted((FIXTURES / "fhir").glob("*.json")), ids=lambda p: p.stem)

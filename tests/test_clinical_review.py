@@ -1,0 +1,178 @@
+"""The clinical review's findings, each shown by a fixture patient (fixtures/fhir, fixtures/requests) and its expected
+cards (fixtures/responses): card order, who the Wilson check applies to, EDTA, denosumab courses, persistence,
+workup tiers, wording, and the further causes of a low ALP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import FIXTURES, OS, PV, load_request, make_app
+
+SCENARIOS = sorted(p.stem for p in (FIXTURES / "requests").glob("*.json"))
+
+
+def cards(name: str) -> list[dict]:
+    request = load_request(name)
+    return make_app().cards(OS if request["hook"] == "order-select" else PV, request)
+
+
+def blanked(found: list[dict]) -> dict:
+    found = json.loads(json.dumps(found))
+    for card in found:
+        card["uuid"] = "(random)"
+        for suggestion in card.get("suggestions", []):
+            suggestion["uuid"] = "(random)"
+    return {"cards": found}
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_every_scenario_gives_its_expected_response(name):
+    """What each fixture patient gets over HTTP is what fixtures/responses/<name>.json says (uuids aside): a
+    reviewer reads the in/out behaviour there, and any change to it shows up as a diff of that file."""
+    expected = json.loads((FIXTURES / "responses" / f"{name}.json").read_text())
+    assert blanked(cards(name)) == expected
+
+
+# Every "-out" scenario and the rule it shows not firing: None means no card at all, else a text no card may hold.
+OUT = {
+    "normal-alp-out": None,
+    "single-low-out": None,
+    "child-low-out": None,
+    "status-out": None,
+    "antiresorptive-current-out": None,
+    "order-normal-alp-out": None,
+    "deceased-out": None,
+    "old-low-out": None,
+    "persistent-old-out": None,
+    "persistent-low-out": "Persistently low",
+    "persistent-after-surgery-out": "Persistently low",
+    "secondary-out": "A secondary cause is on the chart",
+    "wilson-out": "Wilson",
+    "wilson-newborn-out": "Wilson",
+    "wilson-gilbert-out": "Wilson",
+    "edta-out": "EDTA",
+    "edta-ckd-out": "EDTA",
+    "edta-infant-out": "EDTA",
+}
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_scenario_names_say_whether_their_rule_fires(name):
+    found = cards(name)
+    if not name.endswith("-out"):
+        assert found, f"{name} is an 'in' case and gets no card"
+        return
+    assert name in OUT, f"{name}: say in OUT which rule it shows not firing"
+    if OUT[name] is None:
+        assert found == [], [c["summary"] for c in found]
+    else:
+        assert not [c for c in found if OUT[name] in c["summary"] + c.get("detail", "")]
+
+
+def summaries(name: str) -> list[str]:
+    return [c["summary"] for c in cards(name)]
+
+
+def test_1_a_critical_card_comes_first():
+    found = cards("wilson-critical-in")
+    assert [c["indicator"] for c in found] == ["critical", "info"]
+    # the Wilson tests are suggested on the critical card, where the clinician starts
+    assert any("Ceruloplasmin" in s["label"] for s in found[0]["suggestions"])
+
+
+def test_2_wilson_not_for_newborn_jaundice_nor_an_isolated_bilirubin_rise():
+    assert not [s for s in summaries("wilson-newborn-out") if "Wilson" in s]
+    assert not [s for s in summaries("wilson-gilbert-out") if "Wilson" in s]
+    assert [s for s in summaries("wilson-in") if s.startswith("Check for Wilson disease")]
+    # bilirubin in umol/L with no range reaches the critical pattern through the fallback limit
+    assert [c["indicator"] for c in cards("no-ranges-in") if "Wilson" in c["summary"]] == ["critical"]
+
+
+def test_3_edta_needs_the_sourced_potassium_and_keeps_the_alp_advice():
+    assert not [s for s in summaries("edta-ckd-out") if "EDTA" in s]  # K 5.6 with a low calcium
+    assert not [s for s in summaries("edta-infant-out") if "EDTA" in s]  # K 6.1 at 4 months is normal
+    edta, low = cards("edta-in")
+    assert "EDTA" in edta["summary"] and low["summary"].startswith("Repeat the ALP")
+    detail = " ".join(edta["detail"].split())
+    assert "Laboratories reject EDTA plasma" not in detail
+    assert "The low-ALP advice stays on the chart: carry it out if the clean repeat is still low." in detail
+
+
+def test_4_denosumab_course_is_not_offered_for_removal():
+    (card,) = cards("order-denosumab-course-in")
+    assert card["summary"].startswith("Plan with a specialist, do not simply stop: denosumab course (since 2023-11-15)")
+    assert not [a for s in card["suggestions"] for a in s["actions"] if a["type"] == "delete"]
+    detail = " ".join(card["detail"].split())
+    assert "Do not stop or delay denosumab without a plan." in detail
+    assert "a follow-on antiresorptive is started about 6 months after the last injection" in detail
+    assert "starting" not in card["summary"]
+    # a first dose keeps the removal, and says that denosumab cannot simply be stopped once started
+    (first,) = cards("order-low-alp-in")
+    assert first["suggestions"][0]["actions"][0]["type"] == "delete"
+    assert "Once started, denosumab cannot simply be stopped" in " ".join(first["detail"].split())
+    on_it = next(c for c in cards("denosumab-current-in") if "on denosumab" in c["summary"])
+    assert "Do not stop or delay denosumab without a plan." in " ".join(on_it["detail"].split())
+    assert "review with the patient whether the drug should continue" not in on_it["detail"]
+
+
+def test_5_persistence_needs_spacing_and_a_current_latest_low():
+    assert summaries("persistent-after-surgery-out")[0].startswith("Repeat the ALP")  # 15 days apart
+    assert summaries("persistent-old-out") == []  # two lows in 2019, nothing since
+    (card,) = cards("persistent-low-in")
+    assert "at least two low results 28 days or more apart, none normal in between, the latest within 365 days" in (
+        " ".join(card["detail"].split())
+    )
+
+
+def codes_ordered(card: dict) -> dict[str, bool]:
+    return {
+        a["resource"]["code"]["coding"][0]["code"]: s.get("isRecommended", False)
+        for s in card.get("suggestions", [])
+        for a in s["actions"]
+        if a["type"] == "create"
+    }
+
+
+def test_6_workup_tiers():
+    (single,) = cards("single-low-in")
+    assert codes_ordered(single) == {"6768-6": True}  # a first low: repeat it, nothing else yet
+    (persistent,) = cards("persistent-low-in")
+    ordered = codes_ordered(persistent)
+    assert ordered["62236-5"] and ordered["28604-7"]  # the HPP substrates are recommended
+    assert ordered["69548-6"] is False  # genetics after them
+    assert "62292-8" not in ordered  # no vitamin D: a deficiency raises ALP
+    (plp_high,) = cards("plp-high-in")
+    assert codes_ordered(plp_high)["69548-6"] is True  # a high PLP makes genetics the next step
+    (secondary,) = cards("secondary-in")
+    assert codes_ordered(secondary)["69548-6"] is False  # a secondary cause is corrected first
+    assert codes_ordered(secondary)["3024-7"] is True  # free T4 confirms the raised TSH
+    assert "suggests hypothyroidism (confirm with free T4)" in secondary["detail"]
+
+
+def test_7_wording():
+    (long_name,) = cards("order-long-name-in")
+    assert (
+        long_name["summary"] == "Exclude hypophosphatasia before starting alendronate: ALP low (23 U/L on 2026-04-05)"
+    )
+    persistent = " ".join(cards("persistent-low-in")[0]["detail"].split())
+    assert "An adult ALP below 25 U/L is specific for an ALPL variant in one cohort." in persistent
+    assert "metatarsal stress fractures and atypical femoral fractures" in persistent
+    assert "refer to a metabolic bone specialist or clinical genetics" in persistent
+    on_drug = cards("antiresorptive-current-in")
+    assert "do not start them until HPP is excluded" not in on_drug[0]["detail"]  # already on one
+    assert sum("atypical femoral fractures and poor fracture healing" in c["detail"] for c in on_drug) == 1
+    (child,) = cards("child-low-in")
+    detail = " ".join(child["detail"].split())
+    assert "early loss of primary teeth with the root still intact, rickets, poor growth or craniosynostosis" in detail
+    assert "cardiac surgery" not in detail
+
+
+def test_8_further_causes():
+    (card,) = cards("drugs-lower-alp-in")
+    assert "ethinyl estradiol (oestrogen), prednisone (glucocorticoid)" in card["detail"]
+    persistent = " ".join(cards("persistent-low-in")[0]["detail"].split())
+    assert "malabsorption (for example coeliac disease)" in persistent and "severe anaemia" in persistent
+    assert "In pregnancy the placenta adds its own ALP" in persistent  # a woman of 44
+    assert "placenta" not in " ".join(cards("secondary-in")[0]["detail"].split())  # a woman of 66
