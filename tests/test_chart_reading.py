@@ -860,3 +860,10 @@ def test_an_earlier_antiresorptive_is_named_among_the_drugs_that_lower_alp():
 def test_order_select_gives_nothing_for_a_deceased_patient():
     request = os_request(patient(deceasedBoolean=True), alp(22, "2026-05-01"))
     assert make_app().cards(OS, request) == []
+
+
+def test_a_huge_value_string_is_not_parsed():
+    """40,000 digits and a comma once made the value pattern backtrack for minutes (a worker killed per call)."""
+    result = read_one(alp(None, "2026-05-01", valueString="1" * 40_000 + ","))
+    assert result.value is None and result.problem == "the value is text that does not read as a number"
+    assert len(result.raw_text) <= 40

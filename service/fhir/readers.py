@@ -52,7 +52,8 @@ MED_STATUS = {
 MEDICATION_RECORDS = ("MedicationStatement", "MedicationRequest", "MedicationDispense")
 # "<20", "< 5 U/L", ">= 1000 IU/L", "35": a comparator, a number with a decimal point (a comma is ambiguous
 # between a decimal and a thousands separator, so it is not read), and an optional unit.
-VALUE_TEXT = re.compile(r"^\s*(<=|>=|<|>|≤|≥)?\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*([^\d\s,][^,]*)?$")
+VALUE_TEXT = re.compile(r"^\s*+(<=|>=|<|>|≤|≥)?+\s*+([+-]?+(?:\d++\.?+\d*+|\.\d++))\s*+([^\d\s,][^,]*+)?+$")
+VALUE_TEXT_MAX = 40  # a result written as text is short ("< 5 U/L"); longer text is not a number and is not parsed
 UNICODE_COMPARATORS = {"≤": "<=", "≥": ">="}
 DATE_TOLERANCE = timedelta(days=1)  # time zones and partial dates: a result a day outside life is still believed
 
@@ -309,8 +310,8 @@ def _raw_value(element: dict[str, Any], range_unit: str | None) -> _Raw:
         return _Raw(number, unit, comparator, None, None)
     text = element.get("valueString")
     if isinstance(text, str):
-        shown = text.strip()[:40]
-        match = VALUE_TEXT.match(text)
+        shown = text.strip()[:VALUE_TEXT_MAX]
+        match = VALUE_TEXT.match(text) if len(text) <= VALUE_TEXT_MAX else None
         if not match:
             return _Raw(None, None, None, shown, "the value is text that does not read as a number")
         comparator = UNICODE_COMPARATORS.get(match.group(1), match.group(1))
