@@ -867,3 +867,18 @@ def test_a_huge_value_string_is_not_parsed():
     result = read_one(alp(None, "2026-05-01", valueString="1" * 40_000 + ","))
     assert result.value is None and result.problem == "the value is text that does not read as a number"
     assert len(result.raw_text) <= 40
+
+
+@pytest.mark.parametrize(
+    ("code", "unit", "birth", "low", "high"),
+    [
+        ("3016-3", "m[IU]/L", "2014-01-01", 0.5, 4.3),  # TSH, 12 years (Mayo STSH)
+        ("3016-3", "m[IU]/L", "2022-01-01", 0.7, 6.0),  # TSH, 4 years
+        ("3024-7", "ng/dL", "2014-01-01", 1.0, 1.6),  # free T4, 12 years (Mayo FRT4)
+        ("2064-4", "mg/dL", "2021-01-01", 21.7, 43.3),  # ceruloplasmin, 5 years (Mayo CERS, 12 months-7 years)
+        ("2064-4", "mg/dL", "2018-01-01", 20.5, 40.2),  # ceruloplasmin, 8 years (8-13 years)
+    ],
+)
+def test_paediatric_fallback_limits(code, unit, birth, low, high):
+    result = read_one(lab(code, 1.0, unit, "2026-06-01"), birth=birth)
+    assert (result.low, result.high) == (low, high)
