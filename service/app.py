@@ -76,6 +76,7 @@ def warm_up() -> None:
         "hook-request",
         "context-patient-view",
         "context-order-select",
+        "context-order-sign",
         "cds-response",
         "discovery",
         "feedback",

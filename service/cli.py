@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--fhir-base", required=True)
     call.add_argument("--service-url", default="http://127.0.0.1:8080")
     call.add_argument("--token", help="access token passed to the service as fhirAuthorization")
-    call.add_argument("--draft-orders", help="order-select: a JSON Bundle file of draft orders")
+    call.add_argument("--draft-orders", help="order-select and order-sign: a JSON Bundle file of draft orders")
     call.add_argument("--select", action="append", default=[], help="order-select: e.g. MedicationRequest/abc")
     call.add_argument("--json", action="store_true", help="print the raw JSON response")
     report = sub.add_parser("feedback-report", help="feedback per card kind: issued, accepted, overridden and why")

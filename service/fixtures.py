@@ -89,9 +89,10 @@ def hook_request(
 
     service = next(s for s in all_services() if s.id == service_id)
     context: dict[str, Any] = {"userId": USER, "patientId": patient_id}
+    if service.hook in ("order-select", "order-sign"):
+        context["draftOrders"] = draft_orders or {"resourceType": "Bundle", "type": "collection", "entry": []}
     if service.hook == "order-select":
         context["selections"] = selections or []
-        context["draftOrders"] = draft_orders or {"resourceType": "Bundle", "type": "collection", "entry": []}
     request: dict[str, Any] = {
         "hook": service.hook,
         "hookInstance": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{service_id}/{patient_id}")),

@@ -13,11 +13,16 @@ SCHEMAS = {
     "HookRequest": "hook-request",
     "PatientViewContext": "context-patient-view",
     "OrderSelectContext": "context-order-select",
+    "OrderSignContext": "context-order-sign",
     "CdsResponse": "cds-response",
     "Discovery": "discovery",
     "Feedback": "feedback",
 }
-CONTEXTS = {"patient-view": "PatientViewContext", "order-select": "OrderSelectContext"}
+CONTEXTS = {
+    "patient-view": "PatientViewContext",
+    "order-select": "OrderSelectContext",
+    "order-sign": "OrderSignContext",
+}
 
 
 def _load(name: str) -> dict[str, Any]:

@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 PV = "low-alp-workup"
 OS = "antiresorptive-low-alp"
+SIGN = "antiresorptive-low-alp-sign"
+SERVICE_OF_HOOK = {"patient-view": PV, "order-select": OS, "order-sign": SIGN}
 
 
 def load_request(name: str) -> dict[str, Any]:

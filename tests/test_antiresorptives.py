@@ -324,3 +324,59 @@ def test_documented_hpp_by_code(client, coding, documented):
     condition["code"] = {"coding": [coding]}
     (card,) = client.cards(OS, body)
     assert (card["indicator"] == "critical") == documented
+
+
+# ------------------------------------------------------------------ order-sign: every draft about to be signed
+
+
+def test_order_sign_checks_every_draft_without_selections(client):
+    from tests.conftest import SIGN
+
+    body = load_request("sign-low-alp-in")
+    assert "selections" not in body["context"]
+    (card,) = client.cards(SIGN, body)
+    assert card["summary"] == "Exclude hypophosphatasia before starting alendronate: ALP low (23 U/L on 2026-04-05)"
+    assert card["suggestions"][0]["actions"][0] == {
+        "type": "delete",
+        "description": "Remove the draft antiresorptive order",
+        "resourceId": "MedicationRequest/draft-alendronate",
+    }
+    assert client.cards(SIGN, load_request("sign-normal-alp-out")) == []
+
+
+def test_order_sign_and_order_select_give_the_same_card_for_the_same_order(client):
+    from tests.conftest import SIGN
+
+    select = load_request("order-low-alp-in")
+    sign = copy.deepcopy(select)
+    sign["hook"] = "order-sign"
+    del sign["context"]["selections"]
+    sign["context"]["draftOrders"]["entry"] = [
+        e for e in sign["context"]["draftOrders"]["entry"] if e["resource"]["id"] == "draft-denosumab"
+    ]
+    (by_select,) = client.cards(OS, select)
+    (by_sign,) = client.cards(SIGN, sign)
+    assert by_sign["summary"] == by_select["summary"] and by_sign["detail"] == by_select["detail"]
+
+
+def test_order_sign_with_two_antiresorptives_names_both(client):
+    from tests.conftest import SIGN
+
+    body = load_request("sign-low-alp-in")
+    second = copy.deepcopy(body["context"]["draftOrders"]["entry"][0])
+    second["resource"]["id"] = "draft-prolia"
+    second["resource"]["medicationCodeableConcept"] = {"coding": [{"system": RXNORM, "code": "993456"}]}
+    body["context"]["draftOrders"]["entry"].append(second)
+    (card,) = client.cards(SIGN, body)
+    assert "alendronate, denosumab" in card["summary"]
+    deletes = [a["resourceId"] for s in card["suggestions"] for a in s["actions"] if a["type"] == "delete"]
+    assert deletes == ["MedicationRequest/draft-alendronate", "MedicationRequest/draft-prolia"]
+
+
+def test_order_sign_context_is_validated(client):
+    from tests.conftest import SIGN
+
+    body = load_request("sign-low-alp-in")
+    del body["context"]["draftOrders"]
+    response = client.hook(SIGN, body)
+    assert response.status_code == 400 and "draftOrders" in response.get_json()["issue"][0]["diagnostics"]

@@ -8,14 +8,14 @@ import json
 
 import pytest
 
-from tests.conftest import FIXTURES, OS, PV, load_request, make_app
+from tests.conftest import FIXTURES, SERVICE_OF_HOOK, load_request, make_app
 
 SCENARIOS = sorted(p.stem for p in (FIXTURES / "requests").glob("*.json"))
 
 
 def cards(name: str) -> list[dict]:
     request = load_request(name)
-    return make_app().cards(OS if request["hook"] == "order-select" else PV, request)
+    return make_app().cards(SERVICE_OF_HOOK[request["hook"]], request)
 
 
 def blanked(found: list[dict]) -> dict:
@@ -55,6 +55,7 @@ OUT = {
     "edta-out": "EDTA",
     "edta-ckd-out": "EDTA",
     "edta-infant-out": "EDTA",
+    "sign-normal-alp-out": None,
 }
 
 

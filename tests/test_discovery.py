@@ -10,15 +10,16 @@ ALLOWED_TOKENS = re.compile(
 )
 
 
-def test_discovery_lists_both_services_with_required_fields(client):
+def test_discovery_lists_the_three_services_with_required_fields(client):
     response = client.client.get("/cds-services")
     assert response.status_code == 200
     body = response.get_json()
     assert first_error("discovery", body) is None
     by_hook = {s["hook"]: s for s in body["services"]}
-    assert set(by_hook) == {"patient-view", "order-select"}
+    assert set(by_hook) == {"patient-view", "order-select", "order-sign"}
     assert by_hook["patient-view"]["id"] == "low-alp-workup"
     assert by_hook["order-select"]["id"] == "antiresorptive-low-alp"
+    assert by_hook["order-sign"]["id"] == "antiresorptive-low-alp-sign"
     for service in body["services"]:
         assert service["title"] and len(service["description"]) > 80
         assert service["prefetch"]

@@ -13,7 +13,7 @@ from werkzeug.serving import make_server
 from service import cli, tools
 from service.fixtures import fhir_authorization, hook_request
 from tests.conftest import FHIR_TOKEN as TOKEN
-from tests.conftest import FIXTURES, OS, PV, free_port, load_bundle, load_request, make_app
+from tests.conftest import FIXTURES, OS, PV, SERVICE_OF_HOOK, free_port, load_bundle, load_request, make_app
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_loader_loads_every_fixture_once(fhir_base, loaded):
 def test_fetch_path_gives_the_same_cards_as_the_prefetch_path(fhir_base, loaded, name):
     client = make_app()
     with_prefetch = load_request(name)
-    service = OS if with_prefetch["hook"] == "order-select" else PV
+    service = SERVICE_OF_HOOK[with_prefetch["hook"]]
     without = json.loads(json.dumps(with_prefetch))
     without.pop("prefetch")
     without["fhirServer"] = fhir_base

@@ -57,4 +57,4 @@ class CdsService:
 def all_services() -> tuple[CdsService, ...]:
     from service.hooks import antiresorptive_order_check, low_alp_workup
 
-    return (low_alp_workup.SERVICE, antiresorptive_order_check.SERVICE)
+    return (low_alp_workup.SERVICE, antiresorptive_order_check.SERVICE, antiresorptive_order_check.SIGN_SERVICE)

@@ -1,4 +1,6 @@
-"""order-select: an antiresorptive (bisphosphonate, denosumab, ...) selected for a patient with a low ALP."""
+"""order-select and order-sign: an antiresorptive (bisphosphonate, denosumab, ...) ordered for a patient with a low
+ALP. order-select checks the orders the clinician selected; order-sign checks every draft order about to be signed.
+Both run the same rule (``antiresorptives.review_order``)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,18 @@ from service.hooks import CdsService, HookCall
 from service.hooks.common import PATIENT, build_chart, chart_prefetch, issue, read_scope, report, resolver
 
 
-def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
-    selections = set(call.context["selections"])
+def handle_select(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
+    return check_orders(call, set(call.context["selections"]))
+
+
+def handle_sign(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
+    return check_orders(call, None)
+
+
+def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str, dict[str, Any]]]:
+    """The draft orders named in ``selections`` (all of them when None) against the patient's ALP history."""
     entries = call.context["draftOrders"].get("entry")
-    # The selected orders, with every Medication of the context (by id and by fullUrl) to resolve references.
+    # The orders to check, with every Medication of the context (by id and by fullUrl) to resolve references.
     selected = {
         "resourceType": "Bundle",
         "entry": [
@@ -23,7 +33,8 @@ def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
             if isinstance(entry, dict)
             and isinstance(resource := entry.get("resource"), dict)
             and (
-                f"{resource.get('resourceType')}/{resource.get('id')}" in selections
+                selections is None
+                or f"{resource.get('resourceType')}/{resource.get('id')}" in selections
                 or resource.get("resourceType") == "Medication"
             )
         ],
@@ -36,7 +47,7 @@ def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     ordered = read_medications([selected], drafts, resolver(call), drafts=True)
     if drafts.unresolved and not ordered:
         raise DataUnavailable(
-            f"the Medication of the selected order ({', '.join(drafts.unresolved[:3])}) could not be read, "
+            f"the Medication of the draft order ({', '.join(drafts.unresolved[:3])}) could not be read, "
             "so the order cannot be checked"
         )
     hpp = has_hpp_diagnosis(call.data.get("conditions"), scope=scope)
@@ -44,17 +55,30 @@ def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     return issue(antiresorptives.review_order(chart, ordered, hpp), chart.patient.id)
 
 
+DESCRIPTION = (
+    "checks the patient's ALP history against each bisphosphonate or denosumab order (and, with less weight, "
+    "romosozumab, raloxifene, bazedoxifene or calcitonin). A low ALP may mean hypophosphatasia, in which these drugs "
+    "can cause atypical femoral fractures: the card shows the ALP values, offers to remove a first-dose draft order "
+    "and to order the HPP workup; the next dose of a denosumab course is never offered for removal (stopping it "
+    "causes rebound fractures). A documented hypophosphatasia diagnosis gives a critical card; no current ALP gives "
+    "a suggestion to measure one before the first dose."
+)
+PREFETCH = {**chart_prefetch(), "conditions": f"Condition?patient={PATIENT}&_count=100"}
+
 SERVICE = CdsService(
     id="antiresorptive-low-alp",
     hook="order-select",
     title="Antiresorptive order with low alkaline phosphatase",
-    description=(
-        "When a bisphosphonate or denosumab (or, with less weight, romosozumab, raloxifene or calcitonin) is "
-        "selected, checks the patient's ALP history. A low ALP may mean hypophosphatasia, in which these drugs can "
-        "cause atypical femoral fractures: the card shows the ALP values, offers to remove the draft order and to "
-        "order the HPP workup. A documented hypophosphatasia diagnosis gives a critical card; no ALP on record "
-        "gives a suggestion to measure a baseline."
-    ),
-    prefetch={**chart_prefetch(), "conditions": f"Condition?patient={PATIENT}&_count=100"},
-    handler=handle,
+    description="When an order is selected, " + DESCRIPTION,
+    prefetch=PREFETCH,
+    handler=handle_select,
+)
+
+SIGN_SERVICE = CdsService(
+    id="antiresorptive-low-alp-sign",
+    hook="order-sign",
+    title="Antiresorptive order with low alkaline phosphatase (at signing)",
+    description="When orders are about to be signed, " + DESCRIPTION + " All draft orders are checked.",
+    prefetch=PREFETCH,
+    handler=handle_sign,
 )
