@@ -27,14 +27,14 @@ class Limits:
     source: str
 
 
-def _in_band(patient: Patient, when: datetime, band: ReferenceBand) -> bool:
+def _in_band(age: Mapping[str, int], band: ReferenceBand) -> bool:
     amount, unit = band.age_from
-    if patient.age_in(unit, when) < amount:
+    if age[unit] < amount:
         return False
     if band.age_to is None:
         return True
     amount, unit = band.age_to
-    return patient.age_in(unit, when) < amount
+    return age[unit] < amount
 
 
 def fallback_limits(analyte: str, patient: Patient, when: datetime, settings: Mapping[str, Any]) -> Limits | None:
@@ -55,7 +55,8 @@ def fallback_limits(analyte: str, patient: Patient, when: datetime, settings: Ma
         site: Mapping[str, float] = settings.get("ALP_SITE_LOW_LIMITS") or {}
         if site and patient.age_years(when) >= settings["ADULT_AGE"]:
             return Limits(site.get(patient.gender or "") or min(site.values()), None, SITE_LIMIT)
-    candidates = [b for b in bands if _in_band(patient, when, b)]
+    age = {unit: patient.age_in(unit, when) for unit in "dmy"}
+    candidates = [b for b in bands if _in_band(age, b)]
     if patient.gender in ("male", "female"):
         candidates = [b for b in candidates if b.sex in ("any", patient.gender)]
     # Otherwise (sex unknown or "other") both sexes' bands are combined into the widest limits, which call nothing

@@ -390,25 +390,20 @@ def _read_result(
     value, unit = converted
     low = _range_bound(reference_range.get("low"), raw.unit, analyte.unit_group)
     high = _range_bound(reference_range.get("high"), raw.unit, analyte.unit_group)
-    result = replace(
-        base,
-        value=value,
-        unit=unit,
-        low=low,
-        high=high,
-        low_source=LAB_RANGE if low is not None else None,
-        high_source=LAB_RANGE if high is not None else None,
-    )
-    if base.flag is not None:
-        return replace(result, low_source=result.low_source or LAB_FLAG, high_source=result.high_source or LAB_FLAG)
-    if (low is None or high is None) and scope is not None and when is not None:
+    low_source = LAB_RANGE if low is not None else None
+    high_source = LAB_RANGE if high is not None else None
+    if base.flag is not None:  # the lab judged it: its flag stands for a bound it did not send
+        low_source, high_source = low_source or LAB_FLAG, high_source or LAB_FLAG
+    elif (low is None or high is None) and scope is not None and when is not None:
         fallback = fallback_limits(analyte.analyte, scope.patient, when, scope.settings)
         if fallback is not None:
             if low is None and fallback.low is not None:
-                result = replace(result, low=fallback.low, low_source=fallback.source)
+                low, low_source = fallback.low, fallback.source
             if high is None and fallback.high is not None:
-                result = replace(result, high=fallback.high, high_source=fallback.source)
-    return result
+                high, high_source = fallback.high, fallback.source
+    return replace(
+        base, value=value, unit=unit, low=low, high=high, low_source=low_source, high_source=high_source
+    )
 
 
 def _implausible(analyte: str, value: float) -> str | None:
