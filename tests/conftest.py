@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import glob
 import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +89,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+SEKMET = "sekmet-fhir==0.1.1"
+
+
+def _install_sekmet() -> str | None:
+    """The FHIR server in a virtualenv of its own beside the checkout (its dependencies never mix with ours), so the
+    README's test command needs nothing prepared by hand; None when it cannot be installed (no network)."""
+    if os.environ.get("CI"):
+        return None  # .ci/run installs it
+    venv = ROOT / ".venv-sekmet"
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--quiet", SEKMET], check=True, capture_output=True, timeout=600
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return _sekmet_bin()
+
+
 def _sekmet_bin() -> str | None:
     for candidate in (os.environ.get("SEKMET_BIN"), str(ROOT / ".venv-sekmet" / "bin" / "sekmet")):
         if candidate and Path(candidate).exists():
@@ -116,11 +139,14 @@ def fhir_server(tmp_path_factory):
     ``.ci/run`` installs it and sets ``SEKMET_BIN``; in CI a server that cannot start fails these tests."""
     from service import tools
 
-    binary = _sekmet_bin()
+    binary = _sekmet_bin() or _install_sekmet()
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("sekmet-fhir is not installed: .ci/run must install it (SEKMET_BIN)")
-        pytest.skip("sekmet-fhir not installed; run bash .ci/run (or set SEKMET_BIN)")
+        pytest.skip(
+            "sekmet-fhir could not be installed: python3 -m venv .venv-sekmet && "
+            f".venv-sekmet/bin/pip install {SEKMET} (or set SEKMET_BIN)"
+        )
     workdir = tmp_path_factory.mktemp("sekmet")
     port = free_port()
     base = f"http://127.0.0.1:{port}/fhir"
@@ -140,3 +166,59 @@ def fhir_server(tmp_path_factory):
     yield FhirServer(base, workdir / "data" / "sekmet.db")
     process.terminate()
     process.wait(timeout=10)
+
+
+# ---------------------------------------------------------------------------------------- a real PostgreSQL
+
+_POSTGRES: dict[str, str] = {}
+
+
+def postgres_url() -> str:
+    """``FEEDBACK_PG_URL`` (``.ci/run`` sets it), else a private PostgreSQL cluster started for this test run from
+    the installed server binaries; skipped (failed in CI) when PostgreSQL is not installed."""
+    url = os.environ.get("FEEDBACK_PG_URL") or _POSTGRES.get("url")
+    if url:
+        return url
+    if "why" not in _POSTGRES:
+        try:
+            _POSTGRES["url"] = _start_postgres()
+            return _POSTGRES["url"]
+        except (OSError, subprocess.SubprocessError) as exc:
+            _POSTGRES["why"] = f"could not start PostgreSQL: {exc}"
+        except LookupError as exc:
+            _POSTGRES["why"] = str(exc)
+    if os.environ.get("CI"):
+        pytest.fail(_POSTGRES["why"])
+    pytest.skip(_POSTGRES["why"])
+
+
+def _start_postgres() -> str:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or (
+        [shutil.which("initdb")] if shutil.which("initdb") else []
+    )
+    if not found:
+        raise LookupError("PostgreSQL is not installed (Debian: apt-get install postgresql), or set FEEDBACK_PG_URL")
+    bin_dir = Path(found[-1]).parent
+    home = Path(tempfile.mkdtemp(prefix="alpcds-pg-"))
+    data, sockets, port = home / "data", home / "run", free_port()
+    sockets.mkdir()
+    as_user: list[str] = []
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # initdb refuses to run as root: run it as postgres
+        shutil.chown(home, "postgres")
+        shutil.chown(sockets, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=60)  # noqa: E731
+    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1"
+    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(home / "log"), "-w", "start")
+    atexit.register(_stop_postgres, [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], home)
+    run(
+        str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "CREATE DATABASE alpcds_test"
+    )
+    print(f"started PostgreSQL for the tests on port {port}", file=sys.stderr)
+    return f"postgresql://postgres@127.0.0.1:{port}/alpcds_test"
+
+
+def _stop_postgres(command: list[str], home: Path) -> None:
+    subprocess.run(command, capture_output=True, timeout=60, check=False)
+    shutil.rmtree(home, ignore_errors=True)

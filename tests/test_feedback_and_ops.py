@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 import uuid
 
 import pytest
@@ -12,22 +11,13 @@ from sqlalchemy import create_engine, text
 from service.app import create_app
 from service.feedback import FeedbackStore
 from service.fixtures import NOW
-from tests.conftest import PV, CheckedClient, load_request
+from tests.conftest import PV, CheckedClient, load_request, postgres_url
 
 
 def app_on(url: str) -> CheckedClient:
     return CheckedClient(
         create_app({"NOW": lambda: NOW, "AUTH": "off", "LOG_LEVEL": "WARNING", "FEEDBACK_DB_URL": url})
     )
-
-
-def postgres_url() -> str:
-    url = os.environ.get("FEEDBACK_PG_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("FEEDBACK_PG_URL is not set: .ci/run must start PostgreSQL")
-        pytest.skip("no PostgreSQL (set FEEDBACK_PG_URL)")
-    return url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

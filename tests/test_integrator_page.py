@@ -67,7 +67,9 @@ def _chromium_available() -> bool:
         return True
     if os.environ.get("CI"):
         pytest.fail("Debian's chromium is not installed: .ci/run must install it")
-    pytest.skip("chromium not installed")
+    pytest.skip(
+        "Chromium is not installed: apt-get install chromium (Debian), the browser test drives /usr/bin/chromium"
+    )
     return False
 
 
