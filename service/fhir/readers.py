@@ -401,9 +401,7 @@ def _read_result(
                 low, low_source = fallback.low, fallback.source
             if high is None and fallback.high is not None:
                 high, high_source = fallback.high, fallback.source
-    return replace(
-        base, value=value, unit=unit, low=low, high=high, low_source=low_source, high_source=high_source
-    )
+    return replace(base, value=value, unit=unit, low=low, high=high, low_source=low_source, high_source=high_source)
 
 
 def _implausible(analyte: str, value: float) -> str | None:
