@@ -53,7 +53,7 @@ def test_persistent_low_gives_hpp_warning(client):
     assert card["summary"].startswith("Persistently low ALP (2 results over 64 days, latest 24 U/L)")
     assert "hypophosphatasia" in card["summary"]
     assert "| 2026-01-10 | 22 | 35 |" in card["detail"] and "| 2026-03-15 | 24 | 35 |" in card["detail"]
-    assert "An adult ALP below 25 U/L is specific for an ALPL variant in one cohort." in card["detail"]
+    assert "a value below 25 U/L was 97.8 % specific for an ALPL variant in one cohort" in card["detail"]
     assert "temporary causes (acute illness, cardiac surgery, massive transfusion)" in card["detail"]
     codes = ordered_codes(card)
     assert codes[:3] == ["62236-5", "28604-7", "69548-6"]
@@ -110,9 +110,12 @@ def test_abnormal_secondary_results_are_named_as_explanations(client):
     (card,) = cards_for(client, "secondary-in")
     detail = " ".join(card["detail"].split())
     assert (
-        "**A secondary cause is on the chart:** low zinc (zinc deficiency); a raised TSH, which suggests "
-        "hypothyroidism (confirm with free T4). Correct it and repeat the ALP before ALPL genetic testing." in detail
+        "**A secondary cause is on the chart:** a low zinc (also seen with a low albumin or inflammation); a raised "
+        "TSH, which suggests hypothyroidism (confirm with free T4). Address it" in detail
     )
+    assert card["summary"].endswith("address the secondary cause, then reconsider hypophosphatasia")
+    assert "Order Alkaline phosphatase, serum" in [s["label"] for s in card["suggestions"]]  # for after it
+    assert "repeat the ALP before ALPL genetic testing" in detail
     codes = ordered_codes(card)
     assert "5763-8" not in codes and "3016-3" not in codes and "19123-9" not in codes
     free_t4 = next(s for s in card["suggestions"] if s["label"] == "Order Free T4")
@@ -149,7 +152,7 @@ def test_wilson_critical_when_both_korman_ratios_are_met_with_si_bilirubin(clien
     assert card["indicator"] == "critical"
     # 87.2 umol/L = 5.1 mg/dL; 20 / 5.1 = 3.92 < 4; AST/ALT = 200/60 = 3.33 > 2.2
     assert "ALP/bilirubin 3.92 and AST/ALT 3.33" in card["summary"]
-    assert "hepatology urgently" in card["detail"]
+    assert "**contact hepatology now**: do not wait for the copper results" in " ".join(card["detail"].split())
     assert card["overrideReasons"]
 
 

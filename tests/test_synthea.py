@@ -104,10 +104,15 @@ def expected(bundle: dict[str, Any], now: datetime) -> dict[str, Any]:
         trailing.insert(0, (when, value))
     current_low = bool(trailing) and trailing[-1][0] >= now - WINDOW
     latest = series[-1] if series else None
-    alendronate = any(
-        r["status"] == "active" and {c["code"] for c in r["medicationCodeableConcept"]["coding"]} & ALENDRONATE_CODES
+    orders = [
+        r
         for r in _resources(bundle, "MedicationRequest")
-    )
+        if {c["code"] for c in r["medicationCodeableConcept"]["coding"]} & ALENDRONATE_CODES
+        and datetime.fromisoformat(r["authoredOn"]) <= now + timedelta(days=1)  # a later order is not yet written
+    ]
+    alendronate = any(r["status"] == "active" for r in orders)
+    # an order of the same drug that is active, or written within the last year, makes a new one a continuation
+    course = any(r["status"] == "active" or datetime.fromisoformat(r["authoredOn"]) >= now - WINDOW for r in orders)
     death = person.get("deceasedDateTime")
     # A death dated after "now" has not happened yet at that clock (and a real chart cannot hold one).
     deceased = person.get("deceasedBoolean") is True or (
@@ -121,6 +126,7 @@ def expected(bundle: dict[str, Any], now: datetime) -> dict[str, Any]:
         "low_card": current_low and not deceased,
         "persistent": current_low and len(trailing) >= 2 and (trailing[-1][0] - trailing[0][0]).days >= 28,
         "antiresorptive_card": current_low and alendronate and not deceased,
+        "verb": "continuing" if course and not deceased else "starting",
     }
 
 
@@ -149,14 +155,14 @@ def check_order_select(cards: list[dict[str, Any]], want: dict[str, Any]) -> Non
     if want["deceased"]:
         assert cards == []
     elif want["latest"] is None:
-        assert summaries == ["Measure ALP before starting alendronate: none on record"]
+        assert summaries == [f"Measure ALP before {want['verb']} alendronate: none on record"]
     elif not want["latest_current"]:
         (summary,) = summaries
-        assert summary.startswith("Measure ALP before starting alendronate: none in the last 365 days")
+        assert summary.startswith(f"Measure ALP before {want['verb']} alendronate: none in the last 365 days")
         assert ("(last one low," in summary) == want["latest_low"]
     elif want["latest_low"]:
         (summary,) = summaries
-        assert summary.startswith("Exclude hypophosphatasia before starting alendronate: ALP low")
+        assert summary.startswith(f"Exclude hypophosphatasia before {want['verb']} alendronate: ALP low")
     else:
         assert summaries == []
 

@@ -46,18 +46,33 @@ def alp_before(chart: Chart, start: datetime | None) -> LabResult | None:
     return before[-1] if before else None
 
 
-def denosumab_course(chart: Chart) -> datetime | None:
-    """The first recorded dose of an established denosumab course (any earlier statement, request or dispense of
-    denosumab), or None when there is none: then a denosumab order is a first dose."""
-    starts = [
-        m.start
-        for m in chart.medications
-        if "denosumab" in m.groups and m.status != "draft" and (m.start is None or m.start <= chart.now)
+COURSE_RECENT = timedelta(days=365)  # a course ended more than a year ago is not being continued (design choice)
+
+
+def ongoing_course(chart: Chart, drugs: Sequence[Medication]) -> datetime | None:
+    """When the patient's current course of the ordered ingredient(s) began: the earliest record of a course that
+    is current, or whose last record is within a year (a denosumab dose is due every 6 months, so a late dose still
+    continues the course). None for a first dose, or a restart after a course that ended long ago."""
+    ingredients = {m.ingredient for m in drugs if m.ingredient}
+    records = [
+        m for m in chart.medications if m.status != "draft" and m.ingredient in ingredients and is_antiresorptive(m)
     ]
-    if not starts:
+    since = chart.now - COURSE_RECENT
+    recent = [m for m in records if m.status == "current" or ((m.end or m.start) or since) > since]
+    if not recent:
         return None
-    dated = [s for s in starts if s is not None]
+    dated = [m.start for m in records if m.start is not None]
     return min(dated) if dated else chart.now
+
+
+def order_workup(chart: Chart) -> tuple[list[OrderSuggestion], list[dict]]:
+    """The same tier as the low-ALP card would give: a persistent low gets the HPP substrates (recommended) and
+    genetics after them; a single low a repeat ALP first, the substrates optional (they are worth having before the
+    drug lowers the ALP)."""
+    if chart.persistent:
+        return workup(chart, ["hpp", "genetic"])
+    orders, resulted = workup(chart, ["repeat", "hpp"])
+    return [OrderSuggestion(o.test, o.test.group == "repeat") for o in orders], resulted
 
 
 def review_current(chart: Chart) -> list[Finding]:
@@ -70,7 +85,7 @@ def review_current(chart: Chart) -> list[Finding]:
         return []
     start = first_exposure(chart.medications)
     before = alp_before(chart, start)
-    orders, resulted = workup(chart, ["hpp", "genetic"])
+    # The workup is on the low-ALP card, which always comes with this one: this card is about the drug.
     return [
         Finding(
             "antiresorptive-current-low-alp",
@@ -82,10 +97,8 @@ def review_current(chart: Chart) -> list[Finding]:
                 "latest": chart.describe_alp(run[-1]),
                 "before": chart.describe_alp(before) if before else None,
                 "low_before": bool(before and before.is_low()),
-                "resulted": resulted,
-                "not_interpreted": chart.not_interpreted(),
+                "persistent": chart.persistent,
             },
-            tuple(orders),
             indicator=_indicator(drugs, "warning", "info"),
         )
     ]
@@ -100,14 +113,20 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
     if not drugs:
         return []
     names = drug_names(drugs)
-    course = denosumab_course(chart) if any("denosumab" in m.groups for m in drugs) else None
-    # Removing a draft is offered for a first dose only: cancelling the next dose of denosumab is stopping it.
-    deletes = () if course else tuple(m.reference for m in drugs if m.reference)
+    denosumab = any("denosumab" in m.groups for m in drugs)
+    course = ongoing_course(chart, drugs)
+    # Cancelling the next dose of an established denosumab course is stopping it: not offered as a simple removal.
+    deletes = () if course and denosumab else tuple(m.reference for m in drugs if m.reference)
+    start = first_exposure(chart.medications)
+    before = alp_before(chart, start) if course else None
     common = {
         "drugs": names,
         "strong": any(m.tier == "strong" for m in drugs),
-        "denosumab": any("denosumab" in m.groups for m in drugs),
+        "denosumab": denosumab,
         "course_start": course.date().isoformat() if course else None,
+        "denosumab_course": bool(course and denosumab),
+        "low_before": bool(before and before.is_low()),
+        "before": chart.describe_alp(before) if before else None,
     }
     judged = chart.alp
     if hpp_documented:
@@ -142,14 +161,16 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
     run = chart.current_run
     if not run:
         return []
-    orders, resulted = workup(chart, ["hpp", "genetic"])
+    orders, resulted = order_workup(chart)
     return [
         Finding(
-            "antiresorptive-order-denosumab-course" if course else "antiresorptive-order-low-alp",
+            "antiresorptive-order-denosumab-course" if course and denosumab else "antiresorptive-order-low-alp",
             {
                 **common,
                 "readings": [chart.describe_alp(r) for r in run[-SHOWN_READINGS:]],
                 "latest": chart.describe_alp(run[-1]),
+                "persistent": chart.persistent,
+                "latest_suspect": id(run[-1]) in chart.contamination,
                 "resulted": resulted,
                 "not_interpreted": chart.not_interpreted(),
             },

@@ -75,11 +75,28 @@ class Chart:
         """The results not suspected of sample contamination."""
         return [r for r in results if id(r) not in self.contamination]
 
+    @cached_property
+    def suspect(self) -> frozenset[int]:
+        """``id`` of every result drawn with a possibly contaminated ALP: EDTA binds zinc, magnesium and calcium, so
+        a low zinc from that draw is no evidence of zinc deficiency."""
+        suspects = set()
+        for alp in self.current_run:
+            if id(alp) in self.contamination:
+                for analyte in ("potassium", "calcium", "zinc", "magnesium"):
+                    if (result := self.drawn_with(alp, analyte)) is not None:
+                        suspects.add(id(result))
+        return frozenset(suspects)
+
+    @cached_property
+    def persistent(self) -> bool:
+        return is_persistent(self, self.reliable(self.current_run))
+
     def latest(self, analyte: str, within_days: int | None = None) -> LabResult | None:
+        """The latest usable result of ``analyte`` (not from a draw suspected of contamination)."""
         _, results = self._by_analyte.get(analyte, ((), ()))
-        if not results:
+        result = next((r for r in reversed(results) if id(r) not in self.suspect), None)
+        if result is None:
             return None
-        result = results[-1]
         if within_days and result.when < self.now - timedelta(days=within_days):
             return None
         return result
@@ -211,6 +228,15 @@ def abnormal(test: WorkupTest, result: LabResult) -> bool | None:
     return None
 
 
+def explains(chart: Chart, test: WorkupTest, result: LabResult) -> bool:
+    """The result counts as an explanation (a secondary cause) or as support for HPP. A PLP supports HPP from the
+    sourced cut-off of 180 nmol/L (S51), not from the upper reference limit, and not while a vitamin B6 product is
+    active (it raises PLP; S15b)."""
+    if test.key == "plp":
+        return result.at_least(thresholds()["plp_high"]) and not chart.current("pyridoxine")
+    return bool(abnormal(test, result))
+
+
 def workup(
     chart: Chart, suggest: Sequence[str], show: Sequence[str] = ()
 ) -> tuple[list[OrderSuggestion], list[dict[str, Any]]]:
@@ -228,14 +254,13 @@ def workup(
             if test.group in suggest:
                 orders.append(OrderSuggestion(test, recommended=test.recommended))
             continue
-        flag = abnormal(test, result)
         resulted.append(
             {
                 **describe(result),
                 "key": test.key,
                 "group": test.group,
-                "abnormal": flag,
-                "explanation": test.explanation if flag else None,
+                "abnormal": abnormal(test, result),
+                "explanation": test.explanation if explains(chart, test, result) else None,
             }
         )
     return orders, resulted
@@ -254,11 +279,14 @@ def by_importance(findings: Sequence[Finding], indicator_of: Callable[[str], str
 
 
 def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
-    """When: a low ALP was drawn with potassium >= 6.0 mmol/L and a low calcium (patients from 1 year of age).
-    Then: possible EDTA contamination of that sample; recollect before any workup (which is kept for after).
+    """When: a low ALP was drawn with potassium >= 6.0 mmol/L and a low calcium (patients from 1 year of age), and
+    neither a zinc nor a magnesium from that draw is normal or high.
+    Then: possible EDTA contamination of that sample; recollect, and repeat the potassium, before any workup (which
+    is kept for after).
 
-    Cornes 2008 screened samples with K >= 6.0 and found EDTA in about a quarter; gross contamination shows as
-    high K with low Ca, Mg and Zn (S26, addendum 4). Under one year the potassium interval reaches 6.0-6.1 (ARUP).
+    Cornes 2008 screened samples with K >= 6.0 and found EDTA in about a quarter; only a zinc below its interval was
+    100 % sensitive, and gross contamination shows as high K with low Ca, Mg and Zn (S26, A45, A48). A normal zinc or
+    magnesium on the same draw therefore speaks against EDTA. Under one year the potassium interval reaches 6.0-6.1.
     """
     age = chart.patient.age_years(alp.when)
     limits = thresholds()
@@ -270,7 +298,9 @@ def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
         return None
     if not potassium.at_least(limits["potassium_edta"]) or not calcium.is_low():
         return None
-    supporting = [r for a in ("zinc", "magnesium") if (r := chart.drawn_with(alp, a)) and r.is_low()]
+    chelated = [r for a in ("zinc", "magnesium") if (r := chart.drawn_with(alp, a)) is not None]
+    if any(r.is_low() is False for r in chelated):
+        return None
     return Finding(
         "sample-contamination",
         {
@@ -278,7 +308,7 @@ def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
             "potassium": describe(potassium),
             "potassium_limit": limits["potassium_edta"],
             "calcium": describe(calcium),
-            "supporting": [describe(r) for r in supporting],
+            "supporting": [describe(r) for r in chelated if r.is_low()],
         },
         orders=(OrderSuggestion(workup_tests()["repeat_alp"]),),
     )
@@ -287,9 +317,9 @@ def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
 def is_persistent(chart: Chart, lows: Sequence[LabResult]) -> bool:
     """Persistently low: at least two low results (not suspected of contamination), none normal in between, the
     first and last at least ``PERSISTENT_MIN_DAYS`` apart and the latest of them current, so that history lows do
-    not become "persistent" when today's sample is the suspect one (S47, S50, addendum 6: the sources
-    count two or more lows with no normal value; the spacing keeps a fall after surgery or acute illness, which can
-    last weeks, from counting)."""
+    not become "persistent" when today's sample is the suspect one (S47, S50, addendum 6: the sources count two or
+    more lows with no normal value; the spacing, a design choice, keeps a fall after surgery or acute illness, which
+    can last weeks, from counting)."""
     return (
         len(lows) >= 2
         and is_current(lows[-1], chart.now, chart.settings)
@@ -328,18 +358,28 @@ def low_alp(chart: Chart) -> list[Finding]:
     settings = chart.settings
     latest = run[-1]
     reliable = chart.reliable(run)
-    persistent = is_persistent(chart, reliable)
+    persistent = chart.persistent
     age = chart.patient.age_years(latest.when)
     child = age is not None and age < settings["ADULT_AGE"]
-    very_low_limit = thresholds()["alp_very_low"]
-    very_low = not child and age is not None and any(_certainly_below(r, very_low_limit) for r in reliable)
     if persistent:
         orders, resulted = workup(chart, ["hpp", "genetic", "secondary"])
     else:
         orders, resulted = workup(chart, ["repeat"], show=["secondary"])
-    secondary_found = [r for r in resulted if r["group"] == "secondary" and r["abnormal"]]
-    substrates_high = [r for r in resulted if r["group"] == "hpp" and r["abnormal"]]
+    secondary_found = [r for r in resulted if r["group"] == "secondary" and r["explanation"]]
+    substrates_high = [r for r in resulted if r["group"] == "hpp" and r["explanation"]]
     orders = _tiers(orders, resulted, secondary_found, substrates_high)
+    wilson = wilson_disease(chart, latest)
+    very_low_limit = thresholds()["alp_very_low"]
+    # The ALPL-variant figure (S50) holds for adults with persistently low values, secondary causes excluded.
+    very_low = (
+        persistent
+        and not child
+        and age is not None
+        and wilson is None
+        and not secondary_found
+        and any(_certainly_below(r, very_low_limit) for r in reliable)
+    )
+    before = _alp_before_run(chart, run)
     span = (run[-1].when - run[0].when).days
     facts = {
         "readings": [chart.describe_alp(r) for r in run[-SHOWN_READINGS:]],
@@ -354,25 +394,38 @@ def low_alp(chart: Chart) -> list[Finding]:
         "very_low_limit": very_low_limit,
         "age": None if age is None else int(age),
         "child": child,
+        "infant": age is not None and age < 1,
         "resulted": resulted,
         "explanations": [r["explanation"] for r in resulted if r["explanation"]],
         "secondary_found": [r["explanation"] for r in secondary_found],
         "substrates_high": [r["explanation"] for r in substrates_high],
+        "repeat_from": (run[0].when + timedelta(days=settings["PERSISTENT_MIN_DAYS"])).date().isoformat(),
+        "previous_normal": describe(before) if before is not None and before.is_low() is False else None,
         "not_interpreted": chart.not_interpreted(),
         "b6_supplements": sorted({m.name for m in chart.current("pyridoxine")}),
         "alp_lowering_drugs": alp_lowering_drugs(chart),
-        "on_antiresorptive": any(m.status == "current" and is_antiresorptive(m) for m in chart.medications),
-        "pregnancy_note": chart.patient.gender == "female" and age is not None and 12 <= age < 56,
+        "antiresorptives": sorted(
+            {m.ingredient or m.name for m in chart.medications if m.status == "current" and is_antiresorptive(m)}
+        ),
+        "wilson": wilson is not None,
         "persistent_min_days": settings["PERSISTENT_MIN_DAYS"],
         "current_days": settings["ALP_CURRENT_DAYS"],
         "plp_note": workup_tests()["plp"].note,
     }
     kind = "alp-low-persistent" if persistent else "alp-low-single"
     findings.append(Finding(kind, facts, tuple(orders)))
-    wilson = wilson_disease(chart, latest)
     if wilson:
         findings.append(wilson)
     return findings
+
+
+def _alp_before_run(chart: Chart, run: Sequence[LabResult]) -> LabResult | None:
+    """The judged ALP just before the run of lows began (within ``ALP_CURRENT_DAYS`` of it): a normal one there means
+    the ALP fell, which points to an acute cause rather than HPP (S47)."""
+    earlier = [r for r in chart.alp if r.when < run[0].when]
+    if not earlier or earlier[-1].when < run[0].when - timedelta(days=chart.settings["ALP_CURRENT_DAYS"]):
+        return None
+    return earlier[-1]
 
 
 def _tiers(
@@ -381,9 +434,11 @@ def _tiers(
     secondary_found: list[dict[str, Any]],
     substrates_high: list[dict[str, Any]],
 ) -> list[OrderSuggestion]:
-    """Which suggestions are recommended: ALPL genetics once PLP or urine PEA is high, and not while a secondary
-    cause on the chart is still to be corrected; free T4 when the TSH is raised (to confirm hypothyroidism)."""
+    """Which suggestions are recommended: ALPL genetics once PLP or urine PEA supports HPP, and not while a
+    secondary cause on the chart is still to be addressed (then a repeat ALP, for after it, is offered); free T4
+    when the TSH is raised (to confirm hypothyroidism)."""
     tsh_high = any(r["key"] == "tsh" and r["abnormal"] for r in resulted)
+    free_t4_done = any(r["key"] == "free_t4" for r in resulted)
     tiered = []
     for order in orders:
         recommended = order.recommended
@@ -392,6 +447,11 @@ def _tiers(
         if order.test.key == "free_t4" and tsh_high:
             recommended = True
         tiered.append(OrderSuggestion(order.test, recommended))
+    keys = {o.test.key for o in tiered}
+    if tsh_high and not free_t4_done and "free_t4" not in keys:
+        tiered.append(OrderSuggestion(workup_tests()["free_t4"], True))
+    if secondary_found and "repeat_alp" not in keys:
+        tiered.append(OrderSuggestion(workup_tests()["repeat_alp"], True))
     return tiered
 
 
@@ -423,19 +483,19 @@ def alp_lowering_drugs(chart: Chart) -> list[dict[str, str]]:
 
 
 def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
-    """When: a patient aged from ``WILSON_MIN_AGE`` (3) to under ``WILSON_MAX_AGE`` (55) has a low ALP with a raised
-    total bilirubin and liver injury (AST or ALT raised) in the same draw.
-    Then: screen for Wilson disease (warning); with both Korman ratios (ALP/bilirubin < 4, AST/ALT > 2.2) the
-    acute-liver-failure pattern (critical).
+    """When: a patient from ``WILSON_MIN_AGE`` (3 years) has a low ALP with a raised total bilirubin and liver injury
+    (AST or ALT raised) in the same draw.
+    Then: under ``WILSON_MAX_AGE`` (55), screen for Wilson disease (warning); at any age from 3, both Korman ratios
+    (ALP/bilirubin < 4, AST/ALT > 2.2) are the acute-liver-failure pattern (critical).
 
-    Wilson disease presents with liver disease from about 3 years (EASL 2012), and AASLD advises considering it from
-    3 to 55 years in unexplained liver disease (A34, A35). Bilirubin alone (newborn jaundice, Gilbert syndrome) is not
-    liver injury (addendum 3). In children the ratios are specific but insensitive, so a negative ratio does not
-    remove the screen (S62).
+    Wilson disease presents with liver disease from about 3 years and into the 8th decade (EASL 2012); AASLD advises
+    considering it from 3 to 55 years and not excluding it on age alone (A34, A35). Bilirubin alone (newborn
+    jaundice, Gilbert syndrome) is not liver injury (addendum 3). In children the ratios are specific but
+    insensitive, so a negative ratio does not remove the screen (S62).
     """
     age = chart.patient.age_years(alp.when)
     settings = chart.settings
-    if age is None or not settings["WILSON_MIN_AGE"] <= age < settings["WILSON_MAX_AGE"]:
+    if age is None or age < settings["WILSON_MIN_AGE"]:
         return None
     bilirubin = chart.drawn_with(alp, "bilirubin_total")
     if not bilirubin or not bilirubin.is_high():
@@ -453,6 +513,8 @@ def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
         and alp_bili < limits["wilson_alp_bilirubin_ratio"]
         and ast_alt > limits["wilson_ast_alt_ratio"]
     )
+    if not alf_pattern and age >= settings["WILSON_MAX_AGE"]:
+        return None
     orders, resulted = workup(chart, ["wilson"])
     return Finding(
         "wilson-alf-pattern" if alf_pattern else "wilson-screen",
