@@ -172,3 +172,113 @@ def test_8_further_causes():
     assert "malabsorption (for example coeliac disease)" in persistent and "severe anaemia" in persistent
     # no pregnancy note without a pregnancy on the chart (the service reads none yet: see the README)
     assert "pregnan" not in persistent
+
+
+# ------------------------------------------------------------------ the second clinical review's findings
+
+from tests.conftest import OS, PV  # noqa: E402
+from tests.test_chart_reading import alendronate, alp, lab, os_request, patient, pv_request  # noqa: E402
+
+DRAW = "2026-05-20T08:00:00Z"
+
+
+def _summaries(service: str, request: dict) -> list[str]:
+    return [c["summary"] for c in make_app().cards(service, request)]
+
+
+@pytest.mark.parametrize("normal", [lab("5763-8", 85, "ug/dL", DRAW), lab("19123-9", 2.7, "mg/dL", DRAW)])
+def test_edta_not_called_when_zinc_or_magnesium_of_the_draw_is_normal(normal):
+    """Dialysis: K 6.3 with a low calcium is real when the zinc (or magnesium) of the same draw is normal (S26)."""
+    request = pv_request(
+        patient(birth="1950-01-01"),
+        alp(30, DRAW),
+        lab("2823-3", 6.3, "mmol/L", DRAW),
+        lab("17861-6", 8.0, "mg/dL", DRAW),
+        normal,
+    )
+    assert not [s for s in _summaries(PV, request) if "EDTA" in s]
+
+
+def test_a_zinc_from_a_suspect_draw_is_not_a_secondary_cause():
+    found = make_app().cards(PV, load_request("edta-in"))
+    low = found[1]
+    assert "may explain it" not in low["detail"]
+    assert "| Zinc |" not in low["detail"]
+
+
+def test_wilson_alf_pattern_at_58():
+    request = pv_request(
+        patient(birth="1968-01-01", gender="female"),
+        alp(15, DRAW),
+        lab("1975-2", 8, "mg/dL", DRAW),
+        lab("1920-8", 400, "U/L", DRAW),
+        lab("1742-6", 100, "U/L", DRAW),
+    )
+    found = make_app().cards(PV, request)
+    assert found[0]["indicator"] == "critical" and "Wilson" in found[0]["summary"]
+    assert "specific for an ALPL variant" not in " ".join(c.get("detail", "") for c in found)
+
+
+def test_a_plp_raised_by_vitamin_b6_does_not_make_genetics_the_next_step():
+    b6 = {
+        "resourceType": "MedicationStatement",
+        "id": "ms-b6",
+        "status": "active",
+        "medicationCodeableConcept": {"text": "pyridoxine 50 mg"},
+        "subject": {"reference": "Patient/p1"},
+        "effectivePeriod": {"start": "2025-01-01"},
+    }
+    request = pv_request(
+        patient(), alp(21, "2026-01-10"), alp(20, "2026-04-20"), lab("62236-5", 250, "nmol/L", "2026-04-20"), b6
+    )
+    (card,) = make_app().cards(PV, request)
+    genetics = next(s for s in card["suggestions"] if "ALPL" in s["label"])
+    assert "isRecommended" not in genetics
+    assert "ALPL genetic testing is the next step" not in card["detail"]
+
+
+def test_a_plp_between_the_upper_limit_and_180_does_not_support_hpp():
+    request = pv_request(
+        patient(), alp(21, "2026-01-10"), alp(20, "2026-04-20"), lab("62236-5", 150, "nmol/L", "2026-04-20")
+    )
+    (card,) = make_app().cards(PV, request)
+    assert "ALPL genetic testing is the next step" not in card["detail"]
+
+
+def test_a_renewal_is_continuing_not_starting():
+    request = os_request(patient(), alp(30, "2021-01-01"), alp(28, "2026-05-01"), alendronate(authoredOn="2022-03-01"))
+    (summary,) = _summaries(OS, request)
+    assert summary.startswith("Exclude hypophosphatasia before continuing alendronate")
+
+
+def test_a_denosumab_restart_years_after_a_course_is_a_first_dose():
+    old = {
+        "resourceType": "MedicationStatement",
+        "id": "ms-prolia",
+        "status": "completed",
+        "medicationCodeableConcept": {"text": "Prolia 60 mg"},
+        "subject": {"reference": "Patient/p1"},
+        "effectivePeriod": {"start": "2017-01-10", "end": "2019-01-10"},
+    }
+    draft = {**alendronate("draft"), "medicationCodeableConcept": {"text": "Prolia 60 mg"}}
+    (card,) = make_app().cards(OS, os_request(patient(), alp(28, "2026-05-01"), old, order=draft))
+    assert card["summary"].startswith("Exclude hypophosphatasia before starting denosumab")
+    assert card["suggestions"][0]["actions"][0]["type"] == "delete"
+
+
+def test_a_fall_from_a_normal_value_is_named():
+    request = pv_request(patient(), alp(80, "2026-05-10"), alp(22, "2026-05-20"))
+    (card,) = make_app().cards(PV, request)
+    assert "Before this the ALP was normal (80 U/L on 2026-05-10)" in card["detail"]
+    assert "specific for an ALPL variant" not in card["detail"]
+
+
+def test_a_single_low_says_when_to_repeat():
+    (card,) = make_app().cards(PV, load_request("persistent-after-surgery-out"))
+    assert "A second low result on or after 2026-06-02 (28 days after the first" in " ".join(card["detail"].split())
+
+
+def test_a_single_low_on_an_order_gets_a_repeat_first():
+    (card,) = make_app().cards(OS, load_request("order-long-name-in"))
+    recommended = [s["label"] for s in card["suggestions"] if s.get("isRecommended")]
+    assert recommended == ["Order Alkaline phosphatase, serum"]
