@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -38,6 +39,19 @@ class TooLarge(OutboundError):
     kind = "too_large"
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[Any, ...]:
+    """Scheme, user information, host and port (the scheme's default when none is written): two URLs with the same
+    origin reach the same server with the same credentials. ValueError when ``url`` cannot be split, or its port is
+    not a number from 0 to 65535."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port if parts.port is not None else DEFAULT_PORTS.get(scheme)
+    return scheme, parts.username, parts.password, parts.hostname, port
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -45,9 +59,16 @@ class Answer:
     body: bytes  # read for a 200 only
 
 
+class _Session(requests.Session):
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        """Redirects are the caller's to judge: requests would otherwise parse the Location of every redirect (and
+        raise ValueError on one it cannot split) even when it does not follow it."""
+        return None
+
+
 def session() -> requests.Session:
     """A requests Session whose connections report their socket to the watchdog of the request in progress."""
-    s = requests.Session()
+    s = _Session()
     adapter = _WatchedAdapter()
     s.mount("http://", adapter)
     s.mount("https://", adapter)
@@ -81,6 +102,8 @@ def get(
             if watchdog.fired:
                 raise TimedOut("the peer did not finish its answer in time") from None
             raise OutboundError("the peer could not be reached") from None
+        except ValueError:  # what requests lets through from a URL or header http.client refuses
+            raise OutboundError("the request could not be sent: its URL or a header is not valid") from None
         if watchdog.fired:  # the shut-down socket may have looked like the end of a body sent without a length
             raise TimedOut("the peer did not finish its answer in time")
     return Answer(response.status_code, response.headers, body)

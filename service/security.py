@@ -15,7 +15,7 @@ from jwt import PyJWK, PyJWKSet
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import outbound
-from service.errors import CdsError, StoreUnavailable
+from service.errors import BadRequest, CdsError, StoreUnavailable
 from service.replay import open_replay_store
 
 log = logging.getLogger("service.security")
@@ -171,6 +171,10 @@ def check_fhir_server(fhir_server: str | None, claims: Mapping[str, Any] | None,
     """Only allow-listed FHIR servers get our requests (and the bearer token); otherwise 403, nothing sent."""
     if not fhir_server:
         return
+    try:
+        outbound.origin(fhir_server)
+    except ValueError:
+        raise BadRequest("fhirServer is not a valid URL") from None
     server = fhir_server.rstrip("/")
     if claims is not None:
         allowed = settings["TRUSTED_ISSUERS"][claims["iss"]]["fhir_servers"]
