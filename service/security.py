@@ -3,15 +3,16 @@ and the fhirServer allow-list that keeps the FHIR access token from going anywhe
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import jwt
-from jwt import PyJWK, PyJWKSet
+import orjson
+from jwt import PyJWK
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import outbound
@@ -49,11 +50,19 @@ class KeyStore:
         self.session = outbound.session()
 
     @staticmethod
-    def _parse(jwks: Mapping[str, Any]) -> dict[str, PyJWK]:
+    def _parse(jwks: Any) -> dict[str, PyJWK]:
+        """The keys of a JWK Set by kid; a member that is not a usable key is skipped. ValueError when ``jwks`` is
+        not a key set at all."""
+        if not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list):
+            raise ValueError("not a JWK Set")
         keys: dict[str, PyJWK] = {}
-        for key in PyJWKSet.from_dict(dict(jwks)).keys:
-            if key.key_id:
-                keys[key.key_id] = key
+        for data in jwks["keys"]:
+            if not isinstance(data, Mapping) or not isinstance(data.get("kid"), str):
+                continue
+            try:
+                keys[data["kid"]] = PyJWK(dict(data))
+            except (jwt.PyJWTError, TypeError, ValueError):  # what PyJWT raises on members of the wrong shape
+                continue
         return keys
 
     def _fetch(self, url: str) -> dict[str, PyJWK]:
@@ -69,7 +78,7 @@ class KeyStore:
         )
         if answer.status != 200:
             raise outbound.OutboundError(f"JWKS answer {answer.status}")
-        return self._parse(json.loads(answer.body))
+        return self._parse(orjson.loads(answer.body))  # orjson: a 1000-deep answer is no RecursionError
 
     def key(self, source: str, kid: str, inline: Mapping[str, Any] | None = None) -> PyJWK | None:
         with self._lock:
@@ -116,6 +125,9 @@ class Authenticator:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise Unauthorized("malformed token") from None
+        problem = claim_type_problem(unverified)
+        if problem:
+            raise Unauthorized(problem)
         if header.get("alg") not in ALGORITHMS:
             raise Unauthorized(f"algorithm {header.get('alg')!r} not allowed")
         kid = header.get("kid")
@@ -165,6 +177,29 @@ class Authenticator:
         if issuer.get("jwks_url"):
             return self.keys.key(issuer["jwks_url"], kid)
         return None
+
+
+def claim_type_problem(claims: Mapping[str, Any]) -> str | None:
+    """Claims whose type PyJWT lets through (it reads ``"1700000000"`` as a time) but no valid token has: times must
+    be finite JSON numbers, and the jti a non-empty string of Unicode characters (no lone surrogate)."""
+    for name in ("iat", "exp", "nbf"):
+        value = claims.get(name)
+        if name in claims and not (isinstance(value, int | float) and not isinstance(value, bool)):
+            return f"{name} is not a number"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{name} is not a finite number"
+    jti = claims.get("jti")
+    if "jti" in claims and not (isinstance(jti, str) and jti and _encodable(jti)):
+        return "jti is not a non-empty string"
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_fhir_server(fhir_server: str | None, claims: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> None:

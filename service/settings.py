@@ -78,6 +78,8 @@ def _issuers(raw: Any) -> dict[str, dict[str, Any]]:
     for iss, conf in data.items():
         if not isinstance(conf, Mapping) or not (conf.get("jwks") or conf.get("jwks_url") or conf.get("jku")):
             raise SettingsError(f"issuer {iss!r} needs jwks, jwks_url or a jku allow-list")
+        if conf.get("jwks") and not (isinstance(conf["jwks"], Mapping) and isinstance(conf["jwks"].get("keys"), list)):
+            raise SettingsError(f"issuer {iss!r}: jwks must be a JWK Set, {{keys: [...]}}")
         issuers[str(iss)] = {
             "jwks": conf.get("jwks"),
             "jwks_url": conf.get("jwks_url"),

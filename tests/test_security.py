@@ -381,3 +381,132 @@ def test_cors_headers_on_actual_responses():
     assert response.status_code == 200
     response = client.client.get("/cds-services", headers={"Origin": "https://x.example"})
     assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+# ------------------------------------------------------------------------------------------ odd but signed
+
+
+def signed_raw(payload: str, header: str | None = None) -> str:
+    """A token signed over this exact JSON text (json.dumps cannot write a lone surrogate escape or Infinity)."""
+    import base64
+
+    def b64(text: str) -> bytes:
+        return base64.urlsafe_b64encode(text.encode()).rstrip(b"=")
+
+    signing_input = b64(header or '{"alg":"ES384","kid":"ec-1","typ":"JWT"}') + b"." + b64(payload)
+    signature = jwt.get_algorithm_by_name("ES384").sign(signing_input, EC_KEY)
+    return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
+
+
+def _claims(**replaced: str) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": json.dumps(ISS),
+        "aud": json.dumps(URL),
+        "iat": str(now),
+        "exp": str(now + 300),
+        "jti": json.dumps(str(uuid.uuid4())),
+        **replaced,
+    }
+    return "{" + ",".join(f'"{k}":{v}' for k, v in claims.items()) + "}"
+
+
+def test_signed_raw_makes_tokens_that_are_accepted():
+    assert call(secured(), signed_raw(_claims())).status_code == 200
+
+
+ODD_CLAIMS = {  # NOW is replaced by the time of the call
+    "iat as a numeric string": {"iat": '"NOW"'},
+    "exp as a numeric string": {"exp": '"NOW"'},
+    "nbf as a numeric string": {"nbf": '"NOW"'},
+    "iat as text": {"iat": '"yesterday"'},
+    "iat true": {"iat": "true"},
+    "exp a list": {"exp": "[1]"},
+    "exp an object": {"exp": "{}"},
+    "exp Infinity": {"exp": "Infinity"},
+    "iat -Infinity": {"iat": "-Infinity"},
+    "nbf Infinity": {"nbf": "Infinity"},
+    "iat NaN": {"iat": "NaN"},
+    "exp 1e308": {"exp": "1e308"},
+    "iat -1e308": {"iat": "-1e308"},
+    "exp 400 digits": {"exp": "1" + "0" * 400},
+    "jti a lone surrogate": {"jti": '"\\ud800"'},
+    "jti a number": {"jti": "5"},
+    "jti a list": {"jti": '["a"]'},
+    "jti empty": {"jti": '""'},
+    "jti an object": {"jti": '{"a":1}'},
+    "aud a number": {"aud": "5"},
+    "aud a list of numbers": {"aud": "[5]"},
+    "iss with a lone surrogate": {"iss": '"\\ud800"'},
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_CLAIMS))
+def test_oddly_typed_claims_in_validly_signed_tokens_are_refused_with_401(case):
+    now = str(int(time.time()))
+    odd = {name: value.replace("NOW", now) for name, value in ODD_CLAIMS[case].items()}
+    assert_401(call(secured(), signed_raw(_claims(**odd))))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{"alg":"ES384","kid":"\\ud800"}',
+        '{"alg":"ES384","kid":5}',
+        '{"alg":"ES384","kid":"ec-1","jku":5}',
+        '{"alg":"ES384","kid":"ec-1","jku":"\\ud800"}',
+        '{"alg":["ES384"],"kid":"ec-1"}',
+    ],
+)
+def test_oddly_typed_headers_are_refused_with_401(header):
+    client = secured({"jku": ["https://ehr.example.org/jwks.json"]})
+    assert_401(call(client, signed_raw(_claims(), header)))
+
+
+def test_an_inline_key_set_of_the_wrong_shape_stops_the_start():
+    with pytest.raises(SettingsError, match="JWK Set"):
+        secured({"jwks": {"keys": 5}})
+
+
+def test_tenant_of_another_type_is_refused():
+    client = secured({"tenant": "hospital-a"})
+    for tenant in ('["hospital-a"]', "5", '"\\ud800"'):
+        assert_401(call(client, signed_raw(_claims(tenant=tenant))))
+
+
+# ------------------------------------------------------------------------------------------ JWKS answers
+
+JWKS_URL = "https://ehr.example.org/.well-known/jwks.json"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"5",
+        b"null",
+        b'"ab"',
+        b"[]",
+        b'{"keys": 5}',
+        b'{"keys": [5]}',
+        b'{"keys": [{"kty": 5}]}',
+        b'{"keys": []}',
+        b'{"keys": [{"kty":"EC","crv":"P-384","x":"!","y":"!","kid":"ec-1"}]}',
+        b'{"keys": [{"kty":"RSA","n":5,"e":"AQAB","kid":"ec-1"}]}',
+        b"[" * 1000 + b"]" * 1000,
+        b"[" * 2000 + b"]" * 2000,
+        b"\xff\xfe not json",
+    ],
+)
+def test_a_malformed_key_set_refuses_the_token_never_a_500(answer):
+    client = secured({"jwks": None, "jwks_url": JWKS_URL})
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, JWKS_URL, body=answer, content_type="application/json")
+        assert_401(call(client, token()))
+
+
+def test_a_key_set_with_one_bad_key_still_gives_the_good_ones():
+    client = secured({"jwks": None, "jwks_url": JWKS_URL})
+    mixed = {"keys": [{"kty": "EC", "crv": "P-384", "x": "!", "y": "!", "kid": "bad"}, 5, *JWKS["keys"]]}
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, JWKS_URL, json=mixed)
+        assert call(client, token()).status_code == 200
