@@ -8,6 +8,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -23,6 +24,7 @@ log = logging.getLogger("service.security")
 ALGORITHMS = ("ES384", "RS384")
 JWKS_REFRESH_SECONDS = 30  # at most one refetch per issuer in this time, whatever kids attackers send
 JWKS_MAX_BYTES = 1_000_000  # a key set is a few kilobytes
+JWKS_MAX_WAITERS = 4  # calls that wait for a key fetch in progress (each holds a thread); more are refused
 
 
 class Unauthorized(CdsError):
@@ -39,12 +41,26 @@ class Forbidden(CdsError):
     code = "forbidden"
 
 
+@dataclass
+class _Source:
+    """What is known of one key source: its keys, when it was last asked, and the fetch in progress."""
+
+    keys: dict[str, PyJWK] = field(default_factory=dict)
+    asked_at: float = -math.inf
+    fetching: threading.Event | None = None
+    waiting: int = 0
+
+
 class KeyStore:
-    """JWKS per source (inline, jwks_url or an allow-listed jku), cached and refreshed on an unknown kid."""
+    """JWKS per source (inline, jwks_url or an allow-listed jku), cached and refreshed on an unknown kid.
+
+    Anyone can send a token naming a trusted issuer and an unknown kid, so a source is asked at most once per
+    JWKS_REFRESH_SECONDS, whether that fetch succeeded or failed, and while a fetch is in progress the calls that
+    need it wait for that one (at most JWKS_MAX_WAITERS of them; the others are refused at once). No lock is held
+    while fetching: the calls of other issuers never wait for it."""
 
     def __init__(self, timeout: float = 5.0) -> None:
-        self._keys: dict[str, dict[str, PyJWK]] = {}
-        self._fetched_at: dict[str, float] = {}
+        self._sources: dict[str, _Source] = {}
         self._lock = threading.Lock()
         self.timeout = timeout  # seconds for a whole JWKS fetch
         self.session = outbound.session()
@@ -82,24 +98,39 @@ class KeyStore:
 
     def key(self, source: str, kid: str, inline: Mapping[str, Any] | None = None) -> PyJWK | None:
         with self._lock:
-            if inline is not None:
-                if source not in self._keys:
-                    self._keys[source] = self._parse(inline)
-                return self._keys[source].get(kid)
-            cached = self._keys.get(source, {})
-            if kid in cached:
-                return cached[kid]
-            if time.monotonic() - self._fetched_at.get(source, -1e9) < JWKS_REFRESH_SECONDS and source in self._keys:
+            known = self._sources.setdefault(source, _Source())
+            if inline is not None and not known.keys:
+                known.keys = self._parse(inline)
+            if kid in known.keys or inline is not None:
+                return known.keys.get(kid)
+            in_progress = known.fetching
+            if in_progress is None:
+                if time.monotonic() - known.asked_at < JWKS_REFRESH_SECONDS:
+                    return None
+                known.asked_at = time.monotonic()
+                known.fetching = threading.Event()
+            elif known.waiting >= JWKS_MAX_WAITERS:
                 return None
-            self._fetched_at[source] = time.monotonic()
+            else:
+                known.waiting += 1
+        if in_progress is not None:  # another call is fetching this source: use what it finds
+            in_progress.wait(self.timeout + 1)
+            with self._lock:
+                known.waiting -= 1
+                return known.keys.get(kid)
+        keys = None
         try:
             keys = self._fetch(source)
         except (outbound.OutboundError, ValueError, jwt.PyJWTError) as exc:
             log.warning('{"event":"jwks_fetch_failed","error":"%s"}', type(exc).__name__)
-            return None
-        with self._lock:
-            self._keys[source] = keys
-        return keys.get(kid)
+            keys = None
+        finally:
+            with self._lock:
+                event, known.fetching = known.fetching, None
+                if keys is not None:
+                    known.keys = keys
+            event.set()
+        return keys.get(kid) if keys is not None else None
 
 
 class Authenticator:

@@ -15,6 +15,7 @@ import responses
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from service import security
 from service.app import create_app
 from service.fixtures import NOW, fhir_authorization
 from service.settings import SettingsError
@@ -510,3 +511,64 @@ def test_a_key_set_with_one_bad_key_still_gives_the_good_ones():
     with responses.RequestsMock() as rsps:
         rsps.add(responses.GET, JWKS_URL, json=mixed)
         assert call(client, token()).status_code == 200
+
+
+# ------------------------------------------------------------------------------------------ JWKS refetching
+
+OTHER_ISS = "https://other-ehr.example.org"
+
+
+def forged(aud: str = URL) -> str:
+    """The right iss and a kid, signed with the attacker's own key: costs the attacker nothing."""
+    return token(key=OTHER_EC_KEY, kid="attacker-kid", aud=aud)
+
+
+def test_a_failing_jwks_url_is_not_fetched_again_for_every_forged_token():
+    client = secured({"jwks": None, "jwks_url": JWKS_URL})
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, JWKS_URL, status=500)
+        for _ in range(20):
+            assert_401(call(client, forged()))
+        assert len(rsps.calls) == 1  # the refetch floor (30 s) applies after a failure too
+
+
+def test_a_hanging_jwks_url_holds_one_fetch_and_few_callers_and_never_other_issuers(peer):
+    """While the issuer's key endpoint hangs, forged tokens naming that issuer do not each start a fetch and wait
+    its 5 s: one call fetches, a few wait for it, the others are refused at once, and calls of another issuer are
+    answered as usual."""
+    release = threading.Event()
+    peer.routes["/jwks"] = lambda h: release.wait(8)
+    app = create_app(
+        {
+            "NOW": lambda: NOW,
+            "LOG_LEVEL": "WARNING",
+            "FEEDBACK_DB_URL": "sqlite://",
+            "PUBLIC_BASE_URL": BASE,
+            "REPLAY_STORE_URL": "sqlite://",
+            "TRUSTED_ISSUERS": {ISS: {"jwks_url": peer.base + "/jwks"}, OTHER_ISS: {"jwks": JWKS}},
+        }
+    )
+    client = CheckedClient(app)
+
+    def timed(bearer: str) -> tuple[int, float]:
+        started = time.monotonic()
+        status = call(CheckedClient(app), bearer).status_code
+        return status, time.monotonic() - started
+
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            attacks = [pool.submit(timed, forged()) for _ in range(12)]
+            time.sleep(0.5)
+            others = [timed(token(iss=OTHER_ISS)) for _ in range(3)]
+            results = [a.result() for a in attacks]
+        assert [status for status, _ in others] == [200, 200, 200]
+        assert all(seconds < 2 for _, seconds in others)
+        assert all(status == 401 for status, _ in results)
+        slow = [seconds for _, seconds in results if seconds > 2]
+        assert 1 <= len(slow) <= 1 + security.JWKS_MAX_WAITERS  # the fetch (5 s) and those waiting for it
+        assert len(peer.hits) == 1
+        started = time.monotonic()
+        assert_401(call(client, forged()))  # after the failure: refused at once, nothing fetched
+        assert time.monotonic() - started < 1 and len(peer.hits) == 1
+    finally:
+        release.set()
