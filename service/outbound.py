@@ -1,18 +1,23 @@
 """GET requests to peers the service does not control (FHIR servers, JWKS endpoints), bounded as a whole.
 
 requests' timeouts apply to each socket read, so a peer that sends one byte every few seconds is never timed out.
-Here a deadline covers the whole exchange: at the deadline a watchdog shuts the socket down, which ends a read that
-is waiting for the peer, in the headers or in the body. The body is streamed and reading stops past a byte limit.
-Redirects are never followed here: the caller sees them and decides.
+Here a deadline covers the whole exchange. Connecting is done here too: the name is resolved in a small pool of
+threads (getaddrinfo cannot be interrupted) and each address gets what is left of the time, where urllib3 would give
+every address the whole connect timeout. Once connected, a watchdog shuts the socket down at the deadline, which
+ends whatever is waiting for the peer: the TLS handshake, the headers or the body. The body is streamed and reading
+stops past a byte limit. Redirects are never followed here: the caller sees them and decides.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,8 +26,11 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
 
 CHUNK = 64 * 1024
+_RESOLVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")  # a hung resolver holds these, no more
 
 
 class OutboundError(Exception):
@@ -129,11 +137,13 @@ _current = threading.local()  # the watchdog of the request this thread is makin
 
 
 class _Watchdog:
-    """Shuts down the socket of this thread's request when the time is up (a timer thread per request)."""
+    """Shuts down the sockets of this thread's request when the time is up (a timer thread per request)."""
 
     def __init__(self, seconds: float) -> None:
         self.fired = False
-        self._sock: socket.socket | None = None
+        self.deadline = time.monotonic() + seconds
+        self._socks: list[socket.socket] = []
+        self._owned: list[socket.socket] = []  # duplicates made for watching, closed at the end
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
@@ -146,20 +156,24 @@ class _Watchdog:
     def __exit__(self, *exc: object) -> None:
         self._timer.cancel()
         _current.watchdog = None
-
-    def watch(self, sock: socket.socket) -> None:
         with self._lock:
-            self._sock = sock
-            fired = self.fired
-        if fired:
-            _shutdown(sock)
+            for sock in self._owned:
+                sock.close()
+            self._socks.clear()
+
+    def watch(self, sock: socket.socket, owned: bool = False) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            if owned:
+                self._owned.append(sock)
+            if self.fired:
+                _shutdown(sock)
 
     def _fire(self) -> None:
-        with self._lock:
+        with self._lock:  # the sockets cannot be closed meanwhile
             self.fired = True
-            sock = self._sock
-        if sock is not None:
-            _shutdown(sock)
+            for sock in self._socks:
+                _shutdown(sock)
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -167,14 +181,65 @@ def _shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
+def _connect(address: tuple[str, int], timeout: Any, deadline: float, options: Any) -> socket.socket:
+    """urllib3's create_connection, with everything done by ``deadline``: the name resolution, and each address
+    tried with what is left of the time (and at most ``timeout``, the connect timeout)."""
+    host, port = address
+    lookup = _RESOLVER.submit(socket.getaddrinfo, host.strip("[]"), port, allowed_gai_family(), socket.SOCK_STREAM)
+    try:
+        addresses = lookup.result(timeout=max(deadline - time.monotonic(), 0))
+    except TimeoutError:
+        lookup.cancel()
+        raise TimeoutError("the name was not resolved in time") from None
+    error: OSError = OSError("getaddrinfo returns an empty list")
+    for family, kind, proto, _, where in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no time was left to connect")
+        sock = socket.socket(family, kind, proto)
+        try:
+            for option in options or ():
+                sock.setsockopt(*option)
+            sock.settimeout(min(timeout, remaining) if isinstance(timeout, int | float) else remaining)
+            sock.connect(where)
+            return sock
+        except OSError as exc:
+            error = exc
+            sock.close()
+    raise error
+
+
 class _Watched:
-    """Mixed into urllib3's connections: hand the socket to the current watchdog before waiting for the answer."""
+    """Mixed into urllib3's connections: connect within the current watchdog's deadline, and hand it the socket."""
 
     sock: socket.socket | None
+    host: str
+    port: int
+    timeout: Any
+    source_address: Any
+    socket_options: Any
+    _dns_host: str
+
+    def _new_conn(self) -> socket.socket:
+        watchdog = getattr(_current, "watchdog", None)
+        if watchdog is None or self.source_address:
+            return super()._new_conn()  # type: ignore[misc]
+        try:
+            sock = _connect((self._dns_host, self.port), self.timeout, watchdog.deadline, self.socket_options)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out") from exc
+        except OSError as exc:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc  # type: ignore[arg-type]
+        sys.audit("http.client.connect", self, self.host, self.port)
+        # A duplicate of the descriptor: TLS wraps (and detaches) ``sock``, the connection stays the same.
+        watchdog.watch(socket.socket(fileno=os.dup(sock.fileno())), owned=True)
+        return sock
 
     def getresponse(self, *args: Any, **kwargs: Any) -> Any:
         watchdog = getattr(_current, "watchdog", None)
-        if watchdog is not None and self.sock is not None:
+        if watchdog is not None and self.sock is not None:  # a kept-alive connection, reused
             watchdog.watch(self.sock)
         return super().getresponse(*args, **kwargs)  # type: ignore[misc]
 
