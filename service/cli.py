@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         from service.feedback import FeedbackStore
         from service.settings import load_settings
 
-        store = FeedbackStore(args.db or load_settings()["FEEDBACK_DB_URL"])
+        settings = load_settings()
+        store = FeedbackStore(args.db or settings["FEEDBACK_DB_URL"], settings["FEEDBACK_DB_TIMEOUT"])
         print(json.dumps(store.report(), indent=2))
         return 0
 

@@ -10,11 +10,8 @@ stops past a byte limit. Redirects are never followed here: the caller sees them
 
 from __future__ import annotations
 
-import contextlib
-import os
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +25,9 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
+
+from service.watchdog import Watchdog
+from service.watchdog import current as current_watchdog
 
 CHUNK = 64 * 1024
 _RESOLVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")  # a hung resolver holds these, no more
@@ -100,7 +100,7 @@ def get(
     if remaining <= 0:
         raise TimedOut("no time was left to send the request")
     timeout = (min(connect_timeout, remaining), min(read_timeout, remaining))
-    with _Watchdog(remaining) as watchdog:
+    with Watchdog(remaining) as watchdog:
         try:
             with http.get(url, headers=headers, timeout=timeout, allow_redirects=False, stream=True) as response:
                 body = _read(response, max_bytes, count) if response.status_code == 200 else b""
@@ -131,54 +131,7 @@ def _read(response: requests.Response, max_bytes: int, count: Callable[[int], No
     return bytes(body)
 
 
-# ------------------------------------------------------------------------------------------------ the watchdog
-
-_current = threading.local()  # the watchdog of the request this thread is making
-
-
-class _Watchdog:
-    """Shuts down the sockets of this thread's request when the time is up (a timer thread per request)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.fired = False
-        self.deadline = time.monotonic() + seconds
-        self._socks: list[socket.socket] = []
-        self._owned: list[socket.socket] = []  # duplicates made for watching, closed at the end
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Watchdog:
-        _current.watchdog = self
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-        _current.watchdog = None
-        with self._lock:
-            for sock in self._owned:
-                sock.close()
-            self._socks.clear()
-
-    def watch(self, sock: socket.socket, owned: bool = False) -> None:
-        with self._lock:
-            self._socks.append(sock)
-            if owned:
-                self._owned.append(sock)
-            if self.fired:
-                _shutdown(sock)
-
-    def _fire(self) -> None:
-        with self._lock:  # the sockets cannot be closed meanwhile
-            self.fired = True
-            for sock in self._socks:
-                _shutdown(sock)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # already closed
-        sock.shutdown(socket.SHUT_RDWR)
+# ------------------------------------------------------------------------------------------------ connecting
 
 
 def _connect(address: tuple[str, int], timeout: Any, deadline: float, options: Any) -> socket.socket:
@@ -221,7 +174,7 @@ class _Watched:
     _dns_host: str
 
     def _new_conn(self) -> socket.socket:
-        watchdog = getattr(_current, "watchdog", None)
+        watchdog = current_watchdog()
         if watchdog is None or self.source_address:
             return super()._new_conn()  # type: ignore[misc]
         try:
@@ -233,12 +186,11 @@ class _Watched:
         except OSError as exc:
             raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc  # type: ignore[arg-type]
         sys.audit("http.client.connect", self, self.host, self.port)
-        # A duplicate of the descriptor: TLS wraps (and detaches) ``sock``, the connection stays the same.
-        watchdog.watch(socket.socket(fileno=os.dup(sock.fileno())), owned=True)
+        watchdog.watch_descriptor(sock.fileno())  # TLS wraps (and detaches) ``sock``; the descriptor stays
         return sock
 
     def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-        watchdog = getattr(_current, "watchdog", None)
+        watchdog = current_watchdog()
         if watchdog is not None and self.sock is not None:  # a kept-alive connection, reused
             watchdog.watch(self.sock)
         return super().getresponse(*args, **kwargs)  # type: ignore[misc]

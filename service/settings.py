@@ -214,6 +214,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FHIR_SERVERS", _list, [], "With AUTH off, the only fhirServer values accepted (comma-separated)."),
     Setting("CORS_ORIGINS", _list, [], "Browser origins allowed to call the service (comma-separated; `*` for any)."),
     Setting("FEEDBACK_DB_URL", str, "sqlite:///var/feedback.db", "SQLAlchemy URL of the feedback store."),
+    Setting(
+        "FEEDBACK_DB_TIMEOUT",
+        _positive_float,
+        5.0,
+        "Seconds a feedback-store operation may take (connecting, waiting for a lock, a statement); then 503.",
+    ),
     Setting("FHIR_TIME_BUDGET", _positive_float, 8.0, "Seconds all FHIR fetching of one hook call may take."),
     Setting("FHIR_MAX_ENTRIES", _positive_int, 20000, "Most Bundle entries read per prefetch key."),
     Setting(
