@@ -572,3 +572,45 @@ def test_a_hanging_jwks_url_holds_one_fetch_and_few_callers_and_never_other_issu
         assert time.monotonic() - started < 1 and len(peer.hits) == 1
     finally:
         release.set()
+
+
+# ------------------------------------------------------------------------------------------ a locked replay store
+
+
+def test_a_locked_replay_store_answers_503_quickly_and_does_not_serialise_the_calls(tmp_path):
+    """Another process holds the replay store's write lock (a backup, a stuck worker): every call that needs it gets
+    a 503 after a short wait, side by side, not one after another."""
+    import sqlite3
+
+    client = secured(REPLAY_STORE_URL=f"sqlite:///{tmp_path}/replay.db")
+    assert call(client, token()).status_code == 200  # the file and its table exist
+    holder = sqlite3.connect(tmp_path / "replay.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+
+        def one(_):
+            response = call(CheckedClient(client.app), token())
+            return response.status_code, time.monotonic() - started
+
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(one, range(6)))
+        assert [status for status, _ in results] == [503] * 6
+        assert max(seconds for _, seconds in results) < 3
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert call(client, token()).status_code == 200
+
+
+def test_many_calls_at_once_share_the_replay_store_without_spurious_refusals(tmp_path):
+    apps = [secured(REPLAY_STORE_URL=f"sqlite:///{tmp_path}/replay.db") for _ in range(2)]
+    barrier = threading.Barrier(16)
+
+    def attempt(i: int) -> int:
+        bearer = token()
+        barrier.wait()
+        return call(CheckedClient(apps[i % 2].app), bearer).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(attempt, range(16))) == [200] * 16
