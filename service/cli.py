@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -113,9 +115,26 @@ def main(argv: list[str] | None = None) -> int:
 def url_of_bind(bind: str) -> str | None:
     """``http://HOST:PORT`` for a specific address; None for a wildcard or a Unix socket (nobody calls those)."""
     host, _, port = bind.rpartition(":")
-    if bind.startswith(("unix:", "fd://")) or not port.isdigit() or host in ("", "0.0.0.0", "[::]", "::"):
+    if bind.startswith(("unix:", "fd://")) or not port.isdigit() or is_wildcard(host):
         return None
     return f"http://{host}:{port}"
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether gunicorn listens on every interface for ``host``: empty, or an address that is all zeros however it
+    is written (``0``, ``0.0.0.0``, ``0x0``, ``[::]``, ``[0::0]``, ``[::ffff:0.0.0.0]``...)."""
+    if not host.strip("[]"):
+        return True
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), None, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError):
+        return False  # a name, not an address
+    for *_, address in found:
+        ip = ipaddress.ip_address(address[0])
+        mapped = getattr(ip, "ipv4_mapped", None)
+        if ip.is_unspecified or (mapped is not None and mapped.is_unspecified):
+            return True
+    return False
 
 
 if __name__ == "__main__":

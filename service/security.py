@@ -33,7 +33,14 @@ class Unauthorized(CdsError):
 
     def __init__(self, reason: str) -> None:
         super().__init__("authentication failed")  # the caller learns nothing more
-        self.reason = reason  # logged, never returned
+        self.reason = loggable(reason)  # logged, never returned
+
+
+def loggable(text: str, limit: int = 100) -> str:
+    """``text`` fit for a log line although parts of it come from the caller: printable ASCII, at most ``limit``
+    characters (and an ellipsis)."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text[: limit + 1])
+    return clean if len(clean) <= limit else clean[:limit] + "..."
 
 
 class Forbidden(CdsError):
@@ -148,9 +155,10 @@ class Authenticator:
 
     def verify(self, authorization: str | None, audience: str) -> dict[str, Any]:
         """Claims of a valid token; :class:`Unauthorized` (with a logged reason) otherwise."""
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():  # RFC 7235: the scheme is case-insensitive
             raise Unauthorized("no bearer token")
-        token = authorization.removeprefix("Bearer ").strip()
+        token = token.strip()
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})

@@ -94,6 +94,28 @@ def test_valid_tokens_are_accepted(key, alg, kid):
     assert response.status_code == 200 and response.get_json()["cards"]
 
 
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_authorization_scheme_is_case_insensitive(scheme):
+    """RFC 7235 section 2.1: the scheme is a case-insensitive token."""
+    client = secured()
+    response = client.hook(PV, load_request("single-low-in"), headers={"Authorization": f"{scheme} {token()}"})
+    assert response.status_code == 200
+
+
+def test_the_logged_reason_of_a_refusal_is_short_and_printable(caplog):
+    """The reason names what the caller sent (an algorithm, say), which the caller chooses: at most ~100 printable
+    characters of it reach the log."""
+    import base64
+
+    caplog.set_level(logging.INFO, logger="service.access")
+    alg = "SECRET-" + "x" * 5000 + "\\n\\u2028\\u0000"  # JSON escapes: a newline, a line separator, a NUL
+    header = base64.urlsafe_b64encode(f'{{"alg":"{alg}","kid":"k"}}'.encode()).rstrip(b"=").decode()
+    assert_401(call(secured(), f"{header}.e30.AAAA"))
+    [line] = [json.loads(r.getMessage()) for r in caplog.records if "auth_failed" in r.getMessage()]
+    assert "algorithm" in line["reason"] and len(line["reason"]) <= 120
+    assert line["reason"].isprintable() and line["reason"].isascii()
+
+
 def test_missing_or_non_bearer_token():
     client = secured()
     assert_401(call(client, None))

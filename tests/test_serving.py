@@ -46,6 +46,24 @@ def test_serve_refuses_to_start_without_a_public_url_when_auth_is_on(serve_env, 
     assert cli.main(["serve", "--bind", "0.0.0.0:8080", "--public-url", "https://cds.example.org"]) == 0
 
 
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "0", "0.0", "000.0.0.0", "0x0", "[::]", "[0::0]", "[0:0:0:0:0:0:0:0]", "[::ffff:0.0.0.0]", ""]
+)
+def test_every_spelling_of_a_wildcard_bind_is_refused_without_a_public_url(serve_env, capsys, host):
+    """gunicorn listens on every interface for each of these: no URL clients call can be derived from them."""
+    assert cli.main(["serve", "--bind", f"{host}:8080"]) == 2
+    assert "CDS_PUBLIC_BASE_URL" in capsys.readouterr().err
+    assert serve_env == {}
+
+
+@pytest.mark.parametrize(
+    ("bind", "url"),
+    [("127.0.0.1:18080", "http://127.0.0.1:18080"), ("[::1]:18080", "http://[::1]:18080"), ("cds.local:80", None)],
+)
+def test_a_specific_bind_gives_the_public_url(bind, url):
+    assert cli.url_of_bind(bind) == (url or "http://cds.local:80")
+
+
 def test_serve_with_auth_off_needs_no_public_url(serve_env, monkeypatch):
     monkeypatch.setenv("CDS_AUTH", "off")
     assert cli.main(["serve", "--bind", "0.0.0.0:8080"]) == 0
