@@ -22,6 +22,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     settings = load_settings(overrides)
     check_startup(settings)
     logging.basicConfig(level=settings["LOG_LEVEL"], format="%(message)s")
+    # urllib3 writes every request line, the patient's id in its query, at DEBUG: never let it through.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
     app = Flask(__name__)
     app.config["CDS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"] + 1  # one more: see api.parse_json_body

@@ -433,3 +433,23 @@ def test_a_hung_store_holds_few_threads():
         assert hole.accepted <= 2
     finally:
         hole.close()
+
+
+def test_no_patient_id_or_token_in_the_logs_even_at_debug(peer, caplog):
+    """urllib3 logs each request line (patient id in the query) at DEBUG: the service keeps it at WARNING whatever
+    CDS_LOG_LEVEL says."""
+    import logging
+
+    from service.fixtures import fhir_authorization
+    from tests.conftest import send_json
+
+    peer.routes["/fhir"] = lambda h: send_json(h, {"resourceType": "Bundle", "type": "searchset", "entry": []})
+    caplog.set_level(logging.DEBUG)
+    client = app_with("sqlite://", LOG_LEVEL="DEBUG")
+    body = load_request("single-low-in")
+    del body["prefetch"]["alp"]
+    body["fhirServer"] = peer.base + "/fhir"
+    body["fhirAuthorization"] = fhir_authorization("SECRET-ACCESS-TOKEN")
+    assert client.hook(PV, body).status_code == 200
+    assert peer.hits and "single-low-in" in peer.hits[0]  # the id was in the request...
+    assert "single-low-in" not in caplog.text and "SECRET-ACCESS-TOKEN" not in caplog.text  # ...not in the logs
