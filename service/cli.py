@@ -65,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"alp-cds serve: {exc}", file=sys.stderr)
             return 2
 
+        # A TCP address gets a listening socket per worker (SO_REUSEPORT): the kernel then spreads connections
+        # evenly over the workers, where one shared socket lets one worker take most of them, and slow clients
+        # starve that worker while the other idles. gunicorn would retry a taken address for ever then: check first.
+        tcp = not args.bind.startswith(("unix:", "fd://"))
+        if tcp and address_in_use(args.bind):
+            print(f"alp-cds serve: {args.bind} is in use by another program", file=sys.stderr)
+            return 2
         # No gunicorn access log: the app writes one structured line per request itself.
         sys.argv = [
             "gunicorn",
@@ -75,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             "--workers",
             str(args.workers),
             *(["--threads", str(args.threads)] if args.threads else []),
+            *(["--reuse-port"] if tcp else []),
             "service.app:create_app()",
         ]
         run()
@@ -118,6 +126,23 @@ def url_of_bind(bind: str) -> str | None:
     if bind.startswith(("unix:", "fd://")) or not port.isdigit() or is_wildcard(host):
         return None
     return f"http://{host}:{port}"
+
+
+def address_in_use(bind: str) -> bool:
+    """Whether a program listens on ``HOST:PORT`` already (a socket without SO_REUSEPORT cannot bind it then)."""
+    host, _, port = bind.rpartition(":")
+    try:
+        found = socket.getaddrinfo(host.strip("[]") or None, int(port), 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except (socket.gaierror, ValueError, UnicodeError):
+        return False  # gunicorn says what is wrong with it
+    family, kind, proto, _, address = found[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn: old connections do not count
+        try:
+            probe.bind(address)
+        except OSError:
+            return True
+    return False
 
 
 def is_wildcard(host: str) -> bool:

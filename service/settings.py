@@ -141,7 +141,15 @@ SETTINGS: tuple[Setting, ...] = (
         "CLIENT_TIMEOUT",
         _positive_float,
         10.0,
-        "Seconds a client may send nothing while sending its request before it is disconnected (alp-cds serve).",
+        "Seconds a client may send nothing while sending its request, or take nothing of its answer, before it is "
+        "disconnected (alp-cds serve).",
+    ),
+    Setting(
+        "CLIENT_REQUEST_DEADLINE",
+        _positive_float,
+        30.0,
+        "Seconds a client has to send a whole request, headers and body, once a thread has taken it up; then the "
+        "connection is closed (alp-cds serve).",
     ),
     Setting(
         "ALP_SITE_LOW_LIMITS",
