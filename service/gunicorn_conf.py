@@ -25,6 +25,11 @@ timeout = 30  # a worker whose main loop is stuck this long is restarted
 control_socket_disable = True  # no gunicornc socket in $HOME: several services (and tests) may run side by side
 
 
+def when_ready(server) -> None:
+    """With a socket per worker (--reuse-port) gunicorn's own "Listening at" line names no address: say it here."""
+    server.log.info("Serving on %s (threads per worker: %s)", ", ".join(server.cfg.bind), server.cfg.threads)
+
+
 def post_fork(server, worker) -> None:
     """Every connection a worker accepts inherits its listener's receive and send timeouts: a blocking read of a
     request (headers or body) that gets nothing, or a write of an answer that the client does not take (it never
