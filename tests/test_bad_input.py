@@ -10,7 +10,10 @@ import json
 import pytest
 
 from service.fixtures import fhir_authorization
-from tests.conftest import OS, PV, load_request, make_app, send_json, send_redirect
+from tests.conftest import OS, PV, load_request, make_app
+from tests.peer import peer_fixture, send_json, send_redirect
+
+peer = peer_fixture()
 
 
 def diagnostics(response) -> str:

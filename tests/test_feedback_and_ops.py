@@ -13,6 +13,9 @@ from service.app import create_app
 from service.feedback import FeedbackStore
 from service.fixtures import NOW
 from tests.conftest import PV, CheckedClient, load_request
+from tests.peer import peer_fixture
+
+peer = peer_fixture()
 
 
 def app_on(url: str) -> CheckedClient:
@@ -441,7 +444,7 @@ def test_no_patient_id_or_token_in_the_logs_even_at_debug(peer, caplog):
     import logging
 
     from service.fixtures import fhir_authorization
-    from tests.conftest import send_json
+    from tests.peer import send_json
 
     peer.routes["/fhir"] = lambda h: send_json(h, {"resourceType": "Bundle", "type": "searchset", "entry": []})
     caplog.set_level(logging.DEBUG)

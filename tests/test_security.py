@@ -20,6 +20,9 @@ from service.app import create_app
 from service.fixtures import NOW, fhir_authorization
 from service.settings import SettingsError
 from tests.conftest import PV, CheckedClient, load_request
+from tests.peer import peer_fixture
+
+peer = peer_fixture()
 
 ISS = "https://ehr.example.org"
 BASE = "http://localhost"
