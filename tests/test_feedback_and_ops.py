@@ -13,9 +13,6 @@ from service.app import create_app
 from service.feedback import FeedbackStore
 from service.fixtures import NOW
 from tests.conftest import PV, CheckedClient, load_request
-from tests.peer import peer_fixture
-
-peer = peer_fixture()
 
 
 def app_on(url: str) -> CheckedClient:
@@ -438,21 +435,24 @@ def test_a_hung_store_holds_few_threads():
         hole.close()
 
 
-def test_no_patient_id_or_token_in_the_logs_even_at_debug(peer, caplog):
+def test_no_patient_id_or_token_in_the_logs_even_at_debug(caplog):
     """urllib3 logs each request line (patient id in the query) at DEBUG: the service keeps it at WARNING whatever
     CDS_LOG_LEVEL says."""
     import logging
 
     from service.fixtures import fhir_authorization
-    from tests.peer import send_json
+    from tests.peer import Peer, send_json
 
-    peer.routes["/fhir"] = lambda h: send_json(h, {"resourceType": "Bundle", "type": "searchset", "entry": []})
-    caplog.set_level(logging.DEBUG)
-    client = app_with("sqlite://", LOG_LEVEL="DEBUG")
-    body = load_request("single-low-in")
-    del body["prefetch"]["alp"]
-    body["fhirServer"] = peer.base + "/fhir"
-    body["fhirAuthorization"] = fhir_authorization("SECRET-ACCESS-TOKEN")
-    assert client.hook(PV, body).status_code == 200
+    peer = Peer({"/fhir": lambda h: send_json(h, {"resourceType": "Bundle", "type": "searchset", "entry": []})})
+    try:
+        caplog.set_level(logging.DEBUG)
+        client = app_with("sqlite://", LOG_LEVEL="DEBUG")
+        body = load_request("single-low-in")
+        del body["prefetch"]["alp"]
+        body["fhirServer"] = peer.base + "/fhir"
+        body["fhirAuthorization"] = fhir_authorization("SECRET-ACCESS-TOKEN")
+        assert client.hook(PV, body).status_code == 200
+    finally:
+        peer.close()
     assert peer.hits and "single-low-in" in peer.hits[0]  # the id was in the request...
     assert "single-low-in" not in caplog.text and "SECRET-ACCESS-TOKEN" not in caplog.text  # ...not in the logs
