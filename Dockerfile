@@ -12,5 +12,5 @@ ENV CDS_FEEDBACK_DB_URL=sqlite:////data/feedback.db \
     CDS_REPLAY_STORE_URL=sqlite:////data/replay.db
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/cds-services', timeout=2)"]
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
 CMD ["alp-cds", "serve", "--bind", "0.0.0.0:8080", "--workers", "2"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,8 @@ from service.validation import first_error
 log = logging.getLogger("service.access")
 bp = Blueprint("cds", __name__)
 CDS_PATHS = ("/cds-services",)
+MAX_JSON_DEPTH = 100  # FHIR resources nest about 15 levels; 1000 exhausts Python's stack in validation messages
+HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what an Authorization header can carry as a token
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -88,6 +91,11 @@ def call_service(service_id: str) -> Response:
     if problem:
         raise BadRequest(f"invalid {service.hook} context: {problem}")
     check_fhir_server(body.get("fhirServer"), claims, settings())
+    token = (body.get("fhirAuthorization") or {}).get("access_token")
+    if token is not None and not HEADER_TOKEN.fullmatch(token):
+        raise BadRequest(
+            "fhirAuthorization.access_token: only visible ASCII characters (no spaces) can be sent as a bearer token"
+        )
 
     config = settings()
     budget = CallBudget(config["FHIR_TIME_BUDGET"], config["FHIR_MAX_CALL_BYTES"])
@@ -216,9 +224,30 @@ def parse_json_body() -> Any:
     if len(raw) > limit:
         raise TooLarge(f"request body is larger than {limit} bytes (CDS_MAX_BODY_BYTES)")
     try:
-        return orjson.loads(raw)  # several times faster than json on large prefetch bundles
+        body = orjson.loads(raw)  # several times faster than json on large prefetch bundles
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}") from None
+    if nested_deeper_than(body, MAX_JSON_DEPTH):
+        raise BadRequest(f"request body is nested more than {MAX_JSON_DEPTH} levels deep")
+    return body
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects and arrays in ``value`` nest more than ``limit`` levels deep: checked level by level, without
+    recursion, before anything recursive (schema validation and its messages, the feedback checks) sees the body."""
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+    return False
 
 
 @bp.before_app_request

@@ -22,13 +22,15 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     settings = load_settings(overrides)
     check_startup(settings)
     logging.basicConfig(level=settings["LOG_LEVEL"], format="%(message)s")
+    # urllib3 writes every request line, the patient's id in its query, at DEBUG: never let it through.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
     app = Flask(__name__)
     app.config["CDS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"] + 1  # one more: see api.parse_json_body
     app.json.sort_keys = False
     app.extensions["cds_services"] = {s.id: s for s in all_services()}
     app.extensions["cds_authenticator"] = Authenticator(settings) if settings["AUTH"] else None
-    app.extensions["cds_feedback"] = FeedbackStore(settings["FEEDBACK_DB_URL"])
+    app.extensions["cds_feedback"] = FeedbackStore(settings["FEEDBACK_DB_URL"], settings["FEEDBACK_DB_TIMEOUT"])
     if not settings["AUTH"]:
         logging.getLogger("service").warning(
             '{"event":"auth_off","message":"JWT verification is OFF: for local development only"}'

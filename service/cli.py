@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -63,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"alp-cds serve: {exc}", file=sys.stderr)
             return 2
 
+        # A TCP address gets a listening socket per worker (SO_REUSEPORT): the kernel then spreads connections
+        # evenly over the workers, where one shared socket lets one worker take most of them, and slow clients
+        # starve that worker while the other idles. gunicorn would retry a taken address for ever then: check first.
+        tcp = not args.bind.startswith(("unix:", "fd://"))
+        if tcp and address_in_use(args.bind):
+            print(f"alp-cds serve: {args.bind} is in use by another program", file=sys.stderr)
+            return 2
         # No gunicorn access log: the app writes one structured line per request itself.
         sys.argv = [
             "gunicorn",
@@ -73,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             "--workers",
             str(args.workers),
             *(["--threads", str(args.threads)] if args.threads else []),
+            *(["--reuse-port"] if tcp else []),
             "service.app:create_app()",
         ]
         run()
@@ -82,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         from service.feedback import FeedbackStore
         from service.settings import load_settings
 
-        store = FeedbackStore(args.db or load_settings()["FEEDBACK_DB_URL"])
+        settings = load_settings()
+        store = FeedbackStore(args.db or settings["FEEDBACK_DB_URL"], settings["FEEDBACK_DB_TIMEOUT"])
         print(json.dumps(store.report(), indent=2))
         return 0
 
@@ -112,9 +123,43 @@ def main(argv: list[str] | None = None) -> int:
 def url_of_bind(bind: str) -> str | None:
     """``http://HOST:PORT`` for a specific address; None for a wildcard or a Unix socket (nobody calls those)."""
     host, _, port = bind.rpartition(":")
-    if bind.startswith(("unix:", "fd://")) or not port.isdigit() or host in ("", "0.0.0.0", "[::]", "::"):
+    if bind.startswith(("unix:", "fd://")) or not port.isdigit() or is_wildcard(host):
         return None
     return f"http://{host}:{port}"
+
+
+def address_in_use(bind: str) -> bool:
+    """Whether a program listens on ``HOST:PORT`` already (a socket without SO_REUSEPORT cannot bind it then)."""
+    host, _, port = bind.rpartition(":")
+    try:
+        found = socket.getaddrinfo(host.strip("[]") or None, int(port), 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except (socket.gaierror, ValueError, UnicodeError):
+        return False  # gunicorn says what is wrong with it
+    family, kind, proto, _, address = found[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn: old connections do not count
+        try:
+            probe.bind(address)
+        except OSError:
+            return True
+    return False
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether gunicorn listens on every interface for ``host``: empty, or an address that is all zeros however it
+    is written (``0``, ``0.0.0.0``, ``0x0``, ``[::]``, ``[0::0]``, ``[::ffff:0.0.0.0]``...)."""
+    if not host.strip("[]"):
+        return True
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), None, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError):
+        return False  # a name, not an address
+    for *_, address in found:
+        ip = ipaddress.ip_address(address[0])
+        mapped = getattr(ip, "ipv4_mapped", None)
+        if ip.is_unspecified or (mapped is not None and mapped.is_unspecified):
+            return True
+    return False
 
 
 if __name__ == "__main__":

@@ -2,12 +2,21 @@
 
 SQLite by default (embedded), PostgreSQL when ``FEEDBACK_DB_URL`` says so. Issued cards keep only what is needed to
 report per card kind (uuid, service, kind, indicator, time): no patient data. A feedback 200 means committed.
+
+A store that is down, locked or partitioned must give a quick 503, never a call that hangs: every operation ends
+about ``FEEDBACK_DB_TIMEOUT`` seconds after it began. PostgreSQL gets a connect timeout, a statement and a lock
+timeout (per transaction, so that a pooler in front does not matter), and a watchdog that shuts the connection's
+socket down when nothing comes back at all (a partition: no server-side timeout can help then). At most
+STORE_SLOTS calls per process wait on the store at once; the others get their 503 at once, so that a hung store
+holds few threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -32,13 +41,27 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from service.sqlite import pragmas
+from service.watchdog import Watchdog
+from service.watchdog import current as current_watchdog
 
 log = logging.getLogger("service.feedback")
 SCHEMA_LOCK = 0x616C70636473  # any number, the same in every process: "alpcds"
+STORE_SLOTS = 2  # feedback and readiness calls of one process waiting on the store at once
+SLOT_WAIT = 0.5  # seconds a call waits for a slot before its 503
+ANSWER_MARGIN = 2.0  # seconds past the server-side timeouts before the watchdog cuts the connection
+
+
+class StoreBusy(SQLAlchemyError):
+    """Every slot is taken: the store is slow or hung, and more waiting would only hold more threads."""
+
+
+class StoreTimedOut(SQLAlchemyError):
+    """The store did not answer within its time."""
+
 
 metadata = MetaData()
 
@@ -96,7 +119,8 @@ def _strings(value: Any, path: str) -> Iterable[tuple[str, str]]:
 
 
 class FeedbackStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        self.timeout = timeout
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             try:
@@ -108,18 +132,73 @@ class FeedbackStore:
         in_memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
         # An in-memory SQLite database lives in one connection: every thread (the audit writer included) must
         # share it, or the writer finds no tables.
-        options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}} if in_memory else {}
-        self.engine: Engine = create_engine(parsed, pool_pre_ping=True, **options)
+        options: dict[str, Any] = {}
+        if in_memory:
+            options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+        elif parsed.get_backend_name() == "postgresql":
+            options = {"connect_args": {"connect_timeout": max(2, math.ceil(timeout))}}  # libpq's least is 2
+        self.engine: Engine = create_engine(parsed, **options)
         if parsed.get_backend_name() == "sqlite":
-            event.listen(self.engine, "connect", pragmas("FULL"))  # a 200 means the feedback is on disk
+            # A 200 means the feedback is on disk; a file locked by another process is waited for ``timeout``.
+            event.listen(self.engine, "connect", pragmas("FULL", busy_seconds=timeout))
+        elif parsed.get_backend_name() == "postgresql":
+            event.listen(self.engine, "checkout", self._watch_and_ping)
+            event.listen(self.engine, "begin", self._limit_waits)
+        self._slots = threading.BoundedSemaphore(STORE_SLOTS)
         self._schema_ready = False
         self._queue: queue.Queue = queue.Queue(maxsize=10_000)
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
         try:
-            self._ensure_schema()
+            with self._bounded():
+                self._ensure_schema()
         except SQLAlchemyError as exc:  # the service still answers hooks; /readyz reports the store as down
             log.error(json.dumps({"event": "feedback_store_unavailable", "error": type(exc).__name__}))
+
+    # ------------------------------------------------------------------------------------------ bounded waits
+
+    @contextlib.contextmanager
+    def _bounded(self, slot: bool = False):
+        """One store operation, ended by the watchdog if the store has not answered in time; with ``slot``, only
+        when one of the STORE_SLOTS is free within SLOT_WAIT (else StoreBusy)."""
+        if slot and not self._slots.acquire(timeout=SLOT_WAIT):
+            raise StoreBusy("the feedback store is busy: every slot waits for it")
+        try:
+            with Watchdog(self.timeout + ANSWER_MARGIN) as watchdog:
+                try:
+                    yield
+                except SQLAlchemyError as exc:
+                    if watchdog.fired:
+                        raise StoreTimedOut("the feedback store did not answer in time") from exc
+                    raise
+        finally:
+            if slot:
+                self._slots.release()
+
+    def _watch_and_ping(self, dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        """On checkout from the pool (PostgreSQL): hand the connection's socket to the operation's watchdog, then
+        check that the connection still works (SQLAlchemy's pre-ping, which runs before any event, could not be
+        watched). A broken connection is replaced by a new one."""
+        watchdog = current_watchdog()
+        if watchdog is not None:
+            watchdog.watch_descriptor(dbapi_connection.fileno())
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+            dbapi_connection.rollback()
+        except Exception as exc:
+            if watchdog is not None and watchdog.fired:
+                raise StoreTimedOut("the feedback store did not answer in time") from exc
+            raise DisconnectionError("the pooled connection no longer works") from exc
+
+    def _limit_waits(self, connection: Any) -> None:
+        """Every transaction (PostgreSQL) ends its statements and its waits for locks after ``timeout``."""
+        limit = str(max(1, round(self.timeout * 1000)))
+        connection.exec_driver_sql(
+            "SELECT set_config('statement_timeout', %(ms)s, true), set_config('lock_timeout', %(ms)s, true)",
+            {"ms": limit},
+        )
 
     def _ensure_schema(self) -> None:
         """Create the tables once, whoever comes first: workers and replicas start at the same time, and each would
@@ -171,8 +250,9 @@ class FeedbackStore:
             for service_id, kind, uuid, indicator in batch:
                 by_service.setdefault(service_id, []).append((kind, {"uuid": uuid, "indicator": indicator}))
             try:
-                for service_id, cards in by_service.items():
-                    self.record_cards(service_id, cards)
+                with self._bounded():
+                    for service_id, cards in by_service.items():
+                        self.record_cards(service_id, cards)
             except SQLAlchemyError as exc:
                 log.error(json.dumps({"event": "record_cards_failed", "error": type(exc).__name__}))
             finally:
@@ -219,10 +299,11 @@ class FeedbackStore:
                     "received_at": now,
                 }
             )
-        self._ensure_schema()
-        with self.engine.begin() as connection:
-            self._full_durability(connection)
-            connection.execute(insert(feedback), rows)
+        with self._bounded(slot=True):
+            self._ensure_schema()
+            with self.engine.begin() as connection:
+                self._full_durability(connection)
+                connection.execute(insert(feedback), rows)
         return len(rows)
 
     def _relaxed_durability(self, connection) -> None:
@@ -236,9 +317,10 @@ class FeedbackStore:
             connection.exec_driver_sql("PRAGMA synchronous=FULL")
 
     def ping(self) -> None:
-        self._ensure_schema()
-        with self.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        with self._bounded(slot=True):
+            self._ensure_schema()
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
 
     def feedback_rows(self) -> list[dict[str, Any]]:
         with self.engine.connect() as connection:

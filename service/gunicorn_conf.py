@@ -3,9 +3,13 @@
 Slow peers: with sync workers one client that sends its request slowly holds a whole worker process, so two of them
 took every endpoint down. Threaded workers give a connection a thread only while it sends a request or waits for
 its answer (a connection that has sent nothing, or is idle between kept-alive requests, waits in the worker's
-poller), and a client that stops sending for ``CDS_CLIENT_TIMEOUT`` seconds is disconnected. The work of a hook
-call itself is bounded: FHIR fetching by ``CDS_FHIR_TIME_BUDGET``. Facing the open internet, put a buffering proxy
-(nginx) in front as well: a client that keeps trickling bytes still holds one thread for as long as it trickles.
+poller). A client that stops sending, or stops reading its answer, for ``CDS_CLIENT_TIMEOUT`` seconds is
+disconnected, and one that keeps trickling its request is cut off ``CDS_CLIENT_REQUEST_DEADLINE`` seconds after a
+thread took it up (``service/gunicorn_worker.py``). The work of a hook call itself is bounded: FHIR fetching by
+``CDS_FHIR_TIME_BUDGET``, the stores by their timeouts. ``alp-cds serve`` adds ``--reuse-port`` on a TCP address,
+so that each worker has a listening socket of its own and the kernel spreads connections evenly over them. Each slow
+client still holds a thread while it lasts, so facing the open internet, put a buffering proxy (nginx) in front
+(README, "Serving", which gives the measured numbers).
 """
 
 import gc
@@ -14,20 +18,27 @@ import struct
 
 from service.settings import load_settings
 
-worker_class = "gthread"
-threads = 8  # per worker: requests served at once by each process (alp-cds serve --threads)
+worker_class = "service.gunicorn_worker.DeadlineThreadWorker"  # gunicorn's gthread, with a request deadline
+threads = 16  # per worker: requests served at once by each process (alp-cds serve --threads)
 keepalive = 5  # seconds an idle kept-alive connection is kept (in the poller, holding no thread)
 timeout = 30  # a worker whose main loop is stuck this long is restarted
 control_socket_disable = True  # no gunicornc socket in $HOME: several services (and tests) may run side by side
 
 
 def when_ready(server) -> None:
-    """Every accepted connection inherits the listener's receive timeout: a blocking read of a request (headers or
-    body) that gets nothing for CDS_CLIENT_TIMEOUT seconds fails, and the connection is closed."""
+    """With a socket per worker (--reuse-port) gunicorn's own "Listening at" line names no address: say it here."""
+    server.log.info("Serving on %s (threads per worker: %s)", ", ".join(server.cfg.bind), server.cfg.threads)
+
+
+def post_fork(server, worker) -> None:
+    """Every connection a worker accepts inherits its listener's receive and send timeouts: a blocking read of a
+    request (headers or body) that gets nothing, or a write of an answer that the client does not take (it never
+    reads), for CDS_CLIENT_TIMEOUT seconds fails, and the connection is closed."""
     seconds = load_settings()["CLIENT_TIMEOUT"]
     value = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
-    for listener in server.LISTENERS:
+    for listener in worker.sockets:
         listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 def post_worker_init(worker) -> None:

@@ -1,27 +1,36 @@
 """GET requests to peers the service does not control (FHIR servers, JWKS endpoints), bounded as a whole.
 
 requests' timeouts apply to each socket read, so a peer that sends one byte every few seconds is never timed out.
-Here a deadline covers the whole exchange: at the deadline a watchdog shuts the socket down, which ends a read that
-is waiting for the peer, in the headers or in the body. The body is streamed and reading stops past a byte limit.
-Redirects are never followed here: the caller sees them and decides.
+Here a deadline covers the whole exchange. Connecting is done here too: the name is resolved in a small pool of
+threads (getaddrinfo cannot be interrupted) and each address gets what is left of the time, where urllib3 would give
+every address the whole connect timeout. Once connected, a watchdog shuts the socket down at the deadline, which
+ends whatever is waiting for the peer: the TLS handshake, the headers or the body. The body is streamed and reading
+stops past a byte limit. Redirects are never followed here: the caller sees them and decides.
 """
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
+import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
+
+from service.watchdog import Watchdog
+from service.watchdog import current as current_watchdog
 
 CHUNK = 64 * 1024
+_RESOLVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")  # a hung resolver holds these, no more
 
 
 class OutboundError(Exception):
@@ -38,6 +47,19 @@ class TooLarge(OutboundError):
     kind = "too_large"
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[Any, ...]:
+    """Scheme, user information, host and port (the scheme's default when none is written): two URLs with the same
+    origin reach the same server with the same credentials. ValueError when ``url`` cannot be split, or its port is
+    not a number from 0 to 65535."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port if parts.port is not None else DEFAULT_PORTS.get(scheme)
+    return scheme, parts.username, parts.password, parts.hostname, port
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -45,9 +67,16 @@ class Answer:
     body: bytes  # read for a 200 only
 
 
+class _Session(requests.Session):
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        """Redirects are the caller's to judge: requests would otherwise parse the Location of every redirect (and
+        raise ValueError on one it cannot split) even when it does not follow it."""
+        return None
+
+
 def session() -> requests.Session:
     """A requests Session whose connections report their socket to the watchdog of the request in progress."""
-    s = requests.Session()
+    s = _Session()
     adapter = _WatchedAdapter()
     s.mount("http://", adapter)
     s.mount("https://", adapter)
@@ -71,7 +100,7 @@ def get(
     if remaining <= 0:
         raise TimedOut("no time was left to send the request")
     timeout = (min(connect_timeout, remaining), min(read_timeout, remaining))
-    with _Watchdog(remaining) as watchdog:
+    with Watchdog(remaining) as watchdog:
         try:
             with http.get(url, headers=headers, timeout=timeout, allow_redirects=False, stream=True) as response:
                 body = _read(response, max_bytes, count) if response.status_code == 200 else b""
@@ -81,6 +110,8 @@ def get(
             if watchdog.fired:
                 raise TimedOut("the peer did not finish its answer in time") from None
             raise OutboundError("the peer could not be reached") from None
+        except ValueError:  # what requests lets through from a URL or header http.client refuses
+            raise OutboundError("the request could not be sent: its URL or a header is not valid") from None
         if watchdog.fired:  # the shut-down socket may have looked like the end of a body sent without a length
             raise TimedOut("the peer did not finish its answer in time")
     return Answer(response.status_code, response.headers, body)
@@ -100,58 +131,67 @@ def _read(response: requests.Response, max_bytes: int, count: Callable[[int], No
     return bytes(body)
 
 
-# ------------------------------------------------------------------------------------------------ the watchdog
-
-_current = threading.local()  # the watchdog of the request this thread is making
+# ------------------------------------------------------------------------------------------------ connecting
 
 
-class _Watchdog:
-    """Shuts down the socket of this thread's request when the time is up (a timer thread per request)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.fired = False
-        self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Watchdog:
-        _current.watchdog = self
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-        _current.watchdog = None
-
-    def watch(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sock = sock
-            fired = self.fired
-        if fired:
-            _shutdown(sock)
-
-    def _fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            sock = self._sock
-        if sock is not None:
-            _shutdown(sock)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # already closed
-        sock.shutdown(socket.SHUT_RDWR)
+def _connect(address: tuple[str, int], timeout: Any, deadline: float, options: Any) -> socket.socket:
+    """urllib3's create_connection, with everything done by ``deadline``: the name resolution, and each address
+    tried with what is left of the time (and at most ``timeout``, the connect timeout)."""
+    host, port = address
+    lookup = _RESOLVER.submit(socket.getaddrinfo, host.strip("[]"), port, allowed_gai_family(), socket.SOCK_STREAM)
+    try:
+        addresses = lookup.result(timeout=max(deadline - time.monotonic(), 0))
+    except TimeoutError:
+        lookup.cancel()
+        raise TimeoutError("the name was not resolved in time") from None
+    error: OSError = OSError("getaddrinfo returns an empty list")
+    for family, kind, proto, _, where in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no time was left to connect")
+        sock = socket.socket(family, kind, proto)
+        try:
+            for option in options or ():
+                sock.setsockopt(*option)
+            sock.settimeout(min(timeout, remaining) if isinstance(timeout, int | float) else remaining)
+            sock.connect(where)
+            return sock
+        except OSError as exc:
+            error = exc
+            sock.close()
+    raise error
 
 
 class _Watched:
-    """Mixed into urllib3's connections: hand the socket to the current watchdog before waiting for the answer."""
+    """Mixed into urllib3's connections: connect within the current watchdog's deadline, and hand it the socket."""
 
     sock: socket.socket | None
+    host: str
+    port: int
+    timeout: Any
+    source_address: Any
+    socket_options: Any
+    _dns_host: str
+
+    def _new_conn(self) -> socket.socket:
+        watchdog = current_watchdog()
+        if watchdog is None or self.source_address:
+            return super()._new_conn()  # type: ignore[misc]
+        try:
+            sock = _connect((self._dns_host, self.port), self.timeout, watchdog.deadline, self.socket_options)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out") from exc
+        except OSError as exc:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc  # type: ignore[arg-type]
+        sys.audit("http.client.connect", self, self.host, self.port)
+        watchdog.watch_descriptor(sock.fileno())  # TLS wraps (and detaches) ``sock``; the descriptor stays
+        return sock
 
     def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-        watchdog = getattr(_current, "watchdog", None)
-        if watchdog is not None and self.sock is not None:
+        watchdog = current_watchdog()
+        if watchdog is not None and self.sock is not None:  # a kept-alive connection, reused
             watchdog.watch(self.sock)
         return super().getresponse(*args, **kwargs)  # type: ignore[misc]
 

@@ -8,6 +8,7 @@ in WAL mode that all workers on a machine open. Entries expire with their token 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ from service.settings import SettingsError
 from service.sqlite import pragmas
 
 log = logging.getLogger("service.replay")
+BUSY_SECONDS = 1.0  # how long a call waits for another process's lock on the store before its 503
 
 
 class ReplayStore(Protocol):
@@ -34,26 +36,34 @@ class ReplayStore(Protocol):
 
 
 class SqliteReplayStore:
-    """``sqlite:///path`` (shared by the processes that open the file) or ``sqlite://`` (this process only)."""
+    """``sqlite:///path`` (shared by the processes that open the file) or ``sqlite://`` (this process only).
+
+    Each call writes in a transaction of its own, on a connection of its own, and SQLite orders the writers of every
+    process: no Python lock is held while SQLite waits, so calls wait side by side, each at most BUSY_SECONDS when
+    another process holds the store (then 503), never one after another."""
 
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
+        self._lock: threading.Lock | contextlib.nullcontext = contextlib.nullcontext()
         if parsed.database in (None, "", ":memory:"):
             self.engine = create_engine(parsed, poolclass=StaticPool, connect_args={"check_same_thread": False})
+            self._lock = threading.Lock()  # one connection for every thread: one transaction at a time
         else:
             try:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # every token is then refused with a 503 until the location is fixed
                 log.error(json.dumps({"event": "replay_store_dir_unavailable", "error": type(exc).__name__}))
-            self.engine = create_engine(parsed)
+            self.engine = create_engine(parsed, pool_size=8, max_overflow=24, pool_timeout=BUSY_SECONDS)
             # A crash of the machine (not of the service) may forget the last tokens seen; they expire in minutes.
-            event.listen(self.engine, "connect", pragmas("NORMAL"))
-        self._lock = threading.Lock()  # one writer per process at a time; SQLite orders the processes
+            event.listen(self.engine, "connect", pragmas("NORMAL", busy_seconds=BUSY_SECONDS))
         self._ready = False
 
     def first_use(self, key: str, expires_at: float) -> bool:
         digest = hashlib.sha256(key.encode()).hexdigest()  # a fixed-size key, whatever the token's jti
         with self._lock, self.engine.begin() as connection:
+            # The write lock first, waited for on the busy timeout: a transaction that read first and then wanted
+            # to write could fail at once when another connection wrote meanwhile.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
             if not self._ready:
                 connection.exec_driver_sql(
                     "CREATE TABLE IF NOT EXISTS seen_tokens (key TEXT PRIMARY KEY, expires_at REAL NOT NULL)"

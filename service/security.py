@@ -3,25 +3,28 @@ and the fhirServer allow-list that keeps the FHIR access token from going anywhe
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-from jwt import PyJWK, PyJWKSet
+import orjson
+from jwt import PyJWK
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import outbound
-from service.errors import CdsError, StoreUnavailable
+from service.errors import BadRequest, CdsError, StoreUnavailable
 from service.replay import open_replay_store
 
 log = logging.getLogger("service.security")
 ALGORITHMS = ("ES384", "RS384")
 JWKS_REFRESH_SECONDS = 30  # at most one refetch per issuer in this time, whatever kids attackers send
 JWKS_MAX_BYTES = 1_000_000  # a key set is a few kilobytes
+JWKS_MAX_WAITERS = 4  # calls that wait for a key fetch in progress (each holds a thread); more are refused
 
 
 class Unauthorized(CdsError):
@@ -30,7 +33,14 @@ class Unauthorized(CdsError):
 
     def __init__(self, reason: str) -> None:
         super().__init__("authentication failed")  # the caller learns nothing more
-        self.reason = reason  # logged, never returned
+        self.reason = loggable(reason)  # logged, never returned
+
+
+def loggable(text: str, limit: int = 100) -> str:
+    """``text`` fit for a log line although parts of it come from the caller: printable ASCII, at most ``limit``
+    characters (and an ellipsis)."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text[: limit + 1])
+    return clean if len(clean) <= limit else clean[:limit] + "..."
 
 
 class Forbidden(CdsError):
@@ -38,22 +48,44 @@ class Forbidden(CdsError):
     code = "forbidden"
 
 
+@dataclass
+class _Source:
+    """What is known of one key source: its keys, when it was last asked, and the fetch in progress."""
+
+    keys: dict[str, PyJWK] = field(default_factory=dict)
+    asked_at: float = -math.inf
+    fetching: threading.Event | None = None
+    waiting: int = 0
+
+
 class KeyStore:
-    """JWKS per source (inline, jwks_url or an allow-listed jku), cached and refreshed on an unknown kid."""
+    """JWKS per source (inline, jwks_url or an allow-listed jku), cached and refreshed on an unknown kid.
+
+    Anyone can send a token naming a trusted issuer and an unknown kid, so a source is asked at most once per
+    JWKS_REFRESH_SECONDS, whether that fetch succeeded or failed, and while a fetch is in progress the calls that
+    need it wait for that one (at most JWKS_MAX_WAITERS of them; the others are refused at once). No lock is held
+    while fetching: the calls of other issuers never wait for it."""
 
     def __init__(self, timeout: float = 5.0) -> None:
-        self._keys: dict[str, dict[str, PyJWK]] = {}
-        self._fetched_at: dict[str, float] = {}
+        self._sources: dict[str, _Source] = {}
         self._lock = threading.Lock()
         self.timeout = timeout  # seconds for a whole JWKS fetch
         self.session = outbound.session()
 
     @staticmethod
-    def _parse(jwks: Mapping[str, Any]) -> dict[str, PyJWK]:
+    def _parse(jwks: Any) -> dict[str, PyJWK]:
+        """The keys of a JWK Set by kid; a member that is not a usable key is skipped. ValueError when ``jwks`` is
+        not a key set at all."""
+        if not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list):
+            raise ValueError("not a JWK Set")
         keys: dict[str, PyJWK] = {}
-        for key in PyJWKSet.from_dict(dict(jwks)).keys:
-            if key.key_id:
-                keys[key.key_id] = key
+        for data in jwks["keys"]:
+            if not isinstance(data, Mapping) or not isinstance(data.get("kid"), str):
+                continue
+            try:
+                keys[data["kid"]] = PyJWK(dict(data))
+            except (jwt.PyJWTError, TypeError, ValueError):  # what PyJWT raises on members of the wrong shape
+                continue
         return keys
 
     def _fetch(self, url: str) -> dict[str, PyJWK]:
@@ -69,28 +101,43 @@ class KeyStore:
         )
         if answer.status != 200:
             raise outbound.OutboundError(f"JWKS answer {answer.status}")
-        return self._parse(json.loads(answer.body))
+        return self._parse(orjson.loads(answer.body))  # orjson: a 1000-deep answer is no RecursionError
 
     def key(self, source: str, kid: str, inline: Mapping[str, Any] | None = None) -> PyJWK | None:
         with self._lock:
-            if inline is not None:
-                if source not in self._keys:
-                    self._keys[source] = self._parse(inline)
-                return self._keys[source].get(kid)
-            cached = self._keys.get(source, {})
-            if kid in cached:
-                return cached[kid]
-            if time.monotonic() - self._fetched_at.get(source, -1e9) < JWKS_REFRESH_SECONDS and source in self._keys:
+            known = self._sources.setdefault(source, _Source())
+            if inline is not None and not known.keys:
+                known.keys = self._parse(inline)
+            if kid in known.keys or inline is not None:
+                return known.keys.get(kid)
+            in_progress = known.fetching
+            if in_progress is None:
+                if time.monotonic() - known.asked_at < JWKS_REFRESH_SECONDS:
+                    return None
+                known.asked_at = time.monotonic()
+                known.fetching = threading.Event()
+            elif known.waiting >= JWKS_MAX_WAITERS:
                 return None
-            self._fetched_at[source] = time.monotonic()
+            else:
+                known.waiting += 1
+        if in_progress is not None:  # another call is fetching this source: use what it finds
+            in_progress.wait(self.timeout + 1)
+            with self._lock:
+                known.waiting -= 1
+                return known.keys.get(kid)
+        keys = None
         try:
             keys = self._fetch(source)
         except (outbound.OutboundError, ValueError, jwt.PyJWTError) as exc:
             log.warning('{"event":"jwks_fetch_failed","error":"%s"}', type(exc).__name__)
-            return None
-        with self._lock:
-            self._keys[source] = keys
-        return keys.get(kid)
+            keys = None
+        finally:
+            with self._lock:
+                event, known.fetching = known.fetching, None
+                if keys is not None:
+                    known.keys = keys
+            event.set()
+        return keys.get(kid) if keys is not None else None
 
 
 class Authenticator:
@@ -108,14 +155,18 @@ class Authenticator:
 
     def verify(self, authorization: str | None, audience: str) -> dict[str, Any]:
         """Claims of a valid token; :class:`Unauthorized` (with a logged reason) otherwise."""
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():  # RFC 7235: the scheme is case-insensitive
             raise Unauthorized("no bearer token")
-        token = authorization.removeprefix("Bearer ").strip()
+        token = token.strip()
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise Unauthorized("malformed token") from None
+        problem = claim_type_problem(unverified)
+        if problem:
+            raise Unauthorized(problem)
         if header.get("alg") not in ALGORITHMS:
             raise Unauthorized(f"algorithm {header.get('alg')!r} not allowed")
         kid = header.get("kid")
@@ -167,10 +218,37 @@ class Authenticator:
         return None
 
 
+def claim_type_problem(claims: Mapping[str, Any]) -> str | None:
+    """Claims whose type PyJWT lets through (it reads ``"1700000000"`` as a time) but no valid token has: times must
+    be finite JSON numbers, and the jti a non-empty string of Unicode characters (no lone surrogate)."""
+    for name in ("iat", "exp", "nbf"):
+        value = claims.get(name)
+        if name in claims and not (isinstance(value, int | float) and not isinstance(value, bool)):
+            return f"{name} is not a number"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{name} is not a finite number"
+    jti = claims.get("jti")
+    if "jti" in claims and not (isinstance(jti, str) and jti and _encodable(jti)):
+        return "jti is not a non-empty string"
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_fhir_server(fhir_server: str | None, claims: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> None:
     """Only allow-listed FHIR servers get our requests (and the bearer token); otherwise 403, nothing sent."""
     if not fhir_server:
         return
+    try:
+        outbound.origin(fhir_server)
+    except ValueError:
+        raise BadRequest("fhirServer is not a valid URL") from None
     server = fhir_server.rstrip("/")
     if claims is not None:
         allowed = settings["TRUSTED_ISSUERS"][claims["iss"]]["fhir_servers"]

@@ -78,6 +78,8 @@ def _issuers(raw: Any) -> dict[str, dict[str, Any]]:
     for iss, conf in data.items():
         if not isinstance(conf, Mapping) or not (conf.get("jwks") or conf.get("jwks_url") or conf.get("jku")):
             raise SettingsError(f"issuer {iss!r} needs jwks, jwks_url or a jku allow-list")
+        if conf.get("jwks") and not (isinstance(conf["jwks"], Mapping) and isinstance(conf["jwks"].get("keys"), list)):
+            raise SettingsError(f"issuer {iss!r}: jwks must be a JWK Set, {{keys: [...]}}")
         issuers[str(iss)] = {
             "jwks": conf.get("jwks"),
             "jwks_url": conf.get("jwks_url"),
@@ -139,7 +141,15 @@ SETTINGS: tuple[Setting, ...] = (
         "CLIENT_TIMEOUT",
         _positive_float,
         10.0,
-        "Seconds a client may send nothing while sending its request before it is disconnected (alp-cds serve).",
+        "Seconds a client may send nothing while sending its request, or take nothing of its answer, before it is "
+        "disconnected (alp-cds serve).",
+    ),
+    Setting(
+        "CLIENT_REQUEST_DEADLINE",
+        _positive_float,
+        30.0,
+        "Seconds a client has to send a whole request, headers and body, once a thread has taken it up; then the "
+        "connection is closed (alp-cds serve).",
     ),
     Setting(
         "ALP_SITE_LOW_LIMITS",
@@ -212,6 +222,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FHIR_SERVERS", _list, [], "With AUTH off, the only fhirServer values accepted (comma-separated)."),
     Setting("CORS_ORIGINS", _list, [], "Browser origins allowed to call the service (comma-separated; `*` for any)."),
     Setting("FEEDBACK_DB_URL", str, "sqlite:///var/feedback.db", "SQLAlchemy URL of the feedback store."),
+    Setting(
+        "FEEDBACK_DB_TIMEOUT",
+        _positive_float,
+        5.0,
+        "Seconds a feedback-store operation may take (connecting, waiting for a lock, a statement); then 503.",
+    ),
     Setting("FHIR_TIME_BUDGET", _positive_float, 8.0, "Seconds all FHIR fetching of one hook call may take."),
     Setting("FHIR_MAX_ENTRIES", _positive_int, 20000, "Most Bundle entries read per prefetch key."),
     Setting(

@@ -8,12 +8,13 @@ from collections.abc import Callable
 from typing import Any
 
 
-def pragmas(synchronous: str) -> Callable[[Any, Any], None]:
-    """A SQLAlchemy ``connect`` listener: ``event.listen(engine, "connect", pragmas("FULL"))``."""
+def pragmas(synchronous: str, busy_seconds: float = 5.0) -> Callable[[Any, Any], None]:
+    """A SQLAlchemy ``connect`` listener: ``event.listen(engine, "connect", pragmas("FULL"))``. ``busy_seconds``:
+    how long a statement waits for another connection's lock before it fails."""
 
     def on_connect(connection: Any, _record: Any) -> None:
         cursor = connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=5000")  # first: what follows may wait for another process
+        cursor.execute(f"PRAGMA busy_timeout={round(busy_seconds * 1000)}")  # first: what follows may wait
         _wal(cursor)
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.close()

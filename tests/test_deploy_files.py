@@ -74,6 +74,13 @@ def test_dockerfile_passes_hadolint_and_runs_as_non_root():
     assert "USER 10001" in text and "HEALTHCHECK" in text and '"alp-cds", "serve"' in text
 
 
+def test_the_container_health_check_calls_healthz():
+    """/cds-services needs a token when CDS_DISCOVERY_AUTH is on: the health check must not depend on it."""
+    text = (ROOT / "Dockerfile").read_text()
+    check = text[text.index("HEALTHCHECK") :]
+    assert "http://127.0.0.1:8080/healthz" in check and "/cds-services" not in check
+
+
 def test_sandbox_trust_file_loads_and_the_compose_service_uses_it():
     from service.settings import load_settings
 

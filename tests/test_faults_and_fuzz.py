@@ -3,6 +3,7 @@ requests and FHIR resources: never a 500, and every 200 valid against the respon
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.fhir.client import FhirClient
-from tests.conftest import OS, PV, load_request, make_app
+from tests.conftest import OS, PV, free_port, load_request, make_app
 
 # ------------------------------------------------------------------------------------------- a misbehaving server
 
@@ -472,3 +473,77 @@ def test_a_number_no_double_can_hold_is_a_clear_400():
     response = CLIENT.client.post(f"/cds-services/{PV}", data=body, content_type="application/json")
     assert response.status_code == 400
     assert "not valid JSON" in response.get_json()["issue"][0]["diagnostics"]
+
+
+# ------------------------------------------------------------------------------------------- the connect phase
+
+
+@pytest.fixture
+def unreachable_host(monkeypatch):
+    """A host name with five addresses that never accept a connection (their listeners' accept queues are full, so
+    SYNs are dropped and connect() waits, as for a host that is down): what DNS gives for a load-balanced server."""
+    import socket
+
+    port = free_port()
+    listeners, fillers = [], []
+    addresses = [f"127.0.0.{i}" for i in range(2, 7)]
+    for address in addresses:
+        listener = socket.socket()
+        listener.bind((address, port))
+        listener.listen(0)
+        listeners.append(listener)
+        for _ in range(3):  # fill the accept queue
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect((address, port))
+            fillers.append(filler)
+    time.sleep(0.3)
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        if host == "fhir.unreachable.test":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, args[0])) for a in addresses]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    yield f"fhir.unreachable.test:{port}"
+    for sock in listeners + fillers:
+        sock.close()
+
+
+def test_the_time_budget_covers_connecting_to_every_address(unreachable_host):
+    client = make_app(FHIR_TIME_BUDGET=2, FHIR_CONNECT_TIMEOUT=3.05)
+    started = time.monotonic()
+    response = client.hook(PV, _request(f"http://{unreachable_host}/fhir"))
+    elapsed = time.monotonic() - started
+    assert response.status_code == 412
+    assert "did not answer in time" in response.get_json()["issue"][0]["diagnostics"]
+    assert elapsed < 2 + 1.5  # the budget, not 5 addresses x 2 s
+
+
+def test_the_jwks_time_limit_covers_connecting_to_every_address(unreachable_host):
+    from service.security import KeyStore
+
+    started = time.monotonic()
+    assert KeyStore(timeout=1).key(f"http://{unreachable_host}/jwks", "k1") is None
+    assert time.monotonic() - started < 1 + 1.5
+
+
+def test_name_resolution_is_within_the_time_budget(monkeypatch):
+    import socket
+
+    real = socket.getaddrinfo
+
+    def slow(host, *args, **kwargs):
+        if host == "fhir.slow-dns.test":
+            time.sleep(6)
+            raise socket.gaierror("no answer")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    client = make_app(FHIR_TIME_BUDGET=1)
+    started = time.monotonic()
+    response = client.hook(PV, _request("http://fhir.slow-dns.test/fhir"))
+    assert response.status_code == 412
+    assert time.monotonic() - started < 1 + 1.5

@@ -54,6 +54,7 @@ def test_feedback_is_stored_reported_and_survives_a_restart(store_url):
     }
     response = post_feedback(first, {"feedback": [accepted, overridden]})
     assert response.status_code == 200 and response.get_json() == {"stored": 2}
+    first.app.extensions["cds_feedback"].flush()  # the audit rows are written off the hook call's path
     del first  # "restart": a new app, a new engine, the same database
 
     second = app_on(store_url)
@@ -252,3 +253,196 @@ def test_workers_opening_a_fresh_store_at_once_create_it_cleanly(store_url):
         process.join(timeout=30)
     assert [problem for problems, _ in reports for problem in problems] == []
     assert [count for _, rows in reports for count in rows] == [workers] * rounds  # every item of every round stored
+
+
+# ------------------------------------------------------------------------------------------- a store that hangs
+
+
+def within(seconds: float, action):
+    """Run ``action`` in a thread; its result and how long it took, or a test failure if it takes longer than
+    ``seconds`` (a call that hangs must fail the test, not hang it)."""
+    import threading
+    import time
+
+    done: dict = {}
+
+    def run() -> None:
+        try:
+            done["result"] = action()
+        except BaseException as exc:  # reported below
+            done["error"] = exc
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"still waiting after {seconds} s")
+    if "error" in done:
+        raise done["error"]
+    return done["result"], time.monotonic() - started
+
+
+class BlackHole:
+    """A TCP port that accepts connections and never says anything (a partitioned or stuck server). In relay mode
+    it forwards to ``target`` until ``hole`` is set: then it keeps the connections and forwards nothing more."""
+
+    def __init__(self, target: tuple[str, int] | None = None) -> None:
+        import socket
+        import threading
+
+        self.target = target
+        self.hole = target is None
+        self.accepted = 0
+        self.held: list = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.held.append(client)
+            if self.hole:
+                continue
+            upstream = socket.create_connection(self.target)
+            self.held.append(upstream)
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    def _pump(self, source, sink) -> None:
+        import time
+
+        try:
+            while data := source.recv(65536):
+                while self.hole:
+                    time.sleep(0.05)
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.server.close()
+        for sock in self.held:
+            sock.close()
+
+
+@pytest.fixture
+def pg_clean():
+    url = postgres_url()
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS feedback, issued_cards"))
+    engine.dispose()
+    return url
+
+
+def app_with(url: str, **settings) -> CheckedClient:
+    return CheckedClient(
+        create_app({"NOW": lambda: NOW, "AUTH": "off", "LOG_LEVEL": "WARNING", "FEEDBACK_DB_URL": url, **settings})
+    )
+
+
+def test_a_locked_feedback_table_gives_503_within_the_store_timeout(pg_clean):
+    import psycopg
+
+    client = app_with(pg_clean, FEEDBACK_DB_TIMEOUT=1)
+    assert post_feedback(client, {"feedback": [GOOD]}).status_code == 200
+    with psycopg.connect(pg_clean) as locker:  # a migration, a VACUUM FULL, a backup...
+        locker.execute("LOCK TABLE feedback IN ACCESS EXCLUSIVE MODE")
+        response, seconds = within(12, lambda: post_feedback(client, {"feedback": [GOOD]}))
+        assert response.status_code == 503 and seconds < 1 + 3
+        assert "nothing was stored" in response.get_json()["issue"][0]["diagnostics"]
+        ready, seconds = within(12, lambda: client.client.get("/readyz"))
+        assert ready.status_code == 200 and seconds < 3  # the database answers; the table is busy
+        locker.rollback()
+    assert post_feedback(client, {"feedback": [GOOD]}).status_code == 200
+    assert len(client.app.extensions["cds_feedback"].feedback_rows()) == 2
+
+
+def test_a_store_that_accepts_and_never_answers_does_not_stop_the_start():
+    hole = BlackHole()
+    try:
+        url = f"postgresql://alpcds:alpcds@127.0.0.1:{hole.port}/alpcds_test"
+        client, seconds = within(12, lambda: app_with(url, FEEDBACK_DB_TIMEOUT=1))
+        assert seconds < 2 + 3  # connecting is given up after 2 s (PostgreSQL's shortest connect_timeout)
+        ready, seconds = within(12, lambda: client.client.get("/readyz"))
+        assert ready.status_code == 503 and seconds < 2 + 3
+        response, seconds = within(12, lambda: post_feedback(client, {"feedback": [GOOD]}))
+        assert response.status_code == 503 and seconds < 2 + 3
+        assert client.hook(PV, load_request("single-low-in")).status_code == 200
+    finally:
+        hole.close()
+
+
+def test_a_store_partitioned_after_connecting_gives_503_within_the_store_timeout(pg_clean):
+    """The pooled connection stays open but nothing comes back (a network partition, a stuck server): no server-side
+    timeout can help, the client gives up by itself."""
+    from sqlalchemy.engine import make_url
+
+    target = make_url(pg_clean)
+    relay = BlackHole((target.host, target.port or 5432))
+    try:
+        url = pg_clean.replace(f"{target.host}:{target.port}", f"127.0.0.1:{relay.port}")
+        client = app_with(url, FEEDBACK_DB_TIMEOUT=1)
+        assert post_feedback(client, {"feedback": [GOOD]}).status_code == 200
+        relay.hole = True
+        response, seconds = within(12, lambda: post_feedback(client, {"feedback": [GOOD]}))
+        assert response.status_code == 503 and seconds < 1 + 2 + 2
+        relay.hole = False
+        assert post_feedback(client, {"feedback": [GOOD]}).status_code == 200
+    finally:
+        relay.close()
+
+
+def test_a_hung_store_holds_few_threads():
+    """Feedback calls to a store that does not answer: two at a time wait for it, the others get a 503 at once, so
+    that a hung store cannot take every thread of a worker."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    hole = BlackHole()
+    try:
+        client = app_with(f"postgresql://alpcds:alpcds@127.0.0.1:{hole.port}/alpcds_test", FEEDBACK_DB_TIMEOUT=1)
+        hole.accepted = 0
+
+        def one(_):
+            return within(12, lambda: post_feedback(CheckedClient(client.app), {"feedback": [GOOD]}))
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(8)))
+        assert [response.status_code for response, _ in results] == [503] * 8
+        quick = [seconds for _, seconds in results if seconds < 1.5]
+        assert len(quick) >= 6
+        assert hole.accepted <= 2
+    finally:
+        hole.close()
+
+
+def test_no_patient_id_or_token_in_the_logs_even_at_debug(caplog):
+    """urllib3 logs each request line (patient id in the query) at DEBUG: the service keeps it at WARNING whatever
+    CDS_LOG_LEVEL says."""
+    import logging
+
+    from service.fixtures import fhir_authorization
+    from tests.peer import Peer, send_json
+
+    peer = Peer({"/fhir": lambda h: send_json(h, {"resourceType": "Bundle", "type": "searchset", "entry": []})})
+    try:
+        caplog.set_level(logging.DEBUG)
+        client = app_with("sqlite://", LOG_LEVEL="DEBUG")
+        body = load_request("single-low-in")
+        del body["prefetch"]["alp"]
+        body["fhirServer"] = peer.base + "/fhir"
+        body["fhirAuthorization"] = fhir_authorization("SECRET-ACCESS-TOKEN")
+        assert client.hook(PV, body).status_code == 200
+    finally:
+        peer.close()
+    assert peer.hits and "single-low-in" in peer.hits[0]  # the id was in the request...
+    assert "single-low-in" not in caplog.text and "SECRET-ACCESS-TOKEN" not in caplog.text  # ...not in the logs

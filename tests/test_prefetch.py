@@ -356,6 +356,46 @@ def test_redirect_to_another_origin_is_refused_with_412(client, target):
     assert "redirected to another origin" in response.get_json()["issue"][0]["diagnostics"]
 
 
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://user@ehr.example.org/fhir/Observation",  # the same host, with credentials of the caller's choosing
+        "https://ehr.example.org:443@evil.example.com/fhir/Observation",
+    ],
+)
+def test_redirect_with_user_information_is_refused_with_412(client, target):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        _redirect_then_bundle(rsps, target)
+        keep = ("patient", "labs", "medicationStatements", "medicationRequests")
+        response = client.hook(PV, request_without_prefetch("single-low-in", keep=keep))
+        assert len(rsps.calls) == 1
+    assert response.status_code == 412
+
+
+@pytest.mark.parametrize(
+    ("base", "target"),
+    [
+        ("https://ehr.example.org/fhir", "https://ehr.example.org:443/fhir/Observation?moved=1"),
+        ("https://ehr.example.org:443/fhir", "https://ehr.example.org/fhir/Observation?moved=1"),
+        ("http://ehr.example.org/fhir", "http://ehr.example.org:80/fhir/Observation?moved=1"),
+        ("http://ehr.example.org:80/fhir", "http://EHR.example.org/fhir/Observation?moved=1"),
+    ],
+)
+def test_the_default_port_written_or_not_is_the_same_origin(base, target):
+    """http://h and http://h:80 (https://h and https://h:443) are one origin, for redirects and for next links."""
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, f"{base}/Observation", status=302, headers={"Location": target})
+        rsps.add(responses.GET, target, json={"resourceType": "Bundle", "type": "searchset", "entry": []})
+        assert FhirClient(base).fetch("Observation")["resourceType"] == "Bundle"
+        assert len(rsps.calls) == 2
+    first = {"resourceType": "Bundle", "type": "searchset", "entry": [], "link": [{"relation": "next", "url": target}]}
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, f"{base}/Observation", json=first)
+        rsps.add(responses.GET, target, json={"resourceType": "Bundle", "type": "searchset", "entry": []})
+        FhirClient(base).fetch("Observation")
+        assert len(rsps.calls) == 2
+
+
 def test_same_origin_redirect_is_followed_within_the_page_budget():
     target = f"{BASE}/Observation?moved=1"
     with responses.RequestsMock() as rsps:

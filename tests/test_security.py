@@ -15,10 +15,14 @@ import responses
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from service import security
 from service.app import create_app
 from service.fixtures import NOW, fhir_authorization
 from service.settings import SettingsError
 from tests.conftest import PV, CheckedClient, load_request
+from tests.peer import peer_fixture
+
+peer = peer_fixture()
 
 ISS = "https://ehr.example.org"
 BASE = "http://localhost"
@@ -91,6 +95,28 @@ def test_auth_off_logs_a_warning(caplog):
 def test_valid_tokens_are_accepted(key, alg, kid):
     response = call(secured(), token(key, alg, kid))
     assert response.status_code == 200 and response.get_json()["cards"]
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_authorization_scheme_is_case_insensitive(scheme):
+    """RFC 7235 section 2.1: the scheme is a case-insensitive token."""
+    client = secured()
+    response = client.hook(PV, load_request("single-low-in"), headers={"Authorization": f"{scheme} {token()}"})
+    assert response.status_code == 200
+
+
+def test_the_logged_reason_of_a_refusal_is_short_and_printable(caplog):
+    """The reason names what the caller sent (an algorithm, say), which the caller chooses: at most ~100 printable
+    characters of it reach the log."""
+    import base64
+
+    caplog.set_level(logging.INFO, logger="service.access")
+    alg = "SECRET-" + "x" * 5000 + "\\n\\u2028\\u0000"  # JSON escapes: a newline, a line separator, a NUL
+    header = base64.urlsafe_b64encode(f'{{"alg":"{alg}","kid":"k"}}'.encode()).rstrip(b"=").decode()
+    assert_401(call(secured(), f"{header}.e30.AAAA"))
+    [line] = [json.loads(r.getMessage()) for r in caplog.records if "auth_failed" in r.getMessage()]
+    assert "algorithm" in line["reason"] and len(line["reason"]) <= 120
+    assert line["reason"].isprintable() and line["reason"].isascii()
 
 
 def test_missing_or_non_bearer_token():
@@ -381,3 +407,235 @@ def test_cors_headers_on_actual_responses():
     assert response.status_code == 200
     response = client.client.get("/cds-services", headers={"Origin": "https://x.example"})
     assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+# ------------------------------------------------------------------------------------------ odd but signed
+
+
+def signed_raw(payload: str, header: str | None = None) -> str:
+    """A token signed over this exact JSON text (json.dumps cannot write a lone surrogate escape or Infinity)."""
+    import base64
+
+    def b64(text: str) -> bytes:
+        return base64.urlsafe_b64encode(text.encode()).rstrip(b"=")
+
+    signing_input = b64(header or '{"alg":"ES384","kid":"ec-1","typ":"JWT"}') + b"." + b64(payload)
+    signature = jwt.get_algorithm_by_name("ES384").sign(signing_input, EC_KEY)
+    return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
+
+
+def _claims(**replaced: str) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": json.dumps(ISS),
+        "aud": json.dumps(URL),
+        "iat": str(now),
+        "exp": str(now + 300),
+        "jti": json.dumps(str(uuid.uuid4())),
+        **replaced,
+    }
+    return "{" + ",".join(f'"{k}":{v}' for k, v in claims.items()) + "}"
+
+
+def test_signed_raw_makes_tokens_that_are_accepted():
+    assert call(secured(), signed_raw(_claims())).status_code == 200
+
+
+ODD_CLAIMS = {  # NOW is replaced by the time of the call
+    "iat as a numeric string": {"iat": '"NOW"'},
+    "exp as a numeric string": {"exp": '"NOW"'},
+    "nbf as a numeric string": {"nbf": '"NOW"'},
+    "iat as text": {"iat": '"yesterday"'},
+    "iat true": {"iat": "true"},
+    "exp a list": {"exp": "[1]"},
+    "exp an object": {"exp": "{}"},
+    "exp Infinity": {"exp": "Infinity"},
+    "iat -Infinity": {"iat": "-Infinity"},
+    "nbf Infinity": {"nbf": "Infinity"},
+    "iat NaN": {"iat": "NaN"},
+    "exp 1e308": {"exp": "1e308"},
+    "iat -1e308": {"iat": "-1e308"},
+    "exp 400 digits": {"exp": "1" + "0" * 400},
+    "jti a lone surrogate": {"jti": '"\\ud800"'},
+    "jti a number": {"jti": "5"},
+    "jti a list": {"jti": '["a"]'},
+    "jti empty": {"jti": '""'},
+    "jti an object": {"jti": '{"a":1}'},
+    "aud a number": {"aud": "5"},
+    "aud a list of numbers": {"aud": "[5]"},
+    "iss with a lone surrogate": {"iss": '"\\ud800"'},
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_CLAIMS))
+def test_oddly_typed_claims_in_validly_signed_tokens_are_refused_with_401(case):
+    now = str(int(time.time()))
+    odd = {name: value.replace("NOW", now) for name, value in ODD_CLAIMS[case].items()}
+    assert_401(call(secured(), signed_raw(_claims(**odd))))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{"alg":"ES384","kid":"\\ud800"}',
+        '{"alg":"ES384","kid":5}',
+        '{"alg":"ES384","kid":"ec-1","jku":5}',
+        '{"alg":"ES384","kid":"ec-1","jku":"\\ud800"}',
+        '{"alg":["ES384"],"kid":"ec-1"}',
+    ],
+)
+def test_oddly_typed_headers_are_refused_with_401(header):
+    client = secured({"jku": ["https://ehr.example.org/jwks.json"]})
+    assert_401(call(client, signed_raw(_claims(), header)))
+
+
+def test_an_inline_key_set_of_the_wrong_shape_stops_the_start():
+    with pytest.raises(SettingsError, match="JWK Set"):
+        secured({"jwks": {"keys": 5}})
+
+
+def test_tenant_of_another_type_is_refused():
+    client = secured({"tenant": "hospital-a"})
+    for tenant in ('["hospital-a"]', "5", '"\\ud800"'):
+        assert_401(call(client, signed_raw(_claims(tenant=tenant))))
+
+
+# ------------------------------------------------------------------------------------------ JWKS answers
+
+JWKS_URL = "https://ehr.example.org/.well-known/jwks.json"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"5",
+        b"null",
+        b'"ab"',
+        b"[]",
+        b'{"keys": 5}',
+        b'{"keys": [5]}',
+        b'{"keys": [{"kty": 5}]}',
+        b'{"keys": []}',
+        b'{"keys": [{"kty":"EC","crv":"P-384","x":"!","y":"!","kid":"ec-1"}]}',
+        b'{"keys": [{"kty":"RSA","n":5,"e":"AQAB","kid":"ec-1"}]}',
+        b"[" * 1000 + b"]" * 1000,
+        b"[" * 2000 + b"]" * 2000,
+        b"\xff\xfe not json",
+    ],
+)
+def test_a_malformed_key_set_refuses_the_token_never_a_500(answer):
+    client = secured({"jwks": None, "jwks_url": JWKS_URL})
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, JWKS_URL, body=answer, content_type="application/json")
+        assert_401(call(client, token()))
+
+
+def test_a_key_set_with_one_bad_key_still_gives_the_good_ones():
+    client = secured({"jwks": None, "jwks_url": JWKS_URL})
+    mixed = {"keys": [{"kty": "EC", "crv": "P-384", "x": "!", "y": "!", "kid": "bad"}, 5, *JWKS["keys"]]}
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, JWKS_URL, json=mixed)
+        assert call(client, token()).status_code == 200
+
+
+# ------------------------------------------------------------------------------------------ JWKS refetching
+
+OTHER_ISS = "https://other-ehr.example.org"
+
+
+def forged(aud: str = URL) -> str:
+    """The right iss and a kid, signed with the attacker's own key: costs the attacker nothing."""
+    return token(key=OTHER_EC_KEY, kid="attacker-kid", aud=aud)
+
+
+def test_a_failing_jwks_url_is_not_fetched_again_for_every_forged_token():
+    client = secured({"jwks": None, "jwks_url": JWKS_URL})
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, JWKS_URL, status=500)
+        for _ in range(20):
+            assert_401(call(client, forged()))
+        assert len(rsps.calls) == 1  # the refetch floor (30 s) applies after a failure too
+
+
+def test_a_hanging_jwks_url_holds_one_fetch_and_few_callers_and_never_other_issuers(peer):
+    """While the issuer's key endpoint hangs, forged tokens naming that issuer do not each start a fetch and wait
+    its 5 s: one call fetches, a few wait for it, the others are refused at once, and calls of another issuer are
+    answered as usual."""
+    release = threading.Event()
+    peer.routes["/jwks"] = lambda h: release.wait(8)
+    app = create_app(
+        {
+            "NOW": lambda: NOW,
+            "LOG_LEVEL": "WARNING",
+            "FEEDBACK_DB_URL": "sqlite://",
+            "PUBLIC_BASE_URL": BASE,
+            "REPLAY_STORE_URL": "sqlite://",
+            "TRUSTED_ISSUERS": {ISS: {"jwks_url": peer.base + "/jwks"}, OTHER_ISS: {"jwks": JWKS}},
+        }
+    )
+    client = CheckedClient(app)
+
+    def timed(bearer: str) -> tuple[int, float]:
+        started = time.monotonic()
+        status = call(CheckedClient(app), bearer).status_code
+        return status, time.monotonic() - started
+
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            attacks = [pool.submit(timed, forged()) for _ in range(12)]
+            time.sleep(0.5)
+            others = [timed(token(iss=OTHER_ISS)) for _ in range(3)]
+            results = [a.result() for a in attacks]
+        assert [status for status, _ in others] == [200, 200, 200]
+        assert all(seconds < 2 for _, seconds in others)
+        assert all(status == 401 for status, _ in results)
+        slow = [seconds for _, seconds in results if seconds > 2]
+        assert 1 <= len(slow) <= 1 + security.JWKS_MAX_WAITERS  # the fetch (5 s) and those waiting for it
+        assert len(peer.hits) == 1
+        started = time.monotonic()
+        assert_401(call(client, forged()))  # after the failure: refused at once, nothing fetched
+        assert time.monotonic() - started < 1 and len(peer.hits) == 1
+    finally:
+        release.set()
+
+
+# ------------------------------------------------------------------------------------------ a locked replay store
+
+
+def test_a_locked_replay_store_answers_503_quickly_and_does_not_serialise_the_calls(tmp_path):
+    """Another process holds the replay store's write lock (a backup, a stuck worker): every call that needs it gets
+    a 503 after a short wait, side by side, not one after another."""
+    import sqlite3
+
+    client = secured(REPLAY_STORE_URL=f"sqlite:///{tmp_path}/replay.db")
+    assert call(client, token()).status_code == 200  # the file and its table exist
+    holder = sqlite3.connect(tmp_path / "replay.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+
+        def one(_):
+            response = call(CheckedClient(client.app), token())
+            return response.status_code, time.monotonic() - started
+
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(one, range(6)))
+        assert [status for status, _ in results] == [503] * 6
+        assert max(seconds for _, seconds in results) < 3
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert call(client, token()).status_code == 200
+
+
+def test_many_calls_at_once_share_the_replay_store_without_spurious_refusals(tmp_path):
+    apps = [secured(REPLAY_STORE_URL=f"sqlite:///{tmp_path}/replay.db") for _ in range(2)]
+    barrier = threading.Barrier(16)
+
+    def attempt(i: int) -> int:
+        bearer = token()
+        barrier.wait()
+        return call(CheckedClient(apps[i % 2].app), bearer).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(attempt, range(16))) == [200] * 16

@@ -39,11 +39,44 @@ def test_serve_sets_the_public_url_from_a_specific_bind(serve_env):
     assert "service.app:create_app()" in serve_env["argv"]
 
 
+def test_serve_gives_each_worker_its_own_socket_on_tcp_and_checks_the_address_first(serve_env, capsys):
+    """SO_REUSEPORT spreads connections evenly over the workers (bench/slow_peers.py: with one shared socket, 8 slow
+    clients could take one worker's every thread while the other idled)."""
+    port = _free_port()
+    assert cli.main(["serve", "--bind", f"127.0.0.1:{port}"]) == 0
+    assert "--reuse-port" in serve_env["argv"]
+    serve_env.clear()
+    with socket.create_server(("127.0.0.1", port)):  # another program has the port: gunicorn would retry for ever
+        assert cli.main(["serve", "--bind", f"127.0.0.1:{port}"]) == 2
+        assert "in use" in capsys.readouterr().err
+        assert serve_env == {}
+    assert cli.main(["serve", "--bind", "unix:/tmp/alp-cds-test.sock", "--public-url", "http://x"]) == 0
+    assert "--reuse-port" not in serve_env["argv"]
+
+
 def test_serve_refuses_to_start_without_a_public_url_when_auth_is_on(serve_env, capsys):
     assert cli.main(["serve", "--bind", "0.0.0.0:8080"]) == 2
     assert "CDS_PUBLIC_BASE_URL" in capsys.readouterr().err
     assert serve_env == {}  # gunicorn was not started
     assert cli.main(["serve", "--bind", "0.0.0.0:8080", "--public-url", "https://cds.example.org"]) == 0
+
+
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "0", "0.0", "000.0.0.0", "0x0", "[::]", "[0::0]", "[0:0:0:0:0:0:0:0]", "[::ffff:0.0.0.0]", ""]
+)
+def test_every_spelling_of_a_wildcard_bind_is_refused_without_a_public_url(serve_env, capsys, host):
+    """gunicorn listens on every interface for each of these: no URL clients call can be derived from them."""
+    assert cli.main(["serve", "--bind", f"{host}:8080"]) == 2
+    assert "CDS_PUBLIC_BASE_URL" in capsys.readouterr().err
+    assert serve_env == {}
+
+
+@pytest.mark.parametrize(
+    ("bind", "url"),
+    [("127.0.0.1:18080", "http://127.0.0.1:18080"), ("[::1]:18080", "http://[::1]:18080"), ("cds.local:80", None)],
+)
+def test_a_specific_bind_gives_the_public_url(bind, url):
+    assert cli.url_of_bind(bind) == (url or "http://cds.local:80")
 
 
 def test_serve_with_auth_off_needs_no_public_url(serve_env, monkeypatch):
@@ -74,10 +107,8 @@ class Served:
         return (self.workdir / "server.log").read_text()
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """``alp-cds serve`` as production runs it (JWT checks on, two workers), on fresh store files."""
-    workdir = tmp_path_factory.mktemp("served")
+def start_served(workdir: Path, workers: int = 2, threads: int | None = None, **env_extra: str) -> Served:
+    """``alp-cds serve`` as production runs it (JWT checks on), on fresh store files in ``workdir``."""
     port = _free_port()
     issuers = workdir / "issuers.json"
     issuers.write_text(json.dumps({ISS: {"jwks": JWKS}}))
@@ -87,8 +118,10 @@ def served(tmp_path_factory):
         CDS_FEEDBACK_DB_URL=f"sqlite:///{workdir}/feedback.db",
         CDS_REPLAY_STORE_URL=f"sqlite:///{workdir}/replay.db",
         CDS_CLIENT_TIMEOUT="2",
+        **env_extra,
     )
-    command = [str(Path(sys.executable).parent / "alp-cds"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+    command = [str(Path(sys.executable).parent / "alp-cds"), "serve", "--bind", f"127.0.0.1:{port}"]
+    command += ["--workers", str(workers), *(["--threads", str(threads)] if threads else [])]
     with (workdir / "server.log").open("w") as log:
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -103,9 +136,23 @@ def served(tmp_path_factory):
             process.kill()
             pytest.fail(f"alp-cds serve did not start: {(workdir / 'server.log').read_text()[-3000:]}")
         time.sleep(0.2)
-    yield Served(base, workdir, process)
-    process.terminate()
-    process.wait(timeout=30)
+    return Served(base, workdir, process)
+
+
+def stop_served(served: Served) -> None:
+    served.process.terminate()
+    try:
+        served.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        served.process.kill()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """Two workers, on fresh store files."""
+    server = start_served(tmp_path_factory.mktemp("served"), workers=2)
+    yield server
+    stop_served(server)
 
 
 def test_a_multi_worker_start_on_fresh_store_files_is_clean(served):
@@ -191,3 +238,104 @@ def test_a_replayed_token_is_accepted_once_across_the_workers(served):
         for _ in range(8)
     ]
     assert sorted(statuses) == [200] + [401] * 7
+
+
+# ------------------------------------------------------------------------------------------ slow peers, one worker
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """One worker with two threads, so that a few slow peers would be enough to take every thread; a client has 3 s
+    to send a whole request."""
+    server = start_served(tmp_path_factory.mktemp("small"), workers=1, threads=2, CDS_CLIENT_REQUEST_DEADLINE="3")
+    yield server
+    stop_served(server)
+
+
+def _healthz_answers(base: str) -> bool:
+    try:
+        return _get(f"{base}/healthz", timeout=3).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _closed_by_the_server(sock: socket.socket) -> bool:
+    """Whether the server has closed the connection (what it already sent is read and dropped)."""
+    sock.setblocking(False)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:  # reset: closed too
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def _ends_after_what_was_sent(sock: socket.socket) -> bool:
+    """Read what the connection gives: True when it ends (the server closed it), False when the server waits for
+    more (it kept the connection: it answers the remaining requests once they are read, then waits)."""
+    sock.settimeout(1.5)
+    try:
+        while sock.recv(1 << 20):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except OSError:  # reset: closed too
+        return True
+
+
+def test_clients_that_never_read_their_answers_are_dropped(small):
+    """Pipelined requests whose answers are never read: writing blocks once the buffers are full. The send timeout
+    (CDS_CLIENT_TIMEOUT, 2 s here) drops such a connection, and its thread serves others again."""
+    host, port = small.base.removeprefix("http://").split(":")
+    readers = []
+    for _ in range(2):  # as many as the worker has threads
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 200)  # 80 kB answers: 16 MB in all
+        readers.append(sock)
+    try:
+        time.sleep(2 + 2)
+        assert _healthz_answers(small.base)
+        assert all(_ends_after_what_was_sent(sock) for sock in readers)
+    finally:
+        for sock in readers:
+            sock.close()
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+def test_a_request_that_keeps_trickling_is_cut_off_at_the_request_deadline(small, phase):
+    """One byte every half second never trips the 2 s idle timeout: only a deadline for the whole request ends it
+    (CDS_CLIENT_REQUEST_DEADLINE, 3 s here)."""
+    host, port = small.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        if phase == "body":  # authenticated, so that the service reads the body
+            bearer = token(aud=f"{small.base}/cds-services/{PV}")
+            sock.sendall(
+                f"POST /cds-services/{PV} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {bearer}\r\nContent-Length: 1000\r\n\r\n".encode()
+            )
+            trickle = b" " * 1000
+        else:
+            trickle = f"POST /cds-services/{PV} HTTP/1.1\r\nHost: x\r\nX-Pad: ".encode() + b"a" * 1000
+        started = time.monotonic()
+        closed_after = None
+        for byte in trickle[:24]:  # 12 s at most
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            if _closed_by_the_server(sock):
+                closed_after = time.monotonic() - started
+                break
+            time.sleep(0.5)
+        assert closed_after is not None, "the connection was still open after 12 s"
+        assert closed_after < 3 + 2.5
+    assert _healthz_answers(small.base)

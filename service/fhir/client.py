@@ -2,7 +2,9 @@
 
 Next links are followed exactly as the server wrote them (HAPI's are opaque ``_getpages`` URLs), but only
 while they stay on the server the client was given: the access token is never sent anywhere else. Redirects are
-followed only within that origin (scheme, host and port) and count against the page budget like pages do.
+followed only within that origin (scheme, host and port, ``http://h`` being ``http://h:80``) and count against the
+page budget like pages do. A Bundle whose ``link`` or ``entry`` is not a list, or a link that is not a valid URL,
+ends the fetch with a :class:`FhirError` (412), as any other answer that cannot be used.
 The time budget of a hook call covers each whole exchange, not each socket read (see :mod:`service.outbound`).
 """
 
@@ -13,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import orjson
 import requests
@@ -25,11 +27,6 @@ log = logging.getLogger(__name__)
 
 class FhirError(Exception):
     """Data could not be had from the FHIR server. The message names the cause, never patient data."""
-
-
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme.lower(), parts.netloc.lower()
 
 
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -69,11 +66,31 @@ class Allowance:
         self.left -= 1
 
 
+def bundle_problem(bundle: dict[str, Any]) -> str | None:
+    """Why the paging fields of a Bundle cannot be read (``link`` and ``entry`` must be lists), or None."""
+    for name in ("link", "entry"):
+        if bundle.get(name) is not None and not isinstance(bundle[name], list):
+            return f"Bundle.{name} is not a list"
+    return None
+
+
 def next_link(bundle: dict[str, Any]) -> str | None:
-    for link in bundle.get("link") or ():
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else ():
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return link["url"]
     return None
+
+
+def _resolve(base: str, reference: str, what: str) -> str:
+    """``reference`` made absolute against ``base``, checked to be a URL that can be requested."""
+    try:
+        url = urljoin(base, reference)
+        outbound.origin(url)  # splits it, port included
+    except ValueError:
+        metrics.FHIR_FETCHES.labels("bad_url").inc()
+        raise FhirError(f"{what} is not a valid URL; it was not followed") from None
+    return url
 
 
 @dataclass
@@ -94,10 +111,12 @@ class FhirClient:
         if self.access_token:
             self.session.headers["Authorization"] = f"Bearer {self.access_token}"
 
-    def get(self, relative_or_absolute: str, allowance: Allowance | None = None) -> dict[str, Any]:
+    def get(
+        self, relative_or_absolute: str, allowance: Allowance | None = None, what: str = "the address to read"
+    ) -> dict[str, Any]:
         """GET one resource (a read, or one page of a search) and check that it is FHIR JSON."""
-        url = urljoin(self.base_url, relative_or_absolute)
-        if _origin(url) != _origin(self.base_url):
+        url = _resolve(self.base_url, relative_or_absolute, what)
+        if outbound.origin(url) != outbound.origin(self.base_url):
             raise FhirError("the FHIR server pointed to another host; the request was not sent")
         allowance = allowance or Allowance(self.max_pages)
         while True:
@@ -105,8 +124,8 @@ class FhirClient:
             answer = self._send(url)
             if answer.status not in REDIRECTS or not answer.headers.get("Location"):
                 break
-            url = urljoin(url, answer.headers["Location"])
-            if _origin(url) != _origin(self.base_url):
+            url = _resolve(url, answer.headers["Location"], "the place the FHIR server redirected to")
+            if outbound.origin(url) != outbound.origin(self.base_url):
                 metrics.FHIR_FETCHES.labels("redirect_refused").inc()
                 raise FhirError("the FHIR server redirected to another origin; the redirect was not followed")
         return self._parse(answer)
@@ -157,6 +176,9 @@ class FhirClient:
             raise FhirError("the FHIR server's answer is not a FHIR resource")
         if body["resourceType"] == "OperationOutcome":
             raise FhirError("the FHIR server answered with an OperationOutcome")
+        problem = bundle_problem(body) if body["resourceType"] == "Bundle" else None
+        if problem:
+            raise FhirError(f"the FHIR server's answer is not a valid Bundle: {problem}")
         return body
 
     def fetch(self, relative: str) -> dict[str, Any]:
@@ -178,7 +200,7 @@ class FhirClient:
                 log.warning('{"event":"fhir_paging_stopped","entries":%d}', len(entries))
                 break
             seen.add(url)
-            page = self.get(url, allowance)
+            page = self.get(url, allowance, what="a next link")
             if page["resourceType"] != "Bundle":
                 raise FhirError("a next link did not lead to a Bundle")
             entries.extend(page.get("entry") or [])

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from service.errors import BadRequest, DataUnavailable
-from service.fhir.client import FhirClient, FhirError, next_link
+from service.fhir.client import FhirClient, FhirError, bundle_problem, next_link
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 USER_TOKENS = {
@@ -72,9 +72,13 @@ def resolve_prefetch(
             value = provided[key]
             if value is not None and not isinstance(value.get("resourceType"), str):
                 raise BadRequest(f"prefetch.{key}: not a FHIR resource (no resourceType)")
+            if value is not None and value["resourceType"] == "Bundle":
+                problem = bundle_problem(value)
+                if problem:
+                    raise BadRequest(f"prefetch.{key}: {problem}")
+                if next_link(value):
+                    to_complete[key] = value
             resolved[key] = value
-            if value is not None and value["resourceType"] == "Bundle" and next_link(value):
-                to_complete[key] = value
         else:
             to_fetch[key] = render_template(template, context)
 
