@@ -78,6 +78,11 @@ def template(kind: str) -> dict[str, Any]:
     return data
 
 
+def override_reason_displays() -> dict[str, str]:
+    """The service's own override reason codes (``urn:alp-cds:override-reason``) and their displays."""
+    return {r["code"]: r["display"] for kind in card_kinds() for r in template(kind).get("override_reasons", [])}
+
+
 def card_kinds() -> list[str]:
     return sorted(
         p.name.removesuffix(".toml")

@@ -21,7 +21,7 @@ from service.feedback import storable_problem
 from service.fhir.client import CallBudget, FhirClient
 from service.fhir.prefetch import fetched_keys, resolve_prefetch
 from service.hooks import CdsService, HookCall
-from service.security import Unauthorized, check_fhir_server
+from service.security import Unauthorized, check_fhir_server, check_fhir_server_url
 from service.validation import first_error
 
 log = logging.getLogger("service.access")
@@ -90,7 +90,7 @@ def call_service(service_id: str) -> Response:
     problem = first_error(service.context_schema, body["context"])
     if problem:
         raise BadRequest(f"invalid {service.hook} context: {problem}")
-    check_fhir_server(body.get("fhirServer"), claims, settings())
+    check_fhir_server_url(body.get("fhirServer"))
     token = (body.get("fhirAuthorization") or {}).get("access_token")
     if token is not None and not HEADER_TOKEN.fullmatch(token):
         raise BadRequest(
@@ -99,7 +99,7 @@ def call_service(service_id: str) -> Response:
 
     config = settings()
     budget = CallBudget(config["FHIR_TIME_BUDGET"], config["FHIR_MAX_CALL_BYTES"])
-    make_client = lambda: client_for(body, config, budget)  # noqa: E731
+    make_client = lambda: client_for(body, config, budget, claims)  # noqa: E731
     data = resolve_prefetch(service.prefetch, body, make_client, config["FHIR_FETCH_WORKERS"])
     call = HookCall(
         request=body,
@@ -182,10 +182,18 @@ def prometheus_metrics() -> Response:
     return Response(generate_latest(metrics.REGISTRY), mimetype=CONTENT_TYPE_LATEST)
 
 
-def client_for(body: dict[str, Any], config: dict[str, Any], budget: CallBudget | None = None) -> FhirClient | None:
+def client_for(
+    body: dict[str, Any],
+    config: dict[str, Any],
+    budget: CallBudget | None = None,
+    claims: dict[str, Any] | None = None,
+) -> FhirClient | None:
+    """A client for the request's fhirServer, made only when something is to be fetched: a server that is not on
+    the caller's allow-list is a 403 then (and nothing is sent)."""
     server = body.get("fhirServer")
     if not server:
         return None
+    check_fhir_server(server, claims, config)
     token = (body.get("fhirAuthorization") or {}).get("access_token")
     return FhirClient(
         server,

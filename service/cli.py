@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--draft-orders", help="order-select and order-sign: a JSON Bundle file of draft orders")
     call.add_argument("--select", action="append", default=[], help="order-select: e.g. MedicationRequest/abc")
     call.add_argument("--json", action="store_true", help="print the raw JSON response")
-    report = sub.add_parser("feedback-report", help="feedback per card kind: issued, accepted, overridden and why")
+    report = sub.add_parser(
+        "feedback-report", help="feedback per card kind: issued, cards with feedback, last outcomes and why, events"
+    )
     report.add_argument("--db", help="feedback store URL (default: CDS_FEEDBACK_DB_URL)")
     args = parser.parse_args(argv)
 
@@ -93,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         from service.settings import load_settings
 
         settings = load_settings()
+        from cards.render import override_reason_displays
+
         store = FeedbackStore(args.db or settings["FEEDBACK_DB_URL"], settings["FEEDBACK_DB_TIMEOUT"])
-        print(json.dumps(store.report(), indent=2))
+        print(json.dumps(store.report(override_reason_displays()), indent=2))
         return 0
 
     from service import tools

@@ -92,6 +92,15 @@ feedback = Table(
 )
 
 
+def _instant(text: str) -> datetime:
+    """An outcomeTimestamp as a time to order by (validated as an RFC 3339 date-time on the way in)."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def storable_problem(items: Iterable[Mapping[str, Any]]) -> str | None:
     """Why a schema-valid feedback list cannot be stored, or None. Checked before storing, so that what no store can
     hold is a 400 (permanent) and never looks like an outage (503, "retry"): PostgreSQL refuses NUL characters in
@@ -326,8 +335,12 @@ class FeedbackStore:
         with self.engine.connect() as connection:
             return [dict(r._mapping) for r in connection.execute(select(feedback).order_by(feedback.c.id))]
 
-    def report(self) -> dict[str, dict[str, Any]]:
-        """Per card kind: cards issued, accepted, overridden, and the override reasons given (no comments)."""
+    def report(self, reason_displays: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+        """Per card kind: cards issued, how many cards got any feedback, each card counted once by its last outcome
+        (an EHR may keep a card after a suggestion is accepted, so one card can be accepted and then overridden),
+        the override reasons of the cards last overridden, and beside them the feedback events as received.
+        ``reason_displays`` names the service's own override reason codes when a client sent only the code. No
+        comments and no patient data."""
         self.flush()
         with self.engine.connect() as connection:
             issued = Counter(
@@ -339,17 +352,41 @@ class FeedbackStore:
             )
             joined = connection.execute(
                 select(
-                    issued_cards.c.kind, feedback.c.outcome, feedback.c.override_code, feedback.c.override_display
+                    feedback.c.id,
+                    feedback.c.card_uuid,
+                    issued_cards.c.kind,
+                    feedback.c.outcome,
+                    feedback.c.outcome_timestamp,
+                    feedback.c.override_code,
+                    feedback.c.override_display,
                 ).select_from(feedback.outerjoin(issued_cards, feedback.c.card_uuid == issued_cards.c.uuid))
             ).all()
         report: dict[str, dict[str, Any]] = defaultdict(
-            lambda: {"issued": 0, "accepted": 0, "overridden": 0, "override_reasons": Counter()}
+            lambda: {
+                "issued": 0,
+                "cards_with_feedback": 0,
+                "last_outcome": Counter(),
+                "override_reasons": Counter(),
+                "events": Counter(),
+            }
         )
         for kind, count in issued.items():
             report[kind]["issued"] = count
-        for kind, outcome, code, display in joined:
-            entry = report[kind or "unknown card"]
-            entry[outcome] += 1
-            if outcome == "overridden":
-                entry["override_reasons"][display or code or "no reason given"] += 1
-        return {k: {**v, "override_reasons": dict(v["override_reasons"])} for k, v in sorted(report.items())}
+        last: dict[str, Any] = {}
+        for row in joined:
+            report[row.kind or "unknown card"]["events"][row.outcome] += 1
+            order = (_instant(row.outcome_timestamp), row.id)
+            if row.card_uuid not in last or order >= last[row.card_uuid][0]:
+                last[row.card_uuid] = (order, row)
+        for _, row in last.values():
+            entry = report[row.kind or "unknown card"]
+            entry["cards_with_feedback"] += 1
+            entry["last_outcome"][row.outcome] += 1
+            if row.outcome == "overridden":
+                names = reason_displays or {}
+                reason = row.override_display or names.get(row.override_code or "") or row.override_code
+                entry["override_reasons"][reason or "no reason given"] += 1
+        return {
+            kind: {key: dict(value) if isinstance(value, Counter) else value for key, value in entry.items()}
+            for kind, entry in sorted(report.items())
+        }

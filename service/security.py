@@ -206,13 +206,19 @@ class Authenticator:
         return claims
 
     def _key(self, issuer: Mapping[str, Any], header: Mapping[str, Any], kid: str) -> PyJWK | None:
+        """The key for ``kid``: from the issuer's inline keys when they hold it (no network: a hospital that blocks
+        outbound calls can trust a client it configured by hand), else from the allow-listed ``jku`` the token
+        names, else from the issuer's ``jwks_url``. A ``jku`` that is not allow-listed is refused and never
+        fetched, even when the inline keys would do."""
         jku = header.get("jku")
-        if jku is not None:
-            if jku not in issuer["jku"]:
-                raise Unauthorized("jku not allow-listed")  # and never fetched
-            return self.keys.key(jku, kid)
+        if jku is not None and jku not in issuer["jku"]:
+            raise Unauthorized("jku not allow-listed")  # and never fetched
         if issuer.get("jwks"):
-            return self.keys.key(f"inline:{id(issuer)}", kid, issuer["jwks"])
+            inline = self.keys.key(f"inline:{id(issuer)}", kid, issuer["jwks"])
+            if inline is not None or (jku is None and not issuer.get("jwks_url")):
+                return inline
+        if jku is not None:
+            return self.keys.key(jku, kid)
         if issuer.get("jwks_url"):
             return self.keys.key(issuer["jwks_url"], kid)
         return None
@@ -241,14 +247,23 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def check_fhir_server(fhir_server: str | None, claims: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> None:
-    """Only allow-listed FHIR servers get our requests (and the bearer token); otherwise 403, nothing sent."""
+def check_fhir_server_url(fhir_server: str | None) -> None:
+    """A fhirServer that is not a URL is a 400, whether or not anything is fetched from it."""
     if not fhir_server:
         return
     try:
         outbound.origin(fhir_server)
     except ValueError:
         raise BadRequest("fhirServer is not a valid URL") from None
+
+
+def check_fhir_server(fhir_server: str | None, claims: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> None:
+    """Only allow-listed FHIR servers get our requests (and the bearer token); otherwise 403, nothing sent. Called
+    when a request is about to go there: a client whose prefetch is complete is answered from it, whatever
+    fhirServer it names (the CDS Hooks Sandbox always sends one)."""
+    if not fhir_server:
+        return
+    check_fhir_server_url(fhir_server)
     server = fhir_server.rstrip("/")
     if claims is not None:
         allowed = settings["TRUSTED_ISSUERS"][claims["iss"]]["fhir_servers"]

@@ -65,9 +65,10 @@ def test_feedback_is_stored_reported_and_survives_a_restart(store_url):
     report = store.report()
     assert report["alp-low-persistent"] == {
         "issued": 1,
-        "accepted": 1,
-        "overridden": 1,
+        "cards_with_feedback": 1,
+        "last_outcome": {"overridden": 1},  # accepted, then overridden: one card, its last outcome
         "override_reasons": {"Another known cause explains the low ALP": 1},
+        "events": {"accepted": 1, "overridden": 1},
     }
 
 
@@ -144,7 +145,7 @@ def test_feedback_for_a_card_not_on_record_is_kept(tmp_path):
     client = app_on(f"sqlite:///{tmp_path}/f.db")
     item = {"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": "2026-06-01T10:00:00Z"}
     assert post_feedback(client, {"feedback": [item]}).status_code == 200
-    assert client.app.extensions["cds_feedback"].report()["unknown card"]["overridden"] == 1
+    assert client.app.extensions["cds_feedback"].report()["unknown card"]["last_outcome"] == {"overridden": 1}
 
 
 def test_store_down_gives_503_for_feedback_but_hooks_still_answer():
@@ -446,3 +447,38 @@ def test_no_patient_id_or_token_in_the_logs_even_at_debug(caplog):
         peer.close()
     assert peer.hits and "single-low-in" in peer.hits[0]  # the id was in the request...
     assert "single-low-in" not in caplog.text and "SECRET-ACCESS-TOKEN" not in caplog.text  # ...not in the logs
+
+
+def test_report_counts_cards_by_their_last_outcome_and_names_reasons_given_by_code(tmp_path):
+    from cards.render import override_reason_displays
+
+    client = app_on(f"sqlite:///{tmp_path}/fb.db")
+    first, second = (client.cards(PV, load_request(name))[0] for name in ("persistent-low-in", "single-low-in"))
+
+    def item(card, outcome, at, **extra):
+        return {"card": card["uuid"], "outcome": outcome, "outcomeTimestamp": at, **extra}
+
+    code_only = {"reason": {"system": "urn:alp-cds:override-reason", "code": "transient-illness"}}
+    batch = [
+        # sent out of order: the later timestamp decides, not the order of arrival
+        item(first, "overridden", "2026-06-01T10:09:00Z", overrideReason=code_only),
+        item(first, "accepted", "2026-06-01T10:05:00Z", acceptedSuggestions=[{"id": first["suggestions"][0]["uuid"]}]),
+        item(
+            second,
+            "accepted",
+            "2026-06-01T11:00:00+02:00",
+            acceptedSuggestions=[{"id": second["suggestions"][0]["uuid"]}],
+        ),
+    ]
+    assert post_feedback(client, {"feedback": batch}).status_code == 200
+    report = client.app.extensions["cds_feedback"].report(override_reason_displays())
+    assert report["alp-low-persistent"]["last_outcome"] == {"overridden": 1}
+    assert report["alp-low-persistent"]["override_reasons"] == {"Recent acute illness or surgery; will repeat later": 1}
+    assert report["alp-low-persistent"]["events"] == {"overridden": 1, "accepted": 1}
+    assert report["alp-low-single"] == {
+        "issued": 1,
+        "cards_with_feedback": 1,
+        "last_outcome": {"accepted": 1},
+        "override_reasons": {},
+        "events": {"accepted": 1},
+    }

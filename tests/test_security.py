@@ -341,9 +341,23 @@ def test_fhir_server_outside_the_issuers_allow_list_gets_403_and_no_request():
         rsps.add(responses.GET, "http://169.254.169.254/latest/Observation", json={})
         response = call(client, token(), _with_server("http://169.254.169.254/latest"))
         assert response.status_code == 403 and len(rsps.calls) == 0
+
+
+def test_a_complete_prefetch_is_answered_whatever_fhir_server_it_names():
+    """Nothing is fetched, so the access token goes nowhere: the CDS Hooks Sandbox always sends a fhirServer."""
+    client = secured()
     full = load_request("single-low-in")
-    full["fhirServer"] = "http://internal.example:8080/fhir"  # even with complete prefetch
-    assert call(client, token(), full).status_code == 403
+    full["fhirServer"] = "http://internal.example:8080/fhir"
+    full["fhirAuthorization"] = fhir_authorization("secret-ehr-token")
+    with responses.RequestsMock() as rsps:  # any request would fail this test
+        response = call(client, token(), full)
+        assert response.status_code == 200 and len(rsps.calls) == 0
+    assert response.get_json()["cards"]
+    missing = load_request("single-low-in")
+    missing["fhirServer"] = "http://internal.example:8080/fhir"
+    del missing["prefetch"]["labs"]  # now a fetch would go there: refused before it is sent
+    with responses.RequestsMock() as rsps:
+        assert call(client, token(), missing).status_code == 403 and len(rsps.calls) == 0
 
 
 def test_allow_listed_fhir_server_is_used():
@@ -639,3 +653,120 @@ def test_many_calls_at_once_share_the_replay_store_without_spurious_refusals(tmp
 
     with ThreadPoolExecutor(16) as pool:
         assert list(pool.map(attempt, range(16))) == [200] * 16
+
+
+# ------------------------------------------------------------------ the clients hospitals use (issue: real clients)
+
+SANDBOX = "https://sandbox.cds-hooks.org"
+SANDBOX_KID = "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"
+SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
+
+
+def shipped_sandbox_issuers() -> dict:
+    from service.settings import load_settings
+    from tests.conftest import ROOT
+
+    return load_settings({"TRUSTED_ISSUERS": str(ROOT / "deploy" / "sandbox-issuers.yaml")}, environ={})[
+        "TRUSTED_ISSUERS"
+    ]
+
+
+def sandbox_token(key, audience: str) -> str:
+    """As the CDS Hooks Sandbox signs (its src/retrieve-data-helpers/jwt-generator.js): ES384, its kid and jku,
+    aud = the URL called, iat and exp rounded seconds, exp 300 s on, a uuid jti, no sub."""
+    now = time.time()
+    payload = {"iss": SANDBOX, "aud": audience, "exp": round(now + 300), "iat": round(now), "jti": str(uuid.uuid4())}
+    return jwt.encode(payload, key, algorithm="ES384", headers={"typ": "JWT", "kid": SANDBOX_KID, "jku": SANDBOX_JKU})
+
+
+def test_the_shipped_sandbox_file_trusts_a_sandbox_token_offline():
+    """The shipped file, with the Sandbox's key pair replaced by a test pair (the Sandbox's private key is not kept
+    here; the real one was checked by hand): a Sandbox-shaped token passes, and nothing is fetched."""
+    issuers = shipped_sandbox_issuers()
+    sandbox = issuers[SANDBOX]
+    assert sandbox["jku"] == [SANDBOX_JKU]
+    (published,) = sandbox["jwks"]["keys"]
+    assert (published["kid"], published["crv"], published["alg"]) == (SANDBOX_KID, "P-384", "ES384")
+    jwt.PyJWK(published)  # a usable public key
+    test_key = ec.generate_private_key(ec.SECP384R1())
+    sandbox = {**sandbox, "jwks": {"keys": [jwk(test_key, SANDBOX_KID, "ES384")]}}
+    client = CheckedClient(
+        create_app(
+            {
+                "NOW": lambda: NOW,
+                "LOG_LEVEL": "WARNING",
+                "FEEDBACK_DB_URL": "sqlite://",
+                "TRUSTED_ISSUERS": {SANDBOX: sandbox},
+                "PUBLIC_BASE_URL": BASE,
+                "REPLAY_STORE_URL": "sqlite://",
+            }
+        )
+    )
+    body = load_request("single-low-in")
+    body["fhirServer"] = "https://launch.smarthealthit.org/v/r4/fhir"  # the Sandbox always sends one
+    with responses.RequestsMock() as rsps:  # no JWKS fetch, no FHIR request
+        response = call(client, sandbox_token(test_key, URL), body)
+        assert response.status_code == 200 and len(rsps.calls) == 0
+    assert_401(call(client, sandbox_token(OTHER_EC_KEY, URL), body))  # someone else's key with the Sandbox's kid
+
+
+def test_inline_keys_are_used_before_an_allow_listed_jku_is_fetched():
+    client = secured({"jku": ["https://ehr.example.org/jwks.json"]})  # inline JWKS holds ec-1
+    with responses.RequestsMock() as rsps:  # the jku URL is never asked: no network needed
+        response = call(client, token(headers={"jku": "https://ehr.example.org/jwks.json"}))
+        assert response.status_code == 200 and len(rsps.calls) == 0
+
+
+def test_an_unknown_kid_is_fetched_from_the_allow_listed_jku():
+    rotated_key = ec.generate_private_key(ec.SECP384R1())
+    client = secured({"jku": ["https://ehr.example.org/jwks.json"]})
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, "https://ehr.example.org/jwks.json", json={"keys": [jwk(rotated_key, "ec-2", "ES384")]})
+        response = call(client, token(rotated_key, kid="ec-2", headers={"jku": "https://ehr.example.org/jwks.json"}))
+        assert response.status_code == 200 and len(rsps.calls) == 1
+
+
+EPIC_ISS = "https://fhir.hospital.example/interconnect-fhir-oauth/api/FHIR/R4"
+EPIC_JKU = "https://fhir.hospital.example/interconnect-fhir-oauth/api/epic/2019/Security/Open/PublicKeys/jwks"
+
+
+def epic_token(nbf_offset: int = -300, **claims) -> str:
+    """Epic-style: RS384, a jku under the issuer's own base, sub = the client id, nbf 5 minutes before iat."""
+    now = int(time.time())
+    payload = {
+        "iss": EPIC_ISS,
+        "sub": "d45049c3-3441-40ef-ab4d-b9cd86a17225",
+        "aud": URL,
+        "iat": now,
+        "nbf": now + nbf_offset,
+        "exp": now + 300,
+        "jti": str(uuid.uuid4()),
+        **claims,
+    }
+    return jwt.encode(payload, RSA_KEY, algorithm="RS384", headers={"kid": "rsa-1", "jku": EPIC_JKU})
+
+
+def epic_client() -> CheckedClient:
+    return CheckedClient(
+        create_app(
+            {
+                "NOW": lambda: NOW,
+                "LOG_LEVEL": "WARNING",
+                "FEEDBACK_DB_URL": "sqlite://",
+                "TRUSTED_ISSUERS": {EPIC_ISS: {"jku": [EPIC_JKU], "jwks": JWKS, "fhir_servers": [EPIC_ISS]}},
+                "PUBLIC_BASE_URL": BASE,
+                "REPLAY_STORE_URL": "sqlite://",
+            }
+        )
+    )
+
+
+def test_an_epic_style_token_is_accepted():
+    client = epic_client()
+    with responses.RequestsMock() as rsps:
+        assert call(client, epic_token()).status_code == 200 and len(rsps.calls) == 0
+
+
+def test_an_epic_style_token_not_yet_valid_is_refused():
+    assert_401(call(epic_client(), epic_token(nbf_offset=120)))  # nbf beyond the leeway
+    assert call(epic_client(), epic_token(nbf_offset=3)).status_code == 200  # within CDS_JWT_LEEWAY

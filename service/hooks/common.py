@@ -13,6 +13,7 @@ from service.clinical.codes import LOINC, analytes, loinc_codes
 from service.clinical.facts import LabResult
 from service.clinical.rules import Chart, Finding, by_importance, lab_days_needed
 from service.errors import BadRequest, DataUnavailable
+from service.fhir.client import FhirError
 from service.fhir.readers import PatientMismatch, Scope, read_lab_results, read_medications, read_patient
 from service.hooks import HookCall
 
@@ -44,7 +45,7 @@ def resolver(call: HookCall):
     def resolve(reference: str) -> dict[str, Any] | None:
         try:
             return call.fetch(reference)
-        except Exception:
+        except (FhirError, LookupError):  # named as unreadable; a refused server (403) is not swallowed
             return None
 
     return resolve
