@@ -86,7 +86,9 @@ def test_sandbox_trust_file_loads_and_the_compose_service_uses_it():
 
     settings = load_settings({}, environ={"CDS_TRUSTED_ISSUERS_FILE": str(ROOT / "deploy" / "sandbox-issuers.yaml")})
     sandbox = settings["TRUSTED_ISSUERS"]["https://sandbox.cds-hooks.org"]
-    assert sandbox["jwks_url"] == "https://sandbox.cds-hooks.org/.well-known/jwks.json"
+    # The Sandbox names its key set in the token's jku header; its published public key is inline (offline trust).
+    assert sandbox["jku"] == ["https://sandbox.cds-hooks.org/.well-known/jwks.json"]
+    assert [k["kid"] for k in sandbox["jwks"]["keys"]] == ["44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"]
     assert "http://localhost:8090/fhir" in sandbox["fhir_servers"]
     env = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["alp-cds"]["environment"]
     assert env["CDS_TRUSTED_ISSUERS_FILE"] == "/app/deploy/sandbox-issuers.yaml"
