@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import orjson
 from flask import Blueprint, Response, current_app, g, render_template, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,6 +20,7 @@ from service import metrics
 from service.errors import BadRequest, CdsError, NotFound, StoreUnavailable, TooLarge, operation_outcome
 from service.feedback import storable_problem
 from service.fhir.client import CallBudget, FhirClient
+from service.fhir.lazy import decode_hook_request
 from service.fhir.prefetch import fetched_keys, resolve_prefetch
 from service.hooks import CdsService, HookCall
 from service.security import Unauthorized, check_fhir_server, check_fhir_server_url
@@ -80,7 +82,7 @@ def discovery() -> Response:
 def call_service(service_id: str) -> Response:
     service = find_service(service_id)
     claims = authenticate()
-    body = parse_json_body()
+    body = parse_json_body(lazy=True)
     problem = first_error("hook-request", body)
     if problem:
         raise BadRequest(f"invalid hook request: {problem}")
@@ -222,7 +224,9 @@ def fetcher(make_client: Callable[[], FhirClient | None]) -> Callable[[str], dic
     return fetch
 
 
-def parse_json_body() -> Any:
+def parse_json_body(*, lazy: bool = False) -> Any:
+    """The request's JSON; ``lazy`` (hook calls) keeps the resources of prefetch Bundles undecoded until a reader
+    wants them (:mod:`service.fhir.lazy`), which is most of the work on a big chart."""
     if not request.mimetype or request.mimetype not in ("application/json", "application/fhir+json"):
         raise BadRequest("Content-Type must be application/json")
     raw = request.get_data(cache=False)
@@ -232,9 +236,13 @@ def parse_json_body() -> Any:
     if len(raw) > limit:
         raise TooLarge(f"request body is larger than {limit} bytes (CDS_MAX_BODY_BYTES)")
     try:
-        body = orjson.loads(raw)  # several times faster than json on large prefetch bundles
-    except orjson.JSONDecodeError as exc:
+        body = decode_hook_request(raw) if lazy else orjson.loads(raw)
+    except (orjson.JSONDecodeError, msgspec.DecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise BadRequest(f"request body is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    # The resources of a lazy Bundle are not walked: the decoder refused what it could not nest, and a resource is
+    # only ever read along fixed paths, never recursively (a schema message or a log line never holds one).
     if nested_deeper_than(body, MAX_JSON_DEPTH):
         raise BadRequest(f"request body is nested more than {MAX_JSON_DEPTH} levels deep")
     return body

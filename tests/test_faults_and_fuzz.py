@@ -470,11 +470,23 @@ def test_valid_looking_fhir_that_once_gave_a_500(mutation):
     assert CLIENT.hook(PV, body).status_code == 200
 
 
-def test_a_number_no_double_can_hold_is_a_clear_400():
-    body = json.dumps(load_request("single-low-in")).replace('"value": 31', '"value": 1' + "0" * 400, 1)
+def test_a_number_no_double_can_hold_outside_the_prefetch_bundles_is_a_clear_400():
+    body = json.dumps(load_request("single-low-in"))
+    body = body.replace('"hookInstance"', '"extension": {"x": 1e400}, "hookInstance"', 1)
     response = CLIENT.client.post(f"/cds-services/{PV}", data=body, content_type="application/json")
     assert response.status_code == 400
     assert "not valid JSON" in response.get_json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("number", ["1" + "0" * 400, "1e400", "-1e999"])
+def test_an_alp_value_no_double_can_hold_is_named_unreadable(number):
+    """Prefetch resources are decoded when read (service/fhir/lazy.py): a value no double can hold makes that
+    result unreadable, named on a card, and the call answers."""
+    body = json.dumps(load_request("single-low-in")).replace('"value": 31', f'"value": {number}', 1)
+    response = CLIENT.client.post(f"/cds-services/{PV}", data=body, content_type="application/json")
+    assert response.status_code == 200
+    cards = response.get_json()["cards"]
+    assert cards and "could not be interpreted" in cards[0]["summary"], cards
 
 
 # ------------------------------------------------------------------------------------------- the connect phase

@@ -42,20 +42,19 @@ def fallback_limits(analyte: str, patient: Patient, when: datetime, settings: Ma
     bands = reference_bands().get(analyte, ())
     if not bands:
         return None
-    age_days = patient.age_days(when)
-    if age_days is None:
+    age = {unit: patient.age_in(unit, when) for unit in "dmy"}
+    if age["d"] is None:
         if analyte != TOTAL_ALP:
             return None  # no age, no band: judging a child by adult limits could call a normal value abnormal
         # ALP without a birth date: the lowest adult lower limit never calls a normal adult value low.
         adult = [b for b in bands if b.age_to is None]
         return Limits(min(b.low for b in adult), None, "adult lower limit, CALIPER (birth date unknown)")
-    if age_days < 0:
+    if age["d"] < 0:
         return None
     if analyte == TOTAL_ALP:
         site: Mapping[str, float] = settings.get("ALP_SITE_LOW_LIMITS") or {}
-        if site and patient.age_years(when) >= settings["ADULT_AGE"]:
+        if site and age["y"] >= settings["ADULT_AGE"]:
             return Limits(site.get(patient.gender or "") or min(site.values()), None, SITE_LIMIT)
-    age = {unit: patient.age_in(unit, when) for unit in "dmy"}
     candidates = [b for b in bands if _in_band(age, b)]
     if patient.gender in ("male", "female"):
         candidates = [b for b in candidates if b.sex in ("any", patient.gender)]

@@ -20,7 +20,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from typing import Any
@@ -32,6 +32,7 @@ from service.clinical.codes import LOINC, Analyte, analytes, canonical_system, c
 from service.clinical.facts import LAB_FLAG, LAB_RANGE, LabResult, Medication, Patient
 from service.clinical.limits import fallback_limits
 from service.clinical.medications import match_medication
+from service.fhir.lazy import LazyBundle
 
 COUNTED = {"final", "amended", "corrected"}
 PRELIMINARY = {"preliminary"}
@@ -86,8 +87,15 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def resources(value: Any, resource_type: str | None = None) -> Iterator[dict[str, Any]]:
-    """The resources in a prefetch value: a single resource, or the entries of a Bundle (outcomes skipped)."""
+def entries(
+    value: Any, resource_type: str | None = None, keep: Callable[[Any], bool] | None = None
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """(fullUrl, resource) for the resources in a prefetch value: a single resource (no fullUrl), or the entries of a
+    Bundle (search outcomes skipped). ``keep`` is a cheap test on the resource's code and date, run before a lazily
+    decoded resource is decoded (:mod:`service.fhir.lazy`): what it rejects is never decoded."""
+    if isinstance(value, LazyBundle):
+        yield from value.resources(resource_type, keep)
+        return
     if not isinstance(value, dict):
         return
     if value.get("resourceType") == "Bundle":
@@ -97,10 +105,19 @@ def resources(value: Any, resource_type: str | None = None) -> Iterator[dict[str
             if _dict(entry.get("search")).get("mode") == "outcome":
                 continue
             resource = entry.get("resource")
-            if isinstance(resource, dict) and (resource_type is None or resource.get("resourceType") == resource_type):
-                yield resource
-    elif resource_type is None or value.get("resourceType") == resource_type:
-        yield value
+            if (
+                isinstance(resource, dict)
+                and (resource_type is None or resource.get("resourceType") == resource_type)
+                and (keep is None or keep(resource))
+            ):
+                yield entry.get("fullUrl"), resource
+    elif (resource_type is None or value.get("resourceType") == resource_type) and (keep is None or keep(value)):
+        yield None, value
+
+
+def resources(value: Any, resource_type: str | None = None) -> Iterator[dict[str, Any]]:
+    """The resources in a prefetch value (see :func:`entries`)."""
+    return (resource for _, resource in entries(value, resource_type))
 
 
 def parse_datetime(text: Any) -> datetime | None:
@@ -229,6 +246,8 @@ def read_patient(value: Any, patient_id: str, now: datetime | None = None) -> Pa
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
+    if isinstance(value, int) and not -(10**9) < value < 10**9:
+        return None  # an integer of any length can arrive; float() of a long one fails
     number = float(value)
     return number if math.isfinite(number) and abs(number) < 1e9 else None
 
@@ -369,39 +388,43 @@ def _read_result(
         problem = _implausible(analyte.analyte, converted[0])
     if problem is None:
         problem = _misdated(when, scope)
-    base = LabResult(
+    value = unit = low = high = low_source = high_source = None
+    flag = _flag(element)
+    if problem is None and converted is not None:
+        value, unit = converted
+        low = _range_bound(reference_range.get("low"), raw.unit, analyte.unit_group)
+        high = _range_bound(reference_range.get("high"), raw.unit, analyte.unit_group)
+        low_source = LAB_RANGE if low is not None else None
+        high_source = LAB_RANGE if high is not None else None
+        if flag is not None:  # the lab judged it: its flag stands for a bound it did not send
+            low_source, high_source = low_source or LAB_FLAG, high_source or LAB_FLAG
+        elif (low is None or high is None) and scope is not None and when is not None:
+            fallback = fallback_limits(analyte.analyte, scope.patient, when, scope.settings)
+            if fallback is not None:
+                if low is None and fallback.low is not None:
+                    low, low_source = fallback.low, fallback.source
+                if high is None and fallback.high is not None:
+                    high, high_source = fallback.high, fallback.source
+    return LabResult(
         analyte=analyte.analyte,
         loinc=analyte.loinc,
         display=analyte.display,
         when=when,
-        value=None,
-        unit=raw.unit or "no unit",
+        value=value,
+        unit=unit or raw.unit or "no unit",
         raw_value=raw.number,
         raw_unit=raw.unit,
         raw_text=raw.text,
         comparator=raw.comparator,
-        flag=_flag(element),
+        flag=flag,
         preliminary=preliminary,
         resource_id=resource_id,
         problem=problem,
+        low=low,
+        high=high,
+        low_source=low_source,
+        high_source=high_source,
     )
-    if problem is not None or converted is None:
-        return base
-    value, unit = converted
-    low = _range_bound(reference_range.get("low"), raw.unit, analyte.unit_group)
-    high = _range_bound(reference_range.get("high"), raw.unit, analyte.unit_group)
-    low_source = LAB_RANGE if low is not None else None
-    high_source = LAB_RANGE if high is not None else None
-    if base.flag is not None:  # the lab judged it: its flag stands for a bound it did not send
-        low_source, high_source = low_source or LAB_FLAG, high_source or LAB_FLAG
-    elif (low is None or high is None) and scope is not None and when is not None:
-        fallback = fallback_limits(analyte.analyte, scope.patient, when, scope.settings)
-        if fallback is not None:
-            if low is None and fallback.low is not None:
-                low, low_source = fallback.low, fallback.source
-            if high is None and fallback.high is not None:
-                high, high_source = fallback.high, fallback.source
-    return replace(base, value=value, unit=unit, low=low, high=high, low_source=low_source, high_source=high_source)
 
 
 def _implausible(analyte: str, value: float) -> str | None:
@@ -471,9 +494,7 @@ def read_lab_results(
     seen: set[str] = set()
     results: list[LabResult] = []
     for value in values:
-        for observation in resources(value, "Observation"):
-            if keep is not None and not keep(observation):
-                continue
+        for _, observation in entries(value, "Observation", keep):
             if scope is not None and not scope.owns(observation):
                 continue  # before de-duplication: another patient's resource must not hide one of this patient's
             ident = observation.get("id")
@@ -535,14 +556,9 @@ def medication_index(values: Iterable[Any]) -> dict[str, dict[str, Any]]:
     ``fullUrl`` (``urn:uuid:...`` for unsaved drafts, or an absolute URL)."""
     index: dict[str, dict[str, Any]] = {}
     for value in values:
-        entries = _list(value.get("entry")) if isinstance(value, dict) and value.get("resourceType") == "Bundle" else []
-        for entry in [*entries, {"resource": value}]:
-            resource = _dict(_dict(entry).get("resource"))
-            if resource.get("resourceType") != "Medication":
-                continue
+        for full_url, resource in entries(value, "Medication"):
             if isinstance(resource.get("id"), str):
                 index[f"Medication/{resource['id']}"] = resource
-            full_url = _dict(entry).get("fullUrl")
             if isinstance(full_url, str):
                 index[full_url] = resource
     return index

@@ -14,7 +14,7 @@ from service.clinical.facts import LabResult
 from service.clinical.rules import Chart, Finding, by_importance, lab_days_needed
 from service.errors import BadRequest, DataUnavailable
 from service.fhir.client import FhirError
-from service.fhir.readers import PatientMismatch, Scope, read_lab_results, read_medications, read_patient
+from service.fhir.readers import PatientMismatch, Scope, entries, read_lab_results, read_medications, read_patient
 from service.hooks import HookCall
 
 PATIENT = "{{context.patientId}}"
@@ -119,21 +119,13 @@ def read_scope(call: HookCall) -> Scope:
 def patient_aliases(values: Any, patient_id: str) -> frozenset[str]:
     """The fullUrls under which a Bundle in the request holds this patient's Patient resource (``urn:uuid:...``),
     so that references to them count as references to the patient."""
-    aliases = set()
-    for value in values:
-        if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
-            continue
-        entries = value.get("entry")
-        for entry in entries if isinstance(entries, list) else ():
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if (
-                isinstance(resource, dict)
-                and resource.get("resourceType") == "Patient"
-                and resource.get("id") == patient_id
-                and isinstance(entry.get("fullUrl"), str)
-            ):
-                aliases.add(entry["fullUrl"])
-    return frozenset(aliases)
+    return frozenset(
+        full_url
+        for value in values
+        if isinstance(value, dict) and value.get("resourceType") == "Bundle"
+        for full_url, resource in entries(value, "Patient")
+        if resource.get("id") == patient_id and isinstance(full_url, str)
+    )
 
 
 def build_chart(call: HookCall, scope: Scope | None = None) -> Chart:
