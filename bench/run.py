@@ -1,11 +1,16 @@
-"""Benchmark: the service under gunicorn against a bare Flask baseline under the same gunicorn settings.
+"""Benchmark: the service against the framework floor, both served exactly as ``alp-cds serve`` serves.
 
-    python bench/run.py                 # the full run (about two minutes)
+    python bench/run.py                 # the full run (about five minutes)
     python bench/run.py --smoke         # tiny sizes, a few requests: checks the harness works (CI)
 
-A separate driver process sends requests on loopback (a few threads, one connection per request, as gunicorn's sync
-workers close each connection) and records every latency. Each figure is reported as a ratio to the baseline
-measured in the same run. Memory is the resident set size of each gunicorn worker after the run.
+The service runs as ``alp-cds serve`` (2 workers, the gthread worker and hooks of ``service/gunicorn_conf.py``, a
+socket per worker); the floor (``bench/baseline.py``: read the body, answer a small JSON document) runs with the same
+gunicorn command line (``service.cli.gunicorn_argv``). A separate driver process sends each scenario's requests on
+loopback from 2 and from 16 threads (a new connection per request) and records every latency. Each scenario is sent
+to the floor with the same body, and the two servers take turns, scenario by scenario, in every one of the repeats
+(3 by default; the order of the two alternates): each ratio is service p50 / floor p50 of the same repeat, reported
+as the median and the spread (lowest-highest) over the repeats. Memory: each worker's resident set after the run
+(VmRSS) and its peak during the run (VmHWM).
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from service.cli import gunicorn_argv  # noqa: E402
 from service.fixtures import hook_request  # noqa: E402
 
 PV, OS = "low-alp-workup", "antiresorptive-low-alp"
@@ -89,27 +96,40 @@ def order_select_request() -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- servers
 
 
-class Gunicorn:
-    def __init__(self, target: str, env: dict[str, str], workers: int = 2) -> None:
+class Server:
+    """A gunicorn master and its workers: the service by its own command, the floor by the same command line."""
+
+    def __init__(self, name: str, env: dict[str, str], workers: int = 2) -> None:
+        self.name = name
         self.port = free_port()
-        gunicorn = str(Path(sys.executable).parent / "gunicorn")
+        bind = f"127.0.0.1:{self.port}"
+        if name == "service":
+            command = [str(Path(sys.executable).parent / "alp-cds"), "serve", "--bind", bind, "--workers", str(workers)]
+        else:
+            argv = gunicorn_argv(bind, workers, None, app="bench.baseline:create_app()")
+            command = [sys.executable, "-m", "gunicorn", *argv[1:]]
         self.process = subprocess.Popen(
-            [gunicorn, "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--log-level", "warning", target],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         wait_http(self.port, "/cds-services", 30)
 
-    def worker_rss_mib(self) -> list[float]:
+    def worker_memory_mib(self) -> list[tuple[float, float]]:
+        """(resident now, peak resident) of each worker."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
         sizes = []
         for pid in children:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    sizes.append(int(line.split()[1]) / 1024)
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+            sizes.append((int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024))
         return sizes
+
+    def metric(self, name: str) -> float:
+        """A sample of the service's /metrics (of the worker that answers the scrape)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        connection.request("GET", "/metrics")
+        for line in connection.getresponse().read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return 0.0
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -163,13 +183,8 @@ def _drive(port: int, method: str, path: str, body: bytes | None, requests: int,
     out.put({"latencies": latencies, "seconds": time.perf_counter() - started, "errors": errors})
 
 
-def drive(port: int, method: str, path: str, body: dict | None, requests: int, threads: int) -> dict[str, float]:
-    payload = json.dumps(body).encode() if body is not None else None
+def drive(port: int, method: str, path: str, payload: bytes | None, requests: int, threads: int) -> dict[str, float]:
     queue: multiprocessing.Queue = multiprocessing.Queue()
-    warm = multiprocessing.Process(target=_drive, args=(port, method, path, payload, max(4, requests // 20), 2, queue))
-    warm.start()
-    queue.get()
-    warm.join()
     process = multiprocessing.Process(target=_drive, args=(port, method, path, payload, requests, threads, queue))
     process.start()
     result = queue.get()
@@ -181,15 +196,7 @@ def drive(port: int, method: str, path: str, body: dict | None, requests: int, t
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, round(p / 100 * (len(lat) - 1)))] * 1000
 
-    return {
-        "p50": pct(50),
-        "p95": pct(95),
-        "p99": pct(99),
-        "rps": len(lat) / result["seconds"],
-        "mean": statistics.mean(lat) * 1000,
-        "n": len(lat),
-        "body_kib": len(payload or b"") / 1024,
-    }
+    return {"p50": pct(50), "p95": pct(95), "p99": pct(99), "rps": len(lat) / result["seconds"], "n": len(lat)}
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -199,6 +206,7 @@ def start_fhir_server(workdir: Path, bundle: dict[str, Any]) -> tuple[subprocess
     binary = os.environ.get("SEKMET_BIN") or shutil.which("sekmet") or str(ROOT / ".venv-sekmet" / "bin" / "sekmet")
     if not Path(binary).exists():
         return None
+    binary = str(Path(binary).resolve())
     port = free_port()
     base = f"http://127.0.0.1:{port}/fhir"
     (workdir / "sekmet.yaml").write_text(
@@ -232,14 +240,45 @@ def start_fhir_server(workdir: Path, bundle: dict[str, Any]) -> tuple[subprocess
     return process, base
 
 
+@dataclass
+class Scenario:
+    name: str
+    method: str
+    path: str
+    payload: bytes | None
+    requests: int
+
+
+def scenarios(sizes: list[int], requests: int, fhir_base: str | None, fetched: int) -> list[Scenario]:
+    pv, os_ = f"/cds-services/{PV}", f"/cds-services/{OS}"
+    found = [Scenario("discovery", "GET", "/cds-services", None, requests)]
+    for size in sizes:
+        body = hook_request(PV, synthetic_bundle(f"bench-{size}", size), f"bench-{size}")
+        count = requests if size <= 100 else max(5, requests // (3 if size <= 1000 else 15))
+        found.append(Scenario(f"patient-view, prefetch {size} Observations", "POST", pv, encode(body), count))
+    found.append(Scenario("order-select", "POST", os_, encode(order_select_request()), requests))
+    if fhir_base:
+        body = hook_request(PV, {}, "bench-fetch", with_prefetch=False, fhir_server=fhir_base)
+        name = f"patient-view, no prefetch (FHIR server, {fetched} Obs)"
+        found.append(Scenario(name, "POST", pv, encode(body), max(5, requests // 10)))
+    return found
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and few requests (no timing value)")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     sizes = [10, 100] if args.smoke else [10, 100, 1000, 10000]
-    requests = 20 if args.smoke else 600
-    threads = 2
+    requests = 10 if args.smoke else 300
+    repeats = 1 if args.smoke else args.repeats
+    concurrencies = (2,) if args.smoke else (2, 16)
+    fetched = 100 if args.smoke else 1000
 
     workdir = Path(tempfile.mkdtemp(prefix="alp-bench-"))
     env = {
@@ -248,68 +287,91 @@ def main() -> int:
         "CDS_FEEDBACK_DB_URL": f"sqlite:///{workdir}/fb.db",
         "CDS_MAX_BODY_BYTES": str(64 * 1024 * 1024),
     }
-    rows: list[tuple[str, dict[str, float]]] = []
-    baseline = Gunicorn("bench.baseline:create_app()", env)
-    service = Gunicorn("service.app:create_app()", env)
+    servers: dict[str, Server] = {}
     fhir = None
+    results: dict[tuple[str, int], list[tuple[dict[str, float], dict[str, float]]]] = {}
     try:
-        rows.append(
-            (
-                "baseline: bare Flask POST",
-                drive(baseline.port, "POST", f"/cds-services/{PV}", {"x": 1}, requests, threads),
-            )
-        )
-        rows.append(("discovery", drive(service.port, "GET", "/cds-services", None, requests, threads)))
-        for size in sizes:
-            body = hook_request(PV, synthetic_bundle(f"bench-{size}", size), f"bench-{size}")
-            count = requests if size < 10000 else max(10, requests // 10)
-            rows.append(
-                (
-                    f"patient-view, prefetch {size} Observations",
-                    drive(service.port, "POST", f"/cds-services/{PV}", body, count, threads),
-                )
-            )
-        rows.append(
-            (
-                "order-select",
-                drive(service.port, "POST", f"/cds-services/{OS}", order_select_request(), requests, threads),
-            )
-        )
-        fhir = start_fhir_server(workdir, synthetic_bundle("bench-fetch", 100))
-        if fhir:
-            body = hook_request(PV, {}, "bench-fetch", with_prefetch=False, fhir_server=fhir[1])
-            rows.append(
-                (
-                    "patient-view, no prefetch (FHIR server, 100 Obs)",
-                    drive(service.port, "POST", f"/cds-services/{PV}", body, max(10, requests // 4), threads),
-                )
-            )
-        memory = {"baseline": baseline.worker_rss_mib(), "service": service.worker_rss_mib()}
+        servers.update((name, Server(name, env)) for name in ("floor", "service"))
+        fhir = start_fhir_server(workdir, synthetic_bundle("bench-fetch", fetched))
+        plan = scenarios(sizes, requests, fhir[1] if fhir else None, fetched)
+        for threads in concurrencies:
+            for scenario in plan:  # warm-up: both servers, every scenario
+                for server in servers.values():
+                    drive(server.port, scenario.method, scenario.path, scenario.payload, 4, threads)
+            for repeat in range(repeats):
+                for scenario in plan:
+                    order = ("floor", "service") if repeat % 2 == 0 else ("service", "floor")
+                    run = {
+                        name: drive(
+                            servers[name].port,
+                            scenario.method,
+                            scenario.path,
+                            scenario.payload,
+                            scenario.requests,
+                            threads,
+                        )
+                        for name in order
+                    }
+                    results.setdefault((scenario.name, threads), []).append((run["service"], run["floor"]))
+        fetch_seconds = servers["service"].metric("cds_prefetch_fetch_seconds_sum")
+        fetch_count = servers["service"].metric("cds_prefetch_fetch_seconds_count")
+        memory = {name: server.worker_memory_mib() for name, server in servers.items()}
     finally:
-        baseline.stop()
-        service.stop()
+        for server in servers.values():
+            server.stop()
         if fhir:
             fhir[0].terminate()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    floor = rows[0][1]["p50"]
     print(
-        f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, gunicorn 2 sync workers, "
-        f"driver {threads} threads in a separate process{' (SMOKE: no timing value)' if args.smoke else ''}"
+        f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; both servers as alp-cds serve runs them "
+        f"(2 workers); {repeats} interleaved repeat(s){' (SMOKE: no timing value)' if args.smoke else ''}"
     )
-    print("| scenario | request KiB | p50 ms | p95 ms | p99 ms | req/s | p50 / baseline p50 |")
-    print("|---|---|---|---|---|---|---|")
-    for name, r in rows:
+    print(
+        "| scenario | threads | request KiB | p50 ms | p95 ms | p99 ms | req/s | floor p50 ms "
+        "| p50 / floor p50 (median) | spread |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    sizes_kib = {s.name: len(s.payload or b"") / 1024 for s in plan}
+    table = []
+    for (name, threads), runs in results.items():
+        ratios = [service["p50"] / floor["p50"] for service, floor in runs]
+        row = {
+            "scenario": name,
+            "threads": threads,
+            "kib": sizes_kib[name],
+            **{k: statistics.median(service[k] for service, _ in runs) for k in ("p50", "p95", "p99", "rps")},
+            "floor_p50": statistics.median(floor["p50"] for _, floor in runs),
+            "ratio": statistics.median(ratios),
+            "ratio_low": min(ratios),
+            "ratio_high": max(ratios),
+        }
+        table.append(row)
         print(
-            f"| {name} | {r['body_kib']:.0f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} "
-            f"| {r['p50'] / floor:.2f}x |"
+            f"| {name} | {threads} | {row['kib']:.0f} | {row['p50']:.2f} | {row['p95']:.2f} | {row['p99']:.2f} "
+            f"| {row['rps']:.0f} | {row['floor_p50']:.2f} | {row['ratio']:.2f}x "
+            f"| {row['ratio_low']:.2f}-{row['ratio_high']:.2f}x |"
         )
-    print(
-        f"\nworker RSS (MiB): baseline {', '.join(f'{m:.0f}' for m in memory['baseline'])}; "
-        f"service {', '.join(f'{m:.0f}' for m in memory['service'])}"
-    )
+    for name, sizes_mib in memory.items():
+        print(
+            f"worker RSS (MiB) {name}: after the run {', '.join(f'{now:.0f}' for now, _ in sizes_mib)}; "
+            f"peak {', '.join(f'{peak:.0f}' for _, peak in sizes_mib)}"
+        )
+    if fetch_count:
+        fetching = fetch_seconds / fetch_count * 1000
+        no_prefetch = [r for r in table if r["scenario"].startswith("patient-view, no prefetch") and r["threads"] == 2]
+        if no_prefetch:
+            print(
+                f"no prefetch: service time without the FHIR server's (p50 {no_prefetch[0]['p50']:.1f} ms less the "
+                f"mean fetching time): {no_prefetch[0]['p50'] - fetching:.1f} ms"
+            )
+        print(
+            f"no prefetch: mean time fetching from the FHIR server {fetching:.1f} ms "
+            "per call "
+            f"({fetch_count:.0f} calls seen by the worker that answered /metrics)"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "memory": memory}, indent=2))
+        Path(args.json).write_text(json.dumps({"rows": table, "memory": memory}, indent=2))
     return 0
 
 

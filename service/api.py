@@ -102,14 +102,18 @@ def call_service(service_id: str) -> Response:
     config = settings()
     budget = CallBudget(config["FHIR_TIME_BUDGET"], config["FHIR_MAX_CALL_BYTES"])
     make_client = lambda: client_for(body, config, budget, claims)  # noqa: E731
+    fetching = time.perf_counter()
     data = resolve_prefetch(service.prefetch, body, make_client, config["FHIR_FETCH_WORKERS"])
+    fetched = fetched_keys(service.prefetch, body)
+    if fetched:
+        metrics.PREFETCH_SECONDS.observe(time.perf_counter() - fetching)
     call = HookCall(
         request=body,
         data=data,
         settings=config,
         now=config["NOW"](),
         fetch=fetcher(make_client),
-        fetched=fetched_keys(service.prefetch, body),
+        fetched=fetched,
     )
     issued = service.handler(call)
     for kind, card in issued:

@@ -74,19 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if tcp and address_in_use(args.bind):
             print(f"alp-cds serve: {args.bind} is in use by another program", file=sys.stderr)
             return 2
-        # No gunicorn access log: the app writes one structured line per request itself.
-        sys.argv = [
-            "gunicorn",
-            "--config",
-            "python:service.gunicorn_conf",
-            "--bind",
-            args.bind,
-            "--workers",
-            str(args.workers),
-            *(["--threads", str(args.threads)] if args.threads else []),
-            *(["--reuse-port"] if tcp else []),
-            "service.app:create_app()",
-        ]
+        sys.argv = gunicorn_argv(args.bind, args.workers, args.threads)
         run()
         return 0
 
@@ -130,6 +118,24 @@ def url_of_bind(bind: str) -> str | None:
     if bind.startswith(("unix:", "fd://")) or not port.isdigit() or is_wildcard(host):
         return None
     return f"http://{host}:{port}"
+
+
+def gunicorn_argv(bind: str, workers: int, threads: int | None, app: str = "service.app:create_app()") -> list[str]:
+    """gunicorn's command line as ``alp-cds serve`` runs it (the benchmark serves its baseline with the same one).
+    No gunicorn access log: the app writes one structured line per request itself."""
+    tcp = not bind.startswith(("unix:", "fd://"))
+    return [
+        "gunicorn",
+        "--config",
+        "python:service.gunicorn_conf",
+        "--bind",
+        bind,
+        "--workers",
+        str(workers),
+        *(["--threads", str(threads)] if threads else []),
+        *(["--reuse-port"] if tcp else []),
+        app,
+    ]
 
 
 def address_in_use(bind: str) -> bool:

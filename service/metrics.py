@@ -22,6 +22,12 @@ REQUEST_SECONDS = Histogram(
 )
 FHIR_FETCHES = Counter("cds_fhir_fetches_total", "FHIR GETs by outcome", ["outcome"], registry=REGISTRY)
 FHIR_SECONDS = Histogram("cds_fhir_fetch_seconds", "FHIR GET latency", buckets=LATENCY_BUCKETS, registry=REGISTRY)
+PREFETCH_SECONDS = Histogram(
+    "cds_prefetch_fetch_seconds",
+    "Wall time a hook call spent fetching prefetch data from the FHIR server (only calls that fetched)",
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 CARDS = Counter("cds_cards_total", "Cards issued by kind and indicator", ["kind", "indicator"], registry=REGISTRY)
 FEEDBACK = Counter("cds_feedback_total", "Feedback items stored by outcome", ["outcome"], registry=REGISTRY)
 AUDIT_DROPPED = Counter(

@@ -20,15 +20,15 @@ def test_bench_smoke_run_prints_the_table():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    assert "| scenario | request KiB | p50 ms | p95 ms | p99 ms | req/s | p50 / baseline p50 |" in out
+    assert "| scenario | threads | request KiB | p50 ms | p95 ms | p99 ms | req/s | floor p50 ms |" in out
     for row in (
-        "baseline: bare Flask POST",
         "discovery",
         "patient-view, prefetch 10 Observations",
         "patient-view, prefetch 100 Observations",
         "order-select",
     ):
-        assert f"| {row} |" in out, row
+        assert f"| {row} | 2 |" in out, row
     if os.environ.get("SEKMET_BIN"):
-        assert "| patient-view, no prefetch (FHIR server, 100 Obs) |" in out
-    assert "worker RSS (MiB)" in out
+        assert "| patient-view, no prefetch (FHIR server, 100 Obs) | 2 |" in out
+        assert "no prefetch: service time without the FHIR server's" in out
+    assert "worker RSS (MiB) floor: after the run" in out and "worker RSS (MiB) service: after the run" in out
