@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from service.clinical.codes import ReferenceBand, reference_bands
@@ -55,14 +56,29 @@ def fallback_limits(analyte: str, patient: Patient, when: datetime, settings: Ma
         site: Mapping[str, float] = settings.get("ALP_SITE_LOW_LIMITS") or {}
         if site and age["y"] >= settings["ADULT_AGE"]:
             return Limits(site.get(patient.gender or "") or min(site.values()), None, SITE_LIMIT)
-    candidates = [b for b in bands if _in_band(age, b)]
-    if patient.gender in ("male", "female"):
-        candidates = [b for b in candidates if b.sex in ("any", patient.gender)]
-    # Otherwise (sex unknown or "other") both sexes' bands are combined into the widest limits, which call nothing
-    # abnormal that would be normal for either sex.
-    if not candidates:
+    if age["y"] >= settled_age(analyte):  # most patients: no band boundary lies ahead (same answer, cached)
+        return _combined(analyte, patient.gender, tuple(b for b in bands if b.age_to is None))
+    return _combined(analyte, patient.gender, tuple(b for b in bands if _in_band(age, b)))
+
+
+@cache
+def settled_age(analyte: str) -> int:
+    """The age in whole years from which every band's boundaries lie behind: only the open-ended bands apply, all of
+    them. A bound in days or months is rounded up to whole years (a year has at least 12 months and 365 days)."""
+    per_year = {"d": 365, "m": 12, "y": 1}
+    bounds = [bound for b in reference_bands().get(analyte, ()) for bound in (b.age_from, b.age_to) if bound]
+    return max((-(-amount // per_year[unit]) for amount, unit in bounds), default=0)
+
+
+@cache
+def _combined(analyte: str, gender: str | None, bands: tuple[ReferenceBand, ...]) -> Limits | None:
+    """The limits of the bands that apply, for the patient's sex. Sex unknown or "other": both sexes' bands are
+    combined into the widest limits, which call nothing abnormal that would be normal for either sex."""
+    if gender in ("male", "female"):
+        bands = tuple(b for b in bands if b.sex in ("any", gender))
+    if not bands:
         return None
-    lows = [b.low for b in candidates if b.low is not None]
-    highs = [b.high for b in candidates if b.high is not None]
-    labels = sorted({b.label for b in candidates})
+    lows = [b.low for b in bands if b.low is not None]
+    highs = [b.high for b in bands if b.high is not None]
+    labels = sorted({b.label for b in bands})
     return Limits(min(lows) if lows else None, max(highs) if highs else None, "; ".join(labels))
