@@ -256,6 +256,14 @@ SETTINGS: tuple[Setting, ...] = (
         5.0,
         "Seconds a feedback-store operation may take (connecting, waiting for a lock, a statement); then 503.",
     ),
+    Setting(
+        "FEEDBACK_DB_MIGRATE",
+        _bool,
+        True,
+        "on: the service brings the feedback schema to its own version at start (under a lock: once for all "
+        "replicas); off: it only checks, and a schema behind is a 503 until `alp-cds migrate` has run. A schema "
+        "newer than the service's refuses the start either way.",
+    ),
     Setting("FHIR_TIME_BUDGET", _positive_float, 8.0, "Seconds all FHIR fetching of one hook call may take."),
     Setting("FHIR_MAX_ENTRIES", _positive_int, 20000, "Most Bundle entries read per prefetch key."),
     Setting(
