@@ -66,6 +66,7 @@ class Redis:
 
 
 NGINX_CONF = """
+{user}
 worker_processes 1;
 pid {workdir}/nginx.pid;
 error_log {workdir}/error.log warn;
@@ -103,18 +104,17 @@ class Nginx:
     """nginx on a free loopback port, round-robin over ``upstreams`` (``host:port``), a server that fails is left
     out for 2 seconds."""
 
-    def __init__(self, workdir: Path, upstreams: list[str]) -> None:
+    def __init__(self, workdir: Path, upstreams: list[str], port: int | None = None) -> None:
         binary = debian_binary("nginx", "nginx", "/usr/sbin/nginx")
-        self.port = free_port()
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
-        workdir.chmod(0o755)  # nginx's worker runs as nobody when started as root: it writes its temp files here
-        for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (workdir / name).mkdir(mode=0o777, exist_ok=True)
-            (workdir / name).chmod(0o777)
+        workdir.mkdir(parents=True, exist_ok=True)
+        # Started as root, nginx's worker would run as nobody, who cannot reach the test's private directory.
+        user = "user root;" if os.geteuid() == 0 else ""
         servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=2s;" for u in upstreams)
         conf = workdir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(workdir=workdir, servers=servers, port=self.port))
+        conf.write_text(NGINX_CONF.format(user=user, workdir=workdir, servers=servers, port=self.port))
         self.log = workdir / "nginx.out"
         with self.log.open("w") as out:
             self.process = subprocess.Popen(
