@@ -1,4 +1,5 @@
-"""The Kubernetes manifests (deploy/k8s), checked offline against the Kubernetes API schemas of kubernetes-validate.
+"""Deploying at scale: the Kubernetes manifests (deploy/k8s), checked offline against the Kubernetes API schemas of
+kubernetes-validate, and the compose stack's Redis and migration job (its file is validated by test_deploy_files).
 
 Always: every resource file of the base (and the example Secret) strictly (no unknown field, every required one),
 and every patch of the production overlay for the fields it sets (strictly, without the required-field check: a
@@ -183,3 +184,16 @@ def test_the_rendered_kustomization_is_valid(directory):
         assert "fhir.hospital-a.example" in kinds["ConfigMap"]["data"]["trusted-issuers.yaml"]
         image = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"]
         assert image == "registry.example.org/alp-cds:0.1.0"
+
+
+def test_the_compose_stack_shares_redis_and_postgresql_and_migrates_first():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["migrate"]["command"] == ["alp-cds", "migrate"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    service = services["alp-cds"]
+    assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    env = service["environment"]
+    assert env["CDS_REDIS_URL"].startswith("redis://redis:") and env["CDS_FEEDBACK_DB_URL"].startswith("postgresql://")
+    assert env["CDS_FEEDBACK_DB_URL"] == services["migrate"]["environment"]["CDS_FEEDBACK_DB_URL"]
+    assert env["CDS_FEEDBACK_DB_MIGRATE"] == "off" and env["PROMETHEUS_MULTIPROC_DIR"]
+    assert services["redis"]["image"].startswith("redis:") and services["postgres"]["image"].startswith("postgres:")
