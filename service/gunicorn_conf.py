@@ -14,12 +14,14 @@ client still holds a thread while it lasts, so facing the open internet, put a b
 
 import gc
 import os
+import re
 import socket
 import struct
 from pathlib import Path
 
 from service.settings import load_settings
 
+PROMETHEUS_FILE = re.compile(r"(counter|gauge_[a-z]+|histogram|summary)_\d+\.db")
 worker_class = "service.gunicorn_worker.DeadlineThreadWorker"  # gunicorn's gthread, with a request deadline
 threads = 16  # per worker: requests served at once by each process (alp-cds serve --threads)
 keepalive = 5  # seconds an idle kept-alive connection is kept (in the poller, holding no thread)
@@ -34,7 +36,8 @@ def on_starting(server) -> None:
     if directory:
         Path(directory).mkdir(parents=True, exist_ok=True)
         for stale in Path(directory).glob("*.db"):
-            stale.unlink()
+            if PROMETHEUS_FILE.fullmatch(stale.name):  # only the client library's files, whatever else is there
+                stale.unlink()
         server.log.info("Prometheus multiprocess mode: one scrape reports every worker (%s)", directory)
 
 

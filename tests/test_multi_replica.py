@@ -269,3 +269,16 @@ def test_killing_an_instance_mid_load_loses_no_acknowledged_feedback(cluster):
         f"feedback calls: {len(results)}, acknowledged {len(acknowledged)} (all stored), before the kill "
         f"{len(before)}, in the second after it {len(failed_at_kill)} failed, after it {len(after)} all 200"
     )
+
+
+def test_the_metrics_directory_is_emptied_of_metrics_files_only(tmp_path, monkeypatch):
+    """A previous run's values would be added to this one's; anything else in the directory is left alone."""
+    from types import SimpleNamespace
+
+    from service import gunicorn_conf
+
+    for name in ("counter_11.db", "histogram_11.db", "gauge_livesum_11.db", "feedback.db", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    gunicorn_conf.on_starting(SimpleNamespace(log=SimpleNamespace(info=lambda *a: None)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback.db", "notes.txt"]
