@@ -9,7 +9,8 @@ COPY deploy ./deploy
 RUN pip install --no-cache-dir . && mkdir /data && chown 10001 /data
 USER 10001
 ENV CDS_FEEDBACK_DB_URL=sqlite:////data/feedback.db \
-    CDS_REPLAY_STORE_URL=sqlite:////data/replay.db
+    CDS_REPLAY_STORE_URL=sqlite:////data/replay.db \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/alp-cds-metrics
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import orjson
 from flask import Blueprint, Response, current_app, g, render_template, request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from service import metrics
@@ -185,7 +185,7 @@ def readyz() -> Response:
 
 @bp.get("/metrics")
 def prometheus_metrics() -> Response:
-    return Response(generate_latest(metrics.REGISTRY), mimetype=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
 
 
 def client_for(

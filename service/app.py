@@ -30,7 +30,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
     app.extensions["cds_services"] = {s.id: s for s in all_services()}
     app.extensions["cds_authenticator"] = Authenticator(settings) if settings["AUTH"] else None
-    app.extensions["cds_feedback"] = FeedbackStore(settings["FEEDBACK_DB_URL"], settings["FEEDBACK_DB_TIMEOUT"])
+    app.extensions["cds_feedback"] = FeedbackStore(
+        settings["FEEDBACK_DB_URL"], settings["FEEDBACK_DB_TIMEOUT"], settings["FEEDBACK_DB_MIGRATE"]
+    )
     if not settings["AUTH"]:
         logging.getLogger("service").warning(
             '{"event":"auth_off","message":"JWT verification is OFF: for local development only"}'

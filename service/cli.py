@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         "feedback-report", help="feedback per card kind: issued, cards with feedback, last outcomes and why, events"
     )
     report.add_argument("--db", help="feedback store URL (default: CDS_FEEDBACK_DB_URL)")
+    migrate = sub.add_parser(
+        "migrate", help="bring the feedback store's schema to this release's version (Alembic; idempotent)"
+    )
+    migrate.add_argument("--db", help="feedback store URL (default: CDS_FEEDBACK_DB_URL)")
+    migrate.add_argument("--check", action="store_true", help="only say whether it is current (exit 1 if not)")
     args = parser.parse_args(argv)
 
     if args.command == "dev":
@@ -78,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         run()
         return 0
 
+    if args.command == "migrate":
+        return run_migrate(args.db, args.check)
+
     if args.command == "feedback-report":
         from service.feedback import FeedbackStore
         from service.settings import load_settings
@@ -85,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         from cards.render import override_reason_displays
 
-        store = FeedbackStore(args.db or settings["FEEDBACK_DB_URL"], settings["FEEDBACK_DB_TIMEOUT"])
+        store = FeedbackStore(
+            args.db or settings["FEEDBACK_DB_URL"], settings["FEEDBACK_DB_TIMEOUT"], settings["FEEDBACK_DB_MIGRATE"]
+        )
         print(json.dumps(store.report(override_reason_displays()), indent=2))
         return 0
 
@@ -110,6 +120,39 @@ def main(argv: list[str] | None = None) -> int:
     except (tools.ToolError, OSError, ValueError) as exc:
         print(f"alp-cds {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+def run_migrate(db: str | None, check: bool) -> int:
+    """``alp-cds migrate``: 0 when the schema is (now) current, 1 when it is behind (--check) or the store cannot be
+    reached, 2 when it is newer than this release. Messages never repeat the URL (it may hold a password)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.feedback import FeedbackStore
+    from service.migrations import SchemaNotMigrated, SchemaTooNew
+    from service.settings import load_settings
+
+    settings = load_settings()
+    store = FeedbackStore(db or settings["FEEDBACK_DB_URL"], settings["FEEDBACK_DB_TIMEOUT"], connect=False)
+    try:
+        if check:
+            store.migrate = False
+            store._ensure_schema()
+            print("alp-cds migrate: the feedback store's schema is current")
+            return 0
+        found, now = store.migrate_schema()
+    except SchemaTooNew as exc:
+        print(f"alp-cds migrate: {exc}", file=sys.stderr)
+        return 2
+    except SchemaNotMigrated as exc:
+        print(f"alp-cds migrate: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(f"alp-cds migrate: the feedback store cannot be reached ({type(exc).__name__})", file=sys.stderr)
+        return 1
+    finally:
+        store.engine.dispose()
+    print(f"alp-cds migrate: the feedback store's schema is at {now}" + (f" (was {found})" if found != now else ""))
+    return 0
 
 
 def url_of_bind(bind: str) -> str | None:

@@ -44,6 +44,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from service import migrations
+from service.migrations import SchemaTooNew
 from service.sqlite import pragmas
 from service.watchdog import Watchdog
 from service.watchdog import current as current_watchdog
@@ -128,8 +130,12 @@ def _strings(value: Any, path: str) -> Iterable[tuple[str, str]]:
 
 
 class FeedbackStore:
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, timeout: float = 5.0, migrate: bool = True, connect: bool = True) -> None:
+        """``migrate``: bring the schema to this code's version when it is behind (else it must be done by
+        ``alp-cds migrate`` first); ``connect``: check (and migrate) at once, a schema newer than this code's
+        refusing the start (SchemaTooNew), a store that is down not."""
         self.timeout = timeout
+        self.migrate = migrate
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             try:
@@ -158,9 +164,13 @@ class FeedbackStore:
         self._queue: queue.Queue = queue.Queue(maxsize=10_000)
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+        if not connect:
+            return
         try:
             with self._bounded():
                 self._ensure_schema()
+        except SchemaTooNew:
+            raise
         except SQLAlchemyError as exc:  # the service still answers hooks; /readyz reports the store as down
             log.error(json.dumps({"event": "feedback_store_unavailable", "error": type(exc).__name__}))
 
@@ -209,19 +219,29 @@ class FeedbackStore:
             {"ms": limit},
         )
 
-    def _ensure_schema(self) -> None:
-        """Create the tables once, whoever comes first: workers and replicas start at the same time, and each would
-        otherwise find no table and create it (the others then fail). The check and the creation run under the
-        database's write lock (SQLite) or an advisory lock (PostgreSQL), so the others wait and find the tables."""
+    def _ensure_schema(self, upgrade: bool | None = None) -> tuple[str | None, str]:
+        """Check the schema's version and migrate it once, whoever comes first: workers and replicas start at the
+        same time, and each would otherwise find it behind and migrate it (the others then fail). The check and the
+        migration run under the database's write lock (SQLite) or an advisory lock (PostgreSQL), so the others wait
+        and find it done. A schema newer than this code's raises SchemaTooNew; one behind, with migrating off,
+        SchemaNotMigrated (both give 503s, and /readyz says which)."""
         if self._schema_ready:
-            return
+            return migrations.head(), migrations.head()
         with self.engine.begin() as connection:
             if self.engine.dialect.name == "sqlite":
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             elif self.engine.dialect.name == "postgresql":
                 connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
-            metadata.create_all(connection)
+            found, now = migrations.ensure(connection, self.migrate if upgrade is None else upgrade)
+        if found != now:
+            log.info(json.dumps({"event": "feedback_schema_migrated", "from": found, "to": now}))
         self._schema_ready = True
+        return found, now
+
+    def migrate_schema(self) -> tuple[str | None, str]:
+        """``alp-cds migrate``: the schema's revision before and after bringing it to this code's version."""
+        with self._bounded():
+            return self._ensure_schema(upgrade=True)
 
     def record_cards_later(self, service_id: str, cards: Iterable[tuple[str, Mapping[str, Any]]]) -> bool:
         """Queue the audit rows for a background writer, off the hook call's path. False when the queue is full

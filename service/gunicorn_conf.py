@@ -13,16 +13,40 @@ client still holds a thread while it lasts, so facing the open internet, put a b
 """
 
 import gc
+import os
+import re
 import socket
 import struct
+from pathlib import Path
 
 from service.settings import load_settings
 
+PROMETHEUS_FILE = re.compile(r"(counter|gauge_[a-z]+|histogram|summary)_\d+\.db")
 worker_class = "service.gunicorn_worker.DeadlineThreadWorker"  # gunicorn's gthread, with a request deadline
 threads = 16  # per worker: requests served at once by each process (alp-cds serve --threads)
 keepalive = 5  # seconds an idle kept-alive connection is kept (in the poller, holding no thread)
 timeout = 30  # a worker whose main loop is stuck this long is restarted
 control_socket_disable = True  # no gunicornc socket in $HOME: several services (and tests) may run side by side
+
+
+def on_starting(server) -> None:
+    """Prometheus multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``): the directory starts empty, or the values of a
+    previous run would be added to this one's (service/metrics.py)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for stale in Path(directory).glob("*.db"):
+            if PROMETHEUS_FILE.fullmatch(stale.name):  # only the client library's files, whatever else is there
+                stale.unlink()
+        server.log.info("Prometheus multiprocess mode: one scrape reports every worker (%s)", directory)
+
+
+def child_exit(server, worker) -> None:
+    """A worker that ended: its counters stay in the sum (their files stay); live gauges of it are dropped."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
 
 
 def when_ready(server) -> None:

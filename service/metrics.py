@@ -1,8 +1,21 @@
-"""Prometheus metrics (per process; see the README for gunicorn's several workers)."""
+"""Prometheus metrics.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (the client library's own multiprocess mode), every process writes its values
+to files in that directory and a scrape of any worker reports the sum over all the workers of the instance: the
+directory must exist, be writable, be private to one instance (an ``emptyDir`` per pod) and be emptied when the
+instance starts (``service/gunicorn_conf.py: on_starting`` does). Without it, the values are this process's only.
+The variable must be set before this module is imported (the client library decides at import).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+
+MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+if MULTIPROC_DIR:  # a worker started by hand (not under alp-cds serve) may find it missing
+    os.makedirs(MULTIPROC_DIR, exist_ok=True)
 
 REGISTRY = CollectorRegistry()
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -45,3 +58,12 @@ UNREADABLE_RESULTS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+
+
+def exposition() -> bytes:
+    """The text a scrape gets: every worker's values summed in multiprocess mode, else this process's."""
+    if MULTIPROC_DIR:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=MULTIPROC_DIR)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)

@@ -1,9 +1,9 @@
 """JWT ids already seen, shared by every worker and replica that opens the same store: a token is accepted once.
 
-A store has one operation, :meth:`ReplayStore.first_use`, an atomic insert-or-fail, so that a store shared by many
-machines (Redis ``SET key 1 NX EXAT expires``) can be added beside the SQLite one, which needs no server: one file
-in WAL mode that all workers on a machine open. Entries expire with their token (whose lifetime is capped by
-``JWT_MAX_LIFETIME``), so the store stays bounded.
+A store has one operation, :meth:`ReplayStore.first_use`, an atomic insert-or-fail. Two stores exist: SQLite, which
+needs no server (one file in WAL mode that all workers on a machine open), and Redis (``SET key 1 NX PX ttl``), which
+every replica on every machine shares (``CDS_REDIS_URL``). Entries expire with their token (whose lifetime is capped
+by ``JWT_MAX_LIFETIME``), so either store stays bounded.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,10 @@ from service.sqlite import pragmas
 
 log = logging.getLogger("service.replay")
 BUSY_SECONDS = 1.0  # how long a call waits for another process's lock on the store before its 503
+
+
+class ReplayStoreDown(Exception):
+    """The store did not answer (down, unreachable, too slow): the token cannot be checked."""
 
 
 class ReplayStore(Protocol):
@@ -82,7 +87,47 @@ class SqliteReplayStore:
             return connection.execute(text("SELECT count(*) FROM seen_tokens")).scalar_one()
 
 
-def open_replay_store(url: str) -> ReplayStore:
+class RedisReplayStore:
+    """Redis, shared by every replica: ``SET alp-cds:jti:<sha256> 1 NX PX <ms until the token expires>``, one atomic
+    command. Connecting and each answer are bounded by ``timeout``, with no retry (a retry would only make the 503
+    later); a failure raises :class:`ReplayStoreDown`. The connection pool is per process (redis-py opens new
+    connections after a fork), and nothing is sent before the first token, so the service starts while Redis is
+    down."""
+
+    PREFIX = "alp-cds:jti:"
+
+    def __init__(self, url: str, timeout: float = 1.0) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self._errors = (redis.RedisError, OSError)
+        try:
+            self.client = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=30,
+            )
+        except ValueError:  # the message would repeat the URL, which may hold a password
+            raise SettingsError("CDS_REDIS_URL: not a Redis URL that can be used") from None
+
+    def first_use(self, key: str, expires_at: float) -> bool:
+        digest = hashlib.sha256(key.encode()).hexdigest()  # a fixed-size key, whatever the token's jti
+        ttl_ms = max(1000, math.ceil((expires_at - time.time()) * 1000))
+        try:
+            return bool(self.client.set(self.PREFIX + digest, 1, nx=True, px=ttl_ms))
+        except self._errors as exc:
+            raise ReplayStoreDown(type(exc).__name__) from None
+
+
+def open_replay_store(url: str, redis_url: str = "", redis_timeout: float = 1.0) -> ReplayStore:
+    """Redis when ``redis_url`` is set (every replica), else the SQLite store of ``url`` (this machine)."""
+    if redis_url:
+        return RedisReplayStore(redis_url, redis_timeout)
     if make_url(url).get_backend_name() == "sqlite":
         return SqliteReplayStore(url)
-    raise SettingsError(f"CDS_REPLAY_STORE_URL: only sqlite:///path stores exist for now, not {url.split(':')[0]!r}")
+    raise SettingsError(
+        f"CDS_REPLAY_STORE_URL: only sqlite:///path stores exist (CDS_REDIS_URL for Redis), not {url.split(':')[0]!r}"
+    )

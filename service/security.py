@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service import outbound
 from service.errors import BadRequest, CdsError, StoreUnavailable
-from service.replay import open_replay_store
+from service.replay import ReplayStoreDown, open_replay_store
 
 log = logging.getLogger("service.security")
 ALGORITHMS = ("ES384", "RS384")
@@ -147,7 +147,8 @@ class Authenticator:
         self.max_lifetime = settings["JWT_MAX_LIFETIME"]
         self.public_base = settings["PUBLIC_BASE_URL"]  # required with AUTH on (settings.check_startup)
         self.keys = KeyStore()
-        self.replays = open_replay_store(settings["REPLAY_STORE_URL"])
+        self.replays = open_replay_store(settings["REPLAY_STORE_URL"], settings["REDIS_URL"], settings["REDIS_TIMEOUT"])
+        self.fail_open = settings["REPLAY_FAIL_OPEN"]
 
     def audience(self, path: str) -> str:
         """The ``aud`` a token for ``path`` must carry: never built from the Host header, which the caller sets."""
@@ -198,9 +199,18 @@ class Authenticator:
             raise Unauthorized("wrong tenant")
         try:
             first = self.replays.first_use(f"{claims['iss']}|{claims['jti']}", float(claims["exp"]) + self.leeway)
-        except (SQLAlchemyError, OSError) as exc:
-            log.error('{"event":"replay_store_unavailable","error":"%s"}', type(exc).__name__)
-            raise StoreUnavailable("the token replay store is unavailable; please retry") from None
+        except (SQLAlchemyError, OSError, ReplayStoreDown) as exc:
+            error = str(exc) if isinstance(exc, ReplayStoreDown) else type(exc).__name__
+            if not self.fail_open:
+                log.error('{"event":"replay_store_unavailable","error":"%s"}', error)
+                raise StoreUnavailable("the token replay store is unavailable; please retry") from None
+            # REPLAY_FAIL_OPEN: accepted without the replay check, and said so (the issuer only: no token, no jti).
+            log.warning(
+                '{"event":"replay_store_unavailable_fail_open","error":"%s","issuer":%s}',
+                error,
+                orjson.dumps(loggable(claims["iss"])).decode(),
+            )
+            first = True
         if not first:
             raise Unauthorized("replayed jti")
         return claims

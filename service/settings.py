@@ -98,6 +98,14 @@ def _base_url(raw: Any) -> str:
     return text
 
 
+def _redis_url(raw: Any) -> str:
+    """A Redis URL; the message never repeats it, since it may hold a password."""
+    text = str(raw).strip()
+    if text and urlsplit(text).scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError("expected a redis://, rediss:// or unix:// URL")
+    return text
+
+
 def _on_off(raw: Any) -> bool:
     """Secure by default: anything but an explicit off is on."""
     return not (isinstance(raw, str) and raw.strip().lower() in {"off", "0", "false", "no"}) and raw is not False
@@ -219,6 +227,26 @@ SETTINGS: tuple[Setting, ...] = (
         "sqlite:///var/replay.db",
         "Where the `jti`s of accepted tokens are kept until they expire, shared by all workers that open it.",
     ),
+    Setting(
+        "REDIS_URL",
+        _redis_url,
+        "",
+        "Redis for the `jti`s of accepted tokens, shared by every replica (`redis://host:6379/0`, `rediss://` for "
+        "TLS); empty: REPLAY_STORE_URL.",
+    ),
+    Setting(
+        "REDIS_TIMEOUT",
+        _positive_float,
+        1.0,
+        "Seconds to connect to Redis and to get its answer; then the replay store counts as down.",
+    ),
+    Setting(
+        "REPLAY_FAIL_OPEN",
+        _bool,
+        False,
+        "When the replay store is down: off refuses the token (503); on accepts it without the replay check and "
+        "logs `replay_store_unavailable_fail_open`.",
+    ),
     Setting("FHIR_SERVERS", _list, [], "With AUTH off, the only fhirServer values accepted (comma-separated)."),
     Setting("CORS_ORIGINS", _list, [], "Browser origins allowed to call the service (comma-separated; `*` for any)."),
     Setting("FEEDBACK_DB_URL", str, "sqlite:///var/feedback.db", "SQLAlchemy URL of the feedback store."),
@@ -227,6 +255,14 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_float,
         5.0,
         "Seconds a feedback-store operation may take (connecting, waiting for a lock, a statement); then 503.",
+    ),
+    Setting(
+        "FEEDBACK_DB_MIGRATE",
+        _bool,
+        True,
+        "on: the service brings the feedback schema to its own version at start (under a lock: once for all "
+        "replicas); off: it only checks, and a schema behind is a 503 until `alp-cds migrate` has run. A schema "
+        "newer than the service's refuses the start either way.",
     ),
     Setting("FHIR_TIME_BUDGET", _positive_float, 8.0, "Seconds all FHIR fetching of one hook call may take."),
     Setting("FHIR_MAX_ENTRIES", _positive_int, 20000, "Most Bundle entries read per prefetch key."),

@@ -27,7 +27,7 @@ def store_url(request, tmp_path):
     url = postgres_url()
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.begin() as connection:  # a clean slate for each test
-        connection.execute(text("DROP TABLE IF EXISTS feedback, issued_cards"))
+        connection.execute(text("DROP TABLE IF EXISTS feedback, issued_cards, alembic_version"))
     engine.dispose()
     return url
 
@@ -234,7 +234,7 @@ def _open_at_once(urls: list[str], barrier, results) -> None:
             with store.engine.begin() as connection:
                 rows.append(connection.execute(select(func.count()).select_from(feedback)).scalar_one())
                 if url.startswith("postgresql"):
-                    connection.execute(text("DROP TABLE feedback, issued_cards"))
+                    connection.execute(text("DROP TABLE feedback, issued_cards, alembic_version"))
         store.engine.dispose()
         barrier.wait(timeout=60)
     results.put((problems, rows))
@@ -340,7 +340,7 @@ def pg_clean():
     url = postgres_url()
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.begin() as connection:
-        connection.execute(text("DROP TABLE IF EXISTS feedback, issued_cards"))
+        connection.execute(text("DROP TABLE IF EXISTS feedback, issued_cards, alembic_version"))
     engine.dispose()
     return url
 

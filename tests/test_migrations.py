@@ -1,0 +1,124 @@
+"""The feedback schema under Alembic: ``alp-cds migrate``, the check at start, and no stored row ever lost."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, insert, select, text
+
+from service import cli, migrations
+from service.app import create_app
+from service.feedback import feedback, metadata
+from service.fixtures import NOW
+from service.migrations import SchemaTooNew
+from tests.conftest import PV, CheckedClient, postgres_url
+
+ITEM = {
+    "card": "a-card",
+    "outcome": "accepted",
+    "acceptedSuggestions": [{"id": "s-1"}],
+    "outcomeTimestamp": "2026-01-02T03:04:05Z",
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_store(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/feedback.db"
+    url = postgres_url()
+    with engine_of(url).begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS feedback, issued_cards, alembic_version"))
+    return url
+
+
+def engine_of(url: str):
+    return create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+
+
+def app_on(url: str, **settings) -> CheckedClient:
+    overrides = {"NOW": lambda: NOW, "AUTH": "off", "LOG_LEVEL": "WARNING", "FEEDBACK_DB_URL": url, **settings}
+    return CheckedClient(create_app(overrides))
+
+
+def post(client: CheckedClient, card: str = "a-card"):
+    return client.client.post(f"/cds-services/{PV}/feedback", json={"feedback": [{**ITEM, "card": card}]})
+
+
+def test_the_migrated_schema_is_the_one_the_code_uses(empty_store):
+    assert cli.main(["migrate", "--db", empty_store]) == 0
+    with engine_of(empty_store).connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == migrations.head()
+        differences = compare_metadata(MigrationContext.configure(connection), metadata)
+    assert differences == []
+
+
+def test_migrate_is_idempotent_and_check_tells_current_from_behind(empty_store, capsys):
+    assert cli.main(["migrate", "--db", empty_store, "--check"]) == 1
+    assert "run alp-cds migrate" in capsys.readouterr().err
+    assert cli.main(["migrate", "--db", empty_store]) == 0
+    assert cli.main(["migrate", "--db", empty_store]) == 0
+    assert cli.main(["migrate", "--db", empty_store, "--check"]) == 0
+
+
+def test_a_store_made_before_migrations_keeps_every_row(empty_store):
+    """The tables as create_all made them, with feedback in them: migrating stamps them as the first revision."""
+    engine = engine_of(empty_store)
+    metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            insert(feedback),
+            [
+                {
+                    "service_id": PV,
+                    "card_uuid": f"old-{i}",
+                    "outcome": "overridden",
+                    "outcome_timestamp": "2025-01-01T00:00:00Z",
+                    "received_at": NOW,
+                }
+                for i in range(3)
+            ],
+        )
+    client = app_on(empty_store)  # the service migrates at start by default
+    assert post(client, "new").status_code == 200
+    with engine.connect() as connection:
+        cards = connection.execute(select(feedback.c.card_uuid).order_by(feedback.c.id)).scalars().all()
+        assert MigrationContext.configure(connection).get_current_revision() == migrations.head()
+    assert cards == ["old-0", "old-1", "old-2", "new"]
+
+
+def test_a_schema_newer_than_the_code_refuses_the_start(empty_store, capsys):
+    assert cli.main(["migrate", "--db", empty_store]) == 0
+    with engine_of(empty_store).begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999_from_a_later_release'"))
+    with pytest.raises(SchemaTooNew, match="9999_from_a_later_release"):
+        app_on(empty_store)
+    with pytest.raises(SchemaTooNew):
+        app_on(empty_store, FEEDBACK_DB_MIGRATE="off")
+    assert cli.main(["migrate", "--db", empty_store]) == 2
+    assert "does not know" in capsys.readouterr().err
+
+
+def test_with_migrating_off_a_schema_behind_is_503_until_migrated(empty_store):
+    client = app_on(empty_store, FEEDBACK_DB_MIGRATE="off")
+    ready = client.client.get("/readyz")
+    assert ready.status_code == 503 and ready.get_json()["feedback_store"] == "SchemaNotMigrated"
+    assert post(client).status_code == 503
+    assert client.hook(PV, {"hook": "patient-view"}).status_code == 400  # hooks still answer
+    assert cli.main(["migrate", "--db", empty_store]) == 0
+    assert client.client.get("/readyz").status_code == 200
+    assert post(client).status_code == 200
+
+
+def test_by_default_the_service_migrates_a_fresh_store_itself(tmp_path):
+    url = f"sqlite:///{tmp_path}/feedback.db"
+    client = app_on(url)
+    assert post(client).status_code == 200
+    with engine_of(url).connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == migrations.head()
+
+
+def test_migrate_never_prints_the_store_url(capsys):
+    assert cli.main(["migrate", "--db", "postgresql://user:pw-secret@127.0.0.1:1/db"]) == 1
+    captured = capsys.readouterr()
+    assert "pw-secret" not in captured.out + captured.err and "cannot be reached" in captured.err
