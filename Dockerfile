@@ -6,7 +6,7 @@ COPY service ./service
 COPY cards ./cards
 COPY fixtures ./fixtures
 COPY deploy ./deploy
-RUN pip install --no-cache-dir . && mkdir /data && chown 10001 /data
+RUN pip install --no-cache-dir ".[smart]" && mkdir /data && chown 10001 /data
 USER 10001
 ENV CDS_FEEDBACK_DB_URL=sqlite:////data/feedback.db \
     CDS_REPLAY_STORE_URL=sqlite:////data/replay.db
