@@ -320,5 +320,15 @@ def smart_redirect_url(values: Mapping[str, Any]) -> str:
     return values["PUBLIC_BASE_URL"] + "/smart/callback" if values["PUBLIC_BASE_URL"] else ""
 
 
+def smart_launch_url(values: Mapping[str, Any]) -> str:
+    """Where an EHR launches the SMART app from a card link; empty when the app is off or its address unknown."""
+    if not values.get("SMART_ISSUERS"):
+        return ""
+    if values["PUBLIC_BASE_URL"]:
+        return values["PUBLIC_BASE_URL"] + "/smart/launch"
+    redirect = values["SMART_REDIRECT_URL"]
+    return redirect.removesuffix("/callback") + "/launch" if redirect.endswith("/smart/callback") else ""
+
+
 def setting_names() -> list[str]:
     return list(_BY_NAME)

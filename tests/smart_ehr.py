@@ -112,6 +112,8 @@ class FakeEhr:
                 "id_token": id_token,
                 "patient": self.patient,
             }
+            if self.mode.get("app_context"):
+                answer["appContext"] = self.mode["app_context"]  # from the card link the clinician followed
             for key in self.mode.get("drop", ()):
                 answer.pop(key)
             return jsonify(answer), 200

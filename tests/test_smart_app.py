@@ -174,6 +174,26 @@ def test_issuers_without_a_redirect_url_refuse_to_start():
         create_app({"AUTH": "off", "SMART_ISSUERS": "https://ehr.example/fhir", "FEEDBACK_DB_URL": "sqlite://"})
 
 
+def test_the_app_is_off_unless_issuers_are_allow_listed(client):
+    assert client.client.get("/smart/launch?iss=x&launch=y").status_code == 404
+
+
+def test_cards_link_to_the_app_when_it_is_on():
+    from tests.conftest import OS, PV, load_request, make_app
+
+    on = make_app(SMART_ISSUERS="https://ehr.example/fhir", PUBLIC_BASE_URL="https://cds.example.org")
+    for service, fixture in ((PV, "persistent-low-in"), (OS, "order-low-alp-in")):
+        cards = on.cards(service, load_request(fixture))  # valid against the response schema
+        assert cards
+        for card in cards:
+            link = card["links"][-1]
+            assert link["type"] == "smart" and link["label"] == "View ALP history"
+            assert link["url"] == "https://cds.example.org/smart/launch"
+            assert json.loads(link["appContext"])["highlight"]
+    off = make_app().cards(PV, load_request("persistent-low-in"))
+    assert not any(link["type"] == "smart" for card in off for link in card.get("links", []))
+
+
 # ------------------------------------------------------------------------------------ end to end
 
 
@@ -368,7 +388,24 @@ def test_launch_in_a_real_browser(app_url, ehr):
     _chromium()
     from playwright.sync_api import sync_playwright
 
-    ehr.reset()
+    # The card a clinician sees: a patient-view call for the patient, answered from the FHIR server.
+    body = {
+        "hook": "patient-view",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {"userId": "Practitioner/example", "patientId": PATIENT},
+        "fhirServer": ehr.fhir_base,
+        "fhirAuthorization": {
+            "access_token": FHIR_TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "alp-cds",
+        },
+    }
+    cards = requests.post(f"{app_url}/cds-services/low-alp-workup", json=body, timeout=30).json()["cards"]
+    link = cards[0]["links"][-1]
+    assert link["type"] == "smart" and link["url"] == f"{app_url}/smart/launch"
+    ehr.reset(app_context=link["appContext"])  # the EHR passes the link's appContext on with the token
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -386,13 +423,16 @@ def test_launch_in_a_real_browser(app_url, ehr):
         page = context.new_page()
         seen = []
         page.on("request", lambda r: seen.append(r.url))
-        page.goto(f"{app_url}/smart/launch?iss={ehr.iss}&launch=browser-launch")
+        page.goto(f"{link['url']}?iss={ehr.iss}&launch=browser-launch")  # the EHR launches the link
         assert urlsplit(page.url).path == "/smart/callback"
         assert page.locator("h1").inner_text() == "Alkaline phosphatase history"
         assert page.locator("svg g.alp_points_marks > *").count() == 10
         assert page.locator("svg g.limit_steps_marks > *").count() == 5
         assert page.locator("table.alp tbody tr").count() == 11  # 10 judged and one not used
-        assert page.locator("article.card").count() >= 2
+        assert page.locator("article.card").count() == len(cards)
+        highlighted = page.locator("article.card.highlight")
+        assert highlighted.count() == 1
+        assert highlighted.get_attribute("data-kind") == json.loads(link["appContext"])["highlight"]
         assert storage_is_empty(context)
         page.screenshot(path=str(ARTIFACTS / "smart-app.png"), full_page=True)
         browser.close()

@@ -10,7 +10,16 @@ from service.clinical import antiresorptives
 from service.errors import DataUnavailable
 from service.fhir.readers import Scope, has_hpp_diagnosis, read_medications
 from service.hooks import CdsService, HookCall
-from service.hooks.common import PATIENT, build_chart, chart_prefetch, issue, read_scope, report, resolver
+from service.hooks.common import (
+    PATIENT,
+    build_chart,
+    chart_prefetch,
+    issue,
+    read_scope,
+    report,
+    resolver,
+    with_app_link,
+)
 
 
 def handle_select(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
@@ -52,7 +61,7 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
         )
     hpp = has_hpp_diagnosis(call.data.get("conditions"), scope=scope)
     report(scope, [])
-    return issue(antiresorptives.review_order(chart, ordered, hpp), chart.patient.id)
+    return with_app_link(issue(antiresorptives.review_order(chart, ordered, hpp), chart.patient.id), call.settings)
 
 
 DESCRIPTION = (

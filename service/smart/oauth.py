@@ -160,4 +160,17 @@ def exchange_code(pending: Mapping[str, Any], code: str, settings: Mapping[str, 
     patient = token.get("patient")
     if not isinstance(patient, str) or not FHIR_ID.fullmatch(patient):
         raise LaunchError(502, "the EHR gave no patient with the token (the app must be launched from a chart)")
-    return {"access_token": access, "patient": patient}
+    return {"access_token": access, "patient": patient, "highlight": highlight(token.get("appContext"))}
+
+
+def highlight(app_context: Any) -> str | None:
+    """The card kind a card's ``appContext`` asks the page to highlight (``{"highlight": "<kind>"}``, passed on by
+    the EHR with the token); None for anything else."""
+    if not isinstance(app_context, str) or len(app_context) > 500:
+        return None
+    try:
+        value = orjson.loads(app_context)
+    except orjson.JSONDecodeError:
+        return None
+    kind = value.get("highlight") if isinstance(value, dict) else None
+    return kind if isinstance(kind, str) and re.fullmatch(r"[a-z][a-z-]{0,60}", kind) else None

@@ -123,6 +123,7 @@ def callback() -> str:
         raise LaunchError(403, f"the EHR did not authorise the app ({code})")
     token = oauth.exchange_code(pending, _param("code"), config)
     page = chart_page(pending["iss"], token["access_token"], token["patient"], config)
+    page["highlight"] = token["highlight"]
     _event("smart_page", cards=len(page["cards"]), points=len(page["series"].points))
     return render_template("smart_app.html", **page)
 
@@ -155,7 +156,7 @@ def chart_page(iss: str, access_token: str, patient_id: str, config: dict[str, A
         fetch=fetcher(make_client),
         fetched=frozenset(templates),
     )
-    cards = [card for _, card in PATIENT_VIEW.handler(call)]
+    cards = PATIENT_VIEW.handler(call)
     scope = read_scope(call)
     labs = read_lab_results(data.get("alp"), data.get("labs"), scope=scope)
     medications = read_medications(
@@ -166,7 +167,9 @@ def chart_page(iss: str, access_token: str, patient_id: str, config: dict[str, A
     return {
         "series": series,
         "svg": Markup(render_svg(series)) if series.points or series.periods else None,
-        "cards": [{**card, "detail_html": Markup(markdown(card.get("detail", "")))} for card in cards],
+        "cards": [
+            {**card, "kind": kind, "detail_html": Markup(markdown(card.get("detail", "")))} for kind, card in cards
+        ],
         "patient": {
             "sex": patient.gender or "sex unknown",
             "age": age_text(patient, call.now) or "age unknown",
