@@ -192,6 +192,13 @@ def test_cards_link_to_the_app_when_it_is_on():
             assert json.loads(link["appContext"])["highlight"]
     off = make_app().cards(PV, load_request("persistent-low-in"))
     assert not any(link["type"] == "smart" for card in off for link in card.get("links", []))
+    # discovery and the integrator page describe it
+    services = on.client.get("/cds-services").get_json()["services"]
+    assert all("View ALP history" in s["description"] for s in services)
+    page = on.client.get("/").get_data(as_text=True)
+    assert 'id="smart-app"' in page and "https://cds.example.org/smart/launch" in page
+    assert "https://cds.example.org/smart/callback" in page and "patient/Observation.rs" in page
+    assert 'id="smart-app"' not in make_app().client.get("/").get_data(as_text=True)
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -355,6 +362,21 @@ def test_token_and_fhir_failures_show_an_error_page_and_no_data(app_url, ehr, ca
     assert why in html
     for secret in ehr.secrets:
         assert secret not in html and secret not in caplog.text
+
+
+def test_a_broken_launch_store_is_a_503_not_a_500(app_url, ehr, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from service.smart.store import LaunchStore
+
+    def broken(*args, **kwargs):
+        raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(LaunchStore, "put", broken)
+    monkeypatch.setattr(LaunchStore, "take", broken)
+    assert "try again" in _error(_launch(app_url, ehr), 503)
+    response = requests.get(f"{app_url}/smart/callback", params={"state": "s", "code": "c"}, timeout=30)
+    assert "try again" in _error(response, 503)
 
 
 def test_an_ehr_without_pkce_is_not_launched(app_url, ehr, monkeypatch):

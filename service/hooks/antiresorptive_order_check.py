@@ -11,6 +11,7 @@ from service.errors import DataUnavailable
 from service.fhir.readers import Scope, has_hpp_diagnosis, read_medications
 from service.hooks import CdsService, HookCall
 from service.hooks.common import (
+    APP_LINK_NOTE,
     PATIENT,
     build_chart,
     chart_prefetch,
@@ -71,7 +72,7 @@ DESCRIPTION = (
     "and to order the HPP workup; the next dose of a denosumab course is never offered for removal (stopping it "
     "causes rebound fractures). A documented hypophosphatasia diagnosis gives a critical card; no current ALP gives "
     "a suggestion to measure one before the first dose."
-)
+) + APP_LINK_NOTE
 PREFETCH = {**chart_prefetch(), "conditions": f"Condition?patient={PATIENT}&_count=100"}
 
 SERVICE = CdsService(

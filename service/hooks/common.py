@@ -61,6 +61,10 @@ def issue(findings: list[Finding], patient_id: str) -> list[tuple[str, dict[str,
 
 
 APP_LINK_LABEL = "View ALP history"
+APP_LINK_NOTE = (
+    " Where the service's SMART companion app is enabled, each card links to it (View ALP history: every ALP result "
+    "over time against the limit for age and sex, antiresorptive periods and the workup labs)."
+)
 
 
 def with_app_link(issued: list[tuple[str, dict[str, Any]]], settings: Any) -> list[tuple[str, dict[str, Any]]]:

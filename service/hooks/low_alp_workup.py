@@ -6,7 +6,7 @@ from typing import Any
 
 from service.clinical import antiresorptives, rules
 from service.hooks import CdsService, HookCall
-from service.hooks.common import build_chart, chart_prefetch, issue, with_app_link
+from service.hooks.common import APP_LINK_NOTE, build_chart, chart_prefetch, issue, with_app_link
 
 
 def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
@@ -28,7 +28,8 @@ SERVICE = CdsService(
         "checks for secondary causes (zinc, magnesium, thyroid, protein, vitamin B12). It also flags possible EDTA "
         "sample contamination, the Wilson disease pattern in young patients, and a current bisphosphonate or "
         "denosumab alongside a low ALP."
-    ),
+    )
+    + APP_LINK_NOTE,
     prefetch=chart_prefetch(),
     handler=handle,
 )

@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request
 from markupsafe import Markup
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.api import fetcher
 from service.clinical.facts import number_text
@@ -26,7 +29,7 @@ from service.gallery import markdown
 from service.hooks import HookCall
 from service.hooks.common import chart_prefetch, read_scope, resolver
 from service.hooks.low_alp_workup import SERVICE as PATIENT_VIEW
-from service.settings import smart_redirect_url
+from service.settings import smart_launch_url, smart_redirect_url
 from service.smart import oauth
 from service.smart.chart import render_svg
 from service.smart.oauth import LaunchError
@@ -56,6 +59,16 @@ def _param(name: str) -> str:
     return value
 
 
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """The launch store cannot be read or written (disk full, locked past its busy timeout): a 503, retry later."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        log.error(json.dumps({"event": "smart_store_unavailable", "error": type(exc).__name__}))
+        raise LaunchError(503, "the app cannot keep track of launches right now; try again in a minute") from None
+
+
 def _event(name: str, **fields: Any) -> None:
     """One JSON log line: the step and its outcome, never a token, a code, a state or patient data."""
     log.info(json.dumps({"event": name, **fields}))
@@ -75,6 +88,16 @@ def data_error(error: CdsError) -> tuple[str, int]:
     _event("smart_refused", status=status)
     message = f"the patient's data could not be read from the EHR's FHIR server: {error.message}"
     return render_template("smart_error.html", status=status, message=message), status
+
+
+@bp.app_context_processor
+def smart_app_address() -> dict[str, str]:
+    """The integrator page names the app's launch and redirect URLs when it is on."""
+    return {
+        "smart_launch_url": smart_launch_url(settings()),
+        "smart_redirect_url": smart_redirect_url(settings()),
+        "smart_scopes": oauth.SCOPES_V2,
+    }
 
 
 @bp.after_request
@@ -100,11 +123,12 @@ def launch() -> Response:
     smart = oauth.discover(iss, config)
     state, verifier = oauth.new_state(), oauth.new_verifier()
     redirect_uri = smart_redirect_url(config)
-    store().put(
-        state,
-        {"iss": iss, "token_endpoint": smart.token_endpoint, "verifier": verifier, "redirect_uri": redirect_uri},
-        config["SMART_LAUNCH_SECONDS"],
-    )
+    with store_errors():
+        store().put(
+            state,
+            {"iss": iss, "token_endpoint": smart.token_endpoint, "verifier": verifier, "redirect_uri": redirect_uri},
+            config["SMART_LAUNCH_SECONDS"],
+        )
     url = oauth.authorization_url(smart, config["SMART_CLIENT_ID"], redirect_uri, iss, launch_id, state, verifier)
     _event("smart_launch", scopes="v2" if smart.scopes == oauth.SCOPES_V2 else "v1")
     return redirect(url, 302)
@@ -114,7 +138,8 @@ def launch() -> Response:
 def callback() -> str:
     config = settings()
     state = _param("state")
-    pending = store().take(state)
+    with store_errors():
+        pending = store().take(state)
     if pending is None:
         raise LaunchError(400, "this sign-in is unknown, expired or already used: launch the app again from the EHR")
     error = request.args.get("error")
