@@ -6,10 +6,11 @@ COPY service ./service
 COPY cards ./cards
 COPY fixtures ./fixtures
 COPY deploy ./deploy
-RUN pip install --no-cache-dir . && mkdir /data && chown 10001 /data
+RUN pip install --no-cache-dir "./[smart]" && mkdir /data && chown 10001 /data
 USER 10001
 ENV CDS_FEEDBACK_DB_URL=sqlite:////data/feedback.db \
     CDS_REPLAY_STORE_URL=sqlite:////data/replay.db \
+    CDS_SMART_STATE_STORE_URL=sqlite:////data/smart-launch.db \
     PROMETHEUS_MULTIPROC_DIR=/tmp/alp-cds-metrics
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --retries=3 \

@@ -15,7 +15,7 @@ from service.errors import CdsError, operation_outcome
 from service.feedback import FeedbackStore
 from service.hooks import all_services
 from service.security import Authenticator
-from service.settings import check_startup, load_settings
+from service.settings import SettingsError, check_startup, load_settings
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -42,6 +42,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
             '{"event":"no_trusted_issuers","message":"AUTH is on but no issuer is trusted: every hook call gets 401"}'
         )
     app.register_blueprint(api.bp)
+    if settings["SMART_ISSUERS"]:
+        register_smart_app(app, settings)
     warm_up()
 
     @app.errorhandler(CdsError)
@@ -69,6 +71,20 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         return api.json_response(operation_outcome("internal error", "exception", "fatal"), 500)
 
     return app
+
+
+def register_smart_app(app: Flask, settings: Mapping[str, Any]) -> None:
+    """The SMART companion app (``/smart/...``), served only when EHRs are allow-listed for it."""
+    try:
+        from service.smart import views
+        from service.smart.store import LaunchStore
+    except ImportError as exc:
+        raise SettingsError(
+            f"CDS_SMART_ISSUERS is set but the SMART app's libraries are missing ({exc.name}): "
+            "pip install 'alp-cds[smart]'"
+        ) from None
+    app.extensions["smart_launches"] = LaunchStore(settings["SMART_STATE_STORE_URL"])
+    app.register_blueprint(views.bp)
 
 
 def warm_up() -> None:

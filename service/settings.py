@@ -279,6 +279,32 @@ SETTINGS: tuple[Setting, ...] = (
         "Most bytes read from FHIR servers for one hook call, all answers together; then 412.",
     ),
     Setting("LOG_LEVEL", str, "INFO", "Python log level."),
+    Setting(
+        "SMART_ISSUERS",
+        _list,
+        [],
+        "FHIR base URLs (`iss`) the SMART companion app may be launched from (comma-separated). Empty: every "
+        "launch is refused. The EHR's discovery, token endpoint and FHIR server are only contacted for these.",
+    ),
+    Setting("SMART_CLIENT_ID", str, "alp-cds", "The client id the SMART app is registered under with the EHRs."),
+    Setting(
+        "SMART_REDIRECT_URL",
+        _base_url,
+        "",
+        "The SMART app's redirect URL as registered with the EHRs. Empty: `CDS_PUBLIC_BASE_URL` + `/smart/callback`.",
+    ),
+    Setting(
+        "SMART_LAUNCH_SECONDS",
+        _positive_int,
+        600,
+        "Seconds a SMART launch may take from `/smart/launch` to `/smart/callback` (the state is then forgotten).",
+    ),
+    Setting(
+        "SMART_STATE_STORE_URL",
+        str,
+        "sqlite:///var/smart-launch.db",
+        "Where SMART launches in progress (state, PKCE verifier) are kept until used or expired, shared by workers.",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -316,6 +342,28 @@ def check_startup(values: Mapping[str, Any]) -> None:
             "call, which the Host header cannot be trusted to give. Set it (e.g. https://cds.example.org), "
             "or use CDS_AUTH=off for local development."
         )
+    if values["SMART_ISSUERS"] and not smart_redirect_url(values):
+        raise SettingsError(
+            "CDS_SMART_ISSUERS is set but the SMART app has no redirect URL: set CDS_SMART_REDIRECT_URL (as registered "
+            "with the EHR) or CDS_PUBLIC_BASE_URL."
+        )
+
+
+def smart_redirect_url(values: Mapping[str, Any]) -> str:
+    """The SMART app's redirect URL: set, or derived from the public base URL; empty when neither is known."""
+    if values["SMART_REDIRECT_URL"]:
+        return values["SMART_REDIRECT_URL"]
+    return values["PUBLIC_BASE_URL"] + "/smart/callback" if values["PUBLIC_BASE_URL"] else ""
+
+
+def smart_launch_url(values: Mapping[str, Any]) -> str:
+    """Where an EHR launches the SMART app from a card link; empty when the app is off or its address unknown."""
+    if not values.get("SMART_ISSUERS"):
+        return ""
+    if values["PUBLIC_BASE_URL"]:
+        return values["PUBLIC_BASE_URL"] + "/smart/launch"
+    redirect = values["SMART_REDIRECT_URL"]
+    return redirect.removesuffix("/callback") + "/launch" if redirect.endswith("/smart/callback") else ""
 
 
 def setting_names() -> list[str]:

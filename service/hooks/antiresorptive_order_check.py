@@ -10,7 +10,17 @@ from service.clinical import antiresorptives
 from service.errors import DataUnavailable
 from service.fhir.readers import Scope, has_hpp_diagnosis, read_medications
 from service.hooks import CdsService, HookCall
-from service.hooks.common import PATIENT, build_chart, chart_prefetch, issue, read_scope, report, resolver
+from service.hooks.common import (
+    APP_LINK_NOTE,
+    PATIENT,
+    build_chart,
+    chart_prefetch,
+    issue,
+    read_scope,
+    report,
+    resolver,
+    with_app_link,
+)
 
 
 def handle_select(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
@@ -52,7 +62,7 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
         )
     hpp = has_hpp_diagnosis(call.data.get("conditions"), scope=scope)
     report(scope, [])
-    return issue(antiresorptives.review_order(chart, ordered, hpp), chart.patient.id)
+    return with_app_link(issue(antiresorptives.review_order(chart, ordered, hpp), chart.patient.id), call.settings)
 
 
 DESCRIPTION = (
@@ -62,7 +72,7 @@ DESCRIPTION = (
     "and to order the HPP workup; the next dose of a denosumab course is never offered for removal (stopping it "
     "causes rebound fractures). A documented hypophosphatasia diagnosis gives a critical card; no current ALP gives "
     "a suggestion to measure one before the first dose."
-)
+) + APP_LINK_NOTE
 PREFETCH = {**chart_prefetch(), "conditions": f"Condition?patient={PATIENT}&_count=100"}
 
 SERVICE = CdsService(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
@@ -16,6 +17,7 @@ from service.errors import BadRequest, DataUnavailable
 from service.fhir.client import FhirError
 from service.fhir.readers import PatientMismatch, Scope, entries, read_lab_results, read_medications, read_patient
 from service.hooks import HookCall
+from service.settings import smart_launch_url
 
 PATIENT = "{{context.patientId}}"
 ALP_ANALYTES = ("alp_total", "alp_bone", "alp_bone_mass")
@@ -56,6 +58,25 @@ def issue(findings: list[Finding], patient_id: str) -> list[tuple[str, dict[str,
     first card that asks for it."""
     ordered = without_repeats(by_importance(findings, lambda kind: template(kind)["indicator"]))
     return [(f.kind, render_card(f, patient_id)) for f in ordered]
+
+
+APP_LINK_LABEL = "View ALP history"
+APP_LINK_NOTE = (
+    " Where the service's SMART companion app is enabled, each card links to it (View ALP history: every ALP result "
+    "over time against the limit for age and sex, antiresorptive periods and the workup labs)."
+)
+
+
+def with_app_link(issued: list[tuple[str, dict[str, Any]]], settings: Any) -> list[tuple[str, dict[str, Any]]]:
+    """When the SMART companion app is on (``SMART_ISSUERS``), each card links to it (``type: smart``: the EHR
+    launches it with its ``iss`` and a launch id); ``appContext`` names the card kind the page is to highlight."""
+    url = smart_launch_url(settings)
+    if not url:
+        return issued
+    for kind, card in issued:
+        link = {"label": APP_LINK_LABEL, "url": url, "type": "smart", "appContext": json.dumps({"highlight": kind})}
+        card["links"] = [*card.get("links", []), link]
+    return issued
 
 
 def without_repeats(findings: list[Finding]) -> list[Finding]:

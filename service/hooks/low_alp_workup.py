@@ -6,14 +6,15 @@ from typing import Any
 
 from service.clinical import antiresorptives, rules
 from service.hooks import CdsService, HookCall
-from service.hooks.common import build_chart, chart_prefetch, issue
+from service.hooks.common import APP_LINK_NOTE, build_chart, chart_prefetch, issue, with_app_link
 
 
 def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     chart = build_chart(call)
     if chart.patient.deceased:
         return []  # no workup advice on the chart of a patient who has died
-    return issue(rules.low_alp(chart) + antiresorptives.review_current(chart), chart.patient.id)
+    issued = issue(rules.low_alp(chart) + antiresorptives.review_current(chart), chart.patient.id)
+    return with_app_link(issued, call.settings)
 
 
 SERVICE = CdsService(
@@ -27,7 +28,8 @@ SERVICE = CdsService(
         "checks for secondary causes (zinc, magnesium, thyroid, protein, vitamin B12). It also flags possible EDTA "
         "sample contamination, the Wilson disease pattern in young patients, and a current bisphosphonate or "
         "denosumab alongside a low ALP."
-    ),
+    )
+    + APP_LINK_NOTE,
     prefetch=chart_prefetch(),
     handler=handle,
 )

@@ -1,0 +1,172 @@
+"""The ALP chart as an SVG, drawn on the server (Vega-Lite via altair, rendered by vl-convert: no JavaScript in the
+browser, no CDN, nothing about the patient sent anywhere). Series in, SVG text out."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import altair as alt
+import vl_convert
+
+from service.clinical.facts import number_text
+from service.smart.series import AlpSeries
+
+LOW, NORMAL = "#c62828", "#1f6feb"
+LIMIT = "#333333"
+LAB_RANGE = "#8d8d8d"
+DRUGS = ["#7b1fa2", "#ef6c00", "#2e7d32", "#6d4c41", "#00838f"]
+WIDTH, HEIGHT = 860, 320
+# Mark names, so that the SVG groups can be found (and counted) as ``<name>_marks``.
+POINTS, STEPS, LAB_RANGES, PERIODS, MARKERS = "alp_points", "limit_steps", "lab_ranges", "drug_periods", "drug_records"
+
+
+def _day(value: Any) -> str:
+    return value.date().isoformat() if hasattr(value, "date") else value.isoformat()
+
+
+def chart_spec(series: AlpSeries) -> dict[str, Any]:
+    """The Vega-Lite specification (a dict): drug periods shaded, the lab's ranges as grey bars, the fallback lower
+    limit as steps, the ALP results as points coloured low or normal."""
+    top = max(
+        [p.value for p in series.points]
+        + [p.lab_high or 0 for p in series.points]
+        + [s.low for s in series.steps]
+        + [10.0]
+    )
+    top = top * 1.15
+    pad = timedelta(days=max((series.end - series.start).days // 60, 5))
+    x_scale = alt.Scale(type="utc", domain=[series.start.isoformat(), (series.end + pad).isoformat()])
+    x = alt.X("start:T", scale=x_scale, title=None, axis=alt.Axis(format="%Y", labelFontSize=12, tickCount="year"))
+    y_scale = alt.Scale(domain=[0, top], nice=False)
+    layers = []
+
+    if series.periods:
+        periods = [
+            {
+                "drug": p.name,
+                "start": _day(p.start),
+                "end": _day(p.end),
+                "what": f"{p.name}: {_day(p.start)} to {'now (current)' if p.ongoing else _day(p.end)}",
+            }
+            for p in series.periods
+        ]
+        names = [p.name for p in series.periods]
+        drug_scale = alt.Scale(domain=names, range=[DRUGS[i % len(DRUGS)] for i in range(len(names))])
+        drug_colour = alt.Color(
+            "drug:N",
+            scale=drug_scale,
+            legend=alt.Legend(title="Antiresorptive", orient="top", labelFontSize=12, titleFontSize=12),
+        )
+        layers.append(
+            alt.Chart(alt.Data(values=periods), name=PERIODS)
+            .mark_rect(opacity=0.16)
+            .encode(x=x, x2="end:T", color=drug_colour, description="what:N")
+        )
+        records = [
+            {"drug": p.name, "start": _day(when), "kind": "start" if i == 0 else "renewal"}
+            for p in series.periods
+            for i, when in enumerate(p.records)
+        ]
+        records += [{"drug": p.name, "start": _day(p.end), "kind": "stopped"} for p in series.periods if not p.ongoing]
+        layers.append(
+            alt.Chart(alt.Data(values=records), name=MARKERS)
+            .mark_point(shape="triangle-down", filled=True, size=90, opacity=0.9)
+            .encode(
+                x=x,
+                y=alt.datum(top * 0.97, scale=y_scale),
+                color=alt.Color("drug:N", scale=drug_scale, legend=None),
+                description="kind:N",
+            )
+        )
+
+    ranges = [
+        {"start": _day(p.when), "low": p.lab_low, "high": p.lab_high if p.lab_high is not None else p.lab_low}
+        for p in series.points
+        if p.lab_low is not None
+    ]
+    if ranges:
+        layers.append(
+            alt.Chart(alt.Data(values=ranges), name=LAB_RANGES)
+            .mark_rule(color=LAB_RANGE, strokeWidth=9, opacity=0.35, strokeCap="round")
+            .encode(x=x, y=alt.Y("low:Q", scale=y_scale), y2="high:Q", description=alt.value("the lab's range"))
+        )
+
+    if series.steps:
+        steps = [
+            {
+                "start": s.start.isoformat(),
+                "end": s.end.isoformat(),
+                "low": s.low,
+                "label": f"{number_text(s.low)}",
+                "what": f"lower limit {number_text(s.low)} U/L from {s.start.isoformat()} ({s.label})",
+            }
+            for s in series.steps
+        ]
+        steps_chart = alt.Chart(alt.Data(values=steps), name=STEPS)
+        layers.append(
+            steps_chart.mark_rule(color=LIMIT, strokeWidth=2, strokeDash=[6, 3]).encode(
+                x=x, x2="end:T", y=alt.Y("low:Q", scale=y_scale), description="what:N"
+            )
+        )
+        layers.append(
+            alt.Chart(alt.Data(values=steps), name="limit_labels")
+            .mark_text(align="left", dx=3, dy=-7, fontSize=11, color=LIMIT)
+            .encode(x=x, y=alt.Y("low:Q", scale=y_scale), text="label:N")
+        )
+
+    points = [
+        {
+            "start": _day(p.when),
+            "value": p.value,
+            "shown": p.shown,
+            "status": "Low" if p.low else "Normal",
+            "what": f"{_day(p.when)}: ALP {p.shown} U/L, {'low' if p.low else 'normal'} against {p.limits}",
+        }
+        for p in series.points
+    ]
+    if points:
+        layers.append(
+            alt.Chart(alt.Data(values=points), name="alp_line")
+            .mark_line(color="#9aa7b8", strokeWidth=1.2)
+            .encode(x=x, y=alt.Y("value:Q", scale=y_scale))
+        )
+        status_scale = alt.Scale(domain=["Low", "Normal"], range=[LOW, NORMAL])
+        status = alt.Color("status:N", scale=status_scale, legend=None)  # the page's key names the colours
+        layers.append(
+            alt.Chart(alt.Data(values=points), name=POINTS)
+            .mark_point(filled=True, size=80, opacity=1, stroke="white", strokeWidth=1)
+            .encode(
+                x=x,
+                y=alt.Y("value:Q", scale=y_scale, title="ALP (U/L)", axis=alt.Axis(titleFontSize=13, labelFontSize=12)),
+                color=status,
+                description="what:N",
+            )
+        )
+        if len(points) <= 30:
+            layers.append(
+                alt.Chart(alt.Data(values=points), name="alp_values")
+                .mark_text(dy=-11, fontSize=11, fontWeight="bold")
+                .encode(
+                    x=x,
+                    y=alt.Y("value:Q", scale=y_scale),
+                    text="shown:N",
+                    color=alt.Color("status:N", scale=status_scale, legend=None),
+                )
+            )
+    if not layers:
+        layers.append(alt.Chart(alt.Data(values=[{"start": series.end.isoformat()}])).mark_point(opacity=0).encode(x=x))
+    chart = (
+        alt.layer(*layers)
+        .resolve_scale(color="independent")
+        .properties(width=WIDTH, height=HEIGHT)
+        .configure_view(stroke="#d0d7de")
+        .configure_axis(gridColor="#eef1f4")
+        .configure(font="sans-serif")
+    )
+    return chart.to_dict()
+
+
+def render_svg(series: AlpSeries) -> str:
+    """The chart as SVG text (vl-convert renders Vega-Lite with its own engine: nothing is fetched)."""
+    return vl_convert.vegalite_to_svg(chart_spec(series))

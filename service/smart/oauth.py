@@ -1,0 +1,176 @@
+"""SMART App Launch 2.x, EHR launch, for a public client with PKCE S256: discovery of the EHR's endpoints, the
+authorization URL and the code exchange. The OAuth parts are authlib's (``OAuth2Session``); what goes over the
+network is bounded as the FHIR fetching is (one deadline for the whole exchange, no redirect followed).
+
+Errors are :class:`LaunchError` with the HTTP status the page gets and a message that names the cause, never a
+token, a code or patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import requests
+from authlib.common.security import generate_token
+from authlib.integrations.base_client.errors import OAuthError
+from authlib.integrations.requests_client import OAuth2Session
+
+from service import outbound
+from service.watchdog import Watchdog
+
+logging.getLogger("authlib").setLevel(logging.WARNING)  # nothing of a token exchange is ever logged
+
+SCOPE_RESOURCES = ("Observation", "MedicationRequest", "MedicationStatement", "Condition", "Patient")
+SCOPES_V2 = "launch openid fhirUser " + " ".join(f"patient/{r}.rs" for r in SCOPE_RESOURCES)
+SCOPES_V1 = "launch openid fhirUser " + " ".join(f"patient/{r}.read" for r in SCOPE_RESOURCES)
+DISCOVERY_MAX_BYTES = 1_000_000
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+ERROR_CODE = re.compile(r"[a-z_]{1,40}")
+
+
+class LaunchError(Exception):
+    """The launch cannot go on; ``status`` is the page's HTTP status, ``message`` is shown on it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SmartConfiguration:
+    authorization_endpoint: str
+    token_endpoint: str
+    scopes: str  # the v2 scopes, or the v1 ones when the EHR advertises only v1
+
+
+def _endpoint(config: Mapping[str, Any], name: str) -> str:
+    value = config.get(name)
+    try:
+        valid = isinstance(value, str) and outbound.origin(value)[0] in ("http", "https") and outbound.origin(value)[3]
+    except ValueError:
+        valid = False
+    if not valid:
+        raise LaunchError(502, f"the EHR's SMART configuration has no usable {name}")
+    return value
+
+
+def discover(iss: str, settings: Mapping[str, Any]) -> SmartConfiguration:
+    """``{iss}/.well-known/smart-configuration``: its endpoints, PKCE S256 support and scope version."""
+    url = iss.rstrip("/") + "/.well-known/smart-configuration"
+    try:
+        answer = outbound.get(
+            outbound.session(),
+            url,
+            deadline=time.monotonic() + settings["FHIR_TIME_BUDGET"],
+            connect_timeout=settings["FHIR_CONNECT_TIMEOUT"],
+            read_timeout=settings["FHIR_READ_TIMEOUT"],
+            max_bytes=DISCOVERY_MAX_BYTES,
+            headers={"Accept": "application/json"},
+        )
+    except outbound.OutboundError as exc:
+        raise LaunchError(502, f"the EHR's SMART configuration could not be read: {exc}") from None
+    if answer.status != 200:
+        raise LaunchError(502, f"the EHR's SMART configuration could not be read: it answered {answer.status}")
+    try:
+        config = orjson.loads(answer.body)
+    except orjson.JSONDecodeError:
+        config = None
+    if not isinstance(config, dict):
+        raise LaunchError(502, "the EHR's SMART configuration is not a JSON object")
+    methods = config.get("code_challenge_methods_supported")
+    if not isinstance(methods, list) or "S256" not in methods:
+        raise LaunchError(502, "the EHR does not offer PKCE with S256 (code_challenge_methods_supported)")
+    capabilities = config.get("capabilities") if isinstance(config.get("capabilities"), list) else []
+    scopes = config.get("scopes_supported") if isinstance(config.get("scopes_supported"), list) else []
+    v2 = "permission-v2" in capabilities or any(isinstance(s, str) and s.endswith(".rs") for s in scopes)
+    v1_only = not v2 and (
+        "permission-v1" in capabilities or any(isinstance(s, str) and s.endswith(".read") for s in scopes)
+    )
+    return SmartConfiguration(
+        _endpoint(config, "authorization_endpoint"),
+        _endpoint(config, "token_endpoint"),
+        SCOPES_V1 if v1_only else SCOPES_V2,
+    )
+
+
+def new_state() -> str:
+    return generate_token(43)
+
+
+def new_verifier() -> str:
+    """A PKCE code verifier: 64 characters from the unreserved set (RFC 7636 asks for 43 to 128)."""
+    return generate_token(64)
+
+
+def authorization_url(
+    config: SmartConfiguration, client_id: str, redirect_uri: str, iss: str, launch: str, state: str, verifier: str
+) -> str:
+    session = OAuth2Session(client_id, redirect_uri=redirect_uri, scope=config.scopes, code_challenge_method="S256")
+    url, _ = session.create_authorization_url(
+        config.authorization_endpoint, state=state, code_verifier=verifier, aud=iss, launch=launch
+    )
+    return url
+
+
+def exchange_code(pending: Mapping[str, Any], code: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The token response for ``code`` (with the launch's PKCE verifier), checked: a bearer access token and the
+    launch's patient. The token is returned to the caller only, never stored or logged."""
+    session = OAuth2Session(
+        settings["SMART_CLIENT_ID"],
+        redirect_uri=pending["redirect_uri"],
+        token_endpoint_auth_method="none",  # a public client: PKCE instead of a secret
+        code_challenge_method="S256",
+    )
+    for prefix, adapter in outbound.session().adapters.items():
+        session.mount(prefix, adapter)  # connecting bounded by the deadline below, as every outbound exchange is
+    seconds = settings["FHIR_TIME_BUDGET"]
+    watchdog = Watchdog(seconds)
+    try:
+        with watchdog:
+            token = session.fetch_token(
+                pending["token_endpoint"],
+                code=code,
+                code_verifier=pending["verifier"],
+                timeout=(settings["FHIR_CONNECT_TIMEOUT"], min(settings["FHIR_READ_TIMEOUT"], seconds)),
+                allow_redirects=False,
+            )
+    except OAuthError as exc:
+        error = exc.error if isinstance(exc.error, str) and ERROR_CODE.fullmatch(exc.error) else "error"
+        raise LaunchError(400, f"the EHR refused to give an access token ({error}); launch the app again") from None
+    except (requests.RequestException, ValueError):
+        if watchdog.fired:
+            raise LaunchError(502, "the EHR's token endpoint did not answer in time") from None
+        raise LaunchError(502, "the EHR's token endpoint could not be reached or gave no usable answer") from None
+    finally:
+        session.close()
+    if watchdog.fired or not isinstance(token, dict):
+        raise LaunchError(502, "the EHR's token endpoint did not answer in time")
+    access = token.get("access_token")
+    if not isinstance(access, str) or not access or not re.fullmatch(r"[\x21-\x7e]+", access):
+        raise LaunchError(502, "the EHR's token response holds no usable access token")
+    if str(token.get("token_type", "")).lower() != "bearer":
+        raise LaunchError(502, "the EHR's token is not a bearer token")
+    patient = token.get("patient")
+    if not isinstance(patient, str) or not FHIR_ID.fullmatch(patient):
+        raise LaunchError(502, "the EHR gave no patient with the token (the app must be launched from a chart)")
+    return {"access_token": access, "patient": patient, "highlight": highlight(token.get("appContext"))}
+
+
+def highlight(app_context: Any) -> str | None:
+    """The card kind a card's ``appContext`` asks the page to highlight (``{"highlight": "<kind>"}``, passed on by
+    the EHR with the token); None for anything else."""
+    if not isinstance(app_context, str) or len(app_context) > 500:
+        return None
+    try:
+        value = orjson.loads(app_context)
+    except orjson.JSONDecodeError:
+        return None
+    kind = value.get("highlight") if isinstance(value, dict) else None
+    return kind if isinstance(kind, str) and re.fullmatch(r"[a-z][a-z-]{0,60}", kind) else None

@@ -1,0 +1,248 @@
+"""The ALP history as chart series: facts in, series out. Pure (no I/O, no Flask, no HTTP), like the rules.
+
+Everything here is drawn from what the service already decides: the ALP results the reading step judged
+(``service.fhir.readers``, ``service.clinical.alp``), the limit each was judged against (``rules.describe``), the
+fallback lower limit for age and sex (``service.clinical.limits``, evaluated at every band boundary of
+``data/reference_intervals.csv``) and the antiresorptive records (``service.clinical.medications``).
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock
+from typing import Any
+
+from service.clinical.alp import TOTAL_ALP, is_current, total_alp
+from service.clinical.codes import reference_bands
+from service.clinical.facts import LAB_RANGE, LabResult, Medication, Patient, number_text
+from service.clinical.limits import fallback_limits
+from service.clinical.medications import is_antiresorptive
+from service.clinical.rules import describe, unusable
+
+# The related labs of the workup the page tabulates (issue 18): secondary causes, HPP substrates, Wilson's bilirubin.
+WORKUP_ANALYTES = ("zinc", "magnesium", "tsh", "plp", "pea_urine", "bilirubin_total")
+WORKUP_SHOWN = 3  # latest results per analyte in the table
+
+
+@dataclass(frozen=True)
+class AlpPoint:
+    when: datetime
+    value: float  # canonical U/L; for "<20" the 20
+    shown: str  # as a clinician reads it: "<20", "35"
+    low: bool
+    limit: float | None  # the lower limit it was judged against
+    limits: str  # that limit in words, with its source
+    lab_low: float | None  # the lab's own referenceRange, where it sent one
+    lab_high: float | None
+    age: str | None  # age at the test, "12 y" / "7 mo"
+    preliminary: bool
+    history: bool  # older than ALP_CURRENT_DAYS: shown, never a reason for advice today
+
+
+@dataclass(frozen=True)
+class LimitStep:
+    """The fallback lower limit for the patient's age and sex over [start, end)."""
+
+    start: date
+    end: date
+    low: float
+    label: str
+
+
+@dataclass(frozen=True)
+class DrugPeriod:
+    name: str  # ingredient (or the record's name)
+    start: datetime
+    end: datetime  # now, while it is current
+    ongoing: bool
+    records: tuple[datetime, ...]  # every dated record (start, renewals): the markers
+
+
+@dataclass(frozen=True)
+class Unplotted:
+    date: str
+    value: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class WorkupRow:
+    display: str
+    date: str
+    value: str
+    unit: str
+    limits: str
+    judgement: str  # low | high | normal | not judged | not used: <reason>
+
+
+@dataclass(frozen=True)
+class AlpSeries:
+    points: tuple[AlpPoint, ...]
+    steps: tuple[LimitStep, ...]
+    periods: tuple[DrugPeriod, ...]
+    undated_drugs: tuple[str, ...]  # antiresorptives on record without a date: listed, not drawn
+    unplotted: tuple[Unplotted, ...]  # ALP results that could not be used or judged, with the reason
+    workup: tuple[WorkupRow, ...]
+    start: date
+    end: date
+
+
+def build_series(
+    patient: Patient,
+    labs: Sequence[LabResult],
+    medications: Sequence[Medication],
+    now: datetime,
+    settings: Mapping[str, Any],
+) -> AlpSeries:
+    judged = total_alp(labs)
+    points = tuple(_point(patient, r, now, settings) for r in judged)
+    periods, undated = drug_periods(medications, now)
+    dates = [p.when.date() for p in points] + [p.start.date() for p in periods]
+    end = now.date()
+    start = min(dates) if dates else end - timedelta(days=365)
+    start = min(start, end - timedelta(days=30)) - timedelta(days=max((end - start).days // 40, 7))
+    if patient.birth_date is not None:
+        start = max(start, patient.birth_date)
+    unplotted = tuple(
+        Unplotted(describe(r)["date"], r.shown_value, unusable(r) or "not judged")
+        for r in labs
+        if r.analyte == TOTAL_ALP and r not in judged
+    )
+    return AlpSeries(
+        points=points,
+        steps=tuple(limit_steps(patient, start, end, settings)),
+        periods=tuple(periods),
+        undated_drugs=tuple(undated),
+        unplotted=unplotted,
+        workup=tuple(workup_rows(labs)),
+        start=start,
+        end=end,
+    )
+
+
+def _point(patient: Patient, result: LabResult, now: datetime, settings: Mapping[str, Any]) -> AlpPoint:
+    return AlpPoint(
+        when=result.when,
+        value=result.value,
+        shown=result.shown_value,
+        low=bool(result.is_low()),
+        limit=result.low,
+        limits=describe(result)["limits"],
+        lab_low=result.low if result.low_source == LAB_RANGE else None,
+        lab_high=result.high if result.high_source == LAB_RANGE else None,
+        age=age_text(patient, result.when),
+        preliminary=result.preliminary,
+        history=not is_current(result, now, settings),
+    )
+
+
+def age_text(patient: Patient, when: datetime | date) -> str | None:
+    years = patient.age_years(when)
+    if years is None or years < 0:
+        return None
+    if years >= 2:
+        return f"{years} y"
+    return f"{patient.age_in('m', when)} mo"
+
+
+def _add_months(day: date, months: int) -> date:
+    """The first day on which ``months`` calendar months have passed since ``day`` (as ``Patient.age_in`` counts
+    them: a birthday on the 31st reaches the next month on the 1st of the month after)."""
+    index = day.year * 12 + day.month - 1 + months
+    year, month = divmod(index, 12)
+    month += 1
+    if day.day <= calendar.monthrange(year, month)[1]:
+        return date(year, month, day.day)
+    year, month = divmod(index + 1, 12)
+    return date(year, month + 1, 1)
+
+
+def _age_date(birth: date, age: tuple[int, str]) -> date:
+    amount, unit = age
+    if unit == "d":
+        return birth + timedelta(days=amount)
+    return _add_months(birth, amount * (12 if unit == "y" else 1))
+
+
+def limit_steps(patient: Patient, start: date, end: date, settings: Mapping[str, Any]) -> list[LimitStep]:
+    """The fallback lower limit of total ALP for this patient from ``start`` to ``end``: one step per age band (and
+    the site's adult limit from ``ADULT_AGE``, when set), each asked of ``fallback_limits`` itself."""
+    changes = {start}
+    if patient.birth_date is not None:
+        ages = [b.age_from for b in reference_bands().get(TOTAL_ALP, ())]
+        ages += [b.age_to for b in reference_bands().get(TOTAL_ALP, ()) if b.age_to is not None]
+        ages.append((int(settings["ADULT_AGE"]), "y"))
+        changes |= {d for d in (_age_date(patient.birth_date, a) for a in ages) if start < d < end}
+    days = sorted(changes)
+    steps: list[LimitStep] = []
+    for i, day in enumerate(days):
+        stop = days[i + 1] if i + 1 < len(days) else end
+        limits = fallback_limits(TOTAL_ALP, patient, datetime.combine(day, clock(12), tzinfo=UTC), settings)
+        if limits is None or limits.low is None:
+            continue
+        if steps and steps[-1].low == limits.low and steps[-1].label == limits.source and steps[-1].end == day:
+            steps[-1] = LimitStep(steps[-1].start, stop, limits.low, limits.source)
+        else:
+            steps.append(LimitStep(day, stop, limits.low, limits.source))
+    return steps
+
+
+def drug_periods(medications: Sequence[Medication], now: datetime) -> tuple[list[DrugPeriod], list[str]]:
+    """One period per antiresorptive (by ingredient): from its earliest record to its latest end (or to now while a
+    record is current), with every dated record as a marker. Draft orders are not periods."""
+    groups: dict[str, list[Medication]] = {}
+    for medication in medications:
+        if medication.status != "draft" and is_antiresorptive(medication):
+            groups.setdefault(medication.ingredient or medication.name, []).append(medication)
+    periods, undated = [], []
+    for name, records in sorted(groups.items()):
+        dated = [m for m in records if m.start is not None]
+        if not dated:
+            undated.append(name)
+            continue
+        ongoing = any(m.status == "current" for m in records)
+        start = min(m.start for m in dated)
+        end = now if ongoing else max(min(m.end or m.start, now) for m in dated)
+        markers = tuple(sorted({m.start for m in dated}))
+        periods.append(DrugPeriod(name, start, max(end, start), ongoing, markers))
+    return periods, undated
+
+
+def workup_rows(labs: Sequence[LabResult]) -> list[WorkupRow]:
+    """The latest results of the workup analytes, each with the limit it was judged against."""
+    rows = []
+    for analyte in WORKUP_ANALYTES:
+        results = [r for r in labs if r.analyte == analyte and r.when is not None]
+        for result in sorted(results, key=lambda r: r.when, reverse=True)[:WORKUP_SHOWN]:
+            shown = describe(result)
+            rows.append(
+                WorkupRow(
+                    display=result.display,
+                    date=shown["date"],
+                    value=shown["value"],
+                    unit=result.unit if result.value is not None else (result.raw_unit or ""),
+                    limits=shown["limits"],
+                    judgement=_judgement(result),
+                )
+            )
+    return rows
+
+
+def _judgement(result: LabResult) -> str:
+    problem = unusable(result)
+    if problem is not None:
+        return f"not used: {problem}"
+    if result.is_low():
+        return "low"
+    if result.is_high():
+        return "high"
+    if result.is_low() is False or result.is_high() is False:
+        return "normal"
+    return "not judged"
+
+
+def limit_label(step: LimitStep) -> str:
+    return f"{number_text(step.low)} U/L"

@@ -1,0 +1,210 @@
+"""HTTP for the SMART companion app: ``/smart/launch`` (EHR launch), ``/smart/callback`` (code exchange, then the
+page). Transport only: the patient's data is read and judged by the same code as a hook call
+(``service.fhir``, ``service.hooks.common``, ``service.clinical``), the chart is drawn by ``service.smart.chart``.
+
+The access token lives in the callback's request only: it reads the chart, the page is rendered, and it is gone.
+It is never stored, logged, put in a URL or sent to the browser. Every answer is ``Cache-Control: no-store``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flask import Blueprint, Response, current_app, redirect, render_template, request
+from markupsafe import Markup
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.api import fetcher
+from service.clinical.facts import number_text
+from service.errors import CdsError
+from service.fhir.client import CallBudget, FhirClient
+from service.fhir.prefetch import resolve_prefetch
+from service.fhir.readers import read_lab_results, read_medications
+from service.gallery import markdown
+from service.hooks import HookCall
+from service.hooks.common import chart_prefetch, read_scope, resolver
+from service.hooks.low_alp_workup import SERVICE as PATIENT_VIEW
+from service.settings import smart_launch_url, smart_redirect_url
+from service.smart import oauth
+from service.smart.chart import render_svg
+from service.smart.oauth import LaunchError
+from service.smart.series import age_text, build_series
+from service.smart.store import LaunchStore
+
+log = logging.getLogger("service.smart")
+bp = Blueprint("smart", __name__, url_prefix="/smart")
+MAX_PARAM = 2048
+PRINTABLE = re.compile(r"[\x21-\x7e]+")
+
+
+def settings() -> dict[str, Any]:
+    return current_app.config["CDS"]
+
+
+def store() -> LaunchStore:
+    return current_app.extensions["smart_launches"]
+
+
+def _param(name: str) -> str:
+    value = request.args.get(name)
+    if not value:
+        raise LaunchError(400, f"the request has no {name}: start the app from the EHR")
+    if len(value) > MAX_PARAM or not PRINTABLE.fullmatch(value):
+        raise LaunchError(400, f"{name} is not a value the EHR would send")
+    return value
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """The launch store cannot be read or written (disk full, locked past its busy timeout): a 503, retry later."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        log.error(json.dumps({"event": "smart_store_unavailable", "error": type(exc).__name__}))
+        raise LaunchError(503, "the app cannot keep track of launches right now; try again in a minute") from None
+
+
+def _event(name: str, **fields: Any) -> None:
+    """One JSON log line: the step and its outcome, never a token, a code, a state or patient data."""
+    log.info(json.dumps({"event": name, **fields}))
+
+
+@bp.errorhandler(LaunchError)
+def launch_error(error: LaunchError) -> tuple[str, int]:
+    _event("smart_refused", status=error.status)
+    return render_template("smart_error.html", status=error.status, message=error.message), error.status
+
+
+@bp.errorhandler(CdsError)
+def data_error(error: CdsError) -> tuple[str, int]:
+    """Reading the chart failed (the FHIR server refused, timed out, answered with another patient...): the
+    EHR's fault, not the browser's."""
+    status = 403 if error.status == 403 else 502
+    _event("smart_refused", status=status)
+    message = f"the patient's data could not be read from the EHR's FHIR server: {error.message}"
+    return render_template("smart_error.html", status=status, message=message), status
+
+
+@bp.app_context_processor
+def smart_app_address() -> dict[str, str]:
+    """The integrator page names the app's launch and redirect URLs when it is on."""
+    return {
+        "smart_launch_url": smart_launch_url(settings()),
+        "smart_redirect_url": smart_redirect_url(settings()),
+        "smart_scopes": oauth.SCOPES_V2,
+    }
+
+
+@bp.after_request
+def no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    # Nothing on the page loads from anywhere: inline styles and the inline SVG only.
+    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+    return response
+
+
+@bp.get("/launch")
+def launch() -> Response:
+    config = settings()
+    iss = _param("iss").rstrip("/")
+    launch_id = _param("launch")
+    allowed = [u.rstrip("/") for u in config["SMART_ISSUERS"]]
+    if iss not in allowed:
+        raise LaunchError(
+            403, "this EHR (iss) is not on the app's allow-list (CDS_SMART_ISSUERS); nothing was sent to it"
+        )
+    smart = oauth.discover(iss, config)
+    state, verifier = oauth.new_state(), oauth.new_verifier()
+    redirect_uri = smart_redirect_url(config)
+    with store_errors():
+        store().put(
+            state,
+            {"iss": iss, "token_endpoint": smart.token_endpoint, "verifier": verifier, "redirect_uri": redirect_uri},
+            config["SMART_LAUNCH_SECONDS"],
+        )
+    url = oauth.authorization_url(smart, config["SMART_CLIENT_ID"], redirect_uri, iss, launch_id, state, verifier)
+    _event("smart_launch", scopes="v2" if smart.scopes == oauth.SCOPES_V2 else "v1")
+    return redirect(url, 302)
+
+
+@bp.get("/callback")
+def callback() -> str:
+    config = settings()
+    state = _param("state")
+    with store_errors():
+        pending = store().take(state)
+    if pending is None:
+        raise LaunchError(400, "this sign-in is unknown, expired or already used: launch the app again from the EHR")
+    error = request.args.get("error")
+    if error is not None:
+        code = error if oauth.ERROR_CODE.fullmatch(error) else "error"
+        raise LaunchError(403, f"the EHR did not authorise the app ({code})")
+    token = oauth.exchange_code(pending, _param("code"), config)
+    page = chart_page(pending["iss"], token["access_token"], token["patient"], config)
+    page["highlight"] = token["highlight"]
+    _event("smart_page", cards=len(page["cards"]), points=len(page["series"].points))
+    return render_template("smart_app.html", **page)
+
+
+def chart_page(iss: str, access_token: str, patient_id: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Everything the page shows, read with the token as a hook call reads the chart (the same prefetch templates,
+    limits, readers and rules), and the cards the patient-view service would give now."""
+    templates = chart_prefetch()
+    body = {"hook": PATIENT_VIEW.hook, "context": {"patientId": patient_id}, "fhirServer": iss}
+    budget = CallBudget(config["FHIR_TIME_BUDGET"], config["FHIR_MAX_CALL_BYTES"])
+
+    def make_client() -> FhirClient:
+        return FhirClient(
+            iss,
+            access_token,
+            connect_timeout=config["FHIR_CONNECT_TIMEOUT"],
+            read_timeout=config["FHIR_READ_TIMEOUT"],
+            max_pages=config["FHIR_MAX_PAGES"],
+            max_entries=config["FHIR_MAX_ENTRIES"],
+            max_bytes=config["FHIR_MAX_RESPONSE_BYTES"],
+            budget=budget,
+        )
+
+    data = resolve_prefetch(templates, body, make_client, config["FHIR_FETCH_WORKERS"])
+    call = HookCall(
+        request=body,
+        data=data,
+        settings=config,
+        now=config["NOW"](),
+        fetch=fetcher(make_client),
+        fetched=frozenset(templates),
+    )
+    cards = PATIENT_VIEW.handler(call)
+    scope = read_scope(call)
+    labs = read_lab_results(data.get("alp"), data.get("labs"), scope=scope)
+    medications = read_medications(
+        [data.get("medicationStatements"), data.get("medicationRequests")], scope, resolver(call)
+    )
+    series = build_series(scope.patient, labs, medications, call.now, config)
+    patient = scope.patient
+    return {
+        "series": series,
+        "svg": Markup(render_svg(series)) if series.points or series.periods else None,
+        "cards": [
+            {**card, "kind": kind, "detail_html": Markup(markdown(card.get("detail", "")))} for kind, card in cards
+        ],
+        "patient": {
+            "sex": patient.gender or "sex unknown",
+            "age": age_text(patient, call.now) or "age unknown",
+            "birth_date": patient.birth_date.isoformat() if patient.birth_date else "unknown",
+            "deceased": patient.deceased,
+        },
+        "today": call.now.date().isoformat(),
+        "num": number_text,
+        "steps_text": [
+            (s.start.isoformat(), s.end.isoformat(), age_text(patient, s.start) or "", number_text(s.low), s.label)
+            for s in series.steps
+        ],
+    }

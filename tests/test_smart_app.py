@@ -1,0 +1,473 @@
+"""The SMART companion app (issue 18): the pure chart-data builder, the SVG, and the EHR launch end to end against
+a fake SMART EHR (tests/smart_ehr.py) in front of the real test FHIR server, in requests and in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import xml.etree.ElementTree as ET
+from datetime import UTC, date, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from service import tools
+from service.app import create_app
+from service.clinical.facts import Medication, Patient
+from service.fhir.readers import Scope, read_lab_results, read_medications, read_patient
+from service.fixtures import NOW
+from service.settings import SettingsError, load_settings
+from service.smart import series as chart_series
+from service.smart.chart import render_svg
+from service.smart.series import build_series, limit_steps
+from tests.conftest import FHIR_TOKEN, ROOT, free_port
+from tests.smart_ehr import CLIENT_ID, FakeEhr
+
+DATA = ROOT / "tests" / "data" / "smart"
+PATIENT = "smart-alp-history"
+BUNDLE = json.loads((DATA / "alp-history.json").read_text())
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+SETTINGS = load_settings({"AUTH": "off"}, environ={})
+
+
+def _series(bundle=BUNDLE, patient_id=PATIENT, settings=SETTINGS):
+    patient = read_patient(bundle, patient_id, NOW)
+    scope = Scope(patient=patient, now=NOW, settings=settings)
+    labs = read_lab_results(bundle, scope=scope)
+    return build_series(patient, labs, read_medications([bundle], scope), NOW, settings)
+
+
+# ------------------------------------------------------------------------------------ the pure builder
+
+
+def test_points_are_every_judged_alp_coloured_low_or_normal():
+    series = _series()
+    assert [(p.when.date().isoformat(), p.shown, p.low) for p in series.points][:3] == [
+        ("2012-07-03", "180", False),
+        ("2014-05-10", "118", True),
+        ("2016-03-02", "125", True),
+    ]
+    assert len(series.points) == 10 and sum(not p.low for p in series.points) == 1
+    # the unreadable one is listed with its reason, never plotted
+    assert [(u.date, u.value) for u in series.unplotted] == [("2023-03-03", "see report")]
+    assert "does not read as a number" in series.unplotted[0].reason
+    # the lab's own range where it sent one, and the limit each point was judged against, in words
+    ranged = [p for p in series.points if p.lab_low is not None]
+    assert [(p.lab_low, p.lab_high) for p in ranged] == [(48, 130), (48, 130)]
+    assert ranged[0].limits == "48-130 U/L (the lab's reference range)"
+    assert series.points[1].limits.startswith("142-335 U/L (CALIPER")
+    assert series.points[1].age == "5 y" and series.points[-1].age == "17 y"
+
+
+def test_lower_limit_steps_follow_the_fallback_table_across_childhood():
+    series = _series()  # a girl born 2009-04-12, results from age 3 to 17
+    assert [(s.start.isoformat(), s.low) for s in series.steps] == [
+        (series.start.isoformat(), 142),  # 1 to 10 years
+        ("2019-04-12", 129),  # 10 to 13
+        ("2022-04-12", 57),  # girls 13 to 15
+        ("2024-04-12", 50),  # 15 to 17
+        ("2026-04-12", 45),  # 17 to 19
+    ]
+    assert series.steps[-1].end == NOW.date()
+    assert all(a.end == b.start for a, b in zip(series.steps, series.steps[1:], strict=False))
+
+
+def test_steps_use_the_site_limit_from_adult_age_and_the_adult_limit_without_a_birth_date():
+    settings = load_settings({"AUTH": "off", "ALP_SITE_LOW_LIMITS": "female=30,male=40"}, environ={})
+    woman = Patient("w", birth_date=date(2005, 1, 20), gender="female")
+    steps = limit_steps(woman, date(2022, 1, 1), date(2026, 6, 1), settings)
+    assert [(s.start.isoformat(), s.low, s.label) for s in steps] == [
+        ("2022-01-01", 50, "CALIPER interval for age and sex"),  # 16
+        ("2022-01-20", 45, "CALIPER interval for age and sex"),  # 17
+        ("2024-01-20", 30, "the site's lower limit"),  # 19: ADULT_AGE
+    ]
+    unknown = limit_steps(Patient("u"), date(2020, 1, 1), date(2026, 6, 1), SETTINGS)
+    assert len(unknown) == 1 and unknown[0].low == 35 and "birth date unknown" in unknown[0].label
+
+
+@pytest.mark.parametrize("birth", [date(2008, 2, 29), date(2010, 1, 31), date(2011, 8, 15)])
+def test_each_step_starts_on_the_day_the_age_band_starts(birth):
+    """The step dates are computed; the limit on each side of them is asked of the service's own fallback."""
+    for months in (1, 12, 120, 156, 180, 204, 228):
+        day = chart_series._add_months(birth, months)
+        patient = Patient("p", birth_date=birth)
+        assert patient.age_in("m", day) == months
+        assert patient.age_in("m", day - timedelta(days=1)) == months - 1
+
+
+def test_drug_periods_start_renewal_and_current():
+    series = _series()
+    (period,) = series.periods
+    assert period.name == "alendronate" and period.ongoing and period.end == NOW
+    assert [r.date().isoformat() for r in period.records] == ["2025-09-01", "2026-03-01"]
+    stopped = chart_series.drug_periods(
+        [
+            Medication(
+                frozenset({"bisphosphonate"}),
+                "strong",
+                "zoledronic acid",
+                "history",
+                start=datetime(2020, 1, 1, tzinfo=UTC),
+                end=datetime(2021, 1, 1, tzinfo=UTC),
+            ),
+            Medication(frozenset({"denosumab"}), "strong", "denosumab", "history"),
+            Medication(
+                frozenset({"bisphosphonate"}), "strong", "alendronate", "draft", start=datetime(2026, 5, 1, tzinfo=UTC)
+            ),
+        ],
+        NOW,
+    )
+    assert [(p.name, p.ongoing, p.end.year) for p in stopped[0]] == [("zoledronic acid", False, 2021)]
+    assert stopped[1] == ["denosumab"]  # no date: listed, not drawn; a draft order is no period
+
+
+def test_workup_rows_carry_the_limit_each_was_judged_against():
+    rows = {(w.display, w.date): w for w in _series().workup}
+    plp = rows[("Pyridoxal 5'-phosphate (PLP)", "2026-05-02")]
+    assert (plp.value, plp.judgement) == ("260", "high") and "ARUP" in plp.limits
+    assert rows[("Zinc", "2025-06-10")].judgement == "low"
+    assert rows[("Zinc", "2026-05-02")].judgement == "normal"
+    assert {w.display for w in rows.values()} >= {"Zinc", "Magnesium", "TSH", "Total bilirubin"}
+
+
+def test_no_results_gives_an_empty_series():
+    patient = Patient("x", birth_date=date(1970, 1, 1), gender="male")
+    series = build_series(patient, [], [], NOW, SETTINGS)
+    assert series.points == () and series.periods == () and len(series.steps) == 1
+
+
+def _groups(svg: str) -> dict[str, int]:
+    """Marks per named Vega group (``<name>_marks``) in the SVG."""
+    counts = {}
+    for element in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}g"):
+        match = re.search(r"\b(\w+)_marks\b", element.get("class", ""))
+        if match:
+            counts[match.group(1)] = len(list(element))
+    return counts
+
+
+def test_svg_has_a_mark_per_point_step_and_period():
+    series = _series()
+    counts = _groups(render_svg(series))
+    assert counts["alp_points"] == 10
+    assert counts["limit_steps"] == 5
+    assert counts["lab_ranges"] == 2
+    assert counts["drug_periods"] == 1
+    assert counts["drug_records"] == 2  # start and one renewal (current: no stop marker)
+
+
+def test_svg_fetches_nothing():
+    svg = render_svg(_series())
+    assert not re.search(r'(?:href|src)="(?:https?:)?//', svg)
+
+
+# ------------------------------------------------------------------------------------ settings
+
+
+def test_issuers_without_a_redirect_url_refuse_to_start():
+    with pytest.raises(SettingsError, match="SMART_REDIRECT_URL"):
+        create_app({"AUTH": "off", "SMART_ISSUERS": "https://ehr.example/fhir", "FEEDBACK_DB_URL": "sqlite://"})
+
+
+def test_the_app_is_off_unless_issuers_are_allow_listed(client):
+    assert client.client.get("/smart/launch?iss=x&launch=y").status_code == 404
+
+
+def test_cards_link_to_the_app_when_it_is_on():
+    from tests.conftest import OS, PV, load_request, make_app
+
+    on = make_app(SMART_ISSUERS="https://ehr.example/fhir", PUBLIC_BASE_URL="https://cds.example.org")
+    for service, fixture in ((PV, "persistent-low-in"), (OS, "order-low-alp-in")):
+        cards = on.cards(service, load_request(fixture))  # valid against the response schema
+        assert cards
+        for card in cards:
+            link = card["links"][-1]
+            assert link["type"] == "smart" and link["label"] == "View ALP history"
+            assert link["url"] == "https://cds.example.org/smart/launch"
+            assert json.loads(link["appContext"])["highlight"]
+    off = make_app().cards(PV, load_request("persistent-low-in"))
+    assert not any(link["type"] == "smart" for card in off for link in card.get("links", []))
+    # discovery and the integrator page describe it
+    services = on.client.get("/cds-services").get_json()["services"]
+    assert all("View ALP history" in s["description"] for s in services)
+    page = on.client.get("/").get_data(as_text=True)
+    assert 'id="smart-app"' in page and "https://cds.example.org/smart/launch" in page
+    assert "https://cds.example.org/smart/callback" in page and "patient/Observation.rs" in page
+    assert 'id="smart-app"' not in make_app().client.get("/").get_data(as_text=True)
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def ehr(fhir_base):
+    tools.load_fixtures(fhir_base, FHIR_TOKEN, str(DATA))
+    fake = FakeEhr(fhir_base, FHIR_TOKEN, PATIENT)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(ehr, tmp_path_factory):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    app = create_app(
+        {
+            "NOW": lambda: NOW,
+            "AUTH": "off",
+            "LOG_LEVEL": "INFO",
+            "FEEDBACK_DB_URL": "sqlite://",
+            "PUBLIC_BASE_URL": base,
+            "SMART_ISSUERS": [ehr.iss + "/"],  # a trailing slash in the setting or the iss changes nothing
+            "SMART_CLIENT_ID": CLIENT_ID,
+            "SMART_STATE_STORE_URL": f"sqlite:///{tmp_path_factory.mktemp('smart')}/launch.db",
+        }
+    )
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield base
+    server.shutdown()
+
+
+def _launch(app_url, ehr, **mode):
+    ehr.reset(**mode)
+    return requests.get(f"{app_url}/smart/launch", params={"iss": ehr.iss, "launch": "launch-123"}, timeout=30)
+
+
+def _error(response, status):
+    assert response.status_code == status, response.text[:500]
+    html = response.text
+    assert 'role="alert"' in html and f'data-status="{status}"' in html
+    assert "<svg" not in html and PATIENT not in html and "2009-04-12" not in html
+    return html
+
+
+def test_launch_to_page(app_url, ehr, caplog):
+    caplog.set_level(logging.DEBUG)
+    response = _launch(app_url, ehr)
+    assert response.status_code == 200, response.text[:500]
+    # launch -> the EHR's authorize -> the callback: the PKCE verifier was checked by the token endpoint
+    urls = [r.url for r in response.history] + [response.url]
+    assert [urlsplit(u).path for u in urls] == ["/smart/launch", "/auth/authorize", "/smart/callback"]
+    assert ehr.verified >= 1 and ehr.hits[0] == "/fhir/.well-known/smart-configuration"
+    params = ehr.authorize_params
+    assert params["scope"].split() == [
+        "launch",
+        "openid",
+        "fhirUser",
+        "patient/Observation.rs",
+        "patient/MedicationRequest.rs",
+        "patient/MedicationStatement.rs",
+        "patient/Condition.rs",
+        "patient/Patient.rs",
+    ]
+    assert params["aud"] == ehr.iss and params["launch"] == "launch-123"
+    assert params["redirect_uri"] == f"{app_url}/smart/callback"
+    html = response.text
+    assert "Alkaline phosphatase history" in html and "Female, 17 y (born 2009-04-12)" in html
+    counts = _groups(re.search(r"<svg.*?</svg>", html, re.S).group(0))
+    assert counts["alp_points"] == 10 and counts["limit_steps"] == 5
+    assert 'data-indicator="warning"' in html  # the persistent-low and the antiresorptive cards
+    assert "Persistently low" in html or "persistent" in html.lower()
+    assert "see report" in html and "the lab&#39;s reference range" in html
+    assert "Pyridoxal 5&#39;-phosphate (PLP)" in html and "ARUP interval" in html
+    assert response.headers["Cache-Control"] == "no-store"
+    # no token anywhere: not in a URL, not in the page, not in a log line; no patient data in the log
+    assert ehr.secrets
+    for secret in ehr.secrets:
+        assert all(secret not in u for u in urls)
+        assert secret not in html
+        assert secret not in caplog.text
+    # (the test servers' own request lines, werkzeug's, name the FHIR searches the fake EHR passed on)
+    service_log = "\n".join(r.getMessage() for r in caplog.records if r.name != "werkzeug")
+    assert PATIENT not in service_log and "2009-04-12" not in service_log
+    assert '"event": "smart_page"' in caplog.text
+    # the callback cannot be replayed: the state was used
+    again = requests.get(response.url, timeout=30)
+    assert "already used" in _error(again, 400)
+
+
+def test_v1_scopes_when_the_ehr_offers_only_v1(app_url, ehr):
+    response = _launch(app_url, ehr, v1=True)
+    assert response.status_code == 200
+    assert "patient/Observation.read" in ehr.authorize_params["scope"].split()
+    assert not any(s.endswith(".rs") for s in ehr.authorize_params["scope"].split())
+
+
+def test_iss_not_on_the_allow_list_is_refused_before_anything_is_sent(app_url, ehr):
+    ehr.reset()
+    for iss in ("http://127.0.0.1:9/fhir", ehr.iss + "x", f"{ehr.base}/other"):
+        response = requests.get(
+            f"{app_url}/smart/launch", params={"iss": iss, "launch": "l"}, allow_redirects=False, timeout=30
+        )
+        assert "allow-list" in _error(response, 403)
+        assert "Location" not in response.headers
+    assert ehr.hits == []
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "why"),
+    [
+        ("/smart/launch", {"launch": "l"}, "no iss"),
+        ("/smart/launch", {"iss": "x"}, "no launch"),
+        ("/smart/launch", {"iss": "x" * 3000, "launch": "l"}, "not a value"),
+        ("/smart/callback", {"code": "c"}, "no state"),
+        ("/smart/callback", {"state": "made-up", "code": "c"}, "unknown, expired or already used"),
+        ("/smart/callback", {"state": "bad state\u00e9", "code": "c"}, "not a value"),
+    ],
+)
+def test_bad_requests_are_clear_400s(app_url, path, params, why):
+    response = requests.get(f"{app_url}{path}", params=params, allow_redirects=False, timeout=30)
+    assert why in _error(response, 400)
+
+
+def test_wrong_state_is_refused_and_the_code_never_exchanged(app_url, ehr):
+    response = _launch(app_url, ehr, deny=False)
+    first = requests.get(
+        f"{app_url}/smart/launch", params={"iss": ehr.iss, "launch": "l"}, allow_redirects=False, timeout=30
+    )
+    authorize = requests.get(first.headers["Location"], allow_redirects=False, timeout=30)
+    callback = parse_qs(urlsplit(authorize.headers["Location"]).query)
+    verified = ehr.verified
+    forged = requests.get(
+        f"{app_url}/smart/callback",
+        params={"code": callback["code"][0], "state": "x" + callback["state"][0]},
+        timeout=30,
+    )
+    assert "unknown, expired or already used" in _error(forged, 400)
+    assert ehr.verified == verified and response.status_code == 200
+
+
+def test_the_ehr_refusing_authorisation(app_url, ehr):
+    assert "did not authorise the app (access_denied)" in _error(_launch(app_url, ehr, deny=True), 403)
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "why"),
+    [
+        ({"token_error": True}, 400, "refused to give an access token (invalid_grant)"),
+        ({"drop": ["access_token"]}, 502, "no usable access token"),
+        ({"drop": ["patient"]}, 502, "no patient"),
+        ({"fhir_refuses": True}, 502, "refused access (401)"),
+    ],
+)
+def test_token_and_fhir_failures_show_an_error_page_and_no_data(app_url, ehr, caplog, mode, status, why):
+    caplog.set_level(logging.DEBUG)
+    html = _error(_launch(app_url, ehr, **mode), status)
+    assert why in html
+    for secret in ehr.secrets:
+        assert secret not in html and secret not in caplog.text
+
+
+def test_a_broken_launch_store_is_a_503_not_a_500(app_url, ehr, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from service.smart.store import LaunchStore
+
+    def broken(*args, **kwargs):
+        raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(LaunchStore, "put", broken)
+    monkeypatch.setattr(LaunchStore, "take", broken)
+    assert "try again" in _error(_launch(app_url, ehr), 503)
+    response = requests.get(f"{app_url}/smart/callback", params={"state": "s", "code": "c"}, timeout=30)
+    assert "try again" in _error(response, 503)
+
+
+def test_an_ehr_without_pkce_is_not_launched(app_url, ehr, monkeypatch):
+    from service.smart import oauth
+
+    real = oauth.outbound.get
+
+    def without_s256(*args, **kwargs):
+        answer = real(*args, **kwargs)
+        body = json.loads(answer.body)
+        body["code_challenge_methods_supported"] = ["plain"]
+        return oauth.outbound.Answer(answer.status, answer.headers, json.dumps(body).encode())
+
+    monkeypatch.setattr(oauth.outbound, "get", without_s256)
+    assert "PKCE with S256" in _error(_launch(app_url, ehr), 502)
+    assert "/auth/authorize" not in ehr.hits
+
+
+def _chromium() -> None:
+    import os
+    from pathlib import Path
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is not installed: .ci/run must install it")
+        pytest.skip("Chromium is not installed: apt-get install chromium (Debian)")
+
+
+def test_launch_in_a_real_browser(app_url, ehr):
+    """Chromium follows the EHR launch; the page shows the chart (no JavaScript needed) and the tables."""
+    _chromium()
+    from playwright.sync_api import sync_playwright
+
+    # The card a clinician sees: a patient-view call for the patient, answered from the FHIR server.
+    body = {
+        "hook": "patient-view",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {"userId": "Practitioner/example", "patientId": PATIENT},
+        "fhirServer": ehr.fhir_base,
+        "fhirAuthorization": {
+            "access_token": FHIR_TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "alp-cds",
+        },
+    }
+    cards = requests.post(f"{app_url}/cds-services/low-alp-workup", json=body, timeout=30).json()["cards"]
+    link = cards[0]["links"][-1]
+    assert link["type"] == "smart" and link["url"] == f"{app_url}/smart/launch"
+    ehr.reset(app_context=link["appContext"])  # the EHR passes the link's appContext on with the token
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        context = browser.new_context(viewport={"width": 1100, "height": 900}, java_script_enabled=False)
+        page = context.new_page()
+        seen = []
+        page.on("request", lambda r: seen.append(r.url))
+        page.goto(f"{link['url']}?iss={ehr.iss}&launch=browser-launch")  # the EHR launches the link
+        assert urlsplit(page.url).path == "/smart/callback"
+        assert page.locator("h1").inner_text() == "Alkaline phosphatase history"
+        assert page.locator("svg g.alp_points_marks > *").count() == 10
+        assert page.locator("svg g.limit_steps_marks > *").count() == 5
+        assert page.locator("table.alp tbody tr").count() == 11  # 10 judged and one not used
+        assert page.locator("article.card").count() == len(cards)
+        highlighted = page.locator("article.card.highlight")
+        assert highlighted.count() == 1
+        assert highlighted.get_attribute("data-kind") == json.loads(link["appContext"])["highlight"]
+        assert storage_is_empty(context)
+        page.screenshot(path=str(ARTIFACTS / "smart-app.png"), full_page=True)
+        # the top of the page (the README's picture, docs/smart-app.png, is a copy of it)
+        page.screenshot(path=str(ARTIFACTS / "smart-app-top.png"), clip={"x": 0, "y": 0, "width": 1100, "height": 625})
+        browser.close()
+    origins = {f"{urlsplit(u).scheme}://{urlsplit(u).netloc}" for u in seen}
+    assert origins <= {app_url, ehr.base}  # nothing third-party
+    for secret in ehr.secrets:
+        assert all(secret not in u for u in seen)
+    assert (ARTIFACTS / "smart-app.png").stat().st_size > 20_000
+
+
+def storage_is_empty(context) -> bool:
+    """No cookie and no web storage: the token never reaches the browser."""
+    state = context.storage_state()
+    return state["cookies"] == [] and all(not o.get("localStorage") for o in state["origins"])
