@@ -150,3 +150,23 @@ def test_fuzzed_bundles_give_the_same_answer_decoded_lazily_or_in_full(alp, labs
     body["prefetch"]["labs"] = {"resourceType": "Bundle", "entry": labs}
     eager, lazy = both_ways(PV, json.dumps(body).encode())
     assert lazy == eager
+
+
+@pytest.mark.parametrize("system", ["http://loinc.org", "urn:oid:2.16.840.1.113883.6.1", None])
+def test_the_date_filter_keeps_an_old_alp_result_however_its_code_system_is_written(system):
+    """The readers take LOINC's OID as LOINC: the cheap filter must not skip what they would read."""
+    from datetime import date
+
+    from service.fhir.lazy import Head
+    from service.hooks.common import lab_filter
+
+    keep = lab_filter(date(2026, 1, 1), {date(2025, 6, 1)})
+    old_alp = {"effectiveDateTime": "2016-03-01", "code": {"coding": [{"system": system, "code": "6768-6"}]}}
+    old_k = {"effectiveDateTime": "2016-03-01", "code": {"coding": [{"system": system, "code": "2823-3"}]}}
+    panel = {"effectiveDateTime": "2016-03-01", "component": [{"code": {"coding": [{"code": "6768-6"}]}}]}
+    for resource in (old_alp, panel):
+        assert keep(resource) and keep(Head(**resource))
+    assert not keep(old_k) and not keep(Head(**old_k))
+    assert keep({"effectiveDateTime": "2025-06-01T10:00:00Z"}) and keep({"effectiveDateTime": "2026-02-01"})
+    assert keep({"code": {"coding": [{"code": ["6768-6"]}]}})  # undated: always read
+    assert not keep({"effectiveDateTime": "2016-03-01", "code": {"coding": [{"code": ["6768-6"]}, 7]}})

@@ -95,13 +95,17 @@ def lab_filter(since: date, days: set[date]):
     those carrying an ALP code (also as a panel component) are always kept and read in full."""
     since_text = since.isoformat()
     day_texts = {d.isoformat() for d in days}
-    alp_codes = {f"{LOINC}|{c}" for c in loinc_codes(*ALP_ANALYTES)}
+    alp_codes = frozenset(loinc_codes(*ALP_ANALYTES))
 
     def coded_alp(concept: Any) -> bool:
+        """Any coding with an ALP code, whatever its system says (the reader accepts LOINC's OID too: keeping a
+        resource that is then not read costs little, skipping one the reader would read loses a result)."""
         codings = concept.get("coding") if isinstance(concept, dict) else None
-        return isinstance(codings, list) and any(
-            isinstance(c, dict) and f"{c.get('system')}|{c.get('code')}" in alp_codes for c in codings
-        )
+        for coding in codings if isinstance(codings, list) else ():
+            code = coding.get("code") if isinstance(coding, dict) else None
+            if isinstance(code, str) and code in alp_codes:
+                return True
+        return False
 
     def keep(observation: dict[str, Any]) -> bool:
         text = observation.get("effectiveDateTime")
