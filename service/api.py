@@ -20,7 +20,7 @@ from service import metrics
 from service.errors import BadRequest, CdsError, NotFound, StoreUnavailable, TooLarge, operation_outcome
 from service.feedback import storable_problem
 from service.fhir.client import CallBudget, FhirClient
-from service.fhir.lazy import decode_hook_request
+from service.fhir.lazy import UndecodableResource, decode_hook_request
 from service.fhir.prefetch import fetched_keys, resolve_prefetch
 from service.hooks import CdsService, HookCall
 from service.security import Unauthorized, check_fhir_server, check_fhir_server_url
@@ -115,7 +115,10 @@ def call_service(service_id: str) -> Response:
         fetch=fetcher(make_client),
         fetched=fetched,
     )
-    issued = service.handler(call)
+    try:
+        issued = service.handler(call)
+    except UndecodableResource as exc:  # found when the resource was read (service/fhir/lazy.py)
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
     for kind, card in issued:
         metrics.CARDS.labels(kind, card["indicator"]).inc()
     if not current_app.extensions["cds_feedback"].record_cards_later(service_id, issued):
@@ -243,10 +246,13 @@ def parse_json_body(*, lazy: bool = False) -> Any:
         body = decode_hook_request(raw) if lazy else orjson.loads(raw)
     except (orjson.JSONDecodeError, msgspec.DecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}") from None
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not valid JSON: it is not UTF-8") from None
     except RecursionError:
         raise BadRequest(f"request body is nested more than {MAX_JSON_DEPTH} levels deep") from None
     # The resources of a lazy Bundle are not walked: the decoder refused what it could not nest, and a resource is
-    # only ever read along fixed paths, never recursively (a schema message or a log line never holds one).
+    # only ever read along fixed paths, never recursively (a schema message or a log line never holds one). Their
+    # bytes were checked to be UTF-8 and JSON; a number in them that cannot be decoded is a 400 when it is read.
     if nested_deeper_than(body, MAX_JSON_DEPTH):
         raise BadRequest(f"request body is nested more than {MAX_JSON_DEPTH} levels deep")
     return body

@@ -478,15 +478,24 @@ def test_a_number_no_double_can_hold_outside_the_prefetch_bundles_is_a_clear_400
     assert "not valid JSON" in response.get_json()["issue"][0]["diagnostics"]
 
 
-@pytest.mark.parametrize("number", ["1" + "0" * 400, "1e400", "-1e999"])
-def test_an_alp_value_no_double_can_hold_is_named_unreadable(number):
-    """Prefetch resources are decoded when read (service/fhir/lazy.py): a value no double can hold makes that
-    result unreadable, named on a card, and the call answers."""
-    body = json.dumps(load_request("single-low-in")).replace('"value": 31', f'"value": {number}', 1)
+def test_an_alp_value_too_long_for_a_double_is_named_unreadable():
+    """An integer of 400 digits is valid JSON and decodes; as a lab value it is not a number the service believes:
+    the card names the result instead of judging it."""
+    body = json.dumps(load_request("single-low-in")).replace('"value": 31', '"value": 1' + "0" * 400, 1)
     response = CLIENT.client.post(f"/cds-services/{PV}", data=body, content_type="application/json")
     assert response.status_code == 200
     cards = response.get_json()["cards"]
     assert cards and "could not be interpreted" in cards[0]["summary"], cards
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e999", "9" * 5000])
+def test_a_number_no_decoder_can_hold_in_a_resource_read_is_a_clear_400(number):
+    """Prefetch resources are decoded when read (service/fhir/lazy.py): a number beyond a double's range, or an
+    integer longer than Python reads, is a 400 then, as it was when the whole body was decoded at once."""
+    body = json.dumps(load_request("single-low-in")).replace('"value": 31', f'"value": {number}', 1)
+    response = CLIENT.client.post(f"/cds-services/{PV}", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert "not valid JSON" in response.get_json()["issue"][0]["diagnostics"]
 
 
 # ------------------------------------------------------------------------------------------- the connect phase

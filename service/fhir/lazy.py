@@ -3,12 +3,16 @@
 A chart of 10000 Observations is a 5 MB request, and most of its Observations are never used (the rules read other
 labs only when they are recent or drawn with a low ALP). Decoding all of it into dicts, and freeing them, cost more
 than everything else the service does. So each prefetch Bundle is decoded into a :class:`LazyBundle`: the Bundle's
-own fields as a dict, and per entry the resource's JSON text (checked to be well-formed by the decoder) with a small
-:class:`Head` (type, id, code, date) decoded when first asked for. A reader tests the head cheaply and decodes the
-whole resource into plain dicts only when it will read it; everything after that works on dicts as before.
+own fields as a dict, and per entry the resource's JSON text (checked to be well-formed JSON by the decoder). A
+reader first decodes a small :class:`Head` (type, id, code, date) to test cheaply, and decodes the whole resource
+into plain dicts only when it will read it; everything after that works on dicts as before.
 
-What stays exactly as it was: the rest of the request (decoded in full), and any prefetch value that is not a Bundle
-of objects, or that has a next page to fetch, which is decoded in full so that every check sees it as before.
+What the decoder refuses in a resource it reads (a number no double or Python int can hold) is
+:class:`UndecodableResource`, a 400 as it would have been had the whole body been decoded at once; a resource that
+is never read is never decoded, so a bad number in it goes unnoticed, as it harms nothing. A resource may nest about
+as deep as the decoder allows (about 970 levels) since none is ever walked recursively. The body must be UTF-8
+throughout (checked before anything is decoded). What stays as it was: the rest of the request (decoded in full) and
+any prefetch value that is not a Bundle of objects, or that has a next page to fetch.
 """
 
 from __future__ import annotations
@@ -18,109 +22,111 @@ from typing import Any
 
 import msgspec
 
-NULL = msgspec.Raw(b"null")
+EMPTY = msgspec.Raw(b"")
 _any = msgspec.json.Decoder()
-_lenient = msgspec.json.Decoder(float_hook=float)
 
 
-class Head(msgspec.Struct):
-    """The fields a reader tests before it decides to decode a resource (any JSON type: checked by the reader)."""
+class UndecodableResource(ValueError):
+    """A prefetch resource that a reader needs holds JSON the service cannot decode (no patient data in the text)."""
+
+
+class Head(msgspec.Struct, gc=False):
+    """The fields kept of every entry (small: a chart holds thousands). Not tracked by the garbage collector:
+    decoded JSON holds no reference cycles. Any JSON type: the reader checks."""
 
     resourceType: Any = None
     id: Any = None
-    code: Any = None
-    component: Any = None
     effectiveDateTime: Any = None
 
+
+class _Codes(msgspec.Struct, gc=False):
+    code: Any = None
+    component: Any = None
+
+
+class Peek:
+    """What a reader's cheap test sees of an entry, read like a dict: the head's fields, and ``code`` and
+    ``component`` decoded from the resource's text only if the test asks (and not kept)."""
+
+    __slots__ = ("_codes", "_head", "_raw")
+
+    def __init__(self, head: Head, raw: msgspec.Raw) -> None:
+        self._head, self._raw, self._codes = head, raw, None
+
     def get(self, name: str, default: Any = None) -> Any:
-        """As ``dict.get``, so that a cheap test reads a head and a decoded resource alike."""
-        return getattr(self, name, default)
+        if name in ("code", "component"):
+            if self._codes is None:
+                self._codes = _decode(_code_parts, self._raw, "a resource's code")
+            return getattr(self._codes, name, default)
+        return getattr(self._head, name, default)
 
 
-class Entry(msgspec.Struct):
+class Entry(msgspec.Struct, gc=False):
     fullUrl: Any = None
     search: Any = None
-    resource: msgspec.Raw = NULL
+    resource: msgspec.Raw = EMPTY
 
 
-class _Bundle(msgspec.Struct):
+class _Bundle(msgspec.Struct, gc=False):
     entry: list[Entry] | None = None
 
 
 _heads = msgspec.json.Decoder(Head)
+_code_parts = msgspec.json.Decoder(_Codes)
 _bundle = msgspec.json.Decoder(_Bundle)
 _top = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
-class LazyEntry:
-    __slots__ = ("_head", "_raw", "full_url", "search_mode")
+def _is_object(raw: msgspec.Raw) -> bool:
+    return memoryview(raw)[:1] == b"{"  # the decoder's Raw starts at the value's first byte
 
-    def __init__(self, entry: Entry) -> None:
-        self.full_url = entry.fullUrl
-        self.search_mode = entry.search.get("mode") if isinstance(entry.search, dict) else None
-        self._raw = entry.resource
-        self._head: Head | bool | None = False  # False: not decoded yet
 
-    @property
-    def head(self) -> Head | None:
-        """The head of the resource; None when the entry holds no JSON object."""
-        if self._head is False:
-            try:
-                self._head = _heads.decode(self._raw)
-            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-                self._head = None
-        return self._head  # type: ignore[return-value]
-
-    def resource(self) -> dict[str, Any] | None:
-        """The whole resource as plain dicts (decoded each time it is asked for: readers ask once)."""
-        DECODED.count += 1
-        try:
-            try:
-                value = _any.decode(self._raw)
-            except msgspec.ValidationError:  # a number no double can hold: read as infinite, which readers refuse
-                value = _lenient.decode(self._raw)
-        except (msgspec.DecodeError, RecursionError):  # nested deeper than this Python stack can decode
-            return None
-        return value if isinstance(value, dict) else None
+def _decode(decoder: msgspec.json.Decoder, raw: msgspec.Raw, where: str) -> Any:
+    try:
+        return decoder.decode(raw)
+    except msgspec.DecodeError as exc:  # a number out of range (the text was checked to be JSON when it arrived)
+        raise UndecodableResource(f"{where}: {str(exc).split(' - at ')[0][:80]}") from None
 
 
 class LazyBundle(dict):
     """A prefetch Bundle: its own fields (``resourceType``, ``type``, ``link``, ...) as a dict, its entries in
     :attr:`entries`. There is no ``entry`` key: read the entries with :func:`service.fhir.readers.entries`."""
 
-    def __init__(self, fields: dict[str, Any], entries: list[LazyEntry]) -> None:
+    def __init__(self, fields: dict[str, Any], entries: list[Entry], name: str) -> None:
         super().__init__(fields)
         self.entries = entries
+        self.name = name  # the prefetch key, to name a resource that cannot be decoded
+        self._heads: list[Head | None] | None = None
+
+    def heads(self) -> list[Head | None]:
+        """The head of every entry (None for an entry that holds no JSON object), decoded once."""
+        if self._heads is None:
+            self._heads = [
+                _decode(_heads, e.resource, f"prefetch.{self.name} entry {i}") if _is_object(e.resource) else None
+                for i, e in enumerate(self.entries)
+            ]
+        return self._heads
 
     def resources(
         self, resource_type: str | None = None, keep: Callable[[Any], bool] | None = None
     ) -> Iterator[tuple[Any, dict[str, Any]]]:
         """(fullUrl, resource) of the entries of that type whose head ``keep`` accepts (search outcomes skipped)."""
-        for entry in self.entries:
-            if entry.search_mode == "outcome":
-                continue
-            head = entry.head
+        for index, (entry, head) in enumerate(zip(self.entries, self.heads(), strict=True)):
             if head is None or (resource_type is not None and head.resourceType != resource_type):
                 continue
-            if keep is not None and not keep(head):
+            if isinstance(entry.search, dict) and entry.search.get("mode") == "outcome":
                 continue
-            resource = entry.resource()
-            if resource is not None:
-                yield entry.full_url, resource
-
-
-class _Counter:
-    """How many resources were decoded in full (a regression guard counts them; never reset by the service)."""
-
-    count = 0
-
-
-DECODED = _Counter()
+            if keep is not None and not keep(Peek(head, entry.resource)):
+                continue
+            yield entry.fullUrl, _decode(_any, entry.resource, f"prefetch.{self.name} entry {index}")
 
 
 def decode_hook_request(raw: bytes) -> Any:
-    """The hook request as dicts, with its prefetch Bundles as :class:`LazyBundle`. Raises
-    ``msgspec.DecodeError`` for text that is not JSON and ``RecursionError`` for JSON nested too deep to decode."""
+    """The hook request as dicts, with its prefetch Bundles as :class:`LazyBundle`. Raises ``UnicodeDecodeError``
+    for bytes that are not UTF-8, ``msgspec.DecodeError`` for text that is not JSON (or a number out of range
+    outside the prefetch Bundles' resources) and ``RecursionError`` for JSON nested too deep to decode."""
+    if not raw.isascii():
+        raw.decode("utf-8")  # the resources are decoded later, and only some: check every byte now
     try:
         parts = _top.decode(raw)
     except msgspec.ValidationError:  # not a JSON object: decoded in full, the schema says what is wrong
@@ -136,10 +142,10 @@ def _prefetch(raw: msgspec.Raw) -> Any:
         values = _top.decode(raw)
     except msgspec.ValidationError:
         return _any.decode(raw)
-    return {key: _prefetch_value(value) for key, value in values.items()}
+    return {key: _prefetch_value(key, value) for key, value in values.items()}
 
 
-def _prefetch_value(raw: msgspec.Raw) -> Any:
+def _prefetch_value(key: str, raw: msgspec.Raw) -> Any:
     try:
         fields = {k: _any.decode(v) for k, v in _top.decode(raw).items() if k != "entry"}
     except msgspec.ValidationError:  # null, or not an object
@@ -150,7 +156,7 @@ def _prefetch_value(raw: msgspec.Raw) -> Any:
         entries = _bundle.decode(raw).entry
     except msgspec.ValidationError:  # entry is not a list of objects: the readers' checks name it
         return _any.decode(raw)
-    return LazyBundle(fields, [LazyEntry(e) for e in entries or ()])
+    return LazyBundle(fields, entries or [], key)
 
 
 def _has_next_page(links: Any) -> bool:
