@@ -30,5 +30,5 @@ def test_bench_smoke_run_prints_the_table():
         assert f"| {row} | 2 |" in out, row
     if os.environ.get("SEKMET_BIN"):
         assert "| patient-view, no prefetch (FHIR server, 100 Obs) | 2 |" in out
-        assert "no prefetch: service time without the FHIR server's" in out
+        assert "no prefetch (100 Obs, 2 threads): mean call" in out and "the service's own time" in out
     assert "worker RSS (MiB) floor: after the run" in out and "worker RSS (MiB) service: after the run" in out
