@@ -14,6 +14,7 @@ slow clients, a buffering proxy (nginx) in front is the remedy (README, "Serving
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import socket
 import threading
@@ -57,9 +58,29 @@ class RequestDeadlines:
                         sock.shutdown(socket.SHUT_RD)
 
 
+M_ARENA_MAX = -8  # glibc mallopt parameter
+BIG_BODY = 1 << 20  # after a request this large, free memory goes back to the system
+
+
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:  # not glibc (musl, macOS): its allocator keeps its own counsel
+        return None
+
+
 class DeadlineThreadWorker(ThreadWorker):
+    """gunicorn's gthread worker with a request deadline, and memory that a burst of big charts gives back.
+
+    Memory: each thread that allocates gets a glibc arena of its own (up to 8 per core), and a freed 5 MB chart
+    leaves pages in each, so a worker that served 16 big charts at once stayed near its peak. Two arenas, and a
+    trim after each big request, bring it back down (measured in bench/: docs/benchmarks.md)."""
+
     def init_process(self) -> None:
         self.deadlines = RequestDeadlines(load_settings()["CLIENT_REQUEST_DEADLINE"])
+        self.libc = _libc()
+        if self.libc is not None:
+            self.libc.mallopt(M_ARENA_MAX, 2)  # before the threads start
         super().init_process()
 
     def handle(self, conn: Any) -> Any:
@@ -75,3 +96,14 @@ class DeadlineThreadWorker(ThreadWorker):
         except BlockingIOError:  # the send timeout (gunicorn_conf.when_ready): the client does not read
             self.log.warning("Closed a connection whose client took nothing of its answer for CDS_CLIENT_TIMEOUT")
             raise BrokenPipeError(errno.EPIPE, "the client does not read its answer") from None  # no traceback
+        finally:
+            if self.libc is not None and _content_length(req) >= BIG_BODY:
+                self.libc.malloc_trim(0)
+
+
+def _content_length(req: Any) -> int:
+    """The request's Content-Length (0 when absent or unreadable: a chunked body is capped, see service/app.py)."""
+    for name, value in req.headers:
+        if name == "CONTENT-LENGTH":
+            return int(value) if value.isdigit() else 0
+    return 0
