@@ -174,8 +174,17 @@ def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
+@bp.get("/readyz/hooks")
+def readyz_hooks() -> Response:
+    """Readiness for hook calls, the product (the Kubernetes readiness probe): they need no store, so a feedback
+    store outage must not take every pod out of the Service. Answered without any I/O; the body gives the feedback
+    store's state as last seen by this worker, for monitoring (``/readyz`` checks it)."""
+    return json_response({"status": "ready", "feedback_store": current_app.extensions["cds_feedback"].last_state})
+
+
 @bp.get("/readyz")
 def readyz() -> Response:
+    """The feedback store too (503 while it is down or its schema is not current): for monitoring."""
     try:
         current_app.extensions["cds_feedback"].ping()
     except Exception as exc:  # any failure means "not ready"

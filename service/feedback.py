@@ -160,6 +160,7 @@ class FeedbackStore:
             event.listen(self.engine, "checkout", self._watch_and_ping)
             event.listen(self.engine, "begin", self._limit_waits)
         self._slots = threading.BoundedSemaphore(STORE_SLOTS)
+        self.last_state = "unknown"  # "ok" or the error of the last bounded operation: /readyz/hooks shows it
         self._schema_ready = False
         self._queue: queue.Queue = queue.Queue(maxsize=10_000)
         self._writer: threading.Thread | None = None
@@ -187,9 +188,11 @@ class FeedbackStore:
                 try:
                     yield
                 except SQLAlchemyError as exc:
+                    self.last_state = "StoreTimedOut" if watchdog.fired else type(exc).__name__
                     if watchdog.fired:
                         raise StoreTimedOut("the feedback store did not answer in time") from exc
                     raise
+                self.last_state = "ok"
         finally:
             if slot:
                 self._slots.release()

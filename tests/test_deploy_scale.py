@@ -116,7 +116,7 @@ def test_the_deployment_runs_as_the_issue_asks():
     deployment = next(r for r in base_resources() if r["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz/hooks"  # no store: see test_feedback_and_ops
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
     for each in [container, *pod["initContainers"]]:

@@ -159,11 +159,29 @@ def test_store_down_gives_503_for_feedback_but_hooks_still_answer():
     assert ready.status_code == 503 and ready.get_json()["status"] == "unavailable"
 
 
+def test_a_feedback_store_outage_leaves_the_pods_ready_for_hook_calls():
+    """The readiness probe of the manifests asks for what hook calls need: with PostgreSQL unreachable it stays 200
+    (Kubernetes keeps every pod in the Service), hook calls answer, feedback gets its 503 "retry", and the store's
+    state is in the probe's body and in /readyz for monitoring."""
+    from tests.test_deploy_scale import base_resources
+
+    deployment = next(r for r in base_resources() if r["kind"] == "Deployment")
+    probe = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"]
+    client = app_on("postgresql+psycopg://nobody:x@127.0.0.1:9/none?connect_timeout=1")
+    item = {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-06-01T10:00:00Z"}
+    assert post_feedback(client, {"feedback": [item]}).status_code == 503
+    ready = client.client.get(probe)
+    assert ready.status_code == 200 and ready.get_json() == {"status": "ready", "feedback_store": "OperationalError"}
+    assert client.hook(PV, load_request("single-low-in")).status_code == 200
+    assert client.client.get("/readyz").status_code == 503
+
+
 def test_health_and_readiness(tmp_path):
     client = app_on(f"sqlite:///{tmp_path}/f.db")
     assert client.client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.client.get("/readyz")
     assert ready.status_code == 200 and ready.get_json()["feedback_store"] == "ok"
+    assert client.client.get("/readyz/hooks").get_json() == {"status": "ready", "feedback_store": "ok"}
 
 
 def test_metrics_count_requests_cards_and_fhir_fetches(tmp_path):
