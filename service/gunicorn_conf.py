@@ -27,6 +27,7 @@ worker_class = "service.gunicorn_worker.DeadlineThreadWorker"  # gunicorn's gthr
 threads = 16  # per worker: requests served at once by each process (alp-cds serve --threads)
 keepalive = 5  # seconds an idle kept-alive connection is kept (in the poller, holding no thread)
 timeout = 30  # a worker whose main loop is stuck this long is restarted
+graceful_timeout = 30  # on SIGTERM, seconds requests in flight have to finish (deploy/k8s: grace period 45 s)
 control_socket_disable = True  # no gunicornc socket in $HOME: several services (and tests) may run side by side
 
 

@@ -144,6 +144,28 @@ def test_the_deployment_runs_as_the_issue_asks():
     assert settings <= set(load_settings(environ={})) | {"TRUSTED_ISSUERS_FILE"}  # no misspelt setting
 
 
+def test_the_autoscaler_alone_sets_the_number_of_pods():
+    """A Deployment's replicas would reset the HPA's count on every kubectl apply: neither the base nor a patch
+    sets it."""
+    deployment = next(r for r in base_resources() if r["kind"] == "Deployment")
+    assert "replicas" not in deployment["spec"]
+    for patch in kustomization(PRODUCTION)["patches"]:
+        doc = documents(PRODUCTION / patch["path"])[0]
+        assert doc["kind"] != "Deployment" or "replicas" not in doc["spec"]
+    assert any(r["kind"] == "HorizontalPodAutoscaler" for r in base_resources())
+
+
+def test_a_pod_stops_after_the_balancers_let_go_of_it_and_its_requests_finish():
+    from service import gunicorn_conf
+
+    pod = next(r for r in base_resources() if r["kind"] == "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "/bin/sleep"  # in python:3.11-slim (the Dockerfile's base)
+    assert "python:3.11-slim" in (ROOT / "Dockerfile").read_text()
+    assert pod["terminationGracePeriodSeconds"] > int(command[1]) + gunicorn_conf.graceful_timeout
+
+
 def test_the_network_policy_lets_out_only_dns_postgresql_redis_and_https():
     for directory, policy in (
         (BASE, next(r for r in base_resources() if r["kind"] == "NetworkPolicy")),
@@ -153,6 +175,8 @@ def test_the_network_policy_lets_out_only_dns_postgresql_redis_and_https():
         assert {("TCP", 443), ("UDP", 53), ("TCP", 5432)} <= set(ports), directory
         assert {p for _, p in ports} <= {53, 443, 5432, 6379, 6380}, directory
         assert all(rule.get("to") for rule in policy["spec"]["egress"])  # no rule open to everywhere
+        dns = [rule for rule in policy["spec"]["egress"] if {p["port"] for p in rule["ports"]} == {53}]
+        assert {"cidr": "169.254.20.10/32"} in [peer.get("ipBlock") for rule in dns for peer in rule["to"]]
 
 
 def kubectl() -> str:
@@ -202,3 +226,6 @@ def test_the_compose_stack_shares_redis_and_postgresql_and_migrates_first():
     assert env["CDS_FEEDBACK_DB_URL"] == services["migrate"]["environment"]["CDS_FEEDBACK_DB_URL"]
     assert env["CDS_FEEDBACK_DB_MIGRATE"] == "off" and env["PROMETHEUS_MULTIPROC_DIR"]
     assert services["redis"]["image"].startswith("redis:") and services["postgres"]["image"].startswith("postgres:")
+    redis = services["redis"]["command"]
+    assert redis[redis.index("--maxmemory-policy") + 1] == "noeviction"  # an evicted jti is a replay accepted
+    assert redis[redis.index("--appendonly") + 1] == "yes"  # a restart forgets no jti
