@@ -130,10 +130,18 @@ def _strings(value: Any, path: str) -> Iterable[tuple[str, str]]:
 
 
 class FeedbackStore:
-    def __init__(self, url: str, timeout: float = 5.0, migrate: bool = True, connect: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 5.0,
+        migrate: bool = True,
+        connect: bool = True,
+        connect_timeout: float | None = None,
+    ) -> None:
         """``migrate``: bring the schema to this code's version when it is behind (else it must be done by
         ``alp-cds migrate`` first); ``connect``: check (and migrate) at once, a schema newer than this code's
-        refusing the start (SchemaTooNew), a store that is down not."""
+        refusing the start (SchemaTooNew), a store that is down not. ``connect_timeout`` (PostgreSQL): seconds to
+        connect, ``timeout`` by default (``alp-cds migrate`` gives the statements a longer one)."""
         self.timeout = timeout
         self.migrate = migrate
         parsed = make_url(url)
@@ -151,7 +159,8 @@ class FeedbackStore:
         if in_memory:
             options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
         elif parsed.get_backend_name() == "postgresql":
-            options = {"connect_args": {"connect_timeout": max(2, math.ceil(timeout))}}  # libpq's least is 2
+            seconds = timeout if connect_timeout is None else connect_timeout
+            options = {"connect_args": {"connect_timeout": max(2, math.ceil(seconds))}}  # libpq's least is 2
         self.engine: Engine = create_engine(parsed, **options)
         if parsed.get_backend_name() == "sqlite":
             # A 200 means the feedback is on disk; a file locked by another process is waited for ``timeout``.

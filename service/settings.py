@@ -271,6 +271,13 @@ SETTINGS: tuple[Setting, ...] = (
         "replicas); off: it only checks, and a schema behind is a 503 until `alp-cds migrate` has run. A schema "
         "newer than the service's refuses the start either way.",
     ),
+    Setting(
+        "MIGRATE_TIMEOUT",
+        _positive_float,
+        600.0,
+        "Seconds `alp-cds migrate` gives the migration (statements, waits for locks); connecting is bounded by "
+        "FEEDBACK_DB_TIMEOUT.",
+    ),
     Setting("FHIR_TIME_BUDGET", _positive_float, 8.0, "Seconds all FHIR fetching of one hook call may take."),
     Setting(
         "FHIR_CALLS_PER_WORKER",
