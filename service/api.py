@@ -17,7 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from service import metrics
-from service.errors import BadRequest, CdsError, NotFound, StoreUnavailable, TooLarge, operation_outcome
+from service.bulkhead import Held
+from service.errors import BadRequest, CdsError, NotFound, Overloaded, StoreUnavailable, TooLarge, operation_outcome
 from service.feedback import storable_problem
 from service.fhir.client import CallBudget, FhirClient
 from service.fhir.lazy import UndecodableResource, decode_hook_request
@@ -39,6 +40,8 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 def error_response(error: CdsError) -> Response:
     response = json_response(operation_outcome(error.message, error.code), error.status)
+    if isinstance(error, Overloaded):
+        response.headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="cds-services"'
         log.info(json.dumps({"event": "auth_failed", "reason": error.reason, "path": request.path}))
@@ -82,6 +85,14 @@ def discovery() -> Response:
 def call_service(service_id: str) -> Response:
     service = find_service(service_id)
     claims = authenticate()
+    config = settings()
+    g.slots = held = Held()  # given back by release_slots, whatever happens
+    if request.content_length is None or request.content_length > config["LARGE_BODY_BYTES"]:
+        try:
+            held.take(current_app.extensions["cds_bulkheads"]["large"])  # memory: see service/bulkhead.py
+        except Overloaded:
+            drain_body(config["MAX_BODY_BYTES"])
+            raise
     body = parse_json_body(lazy=True)
     problem = first_error("hook-request", body)
     if problem:
@@ -99,9 +110,8 @@ def call_service(service_id: str) -> Response:
             "fhirAuthorization.access_token: only visible ASCII characters (no spaces) can be sent as a bearer token"
         )
 
-    config = settings()
     budget = CallBudget(config["FHIR_TIME_BUDGET"], config["FHIR_MAX_CALL_BYTES"])
-    make_client = lambda: client_for(body, config, budget, claims)  # noqa: E731
+    make_client = lambda: with_fhir_slot(held, client_for(body, config, budget, claims))  # noqa: E731
     fetching = time.perf_counter()
     data = resolve_prefetch(service.prefetch, body, make_client, config["FHIR_FETCH_WORKERS"])
     fetched = fetched_keys(service.prefetch, body)
@@ -177,8 +187,17 @@ def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
+@bp.get("/readyz/hooks")
+def readyz_hooks() -> Response:
+    """Readiness for hook calls, the product (the Kubernetes readiness probe): they need no store, so a feedback
+    store outage must not take every pod out of the Service. Answered without any I/O; the body gives the feedback
+    store's state as last seen by this worker, for monitoring (``/readyz`` checks it)."""
+    return json_response({"status": "ready", "feedback_store": current_app.extensions["cds_feedback"].last_state})
+
+
 @bp.get("/readyz")
 def readyz() -> Response:
+    """The feedback store too (503 while it is down or its schema is not current): for monitoring."""
     try:
         current_app.extensions["cds_feedback"].ping()
     except Exception as exc:  # any failure means "not ready"
@@ -214,6 +233,35 @@ def client_for(
         max_bytes=config["FHIR_MAX_RESPONSE_BYTES"],
         budget=budget,
     )
+
+
+def with_fhir_slot(held: Held, client: FhirClient | None) -> FhirClient | None:
+    """A call that is about to fetch takes a slot of the FHIR bulkhead first (503 at once when none is free)."""
+    if client is not None:
+        try:
+            held.take(current_app.extensions["cds_bulkheads"]["fhir"])
+        except Overloaded:
+            client.session.close()
+            raise
+    return client
+
+
+def drain_body(limit: int) -> None:
+    """Read a body that will not be used and drop it, chunk by chunk (no memory kept), so that the client, which is
+    still sending it, gets the answer rather than a reset connection."""
+    left = limit + 1
+    while left > 0:
+        chunk = request.stream.read(min(65536, left))
+        if not chunk:
+            return
+        left -= len(chunk)
+
+
+@bp.teardown_request
+def release_slots(_error: BaseException | None) -> None:
+    slots = g.pop("slots", None)
+    if slots is not None:
+        slots.release_all()
 
 
 def fetcher(make_client: Callable[[], FhirClient | None]) -> Callable[[str], dict[str, Any]]:

@@ -11,6 +11,7 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from service import api
+from service.bulkhead import bulkheads
 from service.errors import CdsError, operation_outcome
 from service.feedback import FeedbackStore
 from service.hooks import all_services
@@ -29,6 +30,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"] + 1  # one more: see api.parse_json_body
     app.json.sort_keys = False
     app.extensions["cds_services"] = {s.id: s for s in all_services()}
+    app.extensions["cds_bulkheads"] = bulkheads(settings)
     app.extensions["cds_authenticator"] = Authenticator(settings) if settings["AUTH"] else None
     app.extensions["cds_feedback"] = FeedbackStore(
         settings["FEEDBACK_DB_URL"], settings["FEEDBACK_DB_TIMEOUT"], settings["FEEDBACK_DB_MIGRATE"]

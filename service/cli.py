@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         "migrate", help="bring the feedback store's schema to this release's version (Alembic; idempotent)"
     )
     migrate.add_argument("--db", help="feedback store URL (default: CDS_FEEDBACK_DB_URL)")
-    migrate.add_argument("--check", action="store_true", help="only say whether it is current (exit 1 if not)")
+    migrate.add_argument(
+        "--check", action="store_true", help="only say whether it is current (exit 1 if not); creates nothing"
+    )
+    migrate.add_argument("--timeout", type=float, help="seconds for the migration (default: CDS_MIGRATE_TIMEOUT, 600)")
     args = parser.parse_args(argv)
 
     if args.command == "dev":
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "migrate":
-        return run_migrate(args.db, args.check)
+        return run_migrate(args.db, args.check, args.timeout)
 
     if args.command == "feedback-report":
         from service.feedback import FeedbackStore
@@ -122,37 +125,73 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def run_migrate(db: str | None, check: bool) -> int:
-    """``alp-cds migrate``: 0 when the schema is (now) current, 1 when it is behind (--check) or the store cannot be
-    reached, 2 when it is newer than this release. Messages never repeat the URL (it may hold a password)."""
+MIGRATE_EXIT = {"current": 0, "behind": 1, "too_new": 2, "unreachable": 3, "failed": 4}
+
+
+def run_migrate(db: str | None, check: bool, timeout: float | None = None) -> int:
+    """``alp-cds migrate``. Exit status: 0 the schema is (now) current; 1 it is behind, or there is no store yet
+    (--check); 2 it is newer than this release; 3 the store cannot be reached (connecting failed within
+    CDS_FEEDBACK_DB_TIMEOUT); 4 the migration (or check) failed or did not finish within its timeout
+    (CDS_MIGRATE_TIMEOUT, 600 s, or --timeout). --check creates nothing (no SQLite file or folder). Messages never
+    repeat the URL (it may hold a password)."""
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.feedback import FeedbackStore
+    from service.feedback import FeedbackStore, StoreTimedOut
     from service.migrations import SchemaNotMigrated, SchemaTooNew
     from service.settings import load_settings
 
     settings = load_settings()
-    store = FeedbackStore(db or settings["FEEDBACK_DB_URL"], settings["FEEDBACK_DB_TIMEOUT"], connect=False)
+    url = db or settings["FEEDBACK_DB_URL"]
+    seconds = timeout or settings["MIGRATE_TIMEOUT"]
+    parsed = make_url(url)
+    on_disk = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+    if check and on_disk and not Path(parsed.database).is_file():
+        print("alp-cds migrate: there is no feedback store at that path yet: run alp-cds migrate", file=sys.stderr)
+        return MIGRATE_EXIT["behind"]
+    store = FeedbackStore(url, seconds, connect=False, connect_timeout=settings["FEEDBACK_DB_TIMEOUT"])
     try:
+        try:
+            with store.engine.connect():
+                pass
+        except SQLAlchemyError as exc:
+            print(f"alp-cds migrate: the feedback store cannot be reached ({type(exc).__name__})", file=sys.stderr)
+            return MIGRATE_EXIT["unreachable"]
         if check:
             store.migrate = False
-            store._ensure_schema()
+            with store._bounded():
+                store._ensure_schema()
             print("alp-cds migrate: the feedback store's schema is current")
-            return 0
+            return MIGRATE_EXIT["current"]
         found, now = store.migrate_schema()
     except SchemaTooNew as exc:
         print(f"alp-cds migrate: {exc}", file=sys.stderr)
-        return 2
+        return MIGRATE_EXIT["too_new"]
     except SchemaNotMigrated as exc:
         print(f"alp-cds migrate: {exc}", file=sys.stderr)
-        return 1
+        return MIGRATE_EXIT["behind"]
     except SQLAlchemyError as exc:
-        print(f"alp-cds migrate: the feedback store cannot be reached ({type(exc).__name__})", file=sys.stderr)
-        return 1
+        if isinstance(exc, StoreTimedOut) or timed_out(exc):
+            why = f"did not finish within its timeout of {seconds:g} s (CDS_MIGRATE_TIMEOUT or --timeout)"
+        else:
+            why = "failed"
+        what = "check" if check else "migration"
+        print(
+            f"alp-cds migrate: the {what} {why} ({type(exc).__name__}); its transaction was rolled back",
+            file=sys.stderr,
+        )
+        return MIGRATE_EXIT["failed"]
     finally:
         store.engine.dispose()
     print(f"alp-cds migrate: the feedback store's schema is at {now}" + (f" (was {found})" if found != now else ""))
-    return 0
+    return MIGRATE_EXIT["current"]
+
+
+def timed_out(exc: Exception) -> bool:
+    """A statement or lock timeout of PostgreSQL (psycopg's QueryCanceled, LockNotAvailable) or SQLite's busy one."""
+    original = getattr(exc, "orig", None)
+    name = type(original).__name__ if original is not None else ""
+    return name in ("QueryCanceled", "LockNotAvailable") or "database is locked" in str(original or "")
 
 
 def url_of_bind(bind: str) -> str | None:

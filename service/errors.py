@@ -43,6 +43,14 @@ class StoreUnavailable(CdsError):
     code = "transient"
 
 
+class Overloaded(CdsError):
+    """Too many calls of this process do the same costly work at once (service/bulkhead.py): retry shortly."""
+
+    status = 503
+    code = "transient"
+    retry_after = 1
+
+
 def operation_outcome(message: str, code: str = "invalid", severity: str = "error") -> dict[str, Any]:
     return {
         "resourceType": "OperationOutcome",

@@ -130,10 +130,18 @@ def _strings(value: Any, path: str) -> Iterable[tuple[str, str]]:
 
 
 class FeedbackStore:
-    def __init__(self, url: str, timeout: float = 5.0, migrate: bool = True, connect: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 5.0,
+        migrate: bool = True,
+        connect: bool = True,
+        connect_timeout: float | None = None,
+    ) -> None:
         """``migrate``: bring the schema to this code's version when it is behind (else it must be done by
         ``alp-cds migrate`` first); ``connect``: check (and migrate) at once, a schema newer than this code's
-        refusing the start (SchemaTooNew), a store that is down not."""
+        refusing the start (SchemaTooNew), a store that is down not. ``connect_timeout`` (PostgreSQL): seconds to
+        connect, ``timeout`` by default (``alp-cds migrate`` gives the statements a longer one)."""
         self.timeout = timeout
         self.migrate = migrate
         parsed = make_url(url)
@@ -151,7 +159,8 @@ class FeedbackStore:
         if in_memory:
             options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
         elif parsed.get_backend_name() == "postgresql":
-            options = {"connect_args": {"connect_timeout": max(2, math.ceil(timeout))}}  # libpq's least is 2
+            seconds = timeout if connect_timeout is None else connect_timeout
+            options = {"connect_args": {"connect_timeout": max(2, math.ceil(seconds))}}  # libpq's least is 2
         self.engine: Engine = create_engine(parsed, **options)
         if parsed.get_backend_name() == "sqlite":
             # A 200 means the feedback is on disk; a file locked by another process is waited for ``timeout``.
@@ -160,6 +169,7 @@ class FeedbackStore:
             event.listen(self.engine, "checkout", self._watch_and_ping)
             event.listen(self.engine, "begin", self._limit_waits)
         self._slots = threading.BoundedSemaphore(STORE_SLOTS)
+        self.last_state = "unknown"  # "ok" or the error of the last bounded operation: /readyz/hooks shows it
         self._schema_ready = False
         self._queue: queue.Queue = queue.Queue(maxsize=10_000)
         self._writer: threading.Thread | None = None
@@ -187,9 +197,11 @@ class FeedbackStore:
                 try:
                     yield
                 except SQLAlchemyError as exc:
+                    self.last_state = "StoreTimedOut" if watchdog.fired else type(exc).__name__
                     if watchdog.fired:
                         raise StoreTimedOut("the feedback store did not answer in time") from exc
                     raise
+                self.last_state = "ok"
         finally:
             if slot:
                 self._slots.release()

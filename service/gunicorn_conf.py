@@ -19,6 +19,7 @@ import socket
 import struct
 from pathlib import Path
 
+from service.bulkhead import THREADS_ENV
 from service.settings import load_settings
 
 PROMETHEUS_FILE = re.compile(r"(counter|gauge_[a-z]+|histogram|summary)_\d+\.db")
@@ -26,6 +27,7 @@ worker_class = "service.gunicorn_worker.DeadlineThreadWorker"  # gunicorn's gthr
 threads = 16  # per worker: requests served at once by each process (alp-cds serve --threads)
 keepalive = 5  # seconds an idle kept-alive connection is kept (in the poller, holding no thread)
 timeout = 30  # a worker whose main loop is stuck this long is restarted
+graceful_timeout = 30  # on SIGTERM, seconds requests in flight have to finish (deploy/k8s: grace period 45 s)
 control_socket_disable = True  # no gunicornc socket in $HOME: several services (and tests) may run side by side
 
 
@@ -58,6 +60,7 @@ def post_fork(server, worker) -> None:
     """Every connection a worker accepts inherits its listener's receive and send timeouts: a blocking read of a
     request (headers or body) that gets nothing, or a write of an answer that the client does not take (it never
     reads), for CDS_CLIENT_TIMEOUT seconds fails, and the connection is closed."""
+    os.environ[THREADS_ENV] = str(worker.cfg.threads)  # the FHIR bulkhead's default (service/bulkhead.py)
     seconds = load_settings()["CLIENT_TIMEOUT"]
     value = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
     for listener in worker.sockets:

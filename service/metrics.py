@@ -33,6 +33,9 @@ REQUEST_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+OVERLOADED = Counter(
+    "cds_overloaded_total", "Hook calls refused with 503 by a bulkhead (fhir, large)", ["bulkhead"], registry=REGISTRY
+)
 FHIR_FETCHES = Counter("cds_fhir_fetches_total", "FHIR GETs by outcome", ["outcome"], registry=REGISTRY)
 FHIR_SECONDS = Histogram("cds_fhir_fetch_seconds", "FHIR GET latency", buckets=LATENCY_BUCKETS, registry=REGISTRY)
 PREFETCH_SECONDS = Histogram(

@@ -144,6 +144,14 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}},
             }
         },
+        "/readyz/hooks": {
+            "get": {
+                "summary": "Readiness for hook calls (no store needed; the feedback store's last seen state)",
+                "operationId": "readyzHooks",
+                "security": [],
+                "responses": {"200": {"description": "Ready"}},
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",

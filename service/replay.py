@@ -27,6 +27,7 @@ from service.sqlite import pragmas
 
 log = logging.getLogger("service.replay")
 BUSY_SECONDS = 1.0  # how long a call waits for another process's lock on the store before its 503
+CLOCK_MARGIN = 5.0  # seconds more that a Redis entry lives, past the leeway, for replicas whose clocks differ
 
 
 class ReplayStoreDown(Exception):
@@ -89,19 +90,24 @@ class SqliteReplayStore:
 
 class RedisReplayStore:
     """Redis, shared by every replica: ``SET alp-cds:jti:<sha256> 1 NX PX <ms until the token expires>``, one atomic
-    command. Connecting and each answer are bounded by ``timeout``, with no retry (a retry would only make the 503
+    command. The time to live is reckoned on the clock of the replica that stores it, and another replica, whose
+    clock is behind, still accepts the token for as long as it differs: so the entry lives ``clock_skew`` seconds
+    more (the JWT leeway, which the replicas' clocks must keep to, and CLOCK_MARGIN). Redis must not evict these keys
+    (``maxmemory-policy noeviction``): a full Redis then refuses the write, an OOM error, which is a 503 here.
+    Connecting and each answer are bounded by ``timeout``, with no retry (a retry would only make the 503
     later); a failure raises :class:`ReplayStoreDown`. The connection pool is per process (redis-py opens new
     connections after a fork), and nothing is sent before the first token, so the service starts while Redis is
     down."""
 
     PREFIX = "alp-cds:jti:"
 
-    def __init__(self, url: str, timeout: float = 1.0) -> None:
+    def __init__(self, url: str, timeout: float = 1.0, clock_skew: float = CLOCK_MARGIN) -> None:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        self._errors = (redis.RedisError, OSError)
+        self._errors = (redis.RedisError, OSError)  # OutOfMemoryError (a full Redis refusing writes) included
+        self.clock_skew = clock_skew
         try:
             self.client = redis.Redis.from_url(
                 url,
@@ -115,17 +121,18 @@ class RedisReplayStore:
 
     def first_use(self, key: str, expires_at: float) -> bool:
         digest = hashlib.sha256(key.encode()).hexdigest()  # a fixed-size key, whatever the token's jti
-        ttl_ms = max(1000, math.ceil((expires_at - time.time()) * 1000))
+        ttl_ms = max(1000, math.ceil((expires_at - time.time() + self.clock_skew) * 1000))
         try:
             return bool(self.client.set(self.PREFIX + digest, 1, nx=True, px=ttl_ms))
         except self._errors as exc:
             raise ReplayStoreDown(type(exc).__name__) from None
 
 
-def open_replay_store(url: str, redis_url: str = "", redis_timeout: float = 1.0) -> ReplayStore:
-    """Redis when ``redis_url`` is set (every replica), else the SQLite store of ``url`` (this machine)."""
+def open_replay_store(url: str, redis_url: str = "", redis_timeout: float = 1.0, leeway: float = 0.0) -> ReplayStore:
+    """Redis when ``redis_url`` is set (every replica; its entries live ``leeway`` + CLOCK_MARGIN seconds past the
+    token's expiry), else the SQLite store of ``url`` (this machine: one clock)."""
     if redis_url:
-        return RedisReplayStore(redis_url, redis_timeout)
+        return RedisReplayStore(redis_url, redis_timeout, leeway + CLOCK_MARGIN)
     if make_url(url).get_backend_name() == "sqlite":
         return SqliteReplayStore(url)
     raise SettingsError(

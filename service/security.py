@@ -147,7 +147,9 @@ class Authenticator:
         self.max_lifetime = settings["JWT_MAX_LIFETIME"]
         self.public_base = settings["PUBLIC_BASE_URL"]  # required with AUTH on (settings.check_startup)
         self.keys = KeyStore()
-        self.replays = open_replay_store(settings["REPLAY_STORE_URL"], settings["REDIS_URL"], settings["REDIS_TIMEOUT"])
+        self.replays = open_replay_store(
+            settings["REPLAY_STORE_URL"], settings["REDIS_URL"], settings["REDIS_TIMEOUT"], self.leeway
+        )
         self.fail_open = settings["REPLAY_FAIL_OPEN"]
 
     def audience(self, path: str) -> str:

@@ -45,6 +45,13 @@ def _positive_int(raw: Any) -> int:
     return value
 
 
+def _whole_number(raw: Any) -> int:
+    value = int(raw)
+    if value < 0:
+        raise SettingsError(f"expected 0 or a positive whole number, got {raw!r}")
+    return value
+
+
 def _list(raw: Any) -> list[str]:
     """A list from overrides, or a comma-separated string from the environment."""
     if raw in (None, ""):
@@ -264,7 +271,39 @@ SETTINGS: tuple[Setting, ...] = (
         "replicas); off: it only checks, and a schema behind is a 503 until `alp-cds migrate` has run. A schema "
         "newer than the service's refuses the start either way.",
     ),
+    Setting(
+        "MIGRATE_TIMEOUT",
+        _positive_float,
+        600.0,
+        "Seconds `alp-cds migrate` gives the migration (statements, waits for locks); connecting is bounded by "
+        "FEEDBACK_DB_TIMEOUT.",
+    ),
     Setting("FHIR_TIME_BUDGET", _positive_float, 8.0, "Seconds all FHIR fetching of one hook call may take."),
+    Setting(
+        "FHIR_CALLS_PER_WORKER",
+        _whole_number,
+        0,
+        "Most hook calls of one worker process fetching from FHIR servers at once; a call that must fetch beyond it "
+        "gets a 503 with Retry-After. 0: the worker's threads minus 4 under `alp-cds serve`, no limit elsewhere.",
+    ),
+    Setting(
+        "LARGE_BODY_BYTES",
+        _positive_int,
+        1_000_000,
+        "A hook call whose body is larger than this (or chunked) counts as large (LARGE_CALLS_PER_WORKER).",
+    ),
+    Setting(
+        "LARGE_CALLS_PER_WORKER",
+        _positive_int,
+        4,
+        "Most large hook calls one worker process parses and answers at once (memory); another waits for a slot.",
+    ),
+    Setting(
+        "LARGE_CALL_WAIT",
+        _positive_float,
+        5.0,
+        "Seconds a large hook call waits for a slot (its body not yet read) before a 503 with Retry-After.",
+    ),
     Setting("FHIR_MAX_ENTRIES", _positive_int, 20000, "Most Bundle entries read per prefetch key."),
     Setting(
         "FHIR_MAX_RESPONSE_BYTES",

@@ -45,14 +45,14 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, seconds: floa
 class Redis:
     """``redis-server`` on a free loopback port, nothing saved to disk."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
         binary = debian_binary("redis-server", "redis-server", "/usr/bin/redis-server")
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.workdir = workdir
         self.log = workdir / "redis.log"
         command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        command += ["--dir", str(workdir)]
+        command += ["--dir", str(workdir), *extra]
         with self.log.open("w") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         wait_for_port(self.port, self.process, self.log)

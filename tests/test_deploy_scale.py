@@ -116,15 +116,20 @@ def test_the_deployment_runs_as_the_issue_asks():
     deployment = next(r for r in base_resources() if r["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz/hooks"  # no store: see test_feedback_and_ops
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
     for each in [container, *pod["initContainers"]]:
         assert each["securityContext"]["readOnlyRootFilesystem"] is True
         assert each["securityContext"]["allowPrivilegeEscalation"] is False
         assert each["resources"]["requests"] and each["resources"]["limits"]
-    assert container["resources"]["requests"]["memory"] == "256Mi"  # 2 workers of ~90 MiB and the master
+    # bench/memory.py: 318-382 MiB after bursts of large charts, 453 MiB peak with the large-call bulkhead
+    assert container["resources"]["requests"]["memory"] == "384Mi"
+    assert container["resources"]["limits"]["memory"] == "768Mi"
+    liveness = container["livenessProbe"]
+    assert liveness["timeoutSeconds"] * liveness["failureThreshold"] >= 30  # a busy pod is not restarted at once
     env = {e["name"]: e for e in container["env"]}
+    assert {"CDS_LARGE_CALLS_PER_WORKER", "CDS_FHIR_CALLS_PER_WORKER"}.isdisjoint(env)  # the measured defaults
     for name, key in (("CDS_FEEDBACK_DB_URL", "feedback-db-url"), ("CDS_REDIS_URL", "redis-url")):
         assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "alp-cds-secrets", "key": key}
     assert env["CDS_FEEDBACK_DB_MIGRATE"]["value"] == "off" and env["CDS_REPLAY_FAIL_OPEN"]["value"] == "off"
@@ -139,6 +144,28 @@ def test_the_deployment_runs_as_the_issue_asks():
     assert settings <= set(load_settings(environ={})) | {"TRUSTED_ISSUERS_FILE"}  # no misspelt setting
 
 
+def test_the_autoscaler_alone_sets_the_number_of_pods():
+    """A Deployment's replicas would reset the HPA's count on every kubectl apply: neither the base nor a patch
+    sets it."""
+    deployment = next(r for r in base_resources() if r["kind"] == "Deployment")
+    assert "replicas" not in deployment["spec"]
+    for patch in kustomization(PRODUCTION)["patches"]:
+        doc = documents(PRODUCTION / patch["path"])[0]
+        assert doc["kind"] != "Deployment" or "replicas" not in doc["spec"]
+    assert any(r["kind"] == "HorizontalPodAutoscaler" for r in base_resources())
+
+
+def test_a_pod_stops_after_the_balancers_let_go_of_it_and_its_requests_finish():
+    from service import gunicorn_conf
+
+    pod = next(r for r in base_resources() if r["kind"] == "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "/bin/sleep"  # in python:3.11-slim (the Dockerfile's base)
+    assert "python:3.11-slim" in (ROOT / "Dockerfile").read_text()
+    assert pod["terminationGracePeriodSeconds"] > int(command[1]) + gunicorn_conf.graceful_timeout
+
+
 def test_the_network_policy_lets_out_only_dns_postgresql_redis_and_https():
     for directory, policy in (
         (BASE, next(r for r in base_resources() if r["kind"] == "NetworkPolicy")),
@@ -148,6 +175,8 @@ def test_the_network_policy_lets_out_only_dns_postgresql_redis_and_https():
         assert {("TCP", 443), ("UDP", 53), ("TCP", 5432)} <= set(ports), directory
         assert {p for _, p in ports} <= {53, 443, 5432, 6379, 6380}, directory
         assert all(rule.get("to") for rule in policy["spec"]["egress"])  # no rule open to everywhere
+        dns = [rule for rule in policy["spec"]["egress"] if {p["port"] for p in rule["ports"]} == {53}]
+        assert {"cidr": "169.254.20.10/32"} in [peer.get("ipBlock") for rule in dns for peer in rule["to"]]
 
 
 def kubectl() -> str:
@@ -197,3 +226,6 @@ def test_the_compose_stack_shares_redis_and_postgresql_and_migrates_first():
     assert env["CDS_FEEDBACK_DB_URL"] == services["migrate"]["environment"]["CDS_FEEDBACK_DB_URL"]
     assert env["CDS_FEEDBACK_DB_MIGRATE"] == "off" and env["PROMETHEUS_MULTIPROC_DIR"]
     assert services["redis"]["image"].startswith("redis:") and services["postgres"]["image"].startswith("postgres:")
+    redis = services["redis"]["command"]
+    assert redis[redis.index("--maxmemory-policy") + 1] == "noeviction"  # an evicted jti is a replay accepted
+    assert redis[redis.index("--appendonly") + 1] == "yes"  # a restart forgets no jti

@@ -159,11 +159,29 @@ def test_store_down_gives_503_for_feedback_but_hooks_still_answer():
     assert ready.status_code == 503 and ready.get_json()["status"] == "unavailable"
 
 
+def test_a_feedback_store_outage_leaves_the_pods_ready_for_hook_calls():
+    """The readiness probe of the manifests asks for what hook calls need: with PostgreSQL unreachable it stays 200
+    (Kubernetes keeps every pod in the Service), hook calls answer, feedback gets its 503 "retry", and the store's
+    state is in the probe's body and in /readyz for monitoring."""
+    from tests.test_deploy_scale import base_resources
+
+    deployment = next(r for r in base_resources() if r["kind"] == "Deployment")
+    probe = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"]
+    client = app_on("postgresql+psycopg://nobody:x@127.0.0.1:9/none?connect_timeout=1")
+    item = {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-06-01T10:00:00Z"}
+    assert post_feedback(client, {"feedback": [item]}).status_code == 503
+    ready = client.client.get(probe)
+    assert ready.status_code == 200 and ready.get_json() == {"status": "ready", "feedback_store": "OperationalError"}
+    assert client.hook(PV, load_request("single-low-in")).status_code == 200
+    assert client.client.get("/readyz").status_code == 503
+
+
 def test_health_and_readiness(tmp_path):
     client = app_on(f"sqlite:///{tmp_path}/f.db")
     assert client.client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.client.get("/readyz")
     assert ready.status_code == 200 and ready.get_json()["feedback_store"] == "ok"
+    assert client.client.get("/readyz/hooks").get_json() == {"status": "ready", "feedback_store": "ok"}
 
 
 def test_metrics_count_requests_cards_and_fhir_fetches(tmp_path):
@@ -482,3 +500,46 @@ def test_report_counts_cards_by_their_last_outcome_and_names_reasons_given_by_co
         "override_reasons": {},
         "events": {"accepted": 1},
     }
+
+
+def test_large_hook_calls_beyond_the_bulkhead_get_a_quick_503_with_retry_after(tmp_path):
+    """Memory: at most LARGE_CALLS_PER_WORKER calls with a body over LARGE_BODY_BYTES are parsed at once (bench/
+    memory.py measures what that bounds); another waits LARGE_CALL_WAIT, then gets a 503 "retry". Smaller calls pass."""
+    import time
+
+    def app(**extra) -> CheckedClient:
+        return CheckedClient(
+            create_app(
+                {
+                    "NOW": lambda: NOW,
+                    "AUTH": "off",
+                    "LOG_LEVEL": "WARNING",
+                    "FEEDBACK_DB_URL": f"sqlite:///{tmp_path}/f.db",
+                }
+                | extra
+            )
+        )
+
+    client = app(LARGE_BODY_BYTES=1000, LARGE_CALLS_PER_WORKER=1, LARGE_CALL_WAIT=0.2)
+    large = client.app.extensions["cds_bulkheads"]["large"]
+    assert large.acquire()  # another call holds the only slot
+    started = time.monotonic()
+    refused = client.hook(PV, load_request("single-low-in"))
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert "large requests" in refused.get_json()["issue"][0]["diagnostics"]
+    assert 0.2 <= time.monotonic() - started < 1.5
+    large.release()
+    assert client.hook(PV, load_request("single-low-in")).status_code == 200
+    assert large.acquire()  # the call gave its slot back
+    large.release()
+    assert "cds_overloaded_total" in client.client.get("/metrics").get_data(as_text=True)
+
+
+def test_the_bulkheads_default_to_leaving_four_threads_of_a_worker_free():
+    from service.bulkhead import bulkheads, fhir_calls_limit
+    from service.settings import load_settings
+
+    assert fhir_calls_limit(0, 16) == 12 and fhir_calls_limit(0, 4) == 1 and fhir_calls_limit(0, None) is None
+    assert fhir_calls_limit(6, 16) == 6
+    made = bulkheads(load_settings(environ={}), threads=16)
+    assert made["fhir"].limit == 12 and made["large"].limit == 4 and made["large"].max_waiting == 8

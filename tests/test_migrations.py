@@ -119,6 +119,65 @@ def test_by_default_the_service_migrates_a_fresh_store_itself(tmp_path):
 
 
 def test_migrate_never_prints_the_store_url(capsys):
-    assert cli.main(["migrate", "--db", "postgresql://user:pw-secret@127.0.0.1:1/db"]) == 1
+    assert cli.main(["migrate", "--db", "postgresql://user:pw-secret@127.0.0.1:1/db"]) == 3  # unreachable
     captured = capsys.readouterr()
     assert "pw-secret" not in captured.out + captured.err and "cannot be reached" in captured.err
+    assert cli.main(["migrate", "--check", "--db", "postgresql://user:pw-secret@127.0.0.1:1/db"]) == 3
+
+
+def test_check_says_a_store_made_before_migrations_is_so_and_behind_is_not_unreachable(empty_store, capsys):
+    metadata.create_all(engine_of(empty_store))
+    assert cli.main(["migrate", "--db", empty_store, "--check"]) == 1  # behind: 1, unreachable: 3
+    message = capsys.readouterr().err
+    assert "made before migrations" in message and "not '0001'" not in message
+    assert cli.main(["migrate", "--db", empty_store]) == 0
+    assert cli.main(["migrate", "--db", empty_store, "--check"]) == 0
+
+
+def test_check_on_a_sqlite_path_that_does_not_exist_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "no-such-folder" / "feedback.db"
+    assert cli.main(["migrate", "--db", f"sqlite:///{missing}", "--check"]) == 1
+    assert "no feedback store" in capsys.readouterr().err
+    assert not missing.parent.exists()
+
+
+def test_a_migration_slower_than_the_feedback_timeout_runs_under_its_own(empty_store, monkeypatch, capsys):
+    """The service's operations end after CDS_FEEDBACK_DB_TIMEOUT (1 s here); a migration has CDS_MIGRATE_TIMEOUT
+    (or --timeout). It waits here for another session's schema lock: 2 s is fine, past its own timeout it says so,
+    not "cannot be reached"."""
+    import threading
+    import time
+
+    from service.feedback import SCHEMA_LOCK
+
+    if not empty_store.startswith("postgresql"):
+        pytest.skip("PostgreSQL's lock: SQLite's busy wait is the same timeout")
+    monkeypatch.setenv("CDS_FEEDBACK_DB_TIMEOUT", "1")
+
+    def hold_the_lock(seconds: float, taken: threading.Event) -> None:
+        with engine_of(empty_store).begin() as connection:
+            connection.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"))
+            taken.set()
+            time.sleep(seconds)
+
+    taken = threading.Event()
+    holder = threading.Thread(target=hold_the_lock, args=(2, taken))
+    holder.start()
+    taken.wait(10)
+    started = time.monotonic()
+    assert cli.main(["migrate", "--db", empty_store, "--timeout", "10"]) == 0
+    assert time.monotonic() - started >= 1.5
+    holder.join()
+
+    assert cli.main(["migrate", "--db", empty_store, "--check"]) == 0
+    with engine_of(empty_store).begin() as connection:
+        connection.execute(text("DROP TABLE feedback, issued_cards, alembic_version"))
+    capsys.readouterr()
+    taken = threading.Event()
+    holder = threading.Thread(target=hold_the_lock, args=(4, taken))
+    holder.start()
+    taken.wait(10)
+    assert cli.main(["migrate", "--db", empty_store, "--timeout", "1.5"]) == 4
+    holder.join()
+    message = capsys.readouterr().err
+    assert "did not finish within its timeout of 1.5 s" in message and "cannot be reached" not in message

@@ -64,10 +64,52 @@ def test_redis_keys_hold_no_jti_and_expire_with_the_token(redis_server):
     assert not store.first_use(f"{ISS}|{jti}", time.time() + 120)
     client = redis.Redis.from_url(redis_server.url)
     key = RedisReplayStore.PREFIX + hashlib.sha256(f"{ISS}|{jti}".encode()).hexdigest()
-    assert 110_000 < client.pttl(key) <= 120_000  # gone when the token would be refused as expired anyway
+    # gone when the token would be refused as expired anyway, with CLOCK_MARGIN (5 s) for the replicas' clocks
+    assert 120_000 < client.pttl(key) <= 125_000
     assert not [k for k in client.keys("*") if jti.encode() in k]
     assert store.first_use(f"{ISS}|expired", time.time() - 5)  # an entry lives at least a second, never forever
     assert 0 < client.pttl(RedisReplayStore.PREFIX + hashlib.sha256(f"{ISS}|expired".encode()).hexdigest()) <= 1000
+
+
+def test_an_entry_outlives_the_token_by_the_leeway_and_a_margin_for_the_replicas_clocks(redis_server):
+    """The service stores a jti until exp + leeway (when the token is refused as expired) on its own clock; a replica
+    whose clock is behind by up to the leeway, plus 5 s, still finds it there."""
+    import jwt
+    import redis
+
+    app = secured(REDIS_URL=redis_server.url, JWT_LEEWAY=30)
+    bearer = token()
+    claims = jwt.decode(bearer, options={"verify_signature": False})
+    assert call(app, bearer).status_code == 200
+    key = RedisReplayStore.PREFIX + hashlib.sha256(f"{ISS}|{claims['jti']}".encode()).hexdigest()
+    left = redis.Redis.from_url(redis_server.url).pttl(key) / 1000
+    expected = claims["exp"] + 30 - time.time() + 30 + 5  # exp + leeway, then the leeway and 5 s for other clocks
+    assert expected - 2 < left <= expected + 1
+
+
+def test_a_full_redis_refuses_the_write_and_the_token_gets_a_503_not_an_accept(tmp_path):
+    """maxmemory-policy noeviction (README, "Deploying at scale"): when Redis is full it refuses writes (OOM), and
+    the service fails closed; the jtis already stored are not evicted, so a replay is still refused."""
+    import redis
+
+    server = Redis(tmp_path, extra=("--maxmemory-policy", "noeviction"))
+    try:
+        app = secured(REDIS_URL=server.url)
+        used = token()
+        assert call(app, used).status_code == 200
+        raw = redis.Redis.from_url(server.url)
+        raw.config_set("maxmemory", raw.info("memory")["used_memory"] + 200_000)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for i in range(100_000):
+                raw.set(f"filler:{i}", "x" * 100)
+        refused = call(app, token())
+        assert refused.status_code == 503 and "replay" in refused.get_json()["issue"][0]["diagnostics"]
+        assert call(app, used).status_code == 503  # a full Redis refuses every SET, even one that would not write
+        raw.delete(*[f"filler:{i}" for i in range(1000)])  # room again
+        assert_401(call(app, used))  # still remembered: nothing was evicted
+        assert call(app, token()).status_code == 200
+    finally:
+        server.stop()
 
 
 def test_redis_down_fails_closed_with_503_quickly(caplog):

@@ -107,11 +107,13 @@ class Served:
         return (self.workdir / "server.log").read_text()
 
 
-def start_served(workdir: Path, workers: int = 2, threads: int | None = None, **env_extra: str) -> Served:
+def start_served(
+    workdir: Path, workers: int = 2, threads: int | None = None, fhir_servers: tuple[str, ...] = (), **env_extra: str
+) -> Served:
     """``alp-cds serve`` as production runs it (JWT checks on), on fresh store files in ``workdir``."""
     port = _free_port()
     issuers = workdir / "issuers.json"
-    issuers.write_text(json.dumps({ISS: {"jwks": JWKS}}))
+    issuers.write_text(json.dumps({ISS: {"jwks": JWKS, "fhir_servers": list(fhir_servers)}}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
     env.update(
         CDS_TRUSTED_ISSUERS_FILE=str(issuers),
@@ -339,3 +341,51 @@ def test_a_request_that_keeps_trickling_is_cut_off_at_the_request_deadline(small
         assert closed_after is not None, "the connection was still open after 12 s"
         assert closed_after < 3 + 2.5
     assert _healthz_answers(small.base)
+
+
+# ------------------------------------------------------------------------------------------ the FHIR bulkhead
+
+
+def test_a_fhir_server_that_never_answers_takes_only_the_fetching_slots(tmp_path):
+    """One worker of 8 threads, so by default at most 8 - 4 = 4 of its calls fetch from FHIR at once. 12 calls without
+    prefetch to a server that never answers: 4 wait for the time budget (then 412), the 8 others get a 503 with
+    Retry-After at once; meanwhile /healthz and a call whose prefetch is complete answer at once."""
+    from tests.peer import Peer
+    from tests.test_prefetch import request_without_prefetch
+
+    release = threading.Event()
+    peer = Peer({"/": lambda handler: release.wait(30)})  # accepts, reads the request, answers nothing
+    served = start_served(tmp_path, workers=1, threads=8, fhir_servers=(peer.base,), CDS_FHIR_TIME_BUDGET="4")
+    results: list[tuple[int, float, dict]] = []
+
+    def fetching_call() -> None:
+        body = request_without_prefetch("single-low-in")
+        body["fhirServer"] = peer.base
+        bearer = token(aud=f"{served.base}/cds-services/{PV}")
+        started = time.monotonic()
+        response = requests.post(
+            f"{served.base}/cds-services/{PV}", json=body, headers={"Authorization": f"Bearer {bearer}"}, timeout=20
+        )
+        results.append((response.status_code, time.monotonic() - started, dict(response.headers)))
+
+    try:
+        callers = [threading.Thread(target=fetching_call) for _ in range(12)]
+        for caller in callers:
+            caller.start()
+        time.sleep(1.0)
+        started = time.monotonic()
+        assert _get(f"{served.base}/healthz", timeout=2).status_code == 200
+        assert _hook_call(served.base, timeout=2).status_code == 200  # prefetch complete: fetches nothing
+        assert time.monotonic() - started < 1.5
+        for caller in callers:
+            caller.join()
+        refused = [r for r in results if r[0] == 503]
+        assert sorted(r[0] for r in results) == [412] * 4 + [503] * 8
+        assert all(seconds < 2 and headers["Retry-After"] == "1" for _, seconds, headers in refused)
+        assert all(seconds >= 3.5 for status, seconds, _ in results if status == 412)  # the whole budget
+        metrics = _get(f"{served.base}/metrics").text
+        assert 'cds_overloaded_total{bulkhead="fhir"} 8.0' in metrics
+    finally:
+        release.set()
+        stop_served(served)
+        peer.close()

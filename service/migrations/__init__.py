@@ -73,6 +73,13 @@ def ensure(connection: Connection, upgrade: bool) -> tuple[str | None, str]:
                 f"is {head()!r}): a newer release migrated it"
             ) from None
     if not upgrade:
+        if found is None:
+            raise SchemaNotMigrated("the feedback store has no schema yet: run alp-cds migrate")
+        if recorded is None:
+            raise SchemaNotMigrated(
+                f"the feedback store was made before migrations (the tables of revision {found!r}, not stamped): run "
+                "alp-cds migrate, which stamps it and keeps its rows"
+            )
         raise SchemaNotMigrated(f"the feedback store's schema is at {found!r}, not {head()!r}: run alp-cds migrate")
     cfg = config(connection)
     if recorded is None and found == BASELINE:
