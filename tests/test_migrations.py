@@ -181,3 +181,28 @@ def test_a_migration_slower_than_the_feedback_timeout_runs_under_its_own(empty_s
     holder.join()
     message = capsys.readouterr().err
     assert "did not finish within its timeout of 1.5 s" in message and "cannot be reached" not in message
+
+
+def test_the_head_the_workers_check_without_alembic_is_the_head_of_the_versions_folder():
+    """Workers compare the stored revision with migrations.HEAD (Alembic is imported only to migrate): the constant
+    must follow every new revision."""
+    from service import migrations
+
+    assert migrations.scripts().get_current_head() == migrations.HEAD
+
+
+def test_a_worker_on_a_current_store_does_not_import_alembic(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    url = f"sqlite:///{tmp_path}/fb.db"
+    code = (
+        f"import sys; from service.feedback import FeedbackStore; FeedbackStore({url!r}); "
+        f"s = FeedbackStore({url!r}); s.ping(); print('alembic' in sys.modules)"
+    )
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert first.stdout.strip().endswith("True")  # the first start migrated the new store
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert again.stdout.strip().endswith("False"), again.stdout

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 BASELINE = "0001"  # the schema create_all made before migrations existed
+HEAD = "0001"  # this code's newest revision (a test holds it equal to the head of versions/)
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 
 class SchemaTooNew(SQLAlchemyError):
@@ -33,6 +34,8 @@ class SchemaNotMigrated(SQLAlchemyError):
 
 
 def config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config  # Alembic only when a schema is to be migrated: every worker checks, few migrate
+
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent))
     cfg.attributes["connection"] = connection
@@ -41,16 +44,24 @@ def config(connection: Connection | None = None) -> Config:
 
 @functools.cache
 def scripts() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(config())
 
 
 def head() -> str:
-    return scripts().get_current_head()
+    return HEAD
 
 
 def stamped(connection: Connection) -> str | None:
-    """The revision recorded in the store (alembic_version); None for an empty store or one made by create_all."""
-    return MigrationContext.configure(connection).get_current_revision()
+    """The revision recorded in the store (Alembic's table, read without Alembic); None for an empty store or one
+    made by create_all."""
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    rows = connection.exec_driver_sql("SELECT version_num FROM alembic_version").fetchall()
+    if len(rows) > 1:
+        raise SQLAlchemyError("the feedback store records more than one schema revision")
+    return rows[0][0] if rows else None
 
 
 def ensure(connection: Connection, upgrade: bool) -> tuple[str | None, str]:
@@ -64,6 +75,9 @@ def ensure(connection: Connection, upgrade: bool) -> tuple[str | None, str]:
     found = recorded
     if recorded is None and inspect(connection).has_table("feedback"):
         found = BASELINE  # made by create_all: the tables are there, with their rows
+    from alembic import command
+    from alembic.util import CommandError
+
     if found is not None:
         try:
             scripts().get_revision(found)
