@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -96,6 +97,31 @@ def _base_url(raw: Any) -> str:
     if text and (parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment):
         raise SettingsError(f"expected a base URL such as https://cds.example.org, got {raw!r}")
     return text
+
+
+def _frame_ancestors(raw: Any) -> list[str]:
+    """CSP ``frame-ancestors`` sources: ``'self'``, ``'none'`` (alone) or origins (``https://ehr.example.org``)."""
+    values = _list(raw)
+    out = []
+    for value in values:
+        if value.strip("'").lower() in ("self", "none"):
+            out.append(f"'{value.strip(chr(39)).lower()}'")
+            continue
+        parts = urlsplit(value)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.username is not None
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or not re.fullmatch(r"[A-Za-z0-9.:\[\]*-]+", parts.netloc)
+        ):
+            raise SettingsError(f"expected 'self', 'none' or origins such as https://ehr.example.org, got {value!r}")
+        out.append(f"{parts.scheme}://{parts.netloc.lower()}")
+    if "'none'" in out and len(out) > 1:
+        raise SettingsError("'none' cannot be combined with other frame ancestors")
+    return out
 
 
 def _redis_url(raw: Any) -> str:
@@ -300,6 +326,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a SMART launch may take from `/smart/launch` to `/smart/callback` (the state is then forgotten).",
     ),
     Setting(
+        "SMART_FRAME_ANCESTORS",
+        _frame_ancestors,
+        [],
+        "Who may show the SMART app in a frame (CSP `frame-ancestors`): origins, `'self'` or `'none'` "
+        "(comma-separated). Empty: the origins of `CDS_SMART_ISSUERS` (EHRs embed apps).",
+    ),
+    Setting(
         "SMART_STATE_STORE_URL",
         str,
         "sqlite:///var/smart-launch.db",
@@ -354,6 +387,19 @@ def smart_redirect_url(values: Mapping[str, Any]) -> str:
     if values["SMART_REDIRECT_URL"]:
         return values["SMART_REDIRECT_URL"]
     return values["PUBLIC_BASE_URL"] + "/smart/callback" if values["PUBLIC_BASE_URL"] else ""
+
+
+def smart_frame_ancestors(values: Mapping[str, Any]) -> list[str]:
+    """The CSP ``frame-ancestors`` sources of the SMART app: as set, else the allow-listed EHRs' origins."""
+    if values.get("SMART_FRAME_ANCESTORS"):
+        return list(values["SMART_FRAME_ANCESTORS"])
+    origins = []
+    for issuer in values.get("SMART_ISSUERS") or ():
+        parts = urlsplit(issuer)
+        origin = f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+        if origin not in origins:
+            origins.append(origin)
+    return origins or ["'none'"]
 
 
 def smart_launch_url(values: Mapping[str, Any]) -> str:

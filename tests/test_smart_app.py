@@ -3,6 +3,7 @@ a fake SMART EHR (tests/smart_ehr.py) in front of the real test FHIR server, in 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -22,6 +23,7 @@ from service.fhir.readers import Scope, read_lab_results, read_medications, read
 from service.fixtures import NOW
 from service.settings import SettingsError, load_settings
 from service.smart import series as chart_series
+from service.smart import views
 from service.smart.chart import render_svg
 from service.smart.series import build_series, limit_steps
 from tests.conftest import FHIR_TOKEN, ROOT, free_port
@@ -287,9 +289,12 @@ def test_launch_to_page(app_url, ehr, caplog):
     service_log = "\n".join(r.getMessage() for r in caplog.records if r.name != "werkzeug")
     assert PATIENT not in service_log and "2009-04-12" not in service_log
     assert '"event": "smart_page"' in caplog.text
-    # the callback cannot be replayed: the state was used
+    # the patient is named at the top: name, id and the date the data is as of
+    top = html[html.index('id="patient"') : html.index("<h1>")]
+    assert "Smart History Synthetic" in top and PATIENT in top and NOW.date().isoformat() in top
+    # the callback cannot be replayed: the browser binding is cleared, and the state was used
     again = requests.get(response.url, timeout=30)
-    assert "already used" in _error(again, 400)
+    assert "not started in this browser" in _error(again, 400)
 
 
 def test_v1_scopes_when_the_ehr_offers_only_v1(app_url, ehr):
@@ -317,7 +322,7 @@ def test_iss_not_on_the_allow_list_is_refused_before_anything_is_sent(app_url, e
         ("/smart/launch", {"iss": "x"}, "no launch"),
         ("/smart/launch", {"iss": "x" * 3000, "launch": "l"}, "not a value"),
         ("/smart/callback", {"code": "c"}, "no state"),
-        ("/smart/callback", {"state": "made-up", "code": "c"}, "unknown, expired or already used"),
+        ("/smart/callback", {"state": "made-up", "code": "c"}, "not started in this browser"),
         ("/smart/callback", {"state": "bad state\u00e9", "code": "c"}, "not a value"),
     ],
 )
@@ -326,21 +331,97 @@ def test_bad_requests_are_clear_400s(app_url, path, params, why):
     assert why in _error(response, 400)
 
 
-def test_wrong_state_is_refused_and_the_code_never_exchanged(app_url, ehr):
-    response = _launch(app_url, ehr, deny=False)
-    first = requests.get(
+def _to_callback(app_url, ehr, browser):
+    """Launch in ``browser`` (a requests Session) up to the EHR's redirect back: the callback URL, not opened."""
+    ehr.reset()
+    first = browser.get(
         f"{app_url}/smart/launch", params={"iss": ehr.iss, "launch": "l"}, allow_redirects=False, timeout=30
     )
-    authorize = requests.get(first.headers["Location"], allow_redirects=False, timeout=30)
-    callback = parse_qs(urlsplit(authorize.headers["Location"]).query)
+    authorize = browser.get(first.headers["Location"], allow_redirects=False, timeout=30)
+    return first, authorize.headers["Location"]
+
+
+def test_wrong_state_is_refused_and_the_code_never_exchanged(app_url, ehr):
+    browser = requests.Session()
+    _, url = _to_callback(app_url, ehr, browser)
+    callback = parse_qs(urlsplit(url).query)
     verified = ehr.verified
-    forged = requests.get(
+    forged = browser.get(
         f"{app_url}/smart/callback",
         params={"code": callback["code"][0], "state": "x" + callback["state"][0]},
         timeout=30,
     )
-    assert "unknown, expired or already used" in _error(forged, 400)
-    assert ehr.verified == verified and response.status_code == 200
+    assert "not started in this browser" in _error(forged, 400)
+    # a made-up state that has the cookie of its name still finds no launch
+    made_up = requests.get(
+        f"{app_url}/smart/callback",
+        params={"code": "c", "state": "made-up"},
+        cookies={views.COOKIE_PREFIX + hashlib.sha256(b"made-up").hexdigest()[:16]: "v"},
+        timeout=30,
+    )
+    assert "unknown, expired or already used" in _error(made_up, 400)
+    assert ehr.verified == verified
+    assert browser.get(url, timeout=30).status_code == 200  # the browser that launched still can
+
+
+def test_the_launch_cookie_binds_the_callback_to_the_browser(app_url, ehr):
+    """Login CSRF: a valid callback URL (code and state) opened in another browser shows nothing, and a browser
+    with a forged cookie burns the launch, so a stolen authorization response cannot be redeemed."""
+    browser = requests.Session()
+    first, url = _to_callback(app_url, ehr, browser)
+    cookie = first.headers["Set-Cookie"]
+    assert cookie.startswith(views.COOKIE_PREFIX)
+    attributes = {a.strip().split("=")[0].lower(): a for a in cookie.split(";")}
+    assert "httponly" in attributes and attributes["samesite"].strip() == "SameSite=Lax"
+    assert attributes["path"].strip() == "Path=/smart" and "secure" not in attributes  # http test set-up
+    verified = ehr.verified
+    colleague = requests.get(url, timeout=30)  # the link sent to a colleague, or a stolen redirect
+    assert "not started in this browser" in _error(colleague, 400)
+    (name,) = browser.cookies.keys()
+    attacker = requests.get(url, cookies={name: "guessed"}, timeout=30)
+    assert "not started in this browser" in _error(attacker, 400)
+    assert ehr.verified == verified  # no code was exchanged
+    assert "already used" in _error(browser.get(url, timeout=30), 400)  # the forged try used the launch up
+    # a good callback clears the cookie
+    browser = requests.Session()
+    _, url = _to_callback(app_url, ehr, browser)
+    page = browser.get(url, timeout=30)
+    assert page.status_code == 200 and not browser.cookies.keys()
+
+
+def test_the_launch_cookie_is_secure_behind_https(monkeypatch):
+    from tests.conftest import make_app
+
+    monkeypatch.setattr(
+        views.oauth,
+        "discover",
+        lambda iss, config: views.oauth.SmartConfiguration(
+            "https://ehr.example/auth", "https://ehr.example/token", views.oauth.SCOPES_V2
+        ),
+    )
+    app = make_app(
+        SMART_ISSUERS="https://ehr.example/fhir",
+        PUBLIC_BASE_URL="https://cds.example.org",
+        SMART_STATE_STORE_URL="sqlite://",
+    )
+    response = app.client.get("/smart/launch?iss=https://ehr.example/fhir&launch=l")
+    assert response.status_code == 302
+    assert "; Secure" in response.headers["Set-Cookie"] and "HttpOnly" in response.headers["Set-Cookie"]
+    # framed only by the allow-listed EHR by default
+    assert "frame-ancestors https://ehr.example" in response.headers["Content-Security-Policy"]
+    assert "X-Frame-Options" not in response.headers
+    app = make_app(
+        SMART_ISSUERS="https://ehr.example/fhir",
+        PUBLIC_BASE_URL="https://cds.example.org",
+        SMART_FRAME_ANCESTORS="none",
+        SMART_STATE_STORE_URL="sqlite://",
+    )
+    response = app.client.get("/smart/launch?iss=https://ehr.example/fhir&launch=l")
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Frame-Options"] == "DENY"
+    for bad in ("https://ehr.example/path", "https://a.example; script-src *", "'none',https://a.example"):
+        with pytest.raises(SettingsError, match="FRAME_ANCESTORS"):
+            load_settings({"SMART_FRAME_ANCESTORS": bad}, environ={})
 
 
 def test_the_ehr_refusing_authorisation(app_url, ehr):
@@ -375,7 +456,8 @@ def test_a_broken_launch_store_is_a_503_not_a_500(app_url, ehr, monkeypatch):
     monkeypatch.setattr(LaunchStore, "put", broken)
     monkeypatch.setattr(LaunchStore, "take", broken)
     assert "try again" in _error(_launch(app_url, ehr), 503)
-    response = requests.get(f"{app_url}/smart/callback", params={"state": "s", "code": "c"}, timeout=30)
+    cookie = {views.COOKIE_PREFIX + hashlib.sha256(b"s").hexdigest()[:16]: "v"}
+    response = requests.get(f"{app_url}/smart/callback", params={"state": "s", "code": "c"}, cookies=cookie, timeout=30)
     assert "try again" in _error(response, 503)
 
 
