@@ -128,6 +128,42 @@ def test_drug_periods_start_renewal_and_current():
     assert stopped[1] == ["denosumab"]  # no date: listed, not drawn; a draft order is no period
 
 
+def _alendronate(start, end=None, status="history"):
+    day = lambda d: datetime.fromisoformat(d).replace(tzinfo=UTC) if d else None  # noqa: E731
+    return Medication(
+        frozenset({"bisphosphonate"}),
+        "strong",
+        "alendronate",
+        status,
+        start=day(start),
+        end=day(end),
+        ingredient="alendronate",
+    )
+
+
+def test_drug_holidays_are_gaps_between_courses():
+    """Two completed courses and a current one are three periods (not one from 2016 to now), each with its stop."""
+    records = [
+        _alendronate("2016-01-01", "2016-07-01"),
+        _alendronate("2017-02-01", "2017-05-01"),
+        _alendronate("2017-05-01", "2017-09-01"),  # a renewal on the day the last order ended: the same course
+        _alendronate("2017-06-01", "2017-08-01"),  # overlapping: the same course
+        _alendronate("2025-09-01", status="current"),
+    ]
+    periods, _ = chart_series.drug_periods(records, NOW)
+    assert [(p.start.date().isoformat(), p.end.date().isoformat(), p.ongoing) for p in periods] == [
+        ("2016-01-01", "2016-07-01", False),
+        ("2017-02-01", "2017-09-01", False),
+        ("2025-09-01", NOW.date().isoformat(), True),
+    ]
+    assert [len(p.records) for p in periods] == [1, 3, 1]
+    patient = Patient("p", birth_date=date(1950, 1, 1), gender="female")
+    series = build_series(patient, [], records, NOW, SETTINGS)
+    counts = _groups(render_svg(series))
+    assert counts["drug_periods"] == 3
+    assert counts["drug_records"] == 5 + 2  # every record, and a stop marker for each finished course
+
+
 def test_workup_rows_carry_the_limit_each_was_judged_against():
     rows = {(w.display, w.date): w for w in _series().workup}
     plp = rows[("Pyridoxal 5'-phosphate (PLP)", "2026-05-02")]

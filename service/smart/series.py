@@ -25,6 +25,7 @@ from service.clinical.rules import describe, unusable
 # The related labs of the workup the page tabulates (issue 18): secondary causes, HPP substrates, Wilson's bilirubin.
 WORKUP_ANALYTES = ("zinc", "magnesium", "tsh", "plp", "pea_urine", "bilirubin_total")
 WORKUP_SHOWN = 3  # latest results per analyte in the table
+ADJACENT = timedelta(days=1)  # a record starting within a day of the last one's end continues the course
 
 
 @dataclass(frozen=True)
@@ -191,23 +192,34 @@ def limit_steps(patient: Patient, start: date, end: date, settings: Mapping[str,
 
 
 def drug_periods(medications: Sequence[Medication], now: datetime) -> tuple[list[DrugPeriod], list[str]]:
-    """One period per antiresorptive (by ingredient): from its earliest record to its latest end (or to now while a
-    record is current), with every dated record as a marker. Draft orders are not periods."""
+    """The courses of each antiresorptive (by ingredient): a record covers its start to its end (to now while it is
+    current, its start alone when it has no end); records that overlap or touch (the next starts at most a day after
+    one ends, as a renewal does) are one course, and a gap is a drug holiday: a new period. Every dated record is a
+    marker. Draft orders are not periods."""
     groups: dict[str, list[Medication]] = {}
     for medication in medications:
         if medication.status != "draft" and is_antiresorptive(medication):
             groups.setdefault(medication.ingredient or medication.name, []).append(medication)
     periods, undated = [], []
     for name, records in sorted(groups.items()):
-        dated = [m for m in records if m.start is not None]
-        if not dated:
+        spans = sorted(
+            (m.start, now if m.status == "current" else max(min(m.end or m.start, now), m.start), m.status == "current")
+            for m in records
+            if m.start is not None
+        )
+        if not spans:
             undated.append(name)
             continue
-        ongoing = any(m.status == "current" for m in records)
-        start = min(m.start for m in dated)
-        end = now if ongoing else max(min(m.end or m.start, now) for m in dated)
-        markers = tuple(sorted({m.start for m in dated}))
-        periods.append(DrugPeriod(name, start, max(end, start), ongoing, markers))
+        courses: list[list[Any]] = []
+        for start, end, current in spans:
+            if courses and start <= courses[-1][1] + ADJACENT:
+                course = courses[-1]
+                course[1], course[2] = max(course[1], end), course[2] or current
+                course[3].add(start)
+            else:
+                courses.append([start, end, current, {start}])
+        for start, end, current, starts in courses:
+            periods.append(DrugPeriod(name, start, end, current, tuple(sorted(starts))))
     return periods, undated
 
 
