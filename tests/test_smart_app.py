@@ -22,9 +22,9 @@ from service.clinical.facts import Medication, Patient
 from service.fhir.readers import Scope, read_lab_results, read_medications, read_patient
 from service.fixtures import NOW
 from service.settings import SettingsError, load_settings
+from service.smart import chart, views
 from service.smart import series as chart_series
-from service.smart import views
-from service.smart.chart import render_svg
+from service.smart.chart import chart_spec, render_svg
 from service.smart.series import build_series, limit_steps
 from tests.conftest import FHIR_TOKEN, ROOT, free_port
 from tests.smart_ehr import CLIENT_ID, FakeEhr
@@ -177,6 +177,71 @@ def test_no_results_gives_an_empty_series():
     patient = Patient("x", birth_date=date(1970, 1, 1), gender="male")
     series = build_series(patient, [], [], NOW, SETTINGS)
     assert series.points == () and series.periods == () and len(series.steps) == 1
+
+
+def _obs(n, day, value, *, loinc="6768-6", unit="U/L", range_=None, flag=None, patient="p"):
+    obs = {
+        "resourceType": "Observation",
+        "id": f"o{n}",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+        "subject": {"reference": f"Patient/{patient}"},
+        "effectiveDateTime": day,
+        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+    }
+    if range_:
+        obs["referenceRange"] = [
+            {"low": {"value": range_[0], "unit": unit}, "high": {"value": range_[1], "unit": unit}}
+        ]
+    if flag:
+        code = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+        obs["interpretation"] = [{"coding": [{"system": code, "code": flag}]}]
+    return obs
+
+
+def _bundle(*observations, birth="1960-05-01", gender="female", patient="p"):
+    entries = [{"resource": {"resourceType": "Patient", "id": patient, "birthDate": birth, "gender": gender}}]
+    return {"resourceType": "Bundle", "type": "searchset", "entry": entries + [{"resource": o} for o in observations]}
+
+
+def test_a_high_alp_is_drawn_and_listed_as_high():
+    bundle = _bundle(
+        _obs(1, "2025-01-10", 900, range_=(40, 129)),
+        _obs(2, "2025-06-10", 700, flag="HH"),
+        _obs(3, "2025-12-10", 80, range_=(40, 129)),
+        _obs(4, "2026-03-10", 20, range_=(40, 129)),
+    )
+    series = _series(bundle, "p")
+    assert [p.status for p in series.points] == ["high", "high", "normal", "low"]
+    spec = json.dumps(chart_spec(series))
+    assert '"status": "High"' in spec and "ALP 900 U/L, high against" in spec
+    svg = render_svg(series)
+    assert svg.count(chart.HIGH) >= 2  # orange points, not the blue of normal
+    html = _page(series)
+    rows = re.findall(r'<tr class="(\w+)">.*?<td class="judged">(\w+)', html, re.S)
+    assert rows[-4:] == [("low", "low"), ("normal", "normal"), ("high", "high"), ("high", "high")]
+    assert "High ALP</li>" in html
+
+
+def _page(series):
+    """The page as the callback renders it, for a series."""
+    from flask import render_template
+    from markupsafe import Markup
+
+    from tests.conftest import make_app
+
+    app = make_app().client.application
+    with app.test_request_context():
+        return render_template(
+            "smart_app.html",
+            series=series,
+            svg=Markup(render_svg(series)),
+            cards=[],
+            patient={"name": "N", "id": "p", "sex": "female", "age": "65 y", "birth_date": "1960-05-01"},
+            today=NOW.date().isoformat(),
+            steps_text=[],
+            highlight=None,
+        )
 
 
 def _groups(svg: str) -> dict[str, int]:

@@ -12,10 +12,10 @@ import vl_convert
 from service.clinical.facts import number_text
 from service.smart.series import AlpSeries
 
-LOW, NORMAL = "#c62828", "#1f6feb"
+LOW, NORMAL, HIGH = "#c62828", "#1f6feb", "#e08a00"
 LIMIT = "#333333"
 LAB_RANGE = "#8d8d8d"
-DRUGS = ["#7b1fa2", "#ef6c00", "#2e7d32", "#6d4c41", "#00838f"]
+DRUGS = ["#7b1fa2", "#2e7d32", "#6d4c41", "#00838f", "#827717"]  # none is a judgement's colour
 WIDTH, HEIGHT = 860, 320
 # Mark names, so that the SVG groups can be found (and counted) as ``<name>_marks``.
 POINTS, STEPS, LAB_RANGES, PERIODS, MARKERS = "alp_points", "limit_steps", "lab_ranges", "drug_periods", "drug_records"
@@ -120,8 +120,8 @@ def chart_spec(series: AlpSeries) -> dict[str, Any]:
             "start": _day(p.when),
             "value": p.value,
             "shown": p.shown,
-            "status": "Low" if p.low else "Normal",
-            "what": f"{_day(p.when)}: ALP {p.shown} U/L, {'low' if p.low else 'normal'} against {p.limits}",
+            "status": p.status.capitalize(),
+            "what": f"{_day(p.when)}: ALP {p.shown} U/L, {p.status} against {p.limits}",
         }
         for p in series.points
     ]
@@ -131,7 +131,7 @@ def chart_spec(series: AlpSeries) -> dict[str, Any]:
             .mark_line(color="#9aa7b8", strokeWidth=1.2)
             .encode(x=x, y=alt.Y("value:Q", scale=y_scale))
         )
-        status_scale = alt.Scale(domain=["Low", "Normal"], range=[LOW, NORMAL])
+        status_scale = alt.Scale(domain=["Low", "Normal", "High"], range=[LOW, NORMAL, HIGH])
         status = alt.Color("status:N", scale=status_scale, legend=None)  # the page's key names the colours
         layers.append(
             alt.Chart(alt.Data(values=points), name=POINTS)

@@ -34,6 +34,7 @@ class AlpPoint:
     value: float  # canonical U/L; for "<20" the 20
     shown: str  # as a clinician reads it: "<20", "35"
     low: bool
+    high: bool  # above the upper limit it was judged against (``LabResult.is_high``, as the rules judge it)
     limit: float | None  # the lower limit it was judged against
     limits: str  # that limit in words, with its source
     lab_low: float | None  # the lab's own referenceRange, where it sent one
@@ -41,6 +42,11 @@ class AlpPoint:
     age: str | None  # age at the test, "12 y" / "7 mo"
     preliminary: bool
     history: bool  # older than ALP_CURRENT_DAYS: shown, never a reason for advice today
+
+    @property
+    def status(self) -> str:
+        """low | high | normal: the judgement the chart colours and the table states."""
+        return "low" if self.low else "high" if self.high else "normal"
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,7 @@ def _point(patient: Patient, result: LabResult, now: datetime, settings: Mapping
         value=result.value,
         shown=result.shown_value,
         low=bool(result.is_low()),
+        high=bool(result.is_high()) and not result.is_low(),
         limit=result.low,
         limits=describe(result)["limits"],
         lab_low=result.low if result.low_source == LAB_RANGE else None,
