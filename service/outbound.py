@@ -117,6 +117,11 @@ def get(
     return Answer(response.status_code, response.headers, body)
 
 
+def read_body(response: requests.Response, max_bytes: int) -> bytes:
+    """A streamed response's body, read up to ``max_bytes`` (:class:`TooLarge` past it, the rest never read)."""
+    return _read(response, max_bytes, None)
+
+
 def _read(response: requests.Response, max_bytes: int, count: Callable[[int], None] | None) -> bytes:
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:

@@ -29,6 +29,7 @@ class FakeEhr:
         self.authorize_params: dict[str, str] = {}
         self.verified = 0  # token requests whose PKCE verifier matched the challenge
         self.mode: dict[str, Any] = {}
+        self.sent = 0  # bytes of a huge token answer handed to the socket
         self.app = self._build()
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.base = f"http://127.0.0.1:{self.server.server_port}"
@@ -42,6 +43,16 @@ class FakeEhr:
         self.mode = mode
         self.hits.clear()
         self.authorize_params = {}
+
+    def _huge(self, size: int) -> Any:
+        """A token answer of ``size`` bytes, streamed (chunked); ``self.sent`` counts what the client took."""
+        self.sent = 0
+        chunk = b"a" * 65536
+        yield b'{"token_type": "Bearer", "patient": "p", "access_token": "'
+        while self.sent < size:
+            self.sent += len(chunk)
+            yield chunk
+        yield b'"}'
 
     def _build(self) -> Flask:
         app = Flask("fake-ehr")
@@ -96,6 +107,8 @@ class FakeEhr:
             self.verified += 1
             if self.mode.get("token_error"):
                 return jsonify({"error": "invalid_grant"}), 400
+            if self.mode.get("huge_token_answer"):
+                return Response(self._huge(self.mode["huge_token_answer"]), mimetype="application/json"), 200
             access, refresh, id_token = (
                 f"ehr-access-{secrets.token_hex(16)}",
                 f"ehr-refresh-{secrets.token_hex(16)}",

@@ -546,6 +546,14 @@ def test_token_and_fhir_failures_show_an_error_page_and_no_data(app_url, ehr, ca
         assert secret not in html and secret not in caplog.text
 
 
+def test_a_huge_token_answer_is_cut_off(app_url, ehr):
+    """The token endpoint's answer is read up to 1 MiB (a 400 MB answer once took the process to 1.6 GB)."""
+    size = 400 * 1024 * 1024
+    html = _error(_launch(app_url, ehr, huge_token_answer=size), 502)
+    assert "more than 1048576 bytes" in html
+    assert ehr.sent < 64 * 1024 * 1024  # reading stopped early: the rest was never sent
+
+
 def test_a_broken_launch_store_is_a_503_not_a_500(app_url, ehr, monkeypatch):
     from sqlalchemy.exc import OperationalError
 

@@ -30,6 +30,7 @@ SCOPE_RESOURCES = ("Observation", "MedicationRequest", "MedicationStatement", "C
 SCOPES_V2 = "launch openid fhirUser " + " ".join(f"patient/{r}.rs" for r in SCOPE_RESOURCES)
 SCOPES_V1 = "launch openid fhirUser " + " ".join(f"patient/{r}.read" for r in SCOPE_RESOURCES)
 DISCOVERY_MAX_BYTES = 1_000_000
+TOKEN_MAX_BYTES = 1 << 20  # a token answer is a few kB; reading stops past 1 MiB
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 ERROR_CODE = re.compile(r"[a-z_]{1,40}")
 
@@ -130,6 +131,8 @@ def exchange_code(pending: Mapping[str, Any], code: str, settings: Mapping[str, 
     )
     for prefix, adapter in outbound.session().adapters.items():
         session.mount(prefix, adapter)  # connecting bounded by the deadline below, as every outbound exchange is
+    session.stream = True  # the answer is read by _capped, up to TOKEN_MAX_BYTES, before authlib parses it
+    session.register_compliance_hook("access_token_response", _capped)
     seconds = settings["FHIR_TIME_BUDGET"]
     watchdog = Watchdog(seconds)
     try:
@@ -144,6 +147,8 @@ def exchange_code(pending: Mapping[str, Any], code: str, settings: Mapping[str, 
     except OAuthError as exc:
         error = exc.error if isinstance(exc.error, str) and ERROR_CODE.fullmatch(exc.error) else "error"
         raise LaunchError(400, f"the EHR refused to give an access token ({error}); launch the app again") from None
+    except outbound.TooLarge:
+        raise LaunchError(502, f"the EHR's token endpoint answered more than {TOKEN_MAX_BYTES} bytes") from None
     except (requests.RequestException, ValueError):
         if watchdog.fired:
             raise LaunchError(502, "the EHR's token endpoint did not answer in time") from None
@@ -161,6 +166,17 @@ def exchange_code(pending: Mapping[str, Any], code: str, settings: Mapping[str, 
     if not isinstance(patient, str) or not FHIR_ID.fullmatch(patient):
         raise LaunchError(502, "the EHR gave no patient with the token (the app must be launched from a chart)")
     return {"access_token": access, "patient": patient, "highlight": highlight(token.get("appContext"))}
+
+
+def _capped(response: requests.Response) -> requests.Response:
+    """The token answer read whole before authlib parses it, but never past ``TOKEN_MAX_BYTES``."""
+    try:
+        body = outbound.read_body(response, TOKEN_MAX_BYTES)
+    finally:
+        response.close()
+    response._content = body  # what response.json() then reads
+    response._content_consumed = True
+    return response
 
 
 def highlight(app_context: Any) -> str | None:
