@@ -99,6 +99,25 @@ def _base_url(raw: Any) -> str:
     return text
 
 
+def _smart_issuers(raw: Any) -> list[str]:
+    """The EHRs' FHIR base URLs: https with a host, no user information, query or fragment (plain http only to a
+    loopback host, for tests), and no link-local or metadata host."""
+    from service.outbound import url_problem  # here: the settings module is imported before everything else
+
+    issuers = []
+    for value in _list(raw):
+        parts = urlsplit(value)
+        problem = url_problem(value, https_only=False)
+        if problem is None and (parts.query or parts.fragment or value.endswith("?") or "#" in value):
+            problem = "it has a query or a fragment"
+        if problem is not None:
+            raise SettingsError(
+                f"expected FHIR base URLs such as https://ehr.example.org/fhir, got {value!r}: {problem}"
+            )
+        issuers.append(value)
+    return issuers
+
+
 def _frame_ancestors(raw: Any) -> list[str]:
     """CSP ``frame-ancestors`` sources: ``'self'``, ``'none'`` (alone) or origins (``https://ehr.example.org``)."""
     values = _list(raw)
@@ -307,10 +326,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOG_LEVEL", str, "INFO", "Python log level."),
     Setting(
         "SMART_ISSUERS",
-        _list,
+        _smart_issuers,
         [],
         "FHIR base URLs (`iss`) the SMART companion app may be launched from (comma-separated). Empty: every "
-        "launch is refused. The EHR's discovery, token endpoint and FHIR server are only contacted for these.",
+        "launch is refused. Only launches from these are served: their discovery documents and FHIR servers are "
+        "read, and the authorization and token endpoints their discovery names are used (https; see the README).",
     ),
     Setting("SMART_CLIENT_ID", str, "alp-cds", "The client id the SMART app is registered under with the EHRs."),
     Setting(

@@ -65,7 +65,8 @@ class FakeEhr:
         def smart_configuration() -> Response:
             v1 = self.mode.get("v1")
             return jsonify(
-                {
+                self.mode.get("config", {})
+                | {
                     "issuer": self.iss,
                     "authorization_endpoint": f"{self.base}/auth/authorize",
                     "token_endpoint": f"{self.base}/auth/token",
@@ -75,6 +76,7 @@ class FakeEhr:
                     "scopes_supported": ["launch", "openid", "fhirUser"]
                     + (["patient/Observation.read"] if v1 else ["patient/Observation.rs"]),
                 }
+                | self.mode.get("config", {})
             )
 
         @app.get("/auth/authorize")

@@ -546,6 +546,77 @@ def test_token_and_fhir_failures_show_an_error_page_and_no_data(app_url, ehr, ca
         assert secret not in html and secret not in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("name", "endpoint", "why"),
+    [
+        ("token_endpoint", "http://ehr.example.org/token", "not https"),  # code and verifier in clear
+        ("token_endpoint", "https://169.254.169.254/latest/meta-data", "link-local or metadata"),
+        ("authorization_endpoint", "http://[fe80::1]/auth", "link-local or metadata"),
+        ("token_endpoint", "https://metadata.google.internal/token", "link-local or metadata"),
+        ("authorization_endpoint", "https://user:pw@ehr.example.org/auth", "user information"),
+        ("authorization_endpoint", "https://ehr.example.org/auth x", "spaces"),
+        ("authorization_endpoint", "https://ehr.example.org/auth?state=evil", "OAuth parameters"),
+        ("authorization_endpoint", "https://ehr.example.org/auth?x=1&redirect_uri=https://evil", "OAuth parameters"),
+        ("authorization_endpoint", "https://ehr.example.org/auth?t=" + "a" * 2100, "longer than 2048"),
+        ("authorization_endpoint", "javascript:alert(1)", "not an http(s) URL"),
+    ],
+)
+def test_smart_configuration_endpoints_are_checked(app_url, ehr, name, endpoint, why):
+    html = _error(_launch(app_url, ehr, config={name: endpoint}), 502)
+    assert f"no usable {name}" in html and why in html
+    assert ehr.hits == ["/fhir/.well-known/smart-configuration"]  # the browser was not sent anywhere
+
+
+def test_endpoints_of_an_https_ehr_must_be_https_and_the_redirect_is_encoded():
+    from service.smart import oauth
+
+    with pytest.raises(oauth.LaunchError, match="not https"):
+        oauth._endpoint({"token_endpoint": "http://127.0.0.1/token"}, "token_endpoint", "https://ehr.example/fhir")
+    smart = oauth.SmartConfiguration("https://ehr.example/auth?tenant=a%20b", "https://ehr.example/t", oauth.SCOPES_V2)
+    url = oauth.authorization_url(
+        smart, "c", "https://cds/cb", "https://ehr.example/fhir", "x&state=evil", "s", "v" * 64
+    )
+    query = parse_qs(urlsplit(url).query)
+    assert query["state"] == ["s"] and query["launch"] == ["x&state=evil"] and query["tenant"] == ["a b"]
+    assert " " not in url and urlsplit(url).path == "/auth"
+
+
+def test_link_local_addresses_are_never_connected_to():
+    import time
+
+    from service import outbound
+
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://[::ffff:169.254.169.254]/"):
+        with pytest.raises(outbound.OutboundError):
+            outbound.get(
+                outbound.session(),
+                url,
+                deadline=time.monotonic() + 5,
+                connect_timeout=5,
+                read_timeout=5,
+                max_bytes=1000,
+            )
+    assert outbound.forbidden_address("169.254.169.254") and outbound.forbidden_address("fd00:ec2::254")
+    assert not outbound.forbidden_address("127.0.0.1") and not outbound.forbidden_address("10.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        "http://ehr.example.org/fhir",
+        "https://user:pw@ehr.example.org/fhir",
+        "https://ehr.example.org/fhir?tenant=1",
+        "https://ehr.example.org/fhir#x",
+        "https://169.254.169.254/fhir",
+        "ehr.example.org/fhir",
+    ],
+)
+def test_smart_issuers_are_checked_at_startup(issuer):
+    with pytest.raises(SettingsError, match="SMART_ISSUERS"):
+        load_settings({"SMART_ISSUERS": issuer}, environ={})
+    assert load_settings({"SMART_ISSUERS": "http://127.0.0.1:8/fhir,https://e.example/fhir"}, environ={})
+
+
 def test_a_huge_token_answer_is_cut_off(app_url, ehr):
     """The token endpoint's answer is read up to 1 MiB (a 400 MB answer once took the process to 1.6 GB)."""
     size = 400 * 1024 * 1024

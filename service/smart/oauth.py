@@ -14,12 +14,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import requests
 from authlib.common.security import generate_token
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from service import outbound
 from service.watchdog import Watchdog
@@ -51,14 +53,32 @@ class SmartConfiguration:
     scopes: str  # the v2 scopes, or the v1 ones when the EHR advertises only v1
 
 
-def _endpoint(config: Mapping[str, Any], name: str) -> str:
+ENDPOINT_MAX = 2048
+# Parameters the app puts into the authorization request: an endpoint whose own query holds one is refused.
+OAUTH_PARAMS = frozenset(
+    {"response_type", "client_id", "redirect_uri", "scope", "state", "code", "code_challenge",
+     "code_challenge_method", "code_verifier", "aud", "launch", "error", "access_token", "id_token", "nonce"}
+)  # fmt: skip
+
+
+def _endpoint(config: Mapping[str, Any], name: str, iss: str) -> str:
+    """An endpoint of the EHR's SMART configuration, checked before the browser or a code is sent to it: https
+    (http only to a loopback host, and only when the ``iss`` itself is http), no user information, no link-local or
+    metadata host, at most 2 KB, printable ASCII only, no fragment, and no query that holds OAuth parameters."""
     value = config.get(name)
-    try:
-        valid = isinstance(value, str) and outbound.origin(value)[0] in ("http", "https") and outbound.origin(value)[3]
-    except ValueError:
-        valid = False
-    if not valid:
+    if not isinstance(value, str) or not value:
         raise LaunchError(502, f"the EHR's SMART configuration has no usable {name}")
+    problem = outbound.url_problem(value, https_only=urlsplit(iss).scheme.lower() != "http")
+    if problem is None and len(value) > ENDPOINT_MAX:
+        problem = f"it is longer than {ENDPOINT_MAX} characters"
+    if problem is None and not re.fullmatch(r"[\x21-\x7e]+", value):
+        problem = "it holds spaces or characters a URL cannot hold"
+    if problem is None and urlsplit(value).fragment:
+        problem = "it has a fragment"
+    if problem is None and any(k.lower() in OAUTH_PARAMS for k, _ in parse_qsl(urlsplit(value).query, True)):
+        problem = "its query holds OAuth parameters"
+    if problem is not None:
+        raise LaunchError(502, f"the EHR's SMART configuration has no usable {name}: {problem}")
     return value
 
 
@@ -95,8 +115,8 @@ def discover(iss: str, settings: Mapping[str, Any]) -> SmartConfiguration:
         "permission-v1" in capabilities or any(isinstance(s, str) and s.endswith(".read") for s in scopes)
     )
     return SmartConfiguration(
-        _endpoint(config, "authorization_endpoint"),
-        _endpoint(config, "token_endpoint"),
+        _endpoint(config, "authorization_endpoint", iss),
+        _endpoint(config, "token_endpoint", iss),
         SCOPES_V1 if v1_only else SCOPES_V2,
     )
 
@@ -113,11 +133,22 @@ def new_verifier() -> str:
 def authorization_url(
     config: SmartConfiguration, client_id: str, redirect_uri: str, iss: str, launch: str, state: str, verifier: str
 ) -> str:
-    session = OAuth2Session(client_id, redirect_uri=redirect_uri, scope=config.scopes, code_challenge_method="S256")
-    url, _ = session.create_authorization_url(
-        config.authorization_endpoint, state=state, code_verifier=verifier, aud=iss, launch=launch
-    )
-    return url
+    """The authorization request (RFC 6749 4.1.1 with PKCE S256 and SMART's ``aud`` and ``launch``), every value
+    form-encoded into the endpoint's query (kept, and checked by ``_endpoint`` to hold no OAuth parameter)."""
+    endpoint = urlsplit(config.authorization_endpoint)
+    params = [
+        *parse_qsl(endpoint.query, keep_blank_values=True),
+        ("response_type", "code"),
+        ("client_id", client_id),
+        ("redirect_uri", redirect_uri),
+        ("scope", config.scopes),
+        ("state", state),
+        ("code_challenge", create_s256_code_challenge(verifier)),
+        ("code_challenge_method", "S256"),
+        ("aud", iss),
+        ("launch", launch),
+    ]
+    return urlunsplit((endpoint.scheme, endpoint.netloc, endpoint.path, urlencode(params), ""))
 
 
 def exchange_code(pending: Mapping[str, Any], code: str, settings: Mapping[str, Any]) -> dict[str, Any]:
