@@ -223,6 +223,30 @@ def test_a_high_alp_is_drawn_and_listed_as_high():
     assert "High ALP</li>" in html
 
 
+def test_a_sample_the_rules_set_aside_is_marked_with_the_reason():
+    """EDTA: the cards say "recollect, possible EDTA contamination" and count the ALP as a single low; the page marks
+    that point and row (and the zinc from the same draw) with the reason, from the rules' own Chart."""
+    bundle = _bundle(
+        _obs(1, "2026-02-10", 30, range_=(40, 129)),
+        _obs(2, "2026-05-20T08:00:00Z", 28),
+        _obs(3, "2026-05-20T08:00:00Z", 7.4, loinc="2823-3", unit="mmol/L"),
+        _obs(4, "2026-05-20T08:00:00Z", 6.1, loinc="17861-6", unit="mg/dL", range_=(8.6, 10.2)),
+        _obs(5, "2026-05-20T08:00:00Z", 12, loinc="5763-8", unit="ug/dL", range_=(60, 120)),
+    )
+    series = _series(bundle, "p")
+    first, second = series.points
+    assert first.set_aside is None and first.low
+    assert second.low and "possible EDTA contamination" in second.set_aside and "7.4 mmol/L" in second.set_aside
+    spec = chart_spec(series)
+    shown = [d for layer in spec["layer"] if layer.get("name") == chart.POINTS for d in layer["data"]["values"]]
+    assert [d["basis"] for d in shown] == [chart.JUDGED, chart.SET_ASIDE]
+    html = _page(series)
+    table = html[html.index('id="alp-table"') :]
+    assert table.count("possible EDTA contamination") == 1 and table.count("(set aside)") == 1
+    zinc = [w for w in series.workup if w.display.lower().startswith("zinc")]
+    assert zinc and zinc[0].suspect and "same draw as a possibly contaminated ALP" in html
+
+
 def _page(series):
     """The page as the callback renders it, for a series."""
     from flask import render_template

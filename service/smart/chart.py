@@ -18,6 +18,9 @@ LAB_RANGE = "#8d8d8d"
 DRUGS = ["#7b1fa2", "#2e7d32", "#6d4c41", "#00838f", "#827717"]  # none is a judgement's colour
 WIDTH, HEIGHT = 860, 320
 # Mark names, so that the SVG groups can be found (and counted) as ``<name>_marks``.
+# Point shapes: how the result stands with the rules.
+JUDGED, SET_ASIDE = "judged", "set aside by the rules"
+SHAPES = {JUDGED: "circle", SET_ASIDE: "cross"}
 POINTS, STEPS, LAB_RANGES, PERIODS, MARKERS = "alp_points", "limit_steps", "lab_ranges", "drug_periods", "drug_records"
 
 
@@ -121,7 +124,9 @@ def chart_spec(series: AlpSeries) -> dict[str, Any]:
             "value": p.value,
             "shown": p.shown,
             "status": p.status.capitalize(),
-            "what": f"{_day(p.when)}: ALP {p.shown} U/L, {p.status} against {p.limits}",
+            "basis": SET_ASIDE if p.set_aside else JUDGED,
+            "what": f"{_day(p.when)}: ALP {p.shown} U/L, {p.status} against {p.limits}"
+            + (f"; {p.set_aside}" if p.set_aside else ""),
         }
         for p in series.points
     ]
@@ -140,6 +145,9 @@ def chart_spec(series: AlpSeries) -> dict[str, Any]:
                 x=x,
                 y=alt.Y("value:Q", scale=y_scale, title="ALP (U/L)", axis=alt.Axis(titleFontSize=13, labelFontSize=12)),
                 color=status,
+                shape=alt.Shape(
+                    "basis:N", scale=alt.Scale(domain=list(SHAPES), range=list(SHAPES.values())), legend=None
+                ),
                 description="what:N",
             )
         )

@@ -20,7 +20,7 @@ from service.clinical.codes import reference_bands
 from service.clinical.facts import LAB_RANGE, LabResult, Medication, Patient, number_text
 from service.clinical.limits import fallback_limits
 from service.clinical.medications import is_antiresorptive
-from service.clinical.rules import describe, unusable
+from service.clinical.rules import Chart, Finding, describe, unusable
 
 # The related labs of the workup the page tabulates (issue 18): secondary causes, HPP substrates, Wilson's bilirubin.
 WORKUP_ANALYTES = ("zinc", "magnesium", "tsh", "plp", "pea_urine", "bilirubin_total")
@@ -42,6 +42,7 @@ class AlpPoint:
     age: str | None  # age at the test, "12 y" / "7 mo"
     preliminary: bool
     history: bool  # older than ALP_CURRENT_DAYS: shown, never a reason for advice today
+    set_aside: str | None = None  # why the rules do not count it (a possibly contaminated sample), in words
 
     @property
     def status(self) -> str:
@@ -83,6 +84,7 @@ class WorkupRow:
     unit: str
     limits: str
     judgement: str  # low | high | normal | not judged | not used: <reason>
+    suspect: bool = False  # drawn with an ALP the rules set aside as a possibly contaminated sample
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,10 @@ def build_series(
     settings: Mapping[str, Any],
 ) -> AlpSeries:
     judged = total_alp(labs)
-    points = tuple(_point(patient, r, now, settings) for r in judged)
+    # The rules' own view of this chart: which samples they set aside (possible EDTA contamination), never a copy.
+    rules = Chart(patient=patient, labs=labs, medications=medications, now=now, settings=settings)
+    contamination = rules.contamination
+    points = tuple(_point(patient, r, now, settings, contamination.get(id(r))) for r in judged)
     periods, undated = drug_periods(medications, now)
     dates = [p.when.date() for p in points] + [p.start.date() for p in periods]
     end = now.date()
@@ -124,13 +129,25 @@ def build_series(
         periods=tuple(periods),
         undated_drugs=tuple(undated),
         unplotted=unplotted,
-        workup=tuple(workup_rows(labs)),
+        workup=tuple(workup_rows(labs, rules.suspect)),
         start=start,
         end=end,
     )
 
 
-def _point(patient: Patient, result: LabResult, now: datetime, settings: Mapping[str, Any]) -> AlpPoint:
+def set_aside_text(finding: Finding) -> str:
+    """Why the rules set a result aside, in the words of the card that says so (``sample-contamination``)."""
+    facts = finding.facts
+    potassium, calcium = facts["potassium"], facts["calcium"]
+    return (
+        f"set aside: possible EDTA contamination (potassium {potassium['value']} {potassium['unit']} and a low "
+        f"calcium, {calcium['value']} {calcium['unit']}, on the same draw); recollect. Not counted by the advice."
+    )
+
+
+def _point(
+    patient: Patient, result: LabResult, now: datetime, settings: Mapping[str, Any], finding: Finding | None = None
+) -> AlpPoint:
     return AlpPoint(
         when=result.when,
         value=result.value,
@@ -144,6 +161,7 @@ def _point(patient: Patient, result: LabResult, now: datetime, settings: Mapping
         age=age_text(patient, result.when),
         preliminary=result.preliminary,
         history=not is_current(result, now, settings),
+        set_aside=set_aside_text(finding) if finding is not None else None,
     )
 
 
@@ -230,8 +248,9 @@ def drug_periods(medications: Sequence[Medication], now: datetime) -> tuple[list
     return periods, undated
 
 
-def workup_rows(labs: Sequence[LabResult]) -> list[WorkupRow]:
-    """The latest results of the workup analytes, each with the limit it was judged against."""
+def workup_rows(labs: Sequence[LabResult], suspect: frozenset[int] = frozenset()) -> list[WorkupRow]:
+    """The latest results of the workup analytes, each with the limit it was judged against; ``suspect`` holds the
+    ``id`` of results from a draw the rules set aside (``Chart.suspect``)."""
     rows = []
     for analyte in WORKUP_ANALYTES:
         results = [r for r in labs if r.analyte == analyte and r.when is not None]
@@ -245,6 +264,7 @@ def workup_rows(labs: Sequence[LabResult]) -> list[WorkupRow]:
                     unit=result.unit if result.value is not None else (result.raw_unit or ""),
                     limits=shown["limits"],
                     judgement=_judgement(result),
+                    suspect=id(result) in suspect,
                 )
             )
     return rows
