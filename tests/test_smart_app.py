@@ -247,6 +247,21 @@ def test_a_sample_the_rules_set_aside_is_marked_with_the_reason():
     assert zinc and zinc[0].suspect and "same draw as a possibly contaminated ALP" in html
 
 
+@pytest.mark.parametrize(
+    ("days", "label"),
+    [(150, r"[A-Z][a-z]{2} 2026"), (20, r"\d\d [A-Z][a-z]{2} 2026"), (800, r"[A-Z][a-z]{2} 202\d")],
+)
+def test_the_time_axis_has_dates_over_short_spans(days, label):
+    """Results within one year once had no date on the axis (year ticks only)."""
+    start = NOW - timedelta(days=days)
+    bundle = _bundle(*(_obs(i, (start + timedelta(days=i * days // 4)).date().isoformat(), 80) for i in range(4)))
+    svg = render_svg(_series(bundle, "p"))
+    labels = re.findall(rf">({label})</text>", svg)
+    assert len(labels) >= 3, labels
+    long = render_svg(_series())
+    assert len(re.findall(r">(20\d\d)</text>", long)) >= 8  # long spans keep their year ticks
+
+
 def _page(series):
     """The page as the callback renders it, for a series."""
     from flask import render_template

@@ -28,6 +28,18 @@ def _day(value: Any) -> str:
     return value.date().isoformat() if hasattr(value, "date") else value.isoformat()
 
 
+def time_axis(days: int) -> alt.Axis:
+    """Date ticks that suit the span drawn: years over long spans, months (every 1, 2 or 3) under three years,
+    weeks under three months, so that a chart of results within one year still has dates on its axis."""
+    if days > 3 * 365:
+        fmt, ticks = "%Y", alt.TimeIntervalStep(interval="year", step=max(1, days // (365 * 20) + 1))
+    elif days > 90:
+        fmt, ticks = "%b %Y", alt.TimeIntervalStep(interval="month", step=1 if days <= 370 else 2 if days <= 730 else 3)
+    else:
+        fmt, ticks = "%d %b %Y", alt.TimeIntervalStep(interval="week", step=1 if days <= 45 else 2)
+    return alt.Axis(format=fmt, labelFontSize=12, tickCount=ticks, labelOverlap=True)
+
+
 def chart_spec(series: AlpSeries) -> dict[str, Any]:
     """The Vega-Lite specification (a dict): drug periods shaded, the lab's ranges as grey bars, the fallback lower
     limit as steps, the ALP results as points coloured low or normal."""
@@ -40,7 +52,7 @@ def chart_spec(series: AlpSeries) -> dict[str, Any]:
     top = top * 1.15
     pad = timedelta(days=max((series.end - series.start).days // 60, 5))
     x_scale = alt.Scale(type="utc", domain=[series.start.isoformat(), (series.end + pad).isoformat()])
-    x = alt.X("start:T", scale=x_scale, title=None, axis=alt.Axis(format="%Y", labelFontSize=12, tickCount="year"))
+    x = alt.X("start:T", scale=x_scale, title=None, axis=time_axis((series.end + pad - series.start).days))
     y_scale = alt.Scale(domain=[0, top], nice=False)
     layers = []
 
