@@ -107,6 +107,7 @@ def build_series(
     settings: Mapping[str, Any],
 ) -> AlpSeries:
     judged = total_alp(labs)
+    judged_ids = {id(r) for r in judged}  # a set of ids: a list membership test made this quadratic
     # The rules' own view of this chart: which samples they set aside (possible EDTA contamination), never a copy.
     rules = Chart(patient=patient, labs=labs, medications=medications, now=now, settings=settings)
     contamination = rules.contamination
@@ -121,7 +122,7 @@ def build_series(
     unplotted = tuple(
         Unplotted(describe(r)["date"], r.shown_value, unusable(r) or "not judged")
         for r in labs
-        if r.analyte == TOTAL_ALP and r not in judged
+        if r.analyte == TOTAL_ALP and id(r) not in judged_ids
     )
     return AlpSeries(
         points=points,
