@@ -129,6 +129,7 @@ class FakeEhr:
             }
             if self.mode.get("app_context"):
                 answer["appContext"] = self.mode["app_context"]  # from the card link the clinician followed
+            answer.update(self.mode.get("extra", {}))
             for key in self.mode.get("drop", ()):
                 answer.pop(key)
             return jsonify(answer), 200

@@ -596,6 +596,10 @@ def test_the_ehr_refusing_authorisation(app_url, ehr):
         ({"drop": ["access_token"]}, 502, "no usable access token"),
         ({"drop": ["patient"]}, 502, "no patient"),
         ({"fhir_refuses": True}, 502, "refused access (401)"),
+        ({"extra": {"expires_in": [1]}}, 502, "token answer is not valid"),
+        ({"extra": {"expires_at": [1]}}, 502, "token answer is not valid"),
+        ({"extra": {"expires_in": {"a": 1}}}, 502, "token answer is not valid"),
+        ({"extra": {"expires_in": 1e308 * 10}}, 502, "token"),
     ],
 )
 def test_token_and_fhir_failures_show_an_error_page_and_no_data(app_url, ehr, caplog, mode, status, why):

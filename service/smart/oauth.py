@@ -180,6 +180,8 @@ def exchange_code(pending: Mapping[str, Any], code: str, settings: Mapping[str, 
         raise LaunchError(400, f"the EHR refused to give an access token ({error}); launch the app again") from None
     except outbound.TooLarge:
         raise LaunchError(502, f"the EHR's token endpoint answered more than {TOKEN_MAX_BYTES} bytes") from None
+    except (TypeError, OverflowError, AttributeError):  # authlib reading fields of the wrong type (expires_in: [1])
+        raise LaunchError(502, "the EHR's token answer is not valid (a field of the wrong type or size)") from None
     except (requests.RequestException, ValueError):
         if watchdog.fired:
             raise LaunchError(502, "the EHR's token endpoint did not answer in time") from None
