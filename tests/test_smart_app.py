@@ -283,6 +283,30 @@ def test_building_the_series_stays_linear(monkeypatch):
     assert compared[0] < 3000, compared[0]
 
 
+def test_points_judged_by_the_lab_flag_are_marked():
+    """ALP 200 flagged L is red far above the drawn lower limit: it is drawn as a diamond, "by the lab's flag"."""
+    bundle = _bundle(
+        _obs(1, "2025-10-01", 200, flag="L"),
+        _obs(2, "2026-01-01", 20, flag="N"),
+        _obs(3, "2026-03-01", 80),  # judged against the fallback interval: the line drawn
+        _obs(4, "2026-04-01", 30, range_=(40, 129)),
+    )
+    series = _series(bundle, "p")
+    assert [(p.status, p.by_flag) for p in series.points] == [
+        ("low", True),
+        ("normal", True),
+        ("normal", False),
+        ("low", False),
+    ]
+    spec = chart_spec(series)
+    shown = [d for layer in spec["layer"] if layer.get("name") == chart.POINTS for d in layer["data"]["values"]]
+    assert [d["basis"] for d in shown] == [chart.BY_FLAG, chart.BY_FLAG, chart.JUDGED, chart.JUDGED]
+    assert "low by the lab's flag (not by the line drawn)" in shown[0]["what"]
+    table = _page(series)
+    table = table[table.index('id="alp-table"') :]
+    assert table.count("(by the lab's flag)") == 2
+
+
 def _page(series):
     """The page as the callback renders it, for a series."""
     from flask import render_template

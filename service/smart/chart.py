@@ -19,8 +19,8 @@ DRUGS = ["#7b1fa2", "#2e7d32", "#6d4c41", "#00838f", "#827717"]  # none is a jud
 WIDTH, HEIGHT = 860, 320
 # Mark names, so that the SVG groups can be found (and counted) as ``<name>_marks``.
 # Point shapes: how the result stands with the rules.
-JUDGED, SET_ASIDE = "judged", "set aside by the rules"
-SHAPES = {JUDGED: "circle", SET_ASIDE: "cross"}
+JUDGED, BY_FLAG, SET_ASIDE = "judged", "judged by the lab's flag", "set aside by the rules"
+SHAPES = {JUDGED: "circle", BY_FLAG: "diamond", SET_ASIDE: "cross"}
 POINTS, STEPS, LAB_RANGES, PERIODS, MARKERS = "alp_points", "limit_steps", "lab_ranges", "drug_periods", "drug_records"
 
 
@@ -136,8 +136,9 @@ def chart_spec(series: AlpSeries) -> dict[str, Any]:
             "value": p.value,
             "shown": p.shown,
             "status": p.status.capitalize(),
-            "basis": SET_ASIDE if p.set_aside else JUDGED,
-            "what": f"{_day(p.when)}: ALP {p.shown} U/L, {p.status} against {p.limits}"
+            "basis": SET_ASIDE if p.set_aside else BY_FLAG if p.by_flag else JUDGED,
+            "what": f"{_day(p.when)}: ALP {p.shown} U/L, {p.status} "
+            + ("by the lab's flag (not by the line drawn)" if p.by_flag else f"against {p.limits}")
             + (f"; {p.set_aside}" if p.set_aside else ""),
         }
         for p in series.points

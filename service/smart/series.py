@@ -42,6 +42,7 @@ class AlpPoint:
     age: str | None  # age at the test, "12 y" / "7 mo"
     preliminary: bool
     history: bool  # older than ALP_CURRENT_DAYS: shown, never a reason for advice today
+    by_flag: bool = False  # judged by the lab's flag alone (no range): may sit on either side of the drawn line
     set_aside: str | None = None  # why the rules do not count it (a possibly contaminated sample), in words
 
     @property
@@ -162,8 +163,17 @@ def _point(
         age=age_text(patient, result.when),
         preliminary=result.preliminary,
         history=not is_current(result, now, settings),
+        by_flag=judged_by_flag(result),
         set_aside=set_aside_text(finding) if finding is not None else None,
     )
+
+
+def judged_by_flag(result: LabResult) -> bool:
+    """The judgement came from the lab's flag (``LabResult.is_low``/``is_high`` fall back to it when the lab sent no
+    limit on that side): no line on the chart is what it was judged against."""
+    if result.flag is None:
+        return False
+    return result.low is None or (bool(result.is_high()) and not result.is_low() and result.high is None)
 
 
 def age_text(patient: Patient, when: datetime | date) -> str | None:
