@@ -353,6 +353,12 @@ SETTINGS: tuple[Setting, ...] = (
         "(comma-separated). Empty: the origins of `CDS_SMART_ISSUERS` (EHRs embed apps).",
     ),
     Setting(
+        "SMART_MAX_PENDING",
+        _positive_int,
+        10_000,
+        "Most SMART launches in progress kept at once; past it the oldest are forgotten first.",
+    ),
+    Setting(
         "SMART_STATE_STORE_URL",
         str,
         "sqlite:///var/smart-launch.db",

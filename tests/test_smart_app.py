@@ -22,7 +22,7 @@ from service.clinical.facts import Medication, Patient
 from service.fhir.readers import Scope, read_lab_results, read_medications, read_patient
 from service.fixtures import NOW
 from service.settings import SettingsError, load_settings
-from service.smart import chart, views
+from service.smart import chart, oauth, views
 from service.smart import series as chart_series
 from service.smart.chart import chart_spec, render_svg
 from service.smart.series import build_series, limit_steps
@@ -421,8 +421,17 @@ def app_url(ehr, tmp_path_factory):
     server.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _no_cached_discovery():
+    """The SMART configuration is cached per iss: each test starts without it."""
+    oauth.forget_discovery()
+    yield
+    oauth.forget_discovery()
+
+
 def _launch(app_url, ehr, **mode):
     ehr.reset(**mode)
+    oauth.forget_discovery()  # the EHR's mode may change its SMART configuration
     return requests.get(f"{app_url}/smart/launch", params={"iss": ehr.iss, "launch": "launch-123"}, timeout=30)
 
 
@@ -519,6 +528,7 @@ def test_bad_requests_are_clear_400s(app_url, path, params, why):
 def _to_callback(app_url, ehr, browser):
     """Launch in ``browser`` (a requests Session) up to the EHR's redirect back: the callback URL, not opened."""
     ehr.reset()
+    oauth.forget_discovery()
     first = browser.get(
         f"{app_url}/smart/launch", params={"iss": ehr.iss, "launch": "l"}, allow_redirects=False, timeout=30
     )
@@ -703,6 +713,35 @@ def test_smart_issuers_are_checked_at_startup(issuer):
     with pytest.raises(SettingsError, match="SMART_ISSUERS"):
         load_settings({"SMART_ISSUERS": issuer}, environ={})
     assert load_settings({"SMART_ISSUERS": "http://127.0.0.1:8/fhir,https://e.example/fhir"}, environ={})
+
+
+def test_the_smart_configuration_is_cached_per_iss(app_url, ehr, monkeypatch):
+    """/smart/launch needs no authentication: launches within a few minutes cost the EHR one discovery request."""
+    _launch(app_url, ehr)
+    for _ in range(5):
+        response = requests.get(
+            f"{app_url}/smart/launch", params={"iss": ehr.iss, "launch": "l"}, allow_redirects=False, timeout=30
+        )
+        assert response.status_code == 302
+    assert ehr.hits.count("/fhir/.well-known/smart-configuration") == 1
+    monkeypatch.setattr(oauth, "DISCOVERY_SECONDS", 0.0)  # expired: read again
+    oauth.forget_discovery()
+    for _ in range(2):
+        requests.get(
+            f"{app_url}/smart/launch", params={"iss": ehr.iss, "launch": "l"}, allow_redirects=False, timeout=30
+        )
+    assert ehr.hits.count("/fhir/.well-known/smart-configuration") == 3
+
+
+def test_pending_launches_are_capped_oldest_first():
+    from service.smart.store import LaunchStore
+
+    store = LaunchStore("sqlite://", max_pending=3)
+    for i in range(6):
+        store.put(f"s{i}", {"i": i}, 600 + i)
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM smart_launches").scalar_one() == 3
+    assert [store.take(f"s{i}") for i in range(6)] == [None, None, None, {"i": 3}, {"i": 4}, {"i": 5}]
 
 
 def test_a_huge_token_answer_is_cut_off(app_url, ehr):

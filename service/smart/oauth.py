@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -82,7 +83,40 @@ def _endpoint(config: Mapping[str, Any], name: str, iss: str) -> str:
     return value
 
 
+DISCOVERY_SECONDS = 300.0  # a configuration read is kept this long per iss (per worker)
+DISCOVERY_FAILED_SECONDS = 30.0  # and a failure this long: a launch costs the EHR at most one request per period
+_discovered: dict[str, tuple[float, SmartConfiguration | LaunchError]] = {}
+_discovered_lock = threading.Lock()
+
+
+def forget_discovery() -> None:
+    with _discovered_lock:
+        _discovered.clear()
+
+
 def discover(iss: str, settings: Mapping[str, Any]) -> SmartConfiguration:
+    """The EHR's SMART configuration, cached per ``iss`` (``/smart/launch`` needs no authentication, so each call
+    must not cost the EHR a request): read again after ``DISCOVERY_SECONDS``, or ``DISCOVERY_FAILED_SECONDS`` after
+    a failure."""
+    now = time.monotonic()
+    with _discovered_lock:
+        cached = _discovered.get(iss)
+    if cached is not None and cached[0] > now:
+        if isinstance(cached[1], LaunchError):
+            raise LaunchError(cached[1].status, cached[1].message)
+        return cached[1]
+    try:
+        config = _discover(iss, settings)
+    except LaunchError as exc:
+        with _discovered_lock:
+            _discovered[iss] = (time.monotonic() + DISCOVERY_FAILED_SECONDS, exc)
+        raise
+    with _discovered_lock:
+        _discovered[iss] = (time.monotonic() + DISCOVERY_SECONDS, config)
+    return config
+
+
+def _discover(iss: str, settings: Mapping[str, Any]) -> SmartConfiguration:
     """``{iss}/.well-known/smart-configuration``: its endpoints, PKCE S256 support and scope version."""
     url = iss.rstrip("/") + "/.well-known/smart-configuration"
     try:
