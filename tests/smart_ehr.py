@@ -134,11 +134,20 @@ class FakeEhr:
                 answer.pop(key)
             return jsonify(answer), 200
 
+        @app.get("/steal")
+        @app.get("/fhir-other/<path:rest>")
+        def steal(rest: str = "") -> Response:
+            return jsonify({"resourceType": "Bundle", "type": "searchset", "entry": []})
+
         @app.get("/fhir/<path:rest>")
         def fhir(rest: str) -> Response:
             bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
             if bearer not in self.issued:
                 return jsonify({"resourceType": "OperationOutcome", "issue": []}), 401
+            if self.mode.get("next_link") and rest == "Observation":  # a next link off the FHIR base
+                bundle = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+                bundle["link"] = [{"relation": "next", "url": self.base + self.mode["next_link"]}]
+                return jsonify(bundle)
             token = "not-the-servers-token" if self.mode.get("fhir_refuses") else self.fhir_token
             query = request.query_string.decode()
             answer = requests.get(

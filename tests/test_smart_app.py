@@ -744,6 +744,13 @@ def test_pending_launches_are_capped_oldest_first():
     assert [store.take(f"s{i}") for i in range(6)] == [None, None, None, {"i": 3}, {"i": 4}, {"i": 5}]
 
 
+@pytest.mark.parametrize("next_link", ["/steal", "/fhir-other/Observation", "/fhir/../steal", "/fhir/%2e%2e/steal"])
+def test_the_token_never_leaves_the_fhir_base(app_url, ehr, next_link):
+    html = _error(_launch(app_url, ehr, next_link=next_link), 502)
+    assert "outside the FHIR base URL" in html
+    assert not [h for h in ehr.hits if h == "/steal" or h.startswith("/fhir-other")]
+
+
 def test_a_huge_token_answer_is_cut_off(app_url, ehr):
     """The token endpoint's answer is read up to 1 MiB (a 400 MB answer once took the process to 1.6 GB)."""
     size = 400 * 1024 * 1024
