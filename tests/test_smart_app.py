@@ -854,7 +854,7 @@ def test_launch_in_a_real_browser(app_url, ehr):
         assert storage_is_empty(context)
         page.screenshot(path=str(ARTIFACTS / "smart-app.png"), full_page=True)
         # the top of the page (the README's picture, docs/smart-app.png, is a copy of it)
-        page.screenshot(path=str(ARTIFACTS / "smart-app-top.png"), clip={"x": 0, "y": 0, "width": 1100, "height": 625})
+        page.screenshot(path=str(ARTIFACTS / "smart-app-top.png"), clip={"x": 0, "y": 0, "width": 1100, "height": 700})
         browser.close()
     origins = {f"{urlsplit(u).scheme}://{urlsplit(u).netloc}" for u in seen}
     assert origins <= {app_url, ehr.base}  # nothing third-party
