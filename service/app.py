@@ -85,7 +85,7 @@ def register_smart_app(app: Flask, settings: Mapping[str, Any]) -> None:
             f"CDS_SMART_ISSUERS is set but the SMART app's libraries are missing ({exc.name}): "
             "pip install 'alp-cds[smart]'"
         ) from None
-    app.extensions["smart_launches"] = LaunchStore(settings["SMART_STATE_STORE_URL"])
+    app.extensions["smart_launches"] = LaunchStore(settings["SMART_STATE_STORE_URL"], settings["SMART_MAX_PENDING"])
     app.register_blueprint(views.bp)
 
 

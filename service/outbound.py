@@ -10,6 +10,7 @@ stops past a byte limit. Redirects are never followed here: the caller sees them
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import sys
 import time
@@ -58,6 +59,58 @@ def origin(url: str) -> tuple[Any, ...]:
     scheme = parts.scheme.lower()
     port = parts.port if parts.port is not None else DEFAULT_PORTS.get(scheme)
     return scheme, parts.username, parts.password, parts.hostname, port
+
+
+# Cloud metadata services: never a FHIR server, a JWKS or an authorization server, whatever a peer says.
+METADATA_HOSTS = frozenset({"metadata", "metadata.google.internal", "metadata.goog", "instance-data"})
+METADATA_ADDRESSES = (ipaddress.ip_network("fd00:ec2::254/128"), ipaddress.ip_network("100.100.100.200/32"))
+
+
+def forbidden_address(address: str) -> bool:
+    """A link-local address (169.254.0.0/16, fe80::/10: where cloud metadata services answer), a known metadata
+    address, or an unspecified or multicast one: never connected to."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_link_local
+        or ip.is_unspecified
+        or ip.is_multicast
+        or any(ip in network for network in METADATA_ADDRESSES if network.version == ip.version)
+    )
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_problem(url: str, *, https_only: bool) -> str | None:
+    """Why ``url`` may not be contacted, or None: not http(s), no host, user information in it, a link-local or
+    metadata host; plain http unless ``https_only`` is off, and then only to a loopback host (a test set-up)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number from 0 to 65535)
+    except ValueError:
+        return "it is not a valid URL"
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return "it is not an http(s) URL with a host"
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        return "it holds user information"
+    if parts.hostname.lower().rstrip(".") in METADATA_HOSTS or forbidden_address(parts.hostname):
+        return "its host is a link-local or metadata address"
+    if scheme == "http" and (https_only or not is_loopback(parts.hostname)):
+        return "it is not https (plain http only to a loopback host, for tests)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -117,6 +170,11 @@ def get(
     return Answer(response.status_code, response.headers, body)
 
 
+def read_body(response: requests.Response, max_bytes: int) -> bytes:
+    """A streamed response's body, read up to ``max_bytes`` (:class:`TooLarge` past it, the rest never read)."""
+    return _read(response, max_bytes, None)
+
+
 def _read(response: requests.Response, max_bytes: int, count: Callable[[int], None] | None) -> bytes:
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
@@ -146,6 +204,9 @@ def _connect(address: tuple[str, int], timeout: Any, deadline: float, options: A
         raise TimeoutError("the name was not resolved in time") from None
     error: OSError = OSError("getaddrinfo returns an empty list")
     for family, kind, proto, _, where in addresses:
+        if forbidden_address(str(where[0])):
+            error = OSError("a link-local or metadata address is never connected to")
+            continue
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("no time was left to connect")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -103,6 +104,50 @@ def _base_url(raw: Any) -> str:
     if text and (parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment):
         raise SettingsError(f"expected a base URL such as https://cds.example.org, got {raw!r}")
     return text
+
+
+def _smart_issuers(raw: Any) -> list[str]:
+    """The EHRs' FHIR base URLs: https with a host, no user information, query or fragment (plain http only to a
+    loopback host, for tests), and no link-local or metadata host."""
+    from service.outbound import url_problem  # here: the settings module is imported before everything else
+
+    issuers = []
+    for value in _list(raw):
+        parts = urlsplit(value)
+        problem = url_problem(value, https_only=False)
+        if problem is None and (parts.query or parts.fragment or value.endswith("?") or "#" in value):
+            problem = "it has a query or a fragment"
+        if problem is not None:
+            raise SettingsError(
+                f"expected FHIR base URLs such as https://ehr.example.org/fhir, got {value!r}: {problem}"
+            )
+        issuers.append(value)
+    return issuers
+
+
+def _frame_ancestors(raw: Any) -> list[str]:
+    """CSP ``frame-ancestors`` sources: ``'self'``, ``'none'`` (alone) or origins (``https://ehr.example.org``)."""
+    values = _list(raw)
+    out = []
+    for value in values:
+        if value.strip("'").lower() in ("self", "none"):
+            out.append(f"'{value.strip(chr(39)).lower()}'")
+            continue
+        parts = urlsplit(value)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.username is not None
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or not re.fullmatch(r"[A-Za-z0-9.:\[\]*-]+", parts.netloc)
+        ):
+            raise SettingsError(f"expected 'self', 'none' or origins such as https://ehr.example.org, got {value!r}")
+        out.append(f"{parts.scheme}://{parts.netloc.lower()}")
+    if "'none'" in out and len(out) > 1:
+        raise SettingsError("'none' cannot be combined with other frame ancestors")
+    return out
 
 
 def _redis_url(raw: Any) -> str:
@@ -320,10 +365,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOG_LEVEL", str, "INFO", "Python log level."),
     Setting(
         "SMART_ISSUERS",
-        _list,
+        _smart_issuers,
         [],
         "FHIR base URLs (`iss`) the SMART companion app may be launched from (comma-separated). Empty: every "
-        "launch is refused. The EHR's discovery, token endpoint and FHIR server are only contacted for these.",
+        "launch is refused. Only launches from these are served: their discovery documents and FHIR servers are "
+        "read, and the authorization and token endpoints their discovery names are used (https; see the README).",
     ),
     Setting("SMART_CLIENT_ID", str, "alp-cds", "The client id the SMART app is registered under with the EHRs."),
     Setting(
@@ -337,6 +383,19 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         600,
         "Seconds a SMART launch may take from `/smart/launch` to `/smart/callback` (the state is then forgotten).",
+    ),
+    Setting(
+        "SMART_FRAME_ANCESTORS",
+        _frame_ancestors,
+        [],
+        "Who may show the SMART app in a frame (CSP `frame-ancestors`): origins, `'self'` or `'none'` "
+        "(comma-separated). Empty: the origins of `CDS_SMART_ISSUERS` (EHRs embed apps).",
+    ),
+    Setting(
+        "SMART_MAX_PENDING",
+        _positive_int,
+        10_000,
+        "Most SMART launches in progress kept at once; past it the oldest are forgotten first.",
     ),
     Setting(
         "SMART_STATE_STORE_URL",
@@ -393,6 +452,19 @@ def smart_redirect_url(values: Mapping[str, Any]) -> str:
     if values["SMART_REDIRECT_URL"]:
         return values["SMART_REDIRECT_URL"]
     return values["PUBLIC_BASE_URL"] + "/smart/callback" if values["PUBLIC_BASE_URL"] else ""
+
+
+def smart_frame_ancestors(values: Mapping[str, Any]) -> list[str]:
+    """The CSP ``frame-ancestors`` sources of the SMART app: as set, else the allow-listed EHRs' origins."""
+    if values.get("SMART_FRAME_ANCESTORS"):
+        return list(values["SMART_FRAME_ANCESTORS"])
+    origins = []
+    for issuer in values.get("SMART_ISSUERS") or ():
+        parts = urlsplit(issuer)
+        origin = f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+        if origin not in origins:
+            origins.append(origin)
+    return origins or ["'none'"]
 
 
 def smart_launch_url(values: Mapping[str, Any]) -> str:

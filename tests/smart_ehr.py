@@ -29,6 +29,7 @@ class FakeEhr:
         self.authorize_params: dict[str, str] = {}
         self.verified = 0  # token requests whose PKCE verifier matched the challenge
         self.mode: dict[str, Any] = {}
+        self.sent = 0  # bytes of a huge token answer handed to the socket
         self.app = self._build()
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.base = f"http://127.0.0.1:{self.server.server_port}"
@@ -43,6 +44,16 @@ class FakeEhr:
         self.hits.clear()
         self.authorize_params = {}
 
+    def _huge(self, size: int) -> Any:
+        """A token answer of ``size`` bytes, streamed (chunked); ``self.sent`` counts what the client took."""
+        self.sent = 0
+        chunk = b"a" * 65536
+        yield b'{"token_type": "Bearer", "patient": "p", "access_token": "'
+        while self.sent < size:
+            self.sent += len(chunk)
+            yield chunk
+        yield b'"}'
+
     def _build(self) -> Flask:
         app = Flask("fake-ehr")
 
@@ -54,7 +65,8 @@ class FakeEhr:
         def smart_configuration() -> Response:
             v1 = self.mode.get("v1")
             return jsonify(
-                {
+                self.mode.get("config", {})
+                | {
                     "issuer": self.iss,
                     "authorization_endpoint": f"{self.base}/auth/authorize",
                     "token_endpoint": f"{self.base}/auth/token",
@@ -64,6 +76,7 @@ class FakeEhr:
                     "scopes_supported": ["launch", "openid", "fhirUser"]
                     + (["patient/Observation.read"] if v1 else ["patient/Observation.rs"]),
                 }
+                | self.mode.get("config", {})
             )
 
         @app.get("/auth/authorize")
@@ -96,6 +109,8 @@ class FakeEhr:
             self.verified += 1
             if self.mode.get("token_error"):
                 return jsonify({"error": "invalid_grant"}), 400
+            if self.mode.get("huge_token_answer"):
+                return Response(self._huge(self.mode["huge_token_answer"]), mimetype="application/json"), 200
             access, refresh, id_token = (
                 f"ehr-access-{secrets.token_hex(16)}",
                 f"ehr-refresh-{secrets.token_hex(16)}",
@@ -114,15 +129,25 @@ class FakeEhr:
             }
             if self.mode.get("app_context"):
                 answer["appContext"] = self.mode["app_context"]  # from the card link the clinician followed
+            answer.update(self.mode.get("extra", {}))
             for key in self.mode.get("drop", ()):
                 answer.pop(key)
             return jsonify(answer), 200
+
+        @app.get("/steal")
+        @app.get("/fhir-other/<path:rest>")
+        def steal(rest: str = "") -> Response:
+            return jsonify({"resourceType": "Bundle", "type": "searchset", "entry": []})
 
         @app.get("/fhir/<path:rest>")
         def fhir(rest: str) -> Response:
             bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
             if bearer not in self.issued:
                 return jsonify({"resourceType": "OperationOutcome", "issue": []}), 401
+            if self.mode.get("next_link") and rest == "Observation":  # a next link off the FHIR base
+                bundle = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+                bundle["link"] = [{"relation": "next", "url": self.base + self.mode["next_link"]}]
+                return jsonify(bundle)
             token = "not-the-servers-token" if self.mode.get("fhir_refuses") else self.fhir_token
             query = request.query_string.decode()
             answer = requests.get(

@@ -245,6 +245,58 @@ def test_next_link_to_another_host_is_not_followed():
         assert len(rsps.calls) == 1
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        "Medication/../../../steal",
+        "Medication/%2e%2e/%2E%2E/steal",
+        "Medication/..%2F..%2Fsteal",
+        "https://ehr.example.org/steal",
+        "https://ehr.example.org/fhir-other/Observation",
+        "/steal",
+        "Medication/.\\..\\steal",
+    ],
+)
+def test_the_token_is_sent_under_the_fhir_base_only(address):
+    """Not only the origin: a reference or next link that leaves the base URL's path is never requested."""
+    with responses.RequestsMock() as rsps:
+        with pytest.raises(FhirError, match="outside the FHIR base URL"):
+            FhirClient(BASE, "secret").get(address)
+        rsps.add(
+            responses.GET,
+            f"{BASE}/Observation",
+            json={"resourceType": "Bundle", "link": [{"relation": "next", "url": address}]},
+        )
+        with pytest.raises(FhirError, match="outside the FHIR base URL"):
+            FhirClient(BASE, "secret").fetch("Observation")
+        assert len(rsps.calls) == 1
+    with responses.RequestsMock() as rsps:  # under the base: still read
+        rsps.add(responses.GET, f"{BASE}/Medication/m1", json={"resourceType": "Medication", "id": "m1"})
+        assert FhirClient(BASE, "secret").get("Medication/m1")["id"] == "m1"
+
+
+@pytest.mark.parametrize("target", ["https://ehr.example.org/steal", "https://ehr.example.org/fhir/../steal"])
+def test_hook_call_next_link_or_redirect_outside_the_base_is_412(client, target):
+    keep = ("patient", "labs", "medicationStatements", "medicationRequests")  # only the ALP search is fetched
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add(
+            responses.GET,
+            f"{BASE}/Observation",
+            json={"resourceType": "Bundle", "type": "searchset", "link": [{"relation": "next", "url": target}]},
+        )
+        rsps.add(responses.GET, "https://ehr.example.org/steal", json={"resourceType": "Bundle", "entry": []})
+        response = client.hook(PV, request_without_prefetch("single-low-in", keep=keep))
+        assert len(rsps.calls) == 1
+    assert response.status_code == 412
+    assert "outside the FHIR base URL" in response.get_json()["issue"][0]["diagnostics"]
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        _redirect_then_bundle(rsps, target)
+        response = client.hook(PV, request_without_prefetch("single-low-in", keep=keep))
+        assert len(rsps.calls) == 1
+    assert response.status_code == 412
+    assert "redirected to a path outside the FHIR base URL" in response.get_json()["issue"][0]["diagnostics"]
+
+
 @responses.activate
 def test_timeouts_are_passed_to_requests():
     seen = {}

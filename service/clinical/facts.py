@@ -18,6 +18,7 @@ class Patient:
     gender: str | None = None  # FHIR administrative gender: male | female | other | unknown
     deceased: bool = False
     deceased_at: datetime | None = None  # None when deceased without a date (deceasedBoolean)
+    name: str | None = None  # as the record writes it (Patient.name: the official one, else the first)
 
     def age_years(self, when: datetime | date) -> int | None:
         """Completed years on that day, as a birthday counts them."""

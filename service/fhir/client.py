@@ -3,8 +3,10 @@
 Next links are followed exactly as the server wrote them (HAPI's are opaque ``_getpages`` URLs), but only
 while they stay on the server the client was given: the access token is never sent anywhere else. Redirects are
 followed only within that origin (scheme, host and port, ``http://h`` being ``http://h:80``) and count against the
-page budget like pages do. A Bundle whose ``link`` or ``entry`` is not a list, or a link that is not a valid URL,
-ends the fetch with a :class:`FhirError` (412), as any other answer that cannot be used.
+page budget like pages do. Every URL the token is sent to (a read, a next link, a redirect) must also lie under the
+base URL's path (``/fhir/...`` for ``https://h/fhir``), without dot segments. A Bundle whose ``link`` or ``entry`` is
+not a list, or a link that is not a valid URL, ends the fetch with a :class:`FhirError` (412), as any other answer
+that cannot be used.
 The time budget of a hook call covers each whole exchange, not each socket read (see :mod:`service.outbound`).
 """
 
@@ -15,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import unquote, urljoin, urlsplit
 
 import orjson
 import requests
@@ -93,6 +95,22 @@ def _resolve(base: str, reference: str, what: str) -> str:
     return url
 
 
+def outside_base(base: str, url: str) -> str | None:
+    """Why ``url`` is not under the FHIR base URL ``base`` (which ends with ``/``), or None: another origin, a path
+    outside the base's path, or a path that could step out of it once the server decodes it (``..`` or ``.``
+    segments, written or percent-encoded, an encoded slash or a backslash). The bearer token goes under the base
+    only."""
+    if outbound.origin(url) != outbound.origin(base):
+        return "another host"
+    path, prefix = urlsplit(url).path, urlsplit(base).path or "/"
+    if not (path + "/").startswith(prefix):
+        return "a path outside the FHIR base URL"
+    decoded = unquote(path)
+    if "\\" in decoded or "%2f" in path.lower() or any(s in (".", "..") for s in decoded.split("/")):
+        return "a path outside the FHIR base URL"
+    return None
+
+
 @dataclass
 class FhirClient:
     base_url: str
@@ -116,8 +134,10 @@ class FhirClient:
     ) -> dict[str, Any]:
         """GET one resource (a read, or one page of a search) and check that it is FHIR JSON."""
         url = _resolve(self.base_url, relative_or_absolute, what)
-        if outbound.origin(url) != outbound.origin(self.base_url):
-            raise FhirError("the FHIR server pointed to another host; the request was not sent")
+        problem = outside_base(self.base_url, url)
+        if problem is not None:
+            metrics.FHIR_FETCHES.labels("outside_base").inc()
+            raise FhirError(f"{what} pointed to {problem}; the request was not sent")
         allowance = allowance or Allowance(self.max_pages)
         while True:
             allowance.take()
@@ -125,9 +145,11 @@ class FhirClient:
             if answer.status not in REDIRECTS or not answer.headers.get("Location"):
                 break
             url = _resolve(url, answer.headers["Location"], "the place the FHIR server redirected to")
-            if outbound.origin(url) != outbound.origin(self.base_url):
+            problem = outside_base(self.base_url, url)
+            if problem is not None:
                 metrics.FHIR_FETCHES.labels("redirect_refused").inc()
-                raise FhirError("the FHIR server redirected to another origin; the redirect was not followed")
+                where = "another origin" if problem == "another host" else problem
+                raise FhirError(f"the FHIR server redirected to {where}; the redirect was not followed")
         return self._parse(answer)
 
     def _send(self, url: str) -> outbound.Answer:

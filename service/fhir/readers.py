@@ -240,7 +240,27 @@ def read_patient(value: Any, patient_id: str, now: datetime | None = None) -> Pa
         gender=gender if gender in ("male", "female", "other", "unknown") else None,
         deceased=deceased,
         deceased_at=deceased_at,
+        name=patient_name(resource.get("name")),
     )
+
+
+def patient_name(names: Any) -> str | None:
+    """The patient's name as a person reads it (``Patient.name``: the official one, else the usual one, else the
+    first): its ``text``, or the given names and the family name; None when there is none."""
+    if not isinstance(names, list):
+        return None
+    usable = [n for n in names if isinstance(n, dict)]
+    usable.sort(key=lambda n: {"official": 0, "usual": 1}.get(n.get("use"), 2))
+    for name in usable:
+        text = name.get("text")
+        if not (isinstance(text, str) and text.strip()):
+            given = name.get("given") if isinstance(name.get("given"), list) else []
+            parts = [g for g in given if isinstance(g, str)] + [name.get("family")]
+            text = " ".join(p.strip() for p in parts if isinstance(p, str) and p.strip())
+        text = " ".join(text.split())
+        if text:
+            return text[:200]
+    return None
 
 
 def _number(value: Any) -> float | None:

@@ -12,17 +12,32 @@ import vl_convert
 from service.clinical.facts import number_text
 from service.smart.series import AlpSeries
 
-LOW, NORMAL = "#c62828", "#1f6feb"
+LOW, NORMAL, HIGH = "#c62828", "#1f6feb", "#e08a00"
 LIMIT = "#333333"
 LAB_RANGE = "#8d8d8d"
-DRUGS = ["#7b1fa2", "#ef6c00", "#2e7d32", "#6d4c41", "#00838f"]
+DRUGS = ["#7b1fa2", "#2e7d32", "#6d4c41", "#00838f", "#827717"]  # none is a judgement's colour
 WIDTH, HEIGHT = 860, 320
 # Mark names, so that the SVG groups can be found (and counted) as ``<name>_marks``.
+# Point shapes: how the result stands with the rules.
+JUDGED, BY_FLAG, SET_ASIDE = "judged", "judged by the lab's flag", "set aside by the rules"
+SHAPES = {JUDGED: "circle", BY_FLAG: "diamond", SET_ASIDE: "cross"}
 POINTS, STEPS, LAB_RANGES, PERIODS, MARKERS = "alp_points", "limit_steps", "lab_ranges", "drug_periods", "drug_records"
 
 
 def _day(value: Any) -> str:
     return value.date().isoformat() if hasattr(value, "date") else value.isoformat()
+
+
+def time_axis(days: int) -> alt.Axis:
+    """Date ticks that suit the span drawn: years over long spans, months (every 1, 2 or 3) under three years,
+    weeks under three months, so that a chart of results within one year still has dates on its axis."""
+    if days > 3 * 365:
+        fmt, ticks = "%Y", alt.TimeIntervalStep(interval="year", step=max(1, days // (365 * 20) + 1))
+    elif days > 90:
+        fmt, ticks = "%b %Y", alt.TimeIntervalStep(interval="month", step=1 if days <= 370 else 2 if days <= 730 else 3)
+    else:
+        fmt, ticks = "%d %b %Y", alt.TimeIntervalStep(interval="week", step=1 if days <= 45 else 2)
+    return alt.Axis(format=fmt, labelFontSize=12, tickCount=ticks, labelOverlap=True)
 
 
 def chart_spec(series: AlpSeries) -> dict[str, Any]:
@@ -37,7 +52,7 @@ def chart_spec(series: AlpSeries) -> dict[str, Any]:
     top = top * 1.15
     pad = timedelta(days=max((series.end - series.start).days // 60, 5))
     x_scale = alt.Scale(type="utc", domain=[series.start.isoformat(), (series.end + pad).isoformat()])
-    x = alt.X("start:T", scale=x_scale, title=None, axis=alt.Axis(format="%Y", labelFontSize=12, tickCount="year"))
+    x = alt.X("start:T", scale=x_scale, title=None, axis=time_axis((series.end + pad - series.start).days))
     y_scale = alt.Scale(domain=[0, top], nice=False)
     layers = []
 
@@ -120,8 +135,11 @@ def chart_spec(series: AlpSeries) -> dict[str, Any]:
             "start": _day(p.when),
             "value": p.value,
             "shown": p.shown,
-            "status": "Low" if p.low else "Normal",
-            "what": f"{_day(p.when)}: ALP {p.shown} U/L, {'low' if p.low else 'normal'} against {p.limits}",
+            "status": p.status.capitalize(),
+            "basis": SET_ASIDE if p.set_aside else BY_FLAG if p.by_flag else JUDGED,
+            "what": f"{_day(p.when)}: ALP {p.shown} U/L, {p.status} "
+            + ("by the lab's flag (not by the line drawn)" if p.by_flag else f"against {p.limits}")
+            + (f"; {p.set_aside}" if p.set_aside else ""),
         }
         for p in series.points
     ]
@@ -131,7 +149,7 @@ def chart_spec(series: AlpSeries) -> dict[str, Any]:
             .mark_line(color="#9aa7b8", strokeWidth=1.2)
             .encode(x=x, y=alt.Y("value:Q", scale=y_scale))
         )
-        status_scale = alt.Scale(domain=["Low", "Normal"], range=[LOW, NORMAL])
+        status_scale = alt.Scale(domain=["Low", "Normal", "High"], range=[LOW, NORMAL, HIGH])
         status = alt.Color("status:N", scale=status_scale, legend=None)  # the page's key names the colours
         layers.append(
             alt.Chart(alt.Data(values=points), name=POINTS)
@@ -140,6 +158,9 @@ def chart_spec(series: AlpSeries) -> dict[str, Any]:
                 x=x,
                 y=alt.Y("value:Q", scale=y_scale, title="ALP (U/L)", axis=alt.Axis(titleFontSize=13, labelFontSize=12)),
                 color=status,
+                shape=alt.Shape(
+                    "basis:N", scale=alt.Scale(domain=list(SHAPES), range=list(SHAPES.values())), legend=None
+                ),
                 description="what:N",
             )
         )

@@ -20,11 +20,12 @@ from service.clinical.codes import reference_bands
 from service.clinical.facts import LAB_RANGE, LabResult, Medication, Patient, number_text
 from service.clinical.limits import fallback_limits
 from service.clinical.medications import is_antiresorptive
-from service.clinical.rules import describe, unusable
+from service.clinical.rules import Chart, Finding, describe, unusable
 
 # The related labs of the workup the page tabulates (issue 18): secondary causes, HPP substrates, Wilson's bilirubin.
 WORKUP_ANALYTES = ("zinc", "magnesium", "tsh", "plp", "pea_urine", "bilirubin_total")
 WORKUP_SHOWN = 3  # latest results per analyte in the table
+ADJACENT = timedelta(days=1)  # a record starting within a day of the last one's end continues the course
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class AlpPoint:
     value: float  # canonical U/L; for "<20" the 20
     shown: str  # as a clinician reads it: "<20", "35"
     low: bool
+    high: bool  # above the upper limit it was judged against (``LabResult.is_high``, as the rules judge it)
     limit: float | None  # the lower limit it was judged against
     limits: str  # that limit in words, with its source
     lab_low: float | None  # the lab's own referenceRange, where it sent one
@@ -40,6 +42,13 @@ class AlpPoint:
     age: str | None  # age at the test, "12 y" / "7 mo"
     preliminary: bool
     history: bool  # older than ALP_CURRENT_DAYS: shown, never a reason for advice today
+    by_flag: bool = False  # judged by the lab's flag alone (no range): may sit on either side of the drawn line
+    set_aside: str | None = None  # why the rules do not count it (a possibly contaminated sample), in words
+
+    @property
+    def status(self) -> str:
+        """low | high | normal: the judgement the chart colours and the table states."""
+        return "low" if self.low else "high" if self.high else "normal"
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,7 @@ class WorkupRow:
     unit: str
     limits: str
     judgement: str  # low | high | normal | not judged | not used: <reason>
+    suspect: bool = False  # drawn with an ALP the rules set aside as a possibly contaminated sample
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,11 @@ def build_series(
     settings: Mapping[str, Any],
 ) -> AlpSeries:
     judged = total_alp(labs)
-    points = tuple(_point(patient, r, now, settings) for r in judged)
+    judged_ids = {id(r) for r in judged}  # a set of ids: a list membership test made this quadratic
+    # The rules' own view of this chart: which samples they set aside (possible EDTA contamination), never a copy.
+    rules = Chart(patient=patient, labs=labs, medications=medications, now=now, settings=settings)
+    contamination = rules.contamination
+    points = tuple(_point(patient, r, now, settings, contamination.get(id(r))) for r in judged)
     periods, undated = drug_periods(medications, now)
     dates = [p.when.date() for p in points] + [p.start.date() for p in periods]
     end = now.date()
@@ -109,7 +123,7 @@ def build_series(
     unplotted = tuple(
         Unplotted(describe(r)["date"], r.shown_value, unusable(r) or "not judged")
         for r in labs
-        if r.analyte == TOTAL_ALP and r not in judged
+        if r.analyte == TOTAL_ALP and id(r) not in judged_ids
     )
     return AlpSeries(
         points=points,
@@ -117,18 +131,31 @@ def build_series(
         periods=tuple(periods),
         undated_drugs=tuple(undated),
         unplotted=unplotted,
-        workup=tuple(workup_rows(labs)),
+        workup=tuple(workup_rows(labs, rules.suspect)),
         start=start,
         end=end,
     )
 
 
-def _point(patient: Patient, result: LabResult, now: datetime, settings: Mapping[str, Any]) -> AlpPoint:
+def set_aside_text(finding: Finding) -> str:
+    """Why the rules set a result aside, in the words of the card that says so (``sample-contamination``)."""
+    facts = finding.facts
+    potassium, calcium = facts["potassium"], facts["calcium"]
+    return (
+        f"set aside: possible EDTA contamination (potassium {potassium['value']} {potassium['unit']} and a low "
+        f"calcium, {calcium['value']} {calcium['unit']}, on the same draw); recollect. Not counted by the advice."
+    )
+
+
+def _point(
+    patient: Patient, result: LabResult, now: datetime, settings: Mapping[str, Any], finding: Finding | None = None
+) -> AlpPoint:
     return AlpPoint(
         when=result.when,
         value=result.value,
         shown=result.shown_value,
         low=bool(result.is_low()),
+        high=bool(result.is_high()) and not result.is_low(),
         limit=result.low,
         limits=describe(result)["limits"],
         lab_low=result.low if result.low_source == LAB_RANGE else None,
@@ -136,7 +163,17 @@ def _point(patient: Patient, result: LabResult, now: datetime, settings: Mapping
         age=age_text(patient, result.when),
         preliminary=result.preliminary,
         history=not is_current(result, now, settings),
+        by_flag=judged_by_flag(result),
+        set_aside=set_aside_text(finding) if finding is not None else None,
     )
+
+
+def judged_by_flag(result: LabResult) -> bool:
+    """The judgement came from the lab's flag (``LabResult.is_low``/``is_high`` fall back to it when the lab sent no
+    limit on that side): no line on the chart is what it was judged against."""
+    if result.flag is None:
+        return False
+    return result.low is None or (bool(result.is_high()) and not result.is_low() and result.high is None)
 
 
 def age_text(patient: Patient, when: datetime | date) -> str | None:
@@ -191,28 +228,40 @@ def limit_steps(patient: Patient, start: date, end: date, settings: Mapping[str,
 
 
 def drug_periods(medications: Sequence[Medication], now: datetime) -> tuple[list[DrugPeriod], list[str]]:
-    """One period per antiresorptive (by ingredient): from its earliest record to its latest end (or to now while a
-    record is current), with every dated record as a marker. Draft orders are not periods."""
+    """The courses of each antiresorptive (by ingredient): a record covers its start to its end (to now while it is
+    current, its start alone when it has no end); records that overlap or touch (the next starts at most a day after
+    one ends, as a renewal does) are one course, and a gap is a drug holiday: a new period. Every dated record is a
+    marker. Draft orders are not periods."""
     groups: dict[str, list[Medication]] = {}
     for medication in medications:
         if medication.status != "draft" and is_antiresorptive(medication):
             groups.setdefault(medication.ingredient or medication.name, []).append(medication)
     periods, undated = [], []
     for name, records in sorted(groups.items()):
-        dated = [m for m in records if m.start is not None]
-        if not dated:
+        spans = sorted(
+            (m.start, now if m.status == "current" else max(min(m.end or m.start, now), m.start), m.status == "current")
+            for m in records
+            if m.start is not None
+        )
+        if not spans:
             undated.append(name)
             continue
-        ongoing = any(m.status == "current" for m in records)
-        start = min(m.start for m in dated)
-        end = now if ongoing else max(min(m.end or m.start, now) for m in dated)
-        markers = tuple(sorted({m.start for m in dated}))
-        periods.append(DrugPeriod(name, start, max(end, start), ongoing, markers))
+        courses: list[list[Any]] = []
+        for start, end, current in spans:
+            if courses and start <= courses[-1][1] + ADJACENT:
+                course = courses[-1]
+                course[1], course[2] = max(course[1], end), course[2] or current
+                course[3].add(start)
+            else:
+                courses.append([start, end, current, {start}])
+        for start, end, current, starts in courses:
+            periods.append(DrugPeriod(name, start, end, current, tuple(sorted(starts))))
     return periods, undated
 
 
-def workup_rows(labs: Sequence[LabResult]) -> list[WorkupRow]:
-    """The latest results of the workup analytes, each with the limit it was judged against."""
+def workup_rows(labs: Sequence[LabResult], suspect: frozenset[int] = frozenset()) -> list[WorkupRow]:
+    """The latest results of the workup analytes, each with the limit it was judged against; ``suspect`` holds the
+    ``id`` of results from a draw the rules set aside (``Chart.suspect``)."""
     rows = []
     for analyte in WORKUP_ANALYTES:
         results = [r for r in labs if r.analyte == analyte and r.when is not None]
@@ -226,6 +275,7 @@ def workup_rows(labs: Sequence[LabResult]) -> list[WorkupRow]:
                     unit=result.unit if result.value is not None else (result.raw_unit or ""),
                     limits=shown["limits"],
                     judgement=_judgement(result),
+                    suspect=id(result) in suspect,
                 )
             )
     return rows

@@ -26,7 +26,8 @@ BUSY_SECONDS = 1.0
 
 
 class LaunchStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_pending: int = 10_000) -> None:
+        self.max_pending = max_pending
         parsed = make_url(url)
         if parsed.get_backend_name() != "sqlite":
             raise SettingsError(f"CDS_SMART_STATE_STORE_URL: only sqlite stores exist, not {url.split(':')[0]!r}")
@@ -52,12 +53,26 @@ class LaunchStore:
                 "CREATE TABLE IF NOT EXISTS smart_launches (key TEXT PRIMARY KEY, payload TEXT NOT NULL, "
                 "expires_at REAL NOT NULL)"
             )
+            connection.exec_driver_sql(
+                "CREATE INDEX IF NOT EXISTS smart_launches_expiry ON smart_launches (expires_at)"
+            )
             self._ready = True
         connection.execute(text("DELETE FROM smart_launches WHERE expires_at < :now"), {"now": time.time()})
 
     def put(self, state: str, payload: dict[str, Any], seconds: float) -> None:
+        """Keep a launch; past ``max_pending`` launches in progress the oldest are forgotten first (anyone can start
+        a launch, so the store must not grow without bound)."""
         with self._lock, self.engine.begin() as connection:
             self._begin(connection)
+            pending = connection.execute(text("SELECT count(*) FROM smart_launches")).scalar_one()
+            if pending >= self.max_pending:
+                connection.execute(
+                    text(
+                        "DELETE FROM smart_launches WHERE key IN (SELECT key FROM smart_launches "
+                        "ORDER BY expires_at LIMIT :over)"
+                    ),
+                    {"over": pending - self.max_pending + 1},
+                )
             connection.execute(
                 text("INSERT INTO smart_launches (key, payload, expires_at) VALUES (:key, :payload, :expires)"),
                 {"key": self._key(state), "payload": json.dumps(payload), "expires": time.time() + seconds},

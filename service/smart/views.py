@@ -8,14 +8,17 @@ It is never stored, logged, put in a URL or sent to the browser. Every answer is
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import re
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request
+from flask import Blueprint, Response, current_app, g, redirect, render_template, request
 from markupsafe import Markup
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -29,7 +32,7 @@ from service.gallery import markdown
 from service.hooks import HookCall
 from service.hooks.common import chart_prefetch, read_scope, resolver
 from service.hooks.low_alp_workup import SERVICE as PATIENT_VIEW
-from service.settings import smart_launch_url, smart_redirect_url
+from service.settings import smart_frame_ancestors, smart_launch_url, smart_redirect_url
 from service.smart import oauth
 from service.smart.chart import render_svg
 from service.smart.oauth import LaunchError
@@ -40,6 +43,15 @@ log = logging.getLogger("service.smart")
 bp = Blueprint("smart", __name__, url_prefix="/smart")
 MAX_PARAM = 2048
 PRINTABLE = re.compile(r"[\x21-\x7e]+")
+COOKIE_PREFIX = "alp_smart_launch_"  # + a digest of the state: several launches in one browser do not collide
+
+
+def _cookie_name(state: str) -> str:
+    return COOKIE_PREFIX + hashlib.sha256(state.encode()).hexdigest()[:16]
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def settings() -> dict[str, Any]:
@@ -106,8 +118,21 @@ def no_store(response: Response) -> Response:
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["X-Content-Type-Options"] = "nosniff"
     # Nothing on the page loads from anywhere: inline styles and the inline SVG only.
-    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+    # Framed only by the EHRs allowed to (CDS_SMART_FRAME_ANCESTORS; by default the allow-listed EHRs' origins).
+    ancestors = smart_frame_ancestors(settings())
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors {' '.join(ancestors)}"
+    )
+    if ancestors in (["'none'"], ["'self'"]):  # X-Frame-Options cannot name other origins: CSP does it then
+        response.headers["X-Frame-Options"] = "DENY" if ancestors == ["'none'"] else "SAMEORIGIN"
+    name = g.get("smart_clear_cookie")
+    if name:  # the callback used (or refused) the launch: its browser binding is gone
+        response.delete_cookie(name, path="/smart", secure=_secure(), httponly=True, samesite="Lax")
     return response
+
+
+def _secure() -> bool:
+    return smart_redirect_url(settings()).lower().startswith("https:")
 
 
 @bp.get("/launch")
@@ -122,26 +147,55 @@ def launch() -> Response:
         )
     smart = oauth.discover(iss, config)
     state, verifier = oauth.new_state(), oauth.new_verifier()
+    browser = secrets.token_urlsafe(32)  # binds the launch to this browser: the callback needs it back
     redirect_uri = smart_redirect_url(config)
+    url = oauth.authorization_url(smart, config["SMART_CLIENT_ID"], redirect_uri, iss, launch_id, state, verifier)
     with store_errors():
         store().put(
             state,
-            {"iss": iss, "token_endpoint": smart.token_endpoint, "verifier": verifier, "redirect_uri": redirect_uri},
+            {
+                "iss": iss,
+                "token_endpoint": smart.token_endpoint,
+                "verifier": verifier,
+                "redirect_uri": redirect_uri,
+                "browser": _digest(browser),
+            },
             config["SMART_LAUNCH_SECONDS"],
         )
-    url = oauth.authorization_url(smart, config["SMART_CLIENT_ID"], redirect_uri, iss, launch_id, state, verifier)
     _event("smart_launch", scopes="v2" if smart.scopes == oauth.SCOPES_V2 else "v1")
-    return redirect(url, 302)
+    response = redirect(url, 302)
+    response.set_cookie(
+        _cookie_name(state),
+        browser,
+        max_age=config["SMART_LAUNCH_SECONDS"],
+        path="/smart",
+        secure=_secure(),
+        httponly=True,
+        samesite="Lax",
+    )
+    return response
+
+
+NOT_THIS_BROWSER = (
+    "this sign-in was not started in this browser (or the browser did not keep the app's launch cookie): "
+    "launch the app again from the EHR in this browser"
+)
 
 
 @bp.get("/callback")
 def callback() -> str:
     config = settings()
     state = _param("state")
+    g.smart_clear_cookie = _cookie_name(state)
+    browser = request.cookies.get(g.smart_clear_cookie)
+    if not browser:
+        raise LaunchError(400, NOT_THIS_BROWSER)
     with store_errors():
         pending = store().take(state)
     if pending is None:
         raise LaunchError(400, "this sign-in is unknown, expired or already used: launch the app again from the EHR")
+    if not hmac.compare_digest(str(pending.get("browser", "")), _digest(browser)):
+        raise LaunchError(400, NOT_THIS_BROWSER)  # the launch is used up: a stolen answer cannot be tried again
     error = request.args.get("error")
     if error is not None:
         code = error if oauth.ERROR_CODE.fullmatch(error) else "error"
@@ -196,6 +250,8 @@ def chart_page(iss: str, access_token: str, patient_id: str, config: dict[str, A
             {**card, "kind": kind, "detail_html": Markup(markdown(card.get("detail", "")))} for kind, card in cards
         ],
         "patient": {
+            "name": patient.name or "name not on record",
+            "id": patient.id,
             "sex": patient.gender or "sex unknown",
             "age": age_text(patient, call.now) or "age unknown",
             "birth_date": patient.birth_date.isoformat() if patient.birth_date else "unknown",
