@@ -223,16 +223,7 @@ def client_for(
         return None
     check_fhir_server(server, claims, config)
     token = (body.get("fhirAuthorization") or {}).get("access_token")
-    return FhirClient(
-        server,
-        token,
-        connect_timeout=config["FHIR_CONNECT_TIMEOUT"],
-        read_timeout=config["FHIR_READ_TIMEOUT"],
-        max_pages=config["FHIR_MAX_PAGES"],
-        max_entries=config["FHIR_MAX_ENTRIES"],
-        max_bytes=config["FHIR_MAX_RESPONSE_BYTES"],
-        budget=budget,
-    )
+    return FhirClient.configured(server, token, config, budget)
 
 
 def with_fhir_slot(held: Held, client: FhirClient | None) -> FhirClient | None:

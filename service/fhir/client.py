@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
@@ -121,6 +122,23 @@ class FhirClient:
     max_entries: int = 20000
     max_bytes: int = 10_000_000  # per answer
     budget: CallBudget | None = None  # the hook call's: its deadline and byte allowance
+
+    @classmethod
+    def configured(
+        cls, base_url: str, access_token: str | None, config: Mapping[str, Any], budget: CallBudget | None
+    ) -> FhirClient:
+        """A client with the settings' timeouts and caps (hook calls and the SMART app alike)."""
+        return cls(
+            base_url,
+            access_token,
+            connect_timeout=config["FHIR_CONNECT_TIMEOUT"],
+            read_timeout=config["FHIR_READ_TIMEOUT"],
+            max_pages=config["FHIR_MAX_PAGES"],
+            max_entries=config["FHIR_MAX_ENTRIES"],
+            max_bytes=config["FHIR_MAX_RESPONSE_BYTES"],
+            budget=budget,
+        )
+
     session: requests.Session = field(default_factory=outbound.session)
 
     def __post_init__(self) -> None:

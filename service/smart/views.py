@@ -215,16 +215,7 @@ def chart_page(iss: str, access_token: str, patient_id: str, config: dict[str, A
     budget = CallBudget(config["FHIR_TIME_BUDGET"], config["FHIR_MAX_CALL_BYTES"])
 
     def make_client() -> FhirClient:
-        return FhirClient(
-            iss,
-            access_token,
-            connect_timeout=config["FHIR_CONNECT_TIMEOUT"],
-            read_timeout=config["FHIR_READ_TIMEOUT"],
-            max_pages=config["FHIR_MAX_PAGES"],
-            max_entries=config["FHIR_MAX_ENTRIES"],
-            max_bytes=config["FHIR_MAX_RESPONSE_BYTES"],
-            budget=budget,
-        )
+        return FhirClient.configured(iss, access_token, config, budget)
 
     data = resolve_prefetch(templates, body, make_client, config["FHIR_FETCH_WORKERS"])
     call = HookCall(
