@@ -42,7 +42,20 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, seconds: floa
         time.sleep(0.05)
 
 
-class Redis:
+class Server:
+    """A server process the tests started: stopped politely, then for good."""
+
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+class Redis(Server):
     """``redis-server`` on a free loopback port, nothing saved to disk."""
 
     def __init__(self, workdir: Path, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
@@ -56,13 +69,6 @@ class Redis:
         with self.log.open("w") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         wait_for_port(self.port, self.process, self.log)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 NGINX_CONF = """
@@ -100,7 +106,7 @@ http {{
 """
 
 
-class Nginx:
+class Nginx(Server):
     """nginx on a free loopback port, round-robin over ``upstreams`` (``host:port``), a server that fails is left
     out for 2 seconds."""
 
@@ -121,10 +127,3 @@ class Nginx:
                 [binary, "-c", str(conf), "-p", str(workdir), "-g", "daemon off;"], stdout=out, stderr=out
             )
         wait_for_port(self.port, self.process, self.log)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
