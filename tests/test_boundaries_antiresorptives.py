@@ -279,3 +279,22 @@ def test_review_order_a_bisphosphonate_course_keeps_the_removal_and_says_the_alp
 def test_drug_names_are_ingredients_else_the_records_name_sorted_and_unique():
     meds = [drug(ingredient="zoledronic acid"), drug(), drug(), drug(ingredient=None, name="Bone pill")]
     assert drug_names(meds) == ["Bone pill", "alendronate", "zoledronic acid"]
+
+
+def test_review_order_a_first_dose_after_a_course_that_ended_long_ago_gets_no_alp_before():
+    """Without an ongoing course the order is a (re)start: the ALP before an old course is not shown."""
+    old_course = drug("history", start=ago(1000), end=ago(900))
+    c = chart([alp(30, ago(1010)), alp(30, ago(1))], medications=[old_course])
+    (finding,) = order(c, [drug("draft")])
+    assert finding.facts["course_start"] is None
+    assert finding.facts["before"] is None and finding.facts["low_before"] is False
+
+
+def test_review_order_says_when_the_latest_low_is_a_suspect_sample():
+    draw = [
+        alp(30, ago(1)),
+        lab("potassium", 6.5, ago(1), low=3.5, high=5.1),
+        lab("calcium", 7.0, ago(1), low=8.6, high=10.3),
+    ]
+    (finding,) = order(chart(draw), [drug("draft")])
+    assert finding.facts["latest_suspect"] is True

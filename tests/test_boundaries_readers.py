@@ -204,6 +204,8 @@ def test_value_integer_takes_the_unit_of_the_range_and_a_boolean_is_no_integer()
         ({"coding": ["x", {"display": "Second"}]}, None),  # only the first coding is read
         ({"text": "y" * 50}, "y" * 40),
         ({}, None),
+        ({"text": 5, "coding": [{"code": "error"}]}, "error"),  # a text that is not a string is skipped
+        ({"text": "", "coding": [{"display": "", "code": "error"}]}, "error"),
     ],
 )
 def test_no_value_says_why_from_data_absent_reason(absent, shown):
@@ -503,6 +505,10 @@ def test_resources_skips_outcomes_and_malformed_entries_and_goes_on():
         ("https://ehr.example/fhir/Group/g/Patient/p", None, None),  # through another resource
         ("https://ehr.example/fhir/group/g/Patient/p", None, "p"),  # "group" is no resource type
         ("https://ehr.example/Patient/p", None, "p"),
+        ("https://ehr.example/fhirX/Patient/p", "https://ehr.example/fhir", None),
+        ("https://ehr.example/Group/g/Patient/p", None, None),  # through a resource right under the host
+        ("https://ehr.example/fhir/Group/g//Patient/p", None, None),
+        ("https://ehr.example/XGroup/g/Patient/p", None, "p"),
         ("Group/g", None, None),
         ("#p", None, None),
         ("urn:uuid:1234", None, None),
@@ -654,7 +660,8 @@ def test_medications_do_not_perform_and_orders_that_order_nothing():
 
 
 @pytest.mark.parametrize(
-    ("status", "meaning"), [("completed", "history"), ("in-progress", "history"), ("preparation", None), ("x", None)]
+    ("status", "meaning"),
+    [("completed", "history"), ("in-progress", "history"), ("preparation", None), ("on-hold", None), ("x", None)],
 )
 def test_medications_a_dispense_is_evidence_of_exposure_only_once_handed_over(status, meaning):
     dispense = {**statement(status=status), "resourceType": "MedicationDispense", "whenHandedOver": "2025-01-02"}
@@ -855,3 +862,24 @@ def test_timezone_aware_results_compare_with_now():
     result = one(observation(value=quantity(30), when="2026-05-01T10:00:00+05:00"))
     assert result.when.utcoffset() == timedelta(hours=5) and result.when < NOW
     assert result.when.astimezone(UTC).hour == 5
+
+
+def test_medications_a_status_that_is_not_a_string_means_nothing():
+    assert read_medications([request(status=["active"])], scope()) == []
+    assert [m.status for m in read_medications([request(status=["active"])], scope(), drafts=True)] == ["draft"]
+    assert read_medications([request(status=5)], scope()) == []
+
+
+@pytest.mark.parametrize("code", ["", 5, None])
+def test_hpp_status_a_verification_code_that_is_empty_or_not_a_string_counts_as_absent(code):
+    resource = condition()
+    resource["verificationStatus"] = {"coding": [{"code": code}]}
+    assert has_hpp_diagnosis(resource, scope=scope()) is True
+
+
+def test_hpp_another_patients_condition_before_this_patients_does_not_hide_it():
+    bundle = {
+        "resourceType": "Bundle",
+        "entry": [{"resource": condition(subject="Patient/q")}, {"resource": condition()}],
+    }
+    assert has_hpp_diagnosis(bundle, scope=scope()) is True

@@ -657,6 +657,9 @@ def test_unreadable_alp_the_latest_current_unusable_alp_gets_its_own_card():
         ([alp(80, ago(1)), unreadable(ago(1))], False),  # a judged ALP as new as the unreadable one
         ([alp(80, ago(10)), unreadable(ago(366))], False),  # the unreadable one is history
         ([unreadable(ago(365))], True),
+        ([unreadable(ago(366))], False),
+        ([unreadable(ago(1)), alp(80, ago(1))], False),  # as new as a judged one (listed first)
+        ([unreadable(ago(5)), lab("zinc", None, ago(1), problem="no value")], True),  # only ALP counts
         ([], False),
         ([lab("alp_total", None, None, problem="no date")], False),
         ([alp(80, ago(1)), unreadable(ago(10))], False),  # a newer judged ALP
@@ -790,3 +793,38 @@ def test_chart_latest_within_days_and_without_a_limit():
     assert c.latest("zinc").value == 70
     assert c.latest("zinc", 95).value == 70 and c.latest("zinc", 94) is None
     assert c.latest("magnesium") is None
+
+
+def test_unreadable_alp_card_names_the_alp_not_a_newer_unusable_workup_result():
+    (finding,) = low_alp(chart([unreadable(ago(5)), lab("zinc", None, ago(1), problem="no value")]))
+    assert finding.facts["result"]["analyte"] == "alp_total"
+
+
+@pytest.mark.parametrize(
+    ("result", "unit"),
+    [
+        (lab("alp_total", None, ago(1), problem="no value"), ""),  # no value and no unit
+        (lab("alp_total", None, ago(1), problem="unit not recognised", raw_unit="mg/dL"), "mg/dL"),
+        (lab("alp_total", 50, ago(1), low=35, comparator="<", raw_unit="IU/L"), "U/L"),  # read, not judged
+    ],
+)
+def test_unreadable_alp_card_shows_the_labs_unit_when_there_is_no_value_else_the_canonical_one(result, unit):
+    (finding,) = low_alp(chart([result]))
+    assert finding.kind == "alp-unreadable" and finding.facts["result"]["unit"] == unit
+
+
+@pytest.mark.parametrize(
+    ("value", "comparator", "below"),
+    [
+        (24.9, None, True),
+        (25, None, False),
+        (25, "<", True),
+        (25.1, "<", False),
+        (25, "<=", False),
+        (24, "<=", True),
+        (20, ">", False),  # a lower bound only: the true value may be far above 25
+        (20, ">=", False),
+    ],
+)
+def test_very_low_certainly_below_25_only_when_the_true_value_must_be(value, comparator, below):
+    assert rules._certainly_below(alp(value, ago(1), comparator=comparator), 25) is below

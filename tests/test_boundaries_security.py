@@ -422,10 +422,21 @@ def test_jwks_a_fetch_ends_its_in_progress_mark_and_wakes_the_waiters(monkeypatc
 def test_jwks_fetch_needs_a_200(monkeypatch):
     store = KeyStore()
     answers = iter([outbound.Answer(404, {}, b""), outbound.Answer(200, {}, json.dumps(JWKS).encode())])
-    monkeypatch.setattr(outbound, "get", lambda *a, **k: next(answers))
+    asked = []
+
+    def get(session, url, **kwargs):
+        asked.append((session, url, kwargs))
+        return next(answers)
+
+    monkeypatch.setattr(outbound, "get", get)
     with pytest.raises(outbound.OutboundError, match="JWKS answer 404"):
         store._fetch(URL)
     assert set(store._fetch(URL)) == {"ec-1", "rsa-1", "p256"}
+    session, url, kwargs = asked[0]
+    assert session is store.session and url == URL
+    assert kwargs["headers"] == {"Accept": "application/json"} and kwargs["max_bytes"] == 1_000_000
+    assert kwargs["connect_timeout"] == kwargs["read_timeout"] == 5.0
+    assert 4.5 < kwargs["deadline"] - time.monotonic() <= 5.0
 
 
 # ----------------------------------------------------------------------------------------------- logs and FHIR servers
@@ -469,6 +480,8 @@ SETTINGS = {"TRUSTED_ISSUERS": {ISS: issuer(fhir_servers=["https://ehr.example.o
         ("https://ehr.example.org/other", None, SETTINGS, True),  # AUTH off and no list: local development
         ("https://a.example/fhir", None, {**SETTINGS, "FHIR_SERVERS": ["https://a.example/fhir/"]}, True),
         ("https://b.example/fhir", None, {**SETTINGS, "FHIR_SERVERS": ["https://a.example/fhir"]}, False),
+        ("https://ehr.example.org/fhirX", {"iss": ISS}, SETTINGS, False),
+        ("https://a.example/fhir", None, {**SETTINGS, "FHIR_SERVERS": ["https://a.example/fhirX"]}, False),
         (None, {"iss": ISS}, SETTINGS, True),
     ],
 )
@@ -476,8 +489,9 @@ def test_fhir_server_allow_list(server, claims, settings, allowed):
     if allowed:
         check_fhir_server(server, claims, settings)
     else:
-        with pytest.raises(Forbidden):
+        with pytest.raises(Forbidden) as refused:
             check_fhir_server(server, claims, settings)
+        assert str(refused.value) == ("fhirServer is not on the allow-list for this client; no request was sent to it")
 
 
 def test_fhir_server_not_a_url_is_a_400_before_the_allow_list():
