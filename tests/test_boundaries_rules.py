@@ -828,3 +828,19 @@ def test_unreadable_alp_card_shows_the_labs_unit_when_there_is_no_value_else_the
 )
 def test_very_low_certainly_below_25_only_when_the_true_value_must_be(value, comparator, below):
     assert rules._certainly_below(alp(value, ago(1), comparator=comparator), 25) is below
+
+
+def test_free_t4_is_suggested_once_when_the_tsh_is_raised():
+    finding = main_finding(low_alp(persistent_lows(lab("tsh", 9.0, ago(2), low=0.4, high=4.0))))
+    assert [o.test.key for o in finding.orders].count("free_t4") == 1
+
+
+def test_alp_lowering_drugs_the_latest_record_of_an_earlier_antiresorptive_wins_in_any_order():
+    newest_first = [
+        med("Fosamax", {"bisphosphonate"}, status="history", start=ago(400), ingredient="alendronate"),
+        med("Fosamax", {"bisphosphonate"}, status="history", start=ago(900), ingredient="alendronate"),
+    ]
+    facts = main_finding(low_alp(chart([alp(30, ago(1))], medications=newest_first))).facts
+    assert facts["alp_lowering_drugs"] == [
+        {"name": "alendronate", "kind": f"earlier antiresorptive, last recorded {ago(400).date().isoformat()}"}
+    ]

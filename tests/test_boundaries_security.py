@@ -380,7 +380,7 @@ def test_jwks_parse_skips_members_that_are_not_usable_keys_and_refuses_what_is_n
     keys = KeyStore._parse({"keys": ["x", {"kid": 5}, {"kid": "bad", "kty": "nope"}, jwk(EC_KEY, "good", "ES384")]})
     assert list(keys) == ["good"]
     for not_a_set in ([], {"keys": {}}, {"nokeys": []}, None):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"^not a JWK Set$"):
             KeyStore._parse(not_a_set)
 
 
@@ -497,3 +497,37 @@ def test_fhir_server_allow_list(server, claims, settings, allowed):
 def test_fhir_server_not_a_url_is_a_400_before_the_allow_list():
     with pytest.raises(BadRequest):
         check_fhir_server("https://ehr.example.org:99999/fhir", {"iss": ISS}, SETTINGS)
+
+
+def test_jwks_a_waiter_gives_up_one_second_after_the_fetch_timeout():
+    store = KeyStore(timeout=0.0)
+    source = store._sources.setdefault(URL, security._Source())
+    source.fetching = threading.Event()  # a fetch that never ends
+    started = time.monotonic()
+    assert store.key(URL, "k") is None
+    assert 0.9 < time.monotonic() - started < 1.9 and source.waiting == 0
+
+
+def test_jwks_a_failed_fetch_is_logged_by_its_kind_only(monkeypatch, caplog):
+    store = KeyStore()
+    monkeypatch.setattr(store, "_fetch", Fetches())
+    with caplog.at_level("WARNING", logger="service.security"):
+        assert store.key(URL, "k") is None
+    assert [r.getMessage() for r in caplog.records] == ['{"event":"jwks_fetch_failed","error":"OutboundError"}']
+
+
+def test_jwks_an_unexpected_error_in_a_fetch_keeps_the_known_keys_and_ends_the_fetch(monkeypatch, clock):
+    store = KeyStore()
+    fetches = Fetches({URL: {"keys": [jwk(EC_KEY, "k", "ES384")]}})
+    monkeypatch.setattr(store, "_fetch", fetches)
+    assert store.key(URL, "k") is not None
+    clock.mono += JWKS_REFRESH_SECONDS
+
+    def broken(url):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(store, "_fetch", broken)
+    with pytest.raises(RuntimeError):
+        store.key(URL, "unknown")
+    assert store._sources[URL].fetching is None
+    assert store.key(URL, "k") is not None
