@@ -844,3 +844,13 @@ def test_alp_lowering_drugs_the_latest_record_of_an_earlier_antiresorptive_wins_
     assert facts["alp_lowering_drugs"] == [
         {"name": "alendronate", "kind": f"earlier antiresorptive, last recorded {ago(400).date().isoformat()}"}
     ]
+
+
+def test_persistence_the_latest_of_three_or_more_lows_must_be_current_not_the_second():
+    found = low_alp(chart([alp(30, ago(500)), alp(30, ago(400)), alp(30, ago(10))]))
+    assert kinds(found) == ["alp-low-persistent"]
+
+
+def test_wilson_card_ratios_are_rounded_to_two_decimals():
+    found = wilson(wilson_labs(ago(0), bilirubin=9.0, ast=100.0, alt=30.0, alp_value=30.0))
+    assert found.facts["alp_bilirubin_ratio"] == 3.33 and found.facts["ast_alt_ratio"] == 3.33

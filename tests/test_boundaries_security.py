@@ -200,7 +200,7 @@ class Clock:
 
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
-    fake = Clock(time.time() - 100)
+    fake = Clock(float(int(time.time()) - 100))  # a whole second, as token times are
     monkeypatch.setattr(security, "time", types.SimpleNamespace(time=fake.time, monotonic=fake.monotonic))
     return fake
 
@@ -274,7 +274,7 @@ def test_replay_a_token_is_accepted_once_by_the_real_store():
     assert reason(auth, bearer) is None and reason(auth, bearer) == "replayed jti"
 
 
-def test_replay_store_down_is_a_503_never_an_acceptance():
+def test_replay_store_down_is_a_503_never_an_acceptance(caplog):
     from sqlalchemy.exc import OperationalError
 
     from service.errors import StoreUnavailable
@@ -285,8 +285,12 @@ def test_replay_store_down_is_a_503_never_an_acceptance():
 
     auth = authenticator()
     auth.replays = Down()
-    with pytest.raises(StoreUnavailable):
+    with caplog.at_level("ERROR", logger="service.security"), pytest.raises(StoreUnavailable) as down:
         auth.verify("Bearer " + token(), AUD)
+    assert str(down.value) == "the token replay store is unavailable; please retry"
+    assert [r.getMessage() for r in caplog.records] == [
+        '{"event":"replay_store_unavailable","error":"OperationalError"}'
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- keys
