@@ -79,6 +79,8 @@ def one(resource, patient=ADULT):
         (quantity(30, unit="U/L", code="mystery"), None, "unit not recognised"),  # the code is read first
         (quantity(30, unit="mystery", code="U/L"), 30, None),  # an unknown display unit is no disagreement
         (quantity(30, unit=None, code="U/L"), 30, None),
+        ({"value": 30, "code": "U/L", "unit": 5}, 30, None),  # a unit text that is not a string is ignored
+        ({"value": 30, "code": 5, "unit": "U/L"}, 30, None),
         (quantity(30, unit=" ", code=None), None, "no unit"),
         (quantity(30, unit=None, code=None), None, "no unit"),
     ],

@@ -314,7 +314,9 @@ def test_edta_applies_when_the_age_is_unknown():
     assert "sample-contamination" in edta(edta_draw(ago(1)), patient=Patient("p"))
 
 
-@pytest.mark.parametrize(("hours_apart", "fires"), [(24, True), (24.01, False), (-24, True), (-24.01, False)])
+@pytest.mark.parametrize(
+    ("hours_apart", "fires"), [(24, True), (24 + 10 / 3600, False), (-24, True), (-24 - 10 / 3600, False)]
+)
 def test_same_draw_companion_labs_count_within_24_hours_of_the_alp(hours_apart, fires):
     when = ago(3)
     labs = [
@@ -854,3 +856,10 @@ def test_persistence_the_latest_of_three_or_more_lows_must_be_current_not_the_se
 def test_wilson_card_ratios_are_rounded_to_two_decimals():
     found = wilson(wilson_labs(ago(0), bilirubin=9.0, ast=100.0, alt=30.0, alp_value=30.0))
     assert found.facts["alp_bilirubin_ratio"] == 3.33 and found.facts["ast_alt_ratio"] == 3.33
+
+
+def test_persistence_when_every_low_of_the_run_is_suspect_the_span_is_the_runs():
+    found = low_alp(chart([*edta_draw(ago(31)), *edta_draw(ago(1))]))
+    facts = main_finding(found).facts
+    assert kinds(found) == ["sample-contamination", "sample-contamination", "alp-low-single"]
+    assert facts["count"] == 0 and facts["span_days"] == 30
