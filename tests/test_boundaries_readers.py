@@ -88,11 +88,19 @@ def one(resource, patient=ADULT):
 def test_units_ucum_code_and_unit_text_must_agree(q, value, problem):
     result = one(observation(value=q))
     assert result.value == value and result.problem == problem
+    if problem == "no unit":
+        assert result.unit == "no unit" and result.raw_unit is None
+
+
+def test_units_a_problem_found_before_the_unit_is_kept_even_when_the_units_disagree():
+    resource = observation(value={"value": 30, "code": "U/L", "unit": "ukat/L"}, status=None)
+    assert one(resource).problem == "the status cannot be read"
 
 
 def test_units_a_comparator_fhir_does_not_allow_is_a_problem_not_a_guess():
     result = one(observation(value={**quantity(30), "comparator": "~"}))
     assert result.problem == "the comparator is not one FHIR allows" and result.value is None
+    assert (result.raw_value, result.raw_unit, result.shown_value) == (30, "U/L", "30")
     assert one(observation(value={**quantity(30), "comparator": 5})).problem == "the comparator is not one FHIR allows"
     assert one(observation(value={**quantity(30), "comparator": "<="})).comparator == "<="
 
@@ -101,6 +109,10 @@ def test_units_a_comparator_fhir_does_not_allow_is_a_problem_not_a_guess():
 def test_units_a_value_that_is_not_a_finite_number_below_a_billion_is_not_a_number(number):
     result = one(observation(value=quantity(number)))
     assert result.problem == "the value is not a number" and result.value is None
+    assert result.raw_unit == "U/L" and result.unit == "U/L"  # the unit the lab wrote is still shown
+    # not a number wins over a unit code and text that disagree
+    disagreeing = one(observation(value={"value": number, "code": "U/L", "unit": "ukat/L"}))
+    assert disagreeing.problem == "the value is not a number"
 
 
 def test_units_a_value_just_below_a_billion_is_a_number_but_not_a_possible_alp():
@@ -193,7 +205,9 @@ def test_value_text_of_exactly_forty_characters_is_read():
 
 def test_value_integer_takes_the_unit_of_the_range_and_a_boolean_is_no_integer():
     result = one(observation(valueInteger=30, referenceRange=[{"low": {"value": 40, "unit": "U/L"}}]))
-    assert result.value == 30 and result.is_low() is True
+    assert result.value == 30 and result.is_low() is True and result.loinc == "6768-6"
+    huge = one(observation(valueInteger=10**9, referenceRange=[{"low": {"value": 40, "unit": "U/L"}}]))
+    assert huge.problem == "the value is not a number" and huge.value is None
     assert one(observation(valueInteger=True)).problem == "no value"
 
 
@@ -885,3 +899,24 @@ def test_hpp_another_patients_condition_before_this_patients_does_not_hide_it():
         "entry": [{"resource": condition(subject="Patient/q")}, {"resource": condition()}],
     }
     assert has_hpp_diagnosis(bundle, scope=scope()) is True
+
+
+def test_identity_a_draft_that_names_another_patient_in_patient_is_not_unnamed():
+    s = scope()
+    assert not s.owns({"resourceType": "MedicationRequest", "patient": {"reference": "Patient/q"}}, unnamed_ok=True)
+
+
+def test_read_lab_results_reads_observations_only():
+    report = {**observation(value=quantity(30)), "resourceType": "DiagnosticReport", "id": "d"}
+    bundle = {"resourceType": "Bundle", "entry": [{"resource": report}]}
+    assert read_lab_results(bundle, report, scope=scope()) == []
+
+
+def test_medications_a_prefetch_value_that_is_empty_or_not_a_bundle_is_skipped():
+    meds = read_medications([None, [], statement(), {"resourceType": "Medication", "entry": "x"}], scope())
+    assert [m.reference for m in meds] == ["MedicationStatement/m"]
+
+
+def test_medications_matched_by_text_is_recorded():
+    (med,) = read_medications([statement(text="Fosamax 70 mg")], scope())
+    assert med.matched_by == "text"
