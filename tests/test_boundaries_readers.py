@@ -568,13 +568,23 @@ def test_identity_a_reference_on_another_server_is_another_patient():
 
 
 def test_patient_must_be_the_one_patient_of_the_hook_call():
-    with pytest.raises(PatientMismatch):
+    with pytest.raises(PatientMismatch, match=r"^the patient data given is not a Patient resource$"):
         read_patient({"resourceType": "Observation"}, "p")
-    with pytest.raises(PatientMismatch):
+    with pytest.raises(PatientMismatch, match=r"^the Patient resource given is not context.patientId$"):
         read_patient({"resourceType": "Patient", "id": "q"}, "p")
     two = {"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Patient", "id": "p"}}] * 2}
-    with pytest.raises(PatientMismatch):
+    with pytest.raises(PatientMismatch, match=r"^the patient data given holds more than one Patient$"):
         read_patient(two, "p")
+    mixed = {
+        "resourceType": "Bundle",
+        "entry": [
+            {"resource": {"resourceType": "Observation", "id": "o"}},
+            {"resource": {"resourceType": "Patient", "id": "p", "gender": "male"}},
+        ],
+    }
+    assert read_patient(mixed, "p").gender == "male"  # other resources in the Bundle are not Patients
+    only_other = {"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Observation", "id": "o"}}]}
+    assert read_patient(only_other, "p") == Patient("p")
     assert read_patient(None, "p") == Patient("p")
     assert read_patient({"resourceType": "Bundle", "entry": []}, "p") == Patient("p")
 
@@ -595,6 +605,11 @@ def test_patient_must_be_the_one_patient_of_the_hook_call():
 def test_patient_deceased(fields, deceased, deceased_at):
     patient = read_patient({"resourceType": "Patient", "id": "p", **fields}, "p", NOW)
     assert patient.deceased is deceased and patient.deceased_at == deceased_at
+
+
+@pytest.mark.parametrize("gender", ["male", "female", "other", "unknown"])
+def test_patient_each_fhir_administrative_gender_is_kept(gender):
+    assert read_patient({"resourceType": "Patient", "id": "p", "gender": gender}, "p").gender == gender
 
 
 def test_patient_birth_date_and_gender():
@@ -920,3 +935,11 @@ def test_medications_a_prefetch_value_that_is_empty_or_not_a_bundle_is_skipped()
 def test_medications_matched_by_text_is_recorded():
     (med,) = read_medications([statement(text="Fosamax 70 mg")], scope())
     assert med.matched_by == "text"
+
+
+def test_observation_an_id_that_is_not_a_string_gives_no_resource_id():
+    panel = observation(value=quantity(30), id=5)
+    panel["component"] = [
+        {"code": {"coding": [{"system": LOINC, "code": "2823-3"}]}, "valueQuantity": quantity(4, "mmol/L")}
+    ]
+    assert [r.resource_id for r in read_observation(panel, scope())] == [None, None]

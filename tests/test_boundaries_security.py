@@ -466,7 +466,7 @@ def test_loggable_limit_is_a_parameter():
 
 @pytest.mark.parametrize("url", ["https://ehr.example:99999/fhir", "http://[::1"])
 def test_fhir_server_that_is_not_a_url_is_a_400(url):
-    with pytest.raises(BadRequest):
+    with pytest.raises(BadRequest, match=r"^fhirServer is not a valid URL$"):
         check_fhir_server_url(url)
     check_fhir_server_url(None)
     check_fhir_server_url("")
