@@ -535,3 +535,22 @@ def test_jwks_an_unexpected_error_in_a_fetch_keeps_the_known_keys_and_ends_the_f
         store.key(URL, "unknown")
     assert store._sources[URL].fetching is None
     assert store.key(URL, "k") is not None
+
+
+def _without_alg(key, kid: str, alg: str) -> dict:
+    return {k: v for k, v in jwk(key, kid, alg).items() if k != "alg"}
+
+
+@pytest.mark.parametrize(
+    ("member", "key", "alg", "why"),
+    [
+        (_without_alg(RSA_KEY, "r", "RS384"), RSA_KEY, "RS384", None),  # "alg" is optional in a JWK
+        ({**_without_alg(RSA_KEY, "r", "RS384"), "alg": ""}, RSA_KEY, "RS384", None),
+        (jwk(RSA_KEY, "r", "RS256"), RSA_KEY, "RS384", "invalid token: InvalidAlgorithmError"),  # the key's own alg
+        (_without_alg(EC_KEY, "r", "ES384"), EC_KEY, "ES384", None),  # P-384 is ES384
+        (_without_alg(P256_KEY, "r", "ES256"), P256_KEY, "ES256", "algorithm 'ES256' not allowed"),
+    ],
+)
+def test_keys_a_jwk_without_alg_is_used_with_the_accepted_algorithm_of_its_type(member, key, alg, why):
+    auth = authenticator({ISS: issuer(jwks={"keys": [member]})})
+    assert reason(auth, "Bearer " + token(key, alg, "r")) == why
