@@ -82,8 +82,11 @@ class KeyStore:
         for data in jwks["keys"]:
             if not isinstance(data, Mapping) or not isinstance(data.get("kid"), str):
                 continue
+            # "alg" is optional in a JWK (RFC 7517); without it PyJWT takes an RSA key for RS256, which no token may
+            # use here, so an RSA key without "alg" is read as RS384, the one RSA algorithm accepted.
+            algorithm = "RS384" if data.get("kty") == "RSA" and not data.get("alg") else None
             try:
-                keys[data["kid"]] = PyJWK(dict(data))
+                keys[data["kid"]] = PyJWK(dict(data), algorithm)
             except (jwt.PyJWTError, TypeError, ValueError):  # what PyJWT raises on members of the wrong shape
                 continue
         return keys

@@ -456,7 +456,10 @@ def _tiers(
 
 
 def _certainly_below(result: LabResult, limit: float) -> bool:
-    return result.value < limit and result.comparator not in (">", ">=")
+    """The true value is below ``limit``: "<25" is below 25, "<=25" and ">20" may not be."""
+    if result.comparator in (">", ">="):
+        return False
+    return result.value < limit or (result.comparator == "<" and result.value <= limit)
 
 
 ALP_LOWERING = {"estrogen": "oestrogen", "glucocorticoid": "glucocorticoid", "clofibrate": "clofibrate"}

@@ -357,7 +357,8 @@ def _raw_value(element: dict[str, Any], range_unit: str | None) -> _Raw:
         return _Raw(float(match.group(2)), (match.group(3) or "").strip() or range_unit, comparator, shown, None)
     integer = element.get("valueInteger")
     if isinstance(integer, int) and not isinstance(integer, bool):
-        return _Raw(_number(integer), range_unit, None, None, None)
+        number = _number(integer)  # None from a billion on: named, as for valueQuantity, not silently dropped
+        return _Raw(number, range_unit, None, None, None if number is not None else "the value is not a number")
     absent = _dict(element.get("dataAbsentReason"))
     reason = _text(absent.get("text")) or next(
         (_text(_dict(c).get("display")) or _text(_dict(c).get("code")) for c in _list(absent.get("coding"))), None
