@@ -63,6 +63,9 @@ def authenticator(issuers=None) -> Authenticator:
             "JWT_MAX_LIFETIME": LIFETIME,
             "PUBLIC_BASE_URL": BASE,
             "REPLAY_STORE_URL": "sqlite://",
+            "REDIS_URL": "",
+            "REDIS_TIMEOUT": 1.0,
+            "REPLAY_FAIL_OPEN": False,
         }
     )
 
