@@ -154,9 +154,8 @@ def test_ranges_a_bound_without_a_unit_is_in_the_units_of_the_value(range_, valu
     result = one(observation(value=value, referenceRange=[range_]))
     if low is not None:
         assert result.low == pytest.approx(low) and result.low_source == LAB_RANGE
-    else:  # the lab's bound is unusable: the fallback applies, as with no range at all
-        fallback = one(observation(value=value))
-        assert (result.low, result.low_source) == (fallback.low, fallback.low_source) != (None, LAB_RANGE)
+    else:  # the lab's bound is unusable: the fallback applies, as with no range at all (reference_intervals.csv)
+        assert (result.low, result.low_source) == (40, "CALIPER interval for age and sex")
 
 
 def test_ranges_only_the_first_reference_range_is_used():
@@ -277,18 +276,26 @@ def test_flags_the_labs_flag_stands_for_a_bound_it_did_not_send_no_fallback():
 
 
 @pytest.mark.parametrize(
-    ("code", "unit", "value", "low", "high"),
+    ("code", "unit", "value", "low", "high", "source"),
     [
-        ("62236-5", "nmol/L", 15, 20, 125),  # PLP: ARUP interval
-        ("28604-7", "umol/g{creat}", 40, None, 30),  # urine PEA: a decision limit, no lower bound
-        ("62292-8", "ng/mL", 15, 20, 80),  # 25-OH vitamin D
+        ("62236-5", "nmol/L", 15, 20, 125, "ARUP interval"),  # PLP
+        ("28604-7", "umol/g{creat}", 40, None, 30, "decision limit for HPP (OJRD 2022)"),  # urine PEA: no lower bound
+        (
+            "62292-8",
+            "ng/mL",
+            15,
+            20,
+            80,
+            "decision limits: deficiency below 20, toxicity possible above 80 (Mayo)",
+        ),  # 25-OH vitamin D
     ],
 )
-def test_fallback_the_built_in_plp_pea_and_vitamin_d_limits_when_the_lab_sends_no_range(code, unit, value, low, high):
+def test_fallback_the_built_in_plp_pea_and_vitamin_d_limits_when_the_lab_sends_no_range(
+    code, unit, value, low, high, source
+):
     result = one(observation(code=code, value=quantity(value, unit)))
     assert (result.low, result.high) == (low, high)
-    assert result.low_source == (None if low is None else result.high_source) and result.high_source
-    assert result.high_source not in (LAB_RANGE, LAB_FLAG)
+    assert (result.low_source, result.high_source) == (None if low is None else source, source)
 
 
 def test_fallback_fills_only_the_bound_the_lab_did_not_send():

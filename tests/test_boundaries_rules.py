@@ -211,7 +211,7 @@ def test_previous_normal_is_named_only_within_alp_current_days_before_the_run(no
     assert (previous is not None) is named
 
 
-def test_previous_low_before_a_normal_is_not_a_previous_normal():
+def test_previous_normal_names_the_date_of_the_normal_result_before_the_run():
     """The result just before the run is judged; only a normal one is named (a low there would be in the run)."""
     facts = main_finding(low_alp(chart([alp(80, ago(300)), alp(30, ago(1))]))).facts
     assert facts["previous_normal"]["date"] == ago(300).date().isoformat()
@@ -863,3 +863,33 @@ def test_persistence_when_every_low_of_the_run_is_suspect_the_span_is_the_runs()
     facts = main_finding(found).facts
     assert kinds(found) == ["sample-contamination", "sample-contamination", "alp-low-single"]
     assert facts["count"] == 0 and facts["span_days"] == 30
+
+
+# ------------------------------------------------------------------------------------------ age-band edges
+
+
+@pytest.mark.parametrize(
+    ("day", "low"),
+    [
+        ("2010-01-15", 83),  # 14 days old: the first band (0-15 d)
+        ("2010-01-16", 122),  # 15 days old: the band from 15 days starts that day
+        ("2010-12-31", 122),  # the day before the first birthday
+        ("2011-01-01", 142),  # the first birthday: the band from 1 year
+        ("2019-12-31", 142),
+        ("2020-01-01", 129),  # the 10th birthday
+        ("2028-12-31", 45),  # female 17-19 y band, the day before the 19th birthday
+        ("2029-01-01", 35),  # the 19th birthday: the adult female band (open-ended: the cached path)
+    ],
+)
+def test_fallback_alp_band_edges_fall_on_the_birthday_and_the_day_of_age(day, low):
+    """reference_intervals.csv: a band "from 15d" starts on day 15 of life, "from 1y" on the first birthday, and
+    "up to 19y" ends the day before the 19th birthday (calendar age)."""
+    from datetime import UTC, date, datetime
+
+    from service.clinical.facts import Patient
+    from service.clinical.limits import fallback_limits
+
+    patient = Patient(id="p", birth_date=date(2010, 1, 1), gender="female")
+    when = datetime.fromisoformat(day).replace(hour=12, tzinfo=UTC)
+    limits = fallback_limits("alp_total", patient, when, {"ALP_SITE_LOW_LIMITS": {}, "ADULT_AGE": 18})
+    assert limits is not None and limits.low == low
