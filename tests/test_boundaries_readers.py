@@ -950,3 +950,78 @@ def test_observation_an_id_that_is_not_a_string_gives_no_resource_id():
         {"code": {"coding": [{"system": LOINC, "code": "2823-3"}]}, "valueQuantity": quantity(4, "mmol/L")}
     ]
     assert [r.resource_id for r in read_observation(panel, scope())] == [None, None]
+
+
+# ------------------------------------------------------------------------------- entries, lazy and plain
+
+
+def _lazy(bundle: dict) -> object:
+    import json
+
+    from service.fhir.lazy import decode_hook_request
+
+    return decode_hook_request(json.dumps({"prefetch": {"k": bundle}}).encode())["prefetch"]["k"]
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["plain", "lazy"])
+def test_entries_filter_by_type_and_cheap_test_whether_the_bundle_is_lazy_or_plain(lazy):
+    from service.fhir.lazy import LazyBundle
+    from service.fhir.readers import entries
+
+    bundle = {
+        "resourceType": "Bundle",
+        "entry": [
+            {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Observation", "id": "a", "effectiveDateTime": "x"}},
+            {"fullUrl": "urn:uuid:2", "resource": {"resourceType": "Patient", "id": "p"}},
+            {"search": {"mode": "outcome"}, "resource": {"resourceType": "Observation", "id": "o"}},
+            {"resource": {"resourceType": "Observation", "id": "b", "effectiveDateTime": "keep me"}},
+            {"resource": "not an object"},
+        ],
+    }
+    value = _lazy(bundle) if lazy else bundle
+    assert isinstance(value, LazyBundle) is lazy
+    assert [(u, r["id"]) for u, r in entries(value, "Observation")] == [("urn:uuid:1", "a"), (None, "b")]
+    assert [(u, r["id"]) for u, r in entries(value, "Patient")] == [("urn:uuid:2", "p")]
+    assert [r["id"] for _, r in entries(value)] == ["a", "p", "b"]
+    kept = entries(value, "Observation", lambda head: head.get("effectiveDateTime") == "keep me")
+    assert [r["id"] for _, r in kept] == ["b"]
+
+
+def test_entries_of_a_single_resource_pass_it_to_the_cheap_test():
+    from service.fhir.readers import entries
+
+    resource = {"resourceType": "Observation", "id": "a", "effectiveDateTime": "2026-01-01"}
+    seen = []
+    assert list(entries(resource, "Observation", lambda r: seen.append(r) or True)) == [(None, resource)]
+    assert seen == [resource]
+    assert list(entries(resource, "Observation", lambda r: False)) == []
+    assert list(entries(resource, "Patient")) == [] and list(entries([resource])) == []
+
+
+# ----------------------------------------------------------------------------------------- patient name
+
+
+@pytest.mark.parametrize(
+    ("names", "shown"),
+    [
+        (None, None),
+        ("Ann Lee", None),  # not a list
+        ([], None),
+        ([{"text": "Ann  Lee "}], "Ann Lee"),  # text first, spaces tidied
+        ([{"given": ["Ann", "Marie"], "family": "Lee"}], "Ann Marie Lee"),
+        ([{"given": ["Ann", 7, " "], "family": 9}], "Ann"),  # parts that are not text are left out
+        ([{"text": "  ", "given": ["Ann"], "family": "Lee"}], "Ann Lee"),  # blank text: the parts
+        ([{"given": "Ann", "family": "Lee"}], "Lee"),  # given must be a list
+        ([{"use": "nickname", "text": "Annie"}, {"use": "official", "text": "Ann Lee"}], "Ann Lee"),
+        ([{"use": "nickname", "text": "Annie"}, {"use": "usual", "text": "Ann"}], "Ann"),
+        ([{"use": "usual", "text": "Ann"}, {"use": "official", "text": "Ann Lee"}], "Ann Lee"),
+        ([{"use": "old", "text": "A"}, {"use": "maiden", "text": "B"}], "A"),  # neither: the first
+        ([{"use": "official"}, {"text": "Ann"}], "Ann"),  # an official name with nothing in it is skipped
+        ([7, {"text": "Ann"}], "Ann"),
+        ([{"text": "x" * 300}], "x" * 200),  # capped
+    ],
+)
+def test_patient_name_official_then_usual_then_first_text_or_parts(names, shown):
+    from service.fhir.readers import patient_name
+
+    assert patient_name(names) == shown
