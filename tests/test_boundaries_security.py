@@ -296,6 +296,60 @@ def test_replay_store_down_is_a_503_never_an_acceptance(caplog):
     ]
 
 
+@pytest.mark.parametrize(
+    ("error", "logged"),
+    [
+        ("sqlalchemy", "OperationalError"),
+        ("oserror", "ConnectionRefusedError"),
+        ("redis", "the Redis replay store did not answer"),
+    ],
+)
+def test_replay_store_down_with_fail_open_accepts_and_logs_the_issuer_only(caplog, error, logged):
+    """REPLAY_FAIL_OPEN: a token is accepted without the replay check while the store is down, every time (nothing
+    is recorded), and the warning names the error and the issuer, never the token or its jti."""
+    from sqlalchemy.exc import OperationalError
+
+    from service.replay import ReplayStoreDown
+
+    class Down:
+        def first_use(self, key, expires_at):
+            if error == "sqlalchemy":
+                raise OperationalError("x", {}, Exception("down"))
+            if error == "oserror":
+                raise ConnectionRefusedError("down")
+            raise ReplayStoreDown("the Redis replay store did not answer")
+
+    auth = Authenticator(
+        {
+            "TRUSTED_ISSUERS": {ISS: issuer()},
+            "JWT_LEEWAY": LEEWAY,
+            "JWT_MAX_LIFETIME": LIFETIME,
+            "PUBLIC_BASE_URL": BASE,
+            "REPLAY_STORE_URL": "sqlite://",
+            "REDIS_URL": "",
+            "REDIS_TIMEOUT": 1.0,
+            "REPLAY_FAIL_OPEN": True,
+        }
+    )
+    auth.replays = Down()
+    bearer = "Bearer " + token()
+    with caplog.at_level("WARNING", logger="service.security"):
+        assert auth.verify(bearer, AUD)["iss"] == ISS
+        assert auth.verify(bearer, AUD)["iss"] == ISS  # again: nothing was recorded
+    messages = [r.getMessage() for r in caplog.records]
+    expected = f'{{"event":"replay_store_unavailable_fail_open","error":"{logged}","issuer":"{ISS}"}}'
+    assert messages == [expected, expected]
+    assert bearer.split()[1] not in "".join(messages)
+
+
+def test_the_authenticator_takes_its_replay_store_and_fail_open_from_the_settings(tmp_path):
+    from service.replay import SqliteReplayStore
+
+    auth = authenticator()
+    assert auth.fail_open is False and auth.leeway == LEEWAY and auth.max_lifetime == LIFETIME
+    assert isinstance(auth.replays, SqliteReplayStore)
+
+
 # ----------------------------------------------------------------------------------------------- keys
 
 
