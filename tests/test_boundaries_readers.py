@@ -1025,3 +1025,33 @@ def test_patient_name_official_then_usual_then_first_text_or_parts(names, shown)
     from service.fhir.readers import patient_name
 
     assert patient_name(names) == shown
+
+
+def test_a_medication_reference_resolves_only_to_a_medication_resource():
+    """``Medication/x`` names a Medication: a MedicationRequest (or anything else) with id x in the same Bundle is
+    not it, and the record stays unresolved rather than taking that resource's code."""
+    from service.fhir.readers import medication_index
+
+    bundle = {
+        "resourceType": "Bundle",
+        "entry": [
+            {"fullUrl": "urn:uuid:r", "resource": {"resourceType": "MedicationRequest", "id": "x"}},
+            {"fullUrl": "urn:uuid:m", "resource": {"resourceType": "Medication", "id": "m"}},
+        ],
+    }
+    index = medication_index([bundle])
+    assert set(index) == {"Medication/m", "urn:uuid:m"}
+
+
+@pytest.mark.parametrize(("value", "number"), [(10**9 - 1, 10**9 - 1), (-(10**9) + 1, -(10**9) + 1), (-5, -5.0)])
+def test_number_integers_below_a_billion_either_side_are_numbers(value, number):
+    from service.fhir.readers import _number
+
+    assert _number(value) == number
+
+
+@pytest.mark.parametrize("value", [10**9, -(10**9), 10**400, -(10**400), float("inf"), True, "5"])
+def test_number_a_billion_or_more_either_side_and_non_numbers_are_not_numbers(value):
+    from service.fhir.readers import _number
+
+    assert _number(value) is None

@@ -266,9 +266,10 @@ def patient_name(names: Any) -> str | None:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    if isinstance(value, int) and not -(10**9) < value < 10**9:
-        return None  # an integer of any length can arrive; float() of a long one fails
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of any length can arrive
+        return None
     return number if math.isfinite(number) and abs(number) < 1e9 else None
 
 
