@@ -1055,3 +1055,11 @@ def test_number_a_billion_or_more_either_side_and_non_numbers_are_not_numbers(va
     from service.fhir.readers import _number
 
     assert _number(value) is None
+
+
+def test_read_patient_carries_the_name_for_the_page_banner():
+    from service.fhir.readers import read_patient
+
+    resource = {"resourceType": "Patient", "id": "p", "name": [{"given": ["Ann"], "family": "Lee"}]}
+    assert read_patient(resource, "p").name == "Ann Lee"
+    assert read_patient({"resourceType": "Patient", "id": "p"}, "p").name is None
