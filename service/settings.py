@@ -6,6 +6,7 @@ this list by a test, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -412,9 +413,12 @@ ENV_PREFIX = "CDS_"
 def load_settings(
     overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    """Defaults <- environment <- overrides. Unknown override keys are kept as-is (tests inject e.g. ``NOW``)."""
+    """Defaults <- environment <- overrides. A name that is no setting, as an override or as a ``CDS_`` variable
+    of the environment, is a :class:`SettingsError` naming the closest setting (a typo such as
+    ``CDS_WILSON_MAX_AEG`` would otherwise change nothing, silently); ``NOW`` (the clock) may be injected."""
     environ = os.environ if environ is None else environ
     overrides = dict(overrides or {})
+    check_names(overrides, environ)
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         raw: Any = setting.default
@@ -430,6 +434,21 @@ def load_settings(
     values.update(overrides)
     values.setdefault("NOW", lambda: datetime.now(UTC))
     return values
+
+
+INJECTABLE = frozenset({"NOW"})  # what tests and tools may pass besides the settings: the clock
+
+
+def check_names(overrides: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+    names = {setting.name for setting in SETTINGS}
+    env_names = {ENV_PREFIX + n + ("_FILE" if n == "TRUSTED_ISSUERS" else "") for n in names}
+    unknown = [(k, k) for k in overrides if k not in names | INJECTABLE]
+    unknown += [(k, k.removeprefix(ENV_PREFIX)) for k in environ if k.startswith(ENV_PREFIX) and k not in env_names]
+    if unknown:
+        given, bare = unknown[0]
+        close = difflib.get_close_matches(bare, sorted(names), n=1)
+        hint = f"; did you mean {ENV_PREFIX if given != bare else ''}{close[0]}?" if close else ""
+        raise SettingsError(f"{given} is not a setting of this service{hint} (README, Settings)")
 
 
 def check_startup(values: Mapping[str, Any]) -> None:

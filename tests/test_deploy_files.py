@@ -94,3 +94,51 @@ def test_sandbox_trust_file_loads_and_the_compose_service_uses_it():
     assert env["CDS_TRUSTED_ISSUERS_FILE"] == "/app/deploy/sandbox-issuers.yaml"
     assert env["CDS_CORS_ORIGINS"] == "https://sandbox.cds-hooks.org"
     assert env["CDS_PUBLIC_BASE_URL"] == "http://localhost:8080"  # JWT checks are on: the service must know its URL
+
+
+def test_every_cds_variable_the_deployment_files_and_docs_name_is_a_setting():
+    """The service refuses an unknown CDS_ variable at start: a name in the compose file, the Kubernetes manifests,
+    the Dockerfile, the README, the benchmarks or CI that is not a setting would stop it from starting."""
+    import re
+
+    from service.settings import ENV_PREFIX, SETTINGS
+
+    names = {ENV_PREFIX + s.name + ("_FILE" if s.name == "TRUSTED_ISSUERS" else "") for s in SETTINGS}
+    files = [*(ROOT / "deploy").rglob("*.yaml"), *(ROOT / "bench").glob("*.py")]
+    files += [ROOT / name for name in ("docker-compose.yml", "Dockerfile", "README.md", ".ci/run")]
+    named = {(m, f.name) for f in files for m in re.findall(r"\bCDS_[A-Z0-9_]+", f.read_text())}
+    assert named and not {(m, f) for m, f in named if m not in names}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "environ", "message"),
+    [
+        ({"WILSON_MAX_AEG": 40}, {}, "WILSON_MAX_AEG is not a setting of this service; did you mean WILSON_MAX_AGE?"),
+        (
+            {},
+            {"CDS_WILSON_MAX_AEG": "40"},
+            "CDS_WILSON_MAX_AEG is not a setting of this service; did you mean CDS_WILSON_MAX_AGE?",
+        ),
+        ({}, {"CDS_NOTHING_LIKE_IT": "1"}, "CDS_NOTHING_LIKE_IT is not a setting of this service (README, Settings)"),
+    ],
+)
+def test_an_unknown_setting_fails_clearly_at_start(overrides, environ, message):
+    from service.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(overrides, environ=environ)
+    assert str(caught.value).startswith(message)
+    assert load_settings({"NOW": lambda: None}, environ={"PATH": "/bin", "CDS_AUTH": "off"})["AUTH"] is False
+
+
+def test_alp_cds_serve_refuses_an_unknown_setting_with_the_name():
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "alp-cds"), "serve", "--bind", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CDS_AUTH": "off", "CDS_WILSON_MAX_AEG": "40"},
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "CDS_WILSON_MAX_AEG is not a setting of this service; did you mean CDS_WILSON_MAX_AGE?" in result.stderr
