@@ -92,6 +92,25 @@ def make_app(**overrides: Any):
 FHIR_TOKEN = "integration-token"
 
 
+CHROMIUM = "/usr/bin/chromium"  # Debian's (.ci/run installs it); Playwright downloads no browser
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Headless Debian Chromium as the browser tests drive it: no sandbox (root), and none of the background
+    connections a closed network refuses."""
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

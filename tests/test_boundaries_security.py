@@ -55,7 +55,7 @@ def issuer(**conf) -> dict:
     return {"jwks": JWKS, "jwks_url": None, "jku": [], "fhir_servers": [], "tenant": None, **conf}
 
 
-def authenticator(issuers=None) -> Authenticator:
+def authenticator(issuers=None, fail_open=False) -> Authenticator:
     return Authenticator(
         {
             "TRUSTED_ISSUERS": issuers if issuers is not None else {ISS: issuer()},
@@ -65,7 +65,7 @@ def authenticator(issuers=None) -> Authenticator:
             "REPLAY_STORE_URL": "sqlite://",
             "REDIS_URL": "",
             "REDIS_TIMEOUT": 1.0,
-            "REPLAY_FAIL_OPEN": False,
+            "REPLAY_FAIL_OPEN": fail_open,
         }
     )
 
@@ -319,18 +319,7 @@ def test_replay_store_down_with_fail_open_accepts_and_logs_the_issuer_only(caplo
                 raise ConnectionRefusedError("down")
             raise ReplayStoreDown("the Redis replay store did not answer")
 
-    auth = Authenticator(
-        {
-            "TRUSTED_ISSUERS": {ISS: issuer()},
-            "JWT_LEEWAY": LEEWAY,
-            "JWT_MAX_LIFETIME": LIFETIME,
-            "PUBLIC_BASE_URL": BASE,
-            "REPLAY_STORE_URL": "sqlite://",
-            "REDIS_URL": "",
-            "REDIS_TIMEOUT": 1.0,
-            "REPLAY_FAIL_OPEN": True,
-        }
-    )
+    auth = authenticator(fail_open=True)
     auth.replays = Down()
     bearer = "Bearer " + token()
     with caplog.at_level("WARNING", logger="service.security"):

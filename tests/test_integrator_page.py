@@ -13,9 +13,8 @@ from werkzeug.serving import make_server
 
 from cards import card_kinds
 from service.openapi import openapi_document
-from tests.conftest import ROOT, make_app
+from tests.conftest import CHROMIUM, ROOT, launch_chromium, make_app
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts"
 
 
@@ -82,17 +81,7 @@ def test_gallery_in_a_real_browser():
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                ],
-            )
+            browser = launch_chromium(playwright)
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(f"http://127.0.0.1:{server.server_port}/")
             cards = page.locator("article.card")

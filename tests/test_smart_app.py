@@ -26,14 +26,13 @@ from service.smart import chart, oauth, views
 from service.smart import series as chart_series
 from service.smart.chart import chart_spec, render_svg
 from service.smart.series import build_series, limit_steps
-from tests.conftest import FHIR_TOKEN, ROOT, free_port
+from tests.conftest import CHROMIUM, FHIR_TOKEN, ROOT, free_port, launch_chromium
 from tests.smart_ehr import CLIENT_ID, FakeEhr
 
 DATA = ROOT / "tests" / "data" / "smart"
 PATIENT = "smart-alp-history"
 BUNDLE = json.loads((DATA / "alp-history.json").read_text())
 ARTIFACTS = ROOT / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
 SETTINGS = load_settings({"AUTH": "off"}, environ={})
 
 
@@ -826,17 +825,7 @@ def test_launch_in_a_real_browser(app_url, ehr):
     ehr.reset(app_context=link["appContext"])  # the EHR passes the link's appContext on with the token
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+        browser = launch_chromium(playwright)
         context = browser.new_context(viewport={"width": 1100, "height": 900}, java_script_enabled=False)
         page = context.new_page()
         seen = []
