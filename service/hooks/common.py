@@ -143,11 +143,10 @@ def read_scope(call: HookCall) -> Scope:
 
 def patient_aliases(values: Any, patient_id: str) -> frozenset[str]:
     """The fullUrls under which a Bundle in the request holds this patient's Patient resource (``urn:uuid:...``),
-    so that references to them count as references to the patient."""
+    so that references to them count as references to the patient (a resource outside a Bundle has no fullUrl)."""
     return frozenset(
         full_url
         for value in values
-        if isinstance(value, dict) and value.get("resourceType") == "Bundle"
         for full_url, resource in entries(value, "Patient")
         if resource.get("id") == patient_id and isinstance(full_url, str)
     )
