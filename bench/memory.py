@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import PV, encode, free_port, synthetic_bundle, wait_http  # noqa: E402
-from service.fixtures import hook_request  # noqa: E402
+from service.hook_requests import hook_request  # noqa: E402
 
 
 def pss_mib(pid: int) -> float:

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service.cli import gunicorn_argv  # noqa: E402
-from service.fixtures import hook_request  # noqa: E402
+from service.hook_requests import hook_request  # noqa: E402
 
 PV, OS = "low-alp-workup", "antiresorptive-low-alp"
 ANALYTES = [  # (LOINC, unit, reference range) for synthetic labs; a fifth of them total ALP

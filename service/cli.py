@@ -102,25 +102,25 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(store.report(override_reason_displays()), indent=2))
         return 0
 
-    from service import tools
+    from service import loader
 
     try:
         if args.command == "load-fixtures":
             if args.wait:
-                tools.wait_for_server(args.fhir_base, args.wait, args.token)
-            report = tools.load_fixtures(args.fhir_base, args.token, args.dir)
+                loader.wait_for_server(args.fhir_base, args.wait, args.token)
+            report = loader.load_fixtures(args.fhir_base, args.token, args.dir)
             total = sum(sum(c.values()) for c in report.values())
             for name, counts in report.items():
                 print(f"{name}: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
             print(f"Loaded {len(report)} bundles ({total} resources) into {args.fhir_base}")
             return 0
         draft_orders = json.loads(Path(args.draft_orders).read_text()) if args.draft_orders else None
-        cards = tools.call_service(
+        cards = loader.call_service(
             args.service_url, args.service_id, args.patient, args.fhir_base, args.token, draft_orders, args.select
         )
-        print(json.dumps({"cards": cards}, indent=2) if args.json else tools.format_cards(cards))
+        print(json.dumps({"cards": cards}, indent=2) if args.json else loader.format_cards(cards))
         return 0
-    except (tools.ToolError, OSError, ValueError) as exc:
+    except (loader.ToolError, OSError, ValueError) as exc:
         print(f"alp-cds {args.command}: {exc}", file=sys.stderr)
         return 2
 

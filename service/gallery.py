@@ -11,7 +11,7 @@ from markdown_it import MarkdownIt
 
 from cards import card_kinds
 from service.fhir.prefetch import resolve_prefetch
-from service.fixtures import NOW
+from service.hook_requests import NOW
 from service.hooks import CdsService, HookCall
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent

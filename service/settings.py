@@ -54,7 +54,7 @@ def _whole_number(raw: Any) -> int:
     return value
 
 
-def _list(raw: Any) -> list[str]:
+def _comma_list(raw: Any) -> list[str]:
     """A list from overrides, or a comma-separated string from the environment."""
     if raw in (None, ""):
         return []
@@ -92,8 +92,8 @@ def _issuers(raw: Any) -> dict[str, dict[str, Any]]:
         issuers[str(iss)] = {
             "jwks": conf.get("jwks"),
             "jwks_url": conf.get("jwks_url"),
-            "jku": _list(conf.get("jku")),
-            "fhir_servers": [u.rstrip("/") for u in _list(conf.get("fhir_servers"))],
+            "jku": _comma_list(conf.get("jku")),
+            "fhir_servers": [u.rstrip("/") for u in _comma_list(conf.get("fhir_servers"))],
             "tenant": conf.get("tenant"),
         }
     return issuers
@@ -113,7 +113,7 @@ def _smart_issuers(raw: Any) -> list[str]:
     from service.outbound import url_problem  # here: the settings module is imported before everything else
 
     issuers = []
-    for value in _list(raw):
+    for value in _comma_list(raw):
         parts = urlsplit(value)
         problem = url_problem(value, https_only=False)
         if problem is None and (parts.query or parts.fragment or value.endswith("?") or "#" in value):
@@ -128,7 +128,7 @@ def _smart_issuers(raw: Any) -> list[str]:
 
 def _frame_ancestors(raw: Any) -> list[str]:
     """CSP ``frame-ancestors`` sources: ``'self'``, ``'none'`` (alone) or origins (``https://ehr.example.org``)."""
-    values = _list(raw)
+    values = _comma_list(raw)
     out = []
     for value in values:
         if value.strip("'").lower() in ("self", "none"):
@@ -300,8 +300,10 @@ SETTINGS: tuple[Setting, ...] = (
         "When the replay store is down: off refuses the token (503); on accepts it without the replay check and "
         "logs `replay_store_unavailable_fail_open`.",
     ),
-    Setting("FHIR_SERVERS", _list, [], "With AUTH off, the only fhirServer values accepted (comma-separated)."),
-    Setting("CORS_ORIGINS", _list, [], "Browser origins allowed to call the service (comma-separated; `*` for any)."),
+    Setting("FHIR_SERVERS", _comma_list, [], "With AUTH off, the only fhirServer values accepted (comma-separated)."),
+    Setting(
+        "CORS_ORIGINS", _comma_list, [], "Browser origins allowed to call the service (comma-separated; `*` for any)."
+    ),
     Setting("FEEDBACK_DB_URL", str, "sqlite:///var/feedback.db", "SQLAlchemy URL of the feedback store."),
     Setting(
         "FEEDBACK_DB_TIMEOUT",

@@ -29,10 +29,10 @@ def first_error(name: str, document: Any) -> str | None:
     errors = sorted(validator(name).iter_errors(document), key=lambda e: (len(e.absolute_path), e.message))
     if not errors:
         return None
-    return describe(errors[0])
+    return explain(errors[0])
 
 
-def describe(error: ValidationError) -> str:
+def explain(error: ValidationError) -> str:
     where = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
     message = error.message
     if len(message) > 300:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from service.app import create_app
-from service.fixtures import NOW
+from service.hook_requests import NOW
 from service.validation import first_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,7 +165,7 @@ def fhir_base(fhir_server: FhirServer) -> str:
 def fhir_server(tmp_path_factory):
     """sekmet-fhir on loopback (its own virtualenv): a free port, a temporary data dir, no simulator, bearer auth.
     ``.ci/run`` installs it and sets ``SEKMET_BIN``; in CI a server that cannot start fails these tests."""
-    from service import tools
+    from service import loader
 
     binary = _sekmet_bin() or _install_sekmet()
     if binary is None:
@@ -187,8 +187,8 @@ def fhir_server(tmp_path_factory):
     env = {**os.environ, "SEKMET_CONFIG": str(workdir / "settings.yaml")}
     process = subprocess.Popen([binary, "serve"], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        tools.wait_for_server(base, 60, FHIR_TOKEN)
-    except tools.ToolError as exc:
+        loader.wait_for_server(base, 60, FHIR_TOKEN)
+    except loader.ToolError as exc:
         process.terminate()
         pytest.fail(f"{exc}; server log: {(workdir / 'server.log').read_text()[-2000:]}")
     yield FhirServer(base, workdir / "data" / "sekmet.db")

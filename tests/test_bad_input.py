@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from service.fixtures import fhir_authorization
+from service.hook_requests import fhir_authorization
 from tests.conftest import OS, PV, load_request, make_app
 from tests.peer import peer_fixture, send_json, send_redirect
 

@@ -773,14 +773,14 @@ def test_describe_says_what_a_result_was_judged_against(low, high, flag, sources
         "alp_total", "6768-6", "ALP", ago(1), 30, "U/L", low=low, high=high, flag=flag,
         low_source=sources[0], high_source=sources[1],
     )  # fmt: skip
-    described = rules.describe(result)
+    described = rules.display_row(result)
     assert described["limits"] == text
     assert described["limit"] == low
     assert described["limit_source"] == (sources[0] or ("the lab's flag" if flag else "no limit available"))
 
 
 def test_describe_an_undated_result_and_a_preliminary_one():
-    described = rules.describe(lab("zinc", 50, None, low=60, preliminary=True))
+    described = rules.display_row(lab("zinc", 50, None, low=60, preliminary=True))
     assert described["date"] == "date unknown" and described["preliminary"] is True
     assert described["value"] == "50" and described["unit"] == "ug/dL" and described["analyte"] == "zinc"
 

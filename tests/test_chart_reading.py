@@ -15,7 +15,7 @@ import responses
 from service import metrics
 from service.clinical.facts import Patient
 from service.fhir.readers import Scope, patient_in_reference, read_medications, read_observation
-from service.fixtures import NOW, hook_request
+from service.hook_requests import NOW, hook_request
 from service.settings import load_settings
 from tests.conftest import OS, PV, make_app
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from service.fixtures import without_uuids
+from service.hook_requests import without_uuids
 from tests.conftest import FIXTURES, SERVICE_OF_HOOK, load_request, make_app
 
 SCENARIOS = sorted(p.stem for p in (FIXTURES / "requests").glob("*.json"))

@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 
 from service.app import create_app
 from service.feedback import FeedbackStore
-from service.fixtures import NOW
+from service.hook_requests import NOW
 from tests.conftest import PV, CheckedClient, load_request, postgres_url
 
 
@@ -449,7 +449,7 @@ def test_no_patient_id_or_token_in_the_logs_even_at_debug(caplog):
     CDS_LOG_LEVEL says."""
     import logging
 
-    from service.fixtures import fhir_authorization
+    from service.hook_requests import fhir_authorization
     from tests.peer import Peer, send_json
 
     peer = Peer({"/fhir": lambda h: send_json(h, {"resourceType": "Bundle", "type": "searchset", "entry": []})})

@@ -10,16 +10,16 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from service import cli, tools
-from service.fixtures import fhir_authorization, hook_request, without_uuids
+from service import cli, loader
+from service.hook_requests import fhir_authorization, hook_request, without_uuids
 from tests.conftest import FHIR_TOKEN as TOKEN
 from tests.conftest import FIXTURES, OS, PV, SERVICE_OF_HOOK, free_port, load_bundle, load_request, make_app
 
 
 @pytest.fixture(scope="module")
 def loaded(fhir_base):
-    first = tools.load_fixtures(fhir_base, TOKEN)
-    second = tools.load_fixtures(fhir_base, TOKEN)  # idempotent: the same report, no duplicates
+    first = loader.load_fixtures(fhir_base, TOKEN)
+    second = loader.load_fixtures(fhir_base, TOKEN)  # idempotent: the same report, no duplicates
     assert first == second
     return first
 

@@ -23,7 +23,7 @@ from service.errors import CdsError
 from service.fhir import lazy
 from service.fhir.lazy import LazyBundle, decode_hook_request
 from service.fhir.prefetch import resolve_prefetch
-from service.fixtures import hook_request
+from service.hook_requests import hook_request
 from service.hooks import HookCall
 from tests.conftest import OS, PV, load_request, make_app
 from tests.test_faults_and_fuzz import FUZZ, json_values, observations
@@ -192,7 +192,7 @@ def test_the_date_filter_keeps_an_old_alp_result_however_its_code_system_is_writ
     """The readers take LOINC's OID as LOINC: the cheap filter must not skip what they would read."""
     from datetime import date
 
-    from service.hooks.common import lab_filter
+    from service.hooks.patient_chart import lab_filter
 
     def peek(resource: dict[str, Any]) -> lazy.Peek:
         head = lazy.Head(effectiveDateTime=resource.get("effectiveDateTime"))

@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, insert, select, text
 from service import cli, migrations
 from service.app import create_app
 from service.feedback import feedback, metadata
-from service.fixtures import NOW
+from service.hook_requests import NOW
 from service.migrations import SchemaTooNew
 from tests.conftest import PV, CheckedClient, postgres_url
 

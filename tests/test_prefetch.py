@@ -10,7 +10,7 @@ import requests
 import responses
 
 from service.fhir.client import FhirClient, FhirError
-from service.fixtures import bundle_resources, fhir_authorization, hook_request, search
+from service.hook_requests import bundle_resources, fhir_authorization, hook_request, search
 from tests.conftest import PV, load_bundle, make_app
 
 BASE = "https://ehr.example.org/fhir"

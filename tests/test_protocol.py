@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from service.fixtures import fhir_authorization
+from service.hook_requests import fhir_authorization
 from tests.conftest import OS, PV, load_request
 
 

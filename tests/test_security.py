@@ -17,7 +17,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from service import security
 from service.app import create_app
-from service.fixtures import NOW, fhir_authorization
+from service.hook_requests import NOW, fhir_authorization
 from service.settings import SettingsError
 from tests.conftest import PV, CheckedClient, load_request
 from tests.peer import peer_fixture

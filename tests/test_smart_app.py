@@ -16,11 +16,11 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from service import tools
+from service import loader
 from service.app import create_app
 from service.clinical.facts import Medication, Patient
 from service.fhir.readers import Scope, read_lab_results, read_medications, read_patient
-from service.fixtures import NOW
+from service.hook_requests import NOW
 from service.settings import SettingsError, load_settings
 from service.smart import chart, oauth, views
 from service.smart import series as chart_series
@@ -392,7 +392,7 @@ def test_cards_link_to_the_app_when_it_is_on():
 
 @pytest.fixture(scope="module")
 def ehr(fhir_base):
-    tools.load_fixtures(fhir_base, FHIR_TOKEN, str(DATA))
+    loader.load_fixtures(fhir_base, FHIR_TOKEN, str(DATA))
     fake = FakeEhr(fhir_base, FHIR_TOKEN, PATIENT)
     yield fake
     fake.close()

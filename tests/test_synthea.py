@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 
-from service import tools
-from service.fixtures import fhir_authorization, hook_request, without_uuids
+from service import loader
+from service.hook_requests import fhir_authorization, hook_request, without_uuids
 from tests.conftest import FHIR_TOKEN, OS, PV, ROOT, make_app
 
 ARCHIVE = ROOT / "tests" / "data" / "synthea-r4.tar.xz"
@@ -71,7 +71,7 @@ def bundles(synthea_dir) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def synthea_server(fhir_server, synthea_dir):
-    report = tools.load_fixtures(fhir_server.base, FHIR_TOKEN, str(synthea_dir))
+    report = loader.load_fixtures(fhir_server.base, FHIR_TOKEN, str(synthea_dir))
     assert len(report) == 100
     fhir_server.analyze()
     return fhir_server.base

@@ -117,7 +117,7 @@ class Chart:
         return [m for m in self.medications if group in m.groups and m.status == "current"]
 
     def describe_alp(self, result: LabResult) -> dict[str, Any]:
-        return {**describe(result), "history": not is_current(result, self.now, self.settings)}
+        return {**display_row(result), "history": not is_current(result, self.now, self.settings)}
 
     def not_interpreted(self, all_alp: bool = False) -> list[dict[str, Any]]:
         """Results that could not be used, that a card about the current ALP should name: ALP results within
@@ -135,7 +135,7 @@ class Chart:
                 named.append((result, problem))
         named.sort(key=lambda pair: pair[0].when or self.now, reverse=True)
         return [
-            {**describe(r), "unit": r.raw_unit or "" if r.value is None else r.unit, "problem": problem}
+            {**display_row(r), "unit": r.raw_unit or "" if r.value is None else r.unit, "problem": problem}
             for r, problem in named[:SHOWN_READINGS]
         ]
 
@@ -206,7 +206,7 @@ def _limit_text(result: LabResult) -> str:
     return f"{bounds} ({'; '.join(sources)})" if sources else bounds
 
 
-def describe(result: LabResult) -> dict[str, Any]:
+def display_row(result: LabResult) -> dict[str, Any]:
     return {
         "analyte": result.analyte,
         "display": result.display,
@@ -256,7 +256,7 @@ def workup(
             continue
         resulted.append(
             {
-                **describe(result),
+                **display_row(result),
                 "key": test.key,
                 "group": test.group,
                 "abnormal": abnormal(test, result),
@@ -305,10 +305,10 @@ def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
         "sample-contamination",
         {
             "alp": chart.describe_alp(alp),
-            "potassium": describe(potassium),
+            "potassium": display_row(potassium),
             "potassium_limit": limits["potassium_edta"],
-            "calcium": describe(calcium),
-            "supporting": [describe(r) for r in chelated if r.is_low()],
+            "calcium": display_row(calcium),
+            "supporting": [display_row(r) for r in chelated if r.is_low()],
         },
         orders=(OrderSuggestion(workup_tests()["repeat_alp"]),),
     )
@@ -337,7 +337,7 @@ def unreadable_alp(chart: Chart) -> Finding | None:
     return Finding(
         "alp-unreadable",
         {
-            "result": {**describe(latest), "unit": latest.raw_unit or "" if latest.value is None else latest.unit},
+            "result": {**display_row(latest), "unit": latest.raw_unit or "" if latest.value is None else latest.unit},
             "problem": unusable(latest),
             "not_interpreted": chart.not_interpreted(),
         },
@@ -383,7 +383,7 @@ def low_alp(chart: Chart) -> list[Finding]:
     span = (run[-1].when - run[0].when).days
     facts = {
         "readings": [chart.describe_alp(r) for r in run[-SHOWN_READINGS:]],
-        "earlier": {"count": len(run) - SHOWN_READINGS, "since": describe(run[0])["date"]}
+        "earlier": {"count": len(run) - SHOWN_READINGS, "since": display_row(run[0])["date"]}
         if len(run) > SHOWN_READINGS
         else None,
         "latest": chart.describe_alp(latest),
@@ -400,7 +400,7 @@ def low_alp(chart: Chart) -> list[Finding]:
         "secondary_found": [r["explanation"] for r in secondary_found],
         "substrates_high": [r["explanation"] for r in substrates_high],
         "repeat_from": (run[0].when + timedelta(days=settings["PERSISTENT_MIN_DAYS"])).date().isoformat(),
-        "previous_normal": describe(before) if before is not None and before.is_low() is False else None,
+        "previous_normal": display_row(before) if before is not None and before.is_low() is False else None,
         "not_interpreted": chart.not_interpreted(),
         "b6_supplements": sorted({m.name for m in chart.current("pyridoxine")}),
         "alp_lowering_drugs": alp_lowering_drugs(chart),
@@ -525,9 +525,9 @@ def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
             "age": int(age),
             "child": age < 18,
             "alp": chart.describe_alp(alp),
-            "bilirubin": describe(bilirubin),
-            "ast": describe(ast) if ast else None,
-            "alt": describe(alt) if alt else None,
+            "bilirubin": display_row(bilirubin),
+            "ast": display_row(ast) if ast else None,
+            "alt": display_row(alt) if alt else None,
             "alp_bilirubin_ratio": None if alp_bili is None else round(alp_bili, 2),
             "ast_alt_ratio": None if ast_alt is None else round(ast_alt, 2),
             "ratio_limits": {

@@ -27,7 +27,7 @@ USER_TOKENS = {
 }
 
 
-def render_template(template: str, context: Mapping[str, Any]) -> str:
+def fill_template(template: str, context: Mapping[str, Any]) -> str:
     """Replace the CDS Hooks 2.0 prefetch tokens; a token without a value makes the key unfetchable."""
 
     def value(match: re.Match[str]) -> str:
@@ -80,7 +80,7 @@ def resolve_prefetch(
                     to_complete[key] = value
             resolved[key] = value
         else:
-            to_fetch[key] = render_template(template, context)
+            to_fetch[key] = fill_template(template, context)
 
     if not to_fetch and not to_complete:
         return resolved

@@ -79,7 +79,7 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _list(value: Any) -> list[Any]:
+def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
@@ -99,7 +99,7 @@ def entries(
     if not isinstance(value, dict):
         return
     if value.get("resourceType") == "Bundle":
-        for entry in _list(value.get("entry")):
+        for entry in _as_list(value.get("entry")):
             if not isinstance(entry, dict):
                 continue
             if _dict(entry.get("search")).get("mode") == "outcome":
@@ -291,8 +291,8 @@ def _units_disagree(quantity: dict[str, Any], unit_group: str) -> bool:
 
 
 def _flag(element: dict[str, Any]) -> str | None:
-    for concept in _list(element.get("interpretation")):
-        for coding in _list(_dict(concept).get("coding")):
+    for concept in _as_list(element.get("interpretation")):
+        for coding in _as_list(_dict(concept).get("coding")):
             code = _dict(coding).get("code")
             if not isinstance(code, str):
                 continue
@@ -317,7 +317,7 @@ def observation_time(observation: dict[str, Any]) -> datetime | None:
 
 
 def _analyte(concept: Any, known: Mapping[str, Analyte]) -> Analyte | None:
-    for coding in _list(_dict(concept).get("coding")):
+    for coding in _as_list(_dict(concept).get("coding")):
         if not isinstance(coding, dict) or canonical_system(coding.get("system")) != LOINC:
             continue
         code = coding.get("code")
@@ -362,7 +362,7 @@ def _raw_value(element: dict[str, Any], range_unit: str | None) -> _Raw:
         return _Raw(number, range_unit, None, None, None if number is not None else "the value is not a number")
     absent = _dict(element.get("dataAbsentReason"))
     reason = _text(absent.get("text")) or next(
-        (_text(_dict(c).get("display")) or _text(_dict(c).get("code")) for c in _list(absent.get("coding"))), None
+        (_text(_dict(c).get("display")) or _text(_dict(c).get("code")) for c in _as_list(absent.get("coding"))), None
     )
     return _Raw(None, None, None, reason[:40] if reason else None, "no value")
 
@@ -395,7 +395,7 @@ def _read_result(
     scope: Scope | None,
     problem: str | None = None,
 ) -> LabResult:
-    reference_range = _dict(next(iter(_list(element.get("referenceRange"))), None))
+    reference_range = _dict(next(iter(_as_list(element.get("referenceRange"))), None))
     raw = _raw_value(element, _range_unit(reference_range))
     problem = problem or raw.problem
     converted = None
@@ -481,7 +481,7 @@ def read_observation(observation: dict[str, Any], scope: Scope | None = None) ->
     top = _analyte(observation.get("code"), known)
     if top is not None:
         parts.append((top, observation, ident))
-    for index, component in enumerate(_list(observation.get("component"))):
+    for index, component in enumerate(_as_list(observation.get("component"))):
         found = _analyte(_dict(component).get("code"), known)
         if found is not None:
             parts.append((found, component, f"{ident}#component{index}" if ident else None))
@@ -532,7 +532,7 @@ def read_lab_results(
 def _concept_parts(concept: Any) -> tuple[list[tuple[str | None, str]], list[str]]:
     if not isinstance(concept, dict):
         return [], []
-    codings = [c for c in _list(concept.get("coding")) if isinstance(c, dict)]
+    codings = [c for c in _as_list(concept.get("coding")) if isinstance(c, dict)]
     texts = [t for t in [concept.get("text"), *(c.get("display") for c in codings)] if isinstance(t, str)]
     pairs = [(canonical_system(c.get("system")), c.get("code")) for c in codings]
     return [(system, code) for system, code in pairs if isinstance(code, str)], texts
@@ -655,7 +655,7 @@ def _referenced_code(
     if not isinstance(reference, str):
         return None
     if reference.startswith("#"):
-        for contained in _list(resource.get("contained")):
+        for contained in _as_list(resource.get("contained")):
             if isinstance(contained, dict) and contained.get("id") == reference[1:]:
                 return contained.get("code")
         return None
@@ -689,7 +689,7 @@ def has_hpp_diagnosis(*values: Any, scope: Scope | None = None) -> bool:
             if scope is not None and not scope.owns(condition):
                 continue
             verification = [
-                _text(_dict(c).get("code")) for c in _list(_dict(condition.get("verificationStatus")).get("coding"))
+                _text(_dict(c).get("code")) for c in _as_list(_dict(condition.get("verificationStatus")).get("coding"))
             ]
             if any(v not in DOCUMENTED for v in verification):
                 continue

@@ -10,7 +10,7 @@ from service.clinical import antiresorptives
 from service.errors import DataUnavailable
 from service.fhir.readers import Scope, has_hpp_diagnosis, read_medications
 from service.hooks import CdsService, HookCall
-from service.hooks.common import (
+from service.hooks.patient_chart import (
     APP_LINK_NOTE,
     PATIENT,
     build_chart,

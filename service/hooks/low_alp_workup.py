@@ -6,7 +6,7 @@ from typing import Any
 
 from service.clinical import antiresorptives, rules
 from service.hooks import CdsService, HookCall
-from service.hooks.common import APP_LINK_NOTE, build_chart, chart_prefetch, issue, with_app_link
+from service.hooks.patient_chart import APP_LINK_NOTE, build_chart, chart_prefetch, issue, with_app_link
 
 
 def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:

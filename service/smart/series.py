@@ -1,7 +1,7 @@
 """The ALP history as chart series: facts in, series out. Pure (no I/O, no Flask, no HTTP), like the rules.
 
 Everything here is drawn from what the service already decides: the ALP results the reading step judged
-(``service.fhir.readers``, ``service.clinical.alp``), the limit each was judged against (``rules.describe``), the
+(``service.fhir.readers``, ``service.clinical.alp``), the limit each was judged against (``rules.display_row``), the
 fallback lower limit for age and sex (``service.clinical.limits``, evaluated at every band boundary of
 ``data/reference_intervals.csv``) and the antiresorptive records (``service.clinical.medications``).
 """
@@ -20,7 +20,7 @@ from service.clinical.codes import reference_bands
 from service.clinical.facts import LAB_RANGE, LabResult, Medication, Patient, number_text
 from service.clinical.limits import fallback_limits
 from service.clinical.medications import is_antiresorptive
-from service.clinical.rules import Chart, Finding, describe, unusable
+from service.clinical.rules import Chart, Finding, display_row, unusable
 
 # The related labs of the workup the page tabulates (issue 18): secondary causes, HPP substrates, Wilson's bilirubin.
 WORKUP_ANALYTES = ("zinc", "magnesium", "tsh", "plp", "pea_urine", "bilirubin_total")
@@ -121,7 +121,7 @@ def build_series(
     if patient.birth_date is not None:
         start = max(start, patient.birth_date)
     unplotted = tuple(
-        Unplotted(describe(r)["date"], r.shown_value, unusable(r) or "not judged")
+        Unplotted(display_row(r)["date"], r.shown_value, unusable(r) or "not judged")
         for r in labs
         if r.analyte == TOTAL_ALP and id(r) not in judged_ids
     )
@@ -157,7 +157,7 @@ def _point(
         low=bool(result.is_low()),
         high=bool(result.is_high()) and not result.is_low(),
         limit=result.low,
-        limits=describe(result)["limits"],
+        limits=display_row(result)["limits"],
         lab_low=result.low if result.low_source == LAB_RANGE else None,
         lab_high=result.high if result.high_source == LAB_RANGE else None,
         age=age_text(patient, result.when),
@@ -266,7 +266,7 @@ def workup_rows(labs: Sequence[LabResult], suspect: frozenset[int] = frozenset()
     for analyte in WORKUP_ANALYTES:
         results = [r for r in labs if r.analyte == analyte and r.when is not None]
         for result in sorted(results, key=lambda r: r.when, reverse=True)[:WORKUP_SHOWN]:
-            shown = describe(result)
+            shown = display_row(result)
             rows.append(
                 WorkupRow(
                     display=result.display,

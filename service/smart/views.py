@@ -1,6 +1,6 @@
 """HTTP for the SMART companion app: ``/smart/launch`` (EHR launch), ``/smart/callback`` (code exchange, then the
-page). Transport only: the patient's data is read and judged by the same code as a hook call
-(``service.fhir``, ``service.hooks.common``, ``service.clinical``), the chart is drawn by ``service.smart.chart``.
+page). Transport only: the patient's data is read and judged by the same code as a hook call (``service.fhir``,
+``service.hooks.patient_chart``, ``service.clinical``), the chart is drawn by ``service.smart.chart``.
 
 The access token lives in the callback's request only: it reads the chart, the page is rendered, and it is gone.
 It is never stored, logged, put in a URL or sent to the browser. Every answer is ``Cache-Control: no-store``.
@@ -30,8 +30,8 @@ from service.fhir.prefetch import resolve_prefetch
 from service.fhir.readers import read_lab_results, read_medications
 from service.gallery import markdown
 from service.hooks import HookCall
-from service.hooks.common import chart_prefetch, read_scope, resolver
 from service.hooks.low_alp_workup import SERVICE as PATIENT_VIEW
+from service.hooks.patient_chart import chart_prefetch, read_scope, resolver
 from service.settings import smart_frame_ancestors, smart_launch_url, smart_redirect_url
 from service.smart import oauth
 from service.smart.chart import render_svg

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from service.fhir.prefetch import render_template
+from service.fhir.prefetch import fill_template
 from service.fhir.readers import observation_time
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)  # the fixtures' "today"
@@ -28,7 +28,7 @@ def _date_key(resource: Mapping[str, Any]) -> str:
     return str(resource.get("authoredOn") or (resource.get("effectivePeriod") or {}).get("start") or "")
 
 
-def _codes(resource: Mapping[str, Any]) -> set[str]:
+def _resource_codes(resource: Mapping[str, Any]) -> set[str]:
     concept = resource.get("code") or resource.get("medicationCodeableConcept") or {}
     return {f"{c.get('system')}|{c.get('code')}" for c in concept.get("coding") or ()}
 
@@ -47,7 +47,7 @@ def search(resources: Iterable[Mapping[str, Any]], query: str) -> dict[str, Any]
         matches = [r for r in matches if (r.get("subject") or r.get("patient") or {}).get("reference") == ref]
     if "code" in params:
         wanted = set(params["code"].split(","))
-        matches = [r for r in matches if _codes(r) & wanted]
+        matches = [r for r in matches if _resource_codes(r) & wanted]
     if params.get("_sort") == "-date":
         matches.sort(key=_date_key, reverse=True)
     return {
@@ -114,6 +114,6 @@ def hook_request(
     if with_prefetch:
         resources = bundle_resources(bundle)
         request["prefetch"] = {
-            key: search(resources, render_template(template, context)) for key, template in service.prefetch.items()
+            key: search(resources, fill_template(template, context)) for key, template in service.prefetch.items()
         }
     return request

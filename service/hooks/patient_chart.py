@@ -23,7 +23,7 @@ PATIENT = "{{context.patientId}}"
 ALP_ANALYTES = ("alp_total", "alp_bone", "alp_bone_mass")
 
 
-def _codes(codes: list[str]) -> str:
+def _loinc_search(codes: list[str]) -> str:
     return ",".join(f"{LOINC}|{c}" for c in codes)
 
 
@@ -32,8 +32,8 @@ def chart_prefetch() -> dict[str, str]:
     related = [code for code, a in analytes().items() if a.analyte not in (*ALP_ANALYTES, "alp_liver")]
     return {
         "patient": f"Patient/{PATIENT}",
-        "alp": f"Observation?patient={PATIENT}&code={_codes(loinc_codes(*ALP_ANALYTES))}&_sort=-date&_count=100",
-        "labs": f"Observation?patient={PATIENT}&code={_codes(related)}&_sort=-date&_count=200",
+        "alp": f"Observation?patient={PATIENT}&code={_loinc_search(loinc_codes(*ALP_ANALYTES))}&_sort=-date&_count=100",
+        "labs": f"Observation?patient={PATIENT}&code={_loinc_search(related)}&_sort=-date&_count=200",
         "medicationStatements": f"MedicationStatement?patient={PATIENT}&_count=100",
         "medicationRequests": f"MedicationRequest?patient={PATIENT}&_count=100",
     }

@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 
-from service.fixtures import fhir_authorization, hook_request
+from service.hook_requests import fhir_authorization, hook_request
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
