@@ -10,9 +10,9 @@ from typing import Any
 from markdown_it import MarkdownIt
 
 from cards import card_kinds
-from service.fhir.prefetch import resolve_prefetch
 from service.hook_requests import NOW
-from service.hooks import CdsService, HookCall
+from service.hooks import CdsService
+from service.hooks.run import run_hook
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 _markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
@@ -32,8 +32,7 @@ def markdown(text: str) -> str:
 
 def run(service: CdsService, request: Mapping[str, Any], settings: Mapping[str, Any]) -> list[tuple[str, dict]]:
     """One hook call through the real handler, without HTTP and without any FHIR server."""
-    data = resolve_prefetch(service.prefetch, request, lambda: None)
-    return service.handler(HookCall(request=request, data=data, settings=settings, now=NOW))
+    return run_hook(service, request, settings, now=NOW).cards
 
 
 def build(services: Mapping[str, CdsService], settings: Mapping[str, Any]) -> dict[str, Any]:

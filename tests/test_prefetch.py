@@ -319,7 +319,7 @@ def test_timeouts_are_passed_to_requests():
 
 def test_settings_reach_the_client():
     app = make_app(FHIR_CONNECT_TIMEOUT=0.5, FHIR_READ_TIMEOUT=2, FHIR_MAX_PAGES=7)
-    from service.api import client_for
+    from service.endpoints.hooks import client_for
 
     fhir = client_for({"fhirServer": BASE}, app.app.config["CDS"])
     assert (fhir.connect_timeout, fhir.read_timeout, fhir.max_pages) == (0.5, 2.0, 7)

@@ -104,16 +104,15 @@ def resolve_prefetch(
     jobs = {k: named(k, lambda u=u: client.fetch(u)) for k, u in to_fetch.items()}
     jobs.update({k: named(k, lambda b=b: client.follow_pages(b)) for k, b in to_complete.items()})
     try:
-        if len(jobs) == 1:
-            ((key, job),) = jobs.items()
-            resolved[key] = job()
-        else:
-            with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-                futures = {key: pool.submit(job) for key, job in jobs.items()}
-                for key, future in futures.items():
-                    resolved[key] = future.result()
+        with client:
+            if len(jobs) == 1:
+                ((key, job),) = jobs.items()
+                resolved[key] = job()
+            else:
+                with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+                    futures = {key: pool.submit(job) for key, job in jobs.items()}
+                    for key, future in futures.items():
+                        resolved[key] = future.result()
     except FhirError as exc:
         raise DataUnavailable(f"could not fetch the data the service needs: {exc}") from None
-    finally:
-        client.session.close()
     return resolved
