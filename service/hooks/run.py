@@ -4,15 +4,20 @@ chart page all run hooks through :func:`run_hook`, so the data a card is given i
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from service import metrics
 from service.fhir.client import FhirClient
 from service.fhir.prefetch import fetched_keys, resolve_prefetch
 from service.hooks import CdsService, HookCall
+from service.logs import log_event
+
+log = logging.getLogger("service.prefetch")
 
 MakeClient = Callable[[], FhirClient | None]
 
@@ -33,18 +38,30 @@ def run_hook(
 ) -> HookRun:
     """One hook call of ``service`` on a validated ``request``. ``make_client`` gives a client for the request's
     FHIR server (None: there is none, and data the request lacks cannot be had); ``now`` defaults to the settings'
-    clock. Raises the :class:`service.errors.CdsError` of a call that cannot be answered (412 for missing data)."""
+    clock. Raises the :class:`service.errors.CdsError` of a call that cannot be answered (412 when a required
+    prefetch key cannot be had); an optional key that cannot be had is counted, logged by name and given to the
+    handler as ``call.unavailable``."""
     started = time.perf_counter()
-    data = resolve_prefetch(service.prefetch, request, make_client or no_client, settings["FHIR_FETCH_WORKERS"])
+    resolved = resolve_prefetch(
+        service.prefetch,
+        request,
+        make_client or no_client,
+        settings["FHIR_FETCH_WORKERS"],
+        optional=service.optional_prefetch,
+    )
     fetched = fetched_keys(service.prefetch, request)
     prefetch_seconds = time.perf_counter() - started if fetched else None
+    for key, reason in resolved.unavailable.items():  # key names and FhirError causes: no patient data
+        metrics.PREFETCH_UNAVAILABLE.labels(key).inc()
+        log_event(log, logging.WARNING, "prefetch_unavailable", service=service.id, key=key, reason=reason)
     call = HookCall(
         request=request,
-        data=data,
+        data=resolved.data,
         settings=settings,
         now=now or settings["NOW"](),
         fetch=fetcher(make_client) if make_client else None,
         fetched=fetched,
+        unavailable=frozenset(resolved.unavailable),
     )
     return HookRun(cards=service.handler(call), call=call, prefetch_seconds=prefetch_seconds)
 
