@@ -155,16 +155,15 @@ def patient_aliases(values: Any, patient_id: str) -> frozenset[str]:
 def build_chart(call: HookCall, scope: Scope | None = None) -> Chart:
     data = call.data
     scope = scope or read_scope(call)
+    clinical = call.settings.clinical
     alp = read_lab_results(data.get("alp"), scope=scope)
-    since, days = lab_days_needed(alp, call.now, call.settings.clinical)
+    since, days = lab_days_needed(alp, call.now, clinical)
     labs = _unique_sorted([*alp, *read_lab_results(data.get("labs"), scope=scope, keep=lab_filter(since, days))])
     medications = read_medications(
         [data.get("medicationStatements"), data.get("medicationRequests")], scope, resolver(call)
     )
     report(scope, labs)
-    return Chart(
-        patient=scope.patient, labs=labs, medications=medications, now=call.now, settings=call.settings.clinical
-    )
+    return Chart(patient=scope.patient, labs=labs, medications=medications, now=call.now, settings=clinical)
 
 
 def report(scope: Scope, labs: list[LabResult]) -> None:
