@@ -175,6 +175,7 @@ for name, service_id in (("single-low-in", "low-alp-workup"), ("order-low-alp-in
     body = json.load(open({str(ROOT / "fixtures" / "requests")!r} + "/" + name + ".json"))
     answer = client.post("/cds-services/" + service_id, json=body)
     out[name] = [answer.status_code, [card["summary"] for card in answer.get_json().get("cards", [])]]
+out["pages"] = [client.get(path).status_code for path in ("/cds-services", "/", "/openapi.json", "/readyz")]
 print(json.dumps(out))
 """
     run = subprocess.run(
@@ -187,6 +188,7 @@ print(json.dumps(out))
     )
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result.pop("pages") == [200, 200, 200, 200]
     for name, (status, summaries) in result.items():
         expected = json.loads((ROOT / "fixtures" / "responses" / f"{name}.json").read_text(encoding="utf-8"))
         assert status == 200 and summaries == [card["summary"] for card in expected["cards"]] and summaries, name
