@@ -197,7 +197,7 @@ def setting(parse: Callable[[Any], Any], default: Any, doc: str) -> Any:
     return field(default=default, metadata=metadata)
 
 
-EMPTY: Mapping[str, Any] = MappingProxyType({})
+EMPTY: Mapping[str, Any] = MappingProxyType({})  # the default of a mapping setting (each load its own copy)
 
 
 def _utc_now() -> datetime:
