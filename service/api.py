@@ -25,6 +25,7 @@ from service.fhir.lazy import UndecodableResource, decode_hook_request
 from service.fhir.prefetch import fetched_keys, resolve_prefetch
 from service.hooks import CdsService, HookCall
 from service.security import Unauthorized, check_fhir_server, check_fhir_server_url
+from service.settings import Settings
 from service.validation import first_error
 
 log = logging.getLogger("service.access")
@@ -52,13 +53,13 @@ def services() -> dict[str, CdsService]:
     return current_app.extensions["cds_services"]
 
 
-def settings() -> dict[str, Any]:
+def settings() -> Settings:
     return current_app.config["CDS"]
 
 
 def authenticate() -> dict[str, Any] | None:
     """Claims of the caller's JWT, or None when AUTH is off (local development)."""
-    if not settings()["AUTH"]:
+    if not settings().AUTH:
         return None
     authenticator = current_app.extensions["cds_authenticator"]
     claims = authenticator.verify(request.headers.get("Authorization"), authenticator.audience(request.path))
@@ -76,7 +77,7 @@ def find_service(service_id: str) -> CdsService:
 
 @bp.get("/cds-services")
 def discovery() -> Response:
-    if settings()["DISCOVERY_AUTH"]:
+    if settings().DISCOVERY_AUTH:
         authenticate()
     return json_response({"services": [s.discovery() for s in services().values()]})
 
@@ -87,11 +88,11 @@ def call_service(service_id: str) -> Response:
     claims = authenticate()
     config = settings()
     g.slots = held = Held()  # given back by release_slots, whatever happens
-    if request.content_length is None or request.content_length > config["LARGE_BODY_BYTES"]:
+    if request.content_length is None or request.content_length > config.LARGE_BODY_BYTES:
         try:
             held.take(current_app.extensions["cds_bulkheads"]["large"])  # memory: see service/bulkhead.py
         except Overloaded:
-            drain_body(config["MAX_BODY_BYTES"])
+            drain_body(config.MAX_BODY_BYTES)
             raise
     body = parse_json_body(lazy=True)
     problem = first_error("hook-request", body)
@@ -110,10 +111,10 @@ def call_service(service_id: str) -> Response:
             "fhirAuthorization.access_token: only visible ASCII characters (no spaces) can be sent as a bearer token"
         )
 
-    budget = CallBudget(config["FHIR_TIME_BUDGET"], config["FHIR_MAX_CALL_BYTES"])
+    budget = CallBudget(config.FHIR_TIME_BUDGET, config.FHIR_MAX_CALL_BYTES)
     make_client = lambda: with_fhir_slot(held, client_for(body, config, budget, claims))  # noqa: E731
     fetching = time.perf_counter()
-    data = resolve_prefetch(service.prefetch, body, make_client, config["FHIR_FETCH_WORKERS"])
+    data = resolve_prefetch(service.prefetch, body, make_client, config.FHIR_FETCH_WORKERS)
     fetched = fetched_keys(service.prefetch, body)
     if fetched:
         metrics.PREFETCH_SECONDS.observe(time.perf_counter() - fetching)
@@ -121,7 +122,7 @@ def call_service(service_id: str) -> Response:
         request=body,
         data=data,
         settings=config,
-        now=config["NOW"](),
+        now=config.NOW(),
         fetch=fetcher(make_client),
         fetched=fetched,
     )
@@ -212,7 +213,7 @@ def prometheus_metrics() -> Response:
 
 def client_for(
     body: dict[str, Any],
-    config: dict[str, Any],
+    config: Settings,
     budget: CallBudget | None = None,
     claims: dict[str, Any] | None = None,
 ) -> FhirClient | None:
@@ -278,7 +279,7 @@ def parse_json_body(*, lazy: bool = False) -> Any:
     raw = request.get_data(cache=False)
     # Werkzeug stops a chunked body at MAX_CONTENT_LENGTH without an error; it is set one byte higher (app.py)
     # so that a longer body shows here, as it does for a Content-Length body.
-    limit = settings()["MAX_BODY_BYTES"]
+    limit = settings().MAX_BODY_BYTES
     if len(raw) > limit:
         raise TooLarge(f"request body is larger than {limit} bytes (CDS_MAX_BODY_BYTES)")
     try:
@@ -345,7 +346,7 @@ def cors_and_access_log(response: Response) -> Response:
 
 def add_cors_headers(response: Response) -> None:
     origin = request.headers.get("Origin")
-    allowed = settings()["CORS_ORIGINS"]
+    allowed = settings().CORS_ORIGINS
     if not origin or not request.path.startswith(CDS_PATHS) or not ("*" in allowed or origin in allowed):
         return
     response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin

@@ -13,6 +13,7 @@ from service.card_render import card_kinds
 from service.fhir.prefetch import resolve_prefetch
 from service.hook_requests import NOW
 from service.hooks import CdsService, HookCall
+from service.settings import Settings
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 _markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
@@ -30,13 +31,13 @@ def markdown(text: str) -> str:
     return _markdown.render(text)
 
 
-def run(service: CdsService, request: Mapping[str, Any], settings: Mapping[str, Any]) -> list[tuple[str, dict]]:
+def run(service: CdsService, request: Mapping[str, Any], settings: Settings) -> list[tuple[str, dict]]:
     """One hook call through the real handler, without HTTP and without any FHIR server."""
     data = resolve_prefetch(service.prefetch, request, lambda: None)
     return service.handler(HookCall(request=request, data=data, settings=settings, now=NOW))
 
 
-def build(services: Mapping[str, CdsService], settings: Mapping[str, Any]) -> dict[str, Any]:
+def build(services: Mapping[str, CdsService], settings: Settings) -> dict[str, Any]:
     """Card examples by kind (with the fixture each came from) and one example exchange per service."""
     folder = requests_dir()
     gallery: dict[str, dict[str, Any]] = {}

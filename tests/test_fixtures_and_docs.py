@@ -10,7 +10,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from service.card_render import card_kinds, render_card
-from service.settings import setting_names
+from service.settings import SETTINGS
 from tests.conftest import FIXTURES, ROOT
 
 
@@ -56,9 +56,8 @@ def test_every_scenario_has_in_and_out_cases():
 
 def test_readme_documents_every_setting_and_card_kind():
     readme = (ROOT / "README.md").read_text()
-    for name in setting_names():
-        env = f"CDS_{name}_FILE" if name == "TRUSTED_ISSUERS" else f"CDS_{name}"
-        assert f"`{env}`" in readme, name
+    for setting in SETTINGS:
+        assert f"`{setting.env_name}`" in readme, setting.name
     for kind in card_kinds():
         assert f"`{kind}`" in readme, kind
 

@@ -40,7 +40,7 @@ def cards(service_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         service = APP.extensions["cds_services"][service_id]
         config = APP.config["CDS"]
         data = resolve_prefetch(service.prefetch, body, lambda: None)
-        call = HookCall(request=body, data=data, settings=config, now=config["NOW"]())
+        call = HookCall(request=body, data=data, settings=config, now=config.NOW())
         issued = service.handler(call)
     return json.loads(re.sub(r'"uuid": "[^"]*"', '"uuid": ""', json.dumps([card for _, card in issued])))
 
