@@ -18,33 +18,33 @@ from service.feedback import FeedbackStore
 from service.hooks import all_services
 from service.logs import log_event
 from service.security import Authenticator
-from service.settings import SettingsError, check_startup, load_settings
+from service.settings import Settings, SettingsError, check_startup, load_settings
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     settings = load_settings(overrides)
     check_startup(settings)
-    logging.basicConfig(level=settings["LOG_LEVEL"], format="%(message)s")
+    logging.basicConfig(level=settings.LOG_LEVEL, format="%(message)s")
     # urllib3 writes every request line, the patient's id in its query, at DEBUG: never let it through.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     app = Flask(__name__)
     app.config["CDS"] = settings
-    app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"] + 1  # one more: see incoming.parse_json_body
+    app.config["MAX_CONTENT_LENGTH"] = settings.MAX_BODY_BYTES + 1  # one more: see incoming.parse_json_body
     app.json.sort_keys = False
     app.extensions["cds_services"] = {s.id: s for s in all_services()}
     app.extensions["cds_bulkheads"] = bulkheads(settings)
-    app.extensions["cds_authenticator"] = Authenticator(settings) if settings["AUTH"] else None
+    app.extensions["cds_authenticator"] = Authenticator(settings) if settings.AUTH else None
     app.extensions["cds_feedback"] = FeedbackStore(
-        settings["FEEDBACK_DB_URL"], settings["FEEDBACK_DB_TIMEOUT"], settings["FEEDBACK_DB_MIGRATE"]
+        settings.FEEDBACK_DB_URL, settings.FEEDBACK_DB_TIMEOUT, settings.FEEDBACK_DB_MIGRATE
     )
-    if not settings["AUTH"]:
+    if not settings.AUTH:
         log_event(
             logging.getLogger("service"),
             logging.WARNING,
             "auth_off",
             message="JWT verification is OFF: for local development only",
         )
-    elif not settings["TRUSTED_ISSUERS"]:
+    elif not settings.TRUSTED_ISSUERS:
         log_event(
             logging.getLogger("service"),
             logging.WARNING,
@@ -52,7 +52,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
             message="AUTH is on but no issuer is trusted: every hook call gets 401",
         )
     endpoints.register(app)
-    if settings["SMART_ISSUERS"]:
+    if settings.SMART_ISSUERS:
         register_smart_app(app, settings)
     warm_up()
 
@@ -65,7 +65,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         code = {404: "not-found", 405: "not-supported", 413: "too-costly"}.get(error.code or 500, "invalid")
         message = error.description or error.name
         if error.code == 413:
-            message = f"request body is larger than {settings['MAX_BODY_BYTES']} bytes (CDS_MAX_BODY_BYTES)"
+            message = f"request body is larger than {settings.MAX_BODY_BYTES} bytes (CDS_MAX_BODY_BYTES)"
         response = json_response(operation_outcome(message, code), error.code or 500)
         if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)
@@ -83,7 +83,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def register_smart_app(app: Flask, settings: Mapping[str, Any]) -> None:
+def register_smart_app(app: Flask, settings: Settings) -> None:
     """The SMART companion app (``/smart/...``), served only when EHRs are allow-listed for it."""
     try:
         from service.smart import views
@@ -93,13 +93,13 @@ def register_smart_app(app: Flask, settings: Mapping[str, Any]) -> None:
             f"CDS_SMART_ISSUERS is set but the SMART app's libraries are missing ({exc.name}): "
             "pip install 'alp-cds[smart]'"
         ) from None
-    app.extensions["smart_launches"] = LaunchStore(settings["SMART_STATE_STORE_URL"], settings["SMART_MAX_PENDING"])
+    app.extensions["smart_launches"] = LaunchStore(settings.SMART_STATE_STORE_URL, settings.SMART_MAX_PENDING)
     app.register_blueprint(views.bp)
 
 
 def warm_up() -> None:
     """Compile schemas and card templates at start-up, not on the first clinician's chart open."""
-    from cards.render import card_kinds, template
+    from service.card_render import card_kinds, template
     from service.validation import validator
 
     for name in (

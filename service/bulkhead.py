@@ -22,6 +22,7 @@ import os
 import threading
 
 from service.errors import Overloaded
+from service.settings import Settings
 
 THREADS_ENV = "ALP_CDS_WORKER_THREADS"  # set by service/gunicorn_conf.py in each worker: its thread count
 FREE_THREADS = 4  # threads of a worker kept from FHIR fetching by default
@@ -102,10 +103,10 @@ def fhir_calls_limit(setting: int, threads: int | None) -> int | None:
     return max(1, threads - FREE_THREADS) if threads else None
 
 
-def bulkheads(settings, threads: int | None = None) -> dict[str, Bulkhead]:
+def bulkheads(settings: Settings, threads: int | None = None) -> dict[str, Bulkhead]:
     threads = threads or worker_threads()
-    fhir = fhir_calls_limit(settings["FHIR_CALLS_PER_WORKER"], threads)
-    large = settings["LARGE_CALLS_PER_WORKER"]
+    fhir = fhir_calls_limit(settings.FHIR_CALLS_PER_WORKER, threads)
+    large = settings.LARGE_CALLS_PER_WORKER
     return {
         "fhir": Bulkhead(
             "fhir",
@@ -115,10 +116,10 @@ def bulkheads(settings, threads: int | None = None) -> dict[str, Bulkhead]:
         ),
         "large": Bulkhead(
             "large",
-            settings["LARGE_CALLS_PER_WORKER"],
-            settings["LARGE_CALL_WAIT"],
+            settings.LARGE_CALLS_PER_WORKER,
+            settings.LARGE_CALL_WAIT,
             message=f"this instance is busy with {large} large requests per process "
-            f"(over {settings['LARGE_BODY_BYTES']} bytes); please retry",
+            f"(over {settings.LARGE_BODY_BYTES} bytes); please retry",
             # the threads left free of FHIR fetching are not all taken by large calls waiting either
             max_waiting=max(0, threads - FREE_THREADS - large) if threads else None,
         ),

@@ -94,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         from service.settings import load_settings
 
         settings = load_settings()
-        from cards.render import override_reason_displays
+        from service.card_render import override_reason_displays
 
         store = FeedbackStore(
-            args.db or settings["FEEDBACK_DB_URL"], settings["FEEDBACK_DB_TIMEOUT"], settings["FEEDBACK_DB_MIGRATE"]
+            args.db or settings.FEEDBACK_DB_URL, settings.FEEDBACK_DB_TIMEOUT, settings.FEEDBACK_DB_MIGRATE
         )
         print(json.dumps(store.report(override_reason_displays()), indent=2))
         return 0
@@ -142,14 +142,14 @@ def run_migrate(db: str | None, check: bool, timeout: float | None = None) -> in
     from service.settings import load_settings
 
     settings = load_settings()
-    url = db or settings["FEEDBACK_DB_URL"]
-    seconds = timeout or settings["MIGRATE_TIMEOUT"]
+    url = db or settings.FEEDBACK_DB_URL
+    seconds = timeout or settings.MIGRATE_TIMEOUT
     parsed = make_url(url)
     on_disk = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
     if check and on_disk and not Path(parsed.database).is_file():
         print("alp-cds migrate: there is no feedback store at that path yet: run alp-cds migrate", file=sys.stderr)
         return MIGRATE_EXIT["behind"]
-    store = FeedbackStore(url, seconds, connect=False, connect_timeout=settings["FEEDBACK_DB_TIMEOUT"])
+    store = FeedbackStore(url, seconds, connect=False, connect_timeout=settings.FEEDBACK_DB_TIMEOUT)
     try:
         try:
             with store.engine.connect():

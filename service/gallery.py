@@ -9,10 +9,11 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 
-from cards import card_kinds
+from service.card_render import card_kinds
 from service.hook_requests import NOW
 from service.hooks import CdsService
 from service.hooks.run import run_hook
+from service.settings import Settings
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 _markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
@@ -30,12 +31,12 @@ def markdown(text: str) -> str:
     return _markdown.render(text)
 
 
-def run(service: CdsService, request: Mapping[str, Any], settings: Mapping[str, Any]) -> list[tuple[str, dict]]:
+def run(service: CdsService, request: Mapping[str, Any], settings: Settings) -> list[tuple[str, dict]]:
     """One hook call through the real handler, without HTTP and without any FHIR server."""
     return run_hook(service, request, settings, now=NOW).cards
 
 
-def build(services: Mapping[str, CdsService], settings: Mapping[str, Any]) -> dict[str, Any]:
+def build(services: Mapping[str, CdsService], settings: Settings) -> dict[str, Any]:
     """Card examples by kind (with the fixture each came from) and one example exchange per service."""
     folder = requests_dir()
     gallery: dict[str, dict[str, Any]] = {}

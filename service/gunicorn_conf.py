@@ -61,7 +61,7 @@ def post_fork(server, worker) -> None:
     request (headers or body) that gets nothing, or a write of an answer that the client does not take (it never
     reads), for CDS_CLIENT_TIMEOUT seconds fails, and the connection is closed."""
     os.environ[THREADS_ENV] = str(worker.cfg.threads)  # the FHIR bulkhead's default (service/bulkhead.py)
-    seconds = load_settings()["CLIENT_TIMEOUT"]
+    seconds = load_settings().CLIENT_TIMEOUT
     value = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
     for listener in worker.sockets:
         listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)

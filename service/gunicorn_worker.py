@@ -77,7 +77,7 @@ class DeadlineThreadWorker(ThreadWorker):
     trim after each big request, bring it back down (measured in bench/: docs/benchmarks.md)."""
 
     def init_process(self) -> None:
-        self.deadlines = RequestDeadlines(load_settings()["CLIENT_REQUEST_DEADLINE"])
+        self.deadlines = RequestDeadlines(load_settings().CLIENT_REQUEST_DEADLINE)
         self.libc = _libc()
         if self.libc is not None:
             self.libc.mallopt(M_ARENA_MAX, 2)  # before the threads start

@@ -20,6 +20,7 @@ from service import outbound
 from service.errors import BadRequest, CdsError, StoreUnavailable
 from service.logs import log_event
 from service.replay import ReplayStoreDown, open_replay_store
+from service.settings import Settings
 
 log = logging.getLogger("service.security")
 ALGORITHMS = ("ES384", "RS384")
@@ -145,16 +146,16 @@ class KeyStore:
 
 
 class Authenticator:
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        self.issuers: Mapping[str, Mapping[str, Any]] = settings["TRUSTED_ISSUERS"]
-        self.leeway = settings["JWT_LEEWAY"]
-        self.max_lifetime = settings["JWT_MAX_LIFETIME"]
-        self.public_base = settings["PUBLIC_BASE_URL"]  # required with AUTH on (settings.check_startup)
+    def __init__(self, settings: Settings) -> None:
+        self.issuers: Mapping[str, Mapping[str, Any]] = settings.TRUSTED_ISSUERS
+        self.leeway = settings.JWT_LEEWAY
+        self.max_lifetime = settings.JWT_MAX_LIFETIME
+        self.public_base = settings.PUBLIC_BASE_URL  # required with AUTH on (settings.check_startup)
         self.keys = KeyStore()
         self.replays = open_replay_store(
-            settings["REPLAY_STORE_URL"], settings["REDIS_URL"], settings["REDIS_TIMEOUT"], self.leeway
+            settings.REPLAY_STORE_URL, settings.REDIS_URL, settings.REDIS_TIMEOUT, self.leeway
         )
-        self.fail_open = settings["REPLAY_FAIL_OPEN"]
+        self.fail_open = settings.REPLAY_FAIL_OPEN
 
     def audience(self, path: str) -> str:
         """The ``aud`` a token for ``path`` must carry: never built from the Host header, which the caller sets."""
@@ -271,7 +272,7 @@ def check_fhir_server_url(fhir_server: str | None) -> None:
         raise BadRequest("fhirServer is not a valid URL") from None
 
 
-def check_fhir_server(fhir_server: str | None, claims: Mapping[str, Any] | None, settings: Mapping[str, Any]) -> None:
+def check_fhir_server(fhir_server: str | None, claims: Mapping[str, Any] | None, settings: Settings) -> None:
     """Only allow-listed FHIR servers get our requests (and the bearer token); otherwise 403, nothing sent. Called
     when a request is about to go there: a client whose prefetch is complete is answered from it, whatever
     fhirServer it names (the CDS Hooks Sandbox always sends one)."""
@@ -280,9 +281,9 @@ def check_fhir_server(fhir_server: str | None, claims: Mapping[str, Any] | None,
     check_fhir_server_url(fhir_server)
     server = fhir_server.rstrip("/")
     if claims is not None:
-        allowed = settings["TRUSTED_ISSUERS"][claims["iss"]]["fhir_servers"]
+        allowed = settings.TRUSTED_ISSUERS[claims["iss"]]["fhir_servers"]
     else:
-        allowed = [u.rstrip("/") for u in settings["FHIR_SERVERS"]]
+        allowed = [u.rstrip("/") for u in settings.FHIR_SERVERS]
         if not allowed:
             return  # AUTH off and no list: local development
     if server not in allowed:

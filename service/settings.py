@@ -1,7 +1,8 @@
 """Settings: built-in defaults, then environment variables (``CDS_<NAME>``), then an override mapping.
 
-Each setting is declared once below with its type and default; the README's settings table is checked against
-this list by a test, so the two cannot drift apart.
+Each setting is declared once below, as a field of the frozen :class:`Settings` with its type, default, parser and
+documentation; the README's settings table is checked against these fields by a test, so the two cannot drift apart.
+The clinical rules get a narrow view of them, :class:`ClinicalSettings`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,19 +56,19 @@ def _whole_number(raw: Any) -> int:
     return value
 
 
-def _comma_list(raw: Any) -> list[str]:
+def _comma_list(raw: Any) -> tuple[str, ...]:
     """A list from overrides, or a comma-separated string from the environment."""
     if raw in (None, ""):
-        return []
+        return ()
     if isinstance(raw, list | tuple):
-        return [str(x).strip() for x in raw if str(x).strip()]
-    return [part.strip() for part in str(raw).split(",") if part.strip()]
+        return tuple(str(x).strip() for x in raw if str(x).strip())
+    return tuple(part.strip() for part in str(raw).split(",") if part.strip())
 
 
-def _issuers(raw: Any) -> dict[str, dict[str, Any]]:
+def _issuers(raw: Any) -> Mapping[str, Mapping[str, Any]]:
     """Trusted issuers: a mapping from overrides, or (from the environment) a JSON or YAML file's path."""
     if raw in (None, ""):
-        return {}
+        return MappingProxyType({})
     if isinstance(raw, Mapping):
         data: Any = raw
     else:
@@ -83,20 +85,22 @@ def _issuers(raw: Any) -> dict[str, dict[str, Any]]:
             data = json.loads(text)
     if not isinstance(data, Mapping):
         raise SettingsError("trusted issuers must map each iss to its settings")
-    issuers: dict[str, dict[str, Any]] = {}
+    issuers: dict[str, Mapping[str, Any]] = {}
     for iss, conf in data.items():
         if not isinstance(conf, Mapping) or not (conf.get("jwks") or conf.get("jwks_url") or conf.get("jku")):
             raise SettingsError(f"issuer {iss!r} needs jwks, jwks_url or a jku allow-list")
         if conf.get("jwks") and not (isinstance(conf["jwks"], Mapping) and isinstance(conf["jwks"].get("keys"), list)):
             raise SettingsError(f"issuer {iss!r}: jwks must be a JWK Set, {{keys: [...]}}")
-        issuers[str(iss)] = {
-            "jwks": conf.get("jwks"),
-            "jwks_url": conf.get("jwks_url"),
-            "jku": _comma_list(conf.get("jku")),
-            "fhir_servers": [u.rstrip("/") for u in _comma_list(conf.get("fhir_servers"))],
-            "tenant": conf.get("tenant"),
-        }
-    return issuers
+        issuers[str(iss)] = MappingProxyType(
+            {
+                "jwks": conf.get("jwks"),
+                "jwks_url": conf.get("jwks_url"),
+                "jku": _comma_list(conf.get("jku")),
+                "fhir_servers": tuple(u.rstrip("/") for u in _comma_list(conf.get("fhir_servers"))),
+                "tenant": conf.get("tenant"),
+            }
+        )
+    return MappingProxyType(issuers)
 
 
 def _base_url(raw: Any) -> str:
@@ -107,7 +111,7 @@ def _base_url(raw: Any) -> str:
     return text
 
 
-def _smart_issuers(raw: Any) -> list[str]:
+def _smart_issuers(raw: Any) -> tuple[str, ...]:
     """The EHRs' FHIR base URLs: https with a host, no user information, query or fragment (plain http only to a
     loopback host, for tests), and no link-local or metadata host."""
     from service.outbound import url_problem  # here: the settings module is imported before everything else
@@ -123,10 +127,10 @@ def _smart_issuers(raw: Any) -> list[str]:
                 f"expected FHIR base URLs such as https://ehr.example.org/fhir, got {value!r}: {problem}"
             )
         issuers.append(value)
-    return issuers
+    return tuple(issuers)
 
 
-def _frame_ancestors(raw: Any) -> list[str]:
+def _frame_ancestors(raw: Any) -> tuple[str, ...]:
     """CSP ``frame-ancestors`` sources: ``'self'``, ``'none'`` (alone) or origins (``https://ehr.example.org``)."""
     values = _comma_list(raw)
     out = []
@@ -148,7 +152,7 @@ def _frame_ancestors(raw: Any) -> list[str]:
         out.append(f"{parts.scheme}://{parts.netloc.lower()}")
     if "'none'" in out and len(out) > 1:
         raise SettingsError("'none' cannot be combined with other frame ancestors")
-    return out
+    return tuple(out)
 
 
 def _redis_url(raw: Any) -> str:
@@ -164,10 +168,10 @@ def _on_off(raw: Any) -> bool:
     return not (isinstance(raw, str) and raw.strip().lower() in {"off", "0", "false", "no"}) and raw is not False
 
 
-def _site_limits(raw: Any) -> dict[str, float]:
+def _site_limits(raw: Any) -> Mapping[str, float]:
     """``"40"`` (both sexes) or ``"female=35,male=40"``; a mapping is accepted from overrides."""
     if raw in (None, ""):
-        return {}
+        return MappingProxyType({})
     if isinstance(raw, Mapping):
         items = {str(k).lower(): _positive_float(v) for k, v in raw.items()}
     elif isinstance(raw, int | float) or "=" not in str(raw):
@@ -181,269 +185,314 @@ def _site_limits(raw: Any) -> dict[str, float]:
     unknown = set(items) - {"male", "female"}
     if unknown:
         raise SettingsError(f"site limits know only male and female, not {sorted(unknown)}")
-    return items
+    return MappingProxyType(items)
 
 
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    parse: Callable[[Any], Any]
-    default: Any
-    doc: str
+def setting(parse: Callable[[Any], Any], default: Any, doc: str) -> Any:
+    """One row of the settings table, as a field of :class:`Settings`: its default, the parser of a value from the
+    environment or an override, and its documentation. A mapping default is a fresh read-only copy per load."""
+    metadata = {"parse": parse, "doc": doc}
+    if isinstance(default, Mapping):
+        return field(default_factory=lambda: MappingProxyType(dict(default)), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("FHIR_CONNECT_TIMEOUT", _positive_float, 3.05, "Seconds to wait for a FHIR server connection."),
-    Setting("FHIR_READ_TIMEOUT", _positive_float, 10.0, "Seconds to wait for a FHIR server's answer."),
-    Setting("FHIR_MAX_PAGES", _positive_int, 20, "Most Bundle pages followed (next links) per prefetch key."),
-    Setting("FHIR_FETCH_WORKERS", _positive_int, 6, "Missing prefetch keys fetched at once."),
-    Setting("MAX_BODY_BYTES", _positive_int, 5_000_000, "Largest hook request body accepted (413 beyond)."),
-    Setting(
-        "CLIENT_TIMEOUT",
+EMPTY: Mapping[str, Any] = MappingProxyType({})  # the default of a mapping setting (each load its own copy)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The service's settings, one field per setting (the README's table is checked against these fields), read-only
+    once loaded (:func:`load_settings`). ``NOW``, the clock, is no setting: tests and tools may inject one."""
+
+    FHIR_CONNECT_TIMEOUT: float = setting(_positive_float, 3.05, "Seconds to wait for a FHIR server connection.")
+    FHIR_READ_TIMEOUT: float = setting(_positive_float, 10.0, "Seconds to wait for a FHIR server's answer.")
+    FHIR_MAX_PAGES: int = setting(_positive_int, 20, "Most Bundle pages followed (next links) per prefetch key.")
+    FHIR_FETCH_WORKERS: int = setting(_positive_int, 6, "Missing prefetch keys fetched at once.")
+    MAX_BODY_BYTES: int = setting(_positive_int, 5_000_000, "Largest hook request body accepted (413 beyond).")
+    CLIENT_TIMEOUT: float = setting(
         _positive_float,
         10.0,
         "Seconds a client may send nothing while sending its request, or take nothing of its answer, before it is "
         "disconnected (alp-cds serve).",
-    ),
-    Setting(
-        "CLIENT_REQUEST_DEADLINE",
+    )
+    CLIENT_REQUEST_DEADLINE: float = setting(
         _positive_float,
         30.0,
         "Seconds a client has to send a whole request, headers and body, once a thread has taken it up; then the "
         "connection is closed (alp-cds serve).",
-    ),
-    Setting(
-        "ALP_SITE_LOW_LIMITS",
+    )
+    ALP_SITE_LOW_LIMITS: Mapping[str, float] = setting(
         _site_limits,
-        {},
+        EMPTY,
         "Adult ALP lower limits (U/L) of your lab, used when a result carries no referenceRange: "
         "`40` for both sexes or `female=35,male=40`. Empty: the built-in CALIPER table.",
-    ),
-    Setting("ADULT_AGE", _positive_int, 19, "Age (years) from which ALP_SITE_LOW_LIMITS apply."),
-    Setting(
-        "WILSON_MIN_AGE",
+    )
+    ADULT_AGE: int = setting(_positive_int, 19, "Age (years) from which ALP_SITE_LOW_LIMITS apply.")
+    WILSON_MIN_AGE: int = setting(
         _positive_int,
         3,
         "Youngest age (years) for the Wilson disease check: liver disease from Wilson disease is not seen before "
         "about 3 years (EASL 2012), and a newborn's jaundice is not it.",
-    ),
-    Setting(
-        "WILSON_MAX_AGE",
+    )
+    WILSON_MAX_AGE: int = setting(
         _positive_int,
         55,
         "Patients younger than this get the Wilson disease check (AASLD: consider it from 3 to 55 years in "
         "unexplained liver disease).",
-    ),
-    Setting(
-        "RECENT_RESULT_DAYS", _positive_int, 90, "A workup test resulted within this many days is not re-suggested."
-    ),
-    Setting(
-        "ALP_CURRENT_DAYS",
+    )
+    RECENT_RESULT_DAYS: int = setting(
+        _positive_int,
+        90,
+        "A workup test resulted within this many days is not re-suggested.",
+    )
+    ALP_CURRENT_DAYS: int = setting(
         _positive_int,
         365,
         "An ALP result older than this many days is history: shown, never the reason for advice today "
         "(a setting, not a sourced number: see the README's rules for the age of results).",
-    ),
-    Setting(
-        "PERSISTENT_MIN_DAYS",
+    )
+    PERSISTENT_MIN_DAYS: int = setting(
         _positive_int,
         28,
         "Two low ALP results at least this many days apart (no normal between, the latest current) count as "
         "persistent: a fall after surgery or acute illness can last weeks (addendum 6: 4 weeks, a design choice).",
-    ),
-    Setting("AUTH", _on_off, True, "JWT verification of hook and feedback calls: on unless `off` (local use only)."),
-    Setting("DISCOVERY_AUTH", _bool, False, "Also require a JWT for GET /cds-services."),
-    Setting(
-        "TRUSTED_ISSUERS",
+    )
+    AUTH: bool = setting(
+        _on_off,
+        True,
+        "JWT verification of hook and feedback calls: on unless `off` (local use only).",
+    )
+    DISCOVERY_AUTH: bool = setting(_bool, False, "Also require a JWT for GET /cds-services.")
+    TRUSTED_ISSUERS: Mapping[str, Mapping[str, Any]] = setting(
         _issuers,
-        {},
+        EMPTY,
         "Trusted CDS clients (env: `CDS_TRUSTED_ISSUERS_FILE`, a JSON or YAML file): each `iss` maps to `jwks` or "
         "`jwks_url`, optional `jku` allow-list, `fhir_servers` allow-list and `tenant`.",
-    ),
-    Setting(
-        "PUBLIC_BASE_URL",
+    )
+    PUBLIC_BASE_URL: str = setting(
         _base_url,
         "",
         "The URL clients call the service at, e.g. `https://cds.example.org`: a JWT's `aud` must be it plus the path "
         "called. Required when AUTH is on (never taken from the Host header).",
-    ),
-    Setting("JWT_LEEWAY", _positive_int, 5, "Seconds of clock skew allowed on `exp` and `iat`."),
-    Setting(
-        "JWT_MAX_LIFETIME",
+    )
+    JWT_LEEWAY: int = setting(_positive_int, 5, "Seconds of clock skew allowed on `exp` and `iat`.")
+    JWT_MAX_LIFETIME: int = setting(
         _positive_int,
         600,
         "Longest lifetime (`exp` - `iat`, seconds) of a token accepted; the spec recommends 5 minutes.",
-    ),
-    Setting(
-        "REPLAY_STORE_URL",
+    )
+    REPLAY_STORE_URL: str = setting(
         str,
         "sqlite:///var/replay.db",
         "Where the `jti`s of accepted tokens are kept until they expire, shared by all workers that open it.",
-    ),
-    Setting(
-        "REDIS_URL",
+    )
+    REDIS_URL: str = setting(
         _redis_url,
         "",
         "Redis for the `jti`s of accepted tokens, shared by every replica (`redis://host:6379/0`, `rediss://` for "
         "TLS); empty: REPLAY_STORE_URL.",
-    ),
-    Setting(
-        "REDIS_TIMEOUT",
+    )
+    REDIS_TIMEOUT: float = setting(
         _positive_float,
         1.0,
         "Seconds to connect to Redis and to get its answer; then the replay store counts as down.",
-    ),
-    Setting(
-        "REPLAY_FAIL_OPEN",
+    )
+    REPLAY_FAIL_OPEN: bool = setting(
         _bool,
         False,
         "When the replay store is down: off refuses the token (503); on accepts it without the replay check and "
         "logs `replay_store_unavailable_fail_open`.",
-    ),
-    Setting("FHIR_SERVERS", _comma_list, [], "With AUTH off, the only fhirServer values accepted (comma-separated)."),
-    Setting(
-        "CORS_ORIGINS", _comma_list, [], "Browser origins allowed to call the service (comma-separated; `*` for any)."
-    ),
-    Setting("FEEDBACK_DB_URL", str, "sqlite:///var/feedback.db", "SQLAlchemy URL of the feedback store."),
-    Setting(
-        "FEEDBACK_DB_TIMEOUT",
+    )
+    FHIR_SERVERS: tuple[str, ...] = setting(
+        _comma_list,
+        (),
+        "With AUTH off, the only fhirServer values accepted (comma-separated).",
+    )
+    CORS_ORIGINS: tuple[str, ...] = setting(
+        _comma_list,
+        (),
+        "Browser origins allowed to call the service (comma-separated; `*` for any).",
+    )
+    FEEDBACK_DB_URL: str = setting(str, "sqlite:///var/feedback.db", "SQLAlchemy URL of the feedback store.")
+    FEEDBACK_DB_TIMEOUT: float = setting(
         _positive_float,
         5.0,
         "Seconds a feedback-store operation may take (connecting, waiting for a lock, a statement); then 503.",
-    ),
-    Setting(
-        "FEEDBACK_DB_MIGRATE",
+    )
+    FEEDBACK_DB_MIGRATE: bool = setting(
         _bool,
         True,
         "on: the service brings the feedback schema to its own version at start (under a lock: once for all "
         "replicas); off: it only checks, and a schema behind is a 503 until `alp-cds migrate` has run. A schema "
         "newer than the service's refuses the start either way.",
-    ),
-    Setting(
-        "MIGRATE_TIMEOUT",
+    )
+    MIGRATE_TIMEOUT: float = setting(
         _positive_float,
         600.0,
         "Seconds `alp-cds migrate` gives the migration (statements, waits for locks); connecting is bounded by "
         "FEEDBACK_DB_TIMEOUT.",
-    ),
-    Setting("FHIR_TIME_BUDGET", _positive_float, 8.0, "Seconds all FHIR fetching of one hook call may take."),
-    Setting(
-        "FHIR_CALLS_PER_WORKER",
+    )
+    FHIR_TIME_BUDGET: float = setting(_positive_float, 8.0, "Seconds all FHIR fetching of one hook call may take.")
+    FHIR_CALLS_PER_WORKER: int = setting(
         _whole_number,
         0,
         "Most hook calls of one worker process fetching from FHIR servers at once; a call that must fetch beyond it "
         "gets a 503 with Retry-After. 0: the worker's threads minus 4 under `alp-cds serve`, no limit elsewhere.",
-    ),
-    Setting(
-        "LARGE_BODY_BYTES",
+    )
+    LARGE_BODY_BYTES: int = setting(
         _positive_int,
         1_000_000,
         "A hook call whose body is larger than this (or chunked) counts as large (LARGE_CALLS_PER_WORKER).",
-    ),
-    Setting(
-        "LARGE_CALLS_PER_WORKER",
+    )
+    LARGE_CALLS_PER_WORKER: int = setting(
         _positive_int,
         4,
         "Most large hook calls one worker process parses and answers at once (memory); another waits for a slot.",
-    ),
-    Setting(
-        "LARGE_CALL_WAIT",
+    )
+    LARGE_CALL_WAIT: float = setting(
         _positive_float,
         5.0,
         "Seconds a large hook call waits for a slot (its body not yet read) before a 503 with Retry-After.",
-    ),
-    Setting("FHIR_MAX_ENTRIES", _positive_int, 20000, "Most Bundle entries read per prefetch key."),
-    Setting(
-        "FHIR_MAX_RESPONSE_BYTES",
+    )
+    FHIR_MAX_ENTRIES: int = setting(_positive_int, 20000, "Most Bundle entries read per prefetch key.")
+    FHIR_MAX_RESPONSE_BYTES: int = setting(
         _positive_int,
         10_000_000,
         "Most bytes read from one FHIR answer (a resource or a page); reading stops there and the call gets 412.",
-    ),
-    Setting(
-        "FHIR_MAX_CALL_BYTES",
+    )
+    FHIR_MAX_CALL_BYTES: int = setting(
         _positive_int,
         20_000_000,
         "Most bytes read from FHIR servers for one hook call, all answers together; then 412.",
-    ),
-    Setting("LOG_LEVEL", str, "INFO", "Python log level."),
-    Setting(
-        "SMART_ISSUERS",
+    )
+    LOG_LEVEL: str = setting(str, "INFO", "Python log level.")
+    SMART_ISSUERS: tuple[str, ...] = setting(
         _smart_issuers,
-        [],
+        (),
         "FHIR base URLs (`iss`) the SMART companion app may be launched from (comma-separated). Empty: every "
         "launch is refused. Only launches from these are served: their discovery documents and FHIR servers are "
         "read, and the authorization and token endpoints their discovery names are used (https; see the README).",
-    ),
-    Setting("SMART_CLIENT_ID", str, "alp-cds", "The client id the SMART app is registered under with the EHRs."),
-    Setting(
-        "SMART_REDIRECT_URL",
+    )
+    SMART_CLIENT_ID: str = setting(str, "alp-cds", "The client id the SMART app is registered under with the EHRs.")
+    SMART_REDIRECT_URL: str = setting(
         _base_url,
         "",
         "The SMART app's redirect URL as registered with the EHRs. Empty: `CDS_PUBLIC_BASE_URL` + `/smart/callback`.",
-    ),
-    Setting(
-        "SMART_LAUNCH_SECONDS",
+    )
+    SMART_LAUNCH_SECONDS: int = setting(
         _positive_int,
         600,
         "Seconds a SMART launch may take from `/smart/launch` to `/smart/callback` (the state is then forgotten).",
-    ),
-    Setting(
-        "SMART_FRAME_ANCESTORS",
+    )
+    SMART_FRAME_ANCESTORS: tuple[str, ...] = setting(
         _frame_ancestors,
-        [],
+        (),
         "Who may show the SMART app in a frame (CSP `frame-ancestors`): origins, `'self'` or `'none'` "
         "(comma-separated). Empty: the origins of `CDS_SMART_ISSUERS` (EHRs embed apps).",
-    ),
-    Setting(
-        "SMART_MAX_PENDING",
+    )
+    SMART_MAX_PENDING: int = setting(
         _positive_int,
         10_000,
         "Most SMART launches in progress kept at once; past it the oldest are forgotten first.",
-    ),
-    Setting(
-        "SMART_STATE_STORE_URL",
+    )
+    SMART_STATE_STORE_URL: str = setting(
         str,
         "sqlite:///var/smart-launch.db",
         "Where SMART launches in progress (state, PKCE verifier) are kept until used or expired, shared by workers.",
-    ),
-)
+    )
 
-_BY_NAME = {s.name: s for s in SETTINGS}
+    NOW: Callable[[], datetime] = field(default=_utc_now, repr=False, compare=False)
+
+    @property
+    def clinical(self) -> ClinicalSettings:
+        """The narrow view the clinical rules get."""
+        return ClinicalSettings(**{f.name: getattr(self, f.name) for f in fields(ClinicalSettings)})
+
+
+def _as_in_settings(name: str) -> Any:
+    """A field with the default of the setting of that name (declared once, in :class:`Settings`)."""
+    declared = Settings.__dataclass_fields__[name]
+    if declared.default_factory is not MISSING:
+        return field(default_factory=declared.default_factory)
+    return field(default=declared.default)
+
+
+@dataclass(frozen=True, slots=True)
+class ClinicalSettings:
+    """The settings the clinical rules (``service/clinical``) read, and no other: the hooks and the SMART app hand
+    them this view (:attr:`Settings.clinical`). Types and defaults are those of :class:`Settings`."""
+
+    ALP_SITE_LOW_LIMITS: Mapping[str, float] = _as_in_settings("ALP_SITE_LOW_LIMITS")
+    ADULT_AGE: int = _as_in_settings("ADULT_AGE")
+    WILSON_MIN_AGE: int = _as_in_settings("WILSON_MIN_AGE")
+    WILSON_MAX_AGE: int = _as_in_settings("WILSON_MAX_AGE")
+    RECENT_RESULT_DAYS: int = _as_in_settings("RECENT_RESULT_DAYS")
+    ALP_CURRENT_DAYS: int = _as_in_settings("ALP_CURRENT_DAYS")
+    PERSISTENT_MIN_DAYS: int = _as_in_settings("PERSISTENT_MIN_DAYS")
+
+
 ENV_PREFIX = "CDS_"
 
 
-def load_settings(
-    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Setting:
+    """A row of the settings table."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    doc: str
+
+    @property
+    def env_name(self) -> str:
+        return ENV_PREFIX + self.name + ("_FILE" if self.name == "TRUSTED_ISSUERS" else "")
+
+
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(
+        f.name,
+        f.metadata["parse"],
+        f.default if f.default_factory is MISSING else f.default_factory(),
+        f.metadata["doc"],
+    )
+    for f in fields(Settings)
+    if "parse" in f.metadata
+)
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults <- environment <- overrides. A name that is no setting, as an override or as a ``CDS_`` variable
     of the environment, is a :class:`SettingsError` naming the closest setting (a typo such as
     ``CDS_WILSON_MAX_AEG`` would otherwise change nothing, silently); ``NOW`` (the clock) may be injected."""
     environ = os.environ if environ is None else environ
-    overrides = dict(overrides or {})
+    overrides = overrides or {}
     check_names(overrides, environ)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {name: overrides[name] for name in INJECTABLE if name in overrides}
     for setting in SETTINGS:
-        raw: Any = setting.default
-        env_name = ENV_PREFIX + setting.name + ("_FILE" if setting.name == "TRUSTED_ISSUERS" else "")
-        if env_name in environ:
-            raw = environ[env_name]
         if setting.name in overrides:
-            raw = overrides.pop(setting.name)
+            raw = overrides[setting.name]
+        elif setting.env_name in environ:
+            raw = environ[setting.env_name]
+        else:
+            continue  # the default
         try:
-            values[setting.name] = raw if raw is setting.default else setting.parse(raw)
+            values[setting.name] = setting.parse(raw)
         except (TypeError, ValueError) as exc:
-            raise SettingsError(f"setting {setting.name} ({env_name}): {exc}") from None
-    values.update(overrides)
-    values.setdefault("NOW", lambda: datetime.now(UTC))
-    return values
+            raise SettingsError(f"setting {setting.name} ({setting.env_name}): {exc}") from None
+    return Settings(**values)
 
 
 INJECTABLE = frozenset({"NOW"})  # what tests and tools may pass besides the settings: the clock
 
 
 def check_names(overrides: Mapping[str, Any], environ: Mapping[str, str]) -> None:
-    names = {setting.name for setting in SETTINGS}
-    env_names = {ENV_PREFIX + n + ("_FILE" if n == "TRUSTED_ISSUERS" else "") for n in names}
+    names = set(setting_names())
+    env_names = {setting.env_name for setting in SETTINGS}
     unknown = [(k, k) for k in overrides if k not in names | INJECTABLE]
     unknown += [(k, k.removeprefix(ENV_PREFIX)) for k in environ if k.startswith(ENV_PREFIX) and k not in env_names]
     if unknown:
@@ -453,34 +502,34 @@ def check_names(overrides: Mapping[str, Any], environ: Mapping[str, str]) -> Non
         raise SettingsError(f"{given} is not a setting of this service{hint} (README, Settings)")
 
 
-def check_startup(values: Mapping[str, Any]) -> None:
+def check_startup(values: Settings) -> None:
     """Combinations of settings the service must not start with (:class:`SettingsError` says what to set)."""
-    if values["AUTH"] and not values["PUBLIC_BASE_URL"]:
+    if values.AUTH and not values.PUBLIC_BASE_URL:
         raise SettingsError(
             "CDS_PUBLIC_BASE_URL must be set when CDS_AUTH is on: a JWT's aud is checked against the URL clients "
             "call, which the Host header cannot be trusted to give. Set it (e.g. https://cds.example.org), "
             "or use CDS_AUTH=off for local development."
         )
-    if values["SMART_ISSUERS"] and not smart_redirect_url(values):
+    if values.SMART_ISSUERS and not smart_redirect_url(values):
         raise SettingsError(
             "CDS_SMART_ISSUERS is set but the SMART app has no redirect URL: set CDS_SMART_REDIRECT_URL (as registered "
             "with the EHR) or CDS_PUBLIC_BASE_URL."
         )
 
 
-def smart_redirect_url(values: Mapping[str, Any]) -> str:
+def smart_redirect_url(values: Settings) -> str:
     """The SMART app's redirect URL: set, or derived from the public base URL; empty when neither is known."""
-    if values["SMART_REDIRECT_URL"]:
-        return values["SMART_REDIRECT_URL"]
-    return values["PUBLIC_BASE_URL"] + "/smart/callback" if values["PUBLIC_BASE_URL"] else ""
+    if values.SMART_REDIRECT_URL:
+        return values.SMART_REDIRECT_URL
+    return values.PUBLIC_BASE_URL + "/smart/callback" if values.PUBLIC_BASE_URL else ""
 
 
-def smart_frame_ancestors(values: Mapping[str, Any]) -> list[str]:
+def smart_frame_ancestors(values: Settings) -> list[str]:
     """The CSP ``frame-ancestors`` sources of the SMART app: as set, else the allow-listed EHRs' origins."""
-    if values.get("SMART_FRAME_ANCESTORS"):
-        return list(values["SMART_FRAME_ANCESTORS"])
+    if values.SMART_FRAME_ANCESTORS:
+        return list(values.SMART_FRAME_ANCESTORS)
     origins = []
-    for issuer in values.get("SMART_ISSUERS") or ():
+    for issuer in values.SMART_ISSUERS:
         parts = urlsplit(issuer)
         origin = f"{parts.scheme.lower()}://{parts.netloc.lower()}"
         if origin not in origins:
@@ -488,15 +537,15 @@ def smart_frame_ancestors(values: Mapping[str, Any]) -> list[str]:
     return origins or ["'none'"]
 
 
-def smart_launch_url(values: Mapping[str, Any]) -> str:
+def smart_launch_url(values: Settings) -> str:
     """Where an EHR launches the SMART app from a card link; empty when the app is off or its address unknown."""
-    if not values.get("SMART_ISSUERS"):
+    if not values.SMART_ISSUERS:
         return ""
-    if values["PUBLIC_BASE_URL"]:
-        return values["PUBLIC_BASE_URL"] + "/smart/launch"
-    redirect = values["SMART_REDIRECT_URL"]
+    if values.PUBLIC_BASE_URL:
+        return values.PUBLIC_BASE_URL + "/smart/launch"
+    redirect = values.SMART_REDIRECT_URL
     return redirect.removesuffix("/callback") + "/launch" if redirect.endswith("/smart/callback") else ""
 
 
 def setting_names() -> list[str]:
-    return list(_BY_NAME)
+    return [setting.name for setting in SETTINGS]

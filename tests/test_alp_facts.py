@@ -10,9 +10,9 @@ from service.clinical.alp import total_alp
 from service.clinical.codes import convert
 from service.clinical.facts import Patient
 from service.fhir.readers import Scope, read_observation
-from service.settings import load_settings
+from service.settings import ClinicalSettings, load_settings
 
-SETTINGS = load_settings({}, environ={})
+SETTINGS = ClinicalSettings()
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 ADULT_MAN = Patient("p", date(1980, 1, 1), "male")
 
@@ -109,7 +109,7 @@ def test_lab_reference_range_comes_first_and_is_converted():
 
 
 def test_site_limit_before_the_table_for_adults_only():
-    settings = load_settings({"ALP_SITE_LOW_LIMITS": "female=45,male=50"}, environ={})
+    settings = load_settings({"ALP_SITE_LOW_LIMITS": "female=45,male=50"}, environ={}).clinical
     adult = read(obs(45), settings=settings)
     assert (adult.low, adult.low_source, adult.is_low()) == (50, "the site's lower limit", True)
     child = read(obs(45), Patient("c", date(2020, 1, 1), "male"), settings)
@@ -117,7 +117,7 @@ def test_site_limit_before_the_table_for_adults_only():
 
 
 def test_site_limits_from_the_environment():
-    assert load_settings({}, environ={"CDS_ALP_SITE_LOW_LIMITS": "38"})["ALP_SITE_LOW_LIMITS"] == {
+    assert load_settings({}, environ={"CDS_ALP_SITE_LOW_LIMITS": "38"}).ALP_SITE_LOW_LIMITS == {
         "male": 38.0,
         "female": 38.0,
     }

@@ -23,9 +23,9 @@ from service.fhir.readers import (
     read_patient,
     resources,
 )
-from service.settings import load_settings
+from service.settings import ClinicalSettings
 
-SETTINGS = load_settings({}, environ={})
+SETTINGS = ClinicalSettings()
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 ADULT = Patient("p", date(1980, 1, 1), "male")
 LOINC = "http://loinc.org"

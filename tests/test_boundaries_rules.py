@@ -13,9 +13,9 @@ from service.clinical import rules
 from service.clinical.alp import current_since, is_current, low_run, total_alp
 from service.clinical.facts import LAB_FLAG, LAB_RANGE, LabResult, Medication, Patient
 from service.clinical.rules import Chart, Finding, by_importance, lab_days_needed, low_alp, unusable, wilson_disease
-from service.settings import load_settings
+from service.settings import ClinicalSettings
 
-SETTINGS = load_settings({}, environ={})
+SETTINGS = ClinicalSettings()
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 ADULT = Patient("p", date(1980, 1, 1), "male")
 UNITS = {
@@ -61,7 +61,7 @@ def ago(days: float = 0, hours: float = 0, seconds: float = 0) -> datetime:
 
 def chart(labs, patient=ADULT, medications=(), **settings) -> Chart:
     ordered = sorted(labs, key=lambda r: r.when or datetime.min.replace(tzinfo=UTC))
-    return Chart(patient, ordered, list(medications), NOW, {**SETTINGS, **settings})
+    return Chart(patient, ordered, list(medications), NOW, ClinicalSettings(**settings))
 
 
 def main_finding(found: list[Finding]) -> Finding:
@@ -102,7 +102,7 @@ def test_recency_a_low_exactly_alp_current_days_old_is_current_one_second_older_
 
 def test_recency_the_cut_off_is_alp_current_days_before_now_and_an_undated_result_is_never_current():
     assert current_since(NOW, SETTINGS) == NOW - timedelta(days=365)
-    assert current_since(NOW, {"ALP_CURRENT_DAYS": 10}) == NOW - timedelta(days=10)
+    assert current_since(NOW, ClinicalSettings(ALP_CURRENT_DAYS=10)) == NOW - timedelta(days=10)
     assert is_current(alp(30, None), NOW, SETTINGS) is False
 
 
@@ -891,5 +891,5 @@ def test_fallback_alp_band_edges_fall_on_the_birthday_and_the_day_of_age(day, lo
 
     patient = Patient(id="p", birth_date=date(2010, 1, 1), gender="female")
     when = datetime.fromisoformat(day).replace(hour=12, tzinfo=UTC)
-    limits = fallback_limits("alp_total", patient, when, {"ALP_SITE_LOW_LIMITS": {}, "ADULT_AGE": 18})
+    limits = fallback_limits("alp_total", patient, when, ClinicalSettings(ADULT_AGE=18))
     assert limits is not None and limits.low == low

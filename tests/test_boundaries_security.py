@@ -9,6 +9,7 @@ import threading
 import time
 import types
 import uuid
+from dataclasses import replace
 
 import jwt
 import pytest
@@ -29,6 +30,7 @@ from service.security import (
     claim_type_problem,
     loggable,
 )
+from service.settings import Settings
 
 ISS = "https://ehr.example.org"
 OTHER_ISS = "https://other.example.org"
@@ -57,16 +59,16 @@ def issuer(**conf) -> dict:
 
 def authenticator(issuers=None, fail_open=False) -> Authenticator:
     return Authenticator(
-        {
-            "TRUSTED_ISSUERS": issuers if issuers is not None else {ISS: issuer()},
-            "JWT_LEEWAY": LEEWAY,
-            "JWT_MAX_LIFETIME": LIFETIME,
-            "PUBLIC_BASE_URL": BASE,
-            "REPLAY_STORE_URL": "sqlite://",
-            "REDIS_URL": "",
-            "REDIS_TIMEOUT": 1.0,
-            "REPLAY_FAIL_OPEN": fail_open,
-        }
+        Settings(
+            TRUSTED_ISSUERS=issuers if issuers is not None else {ISS: issuer()},
+            JWT_LEEWAY=LEEWAY,
+            JWT_MAX_LIFETIME=LIFETIME,
+            PUBLIC_BASE_URL=BASE,
+            REPLAY_STORE_URL="sqlite://",
+            REDIS_URL="",
+            REDIS_TIMEOUT=1.0,
+            REPLAY_FAIL_OPEN=fail_open,
+        )
     )
 
 
@@ -518,7 +520,7 @@ def test_fhir_server_that_is_not_a_url_is_a_400(url):
     check_fhir_server_url("")
 
 
-SETTINGS = {"TRUSTED_ISSUERS": {ISS: issuer(fhir_servers=["https://ehr.example.org/fhir"])}, "FHIR_SERVERS": []}
+SETTINGS = Settings(TRUSTED_ISSUERS={ISS: issuer(fhir_servers=["https://ehr.example.org/fhir"])}, FHIR_SERVERS=())
 
 
 @pytest.mark.parametrize(
@@ -528,10 +530,10 @@ SETTINGS = {"TRUSTED_ISSUERS": {ISS: issuer(fhir_servers=["https://ehr.example.o
         ("https://ehr.example.org/fhir/", {"iss": ISS}, SETTINGS, True),
         ("https://ehr.example.org/other", {"iss": ISS}, SETTINGS, False),
         ("https://ehr.example.org/other", None, SETTINGS, True),  # AUTH off and no list: local development
-        ("https://a.example/fhir", None, {**SETTINGS, "FHIR_SERVERS": ["https://a.example/fhir/"]}, True),
-        ("https://b.example/fhir", None, {**SETTINGS, "FHIR_SERVERS": ["https://a.example/fhir"]}, False),
+        ("https://a.example/fhir", None, replace(SETTINGS, FHIR_SERVERS=["https://a.example/fhir/"]), True),
+        ("https://b.example/fhir", None, replace(SETTINGS, FHIR_SERVERS=["https://a.example/fhir"]), False),
         ("https://ehr.example.org/fhirX", {"iss": ISS}, SETTINGS, False),
-        ("https://a.example/fhir", None, {**SETTINGS, "FHIR_SERVERS": ["https://a.example/fhirX"]}, False),
+        ("https://a.example/fhir", None, replace(SETTINGS, FHIR_SERVERS=["https://a.example/fhirX"]), False),
         (None, {"iss": ISS}, SETTINGS, True),
     ],
 )

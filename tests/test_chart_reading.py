@@ -16,7 +16,7 @@ from service import metrics
 from service.clinical.facts import Patient
 from service.fhir.readers import Scope, patient_in_reference, read_medications, read_observation
 from service.hook_requests import NOW, hook_request
-from service.settings import load_settings
+from service.settings import ClinicalSettings
 from tests.conftest import OS, PV, make_app
 
 LOINC = "http://loinc.org"
@@ -351,7 +351,7 @@ def test_a_statement_whose_period_has_ended_is_not_current():
 
 
 def read_one(observation: dict[str, Any], birth: str = "1970-01-01", gender: str = "female"):
-    scope = Scope(Patient(PID, date.fromisoformat(birth), gender), NOW, load_settings({}, environ={}))
+    scope = Scope(Patient(PID, date.fromisoformat(birth), gender), NOW, ClinicalSettings())
     (result,) = read_observation(observation, scope)
     return result
 

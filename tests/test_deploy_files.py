@@ -85,9 +85,9 @@ def test_sandbox_trust_file_loads_and_the_compose_service_uses_it():
     from service.settings import load_settings
 
     settings = load_settings({}, environ={"CDS_TRUSTED_ISSUERS_FILE": str(ROOT / "deploy" / "sandbox-issuers.yaml")})
-    sandbox = settings["TRUSTED_ISSUERS"]["https://sandbox.cds-hooks.org"]
+    sandbox = settings.TRUSTED_ISSUERS["https://sandbox.cds-hooks.org"]
     # The Sandbox names its key set in the token's jku header; its published public key is inline (offline trust).
-    assert sandbox["jku"] == ["https://sandbox.cds-hooks.org/.well-known/jwks.json"]
+    assert sandbox["jku"] == ("https://sandbox.cds-hooks.org/.well-known/jwks.json",)
     assert [k["kid"] for k in sandbox["jwks"]["keys"]] == ["44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"]
     assert "http://localhost:8090/fhir" in sandbox["fhir_servers"]
     env = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["alp-cds"]["environment"]
@@ -101,9 +101,9 @@ def test_every_cds_variable_the_deployment_files_and_docs_name_is_a_setting():
     the Dockerfile, the README, the benchmarks or CI that is not a setting would stop it from starting."""
     import re
 
-    from service.settings import ENV_PREFIX, SETTINGS
+    from service.settings import SETTINGS
 
-    names = {ENV_PREFIX + s.name + ("_FILE" if s.name == "TRUSTED_ISSUERS" else "") for s in SETTINGS}
+    names = {s.env_name for s in SETTINGS}
     files = [*(ROOT / "deploy").rglob("*.yaml"), *(ROOT / "bench").glob("*.py")]
     files += [ROOT / name for name in ("docker-compose.yml", "Dockerfile", "README.md", ".ci/run")]
     named = {(m, f.name) for f in files for m in re.findall(r"\bCDS_[A-Z0-9_]+", f.read_text())}
@@ -128,7 +128,7 @@ def test_an_unknown_setting_fails_clearly_at_start(overrides, environ, message):
     with pytest.raises(SettingsError) as caught:
         load_settings(overrides, environ=environ)
     assert str(caught.value).startswith(message)
-    assert load_settings({"NOW": lambda: None}, environ={"PATH": "/bin", "CDS_AUTH": "off"})["AUTH"] is False
+    assert load_settings({"NOW": lambda: None}, environ={"PATH": "/bin", "CDS_AUTH": "off"}).AUTH is False
 
 
 def test_alp_cds_serve_refuses_an_unknown_setting_with_the_name():

@@ -9,8 +9,8 @@ import re
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from cards import card_kinds, render_card
-from service.settings import setting_names
+from service.card_render import card_kinds, render_card
+from service.settings import SETTINGS
 from tests.conftest import FIXTURES, ROOT
 
 
@@ -56,9 +56,8 @@ def test_every_scenario_has_in_and_out_cases():
 
 def test_readme_documents_every_setting_and_card_kind():
     readme = (ROOT / "README.md").read_text()
-    for name in setting_names():
-        env = f"CDS_{name}_FILE" if name == "TRUSTED_ISSUERS" else f"CDS_{name}"
-        assert f"`{env}`" in readme, name
+    for setting in SETTINGS:
+        assert f"`{setting.env_name}`" in readme, setting.name
     for kind in card_kinds():
         assert f"`{kind}`" in readme, kind
 
@@ -71,7 +70,7 @@ def test_readme_opens_with_the_run_and_test_commands():
 
 
 def test_every_card_template_renders_only_known_sources():
-    from cards.render import sources, template
+    from service.card_render import sources, template
 
     for kind in card_kinds():
         spec = template(kind)

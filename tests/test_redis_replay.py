@@ -27,8 +27,8 @@ def redis_server(tmp_path_factory):
 
 def test_without_redis_the_store_is_the_sqlite_file_as_before():
     settings = load_settings(environ={})
-    assert settings["REDIS_URL"] == "" and settings["REPLAY_FAIL_OPEN"] is False
-    store = open_replay_store(settings["REPLAY_STORE_URL"].replace("var/replay.db", ""), settings["REDIS_URL"])
+    assert settings.REDIS_URL == "" and settings.REPLAY_FAIL_OPEN is False
+    store = open_replay_store(settings.REPLAY_STORE_URL.replace("var/replay.db", ""), settings.REDIS_URL)
     assert isinstance(store, SqliteReplayStore)
 
 

@@ -7,7 +7,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import jwt
 import pytest
@@ -662,13 +664,11 @@ SANDBOX_KID = "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"
 SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
 
 
-def shipped_sandbox_issuers() -> dict:
+def shipped_sandbox_issuers() -> Mapping[str, Mapping[str, Any]]:
     from service.settings import load_settings
     from tests.conftest import ROOT
 
-    return load_settings({"TRUSTED_ISSUERS": str(ROOT / "deploy" / "sandbox-issuers.yaml")}, environ={})[
-        "TRUSTED_ISSUERS"
-    ]
+    return load_settings({"TRUSTED_ISSUERS": str(ROOT / "deploy" / "sandbox-issuers.yaml")}, environ={}).TRUSTED_ISSUERS
 
 
 def sandbox_token(key, audience: str) -> str:
@@ -684,7 +684,7 @@ def test_the_shipped_sandbox_file_trusts_a_sandbox_token_offline():
     here; the real one was checked by hand): a Sandbox-shaped token passes, and nothing is fetched."""
     issuers = shipped_sandbox_issuers()
     sandbox = issuers[SANDBOX]
-    assert sandbox["jku"] == [SANDBOX_JKU]
+    assert sandbox["jku"] == (SANDBOX_JKU,)
     (published,) = sandbox["jwks"]["keys"]
     assert (published["kid"], published["crv"], published["alg"]) == (SANDBOX_KID, "P-384", "ES384")
     jwt.PyJWK(published)  # a usable public key

@@ -21,7 +21,7 @@ from service.app import create_app
 from service.clinical.facts import Medication, Patient
 from service.fhir.readers import Scope, read_lab_results, read_medications, read_patient
 from service.hook_requests import NOW
-from service.settings import SettingsError, load_settings
+from service.settings import ClinicalSettings, SettingsError, load_settings
 from service.smart import chart, oauth, views
 from service.smart import series as chart_series
 from service.smart.chart import chart_spec, render_svg
@@ -33,7 +33,7 @@ DATA = ROOT / "tests" / "data" / "smart"
 PATIENT = "smart-alp-history"
 BUNDLE = json.loads((DATA / "alp-history.json").read_text())
 ARTIFACTS = ROOT / "artifacts"
-SETTINGS = load_settings({"AUTH": "off"}, environ={})
+SETTINGS = ClinicalSettings()
 
 
 def _series(bundle=BUNDLE, patient_id=PATIENT, settings=SETTINGS):
@@ -79,7 +79,7 @@ def test_lower_limit_steps_follow_the_fallback_table_across_childhood():
 
 
 def test_steps_use_the_site_limit_from_adult_age_and_the_adult_limit_without_a_birth_date():
-    settings = load_settings({"AUTH": "off", "ALP_SITE_LOW_LIMITS": "female=30,male=40"}, environ={})
+    settings = load_settings({"AUTH": "off", "ALP_SITE_LOW_LIMITS": "female=30,male=40"}, environ={}).clinical
     woman = Patient("w", birth_date=date(2005, 1, 20), gender="female")
     steps = limit_steps(woman, date(2022, 1, 1), date(2026, 6, 1), settings)
     assert [(s.start.isoformat(), s.low, s.label) for s in steps] == [

@@ -6,11 +6,11 @@ interval for age and sex; see ``service.clinical.limits``). Bone and liver isoen
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 from service.clinical.facts import LabResult
+from service.settings import ClinicalSettings
 
 TOTAL_ALP = "alp_total"
 
@@ -31,14 +31,14 @@ def low_run(results: Sequence[LabResult]) -> list[LabResult]:
     return run
 
 
-def current_since(now: datetime, settings: Mapping[str, Any]) -> datetime:
+def current_since(now: datetime, settings: ClinicalSettings) -> datetime:
     """Results before this moment are history: shown as such, never a reason to act today.
 
     ``ALP_CURRENT_DAYS`` is a setting, not a sourced number (no source gives one): a low ALP from long ago says
     little about the patient now (age band, drugs and illness change), so advice needs a result this recent.
     """
-    return now - timedelta(days=settings["ALP_CURRENT_DAYS"])
+    return now - timedelta(days=settings.ALP_CURRENT_DAYS)
 
 
-def is_current(result: LabResult, now: datetime, settings: Mapping[str, Any]) -> bool:
+def is_current(result: LabResult, now: datetime, settings: ClinicalSettings) -> bool:
     return result.when is not None and result.when >= current_since(now, settings)

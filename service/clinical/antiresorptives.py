@@ -41,7 +41,7 @@ def alp_before(chart: Chart, start: datetime | None) -> LabResult | None:
     of it (an ALP from decades before says little about the patient when treatment began)."""
     if start is None:
         return None
-    window = timedelta(days=chart.settings["ALP_CURRENT_DAYS"])
+    window = timedelta(days=chart.settings.ALP_CURRENT_DAYS)
     before = [r for r in chart.alp if start - window <= r.when <= start - timedelta(days=1)]
     return before[-1] if before else None
 
@@ -153,7 +153,7 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
                     **common,
                     "last": chart.describe_alp(last) if last else None,
                     "last_low": last_low,
-                    "current_days": chart.settings["ALP_CURRENT_DAYS"],
+                    "current_days": chart.settings.ALP_CURRENT_DAYS,
                     "not_interpreted": unreadable,
                     "unreadable_alp": any(u["analyte"] == TOTAL_ALP for u in unreadable),
                 },

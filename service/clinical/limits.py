@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any
 
 from service.clinical.codes import ReferenceBand, reference_bands
 from service.clinical.facts import Patient
+from service.settings import ClinicalSettings
 
 TOTAL_ALP = "alp_total"
 SITE_LIMIT = "the site's lower limit"
@@ -38,7 +38,7 @@ def _in_band(age: Mapping[str, int], band: ReferenceBand) -> bool:
     return age[unit] < amount
 
 
-def fallback_limits(analyte: str, patient: Patient, when: datetime, settings: Mapping[str, Any]) -> Limits | None:
+def fallback_limits(analyte: str, patient: Patient, when: datetime, settings: ClinicalSettings) -> Limits | None:
     """The fallback interval for the analyte at the patient's age and sex on ``when``; None when none applies."""
     bands = reference_bands().get(analyte, ())
     if not bands:
@@ -53,8 +53,8 @@ def fallback_limits(analyte: str, patient: Patient, when: datetime, settings: Ma
     if age["d"] < 0:
         return None
     if analyte == TOTAL_ALP:
-        site: Mapping[str, float] = settings.get("ALP_SITE_LOW_LIMITS") or {}
-        if site and age["y"] >= settings["ADULT_AGE"]:
+        site = settings.ALP_SITE_LOW_LIMITS
+        if site and age["y"] >= settings.ADULT_AGE:
             return Limits(site.get(patient.gender or "") or min(site.values()), None, SITE_LIMIT)
     if age["y"] >= settled_age(analyte):  # most patients: no band boundary lies ahead (same answer, cached)
         return _combined(analyte, patient.gender, tuple(b for b in bands if b.age_to is None))

@@ -16,6 +16,7 @@ from service.clinical.alp import TOTAL_ALP, current_since, is_current, low_run, 
 from service.clinical.codes import WorkupTest, thresholds, workup_tests
 from service.clinical.facts import LabResult, Medication, Patient, number_text
 from service.clinical.medications import is_antiresorptive
+from service.settings import ClinicalSettings
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Chart:
     labs: Sequence[LabResult]
     medications: Sequence[Medication]
     now: datetime
-    settings: Mapping[str, Any]
+    settings: ClinicalSettings
     # What of the chart could not be read ("labs", "medications", "some_medications", "conditions"): not "none".
     not_read: frozenset[str] = frozenset()
 
@@ -130,7 +131,7 @@ class Chart:
         ``ALP_CURRENT_DAYS`` (any date with ``all_alp``) and workup results within ``RECENT_RESULT_DAYS``, newest
         first. An ALP that was read but cannot be judged ("<50" against a limit of 35) is named too."""
         alp_since = None if all_alp else current_since(self.now, self.settings)
-        recent_since = self.now - timedelta(days=self.settings["RECENT_RESULT_DAYS"])
+        recent_since = self.now - timedelta(days=self.settings.RECENT_RESULT_DAYS)
         named = []
         for result in self.labs:
             problem = unusable(result)
@@ -166,7 +167,7 @@ SHOWN_READINGS = 12  # a card lists at most this many results; older ones are co
 CONTAMINATION_CHECKED = 12
 
 
-def contamination_checked(alp: Sequence[LabResult], now: datetime, settings: Mapping[str, Any]) -> list[LabResult]:
+def contamination_checked(alp: Sequence[LabResult], now: datetime, settings: ClinicalSettings) -> list[LabResult]:
     """The low results checked for sample contamination: the latest of the run, when the run is current."""
     run = low_run(alp)
     if not run or not is_current(run[-1], now, settings):
@@ -186,14 +187,14 @@ def unusable(result: LabResult) -> str | None:
 
 
 def lab_days_needed(
-    alp_results: Sequence[LabResult], now: datetime, settings: Mapping[str, Any]
+    alp_results: Sequence[LabResult], now: datetime, settings: ClinicalSettings
 ) -> tuple[date, set[date]]:
     """Which other lab results the rules can use: those since the recency cut-off, and those drawn on the days
     (plus or minus one) of the low ALP results that are checked for contamination. Lets a reader skip the rest of a
     large chart without parsing it."""
     checked = contamination_checked(total_alp(alp_results), now, settings)
     days = {r.when.date() + timedelta(days=d) for r in checked for d in (-1, 0, 1)}
-    since = (now - timedelta(days=settings["RECENT_RESULT_DAYS"] + 1)).date()
+    since = (now - timedelta(days=settings.RECENT_RESULT_DAYS + 1)).date()
     return since, days
 
 
@@ -248,7 +249,7 @@ def workup(
 ) -> tuple[list[OrderSuggestion], list[dict[str, Any]]]:
     """Tests of the ``suggest`` groups to order, and the recent results of the ``suggest`` and ``show`` groups (shown
     with their judgement; a test resulted within ``RECENT_RESULT_DAYS`` is not suggested again)."""
-    recent_days = chart.settings["RECENT_RESULT_DAYS"]
+    recent_days = chart.settings.RECENT_RESULT_DAYS
     orders: list[OrderSuggestion] = []
     resulted: list[dict[str, Any]] = []
     for test in workup_tests().values():
@@ -329,7 +330,7 @@ def is_persistent(chart: Chart, lows: Sequence[LabResult]) -> bool:
     return (
         len(lows) >= 2
         and is_current(lows[-1], chart.now, chart.settings)
-        and (lows[-1].when - lows[0].when).days >= chart.settings["PERSISTENT_MIN_DAYS"]
+        and (lows[-1].when - lows[0].when).days >= chart.settings.PERSISTENT_MIN_DAYS
     )
 
 
@@ -366,7 +367,7 @@ def low_alp(chart: Chart) -> list[Finding]:
     reliable = chart.reliable(run)
     persistent = chart.persistent
     age = chart.patient.age_years(latest.when)
-    child = age is not None and age < settings["ADULT_AGE"]
+    child = age is not None and age < settings.ADULT_AGE
     if persistent:
         orders, resulted = workup(chart, ["hpp", "genetic", "secondary"])
     else:
@@ -405,7 +406,7 @@ def low_alp(chart: Chart) -> list[Finding]:
         "explanations": [r["explanation"] for r in resulted if r["explanation"]],
         "secondary_found": [r["explanation"] for r in secondary_found],
         "substrates_high": [r["explanation"] for r in substrates_high],
-        "repeat_from": (run[0].when + timedelta(days=settings["PERSISTENT_MIN_DAYS"])).date().isoformat(),
+        "repeat_from": (run[0].when + timedelta(days=settings.PERSISTENT_MIN_DAYS)).date().isoformat(),
         "previous_normal": display_row(before) if before is not None and before.is_low() is False else None,
         "not_interpreted": chart.not_interpreted(),
         "b6_supplements": sorted({m.name for m in chart.current("pyridoxine")}),
@@ -414,8 +415,8 @@ def low_alp(chart: Chart) -> list[Finding]:
             {m.ingredient or m.name for m in chart.medications if m.status == "current" and is_antiresorptive(m)}
         ),
         "wilson": wilson is not None,
-        "persistent_min_days": settings["PERSISTENT_MIN_DAYS"],
-        "current_days": settings["ALP_CURRENT_DAYS"],
+        "persistent_min_days": settings.PERSISTENT_MIN_DAYS,
+        "current_days": settings.ALP_CURRENT_DAYS,
         "plp_note": workup_tests()["plp"].note,
     }
     kind = "alp-low-persistent" if persistent else "alp-low-single"
@@ -429,7 +430,7 @@ def _alp_before_run(chart: Chart, run: Sequence[LabResult]) -> LabResult | None:
     """The judged ALP just before the run of lows began (within ``ALP_CURRENT_DAYS`` of it): a normal one there means
     the ALP fell, which points to an acute cause rather than HPP (S47)."""
     earlier = [r for r in chart.alp if r.when < run[0].when]
-    if not earlier or earlier[-1].when < run[0].when - timedelta(days=chart.settings["ALP_CURRENT_DAYS"]):
+    if not earlier or earlier[-1].when < run[0].when - timedelta(days=chart.settings.ALP_CURRENT_DAYS):
         return None
     return earlier[-1]
 
@@ -504,7 +505,7 @@ def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
     """
     age = chart.patient.age_years(alp.when)
     settings = chart.settings
-    if age is None or age < settings["WILSON_MIN_AGE"]:
+    if age is None or age < settings.WILSON_MIN_AGE:
         return None
     bilirubin = chart.drawn_with(alp, "bilirubin_total")
     if not bilirubin or not bilirubin.is_high():
@@ -522,7 +523,7 @@ def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
         and alp_bili < limits["wilson_alp_bilirubin_ratio"]
         and ast_alt > limits["wilson_ast_alt_ratio"]
     )
-    if not alf_pattern and age >= settings["WILSON_MAX_AGE"]:
+    if not alf_pattern and age >= settings.WILSON_MAX_AGE:
         return None
     orders, resulted = workup(chart, ["wilson"])
     return Finding(
@@ -541,8 +542,8 @@ def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
                 "ast_alt": limits["wilson_ast_alt_ratio"],
             },
             "resulted": resulted,
-            "min_age": settings["WILSON_MIN_AGE"],
-            "max_age": settings["WILSON_MAX_AGE"],
+            "min_age": settings.WILSON_MIN_AGE,
+            "max_age": settings.WILSON_MAX_AGE,
         },
         tuple(orders),
     )

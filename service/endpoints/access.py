@@ -49,7 +49,7 @@ def cors_and_access_log(response: Response) -> Response:
 
 def add_cors_headers(response: Response) -> None:
     origin = request.headers.get("Origin")
-    allowed = settings()["CORS_ORIGINS"]
+    allowed = settings().CORS_ORIGINS
     if not origin or not request.path.startswith(CDS_PATHS) or not ("*" in allowed or origin in allowed):
         return
     response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin

@@ -18,6 +18,7 @@ from service.fhir.client import CallBudget, FhirClient
 from service.fhir.lazy import UndecodableResource
 from service.hooks.run import run_hook
 from service.security import check_fhir_server, check_fhir_server_url
+from service.settings import Settings
 from service.validation import first_error
 
 bp = Blueprint("cds", __name__)
@@ -26,7 +27,7 @@ HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what an Authorizati
 
 @bp.get("/cds-services")
 def discovery() -> Response:
-    if settings()["DISCOVERY_AUTH"]:
+    if settings().DISCOVERY_AUTH:
         authenticate()
     return json_response({"services": [s.discovery() for s in services().values()]})
 
@@ -37,11 +38,11 @@ def call_service(service_id: str) -> Response:
     claims = authenticate()
     config = settings()
     g.slots = held = Held()  # given back by release_slots, whatever happens
-    if request.content_length is None or request.content_length > config["LARGE_BODY_BYTES"]:
+    if request.content_length is None or request.content_length > config.LARGE_BODY_BYTES:
         try:
             held.take(current_app.extensions["cds_bulkheads"]["large"])  # memory: see service/bulkhead.py
         except Overloaded:
-            drain_body(config["MAX_BODY_BYTES"])
+            drain_body(config.MAX_BODY_BYTES)
             raise
     body = parse_json_body(lazy=True)
     problem = first_error("hook-request", body)
@@ -60,7 +61,7 @@ def call_service(service_id: str) -> Response:
             "fhirAuthorization.access_token: only visible ASCII characters (no spaces) can be sent as a bearer token"
         )
 
-    budget = CallBudget(config["FHIR_TIME_BUDGET"], config["FHIR_MAX_CALL_BYTES"])
+    budget = CallBudget(config.FHIR_TIME_BUDGET, config.FHIR_MAX_CALL_BYTES)
     make_client = lambda: with_fhir_slot(held, client_for(body, config, budget, claims))  # noqa: E731
     try:
         ran = run_hook(service, body, config, make_client)
@@ -79,7 +80,7 @@ def call_service(service_id: str) -> Response:
 
 def client_for(
     body: dict[str, Any],
-    config: dict[str, Any],
+    config: Settings,
     budget: CallBudget | None = None,
     claims: dict[str, Any] | None = None,
 ) -> FhirClient | None:

@@ -12,6 +12,7 @@ from flask import current_app, g, request
 from service.errors import BadRequest, NotFound, TooLarge
 from service.fhir.lazy import decode_hook_request
 from service.hooks import CdsService
+from service.settings import Settings
 
 MAX_JSON_DEPTH = 100  # FHIR resources nest about 15 levels; 1000 exhausts Python's stack in validation messages
 
@@ -20,13 +21,13 @@ def services() -> dict[str, CdsService]:
     return current_app.extensions["cds_services"]
 
 
-def settings() -> dict[str, Any]:
+def settings() -> Settings:
     return current_app.config["CDS"]
 
 
 def authenticate() -> dict[str, Any] | None:
     """Claims of the caller's JWT, or None when AUTH is off (local development)."""
-    if not settings()["AUTH"]:
+    if not settings().AUTH:
         return None
     authenticator = current_app.extensions["cds_authenticator"]
     claims = authenticator.verify(request.headers.get("Authorization"), authenticator.audience(request.path))
@@ -50,7 +51,7 @@ def parse_json_body(*, lazy: bool = False) -> Any:
     raw = request.get_data(cache=False)
     # Werkzeug stops a chunked body at MAX_CONTENT_LENGTH without an error; it is set one byte higher (app.py)
     # so that a longer body shows here, as it does for a Content-Length body.
-    limit = settings()["MAX_BODY_BYTES"]
+    limit = settings().MAX_BODY_BYTES
     if len(raw) > limit:
         raise TooLarge(f"request body is larger than {limit} bytes (CDS_MAX_BODY_BYTES)")
     try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
@@ -25,6 +24,7 @@ import requests
 
 from service import metrics, outbound
 from service.logs import log_event
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -126,17 +126,17 @@ class FhirClient:
 
     @classmethod
     def configured(
-        cls, base_url: str, access_token: str | None, config: Mapping[str, Any], budget: CallBudget | None
+        cls, base_url: str, access_token: str | None, config: Settings, budget: CallBudget | None
     ) -> FhirClient:
         """A client with the settings' timeouts and caps (hook calls and the SMART app alike)."""
         return cls(
             base_url,
             access_token,
-            connect_timeout=config["FHIR_CONNECT_TIMEOUT"],
-            read_timeout=config["FHIR_READ_TIMEOUT"],
-            max_pages=config["FHIR_MAX_PAGES"],
-            max_entries=config["FHIR_MAX_ENTRIES"],
-            max_bytes=config["FHIR_MAX_RESPONSE_BYTES"],
+            connect_timeout=config.FHIR_CONNECT_TIMEOUT,
+            read_timeout=config.FHIR_READ_TIMEOUT,
+            max_pages=config.FHIR_MAX_PAGES,
+            max_entries=config.FHIR_MAX_ENTRIES,
+            max_bytes=config.FHIR_MAX_RESPONSE_BYTES,
             budget=budget,
         )
 

@@ -33,6 +33,7 @@ from service.clinical.facts import LAB_FLAG, LAB_RANGE, LabResult, Medication, P
 from service.clinical.limits import fallback_limits
 from service.clinical.medications import match_medication
 from service.fhir.lazy import LazyBundle
+from service.settings import ClinicalSettings
 
 COUNTED = {"final", "amended", "corrected"}
 PRELIMINARY = {"preliminary"}
@@ -190,7 +191,7 @@ class Scope:
 
     patient: Patient
     now: datetime
-    settings: Mapping[str, Any] = field(default_factory=dict)
+    settings: ClinicalSettings = field(default_factory=ClinicalSettings)
     server: str | None = None  # the request's fhirServer: absolute references must point there
     aliases: frozenset[str] = frozenset()  # Bundle fullUrls of this patient's Patient entry (e.g. urn:uuid:...)
     dropped: Counter[str] = field(default_factory=Counter)  # resource type -> other patients' resources dropped

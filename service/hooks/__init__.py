@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from service.settings import Settings
+
 
 @dataclass(frozen=True)
 class HookCall:
@@ -17,7 +19,7 @@ class HookCall:
 
     request: Mapping[str, Any]
     data: Mapping[str, dict[str, Any] | None]
-    settings: Mapping[str, Any]
+    settings: Settings
     now: datetime
     fetch: Callable[[str], dict[str, Any]] | None = None
     fetched: frozenset[str] = frozenset()  # prefetch keys whose data came from the FHIR server, not the client

@@ -7,9 +7,8 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from cards import render_card
-from cards.render import template
 from service import metrics
+from service.card_render import render_card, template
 from service.clinical.codes import LOINC, analytes, loinc_codes
 from service.clinical.facts import LabResult
 from service.clinical.rules import Chart, Finding, OrderSuggestion, by_importance, lab_days_needed
@@ -17,7 +16,7 @@ from service.errors import BadRequest, DataUnavailable
 from service.fhir.client import FhirError
 from service.fhir.readers import PatientMismatch, Scope, entries, read_lab_results, read_medications, read_patient
 from service.hooks import HookCall
-from service.settings import smart_launch_url
+from service.settings import Settings, smart_launch_url
 
 PATIENT = "{{context.patientId}}"
 ALP_ANALYTES = ("alp_total", "alp_bone", "alp_bone_mass")
@@ -106,7 +105,7 @@ APP_LINK_NOTE = (
 )
 
 
-def with_app_link(issued: list[tuple[str, dict[str, Any]]], settings: Any) -> list[tuple[str, dict[str, Any]]]:
+def with_app_link(issued: list[tuple[str, dict[str, Any]]], settings: Settings) -> list[tuple[str, dict[str, Any]]]:
     """When the SMART companion app is on (``SMART_ISSUERS``), each card links to it (``type: smart``: the EHR
     launches it with its ``iss`` and a launch id); ``appContext`` names the card kind the page is to highlight."""
     url = smart_launch_url(settings)
@@ -174,7 +173,7 @@ def read_scope(call: HookCall) -> Scope:
     return Scope(
         patient=patient,
         now=call.now,
-        settings=call.settings,
+        settings=call.settings.clinical,
         server=call.request.get("fhirServer") or None,
         aliases=patient_aliases(call.data.values(), patient_id),
     )
@@ -194,8 +193,9 @@ def patient_aliases(values: Any, patient_id: str) -> frozenset[str]:
 def build_chart(call: HookCall, scope: Scope | None = None) -> Chart:
     data = call.data
     scope = scope or read_scope(call)
+    clinical = call.settings.clinical
     alp = read_lab_results(data.get("alp"), scope=scope)
-    since, days = lab_days_needed(alp, call.now, call.settings)
+    since, days = lab_days_needed(alp, call.now, clinical)
     labs = _unique_sorted([*alp, *read_lab_results(data.get("labs"), scope=scope, keep=lab_filter(since, days))])
     medications = read_medications([data.get(k) for k in MEDICATION_KEYS], scope, resolver(call))
     report(scope, labs)
@@ -204,7 +204,7 @@ def build_chart(call: HookCall, scope: Scope | None = None) -> Chart:
         labs=labs,
         medications=medications,
         now=call.now,
-        settings=call.settings,
+        settings=clinical,
         not_read=not_read(call, scope),
     )
 

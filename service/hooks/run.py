@@ -16,6 +16,7 @@ from service.fhir.client import FhirClient
 from service.fhir.prefetch import fetched_keys, resolve_prefetch
 from service.hooks import CdsService, HookCall
 from service.logs import log_event
+from service.settings import Settings
 
 log = logging.getLogger("service.prefetch")
 
@@ -32,7 +33,7 @@ class HookRun:
 def run_hook(
     service: CdsService,
     request: Mapping[str, Any],
-    settings: Mapping[str, Any],
+    settings: Settings,
     make_client: MakeClient | None = None,
     now: datetime | None = None,
 ) -> HookRun:
@@ -46,7 +47,7 @@ def run_hook(
         service.prefetch,
         request,
         make_client or no_client,
-        settings["FHIR_FETCH_WORKERS"],
+        settings.FHIR_FETCH_WORKERS,
         optional=service.optional_prefetch,
     )
     fetched = fetched_keys(service.prefetch, request)
@@ -58,7 +59,7 @@ def run_hook(
         request=request,
         data=resolved.data,
         settings=settings,
-        now=now or settings["NOW"](),
+        now=now or settings.NOW(),
         fetch=fetcher(make_client) if make_client else None,
         fetched=fetched,
         unavailable=frozenset(resolved.unavailable),

@@ -25,6 +25,7 @@ from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from service import outbound
+from service.settings import Settings
 from service.watchdog import Watchdog
 
 logging.getLogger("authlib").setLevel(logging.WARNING)  # nothing of a token exchange is ever logged
@@ -94,7 +95,7 @@ def forget_discovery() -> None:
         _discovered.clear()
 
 
-def discover(iss: str, settings: Mapping[str, Any]) -> SmartConfiguration:
+def discover(iss: str, settings: Settings) -> SmartConfiguration:
     """The EHR's SMART configuration, cached per ``iss`` (``/smart/launch`` needs no authentication, so each call
     must not cost the EHR a request): read again after ``DISCOVERY_SECONDS``, or ``DISCOVERY_FAILED_SECONDS`` after
     a failure."""
@@ -116,16 +117,16 @@ def discover(iss: str, settings: Mapping[str, Any]) -> SmartConfiguration:
     return config
 
 
-def _discover(iss: str, settings: Mapping[str, Any]) -> SmartConfiguration:
+def _discover(iss: str, settings: Settings) -> SmartConfiguration:
     """``{iss}/.well-known/smart-configuration``: its endpoints, PKCE S256 support and scope version."""
     url = iss.rstrip("/") + "/.well-known/smart-configuration"
     try:
         answer = outbound.get(
             outbound.session(),
             url,
-            deadline=time.monotonic() + settings["FHIR_TIME_BUDGET"],
-            connect_timeout=settings["FHIR_CONNECT_TIMEOUT"],
-            read_timeout=settings["FHIR_READ_TIMEOUT"],
+            deadline=time.monotonic() + settings.FHIR_TIME_BUDGET,
+            connect_timeout=settings.FHIR_CONNECT_TIMEOUT,
+            read_timeout=settings.FHIR_READ_TIMEOUT,
             max_bytes=DISCOVERY_MAX_BYTES,
             headers={"Accept": "application/json"},
         )
@@ -185,11 +186,11 @@ def authorization_url(
     return urlunsplit((endpoint.scheme, endpoint.netloc, endpoint.path, urlencode(params), ""))
 
 
-def exchange_code(pending: Mapping[str, Any], code: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+def exchange_code(pending: Mapping[str, Any], code: str, settings: Settings) -> dict[str, Any]:
     """The token response for ``code`` (with the launch's PKCE verifier), checked: a bearer access token and the
     launch's patient. The token is returned to the caller only, never stored or logged."""
     session = OAuth2Session(
-        settings["SMART_CLIENT_ID"],
+        settings.SMART_CLIENT_ID,
         redirect_uri=pending["redirect_uri"],
         token_endpoint_auth_method="none",  # a public client: PKCE instead of a secret
         code_challenge_method="S256",
@@ -198,7 +199,7 @@ def exchange_code(pending: Mapping[str, Any], code: str, settings: Mapping[str, 
         session.mount(prefix, adapter)  # connecting bounded by the deadline below, as every outbound exchange is
     session.stream = True  # the answer is read by _capped, up to TOKEN_MAX_BYTES, before authlib parses it
     session.register_compliance_hook("access_token_response", _capped)
-    seconds = settings["FHIR_TIME_BUDGET"]
+    seconds = settings.FHIR_TIME_BUDGET
     watchdog = Watchdog(seconds)
     try:
         with watchdog:
@@ -206,7 +207,7 @@ def exchange_code(pending: Mapping[str, Any], code: str, settings: Mapping[str, 
                 pending["token_endpoint"],
                 code=code,
                 code_verifier=pending["verifier"],
-                timeout=(settings["FHIR_CONNECT_TIMEOUT"], min(settings["FHIR_READ_TIMEOUT"], seconds)),
+                timeout=(settings.FHIR_CONNECT_TIMEOUT, min(settings.FHIR_READ_TIMEOUT, seconds)),
                 allow_redirects=False,
             )
     except OAuthError as exc:

@@ -9,7 +9,7 @@ fallback lower limit for age and sex (``service.clinical.limits``, evaluated at 
 from __future__ import annotations
 
 import calendar
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
@@ -17,10 +17,11 @@ from typing import Any
 
 from service.clinical.alp import TOTAL_ALP, is_current, total_alp
 from service.clinical.codes import reference_bands
-from service.clinical.facts import LAB_RANGE, LabResult, Medication, Patient, number_text
+from service.clinical.facts import LAB_RANGE, LabResult, Medication, Patient
 from service.clinical.limits import fallback_limits
 from service.clinical.medications import is_antiresorptive
 from service.clinical.rules import Chart, Finding, display_row, unusable
+from service.settings import ClinicalSettings
 
 # The related labs of the workup the page tabulates (issue 18): secondary causes, HPP substrates, Wilson's bilirubin.
 WORKUP_ANALYTES = ("zinc", "magnesium", "tsh", "plp", "pea_urine", "bilirubin_total")
@@ -105,7 +106,7 @@ def build_series(
     labs: Sequence[LabResult],
     medications: Sequence[Medication],
     now: datetime,
-    settings: Mapping[str, Any],
+    settings: ClinicalSettings,
 ) -> AlpSeries:
     judged = total_alp(labs)
     judged_ids = {id(r) for r in judged}  # a set of ids: a list membership test made this quadratic
@@ -148,7 +149,7 @@ def set_aside_text(finding: Finding) -> str:
 
 
 def _point(
-    patient: Patient, result: LabResult, now: datetime, settings: Mapping[str, Any], finding: Finding | None = None
+    patient: Patient, result: LabResult, now: datetime, settings: ClinicalSettings, finding: Finding | None = None
 ) -> AlpPoint:
     return AlpPoint(
         when=result.when,
@@ -204,14 +205,14 @@ def _age_date(birth: date, age: tuple[int, str]) -> date:
     return _add_months(birth, amount * (12 if unit == "y" else 1))
 
 
-def limit_steps(patient: Patient, start: date, end: date, settings: Mapping[str, Any]) -> list[LimitStep]:
+def limit_steps(patient: Patient, start: date, end: date, settings: ClinicalSettings) -> list[LimitStep]:
     """The fallback lower limit of total ALP for this patient from ``start`` to ``end``: one step per age band (and
     the site's adult limit from ``ADULT_AGE``, when set), each asked of ``fallback_limits`` itself."""
     changes = {start}
     if patient.birth_date is not None:
         ages = [b.age_from for b in reference_bands().get(TOTAL_ALP, ())]
         ages += [b.age_to for b in reference_bands().get(TOTAL_ALP, ()) if b.age_to is not None]
-        ages.append((int(settings["ADULT_AGE"]), "y"))
+        ages.append((int(settings.ADULT_AGE), "y"))
         changes |= {d for d in (_age_date(patient.birth_date, a) for a in ages) if start < d < end}
     days = sorted(changes)
     steps: list[LimitStep] = []
@@ -292,7 +293,3 @@ def _judgement(result: LabResult) -> str:
     if result.is_low() is False or result.is_high() is False:
         return "normal"
     return "not judged"
-
-
-def limit_label(step: LimitStep) -> str:
-    return f"{number_text(step.low)} U/L"

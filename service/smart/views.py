@@ -30,7 +30,7 @@ from service.hooks.low_alp_workup import SERVICE as PATIENT_VIEW
 from service.hooks.patient_chart import read_scope, resolver
 from service.hooks.run import run_hook
 from service.logs import log_event
-from service.settings import smart_frame_ancestors, smart_launch_url, smart_redirect_url
+from service.settings import Settings, smart_frame_ancestors, smart_launch_url, smart_redirect_url
 from service.smart import oauth
 from service.smart.chart import render_svg
 from service.smart.oauth import LaunchError
@@ -52,7 +52,7 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def settings() -> dict[str, Any]:
+def settings() -> Settings:
     return current_app.config["CDS"]
 
 
@@ -138,7 +138,7 @@ def launch() -> Response:
     config = settings()
     iss = _param("iss").rstrip("/")
     launch_id = _param("launch")
-    allowed = [u.rstrip("/") for u in config["SMART_ISSUERS"]]
+    allowed = [u.rstrip("/") for u in config.SMART_ISSUERS]
     if iss not in allowed:
         raise LaunchError(
             403, "this EHR (iss) is not on the app's allow-list (CDS_SMART_ISSUERS); nothing was sent to it"
@@ -147,7 +147,7 @@ def launch() -> Response:
     state, verifier = oauth.new_state(), oauth.new_verifier()
     browser = secrets.token_urlsafe(32)  # binds the launch to this browser: the callback needs it back
     redirect_uri = smart_redirect_url(config)
-    url = oauth.authorization_url(smart, config["SMART_CLIENT_ID"], redirect_uri, iss, launch_id, state, verifier)
+    url = oauth.authorization_url(smart, config.SMART_CLIENT_ID, redirect_uri, iss, launch_id, state, verifier)
     with store_errors():
         store().put(
             state,
@@ -158,14 +158,14 @@ def launch() -> Response:
                 "redirect_uri": redirect_uri,
                 "browser": _digest(browser),
             },
-            config["SMART_LAUNCH_SECONDS"],
+            config.SMART_LAUNCH_SECONDS,
         )
     _event("smart_launch", scopes="v2" if smart.scopes == oauth.SCOPES_V2 else "v1")
     response = redirect(url, 302)
     response.set_cookie(
         _cookie_name(state),
         browser,
-        max_age=config["SMART_LAUNCH_SECONDS"],
+        max_age=config.SMART_LAUNCH_SECONDS,
         path="/smart",
         secure=_secure(),
         httponly=True,
@@ -205,11 +205,11 @@ def callback() -> str:
     return render_template("smart_app.html", **page)
 
 
-def chart_page(iss: str, access_token: str, patient_id: str, config: dict[str, Any]) -> dict[str, Any]:
+def chart_page(iss: str, access_token: str, patient_id: str, config: Settings) -> dict[str, Any]:
     """Everything the page shows, read with the token as a hook call reads the chart (the same prefetch templates,
     limits, readers and rules), and the cards the patient-view service would give now."""
     body = {"hook": PATIENT_VIEW.hook, "context": {"patientId": patient_id}, "fhirServer": iss}
-    budget = CallBudget(config["FHIR_TIME_BUDGET"], config["FHIR_MAX_CALL_BYTES"])
+    budget = CallBudget(config.FHIR_TIME_BUDGET, config.FHIR_MAX_CALL_BYTES)
 
     def make_client() -> FhirClient:
         return FhirClient.configured(iss, access_token, config, budget)
@@ -221,7 +221,7 @@ def chart_page(iss: str, access_token: str, patient_id: str, config: dict[str, A
     medications = read_medications(
         [data.get("medicationStatements"), data.get("medicationRequests")], scope, resolver(call)
     )
-    series = build_series(scope.patient, labs, medications, call.now, config)
+    series = build_series(scope.patient, labs, medications, call.now, config.clinical)
     patient = scope.patient
     return {
         "series": series,
