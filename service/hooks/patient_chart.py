@@ -10,9 +10,10 @@ from typing import Any
 from cards import render_card
 from cards.render import template
 from service import metrics
+from service.clinical.chart import Chart, lab_days_needed
 from service.clinical.codes import LOINC, analytes, loinc_codes
 from service.clinical.facts import LabResult
-from service.clinical.rules import Chart, Finding, by_importance, lab_days_needed
+from service.clinical.rules import Finding, by_importance
 from service.errors import BadRequest, DataUnavailable
 from service.fhir.client import FhirError
 from service.fhir.readers import PatientMismatch, Scope, entries, read_lab_results, read_medications, read_patient
