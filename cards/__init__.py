@@ -1,6 +1,3 @@
-"""Card content: one TOML template per card kind, the sources they cite, and the renderer that turns a
-rule's finding into a CDS Hooks 2.0 card. Clinicians review the ``*.toml`` files; the code only fills them in."""
-
-from cards.render import card_kinds, render_card
-
-__all__ = ["card_kinds", "render_card"]
+"""Card content, as data: one TOML template per card kind, the shared template pieces (``partials.j2``) and the
+sources the cards cite. Clinicians review these files; ``service.card_render`` fills them in (this package holds no
+code, so the content imports nothing from the service)."""

@@ -91,7 +91,7 @@ def register_smart_app(app: Flask, settings: Mapping[str, Any]) -> None:
 
 def warm_up() -> None:
     """Compile schemas and card templates at start-up, not on the first clinician's chart open."""
-    from cards.render import card_kinds, template
+    from service.card_render import card_kinds, template
     from service.validation import validator
 
     for name in (

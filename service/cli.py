@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         from service.settings import load_settings
 
         settings = load_settings()
-        from cards.render import override_reason_displays
+        from service.card_render import override_reason_displays
 
         store = FeedbackStore(
             args.db or settings["FEEDBACK_DB_URL"], settings["FEEDBACK_DB_TIMEOUT"], settings["FEEDBACK_DB_MIGRATE"]

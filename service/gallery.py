@@ -9,7 +9,7 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 
-from cards import card_kinds
+from service.card_render import card_kinds
 from service.fhir.prefetch import resolve_prefetch
 from service.hook_requests import NOW
 from service.hooks import CdsService, HookCall

@@ -468,7 +468,7 @@ def test_no_patient_id_or_token_in_the_logs_even_at_debug(caplog):
 
 
 def test_report_counts_cards_by_their_last_outcome_and_names_reasons_given_by_code(tmp_path):
-    from cards.render import override_reason_displays
+    from service.card_render import override_reason_displays
 
     client = app_on(f"sqlite:///{tmp_path}/fb.db")
     first, second = (client.cards(PV, load_request(name))[0] for name in ("persistent-low-in", "single-low-in"))

@@ -9,7 +9,7 @@ import re
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from cards import card_kinds, render_card
+from service.card_render import card_kinds, render_card
 from service.settings import setting_names
 from tests.conftest import FIXTURES, ROOT
 
@@ -71,7 +71,7 @@ def test_readme_opens_with_the_run_and_test_commands():
 
 
 def test_every_card_template_renders_only_known_sources():
-    from cards.render import sources, template
+    from service.card_render import sources, template
 
     for kind in card_kinds():
         spec = template(kind)

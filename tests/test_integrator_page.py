@@ -11,7 +11,7 @@ import pytest
 from openapi_spec_validator import validate
 from werkzeug.serving import make_server
 
-from cards import card_kinds
+from service.card_render import card_kinds
 from service.openapi import openapi_document
 from tests.conftest import CHROMIUM, ROOT, launch_chromium, make_app
 
@@ -36,7 +36,7 @@ def test_page_lists_services_examples_and_every_card_kind(client):
 
 def test_gallery_cards_come_from_the_rule_code(client, monkeypatch):
     """Change a template's wording: the page changes with it (nothing on the page is a hand-written copy)."""
-    from cards import render
+    from service import card_render as render
 
     spec = render.template("alp-low-single")
     monkeypatch.setitem(

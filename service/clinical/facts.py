@@ -24,9 +24,6 @@ class Patient:
         """Completed years on that day, as a birthday counts them."""
         return self.age_in("y", when)
 
-    def age_days(self, when: datetime | date) -> int | None:
-        return self.age_in("d", when)
-
     def age_in(self, unit: str, when: datetime | date) -> int | None:
         """Completed days (``d``), months (``m``) or years (``y``) of age on the day of ``when`` (calendar age: a
         band "from 18 years" starts on the 18th birthday)."""

@@ -7,9 +7,8 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from cards import render_card
-from cards.render import template
 from service import metrics
+from service.card_render import render_card, template
 from service.clinical.chart import Chart, lab_days_needed
 from service.clinical.codes import LOINC, analytes, loinc_codes
 from service.clinical.facts import LabResult

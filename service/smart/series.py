@@ -18,7 +18,7 @@ from typing import Any
 from service.clinical.alp import TOTAL_ALP, is_current, total_alp, unusable
 from service.clinical.chart import Chart
 from service.clinical.codes import reference_bands
-from service.clinical.facts import LAB_RANGE, LabResult, Medication, Patient, number_text
+from service.clinical.facts import LAB_RANGE, LabResult, Medication, Patient
 from service.clinical.limits import fallback_limits
 from service.clinical.medications import is_antiresorptive
 from service.clinical.rules import Finding
@@ -294,7 +294,3 @@ def _judgement(result: LabResult) -> str:
     if result.is_low() is False or result.is_high() is False:
         return "normal"
     return "not judged"
-
-
-def limit_label(step: LimitStep) -> str:
-    return f"{number_text(step.low)} U/L"

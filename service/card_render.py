@@ -1,4 +1,4 @@
-"""Findings -> CDS Hooks 2.0 cards, from the templates in this folder."""
+"""Findings -> CDS Hooks 2.0 cards, from the templates in the `cards` package (data only)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from importlib import resources
 from typing import Any
 
 from fhir.resources.R4B.servicerequest import ServiceRequest
-from jinja2 import Environment, FunctionLoader, StrictUndefined
+from jinja2 import Environment, FunctionLoader, StrictUndefined, meta
 from markupsafe import Markup
 
 from service.clinical.codes import LOINC, WorkupTest
@@ -75,6 +75,10 @@ def template(kind: str) -> dict[str, Any]:
     data = _read(f"{kind}.toml")
     data["_summary"] = _summary_env.from_string(data["summary"])
     data["_detail"] = _detail_env.from_string(data["detail"])
+    for environment in (_summary_env, _detail_env):  # imported pieces load when first rendered: load them now
+        for field in ("summary", "detail"):
+            for name in meta.find_referenced_templates(environment.parse(data[field])):
+                environment.get_template(name)
     return data
 
 
