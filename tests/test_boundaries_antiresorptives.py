@@ -235,6 +235,17 @@ def test_review_order_names_an_unreadable_alp_of_any_date_when_none_is_current()
     assert finding.facts["unreadable_alp"] is False and len(finding.facts["not_interpreted"]) == 1
 
 
+def test_review_order_an_unreadable_alp_is_named_in_the_summary_however_many_newer_results_are_not_interpreted():
+    """Twelve unusable workup results newer than the unreadable ALP fill the card's list; the summary still says the
+    ALP on record could not be interpreted, not that there is none. Until issue 17 the summary was read from the
+    list, and so said "none on record"."""
+    unreadable = lab("alp_total", None, ago(3000), problem="unit not recognised", raw_unit="mg/dL")
+    workup = [lab("zinc", None, ago(i + 1), problem="no value") for i in range(12)]
+    (finding,) = order(chart([unreadable, *workup]), [drug("draft")])
+    assert finding.facts["unreadable_alp"] is True and len(finding.facts["not_interpreted"]) == 12
+    assert {n["analyte"] for n in finding.facts["not_interpreted"]} == {"zinc"}
+
+
 def test_review_order_a_current_normal_alp_gives_no_card():
     assert order(chart([alp(30, ago(100)), alp(80, ago(1))]), [drug("draft")]) == []
 

@@ -9,10 +9,11 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from service.clinical import rules
-from service.clinical.alp import current_since, is_current, low_run, total_alp
+from service.clinical import rules, views
+from service.clinical.alp import current_low_run, current_since, is_current, low_run, total_alp, unusable
+from service.clinical.chart import Chart, lab_days_needed
 from service.clinical.facts import LAB_FLAG, LAB_RANGE, LabResult, Medication, Patient
-from service.clinical.rules import Chart, Finding, by_importance, lab_days_needed, low_alp, unusable, wilson_disease
+from service.clinical.rules import Finding, by_importance, low_alp, wilson_disease
 from service.settings import ClinicalSettings
 
 SETTINGS = ClinicalSettings()
@@ -382,21 +383,52 @@ def test_edta_a_companion_result_from_another_draw_is_still_used():
     assert [r["key"] for r in facts["resulted"] if r["explanation"]] == ["zinc"]
 
 
-def test_edta_only_the_latest_twelve_lows_of_a_run_are_checked():
+def test_edta_every_low_of_the_run_is_checked_also_one_older_than_the_rows_a_card_lists():
+    """Twelve lows fill the card's table; the contaminated one before them is still checked, set aside as evidence
+    (not counted) and given its card, and the reader is asked for the labs of its day. Until issue 17 only the
+    latest twelve lows, the rows a card lists, were checked."""
     lows = [alp(30, ago(10 * i + 5)) for i in range(12)]
     old_draw = edta_draw(ago(200))
     found = low_alp(chart([*old_draw, *lows]))
-    assert "sample-contamination" not in kinds(found)
-    assert rules.contamination_checked(total_alp(chart([*old_draw, *lows]).labs), NOW, SETTINGS) == sorted(
-        lows, key=_when
-    )
-    recent = [alp(30, ago(10 * i + 5)) for i in range(11)]
-    assert "sample-contamination" in kinds(low_alp(chart([*old_draw, *recent])))
+    assert kinds(found) == ["sample-contamination", "alp-low-persistent"]
+    facts = main_finding(found).facts
+    assert len(facts["readings"]) == 12 and facts["earlier"]["count"] == 1
+    assert facts["count"] == 12 and facts["span_days"] == 110
+    assert ago(200).date() in lab_days_needed([old_draw[0], *lows], NOW, SETTINGS)[1]
 
 
-def test_contamination_checked_is_empty_when_the_run_is_history_or_absent():
-    assert rules.contamination_checked([alp(30, ago(400))], NOW, SETTINGS) == []
-    assert rules.contamination_checked([alp(80, ago(1))], NOW, SETTINGS) == []
+@pytest.mark.parametrize("shown", [1, 2, 12, 100])
+def test_edta_what_the_rules_decide_does_not_depend_on_how_many_rows_a_card_lists(monkeypatch, shown):
+    """More lows than rows: the contamination, persistence and counts are the same whatever ``SHOWN_READINGS`` is;
+    only the rows listed and the count of earlier ones change."""
+    labs = [*edta_draw(ago(200)), *edta_draw(ago(100)), *(alp(30, ago(10 * i + 5)) for i in range(14))]
+    monkeypatch.setattr(views, "SHOWN_READINGS", shown)
+    c = chart(labs)
+    found = low_alp(c)
+    facts = main_finding(found).facts
+    assert kinds(found) == ["sample-contamination", "sample-contamination", "alp-low-persistent"]
+    assert sorted(r.when for r in c.current_run if id(r) in c.contamination) == [ago(200), ago(100)]
+    assert c.persistent is True and facts["count"] == 14 and facts["span_days"] == 130
+    assert len(facts["readings"]) == min(shown, 16)
+    assert facts["earlier"] == ({"count": 16 - shown, "since": ago(200).date().isoformat()} if shown < 16 else None)
+
+
+def test_edta_an_old_contaminated_low_is_set_aside_and_marked_but_gets_no_recollect_card():
+    """A sample can be recollected only while it is recent: a contaminated low older than ``ALP_CURRENT_DAYS``
+    (366 days, one over) in a current run is not counted, and the table says so, but no card asks to recollect it;
+    one inside the window (365 days) still gets its card."""
+    old = low_alp(chart([*edta_draw(ago(366)), alp(30, ago(5))]))
+    assert kinds(old) == ["alp-low-single"]  # one reliable low left: not persistent
+    rows = main_finding(old).facts["readings"]
+    assert [row["set_aside"] for row in rows] == [True, False] and main_finding(old).facts["count"] == 1
+    assert kinds(low_alp(chart([*edta_draw(ago(365)), alp(30, ago(5))]))) == ["sample-contamination", "alp-low-single"]
+
+
+def test_current_low_run_is_empty_when_the_run_is_history_or_absent():
+    assert current_low_run([alp(30, ago(400))], NOW, SETTINGS) == []
+    assert current_low_run([alp(80, ago(1))], NOW, SETTINGS) == []
+    lows = [alp(30, ago(400)), alp(30, ago(1))]
+    assert current_low_run([alp(80, ago(500)), *lows], NOW, SETTINGS) == lows
 
 
 def test_lab_days_needed_are_the_recent_days_and_the_days_around_each_checked_low():
@@ -701,9 +733,11 @@ def test_not_interpreted_with_all_alp_names_an_unusable_alp_of_any_date():
 
 
 def test_not_interpreted_shows_the_raw_unit_or_nothing_for_a_result_without_a_value():
-    named = chart([lab("zinc", None, ago(1), problem="no value")]).not_interpreted()
+    named = views.not_interpreted_rows(chart([lab("zinc", None, ago(1), problem="no value")]).not_interpreted())
     assert named[0]["unit"] == "" and named[0]["value"] == "no value"
-    judged_unit = chart([lab("alp_total", 50, ago(1), comparator="<", low=35)]).not_interpreted()
+    judged_unit = views.not_interpreted_rows(
+        chart([lab("alp_total", 50, ago(1), comparator="<", low=35)]).not_interpreted()
+    )
     assert judged_unit[0]["unit"] == "U/L" and judged_unit[0]["value"] == "<50"
 
 
@@ -773,21 +807,21 @@ def test_describe_says_what_a_result_was_judged_against(low, high, flag, sources
         "alp_total", "6768-6", "ALP", ago(1), 30, "U/L", low=low, high=high, flag=flag,
         low_source=sources[0], high_source=sources[1],
     )  # fmt: skip
-    described = rules.display_row(result)
+    described = views.display_row(result)
     assert described["limits"] == text
     assert described["limit"] == low
     assert described["limit_source"] == (sources[0] or ("the lab's flag" if flag else "no limit available"))
 
 
 def test_describe_an_undated_result_and_a_preliminary_one():
-    described = rules.display_row(lab("zinc", 50, None, low=60, preliminary=True))
+    described = views.display_row(lab("zinc", 50, None, low=60, preliminary=True))
     assert described["date"] == "date unknown" and described["preliminary"] is True
     assert described["value"] == "50" and described["unit"] == "ug/dL" and described["analyte"] == "zinc"
 
 
 def test_describe_alp_marks_a_history_result():
     c = chart([alp(30, ago(400)), alp(30, ago(1))])
-    assert c.describe_alp(c.alp[0])["history"] is True and c.describe_alp(c.alp[1])["history"] is False
+    assert views.describe_alp(c, c.alp[0])["history"] is True and views.describe_alp(c, c.alp[1])["history"] is False
 
 
 def test_chart_latest_within_days_and_without_a_limit():

@@ -31,6 +31,17 @@ def low_run(results: Sequence[LabResult]) -> list[LabResult]:
     return run
 
 
+def unusable(result: LabResult) -> str | None:
+    """Why a result cannot be used: the reading step's problem, or, for total ALP, that it cannot be judged."""
+    if result.problem is not None:
+        return result.problem
+    if result.analyte == TOTAL_ALP and result.usable and result.is_low() is None:
+        if result.comparator:
+            return "cannot be judged: the true value may be above or below the lower limit"
+        return "no lower limit applies"
+    return None
+
+
 def current_since(now: datetime, settings: ClinicalSettings) -> datetime:
     """Results before this moment are history: shown as such, never a reason to act today.
 
@@ -42,3 +53,10 @@ def current_since(now: datetime, settings: ClinicalSettings) -> datetime:
 
 def is_current(result: LabResult, now: datetime, settings: ClinicalSettings) -> bool:
     return result.when is not None and result.when >= current_since(now, settings)
+
+
+def current_low_run(results: Sequence[LabResult], now: datetime, settings: ClinicalSettings) -> list[LabResult]:
+    """The low results since the last normal one, when the latest of them is current (``ALP_CURRENT_DAYS``); empty
+    otherwise: a run whose latest low is older is history and gives no advice."""
+    run = low_run(results)
+    return run if run and is_current(run[-1], now, settings) else []

@@ -9,10 +9,12 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from service.clinical.alp import TOTAL_ALP, is_current
+from service.clinical.chart import Chart
 from service.clinical.codes import workup_tests
 from service.clinical.facts import LabResult, Medication
 from service.clinical.medications import is_antiresorptive
-from service.clinical.rules import SHOWN_READINGS, Chart, Finding, OrderSuggestion, workup
+from service.clinical.rules import Finding, OrderSuggestion, workup
+from service.clinical.views import alp_rows, describe_alp, not_interpreted_rows
 
 
 def _indicator(medications: Sequence[Medication], strong: str, weak: str) -> str:
@@ -76,9 +78,14 @@ def order_workup(chart: Chart) -> tuple[list[OrderSuggestion], list[dict]]:
 
 
 def review_current(chart: Chart) -> list[Finding]:
-    """When: the current ALP is low while an antiresorptive is current (patient-view).
-    Then: exclude HPP; say plainly whether the ALP was already low before treatment began; for denosumab, warn
-    against stopping it without a plan."""
+    """When (patient-view): the chart has a current run of lows (the latest judged ALP is low and current) while an
+    antiresorptive (bisphosphonate, denosumab, romosozumab, raloxifene, calcitonin) is current.
+    Then: "antiresorptive-current-low-alp" (warning for a bisphosphonate or denosumab, info for the others):
+    exclude HPP; say plainly whether the ALP was already low before treatment began (``alp_before``); for
+    denosumab, warn against stopping it without a plan. No tests: the low-ALP card, which always comes with this
+    one, carries the workup.
+    Not when: no current antiresorptive (an earlier one is named on the low-ALP card as a drug that lowers ALP);
+    no current run of lows."""
     drugs = [m for m in chart.medications if m.status == "current" and is_antiresorptive(m)]
     run = chart.current_run
     if not drugs or not run:
@@ -93,9 +100,9 @@ def review_current(chart: Chart) -> list[Finding]:
                 "drugs": drug_names(drugs),
                 "denosumab": any("denosumab" in m.groups for m in drugs),
                 "start": start.date().isoformat() if start else None,
-                "readings": [chart.describe_alp(r) for r in run[-SHOWN_READINGS:]],
-                "latest": chart.describe_alp(run[-1]),
-                "before": chart.describe_alp(before) if before else None,
+                "readings": alp_rows(chart, run),
+                "latest": describe_alp(chart, run[-1]),
+                "before": describe_alp(chart, before) if before else None,
                 "low_before": bool(before and before.is_low()),
                 "persistent": chart.persistent,
             },
@@ -105,10 +112,20 @@ def review_current(chart: Chart) -> list[Finding]:
 
 
 def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: bool) -> list[Finding]:
-    """When: an antiresorptive order is selected (order-select).
-    Then: documented HPP -> critical; no current ALP -> measure one before the first dose; a current low ALP ->
-    exclude HPP first (warning). A denosumab order that continues an established course is never offered for simple
-    removal: stopping denosumab causes rebound fractures."""
+    """When (order-select): a selected order is an antiresorptive.
+    Then, the first that applies:
+    - HPP documented on the chart (``hpp_documented``) -> "antiresorptive-order-hpp" (critical for a bisphosphonate
+      or denosumab, warning for another antiresorptive);
+    - no judged ALP, or the latest is older than ``ALP_CURRENT_DAYS`` -> "antiresorptive-order-no-alp": measure a
+      current ALP before the drug lowers it (repeat ALP suggested); warning when the last ALP was low and the drug
+      is a bisphosphonate or denosumab, info otherwise;
+    - a current low ALP -> exclude HPP first: "antiresorptive-order-low-alp", or
+      "antiresorptive-order-denosumab-course" when the order continues a denosumab course (warning for a
+      bisphosphonate or denosumab, info for the others), with the low-ALP card's tier of tests (``order_workup``).
+    The HPP and low-ALP cards offer the antiresorptive orders for removal, except a denosumab order that continues
+    an established course (``ongoing_course``): stopping denosumab causes rebound fractures.
+    Not when: no selected order is an antiresorptive; HPP is not documented and the latest judged ALP is current
+    and normal."""
     drugs = [m for m in selected if is_antiresorptive(m)]
     if not drugs:
         return []
@@ -129,14 +146,14 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
         "denosumab_course": bool(course and denosumab),
         "course_unchecked": course_unchecked,
         "low_before": bool(before and before.is_low()),
-        "before": chart.describe_alp(before) if before else None,
+        "before": describe_alp(chart, before) if before else None,
     }
     judged = chart.alp
     if hpp_documented:
         return [
             Finding(
                 "antiresorptive-order-hpp",
-                {**common, "readings": [chart.describe_alp(r) for r in judged[-3:]]},
+                {**common, "readings": alp_rows(chart, judged, 3)},
                 deletes=deletes,
                 indicator=_indicator(drugs, "critical", "warning"),
             )
@@ -145,17 +162,17 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
         # No ALP that can drive advice today: ask for a current one before the drug lowers it.
         last = judged[-1] if judged else None
         last_low = bool(last and last.is_low())
-        unreadable = chart.not_interpreted(all_alp=True)
+        unreadable = chart.not_interpreted(all_alp=True)  # every one, however many the card lists
         return [
             Finding(
                 "antiresorptive-order-no-alp",
                 {
                     **common,
-                    "last": chart.describe_alp(last) if last else None,
+                    "last": describe_alp(chart, last) if last else None,
                     "last_low": last_low,
                     "current_days": chart.settings.ALP_CURRENT_DAYS,
-                    "not_interpreted": unreadable,
-                    "unreadable_alp": any(u["analyte"] == TOTAL_ALP for u in unreadable),
+                    "not_interpreted": not_interpreted_rows(unreadable),
+                    "unreadable_alp": any(r.analyte == TOTAL_ALP for r, _ in unreadable),
                 },
                 (OrderSuggestion(workup_tests()["repeat_alp"]),),
                 indicator=_indicator(drugs, "warning", "info") if last_low else "info",
@@ -170,12 +187,12 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
             "antiresorptive-order-denosumab-course" if course and denosumab else "antiresorptive-order-low-alp",
             {
                 **common,
-                "readings": [chart.describe_alp(r) for r in run[-SHOWN_READINGS:]],
-                "latest": chart.describe_alp(run[-1]),
+                "readings": alp_rows(chart, run),
+                "latest": describe_alp(chart, run[-1]),
                 "persistent": chart.persistent,
                 "latest_suspect": id(run[-1]) in chart.contamination,
                 "resulted": resulted,
-                "not_interpreted": chart.not_interpreted(),
+                "not_interpreted": not_interpreted_rows(chart.not_interpreted()),
             },
             tuple(orders),
             deletes=deletes,

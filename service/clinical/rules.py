@@ -1,22 +1,32 @@
-"""Low-ALP rules: pure functions from facts to findings. No I/O, no Flask, no JSON.
+"""Low-ALP rules: pure functions from the chart (``service.clinical.chart``) to findings. No I/O, no Flask, no JSON.
 
-A finding names a card kind (a file in ``cards/``), the facts its template shows, and the tests it suggests.
+A finding names a card kind (a file in ``cards/``), the facts its template shows, and the tests it suggests. Each
+rule opens with when it fires, what it gives, and when it does not; the rows a card shows are shaped, and limited,
+in ``service.clinical.views``, never here.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from functools import cached_property
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
-from service.clinical.alp import TOTAL_ALP, current_since, is_current, low_run, total_alp
+from service.clinical.alp import is_current, unusable
 from service.clinical.codes import WorkupTest, thresholds, workup_tests
-from service.clinical.facts import LabResult, Medication, Patient, number_text
+from service.clinical.facts import LabResult
 from service.clinical.medications import is_antiresorptive
-from service.settings import ClinicalSettings
+from service.clinical.views import (
+    alp_rows,
+    describe_alp,
+    display_row,
+    earlier,
+    not_interpreted_rows,
+    unreadable_row,
+)
+
+if TYPE_CHECKING:
+    from service.clinical.chart import Chart
 
 
 @dataclass(frozen=True)
@@ -32,199 +42,6 @@ class Finding:
     orders: tuple[OrderSuggestion, ...] = ()
     deletes: tuple[str, ...] = ()  # references of draft orders the card suggests removing
     indicator: str | None = None  # overrides the template's indicator (graded value sets)
-
-
-@dataclass(frozen=True)
-class Chart:
-    """Everything the rules know about one patient at one moment (facts already checked by the reading step)."""
-
-    patient: Patient
-    labs: Sequence[LabResult]
-    medications: Sequence[Medication]
-    now: datetime
-    settings: ClinicalSettings
-    # What of the chart could not be read ("labs", "medications", "some_medications", "conditions"): not "none".
-    not_read: frozenset[str] = frozenset()
-
-    @property
-    def medications_complete(self) -> bool:
-        return not self.not_read & {"medications", "some_medications"}
-
-    @cached_property
-    def _by_analyte(self) -> dict[str, tuple[list[float], list[LabResult]]]:
-        """Usable results per analyte, oldest first, with their timestamps for bisection."""
-        index: dict[str, list[LabResult]] = {}
-        for result in self.labs:
-            if result.usable:
-                index.setdefault(result.analyte, []).append(result)
-        return {a: ([r.when.timestamp() for r in rs], rs) for a, rs in index.items()}
-
-    @cached_property
-    def alp(self) -> tuple[LabResult, ...]:
-        """Judged total ALP results, oldest first."""
-        return tuple(total_alp(self.labs))
-
-    @cached_property
-    def current_run(self) -> tuple[LabResult, ...]:
-        """The low results since the last normal one, when the latest of them is current (``ALP_CURRENT_DAYS``);
-        empty otherwise: a run whose latest low is older is history and gives no advice."""
-        run = low_run(self.alp)
-        return tuple(run) if run and is_current(run[-1], self.now, self.settings) else ()
-
-    @cached_property
-    def contamination(self) -> dict[int, Finding]:
-        """Possible EDTA contamination, by ``id`` of the low result it concerns (the latest lows of the run)."""
-        checked = self.current_run[-CONTAMINATION_CHECKED:]
-        found = {id(r): sample_contamination(self, r) for r in checked}
-        return {key: finding for key, finding in found.items() if finding is not None}
-
-    def reliable(self, results: Sequence[LabResult]) -> list[LabResult]:
-        """The results not suspected of sample contamination."""
-        return [r for r in results if id(r) not in self.contamination]
-
-    @cached_property
-    def suspect(self) -> frozenset[int]:
-        """``id`` of every result drawn with a possibly contaminated ALP: EDTA binds zinc, magnesium and calcium, so
-        a low zinc from that draw is no evidence of zinc deficiency."""
-        suspects = set()
-        for alp in self.current_run:
-            if id(alp) in self.contamination:
-                for analyte in ("potassium", "calcium", "zinc", "magnesium"):
-                    if (result := self.drawn_with(alp, analyte)) is not None:
-                        suspects.add(id(result))
-        return frozenset(suspects)
-
-    @cached_property
-    def persistent(self) -> bool:
-        return is_persistent(self, self.reliable(self.current_run))
-
-    def latest(self, analyte: str, within_days: int | None = None) -> LabResult | None:
-        """The latest usable result of ``analyte`` (not from a draw suspected of contamination)."""
-        _, results = self._by_analyte.get(analyte, ((), ()))
-        result = next((r for r in reversed(results) if id(r) not in self.suspect), None)
-        if result is None:
-            return None
-        if within_days and result.when < self.now - timedelta(days=within_days):
-            return None
-        return result
-
-    def drawn_with(self, alp: LabResult, analyte: str) -> LabResult | None:
-        """The result of ``analyte`` closest in time to the ALP result, within the same-draw window."""
-        when = alp.when
-        if when is None or analyte not in self._by_analyte:
-            return None
-        times, results = self._by_analyte[analyte]
-        at = when.timestamp()
-        window = thresholds()["same_draw_hours"] * 3600
-        i = bisect_left(times, at)
-        candidates = [j for j in (i - 1, i) if 0 <= j < len(times) and abs(times[j] - at) <= window]
-        return results[min(candidates, key=lambda j: abs(times[j] - at))] if candidates else None
-
-    def current(self, group: str) -> list[Medication]:
-        return [m for m in self.medications if group in m.groups and m.status == "current"]
-
-    def describe_alp(self, result: LabResult) -> dict[str, Any]:
-        return {**display_row(result), "history": not is_current(result, self.now, self.settings)}
-
-    def not_interpreted(self, all_alp: bool = False) -> list[dict[str, Any]]:
-        """Results that could not be used, that a card about the current ALP should name: ALP results within
-        ``ALP_CURRENT_DAYS`` (any date with ``all_alp``) and workup results within ``RECENT_RESULT_DAYS``, newest
-        first. An ALP that was read but cannot be judged ("<50" against a limit of 35) is named too."""
-        alp_since = None if all_alp else current_since(self.now, self.settings)
-        recent_since = self.now - timedelta(days=self.settings.RECENT_RESULT_DAYS)
-        named = []
-        for result in self.labs:
-            problem = unusable(result)
-            if problem is None:
-                continue
-            since = alp_since if result.analyte == TOTAL_ALP else recent_since
-            if since is None or result.when is None or result.when >= since:
-                named.append((result, problem))
-        named.sort(key=lambda pair: pair[0].when or self.now, reverse=True)
-        return [
-            {**display_row(r), "unit": r.raw_unit or "" if r.value is None else r.unit, "problem": problem}
-            for r, problem in named[:SHOWN_READINGS]
-        ]
-
-    def latest_alp_unreadable(self) -> LabResult | None:
-        """The most recent total ALP, when it is current, newer than every judged one, and could not be used."""
-        candidates = [r for r in self.labs if r.analyte == TOTAL_ALP and r.when is not None]
-        if not candidates:
-            return None
-        latest = max(candidates, key=lambda r: r.when)
-        if unusable(latest) is None or not is_current(latest, self.now, self.settings):
-            return None
-        if self.alp and self.alp[-1].when >= latest.when:
-            return None
-        return latest
-
-
-# --------------------------------------------------------------------------------------------- presentation data
-
-SHOWN_READINGS = 12  # a card lists at most this many results; older ones are counted, not listed
-# The latest lows of a run that are checked for sample contamination: bounded so that the check stays linear on a
-# chart with thousands of results (older lows matter less and are rarely drawn with potassium and calcium).
-CONTAMINATION_CHECKED = 12
-
-
-def contamination_checked(alp: Sequence[LabResult], now: datetime, settings: ClinicalSettings) -> list[LabResult]:
-    """The low results checked for sample contamination: the latest of the run, when the run is current."""
-    run = low_run(alp)
-    if not run or not is_current(run[-1], now, settings):
-        return []
-    return run[-CONTAMINATION_CHECKED:]
-
-
-def unusable(result: LabResult) -> str | None:
-    """Why a result cannot be used: the reading step's problem, or, for total ALP, that it cannot be judged."""
-    if result.problem is not None:
-        return result.problem
-    if result.analyte == TOTAL_ALP and result.usable and result.is_low() is None:
-        if result.comparator:
-            return "cannot be judged: the true value may be above or below the lower limit"
-        return "no lower limit applies"
-    return None
-
-
-def lab_days_needed(
-    alp_results: Sequence[LabResult], now: datetime, settings: ClinicalSettings
-) -> tuple[date, set[date]]:
-    """Which other lab results the rules can use: those since the recency cut-off, and those drawn on the days
-    (plus or minus one) of the low ALP results that are checked for contamination. Lets a reader skip the rest of a
-    large chart without parsing it."""
-    checked = contamination_checked(total_alp(alp_results), now, settings)
-    days = {r.when.date() + timedelta(days=d) for r in checked for d in (-1, 0, 1)}
-    since = (now - timedelta(days=settings.RECENT_RESULT_DAYS + 1)).date()
-    return since, days
-
-
-def _limit_text(result: LabResult) -> str:
-    """What the result was judged against, in words a clinician can check."""
-    low, high = result.low, result.high
-    if low is None and high is None:
-        return "the lab's flag" if result.flag else "no limit available"
-    if low is not None and high is not None:
-        bounds = f"{number_text(low)}-{number_text(high)} {result.unit}"
-    elif low is not None:
-        bounds = f"lower limit {number_text(low)} {result.unit}"
-    else:
-        bounds = f"upper limit {number_text(high)} {result.unit}"
-    sources = [s for s in dict.fromkeys((result.low_source, result.high_source)) if s]
-    return f"{bounds} ({'; '.join(sources)})" if sources else bounds
-
-
-def display_row(result: LabResult) -> dict[str, Any]:
-    return {
-        "analyte": result.analyte,
-        "display": result.display,
-        "value": result.shown_value,
-        "unit": result.unit,
-        "date": result.when.date().isoformat() if result.when else "date unknown",
-        "preliminary": result.preliminary,
-        "limit": result.low,
-        "limit_source": result.low_source or ("the lab's flag" if result.flag else "no limit available"),
-        "limits": _limit_text(result),
-    }
 
 
 def abnormal(test: WorkupTest, result: LabResult) -> bool | None:
@@ -286,10 +103,16 @@ def by_importance(findings: Sequence[Finding], indicator_of: Callable[[str], str
 
 
 def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
-    """When: a low ALP was drawn with potassium >= 6.0 mmol/L and a low calcium (patients from 1 year of age), and
-    neither a zinc nor a magnesium from that draw is normal or high.
-    Then: possible EDTA contamination of that sample; recollect, and repeat the potassium, before any workup (which
-    is kept for after).
+    """When: a low ALP of the current run (``Chart.contamination`` asks about every one of them, not only those a
+    card lists) was drawn (within ``same_draw_hours``, 24 h) with a potassium certainly at or above
+    ``potassium_edta`` (6.0 mmol/L) and a low calcium, in a patient from ``edta_min_age_years`` (1 year).
+    Then: "sample-contamination" (warning): possible EDTA contamination of that sample; recollect, and repeat the
+    potassium, before any workup (a repeat ALP is suggested). The low-ALP card stays (its advice is for after a
+    clean repeat), but this low, and the potassium, calcium, zinc and magnesium drawn with it, no longer count as
+    evidence (``Chart.reliable``, ``Chart.suspect``).
+    Not when: under 1 year at the draw (age unknown: checked); no potassium or no calcium from that draw; a
+    calcium that cannot be judged; a zinc or a magnesium from that draw that is normal or high (one that cannot be
+    judged does not speak against EDTA).
 
     Cornes 2008 screened samples with K >= 6.0 and found EDTA in about a quarter; only a zinc below its interval was
     100 % sensitive, and gross contamination shows as high K with low Ca, Mg and Zn (S26, A45, A48). A normal zinc or
@@ -311,7 +134,7 @@ def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
     return Finding(
         "sample-contamination",
         {
-            "alp": chart.describe_alp(alp),
+            "alp": describe_alp(chart, alp),
             "potassium": display_row(potassium),
             "potassium_limit": limits["potassium_edta"],
             "calcium": display_row(calcium),
@@ -322,11 +145,15 @@ def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
 
 
 def is_persistent(chart: Chart, lows: Sequence[LabResult]) -> bool:
-    """Persistently low: at least two low results (not suspected of contamination), none normal in between, the
-    first and last at least ``PERSISTENT_MIN_DAYS`` apart and the latest of them current, so that history lows do
-    not become "persistent" when today's sample is the suspect one (S47, S50, addendum 6: the sources count two or
-    more lows with no normal value; the spacing, a design choice, keeps a fall after surgery or acute illness, which
-    can last weeks, from counting)."""
+    """When: ``lows`` (the current run without the lows suspected of contamination: none normal in between) holds
+    at least two results, the latest of them current (``ALP_CURRENT_DAYS``), the first and the last at least
+    ``PERSISTENT_MIN_DAYS`` (28) whole days apart.
+    Then: persistently low (the "alp-low-persistent" card and its HPP workup; the antiresorptive cards say so).
+    Not when: a single reliable low; lows closer together than ``PERSISTENT_MIN_DAYS``; the latest reliable low is
+    history, so that history lows do not become "persistent" when today's sample is the suspect one.
+
+    S47, S50, addendum 6: the sources count two or more lows with no normal value; the spacing, a design choice,
+    keeps a fall after surgery or acute illness, which can last weeks, from counting."""
     return (
         len(lows) >= 2
         and is_current(lows[-1], chart.now, chart.settings)
@@ -335,33 +162,54 @@ def is_persistent(chart: Chart, lows: Sequence[LabResult]) -> bool:
 
 
 def unreadable_alp(chart: Chart) -> Finding | None:
-    """When: the latest ALP is current but could not be used (unknown unit, not a number, impossible value, no
-    limit to judge it by).
-    Then: say so (info): a low ALP may be hiding behind it, and this service's advice did not run on it."""
+    """When (asked by ``low_alp`` when there is no current run of lows): the most recent dated total ALP is current
+    (``ALP_CURRENT_DAYS``), newer than every judged ALP, and could not be used (unknown unit, not a number,
+    impossible value, no limit to judge it by, or a value such as "<50" that may lie either side of the limit).
+    Then: "alp-unreadable" (info): say so, with the other results not interpreted, and offer a repeat ALP (not
+    recommended): a low ALP may be hiding behind it, and this service's advice did not run on it.
+    Not when: a judged ALP is as recent or more recent; the unusable ALP is older than ``ALP_CURRENT_DAYS``, or
+    undated."""
     latest = chart.latest_alp_unreadable()
     if latest is None:
         return None
     return Finding(
         "alp-unreadable",
         {
-            "result": {**display_row(latest), "unit": latest.raw_unit or "" if latest.value is None else latest.unit},
+            "result": unreadable_row(latest),
             "problem": unusable(latest),
-            "not_interpreted": chart.not_interpreted(),
+            "not_interpreted": not_interpreted_rows(chart.not_interpreted()),
         },
         (OrderSuggestion(workup_tests()["repeat_alp"], recommended=False),),
     )
 
 
 def low_alp(chart: Chart) -> list[Finding]:
-    """When: the latest total ALP is low and current.
-    Then: one low (or lows too close together) -> repeat the ALP when the patient is well (info); persistently low
-    -> the HPP substrates (PLP, urine PEA) and the common secondary causes, ALPL genetics after them (warning).
-    A possibly contaminated sample gets its own card and is not counted towards persistence."""
+    """When: the latest judged total ALP is low and current (``ALP_CURRENT_DAYS``): the chart has a current run of
+    lows (every low since the last normal result).
+    Then: first a "sample-contamination" card for each current low (``ALP_CURRENT_DAYS``) of the run that
+    ``sample_contamination`` finds possibly contaminated (every such low of the run, current or not, is not counted
+    towards persistence and is marked in the card's table; the low-ALP card stays); then
+    - persistently low (``is_persistent``) -> "alp-low-persistent" (warning): the HPP substrates (PLP, urine PEA)
+      and the common secondary causes, ALPL genetics after them (recommended once PLP or urine PEA supports HPP and
+      no secondary cause is found: ``_tiers``); "very low" is said for an adult (from ``ADULT_AGE``) with a reliable
+      low certainly below ``alp_very_low`` (25 U/L), no secondary cause found and no Wilson card;
+    - otherwise (one low, or lows too close together) -> "alp-low-single" (info): repeat the ALP when the patient is
+      well, ``PERSISTENT_MIN_DAYS`` after the first low; recent secondary-cause results are shown;
+    - and the Wilson card when ``wilson_disease`` fires for the latest low.
+    A test resulted within ``RECENT_RESULT_DAYS`` is shown, not suggested again.
+    Not when: no judged ALP, the latest judged one is normal, or the latest low is older than ``ALP_CURRENT_DAYS``
+    (then only ``unreadable_alp`` may give a card). The patient-view hook does not ask for a deceased patient."""
     run = list(chart.current_run)
     if not run:
         unreadable = unreadable_alp(chart)
         return [unreadable] if unreadable else []
-    findings = [chart.contamination[id(r)] for r in run if id(r) in chart.contamination]
+    # A sample can be recollected only while it is recent: older contaminated lows are set aside (and marked in the
+    # table), without a card of their own.
+    findings = [
+        chart.contamination[id(r)]
+        for r in run
+        if id(r) in chart.contamination and is_current(r, chart.now, chart.settings)
+    ]
     settings = chart.settings
     latest = run[-1]
     reliable = chart.reliable(run)
@@ -389,11 +237,9 @@ def low_alp(chart: Chart) -> list[Finding]:
     before = _alp_before_run(chart, run)
     span = (run[-1].when - run[0].when).days
     facts = {
-        "readings": [chart.describe_alp(r) for r in run[-SHOWN_READINGS:]],
-        "earlier": {"count": len(run) - SHOWN_READINGS, "since": display_row(run[0])["date"]}
-        if len(run) > SHOWN_READINGS
-        else None,
-        "latest": chart.describe_alp(latest),
+        "readings": alp_rows(chart, run),
+        "earlier": earlier(run),
+        "latest": describe_alp(chart, latest),
         "count": len(reliable),
         "span_days": (reliable[-1].when - reliable[0].when).days if reliable else span,
         "latest_suspect": id(latest) in chart.contamination,
@@ -408,7 +254,7 @@ def low_alp(chart: Chart) -> list[Finding]:
         "substrates_high": [r["explanation"] for r in substrates_high],
         "repeat_from": (run[0].when + timedelta(days=settings.PERSISTENT_MIN_DAYS)).date().isoformat(),
         "previous_normal": display_row(before) if before is not None and before.is_low() is False else None,
-        "not_interpreted": chart.not_interpreted(),
+        "not_interpreted": not_interpreted_rows(chart.not_interpreted()),
         "b6_supplements": sorted({m.name for m in chart.current("pyridoxine")}),
         "alp_lowering_drugs": alp_lowering_drugs(chart),
         "antiresorptives": sorted(
@@ -493,10 +339,14 @@ def alp_lowering_drugs(chart: Chart) -> list[dict[str, str]]:
 
 
 def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
-    """When: a patient from ``WILSON_MIN_AGE`` (3 years) has a low ALP with a raised total bilirubin and liver injury
-    (AST or ALT raised) in the same draw.
-    Then: under ``WILSON_MAX_AGE`` (55), screen for Wilson disease (warning); at any age from 3, both Korman ratios
-    (ALP/bilirubin < 4, AST/ALT > 2.2) are the acute-liver-failure pattern (critical).
+    """When (asked by ``low_alp`` about the latest low of the current run): a patient from ``WILSON_MIN_AGE`` (3
+    years) has a low ALP with a raised total bilirubin and liver injury (AST or ALT raised) in the same draw.
+    Then: under ``WILSON_MAX_AGE`` (55), screen for Wilson disease: "wilson-screen" (warning); at any age from 3,
+    both Korman ratios (ALP/bilirubin < 4, AST/ALT > 2.2) are the acute-liver-failure pattern: "wilson-alf-pattern"
+    (critical). Either suggests the Wilson tests not resulted within ``RECENT_RESULT_DAYS``.
+    Not when: age unknown or under 3; no total bilirubin from the draw, or it is not raised; neither AST nor ALT
+    from the draw is raised; from 55 without the acute-liver-failure pattern. A ratio needs exact numbers: a value
+    with a comparator ("<20") gives no ratio, so no acute-liver-failure pattern.
 
     Wilson disease presents with liver disease from about 3 years and into the 8th decade (EASL 2012); AASLD advises
     considering it from 3 to 55 years and not excluding it on age alone (A34, A35). Bilirubin alone (newborn
@@ -531,7 +381,7 @@ def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
         {
             "age": int(age),
             "child": age < 18,
-            "alp": chart.describe_alp(alp),
+            "alp": describe_alp(chart, alp),
             "bilirubin": display_row(bilirubin),
             "ast": display_row(ast) if ast else None,
             "alt": display_row(alt) if alt else None,

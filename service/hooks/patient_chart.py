@@ -9,9 +9,10 @@ from typing import Any
 
 from service import metrics
 from service.card_render import render_card, template
+from service.clinical.chart import Chart, lab_days_needed
 from service.clinical.codes import LOINC, analytes, loinc_codes
 from service.clinical.facts import LabResult
-from service.clinical.rules import Chart, Finding, OrderSuggestion, by_importance, lab_days_needed
+from service.clinical.rules import Finding, OrderSuggestion, by_importance
 from service.errors import BadRequest, DataUnavailable
 from service.fhir.client import FhirError
 from service.fhir.readers import PatientMismatch, Scope, entries, read_lab_results, read_medications, read_patient

@@ -1,7 +1,7 @@
 """The ALP history as chart series: facts in, series out. Pure (no I/O, no Flask, no HTTP), like the rules.
 
 Everything here is drawn from what the service already decides: the ALP results the reading step judged
-(``service.fhir.readers``, ``service.clinical.alp``), the limit each was judged against (``rules.display_row``), the
+(``service.fhir.readers``, ``service.clinical.alp``), the limit each was judged against (``views.display_row``), the
 fallback lower limit for age and sex (``service.clinical.limits``, evaluated at every band boundary of
 ``data/reference_intervals.csv``) and the antiresorptive records (``service.clinical.medications``).
 """
@@ -15,12 +15,14 @@ from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
 from typing import Any
 
-from service.clinical.alp import TOTAL_ALP, is_current, total_alp
+from service.clinical.alp import TOTAL_ALP, is_current, total_alp, unusable
+from service.clinical.chart import Chart
 from service.clinical.codes import reference_bands
 from service.clinical.facts import LAB_RANGE, LabResult, Medication, Patient
 from service.clinical.limits import fallback_limits
 from service.clinical.medications import is_antiresorptive
-from service.clinical.rules import Chart, Finding, display_row, unusable
+from service.clinical.rules import Finding
+from service.clinical.views import display_row
 from service.settings import ClinicalSettings
 
 # The related labs of the workup the page tabulates (issue 18): secondary causes, HPP substrates, Wilson's bilirubin.

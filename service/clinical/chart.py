@@ -1,0 +1,153 @@
+"""The chart: everything the rules know about one patient at one moment, indexed for them. No I/O, no Flask.
+
+The facts are already checked by the reading step (``service.fhir.readers``). The chart finds results (the latest of
+an analyte, the one drawn with an ALP, the current run of lows) and keeps, once per request, what two rules decide
+about it that other rules and the SMART page ask again: which lows are possibly contaminated
+(``rules.sample_contamination``) and whether the run is persistent (``rules.is_persistent``).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from functools import cached_property
+
+from service.clinical.alp import TOTAL_ALP, current_low_run, current_since, is_current, total_alp, unusable
+from service.clinical.codes import thresholds
+from service.clinical.facts import LabResult, Medication, Patient
+from service.clinical.rules import Finding, is_persistent, sample_contamination
+from service.settings import ClinicalSettings
+
+
+@dataclass(frozen=True)
+class Chart:
+    """Everything the rules know about one patient at one moment (facts already checked by the reading step)."""
+
+    patient: Patient
+    labs: Sequence[LabResult]
+    medications: Sequence[Medication]
+    now: datetime
+    settings: ClinicalSettings
+    # What of the chart could not be read ("labs", "medications", "some_medications", "conditions"): not "none".
+    not_read: frozenset[str] = frozenset()
+
+    @property
+    def medications_complete(self) -> bool:
+        return not self.not_read & {"medications", "some_medications"}
+
+    @cached_property
+    def _by_analyte(self) -> dict[str, tuple[list[float], list[LabResult]]]:
+        """Usable results per analyte, oldest first, with their timestamps for bisection."""
+        index: dict[str, list[LabResult]] = {}
+        for result in self.labs:
+            if result.usable:
+                index.setdefault(result.analyte, []).append(result)
+        return {a: ([r.when.timestamp() for r in rs], rs) for a, rs in index.items()}
+
+    @cached_property
+    def alp(self) -> tuple[LabResult, ...]:
+        """Judged total ALP results, oldest first."""
+        return tuple(total_alp(self.labs))
+
+    @cached_property
+    def current_run(self) -> tuple[LabResult, ...]:
+        """The low results since the last normal one, when the latest of them is current (``ALP_CURRENT_DAYS``);
+        empty otherwise: a run whose latest low is older is history and gives no advice."""
+        return tuple(current_low_run(self.alp, self.now, self.settings))
+
+    @cached_property
+    def contamination(self) -> dict[int, Finding]:
+        """Possible EDTA contamination, by ``id`` of the low result it concerns. Every low of the current run is
+        checked, however many of them a card lists: each one counts towards the advice (its count, its span,
+        persistence), so none may count unchecked."""
+        found = {id(r): sample_contamination(self, r) for r in self.current_run}
+        return {key: finding for key, finding in found.items() if finding is not None}
+
+    def reliable(self, results: Sequence[LabResult]) -> list[LabResult]:
+        """The results not suspected of sample contamination."""
+        return [r for r in results if id(r) not in self.contamination]
+
+    @cached_property
+    def suspect(self) -> frozenset[int]:
+        """``id`` of every result drawn with a possibly contaminated ALP: EDTA binds zinc, magnesium and calcium, so
+        a low zinc from that draw is no evidence of zinc deficiency."""
+        suspects = set()
+        for alp in self.current_run:
+            if id(alp) in self.contamination:
+                for analyte in ("potassium", "calcium", "zinc", "magnesium"):
+                    if (result := self.drawn_with(alp, analyte)) is not None:
+                        suspects.add(id(result))
+        return frozenset(suspects)
+
+    @cached_property
+    def persistent(self) -> bool:
+        return is_persistent(self, self.reliable(self.current_run))
+
+    def latest(self, analyte: str, within_days: int | None = None) -> LabResult | None:
+        """The latest usable result of ``analyte`` (not from a draw suspected of contamination)."""
+        _, results = self._by_analyte.get(analyte, ((), ()))
+        result = next((r for r in reversed(results) if id(r) not in self.suspect), None)
+        if result is None:
+            return None
+        if within_days and result.when < self.now - timedelta(days=within_days):
+            return None
+        return result
+
+    def drawn_with(self, alp: LabResult, analyte: str) -> LabResult | None:
+        """The result of ``analyte`` closest in time to the ALP result, within the same-draw window."""
+        when = alp.when
+        if when is None or analyte not in self._by_analyte:
+            return None
+        times, results = self._by_analyte[analyte]
+        at = when.timestamp()
+        window = thresholds()["same_draw_hours"] * 3600
+        i = bisect_left(times, at)
+        candidates = [j for j in (i - 1, i) if 0 <= j < len(times) and abs(times[j] - at) <= window]
+        return results[min(candidates, key=lambda j: abs(times[j] - at))] if candidates else None
+
+    def current(self, group: str) -> list[Medication]:
+        return [m for m in self.medications if group in m.groups and m.status == "current"]
+
+    def not_interpreted(self, all_alp: bool = False) -> list[tuple[LabResult, str]]:
+        """Results that could not be used, with why, that a card about the current ALP should name: ALP results
+        within ``ALP_CURRENT_DAYS`` (any date with ``all_alp``) and workup results within ``RECENT_RESULT_DAYS``,
+        newest first, all of them (a card lists the newest: ``views.not_interpreted_rows``). An ALP that was read
+        but cannot be judged ("<50" against a limit of 35) is named too."""
+        alp_since = None if all_alp else current_since(self.now, self.settings)
+        recent_since = self.now - timedelta(days=self.settings.RECENT_RESULT_DAYS)
+        named = []
+        for result in self.labs:
+            problem = unusable(result)
+            if problem is None:
+                continue
+            since = alp_since if result.analyte == TOTAL_ALP else recent_since
+            if since is None or result.when is None or result.when >= since:
+                named.append((result, problem))
+        named.sort(key=lambda pair: pair[0].when or self.now, reverse=True)
+        return named
+
+    def latest_alp_unreadable(self) -> LabResult | None:
+        """The most recent total ALP, when it is current, newer than every judged one, and could not be used."""
+        candidates = [r for r in self.labs if r.analyte == TOTAL_ALP and r.when is not None]
+        if not candidates:
+            return None
+        latest = max(candidates, key=lambda r: r.when)
+        if unusable(latest) is None or not is_current(latest, self.now, self.settings):
+            return None
+        if self.alp and self.alp[-1].when >= latest.when:
+            return None
+        return latest
+
+
+def lab_days_needed(
+    alp_results: Sequence[LabResult], now: datetime, settings: ClinicalSettings
+) -> tuple[date, set[date]]:
+    """Which other lab results the rules can use: those since the recency cut-off, and those drawn on the days
+    (plus or minus one) of the lows of the current run, each of which is checked for contamination
+    (``Chart.contamination``). Lets a reader skip the rest of a large chart without parsing it."""
+    run = current_low_run(total_alp(alp_results), now, settings)
+    days = {r.when.date() + timedelta(days=d) for r in run for d in (-1, 0, 1)}
+    since = (now - timedelta(days=settings.RECENT_RESULT_DAYS + 1)).date()
+    return since, days
