@@ -10,11 +10,13 @@ from typing import Any
 from flask import Flask
 from werkzeug.exceptions import HTTPException
 
-from service import api
+from service import endpoints
 from service.bulkhead import bulkheads
+from service.endpoints.responses import error_response, json_response
 from service.errors import CdsError, operation_outcome
 from service.feedback import FeedbackStore
 from service.hooks import all_services
+from service.logs import log_event
 from service.security import Authenticator
 from service.settings import Settings, SettingsError, check_startup, load_settings
 
@@ -27,7 +29,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     app = Flask(__name__)
     app.config["CDS"] = settings
-    app.config["MAX_CONTENT_LENGTH"] = settings.MAX_BODY_BYTES + 1  # one more: see api.parse_json_body
+    app.config["MAX_CONTENT_LENGTH"] = settings.MAX_BODY_BYTES + 1  # one more: see incoming.parse_json_body
     app.json.sort_keys = False
     app.extensions["cds_services"] = {s.id: s for s in all_services()}
     app.extensions["cds_bulkheads"] = bulkheads(settings)
@@ -36,21 +38,27 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         settings.FEEDBACK_DB_URL, settings.FEEDBACK_DB_TIMEOUT, settings.FEEDBACK_DB_MIGRATE
     )
     if not settings.AUTH:
-        logging.getLogger("service").warning(
-            '{"event":"auth_off","message":"JWT verification is OFF: for local development only"}'
+        log_event(
+            logging.getLogger("service"),
+            logging.WARNING,
+            "auth_off",
+            message="JWT verification is OFF: for local development only",
         )
     elif not settings.TRUSTED_ISSUERS:
-        logging.getLogger("service").warning(
-            '{"event":"no_trusted_issuers","message":"AUTH is on but no issuer is trusted: every hook call gets 401"}'
+        log_event(
+            logging.getLogger("service"),
+            logging.WARNING,
+            "no_trusted_issuers",
+            message="AUTH is on but no issuer is trusted: every hook call gets 401",
         )
-    app.register_blueprint(api.bp)
+    endpoints.register(app)
     if settings.SMART_ISSUERS:
         register_smart_app(app, settings)
     warm_up()
 
     @app.errorhandler(CdsError)
     def cds_error(error: CdsError):
-        return api.error_response(error)
+        return error_response(error)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
@@ -58,7 +66,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         message = error.description or error.name
         if error.code == 413:
             message = f"request body is larger than {settings.MAX_BODY_BYTES} bytes (CDS_MAX_BODY_BYTES)"
-        response = api.json_response(operation_outcome(message, code), error.code or 500)
+        response = json_response(operation_outcome(message, code), error.code or 500)
         if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)
         return response
@@ -69,8 +77,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" not in f.filename]
         frame = frames[-1] if frames else None
         where = f"{frame.filename}:{frame.lineno}" if frame else "?"
-        logging.getLogger("service").error('{"event":"error","type":"%s","at":"%s"}', type(error).__name__, where)
-        return api.json_response(operation_outcome("internal error", "exception", "fatal"), 500)
+        log_event(logging.getLogger("service"), logging.ERROR, "error", type=type(error).__name__, at=where)
+        return json_response(operation_outcome("internal error", "exception", "fatal"), 500)
 
     return app
 

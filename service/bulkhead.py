@@ -13,7 +13,7 @@
   with ``Retry-After`` (its body read and dropped first, so that the client sees the answer). This is what keeps a
   pod under its memory limit (deploy/k8s/base/deployment.yaml).
 
-Slots are taken by a request and all given back at its end (api.py's teardown), whatever happened.
+Slots are taken by a request and all given back at its end (the hook endpoint's teardown), whatever happened.
 """
 
 from __future__ import annotations

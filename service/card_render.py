@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 import uuid
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -115,9 +116,11 @@ def service_request(test: WorkupTest, patient_id: str) -> dict[str, Any]:
     return {**_service_request(test), "subject": {"reference": f"Patient/{patient_id}"}}
 
 
-def render_card(finding: Finding, patient_id: str) -> dict[str, Any]:
+def render_card(finding: Finding, patient_id: str, not_checked: Sequence[str] = ()) -> dict[str, Any]:
+    """``not_checked``: what of the chart could not be read (``labs``, ``medications``, ``some_medications``,
+    ``conditions``); the templates say so with the ``not_checked`` macro of partials.j2."""
     spec = template(finding.kind)
-    facts = dict(finding.facts)
+    facts = {**finding.facts, "not_checked": list(not_checked)}
     summary = " ".join(spec["_summary"].render(**facts).split())
     if len(summary) > SUMMARY_MAX:
         summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"

@@ -45,6 +45,7 @@ from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from service import migrations
+from service.logs import log_event
 from service.migrations import SchemaTooNew
 from service.sqlite import pragmas
 from service.watchdog import Watchdog
@@ -149,7 +150,7 @@ class FeedbackStore:
             try:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # reported by /readyz and by 503s on feedback, not a crash at start-up
-                log.error(json.dumps({"event": "feedback_dir_unavailable", "error": type(exc).__name__}))
+                log_event(log, logging.ERROR, "feedback_dir_unavailable", error=type(exc).__name__)
         if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
         in_memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
@@ -182,7 +183,7 @@ class FeedbackStore:
         except SchemaTooNew:
             raise
         except SQLAlchemyError as exc:  # the service still answers hooks; /readyz reports the store as down
-            log.error(json.dumps({"event": "feedback_store_unavailable", "error": type(exc).__name__}))
+            log_event(log, logging.ERROR, "feedback_store_unavailable", error=type(exc).__name__)
 
     # ------------------------------------------------------------------------------------------ bounded waits
 
@@ -218,7 +219,7 @@ class FeedbackStore:
             cursor.execute("SELECT 1")
             cursor.close()
             dbapi_connection.rollback()
-        except Exception as exc:
+        except (self.engine.dialect.loaded_dbapi.Error, OSError) as exc:  # the driver's errors: the connection is bad
             if watchdog is not None and watchdog.fired:
                 raise StoreTimedOut("the feedback store did not answer in time") from exc
             raise DisconnectionError("the pooled connection no longer works") from exc
@@ -246,7 +247,7 @@ class FeedbackStore:
                 connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
             found, now = migrations.ensure(connection, self.migrate if upgrade is None else upgrade)
         if found != now:
-            log.info(json.dumps({"event": "feedback_schema_migrated", "from": found, "to": now}))
+            log_event(log, logging.INFO, "feedback_schema_migrated", **{"from": found, "to": now})
         self._schema_ready = True
         return found, now
 
@@ -295,7 +296,7 @@ class FeedbackStore:
                     for service_id, cards in by_service.items():
                         self.record_cards(service_id, cards)
             except SQLAlchemyError as exc:
-                log.error(json.dumps({"event": "record_cards_failed", "error": type(exc).__name__}))
+                log_event(log, logging.ERROR, "record_cards_failed", error=type(exc).__name__)
             finally:
                 for _ in range(taken):
                     self._queue.task_done()

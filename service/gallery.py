@@ -10,9 +10,9 @@ from typing import Any
 from markdown_it import MarkdownIt
 
 from service.card_render import card_kinds
-from service.fhir.prefetch import resolve_prefetch
 from service.hook_requests import NOW
-from service.hooks import CdsService, HookCall
+from service.hooks import CdsService
+from service.hooks.run import run_hook
 from service.settings import Settings
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +33,7 @@ def markdown(text: str) -> str:
 
 def run(service: CdsService, request: Mapping[str, Any], settings: Settings) -> list[tuple[str, dict]]:
     """One hook call through the real handler, without HTTP and without any FHIR server."""
-    data = resolve_prefetch(service.prefetch, request, lambda: None)
-    return service.handler(HookCall(request=request, data=data, settings=settings, now=NOW))
+    return run_hook(service, request, settings, now=NOW).cards
 
 
 def build(services: Mapping[str, CdsService], settings: Settings) -> dict[str, Any]:

@@ -44,6 +44,12 @@ PREFETCH_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+PREFETCH_UNAVAILABLE = Counter(
+    "cds_prefetch_unavailable_total",
+    "Optional prefetch keys that could not be had (the call was answered without them, its cards say so)",
+    ["key"],
+    registry=REGISTRY,
+)
 CARDS = Counter("cds_cards_total", "Cards issued by kind and indicator", ["kind", "indicator"], registry=REGISTRY)
 FEEDBACK = Counter("cds_feedback_total", "Feedback items stored by outcome", ["outcome"], registry=REGISTRY)
 AUDIT_DROPPED = Counter(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import threading
@@ -22,6 +21,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
+from service.logs import log_event
 from service.settings import SettingsError
 from service.sqlite import pragmas
 
@@ -58,7 +58,7 @@ class SqliteReplayStore:
             try:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # every token is then refused with a 503 until the location is fixed
-                log.error(json.dumps({"event": "replay_store_dir_unavailable", "error": type(exc).__name__}))
+                log_event(log, logging.ERROR, "replay_store_dir_unavailable", error=type(exc).__name__)
             self.engine = create_engine(parsed, pool_size=8, max_overflow=24, pool_timeout=BUSY_SECONDS)
             # A crash of the machine (not of the service) may forget the last tokens seen; they expire in minutes.
             event.listen(self.engine, "connect", pragmas("NORMAL", busy_seconds=BUSY_SECONDS))

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service import outbound
 from service.errors import BadRequest, CdsError, StoreUnavailable
+from service.logs import log_event
 from service.replay import ReplayStoreDown, open_replay_store
 from service.settings import Settings
 
@@ -133,7 +134,7 @@ class KeyStore:
         try:
             keys = self._fetch(source)
         except (outbound.OutboundError, ValueError, jwt.PyJWTError) as exc:
-            log.warning('{"event":"jwks_fetch_failed","error":"%s"}', type(exc).__name__)
+            log_event(log, logging.WARNING, "jwks_fetch_failed", error=type(exc).__name__)
             keys = None
         finally:
             with self._lock:
@@ -208,13 +209,11 @@ class Authenticator:
         except (SQLAlchemyError, OSError, ReplayStoreDown) as exc:
             error = str(exc) if isinstance(exc, ReplayStoreDown) else type(exc).__name__
             if not self.fail_open:
-                log.error('{"event":"replay_store_unavailable","error":"%s"}', error)
+                log_event(log, logging.ERROR, "replay_store_unavailable", error=error)
                 raise StoreUnavailable("the token replay store is unavailable; please retry") from None
             # REPLAY_FAIL_OPEN: accepted without the replay check, and said so (the issuer only: no token, no jti).
-            log.warning(
-                '{"event":"replay_store_unavailable_fail_open","error":"%s","issuer":%s}',
-                error,
-                orjson.dumps(loggable(claims["iss"])).decode(),
+            log_event(
+                log, logging.WARNING, "replay_store_unavailable_fail_open", error=error, issuer=loggable(claims["iss"])
             )
             first = True
         if not first:

@@ -217,6 +217,33 @@ def test_one_structured_log_line_per_request_without_patient_data(tmp_path, capl
     assert "wilson-critical-in" not in caplog.text and "2004-05-05" not in caplog.text
 
 
+def test_a_log_line_stays_one_json_object_whatever_its_values_hold(caplog):
+    """log_event encodes every field: a quote or a newline in a value (an error's text) cannot break the line."""
+    import json
+    import logging
+
+    from service.logs import log_event
+
+    log = logging.getLogger("service.test")
+    with caplog.at_level(logging.INFO, logger="service.test"):
+        log_event(log, logging.INFO, "x", error='a "quoted"\nline', count=2, skipped=None)
+        log_event(log, logging.DEBUG, "not_logged")
+    assert [json.loads(r.getMessage()) for r in caplog.records] == [
+        {"event": "x", "error": 'a "quoted"\nline', "count": 2}
+    ]
+
+
+def test_a_fhir_client_closes_its_session_when_its_block_ends(monkeypatch):
+    from service.fhir.client import FhirClient
+
+    closed = []
+    client = FhirClient("https://fhir.example.org/r4")
+    monkeypatch.setattr(client.session, "close", lambda: closed.append(True))
+    with pytest.raises(RuntimeError), client:
+        raise RuntimeError("whatever happened inside")
+    assert closed == [True]
+
+
 def test_unwritable_sqlite_location_does_not_stop_the_service(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

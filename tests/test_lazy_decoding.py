@@ -22,9 +22,8 @@ from bench.run import synthetic_bundle
 from service.errors import CdsError
 from service.fhir import lazy
 from service.fhir.lazy import LazyBundle, decode_hook_request
-from service.fhir.prefetch import resolve_prefetch
 from service.hook_requests import hook_request
-from service.hooks import HookCall
+from service.hooks.run import run_hook
 from tests.conftest import OS, PV, load_request, make_app
 from tests.test_faults_and_fuzz import FUZZ, json_values, observations
 
@@ -39,9 +38,7 @@ def cards(service_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     with APP.app_context():
         service = APP.extensions["cds_services"][service_id]
         config = APP.config["CDS"]
-        data = resolve_prefetch(service.prefetch, body, lambda: None)
-        call = HookCall(request=body, data=data, settings=config, now=config.NOW())
-        issued = service.handler(call)
+        issued = run_hook(service, body, config).cards
     return json.loads(re.sub(r'"uuid": "[^"]*"', '"uuid": ""', json.dumps([card for _, card in issued])))
 
 

@@ -91,7 +91,8 @@ def test_the_import_graph_of_the_packages_has_no_cycle():
     assert not {n for n in graph["service.clinical"] if n.startswith("service.") and n != "service.clinical"} - {
         "service.settings"
     }, "the clinical core imports no FHIR, hooks, HTTP or storage code"
-    assert "service.api" not in graph["service.hooks"]
+    for below in ("service.hooks", "service.fhir", "service.clinical", "service.smart"):
+        assert "service.endpoints" not in graph[below], f"{below} imports the HTTP endpoints"
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -132,8 +132,10 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
     names = drug_names(drugs)
     denosumab = any("denosumab" in m.groups for m in drugs)
     course = ongoing_course(chart, drugs)
+    # Without the chart's medications a denosumab order may be the next dose of a course no record shows.
+    course_unchecked = denosumab and course is None and not chart.medications_complete
     # Cancelling the next dose of an established denosumab course is stopping it: not offered as a simple removal.
-    deletes = () if course and denosumab else tuple(m.reference for m in drugs if m.reference)
+    deletes = () if (course or course_unchecked) and denosumab else tuple(m.reference for m in drugs if m.reference)
     start = first_exposure(chart.medications)
     before = alp_before(chart, start) if course else None
     common = {
@@ -142,6 +144,7 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
         "denosumab": denosumab,
         "course_start": course.date().isoformat() if course else None,
         "denosumab_course": bool(course and denosumab),
+        "course_unchecked": course_unchecked,
         "low_before": bool(before and before.is_low()),
         "before": describe_alp(chart, before) if before else None,
     }

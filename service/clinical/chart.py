@@ -30,6 +30,12 @@ class Chart:
     medications: Sequence[Medication]
     now: datetime
     settings: ClinicalSettings
+    # What of the chart could not be read ("labs", "medications", "some_medications", "conditions"): not "none".
+    not_read: frozenset[str] = frozenset()
+
+    @property
+    def medications_complete(self) -> bool:
+        return not self.not_read & {"medications", "some_medications"}
 
     @cached_property
     def _by_analyte(self) -> dict[str, tuple[list[float], list[LabResult]]]:

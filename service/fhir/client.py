@@ -23,6 +23,7 @@ import orjson
 import requests
 
 from service import metrics, outbound
+from service.logs import log_event
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,15 @@ class FhirClient:
         if self.access_token:
             self.session.headers["Authorization"] = f"Bearer {self.access_token}"
 
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> FhirClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def get(
         self, relative_or_absolute: str, allowance: Allowance | None = None, what: str = "the address to read"
     ) -> dict[str, Any]:
@@ -237,7 +247,7 @@ class FhirClient:
         url = next_link(bundle)
         while url and url not in seen:
             if allowance.left <= 0 or len(entries) >= self.max_entries:
-                log.warning('{"event":"fhir_paging_stopped","entries":%d}', len(entries))
+                log_event(log, logging.WARNING, "fhir_paging_stopped", entries=len(entries))
                 break
             seen.add(url)
             page = self.get(url, allowance, what="a next link")

@@ -4,14 +4,16 @@ For each template key of a service:
 - present with data -> used as given (a paginated Bundle is completed from the FHIR server when one is given);
 - present with ``null`` -> the client has no data: nothing is fetched;
 - missing, or an OperationOutcome -> fetched from ``fhirServer`` (concurrently, all missing keys at once).
-When data is needed and cannot be had, :class:`DataUnavailable` (412) explains why, without patient data.
+When a required key's data cannot be had, :class:`DataUnavailable` (412) explains why, without patient data; an
+optional key's is recorded as unavailable and the call goes on without it (each service declares which are which).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -56,15 +58,28 @@ def fetched_keys(templates: Mapping[str, str], request: Mapping[str, Any]) -> fr
     return frozenset(k for k in templates if k not in provided or is_operation_outcome(provided[k]))
 
 
+@dataclass(frozen=True)
+class Resolved:
+    data: dict[str, dict[str, Any] | None]  # by prefetch key; None: the client has no data, or it could not be had
+    unavailable: dict[str, str]  # optional keys whose data could not be had -> why (no patient data)
+
+
 def resolve_prefetch(
     templates: Mapping[str, str],
     request: Mapping[str, Any],
     make_client: Callable[[], FhirClient | None],
     workers: int = 6,
-) -> dict[str, dict[str, Any] | None]:
+    optional: frozenset[str] = frozenset(),
+) -> Resolved:
+    """The data of every key in ``templates``. A key that cannot be had (the FHIR server failed or refused it, or
+    there is no server to ask) fails the call with :class:`DataUnavailable` (412) unless it is ``optional``: then it
+    is named in :attr:`Resolved.unavailable`, its data is None (or the pages the client gave), and the service says
+    what it could not check. An OperationOutcome in the client's prefetch is a key the client could not satisfy:
+    fetched as if it were missing, and unavailable the same way."""
     provided = request.get("prefetch") or {}
     context = request.get("context") or {}
     resolved: dict[str, dict[str, Any] | None] = {}
+    unavailable: dict[str, str] = {}
     to_fetch: dict[str, str] = {}
     to_complete: dict[str, dict[str, Any]] = {}
     for key, template in templates.items():
@@ -79,18 +94,25 @@ def resolve_prefetch(
                 if next_link(value):
                     to_complete[key] = value
             resolved[key] = value
-        else:
+            continue
+        try:
             to_fetch[key] = fill_template(template, context)
+        except DataUnavailable as exc:
+            if key not in optional:
+                raise
+            resolved[key], unavailable[key] = None, exc.message
 
     if not to_fetch and not to_complete:
-        return resolved
+        return Resolved(resolved, unavailable)
     client = make_client()
     if client is None:
-        if to_fetch:
+        if set(to_fetch) - optional:
             raise DataUnavailable(
                 f"prefetch data missing for {', '.join(sorted(to_fetch))} and the request has no fhirServer"
             )
-        return resolved  # a paginated prefetch with no server to finish it: use the pages given
+        for key in to_fetch:
+            resolved[key], unavailable[key] = None, "prefetch data missing and the request has no fhirServer"
+        return Resolved(resolved, unavailable)  # a paginated prefetch with no server to finish it: the pages given
 
     def named(key: str, job: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:
@@ -103,17 +125,33 @@ def resolve_prefetch(
 
     jobs = {k: named(k, lambda u=u: client.fetch(u)) for k, u in to_fetch.items()}
     jobs.update({k: named(k, lambda b=b: client.follow_pages(b)) for k, b in to_complete.items()})
-    try:
+    failed: dict[str, FhirError] = {}
+    with client:
         if len(jobs) == 1:
             ((key, job),) = jobs.items()
-            resolved[key] = job()
+            futures = {key: _done(job)}
         else:
             with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
                 futures = {key: pool.submit(job) for key, job in jobs.items()}
-                for key, future in futures.items():
-                    resolved[key] = future.result()
-    except FhirError as exc:
-        raise DataUnavailable(f"could not fetch the data the service needs: {exc}") from None
-    finally:
-        client.session.close()
-    return resolved
+        for key, future in futures.items():
+            try:
+                resolved[key] = future.result()
+            except FhirError as exc:
+                failed[key] = exc
+    for key in templates:  # the first required key that failed, in the service's order, fails the call
+        if key in failed and key not in optional:
+            raise DataUnavailable(f"could not fetch the data the service needs: {failed[key]}")
+    for key, exc in failed.items():
+        resolved.setdefault(key, None)  # a paginated prefetch keeps the pages the client gave
+        unavailable[key] = str(exc)
+    return Resolved(resolved, unavailable)
+
+
+def _done(job: Callable[[], dict[str, Any]]) -> Future:
+    """``job`` run here, as a finished future (one fetch needs no thread)."""
+    future: Future = Future()
+    try:
+        future.set_result(job())
+    except Exception as exc:  # handed to the caller as the future's, exactly as a pool would
+        future.set_exception(exc)
+    return future

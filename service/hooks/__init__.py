@@ -23,6 +23,7 @@ class HookCall:
     now: datetime
     fetch: Callable[[str], dict[str, Any]] | None = None
     fetched: frozenset[str] = frozenset()  # prefetch keys whose data came from the FHIR server, not the client
+    unavailable: frozenset[str] = frozenset()  # optional prefetch keys whose data could not be had (not: empty)
 
     @property
     def context(self) -> Mapping[str, Any]:
@@ -37,11 +38,17 @@ class CdsService:
     description: str
     prefetch: Mapping[str, str]
     handler: Callable[[HookCall], list[tuple[str, dict[str, Any]]]]  # (card kind, card)
+    # Prefetch keys the service can answer without: when one cannot be had, the call goes on and the cards say what
+    # was not checked. Every other key is required: without it the call is a 412 (no safe answer can be given).
+    optional_prefetch: frozenset[str] = frozenset()
     usage_requirements: str | None = None
     context_schema: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "context_schema", f"context-{self.hook}")
+        unknown = self.optional_prefetch - set(self.prefetch)
+        if unknown:
+            raise ValueError(f"{self.id}: optional prefetch keys without a template: {sorted(unknown)}")
 
     def discovery(self) -> dict[str, Any]:
         entry = {

@@ -12,6 +12,7 @@ from service.fhir.readers import Scope, has_hpp_diagnosis, read_medications
 from service.hooks import CdsService, HookCall
 from service.hooks.patient_chart import (
     APP_LINK_NOTE,
+    OPTIONAL_PREFETCH,
     PATIENT,
     build_chart,
     chart_prefetch,
@@ -62,7 +63,8 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
         )
     hpp = has_hpp_diagnosis(call.data.get("conditions"), scope=scope)
     report(scope, [])
-    return with_app_link(issue(antiresorptives.review_order(chart, ordered, hpp), chart.patient.id), call.settings)
+    findings = antiresorptives.review_order(chart, ordered, hpp)
+    return with_app_link(issue(findings, chart.patient.id, chart.not_read), call.settings)
 
 
 DESCRIPTION = (
@@ -74,6 +76,9 @@ DESCRIPTION = (
     "a suggestion to measure one before the first dose."
 ) + APP_LINK_NOTE
 PREFETCH = {**chart_prefetch(), "conditions": f"Condition?patient={PATIENT}&_count=100"}
+# Without the conditions an order is still checked against the ALP, but a recorded HPP diagnosis is not seen: the
+# card says so.
+OPTIONAL = OPTIONAL_PREFETCH | {"conditions"}
 
 SERVICE = CdsService(
     id="antiresorptive-low-alp",
@@ -81,6 +86,7 @@ SERVICE = CdsService(
     title="Antiresorptive order with low alkaline phosphatase",
     description="When an order is selected, " + DESCRIPTION,
     prefetch=PREFETCH,
+    optional_prefetch=OPTIONAL,
     handler=handle_select,
 )
 
@@ -90,5 +96,6 @@ SIGN_SERVICE = CdsService(
     title="Antiresorptive order with low alkaline phosphatase (at signing)",
     description="When orders are about to be signed, " + DESCRIPTION + " All draft orders are checked.",
     prefetch=PREFETCH,
+    optional_prefetch=OPTIONAL,
     handler=handle_sign,
 )

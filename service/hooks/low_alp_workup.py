@@ -6,14 +6,21 @@ from typing import Any
 
 from service.clinical import antiresorptives, rules
 from service.hooks import CdsService, HookCall
-from service.hooks.patient_chart import APP_LINK_NOTE, build_chart, chart_prefetch, issue, with_app_link
+from service.hooks.patient_chart import (
+    APP_LINK_NOTE,
+    OPTIONAL_PREFETCH,
+    build_chart,
+    chart_prefetch,
+    issue,
+    with_app_link,
+)
 
 
 def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     chart = build_chart(call)
     if chart.patient.deceased:
         return []  # no workup advice on the chart of a patient who has died
-    issued = issue(rules.low_alp(chart) + antiresorptives.review_current(chart), chart.patient.id)
+    issued = issue(rules.low_alp(chart) + antiresorptives.review_current(chart), chart.patient.id, chart.not_read)
     return with_app_link(issued, call.settings)
 
 
@@ -31,5 +38,6 @@ SERVICE = CdsService(
     )
     + APP_LINK_NOTE,
     prefetch=chart_prefetch(),
+    optional_prefetch=OPTIONAL_PREFETCH,
     handler=handle,
 )

@@ -12,7 +12,7 @@ from service.card_render import render_card, template
 from service.clinical.chart import Chart, lab_days_needed
 from service.clinical.codes import LOINC, analytes, loinc_codes
 from service.clinical.facts import LabResult
-from service.clinical.rules import Finding, by_importance
+from service.clinical.rules import Finding, OrderSuggestion, by_importance
 from service.errors import BadRequest, DataUnavailable
 from service.fhir.client import FhirError
 from service.fhir.readers import PatientMismatch, Scope, entries, read_lab_results, read_medications, read_patient
@@ -39,6 +39,17 @@ def chart_prefetch() -> dict[str, str]:
     }
 
 
+# Which prefetch keys a call can do without (README "Prefetch"). The patient (age and sex for the reference
+# interval, alive or not) and the ALP results are what every card is about: without them no safe answer can be
+# given, and the call is a 412. Without the other labs, a low ALP is still low: the card is given, but it cannot say
+# which workup tests were already done (it offers them, none recommended), nor check EDTA contamination or the
+# Wilson pattern. Without the medications, it cannot say whether an antiresorptive is current; an order is still
+# checked (the draft is in the hook's context), but a denosumab order may continue a course, so its removal is not
+# offered. Each card names what could not be checked (cards/partials.j2 not_checked).
+OPTIONAL_PREFETCH = frozenset({"labs", "medicationStatements", "medicationRequests"})
+MEDICATION_KEYS = ("medicationStatements", "medicationRequests")
+
+
 def resolver(call: HookCall):
     """Resolve ``Medication/<id>`` references the prefetch did not include, from the FHIR server if one is given."""
     if call.fetch is None or not call.request.get("fhirServer"):
@@ -53,11 +64,39 @@ def resolver(call: HookCall):
     return resolve
 
 
-def issue(findings: list[Finding], patient_id: str) -> list[tuple[str, dict[str, Any]]]:
+def issue(
+    findings: list[Finding], patient_id: str, not_checked: frozenset[str] = frozenset()
+) -> list[tuple[str, dict[str, Any]]]:
     """Findings -> cards: the most important first (critical, warning, info), each test suggested once, on the
-    first card that asks for it."""
+    first card that asks for it. ``not_checked`` names the data that could not be read (:func:`not_read`): the
+    cards say so, and without the other labs no workup test is recommended (whether it was done is not known)."""
     ordered = without_repeats(by_importance(findings, lambda kind: template(kind)["indicator"]))
-    return [(f.kind, render_card(f, patient_id)) for f in ordered]
+    if "labs" in not_checked:
+        ordered = [replace(f, orders=tuple(unrecommended(o) for o in f.orders)) for f in ordered]
+    return [(f.kind, render_card(f, patient_id, sorted(not_checked))) for f in ordered]
+
+
+def unrecommended(order: OrderSuggestion) -> OrderSuggestion:
+    """A workup test offered, not recommended: the lab results that would say whether it is due were not read. A
+    repeat ALP is asked for because of the ALP results themselves, which were read."""
+    return order if order.test.group == "repeat" else replace(order, recommended=False)
+
+
+def not_read(call: HookCall, scope: Scope) -> frozenset[str]:
+    """What of the chart could not be read, by the names the cards use: ``labs``; ``medications`` (no medication
+    record could be read) or ``some_medications`` (one of the two medication searches failed, or a record's
+    Medication could not be read); ``conditions``. Data that could not be had is never taken for "none"."""
+    missing = set()
+    if "labs" in call.unavailable:
+        missing.add("labs")
+    failed = [k for k in MEDICATION_KEYS if k in call.unavailable]
+    if len(failed) == len(MEDICATION_KEYS):
+        missing.add("medications")
+    elif failed or scope.unresolved:
+        missing.add("some_medications")
+    if "conditions" in call.unavailable:
+        missing.add("conditions")
+    return frozenset(missing)
 
 
 APP_LINK_LABEL = "View ALP history"
@@ -159,11 +198,16 @@ def build_chart(call: HookCall, scope: Scope | None = None) -> Chart:
     alp = read_lab_results(data.get("alp"), scope=scope)
     since, days = lab_days_needed(alp, call.now, clinical)
     labs = _unique_sorted([*alp, *read_lab_results(data.get("labs"), scope=scope, keep=lab_filter(since, days))])
-    medications = read_medications(
-        [data.get("medicationStatements"), data.get("medicationRequests")], scope, resolver(call)
-    )
+    medications = read_medications([data.get(k) for k in MEDICATION_KEYS], scope, resolver(call))
     report(scope, labs)
-    return Chart(patient=scope.patient, labs=labs, medications=medications, now=call.now, settings=clinical)
+    return Chart(
+        patient=scope.patient,
+        labs=labs,
+        medications=medications,
+        now=call.now,
+        settings=clinical,
+        not_read=not_read(call, scope),
+    )
 
 
 def report(scope: Scope, labs: list[LabResult]) -> None:

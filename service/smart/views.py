@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -22,16 +21,15 @@ from flask import Blueprint, Response, current_app, g, redirect, render_template
 from markupsafe import Markup
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.api import fetcher
 from service.clinical.facts import number_text
 from service.errors import CdsError
 from service.fhir.client import CallBudget, FhirClient
-from service.fhir.prefetch import resolve_prefetch
 from service.fhir.readers import read_lab_results, read_medications
 from service.gallery import markdown
-from service.hooks import HookCall
 from service.hooks.low_alp_workup import SERVICE as PATIENT_VIEW
-from service.hooks.patient_chart import chart_prefetch, read_scope, resolver
+from service.hooks.patient_chart import read_scope, resolver
+from service.hooks.run import run_hook
+from service.logs import log_event
 from service.settings import Settings, smart_frame_ancestors, smart_launch_url, smart_redirect_url
 from service.smart import oauth
 from service.smart.chart import render_svg
@@ -77,13 +75,13 @@ def store_errors() -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        log.error(json.dumps({"event": "smart_store_unavailable", "error": type(exc).__name__}))
+        log_event(log, logging.ERROR, "smart_store_unavailable", error=type(exc).__name__)
         raise LaunchError(503, "the app cannot keep track of launches right now; try again in a minute") from None
 
 
 def _event(name: str, **fields: Any) -> None:
     """One JSON log line: the step and its outcome, never a token, a code, a state or patient data."""
-    log.info(json.dumps({"event": name, **fields}))
+    log_event(log, logging.INFO, name, **fields)
 
 
 @bp.errorhandler(LaunchError)
@@ -210,23 +208,14 @@ def callback() -> str:
 def chart_page(iss: str, access_token: str, patient_id: str, config: Settings) -> dict[str, Any]:
     """Everything the page shows, read with the token as a hook call reads the chart (the same prefetch templates,
     limits, readers and rules), and the cards the patient-view service would give now."""
-    templates = chart_prefetch()
     body = {"hook": PATIENT_VIEW.hook, "context": {"patientId": patient_id}, "fhirServer": iss}
     budget = CallBudget(config.FHIR_TIME_BUDGET, config.FHIR_MAX_CALL_BYTES)
 
     def make_client() -> FhirClient:
         return FhirClient.configured(iss, access_token, config, budget)
 
-    data = resolve_prefetch(templates, body, make_client, config.FHIR_FETCH_WORKERS)
-    call = HookCall(
-        request=body,
-        data=data,
-        settings=config,
-        now=config.NOW(),
-        fetch=fetcher(make_client),
-        fetched=frozenset(templates),
-    )
-    cards = PATIENT_VIEW.handler(call)
+    ran = run_hook(PATIENT_VIEW, body, config, make_client)  # no prefetch in the body: every key is fetched
+    call, cards, data = ran.call, ran.cards, ran.call.data
     scope = read_scope(call)
     labs = read_lab_results(data.get("alp"), data.get("labs"), scope=scope)
     medications = read_medications(
