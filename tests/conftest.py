@@ -250,3 +250,17 @@ def _start_postgres() -> str:
 def _stop_postgres(command: list[str], home: Path) -> None:
     subprocess.run(command, capture_output=True, timeout=60, check=False)
     shutil.rmtree(home, ignore_errors=True)
+
+
+def referencing_medication(patient_id: str, reference: str) -> dict:
+    """A searchset with one active MedicationRequest that names its drug only by a ``Medication/<id>`` reference."""
+    request = {
+        "resourceType": "MedicationRequest",
+        "id": "mr1",
+        "status": "active",
+        "intent": "order",
+        "authoredOn": "2026-05-11",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "medicationReference": {"reference": reference},
+    }
+    return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": request}]}

@@ -11,7 +11,7 @@ import responses
 
 from service.fhir.client import FhirClient, FhirError
 from service.hook_requests import bundle_resources, fhir_authorization, hook_request, search
-from tests.conftest import PV, load_bundle, make_app
+from tests.conftest import PV, load_bundle, make_app, referencing_medication
 
 BASE = "https://ehr.example.org/fhir"
 TOKEN = "opaque-token-123"
@@ -346,23 +346,7 @@ def test_missing_keys_are_fetched_concurrently(client):
 
 def test_medication_reference_is_read_from_the_fhir_server(client):
     body = hook_request(PV, load_bundle("persistent-low-out"), "persistent-low-out", fhir_server=BASE)
-    body["prefetch"]["medicationRequests"] = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [
-            {
-                "resource": {
-                    "resourceType": "MedicationRequest",
-                    "id": "mr1",
-                    "status": "active",
-                    "intent": "order",
-                    "authoredOn": "2026-05-11",
-                    "subject": {"reference": "Patient/persistent-low-out"},
-                    "medicationReference": {"reference": "Medication/prolia"},
-                }
-            }
-        ],
-    }
+    body["prefetch"]["medicationRequests"] = referencing_medication("persistent-low-out", "Medication/prolia")
     with responses.RequestsMock() as rsps:
         rsps.add(
             responses.GET,

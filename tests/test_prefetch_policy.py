@@ -13,7 +13,7 @@ import requests
 import responses
 
 from service.hooks import all_services
-from tests.conftest import OS, PV, load_request
+from tests.conftest import OS, PV, load_request, referencing_medication
 
 BASE = "https://ehr.example.org/fhir"
 ANY = re.compile(BASE + "/.*")
@@ -141,23 +141,7 @@ def test_an_operation_outcome_for_a_required_key_without_a_server_is_a_412(clien
 def test_an_unreadable_medication_reference_on_the_chart_is_said_as_some_records(client):
     body = load_request("single-low-in")
     body["fhirServer"] = BASE
-    body["prefetch"]["medicationRequests"] = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [
-            {
-                "resource": {
-                    "resourceType": "MedicationRequest",
-                    "id": "mr1",
-                    "status": "active",
-                    "intent": "order",
-                    "authoredOn": "2026-05-11",
-                    "subject": {"reference": "Patient/single-low-in"},
-                    "medicationReference": {"reference": "Medication/gone"},
-                }
-            }
-        ],
-    }
+    body["prefetch"]["medicationRequests"] = referencing_medication("single-low-in", "Medication/gone")
     with responses.RequestsMock() as rsps:
         rsps.add(responses.GET, f"{BASE}/Medication/gone", status=404, json={"resourceType": "OperationOutcome"})
         cards = client.cards(PV, body)
