@@ -11,7 +11,7 @@ import pytest
 
 from service.clinical import rules, views
 from service.clinical.alp import current_low_run, current_since, is_current, low_run, total_alp, unusable
-from service.clinical.chart import Chart, lab_days_needed
+from service.clinical.chart import Chart, LabsNeeded, lab_days_needed
 from service.clinical.facts import LAB_FLAG, LAB_RANGE, LabResult, Medication, Patient
 from service.clinical.rules import Finding, by_importance, low_alp, wilson_disease
 from service.settings import ClinicalSettings
@@ -169,7 +169,8 @@ def test_readings_a_card_lists_at_most_twelve_results_and_counts_the_older_ones(
     if earlier is None:
         assert facts["earlier"] is None
     else:
-        assert facts["earlier"] == {"count": earlier, "since": ago(5 * (shown - 1) + 1).date().isoformat()}
+        since = ago(5 * (shown - 1) + 1).date().isoformat()
+        assert facts["earlier"] == {"count": earlier, "since": since, "set_aside": 0}
 
 
 def _when(result: LabResult) -> datetime:
@@ -235,6 +236,16 @@ def test_very_low_not_for_a_child_nor_an_unknown_age_nor_a_single_low():
     assert main_finding(low_alp(persistent_lows(patient=child, value=20))).facts["very_low"] is False
     assert main_finding(low_alp(persistent_lows(patient=Patient("p"), value=20))).facts["very_low"] is False
     assert main_finding(low_alp(chart([alp(20, ago(1))]))).facts["very_low"] is False
+
+
+def test_very_low_not_claimed_when_the_other_labs_could_not_be_read():
+    """The ALPL-variant figure holds with secondary causes excluded: not checkable without the labs."""
+    from dataclasses import replace as with_field
+
+    read = persistent_lows(value=20)
+    assert main_finding(low_alp(read)).facts["very_low"] is True
+    unread = with_field(persistent_lows(value=20), not_read=frozenset({"labs"}))
+    assert main_finding(low_alp(unread)).facts["very_low"] is False
 
 
 def test_very_low_not_when_a_secondary_cause_is_found():
@@ -385,16 +396,17 @@ def test_edta_a_companion_result_from_another_draw_is_still_used():
 
 def test_edta_every_low_of_the_run_is_checked_also_one_older_than_the_rows_a_card_lists():
     """Twelve lows fill the card's table; the contaminated one before them is still checked, set aside as evidence
-    (not counted) and given its card, and the reader is asked for the labs of its day. Until issue 17 only the
-    latest twelve lows, the rows a card lists, were checked."""
+    (not counted, and counted as such among the earlier results) and the reader is asked for the labs of its day.
+    Until issue 17 only the latest twelve lows, the rows a card lists, were checked. It is not the latest sample:
+    no recollect card."""
     lows = [alp(30, ago(10 * i + 5)) for i in range(12)]
     old_draw = edta_draw(ago(200))
     found = low_alp(chart([*old_draw, *lows]))
-    assert kinds(found) == ["sample-contamination", "alp-low-persistent"]
+    assert kinds(found) == ["alp-low-persistent"]
     facts = main_finding(found).facts
-    assert len(facts["readings"]) == 12 and facts["earlier"]["count"] == 1
+    assert len(facts["readings"]) == 12 and facts["earlier"]["count"] == 1 and facts["earlier"]["set_aside"] == 1
     assert facts["count"] == 12 and facts["span_days"] == 110
-    assert ago(200).date() in lab_days_needed([old_draw[0], *lows], NOW, SETTINGS)[1]
+    assert ago(200).date() in lab_days_needed([old_draw[0], *lows], NOW, SETTINGS).draw_days
 
 
 @pytest.mark.parametrize("shown", [1, 2, 12, 100])
@@ -406,22 +418,42 @@ def test_edta_what_the_rules_decide_does_not_depend_on_how_many_rows_a_card_list
     c = chart(labs)
     found = low_alp(c)
     facts = main_finding(found).facts
-    assert kinds(found) == ["sample-contamination", "sample-contamination", "alp-low-persistent"]
+    assert kinds(found) == ["alp-low-persistent"]
     assert sorted(r.when for r in c.current_run if id(r) in c.contamination) == [ago(200), ago(100)]
-    assert c.persistent is True and facts["count"] == 14 and facts["span_days"] == 130
+    assert c.persistent is True and facts["count"] == 14 and facts["span_days"] == 130 and facts["set_aside"] == 2
     assert len(facts["readings"]) == min(shown, 16)
-    assert facts["earlier"] == ({"count": 16 - shown, "since": ago(200).date().isoformat()} if shown < 16 else None)
+    since = ago(200).date().isoformat()
+    set_aside = {1: 2, 2: 2, 12: 1}.get(shown)  # ago(200) is the oldest of the run, ago(100) the sixth oldest
+    assert facts["earlier"] == ({"count": 16 - shown, "since": since, "set_aside": set_aside} if shown < 16 else None)
 
 
-def test_edta_an_old_contaminated_low_is_set_aside_and_marked_but_gets_no_recollect_card():
-    """A sample can be recollected only while it is recent: a contaminated low older than ``ALP_CURRENT_DAYS``
-    (366 days, one over) in a current run is not counted, and the table says so, but no card asks to recollect it;
-    one inside the window (365 days) still gets its card."""
-    old = low_alp(chart([*edta_draw(ago(366)), alp(30, ago(5))]))
-    assert kinds(old) == ["alp-low-single"]  # one reliable low left: not persistent
-    rows = main_finding(old).facts["readings"]
-    assert [row["set_aside"] for row in rows] == [True, False] and main_finding(old).facts["count"] == 1
-    assert kinds(low_alp(chart([*edta_draw(ago(365)), alp(30, ago(5))]))) == ["sample-contamination", "alp-low-single"]
+def test_edta_an_earlier_contaminated_low_is_set_aside_and_marked_but_only_the_latest_gets_a_recollect_card():
+    """Only the latest sample can usefully be recollected: an earlier contaminated low of the run (old or recent)
+    is not counted and the table says so, without a card of its own; the repeat date counts from the first low that
+    counts."""
+    for days in (366, 60):
+        found = low_alp(chart([*edta_draw(ago(days)), alp(30, ago(5))]))
+        assert kinds(found) == ["alp-low-single"]  # one reliable low left: not persistent
+        facts = main_finding(found).facts
+        assert [row["set_aside"] for row in facts["readings"]] == [True, False] and facts["count"] == 1
+        assert facts["repeat_from"] == (ago(5) + timedelta(days=28)).date().isoformat()
+
+
+def test_edta_a_contaminated_latest_low_gets_the_recollect_card_first_which_says_whether_the_workup_waits():
+    alone = low_alp(chart([alp(30, ago(60)), *edta_draw(ago(5))]))
+    assert kinds(alone) == ["sample-contamination", "alp-low-single"]
+    assert alone[0].facts["workup_stands"] is False
+    # two earlier lows not in doubt, 40 days apart: persistent without the latest; the sample card still comes first
+    found = low_alp(chart([alp(30, ago(100)), alp(30, ago(60)), *edta_draw(ago(5))]))
+    ordered = by_importance(found, lambda kind: "warning")
+    assert kinds(ordered) == ["sample-contamination", "alp-low-persistent"]
+    assert ordered[0].facts["workup_stands"] is True
+    from service.card_render import render_card
+
+    stands, waits = render_card(ordered[0], "p"), render_card(alone[0], "p")
+    assert stands["summary"].startswith("Recollect the latest sample: ALP 30 U/L")
+    assert "enough for the workup on the low-ALP card: it need not wait" in " ".join(stands["detail"].split())
+    assert waits["summary"].startswith("Recollect before any workup: ALP 30 U/L")
 
 
 def test_current_low_run_is_empty_when_the_run_is_history_or_absent():
@@ -431,12 +463,46 @@ def test_current_low_run_is_empty_when_the_run_is_history_or_absent():
     assert current_low_run([alp(80, ago(500)), *lows], NOW, SETTINGS) == lows
 
 
-def test_lab_days_needed_are_the_recent_days_and_the_days_around_each_checked_low():
-    since, days = lab_days_needed([alp(30, ago(200)), alp(30, ago(1))], NOW, SETTINGS)
-    assert since == (NOW - timedelta(days=91)).date()
-    around = {(ago(d)).date() for d in (199, 200, 201, 0, 1, 2)}
-    assert days == around
-    assert lab_days_needed([alp(80, ago(1))], NOW, SETTINGS) == (since, set())
+def test_lab_days_needed_are_the_recent_days_the_latest_lows_draw_and_the_edta_results_of_every_other_low():
+    needed = lab_days_needed([alp(30, ago(200)), alp(30, ago(100)), alp(30, ago(1))], NOW, SETTINGS)
+    assert needed.since == (NOW - timedelta(days=91)).date()
+    assert needed.days == {ago(d).date() for d in (0, 1, 2)}  # the latest low's draw: all of it (Wilson)
+    assert needed.draw_days == {ago(d).date() for d in (199, 200, 201, 99, 100, 101)}
+    assert needed.draw_analytes == ("potassium", "calcium", "zinc", "magnesium")
+    assert lab_days_needed([alp(80, ago(1))], NOW, SETTINGS) == LabsNeeded(needed.since, frozenset(), frozenset())
+
+
+def test_the_rules_decide_the_same_on_the_labs_the_filter_keeps_as_on_all_of_them():
+    """The cheap filter may skip only what no rule reads: on a chart of lows over years, each drawn with potassium,
+    calcium, zinc, bilirubin and AST (two of the draws with the EDTA pattern, one of them the latest), the findings
+    from the filtered labs equal those from every lab."""
+    from service.clinical.codes import loinc_codes
+    from service.hooks.patient_chart import lab_filter
+
+    labs = []
+    for i, days in enumerate(range(100, 1000, 45)):  # the latest low older than RECENT_RESULT_DAYS
+        edta = i in (3, 0)  # an earlier draw and the latest
+        when = ago(days)
+        labs += [
+            alp(22 if edta else 30, when),
+            lab("potassium", 6.6 if edta else 4.2, when, low=3.5, high=5.1),
+            lab("calcium", 7.0 if edta else 9.2, when, low=8.6, high=10.3),
+            lab("zinc", 50, when, low=60, high=120),
+            lab("bilirubin_total", 3.5, when, low=0.1, high=1.2),
+            lab("ast", 90, when, low=10, high=40),
+        ]
+    needed = lab_days_needed(sorted((r for r in labs if r.analyte == "alp_total"), key=_when), NOW, SETTINGS)
+    keep = lab_filter(needed)  # the reader gives the ALP results oldest first
+
+    def as_observation(result: LabResult) -> dict:
+        code = loinc_codes(result.analyte)[0]  # the test's results carry no real LOINC code
+        return {"effectiveDateTime": result.when.isoformat(), "code": {"coding": [{"code": code}]}}
+
+    kept = [r for r in labs if r.analyte == "alp_total" or keep(as_observation(r))]
+    assert len(kept) < len(labs)  # bilirubin and AST of the earlier draws are skipped
+    everything, filtered = low_alp(chart(labs)), low_alp(chart(kept))
+    assert [(f.kind, f.facts) for f in filtered] == [(f.kind, f.facts) for f in everything]
+    assert kinds(filtered)[:1] == ["sample-contamination"] and "wilson-screen" in kinds(filtered)
 
 
 # ----------------------------------------------------------------------------------------------- workup and tiers
@@ -895,8 +961,9 @@ def test_wilson_card_ratios_are_rounded_to_two_decimals():
 def test_persistence_when_every_low_of_the_run_is_suspect_the_span_is_the_runs():
     found = low_alp(chart([*edta_draw(ago(31)), *edta_draw(ago(1))]))
     facts = main_finding(found).facts
-    assert kinds(found) == ["sample-contamination", "sample-contamination", "alp-low-single"]
+    assert kinds(found) == ["sample-contamination", "alp-low-single"]  # one card: only the latest is recollected
     assert facts["count"] == 0 and facts["span_days"] == 30
+    assert facts["set_aside"] == 2 and facts["repeat_from"] is None  # no repeat date counted from a set-aside low
 
 
 # ------------------------------------------------------------------------------------------ age-band edges

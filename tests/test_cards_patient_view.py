@@ -177,7 +177,8 @@ def test_edta_pattern_asks_to_recollect_first_and_keeps_the_low_alp_advice(clien
     assert "low zinc (12 ug/dL)" in detail
     assert "Laboratories reject EDTA plasma" not in detail
     assert ordered_codes(card) == ["6768-6"]
-    assert low["summary"].startswith("Repeat the ALP when the patient is well: low at 28 U/L")
+    assert low["summary"] == "Recollect, then repeat the ALP: 28 U/L on 2026-05-20 may be from a contaminated sample"
+    assert "This low result does not count** towards a persistently low ALP" in low["detail"]
     assert "may be contaminated with EDTA (see the sample card)" in low["detail"]
 
 

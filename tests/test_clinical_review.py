@@ -87,7 +87,7 @@ def test_3_edta_needs_the_sourced_potassium_and_keeps_the_alp_advice():
     assert not [s for s in summaries("edta-ckd-out") if "EDTA" in s]  # K 5.6 with a low calcium
     assert not [s for s in summaries("edta-infant-out") if "EDTA" in s]  # K 6.1 at 4 months is normal
     edta, low = cards("edta-in")
-    assert "EDTA" in edta["summary"] and low["summary"].startswith("Repeat the ALP")
+    assert "EDTA" in edta["summary"] and low["summary"].startswith("Recollect, then repeat the ALP")
     detail = " ".join(edta["detail"].split())
     assert "Laboratories reject EDTA plasma" not in detail
     assert "The low-ALP advice stays on the chart: carry it out if the clean repeat is still low." in detail

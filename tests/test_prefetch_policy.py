@@ -484,3 +484,37 @@ def _count(client, key: str, what: str = "unavailable") -> float:
     text = client.client.get("/metrics").get_data(as_text=True)
     match = re.search(rf'^cds_prefetch_{what}_total{{key="{key}"}} (\S+)$', text, re.M)
     return float(match.group(1)) if match else 0.0
+
+
+def test_with_a_medication_search_unread_the_card_never_says_the_drug_does_not_explain_the_low_alp(client):
+    """The start of treatment is the earliest record of any antiresorptive: with a search unread, an earlier one may
+    be missing, and "the ALP was already low before treatment began, so the drug does not explain it" could be
+    false. Here the unread requests hold an alendronate order from before the low ALP (found by an outside review)."""
+    statement = load_request("antiresorptive-current-in")["prefetch"]["medicationStatements"]["entry"][0]["resource"]
+    earlier = {
+        "resourceType": "MedicationRequest",
+        "id": "mr-early",
+        "status": "completed",
+        "intent": "order",
+        "authoredOn": "2024-06-01",
+        "subject": {"reference": "Patient/antiresorptive-current-in"},
+        "medicationCodeableConcept": statement["medicationCodeableConcept"],
+    }
+    full = load_request("antiresorptive-current-in")
+    full["prefetch"]["medicationRequests"] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": earlier}],
+    }
+    assert not any("ALP was low before treatment" in c["summary"] for c in client.cards(PV, full))
+    assert any(
+        "ALP was low before treatment" in c["summary"]
+        for c in client.cards(PV, load_request("antiresorptive-current-in"))
+    )
+    with responses.RequestsMock() as rsps:
+        failing(rsps, "500")
+        cards = client.cards(PV, without("antiresorptive-current-in", "medicationRequests"))
+    drug_card = next(c for c in cards if "on alendronate" in c["summary"])
+    detail = " ".join(drug_card["detail"].split())
+    assert "the drug does not explain it" not in detail and "ALP was low before treatment" not in drug_card["summary"]
+    assert "not every medication record could be read from the EHR, so when treatment began is not known" in detail

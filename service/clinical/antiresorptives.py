@@ -37,6 +37,12 @@ def first_exposure(medications: Sequence[Medication]) -> datetime | None:
     return min(starts)
 
 
+def treatment_start(chart: Chart) -> datetime | None:
+    """``first_exposure`` of the chart's medications, when they could all be read: with a medication search or
+    record unread, an earlier start may be missing, and "the ALP was low before treatment" could be false."""
+    return first_exposure(chart.medications) if chart.medications_complete else None
+
+
 def alp_before(chart: Chart, start: datetime | None) -> LabResult | None:
     """The last judged ALP before treatment began, when that start is known: at least a day before the recorded
     start (a start written as a date may be any time that day, in any time zone) and within ``ALP_CURRENT_DAYS``
@@ -90,7 +96,7 @@ def review_current(chart: Chart) -> list[Finding]:
     run = chart.current_run
     if not drugs or not run:
         return []
-    start = first_exposure(chart.medications)
+    start = treatment_start(chart)
     before = alp_before(chart, start)
     # The workup is on the low-ALP card, which always comes with this one: this card is about the drug.
     return [
@@ -104,6 +110,7 @@ def review_current(chart: Chart) -> list[Finding]:
                 "latest": describe_alp(chart, run[-1]),
                 "before": describe_alp(chart, before) if before else None,
                 "low_before": bool(before and before.is_low()),
+                "records_incomplete": not chart.medications_complete,
                 "persistent": chart.persistent,
             },
             indicator=_indicator(drugs, "warning", "info"),
@@ -140,7 +147,7 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
     course_unchecked = denosumab and course_unknown
     # Cancelling the next dose of an established denosumab course is stopping it: not offered as a simple removal.
     deletes = () if (course or course_unchecked) and denosumab else tuple(m.reference for m in drugs if m.reference)
-    start = first_exposure(chart.medications)
+    start = treatment_start(chart)
     before = alp_before(chart, start) if course else None
     common = {
         "drugs": names,

@@ -8,7 +8,7 @@ in ``service.clinical.views``, never here.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -93,13 +93,24 @@ def workup(
 INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 
+# Within an indicator: the sample card before the advice it qualifies ("recollect before the workup"), then by kind.
+FIRST_KINDS = ("sample-contamination",)
+
+
 def by_importance(findings: Sequence[Finding], indicator_of: Callable[[str], str]) -> list[Finding]:
-    """Critical cards first, then warnings, then information; within an indicator, by card kind (stable).
-    ``indicator_of`` gives a kind's own indicator where a finding does not override it."""
-    return sorted(findings, key=lambda f: (INDICATOR_ORDER[f.indicator or indicator_of(f.kind)], f.kind))
+    """Critical cards first, then warnings, then information; within an indicator, the sample card first, then by
+    card kind (stable). ``indicator_of`` gives a kind's own indicator where a finding does not override it."""
+    return sorted(
+        findings,
+        key=lambda f: (INDICATOR_ORDER[f.indicator or indicator_of(f.kind)], f.kind not in FIRST_KINDS, f.kind),
+    )
 
 
 # --------------------------------------------------------------------------------------------- rules
+
+
+# The results of an ALP's draw that the contamination check reads (and sets aside when the ALP is suspect).
+EDTA_ANALYTES = ("potassium", "calcium", "zinc", "magnesium")
 
 
 def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
@@ -186,9 +197,9 @@ def unreadable_alp(chart: Chart) -> Finding | None:
 def low_alp(chart: Chart) -> list[Finding]:
     """When: the latest judged total ALP is low and current (``ALP_CURRENT_DAYS``): the chart has a current run of
     lows (every low since the last normal result).
-    Then: first a "sample-contamination" card for each current low (``ALP_CURRENT_DAYS``) of the run that
-    ``sample_contamination`` finds possibly contaminated (every such low of the run, current or not, is not counted
-    towards persistence and is marked in the card's table; the low-ALP card stays); then
+    Then: first a "sample-contamination" card when ``sample_contamination`` finds the latest low possibly
+    contaminated (only the latest sample can usefully be recollected; every possibly contaminated low of the run is
+    not counted towards persistence and is marked in the card's table; the low-ALP card stays); then
     - persistently low (``is_persistent``) -> "alp-low-persistent" (warning): the HPP substrates (PLP, urine PEA)
       and the common secondary causes, ALPL genetics after them (recommended once PLP or urine PEA supports HPP and
       no secondary cause is found: ``_tiers``); "very low" is said for an adult (from ``ADULT_AGE``) with a reliable
@@ -203,17 +214,16 @@ def low_alp(chart: Chart) -> list[Finding]:
     if not run:
         unreadable = unreadable_alp(chart)
         return [unreadable] if unreadable else []
-    # A sample can be recollected only while it is recent: older contaminated lows are set aside (and marked in the
-    # table), without a card of their own.
-    findings = [
-        chart.contamination[id(r)]
-        for r in run
-        if id(r) in chart.contamination and is_current(r, chart.now, chart.settings)
-    ]
     settings = chart.settings
     latest = run[-1]
     reliable = chart.reliable(run)
     persistent = chart.persistent
+    # Only the latest sample can usefully be recollected: earlier contaminated lows are set aside (not counted, and
+    # marked in the table) without a card of their own; whether the workup stands without it is said on its card.
+    findings = []
+    if id(latest) in chart.contamination:
+        contaminated = chart.contamination[id(latest)]
+        findings.append(replace(contaminated, facts={**contaminated.facts, "workup_stands": persistent}))
     age = chart.patient.age_years(latest.when)
     child = age is not None and age < settings.ADULT_AGE
     if persistent:
@@ -232,15 +242,17 @@ def low_alp(chart: Chart) -> list[Finding]:
         and age is not None
         and wilson is None
         and not secondary_found
+        and "labs" not in chart.not_read  # the figure needs secondary causes excluded: not without the labs
         and any(_certainly_below(r, very_low_limit) for r in reliable)
     )
     before = _alp_before_run(chart, run)
     span = (run[-1].when - run[0].when).days
     facts = {
         "readings": alp_rows(chart, run),
-        "earlier": earlier(run),
+        "earlier": earlier(run, chart),
         "latest": describe_alp(chart, latest),
         "count": len(reliable),
+        "set_aside": len(run) - len(reliable),  # lows of the run not counted (possible EDTA contamination)
         "span_days": (reliable[-1].when - reliable[0].when).days if reliable else span,
         "latest_suspect": id(latest) in chart.contamination,
         "very_low": very_low,
@@ -252,7 +264,10 @@ def low_alp(chart: Chart) -> list[Finding]:
         "explanations": [r["explanation"] for r in resulted if r["explanation"]],
         "secondary_found": [r["explanation"] for r in secondary_found],
         "substrates_high": [r["explanation"] for r in substrates_high],
-        "repeat_from": (run[0].when + timedelta(days=settings.PERSISTENT_MIN_DAYS)).date().isoformat(),
+        # counted from the first low that counts; None when none does (every one possibly contaminated)
+        "repeat_from": (
+            (reliable[0].when + timedelta(days=settings.PERSISTENT_MIN_DAYS)).date().isoformat() if reliable else None
+        ),
         "previous_normal": display_row(before) if before is not None and before.is_low() is False else None,
         "not_interpreted": not_interpreted_rows(chart.not_interpreted()),
         "b6_supplements": sorted({m.name for m in chart.current("pyridoxine")}),

@@ -61,11 +61,14 @@ def alp_rows(chart: Chart, results: Sequence[LabResult], shown: int | None = Non
     ]
 
 
-def earlier(results: Sequence[LabResult]) -> dict[str, Any] | None:
-    """How many of the results ``alp_rows`` leaves out, and the date of the first; None when it lists them all."""
+def earlier(results: Sequence[LabResult], chart: Chart | None = None) -> dict[str, Any] | None:
+    """How many of the results ``alp_rows`` leaves out, the date of the first, and (given the chart) how many of them
+    the rules set aside (possible EDTA contamination); None when it lists them all."""
     if len(results) <= SHOWN_READINGS:
         return None
-    return {"count": len(results) - SHOWN_READINGS, "since": display_row(results[0])["date"]}
+    left_out = results[: len(results) - SHOWN_READINGS]
+    set_aside = sum(id(r) in chart.contamination for r in left_out) if chart is not None else 0
+    return {"count": len(left_out), "since": display_row(results[0])["date"], "set_aside": set_aside}
 
 
 def unreadable_row(result: LabResult) -> dict[str, Any]:
