@@ -518,3 +518,13 @@ def test_with_a_medication_search_unread_the_card_never_says_the_drug_does_not_e
     detail = " ".join(drug_card["detail"].split())
     assert "the drug does not explain it" not in detail and "ALP was low before treatment" not in drug_card["summary"]
     assert "not every medication record could be read from the EHR, so when treatment began is not known" in detail
+
+
+def test_the_persistent_card_does_not_assume_no_antiresorptive_when_medications_were_not_read(client):
+    body = load_request("persistent-low-in")
+    read = " ".join(client.cards(PV, body)[0]["detail"].split())
+    assert "do not start them until HPP is excluded." in read
+    body["prefetch"]["medicationStatements"] = {"resourceType": "OperationOutcome", "issue": []}
+    detail = " ".join(client.cards(PV, body)[0]["detail"].split())
+    assert "if the patient already takes one, review it (never stop denosumab without a plan)" in detail
+    assert "do not start them until HPP is excluded." not in detail
