@@ -895,9 +895,12 @@ def _page_text_with_failing(failing: str) -> str:
             if "6768-6" in url
             else "labs"
         )
-        if key in failing:
+        if key in failing or "page=2" in url:
             return 503, {}, json.dumps({"resourceType": "OperationOutcome", "issue": []})
-        return 200, {}, json.dumps(prefetch.get(key) or empty)
+        body = prefetch.get(key) or empty
+        if key == "alp" and "alp_pages" in failing:  # a second page of ALP results that cannot be read
+            body = {**body, "link": [{"relation": "next", "url": f"{SMART_BASE}/Observation?page=2"}]}
+        return 200, {}, json.dumps(body)
 
     with app.test_request_context("/smart/callback"), responses.RequestsMock() as rsps:
         rsps.add(responses.GET, f"{SMART_BASE}/Patient/antiresorptive-current-in", json=prefetch["patient"])
@@ -917,6 +920,7 @@ def _page_text_with_failing(failing: str) -> str:
             "None on record",
         ),
         (("medicationStatements",), "Some medication records could not be read from the EHR", "None on record."),
+        (("alp_pages",), "Not every ALP result could be read from the EHR: the newest are shown", "None on record."),
     ],
 )
 def test_the_smart_page_says_what_it_could_not_read_and_never_none_on_record(failing, said, never):

@@ -30,7 +30,8 @@ class Chart:
     medications: Sequence[Medication]
     now: datetime
     settings: ClinicalSettings
-    # What of the chart could not be read ("labs", "medications", "some_medications", "conditions"): not "none".
+    # What of the chart could not be (completely) read ("labs", "medications", "some_medications", "conditions",
+    # "alp_history"): not "none" (service.hooks.patient_chart.not_read).
     not_read: frozenset[str] = frozenset()
 
     @property

@@ -6,6 +6,10 @@ For each template key of a service:
 - missing, or an OperationOutcome -> fetched from ``fhirServer`` (concurrently, all missing keys at once).
 When a required key's data cannot be had, :class:`DataUnavailable` (412) explains why, without patient data; an
 optional key's is recorded as unavailable and the call goes on without it (each service declares which are which).
+A search whose first pages were read but whose further pages cannot be (a next link and no ``fhirServer``, a later
+page that fails, the page or entry cap) keeps the pages read, which are real evidence, and is recorded as
+incomplete, for a required key too: the cards say what was not completely read. Pages read that hold no entry at all
+are no evidence: the key counts as not had.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -62,6 +66,13 @@ def fetched_keys(templates: Mapping[str, str], request: Mapping[str, Any]) -> fr
 class Resolved:
     data: dict[str, dict[str, Any] | None]  # by prefetch key; None: the client has no data, or it could not be had
     unavailable: dict[str, str]  # optional keys whose data could not be had -> why (no patient data)
+    # keys (required or optional) of which only the first pages could be read: their data is those pages -> why not
+    # the rest (no patient data)
+    incomplete: dict[str, str] = field(default_factory=dict)
+
+
+def _has_entries(bundle: dict[str, Any]) -> bool:
+    return bool(bundle.get("entry"))
 
 
 def resolve_prefetch(
@@ -73,9 +84,11 @@ def resolve_prefetch(
 ) -> Resolved:
     """The data of every key in ``templates``. A key that cannot be had (the FHIR server failed or refused it, or
     there is no server to ask) fails the call with :class:`DataUnavailable` (412) unless it is ``optional``: then it
-    is named in :attr:`Resolved.unavailable`, its data is None (or the pages the client gave), and the service says
-    what it could not check. An OperationOutcome in the client's prefetch is a key the client could not satisfy:
-    fetched as if it were missing, and unavailable the same way."""
+    is named in :attr:`Resolved.unavailable`, its data is None, and the service says what it could not check. A
+    search of which some pages were read and the rest cannot be keeps the pages read and is named in
+    :attr:`Resolved.incomplete` (required or optional: never used silently as the whole list). An OperationOutcome
+    in the client's prefetch is a key the client could not satisfy: fetched as if it were missing, and unavailable
+    the same way."""
     provided = request.get("prefetch") or {}
     context = request.get("context") or {}
     resolved: dict[str, dict[str, Any] | None] = {}
@@ -102,6 +115,9 @@ def resolve_prefetch(
                 raise
             resolved[key], unavailable[key] = None, exc.message
 
+    incomplete: dict[str, str] = {}
+    failed: dict[str, str] = {}  # key -> why its data could not be had at all
+    partial: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (the pages read, why not the rest)
     if not to_fetch and not to_complete:
         return Resolved(resolved, unavailable)
     client = make_client()
@@ -111,40 +127,54 @@ def resolve_prefetch(
                 f"prefetch data missing for {', '.join(sorted(to_fetch))} and the request has no fhirServer"
             )
         for key in to_fetch:
-            resolved[key], unavailable[key] = None, "prefetch data missing and the request has no fhirServer"
-        return Resolved(resolved, unavailable)  # a paginated prefetch with no server to finish it: the pages given
+            failed[key] = "prefetch data missing and the request has no fhirServer"
+        for key, bundle in to_complete.items():  # a paginated prefetch with no server to finish it: the pages given
+            partial[key] = (
+                bundle,
+                f"the prefetch Bundle has further pages and the request has no fhirServer (prefetch key {key})",
+            )
+    else:
 
-    def named(key: str, job: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
-        def run() -> dict[str, Any]:
-            try:
-                return job()
-            except FhirError as exc:
-                raise FhirError(f"{exc} (prefetch key {key})") from None
+        def named(key: str, job: Callable[[], tuple[dict[str, Any], str | None]]) -> Callable[[], Any]:
+            def run() -> tuple[dict[str, Any], str | None]:
+                try:
+                    value, problem = job()
+                except FhirError as exc:
+                    raise FhirError(f"{exc} (prefetch key {key})") from None
+                return value, f"{problem} (prefetch key {key})" if problem else None
 
-        return run
+            return run
 
-    jobs = {k: named(k, lambda u=u: client.fetch(u)) for k, u in to_fetch.items()}
-    jobs.update({k: named(k, lambda b=b: client.follow_pages(b)) for k, b in to_complete.items()})
-    failed: dict[str, FhirError] = {}
-    with client:
-        if len(jobs) == 1:
-            ((key, job),) = jobs.items()
-            futures = {key: _done(job)}
-        else:
-            with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-                futures = {key: pool.submit(job) for key, job in jobs.items()}
-        for key, future in futures.items():
-            try:
-                resolved[key] = future.result()
-            except FhirError as exc:
-                failed[key] = exc
+        jobs = {k: named(k, lambda u=u: client.search(u)) for k, u in to_fetch.items()}
+        jobs.update({k: named(k, lambda b=b: client.read_pages(b)) for k, b in to_complete.items()})
+        with client:
+            if len(jobs) == 1:
+                ((key, job),) = jobs.items()
+                futures = {key: _done(job)}
+            else:
+                with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+                    futures = {key: pool.submit(job) for key, job in jobs.items()}
+            for key, future in futures.items():
+                try:
+                    value, problem = future.result()
+                except FhirError as exc:
+                    failed[key] = str(exc)
+                    continue
+                if problem:
+                    partial[key] = (value, problem)
+                else:
+                    resolved[key] = value
+    for key, (pages, problem) in partial.items():
+        if _has_entries(pages):
+            resolved[key], incomplete[key] = pages, problem
+        else:  # pages that hold nothing are no evidence: the key was not had
+            failed[key] = f"{problem}; the pages read hold no entry"
     for key in templates:  # the first required key that failed, in the service's order, fails the call
         if key in failed and key not in optional:
             raise DataUnavailable(f"could not fetch the data the service needs: {failed[key]}")
-    for key, exc in failed.items():
-        resolved.setdefault(key, None)  # a paginated prefetch keeps the pages the client gave
-        unavailable[key] = str(exc)
-    return Resolved(resolved, unavailable)
+    for key, why in failed.items():
+        resolved[key], unavailable[key] = None, why
+    return Resolved(resolved, unavailable, incomplete)
 
 
 def _done(job: Callable[[], dict[str, Any]]) -> Future:

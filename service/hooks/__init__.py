@@ -24,6 +24,7 @@ class HookCall:
     fetch: Callable[[str], dict[str, Any]] | None = None
     fetched: frozenset[str] = frozenset()  # prefetch keys whose data came from the FHIR server, not the client
     unavailable: frozenset[str] = frozenset()  # optional prefetch keys whose data could not be had (not: empty)
+    incomplete: frozenset[str] = frozenset()  # prefetch keys of which only the first pages could be read
 
     @property
     def context(self) -> Mapping[str, Any]:

@@ -45,7 +45,9 @@ def chart_prefetch() -> dict[str, str]:
 # which workup tests were already done (it offers them, none recommended), nor check EDTA contamination or the
 # Wilson pattern. Without the medications, it cannot say whether an antiresorptive is current; an order is still
 # checked (the draft is in the hook's context), but a denosumab order may continue a course, so its removal is not
-# offered. Each card names what could not be checked (cards/partials.j2 not_checked).
+# offered. Each card names what could not be checked (cards/partials.j2 not_checked_note). Of the ALP results, the
+# first pages are enough to answer (the search sorts by -date, so they hold the newest); the cards then say that the
+# earlier ones were not all returned (not_read: alp_history).
 OPTIONAL_PREFETCH = frozenset({"labs", "medicationStatements", "medicationRequests"})
 MEDICATION_KEYS = ("medicationStatements", "medicationRequests")
 
@@ -83,19 +85,25 @@ def unrecommended(order: OrderSuggestion) -> OrderSuggestion:
 
 
 def not_read(call: HookCall, scope: Scope) -> frozenset[str]:
-    """What of the chart could not be read, by the names the cards use: ``labs``; ``medications`` (no medication
-    record could be read) or ``some_medications`` (one of the two medication searches failed, or a record's
-    Medication could not be read); ``conditions``. Data that could not be had is never taken for "none"."""
+    """What of the chart could not be (completely) read, by the names the cards use: ``labs`` (not read, or only
+    their first pages); ``medications`` (no medication record could be read) or ``some_medications`` (one of the
+    two medication searches failed or was read only in part, or a record's Medication could not be read);
+    ``conditions`` (not read, or only in part); ``alp_history`` (only the first pages of the ALP results: the
+    newest, since the search sorts by -date). Data that could not be had is never taken for "none", nor pages
+    read for the whole list."""
     missing = set()
-    if "labs" in call.unavailable:
+    lost = call.unavailable | call.incomplete
+    if "labs" in lost:
         missing.add("labs")
     failed = [k for k in MEDICATION_KEYS if k in call.unavailable]
     if len(failed) == len(MEDICATION_KEYS):
         missing.add("medications")
-    elif failed or scope.unresolved:
+    elif failed or scope.unresolved or any(k in call.incomplete for k in MEDICATION_KEYS):
         missing.add("some_medications")
-    if "conditions" in call.unavailable:
+    if "conditions" in lost:
         missing.add("conditions")
+    if "alp" in call.incomplete:
+        missing.add("alp_history")
     return frozenset(missing)
 
 
