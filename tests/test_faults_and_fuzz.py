@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.fhir.client import FhirClient
+from service.fhir.client import FhirClient, PagingStopped
 from tests.conftest import OS, PV, free_port, load_request, make_app
 
 # ------------------------------------------------------------------------------------------- a misbehaving server
@@ -188,10 +188,13 @@ def test_looping_next_links_end(faulty):
 
 def test_page_and_entry_caps(faulty):
     base = f"http://127.0.0.1:{faulty.server_port}/pages"
-    merged = FhirClient(base, max_pages=100, max_entries=7).fetch("Observation")
-    assert len(merged["entry"]) == 7
-    merged = FhirClient(base, max_pages=4).fetch("Observation")
-    assert len(merged["entry"]) == 12
+    """A cap ends the paging with the pages read, named as not all of them (PagingStopped), never as the list."""
+    with pytest.raises(PagingStopped, match="CDS_FHIR_MAX_ENTRIES") as stopped:
+        FhirClient(base, max_pages=100, max_entries=7).fetch("Observation")
+    assert len(stopped.value.pages["entry"]) == 7
+    with pytest.raises(PagingStopped, match="CDS_FHIR_MAX_PAGES") as stopped:
+        FhirClient(base, max_pages=4).fetch("Observation")
+    assert len(stopped.value.pages["entry"]) == 12
 
 
 # ------------------------------------------------------------------------------------------- property-based

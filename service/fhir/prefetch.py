@@ -6,6 +6,18 @@ For each template key of a service:
 - missing, or an OperationOutcome -> fetched from ``fhirServer`` (concurrently, all missing keys at once).
 When a required key's data cannot be had, :class:`DataUnavailable` (412) explains why, without patient data; an
 optional key's is recorded as unavailable and the call goes on without it (each service declares which are which).
+
+What is not the data (:mod:`service.fhir.answers`): a search answered with something other than a Bundle, or a
+Bundle carrying an OperationOutcome that reports an error, is a search that failed, never an empty list; from the
+client, a Bundle carrying such an outcome is a key it could not satisfy (fetched, as an OperationOutcome is), and
+``null`` for a read (``Patient/{{context.patientId}}``) is a resource it does not have (fetched too: the patient
+of the context cannot be "none"). A search whose paging was cut short (:class:`PagingStopped`) keeps the pages read
+and is named in :attr:`Resolved.unavailable`, required or optional: never taken for the whole list, never a 412.
+
+Budgets (README "Prefetch and the FHIR fallback"): the optional keys are fetched within :data:`OPTIONAL_SHARE` of
+the call's time and bytes (``CDS_FHIR_TIME_BUDGET``, ``CDS_FHIR_MAX_CALL_BYTES``); the rest is kept for the
+required keys (which may use the whole budget) and for the reads the handler makes afterwards (the draft order's
+``Medication/<id>``). A slow or huge optional answer then makes that key unavailable, never the call a 412.
 """
 
 from __future__ import annotations
@@ -18,7 +30,8 @@ from typing import Any
 from urllib.parse import quote
 
 from service.errors import BadRequest, DataUnavailable
-from service.fhir.client import FhirClient, FhirError, bundle_problem, next_link
+from service.fhir.answers import answer_problem, error_in_bundle, is_search
+from service.fhir.client import FhirClient, FhirError, PagingStopped, bundle_problem, next_link
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 USER_TOKENS = {
@@ -27,6 +40,9 @@ USER_TOKENS = {
     "userPatientId": "Patient",
     "userRelatedPersonId": "RelatedPerson",
 }
+# The part of the call's FHIR time and bytes the optional keys may spend together; the rest is the required keys'
+# and the handler's (see the module's docstring).
+OPTIONAL_SHARE = 0.75
 
 
 def fill_template(template: str, context: Mapping[str, Any]) -> str:
@@ -52,16 +68,25 @@ def is_operation_outcome(value: Any) -> bool:
     return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
 
 
+def client_lacks(template: str, value: Any) -> bool:
+    """The client's prefetch value for a key says it could not give the data: an OperationOutcome, a Bundle that
+    carries one reporting an error, or ``null`` for a read (CDS Hooks: the client has no such resource; the patient
+    of the context is then read from the FHIR server, or the call is a 412)."""
+    return is_operation_outcome(value) or error_in_bundle(value) or (value is None and not is_search(template))
+
+
 def fetched_keys(templates: Mapping[str, str], request: Mapping[str, Any]) -> frozenset[str]:
     """The keys whose data comes from the FHIR server rather than from the client's prefetch."""
     provided = request.get("prefetch") or {}
-    return frozenset(k for k in templates if k not in provided or is_operation_outcome(provided[k]))
+    return frozenset(k for k, t in templates.items() if k not in provided or client_lacks(t, provided[k]))
 
 
 @dataclass(frozen=True)
 class Resolved:
     data: dict[str, dict[str, Any] | None]  # by prefetch key; None: the client has no data, or it could not be had
-    unavailable: dict[str, str]  # optional keys whose data could not be had -> why (no patient data)
+    # keys whose data could not be had -> why (no patient data): optional ones (their data None, or the pages the
+    # client gave), and any key, required too, whose paging was cut short (its data: the pages read)
+    unavailable: dict[str, str]
 
 
 def resolve_prefetch(
@@ -83,10 +108,13 @@ def resolve_prefetch(
     to_fetch: dict[str, str] = {}
     to_complete: dict[str, dict[str, Any]] = {}
     for key, template in templates.items():
-        if key in provided and not is_operation_outcome(provided[key]):
+        if key in provided and not client_lacks(template, provided[key]):
             value = provided[key]
             if value is not None and not isinstance(value.get("resourceType"), str):
                 raise BadRequest(f"prefetch.{key}: not a FHIR resource (no resourceType)")
+            problem = answer_problem(value, is_search(template))
+            if problem:
+                raise BadRequest(f"prefetch.{key}: {problem}")
             if value is not None and value["resourceType"] == "Bundle":
                 problem = bundle_problem(value)
                 if problem:
@@ -119,13 +147,20 @@ def resolve_prefetch(
             try:
                 return job()
             except FhirError as exc:
-                raise FhirError(f"{exc} (prefetch key {key})") from None
+                exc.args = (f"{exc} (prefetch key {key})",)  # the same exception (a PagingStopped keeps its pages)
+                raise
 
         return run
 
-    jobs = {k: named(k, lambda u=u: client.fetch(u)) for k, u in to_fetch.items()}
-    jobs.update({k: named(k, lambda b=b: client.follow_pages(b)) for k, b in to_complete.items()})
+    optional_client = client.sharing(OPTIONAL_SHARE)  # what the optional keys may spend: see OPTIONAL_SHARE
+
+    def by(key: str) -> FhirClient:
+        return optional_client if key in optional else client
+
+    jobs = {k: named(k, lambda k=k, u=u: by(k).fetch(u)) for k, u in to_fetch.items()}
+    jobs.update({k: named(k, lambda k=k, b=b: by(k).follow_pages(b)) for k, b in to_complete.items()})
     failed: dict[str, FhirError] = {}
+    cut: dict[str, str] = {}  # keys whose paging was cut short -> why (their data: the pages read)
     with client:
         if len(jobs) == 1:
             ((key, job),) = jobs.items()
@@ -135,15 +170,25 @@ def resolve_prefetch(
                 futures = {key: pool.submit(job) for key, job in jobs.items()}
         for key, future in futures.items():
             try:
-                resolved[key] = future.result()
+                value = future.result()
+            except PagingStopped as exc:
+                value, cut[key] = exc.pages, str(exc)
             except FhirError as exc:
                 failed[key] = exc
+                continue
+            problem = answer_problem(value, is_search(templates[key]))
+            if problem:  # answered 200, yet not the data
+                failed[key] = FhirError(f"{problem} (prefetch key {key})")
+                cut.pop(key, None)
+            else:
+                resolved[key] = value
     for key in templates:  # the first required key that failed, in the service's order, fails the call
         if key in failed and key not in optional:
             raise DataUnavailable(f"could not fetch the data the service needs: {failed[key]}")
     for key, exc in failed.items():
         resolved.setdefault(key, None)  # a paginated prefetch keeps the pages the client gave
         unavailable[key] = str(exc)
+    unavailable.update(cut)  # the pages read are kept, and named as not all of them (a required key too)
     return Resolved(resolved, unavailable)
 
 

@@ -23,7 +23,9 @@ class HookCall:
     now: datetime
     fetch: Callable[[str], dict[str, Any]] | None = None
     fetched: frozenset[str] = frozenset()  # prefetch keys whose data came from the FHIR server, not the client
-    unavailable: frozenset[str] = frozenset()  # optional prefetch keys whose data could not be had (not: empty)
+    # optional prefetch keys whose data could not be had (not: empty), and any key (``alp`` too) whose paging was cut
+    # short: its data is the pages read, not the whole list
+    unavailable: frozenset[str] = frozenset()
 
     @property
     def context(self) -> Mapping[str, Any]:
