@@ -76,6 +76,7 @@ def template(kind: str) -> dict[str, Any]:
     data = _read(f"{kind}.toml")
     data["_summary"] = _summary_env.from_string(data["summary"])
     data["_detail"] = _detail_env.from_string(data["detail"])
+    data["_summary_note"] = _summary_env.from_string(data.get("summary_note", ""))
     for environment in (_summary_env, _detail_env):  # imported pieces load when first rendered: load them now
         for field in ("summary", "detail"):
             for name in meta.find_referenced_templates(environment.parse(data[field])):
@@ -116,14 +117,24 @@ def service_request(test: WorkupTest, patient_id: str) -> dict[str, Any]:
     return {**_service_request(test), "subject": {"reference": f"Patient/{patient_id}"}}
 
 
+def summary_text(summary: str, note: str = "") -> str:
+    """One line of at most ``SUMMARY_MAX`` characters. ``note`` (a template's ``summary_note``, such as "; diagnoses
+    not read", written with its own separator) always stays whole at the end: the summary before it is shortened to
+    make room."""
+    summary, note = " ".join(summary.split()), " ".join(note.split())
+    room = SUMMARY_MAX - len(note)
+    if len(summary) > room:
+        summary = summary[: room - 1].rstrip() + "…"
+    return summary + note
+
+
 def render_card(finding: Finding, patient_id: str, not_checked: Sequence[str] = ()) -> dict[str, Any]:
-    """``not_checked``: what of the chart could not be read (``labs``, ``medications``, ``some_medications``,
-    ``conditions``); the templates say so with the ``not_checked`` macro of partials.j2."""
+    """``not_checked``: what of the chart could not be (completely) read (``labs``, ``medications``,
+    ``some_medications``, ``conditions``, ``alp_history``); the templates say so with the ``not_checked_note``
+    macro of partials.j2, and a template's ``summary_note`` can say it in the summary."""
     spec = template(finding.kind)
     facts = {**finding.facts, "not_checked": list(not_checked)}
-    summary = " ".join(spec["_summary"].render(**facts).split())
-    if len(summary) > SUMMARY_MAX:
-        summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
+    summary = summary_text(spec["_summary"].render(**facts), spec["_summary_note"].render(**facts))
     detail = spec["_detail"].render(**facts).strip()
     primary = sources()[spec["source"]]
     card: dict[str, Any] = {

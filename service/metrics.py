@@ -50,6 +50,12 @@ PREFETCH_UNAVAILABLE = Counter(
     ["key"],
     registry=REGISTRY,
 )
+PREFETCH_INCOMPLETE = Counter(
+    "cds_prefetch_incomplete_total",
+    "Prefetch searches of which only the first pages could be read (the call used them, its cards say so)",
+    ["key"],
+    registry=REGISTRY,
+)
 CARDS = Counter("cds_cards_total", "Cards issued by kind and indicator", ["kind", "indicator"], registry=REGISTRY)
 FEEDBACK = Counter("cds_feedback_total", "Feedback items stored by outcome", ["outcome"], registry=REGISTRY)
 AUDIT_DROPPED = Counter(

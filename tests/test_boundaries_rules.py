@@ -11,7 +11,7 @@ import pytest
 
 from service.clinical import rules, views
 from service.clinical.alp import current_low_run, current_since, is_current, low_run, total_alp, unusable
-from service.clinical.chart import Chart, lab_days_needed
+from service.clinical.chart import Chart, LabsNeeded, lab_days_needed
 from service.clinical.facts import LAB_FLAG, LAB_RANGE, LabResult, Medication, Patient
 from service.clinical.rules import Finding, by_importance, low_alp, wilson_disease
 from service.settings import ClinicalSettings
@@ -406,7 +406,7 @@ def test_edta_every_low_of_the_run_is_checked_also_one_older_than_the_rows_a_car
     facts = main_finding(found).facts
     assert len(facts["readings"]) == 12 and facts["earlier"]["count"] == 1 and facts["earlier"]["set_aside"] == 1
     assert facts["count"] == 12 and facts["span_days"] == 110
-    assert ago(200).date() in lab_days_needed([old_draw[0], *lows], NOW, SETTINGS)[1]
+    assert ago(200).date() in lab_days_needed([old_draw[0], *lows], NOW, SETTINGS).draw_days
 
 
 @pytest.mark.parametrize("shown", [1, 2, 12, 100])
@@ -463,12 +463,46 @@ def test_current_low_run_is_empty_when_the_run_is_history_or_absent():
     assert current_low_run([alp(80, ago(500)), *lows], NOW, SETTINGS) == lows
 
 
-def test_lab_days_needed_are_the_recent_days_and_the_days_around_each_checked_low():
-    since, days = lab_days_needed([alp(30, ago(200)), alp(30, ago(1))], NOW, SETTINGS)
-    assert since == (NOW - timedelta(days=91)).date()
-    around = {(ago(d)).date() for d in (199, 200, 201, 0, 1, 2)}
-    assert days == around
-    assert lab_days_needed([alp(80, ago(1))], NOW, SETTINGS) == (since, set())
+def test_lab_days_needed_are_the_recent_days_the_latest_lows_draw_and_the_edta_results_of_every_other_low():
+    needed = lab_days_needed([alp(30, ago(200)), alp(30, ago(100)), alp(30, ago(1))], NOW, SETTINGS)
+    assert needed.since == (NOW - timedelta(days=91)).date()
+    assert needed.days == {ago(d).date() for d in (0, 1, 2)}  # the latest low's draw: all of it (Wilson)
+    assert needed.draw_days == {ago(d).date() for d in (199, 200, 201, 99, 100, 101)}
+    assert needed.draw_analytes == ("potassium", "calcium", "zinc", "magnesium")
+    assert lab_days_needed([alp(80, ago(1))], NOW, SETTINGS) == LabsNeeded(needed.since, frozenset(), frozenset())
+
+
+def test_the_rules_decide_the_same_on_the_labs_the_filter_keeps_as_on_all_of_them():
+    """The cheap filter may skip only what no rule reads: on a chart of lows over years, each drawn with potassium,
+    calcium, zinc, bilirubin and AST (two of the draws with the EDTA pattern, one of them the latest), the findings
+    from the filtered labs equal those from every lab."""
+    from service.clinical.codes import loinc_codes
+    from service.hooks.patient_chart import lab_filter
+
+    labs = []
+    for i, days in enumerate(range(100, 1000, 45)):  # the latest low older than RECENT_RESULT_DAYS
+        edta = i in (3, 0)  # an earlier draw and the latest
+        when = ago(days)
+        labs += [
+            alp(22 if edta else 30, when),
+            lab("potassium", 6.6 if edta else 4.2, when, low=3.5, high=5.1),
+            lab("calcium", 7.0 if edta else 9.2, when, low=8.6, high=10.3),
+            lab("zinc", 50, when, low=60, high=120),
+            lab("bilirubin_total", 3.5, when, low=0.1, high=1.2),
+            lab("ast", 90, when, low=10, high=40),
+        ]
+    needed = lab_days_needed(sorted((r for r in labs if r.analyte == "alp_total"), key=_when), NOW, SETTINGS)
+    keep = lab_filter(needed)  # the reader gives the ALP results oldest first
+
+    def as_observation(result: LabResult) -> dict:
+        code = loinc_codes(result.analyte)[0]  # the test's results carry no real LOINC code
+        return {"effectiveDateTime": result.when.isoformat(), "code": {"coding": [{"code": code}]}}
+
+    kept = [r for r in labs if r.analyte == "alp_total" or keep(as_observation(r))]
+    assert len(kept) < len(labs)  # bilirubin and AST of the earlier draws are skipped
+    everything, filtered = low_alp(chart(labs)), low_alp(chart(kept))
+    assert [(f.kind, f.facts) for f in filtered] == [(f.kind, f.facts) for f in everything]
+    assert kinds(filtered)[:1] == ["sample-contamination"] and "wilson-screen" in kinds(filtered)
 
 
 # ----------------------------------------------------------------------------------------------- workup and tiers

@@ -188,7 +188,9 @@ def test_metrics_count_requests_cards_and_fhir_fetches(tmp_path):
     client = app_on(f"sqlite:///{tmp_path}/f.db")
     client.hook(PV, load_request("wilson-critical-in"))
     client.hook("nope", load_request("wilson-critical-in"))
-    text_body = client.client.get("/metrics").get_data(as_text=True)
+    answer = client.client.get("/metrics")
+    assert answer.headers["Content-Type"].count("charset") == 1  # Prometheus's type names its charset itself
+    text_body = answer.get_data(as_text=True)
     assert (
         'cds_requests_total{endpoint="/cds-services/<service_id>",service="low-alp-workup",status="200"}' in text_body
     )

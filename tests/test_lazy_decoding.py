@@ -189,13 +189,14 @@ def test_the_date_filter_keeps_an_old_alp_result_however_its_code_system_is_writ
     """The readers take LOINC's OID as LOINC: the cheap filter must not skip what they would read."""
     from datetime import date
 
+    from service.clinical.chart import LabsNeeded
     from service.hooks.patient_chart import lab_filter
 
     def peek(resource: dict[str, Any]) -> lazy.Peek:
         head = lazy.Head(effectiveDateTime=resource.get("effectiveDateTime"))
         return lazy.Peek(head, msgspec.Raw(json.dumps(resource).encode()))
 
-    keep = lab_filter(date(2026, 1, 1), {date(2025, 6, 1)})
+    keep = lab_filter(LabsNeeded(date(2026, 1, 1), frozenset({date(2025, 6, 1)}), frozenset()))
     old_alp = {"effectiveDateTime": "2016-03-01", "code": {"coding": [{"system": system, "code": "6768-6"}]}}
     old_k = {"effectiveDateTime": "2016-03-01", "code": {"coding": [{"system": system, "code": "2823-3"}]}}
     panel = {"effectiveDateTime": "2016-03-01", "component": [{"code": {"coding": [{"code": "6768-6"}]}}]}

@@ -12,8 +12,9 @@ import pytest
 import requests
 import responses
 
+from service.card_render import SUMMARY_MAX
 from service.hooks import all_services
-from tests.conftest import OS, PV, load_request, referencing_medication
+from tests.conftest import OS, PV, SIGN, load_request, referencing_medication
 
 BASE = "https://ehr.example.org/fhir"
 ANY = re.compile(BASE + "/.*")
@@ -21,10 +22,13 @@ FAILURES = {
     "500": dict(status=500, json={"resourceType": "OperationOutcome", "issue": []}),
     "timeout": dict(body=requests.exceptions.ReadTimeout("slow")),
 }
-LABS_LINE = "Other lab results could not be read from the EHR"
-MEDICATIONS_LINE = "Medications could not be read from the EHR"
-SOME_MEDICATIONS_LINE = "Some medication records could not be read from the EHR"
-CONDITIONS_LINE = "Diagnoses could not be read from the EHR"
+NOT_CHECKED = "**Not checked, because the EHR did not return them:**"
+LABS_LINE = "- **Other lab results**: tests already done"
+MEDICATIONS_LINE = "- **Medications**: "
+SOME_MEDICATIONS_LINE = "- **Some medication records**: "
+CONDITIONS_LINE = "- **Diagnoses**: check the problem list for hypophosphatasia before giving"
+ALP_HISTORY_LINE = "- **Earlier ALP results** (not all returned): the ALP history shown may be incomplete."
+NEXT_PAGE = f"{BASE}/X?page=2"
 
 
 def without(name: str, *keys: str, server: bool = True) -> dict:
@@ -74,7 +78,7 @@ def test_failing_labs_give_the_low_alp_card_saying_what_was_not_checked(client, 
         cards = client.cards(PV, without("persistent-low-in", "labs"))
     assert [c["summary"] for c in cards] == [c["summary"] for c in expected]
     assert LABS_LINE in cards[0]["detail"]
-    assert "EDTA contamination of the sample and the Wilson disease pattern were not checked" in cards[0]["detail"]
+    assert "tests already done, EDTA contamination of the sample and the Wilson disease pattern." in cards[0]["detail"]
     # Whether a workup test was done is not known: offered, none recommended (not "none done", not "all done").
     offered = [s["label"] for s in cards[0]["suggestions"]]
     assert len(offered) >= len(expected[0]["suggestions"]) and recommended(cards) == []
@@ -109,7 +113,7 @@ def test_failing_medications_never_read_as_no_antiresorptive(client, failure):
         cards = client.cards(PV, without("antiresorptive-current-in", "medicationStatements", "medicationRequests"))
     low = [c for c in cards if MEDICATIONS_LINE in c.get("detail", "")]
     assert low, [c["summary"] for c in cards]
-    assert "so current antiresorptive treatment and drugs that lower ALP were not checked" in low[0]["detail"]
+    assert "Check whether the patient takes a bisphosphonate or denosumab" in low[0]["detail"]
 
 
 @pytest.mark.parametrize("key", ["medicationStatements", "medicationRequests"])
@@ -151,7 +155,7 @@ def test_an_unreadable_medication_reference_on_the_chart_is_said_as_some_records
 def test_complete_data_gives_no_not_checked_line(client):
     for name in ("persistent-low-in", "antiresorptive-current-in", "edta-in"):
         text = details(client.cards(PV, load_request(name)))
-        assert "could not be read from the EHR" not in text, name
+        assert NOT_CHECKED not in text, name
 
 
 # ------------------------------------------------------------------------------------------------ order-select
@@ -164,7 +168,9 @@ def test_order_select_with_failing_medications_still_warns_about_the_order(clien
     with responses.RequestsMock() as rsps:
         failing(rsps, failure)
         cards = client.cards(OS, without("order-long-name-in", "medicationStatements", "medicationRequests"))
-    assert [c["summary"] for c in cards] == [c["summary"] for c in expected]
+    # Whether the order starts treatment is not known: "giving", never "starting" (finding 3).
+    assert "before starting" in expected[0]["summary"]
+    assert [c["summary"] for c in cards] == [c["summary"].replace("before starting", "before giving") for c in expected]
     assert cards[0]["indicator"] == "warning" and MEDICATIONS_LINE in cards[0]["detail"]
 
 
@@ -172,7 +178,9 @@ def test_a_first_dose_denosumab_order_without_the_medications_is_not_called_a_fi
     with responses.RequestsMock() as rsps:
         failing(rsps, "500")
         cards = client.cards(OS, without("order-low-alp-in", "medicationStatements", "medicationRequests"))
-    assert cards[0]["summary"] == "Exclude hypophosphatasia before giving denosumab: ALP low (23 U/L on 2026-04-05)"
+    assert cards[0]["summary"] == (
+        "Exclude hypophosphatasia, but do not delay a due denosumab dose: ALP low (23 U/L on 2026-04-05)"
+    )
     assert cards[0]["indicator"] == "warning"
 
 
@@ -209,7 +217,247 @@ def test_order_select_with_failing_conditions_says_the_diagnosis_was_not_checked
         failing(rsps, "500")
         cards = client.cards(OS, without("order-hpp-in", "conditions"))
     assert cards and CONDITIONS_LINE in cards[0]["detail"]
-    assert "a recorded diagnosis of hypophosphatasia was not checked" in cards[0]["detail"]
+    assert f"{CONDITIONS_LINE} alendronate." in cards[0]["detail"]
+    assert cards[0]["summary"].endswith("; diagnoses not read")
+
+
+# ------------------------------------------------- review 18: pages given but the rest unreadable (finding 1)
+
+
+def paged(bundle: dict | None = None, url: str = NEXT_PAGE) -> dict:
+    """``bundle`` (an empty searchset by default) with a next link to a page that cannot be read."""
+    bundle = dict(bundle or {"resourceType": "Bundle", "type": "searchset", "entry": []})
+    bundle["link"] = [{"relation": "next", "url": url}]
+    return bundle
+
+
+def deletes(cards: list[dict]) -> list[dict]:
+    return [a for c in cards for s in c.get("suggestions", []) for a in s["actions"] if a["type"] == "delete"]
+
+
+def test_an_empty_first_page_of_medications_with_no_server_is_not_the_whole_list(client):
+    """The reviewer's case: the statement that shows the denosumab course is on a page that cannot be read. The
+    order must not be offered for removal, nor called a start."""
+    body = load_request("order-denosumab-course-in")
+    body["prefetch"]["medicationStatements"] = paged()
+    body.pop("fhirServer", None)
+    cards = client.cards(OS, body)
+    assert cards and not deletes(cards)
+    assert SOME_MEDICATIONS_LINE in cards[0]["detail"]
+    assert "starting" not in cards[0]["summary"] and "before starting" not in cards[0]["detail"]
+    assert "do not delay a due denosumab dose" in cards[0]["summary"]
+
+
+def test_medication_pages_given_are_used_and_the_rest_named_as_not_read(client):
+    """Pages given are real evidence (the course is found on them) but not the whole list."""
+    body = load_request("order-denosumab-course-in")
+    body["prefetch"]["medicationStatements"] = paged(body["prefetch"]["medicationStatements"])
+    body.pop("fhirServer", None)
+    cards = client.cards(OS, body)
+    assert "denosumab course" in cards[0]["summary"] and not deletes(cards)
+    assert SOME_MEDICATIONS_LINE in cards[0]["detail"]
+
+
+def test_medication_pages_whose_next_link_fails_are_some_records_not_none(client):
+    """Both medication searches were read in part: "some records", not "medications could not be read"."""
+    body = load_request("antiresorptive-current-in")
+    body["fhirServer"] = BASE
+    for key in ("medicationStatements", "medicationRequests"):
+        body["prefetch"][key] = paged(body["prefetch"][key], f"{BASE}/{key}?page=2")
+    with responses.RequestsMock() as rsps:
+        failing(rsps, "500")
+        cards = client.cards(PV, body)
+    assert any(c["summary"].startswith("Exclude hypophosphatasia: low ALP") for c in cards)  # the drug on page 1
+    assert SOME_MEDICATIONS_LINE in details(cards) and MEDICATIONS_LINE not in details(cards)
+
+
+def test_a_search_whose_second_page_fails_keeps_the_first(client):
+    """Fetched from the server: page 1 read, page 2 failed. Page 1 is kept (the current antiresorptive is on it)."""
+    body = without("antiresorptive-current-in", "medicationStatements", "medicationRequests")
+    first = paged(load_request("antiresorptive-current-in")["prefetch"]["medicationStatements"])
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, re.compile(BASE + "/MedicationStatement.*"), json=first)
+        failing(rsps, "500")  # page 2 and the MedicationRequest search
+        cards = client.cards(PV, body)
+    assert any(c["summary"].startswith("Exclude hypophosphatasia: low ALP") for c in cards)
+    assert SOME_MEDICATIONS_LINE in details(cards)
+
+
+def test_lab_pages_with_no_server_give_the_labs_line(client):
+    body = load_request("persistent-low-in")
+    body["prefetch"]["labs"] = paged(body["prefetch"]["labs"])
+    body.pop("fhirServer", None)
+    cards = client.cards(PV, body)
+    assert LABS_LINE in cards[0]["detail"] and recommended(cards) == []
+
+
+def test_alp_pages_with_no_server_are_used_and_the_card_says_earlier_results_were_not_all_read(client):
+    """The required ALP key: a 412 would silence every warning, and the search sorts by -date, so the pages given
+    hold the newest results. They are used, and the card says the history may be incomplete."""
+    body = load_request("persistent-low-in")
+    body["prefetch"]["alp"] = paged(body["prefetch"]["alp"])
+    body.pop("fhirServer", None)
+    cards = client.cards(PV, body)
+    assert cards[0]["summary"].startswith("Persistently low ALP")
+    assert NOT_CHECKED in cards[0]["detail"] and ALP_HISTORY_LINE in cards[0]["detail"]
+
+
+def test_alp_pages_whose_next_link_fails_are_used_not_a_412(client, caplog):
+    caplog.set_level(logging.WARNING, logger="service.prefetch")
+    body = load_request("persistent-low-in")
+    body["fhirServer"] = BASE
+    body["prefetch"]["alp"] = paged(body["prefetch"]["alp"])
+    with responses.RequestsMock() as rsps:
+        failing(rsps, "500")
+        cards = client.cards(PV, body)
+    assert ALP_HISTORY_LINE in cards[0]["detail"]
+    [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "service.prefetch"]
+    assert line["event"] == "prefetch_incomplete" and line["key"] == "alp"
+    assert _count(client, "alp", "incomplete") >= 1
+
+
+@pytest.mark.parametrize("service", [PV, OS])
+def test_alp_pages_that_hold_nothing_and_cannot_be_completed_are_a_412(client, service):
+    """No ALP result at all was read: that is not "no ALP on record" but the required key not had."""
+    body = load_request("persistent-low-in" if service == PV else "order-low-alp-in")
+    body["prefetch"]["alp"] = paged()
+    body.pop("fhirServer", None)
+    response = client.hook(service, body)
+    assert response.status_code == 412
+    assert "(prefetch key alp)" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_alp_pages_on_an_order_card_say_the_history_may_be_incomplete(client):
+    body = load_request("order-low-alp-in")
+    body["prefetch"]["alp"] = paged(body["prefetch"]["alp"])
+    cards = client.cards(OS, body)
+    assert ALP_HISTORY_LINE in cards[0]["detail"]
+
+
+# ------------------------------------------- review 18: a denosumab dose whose course is unknown (finding 2)
+
+DO_NOT_DELAY = (
+    "If it continues a course, do not delay it for the workup: draw PLP and urine phosphoethanolamine with it and "
+    "plan the next steps with a metabolic bone specialist."
+)
+STOPPING = "**Do not stop or delay denosumab without a plan.**"
+
+
+def no_medications(body: dict) -> dict:
+    for key in ("medicationStatements", "medicationRequests"):
+        body["prefetch"][key] = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "x"}]}
+    return body
+
+
+def as_sign(body: dict) -> dict:
+    body["hook"] = "order-sign"
+    body["context"].pop("selections")
+    return body
+
+
+def with_draft_of(name: str, donor: str) -> dict:
+    """Scenario ``name`` with the antiresorptive draft order of scenario ``donor`` (its drug)."""
+    body = load_request(name)
+    drug = load_request(donor)["context"]["draftOrders"]["entry"][0]["resource"]["medicationCodeableConcept"]
+    body["context"]["draftOrders"]["entry"][0]["resource"]["medicationCodeableConcept"] = drug
+    return body
+
+
+def hpp_condition(patient_id: str) -> dict:
+    condition = load_request("order-hpp-in")["prefetch"]["conditions"]
+    text = json.dumps(condition).replace("Patient/order-hpp-in", f"Patient/{patient_id}")
+    return json.loads(text)
+
+
+@pytest.mark.parametrize("hook", [OS, SIGN])
+def test_a_denosumab_dose_whose_course_is_unknown_is_not_held_back_for_the_workup(client, hook):
+    body = no_medications(load_request("order-low-alp-in"))
+    cards = client.cards(hook, as_sign(body) if hook == SIGN else body)
+    detail = cards[0]["detail"]
+    assert DO_NOT_DELAY in detail and STOPPING in detail
+    assert "before giving it" not in detail and "before giving denosumab" not in cards[0]["summary"]
+    assert "Exclude hypophosphatasia before" not in cards[0]["summary"] and not deletes(cards)
+
+
+def test_documented_hpp_and_a_denosumab_dose_whose_course_is_unknown(client):
+    body = no_medications(load_request("order-low-alp-in"))
+    body["prefetch"]["conditions"] = hpp_condition("order-low-alp-in")
+    cards = client.cards(OS, body)
+    assert cards[0]["indicator"] == "critical" and not deletes(cards)
+    assert "If it continues a course, do not simply withhold it" in cards[0]["detail"]
+    assert STOPPING in cards[0]["detail"]
+
+
+def test_no_alp_and_a_denosumab_dose_whose_course_is_unknown(client):
+    body = no_medications(with_draft_of("order-no-alp-in", "order-low-alp-in"))
+    cards = client.cards(OS, body)
+    assert cards[0]["summary"] == "Measure ALP without delaying a due denosumab dose: none on record"
+    assert "If it continues a course, do not delay it: draw the ALP with it." in cards[0]["detail"]
+    assert STOPPING in cards[0]["detail"] and not deletes(cards)
+
+
+# ----------------------------------------------------- review 18: "starting" and "first dose" (finding 3)
+
+
+def test_a_bisphosphonate_order_without_the_medications_is_not_called_a_first_dose(client):
+    cards = client.cards(OS, no_medications(load_request("order-long-name-in")))
+    assert "starting" not in cards[0]["summary"] and "before the first dose" not in cards[0]["detail"]
+    cards = client.cards(OS, no_medications(load_request("order-no-alp-in")))
+    assert cards[0]["summary"].startswith("Measure ALP before giving ")
+    assert "before the first dose" not in cards[0]["detail"] and "before starting" not in cards[0]["detail"]
+    assert "Whether this order starts or continues treatment could not be checked" in cards[0]["detail"]
+
+
+def test_the_old_low_order_without_the_medications_says_giving(client):
+    cards = client.cards(OS, no_medications(load_request("order-old-low-in")))
+    assert "Measure a current ALP before giving it" in cards[0]["detail"]
+    assert "before starting" not in cards[0]["detail"] + cards[0]["summary"]
+
+
+@pytest.mark.parametrize("key", ["medications", "some_medications"])
+def test_at_chart_open_without_the_medications_the_card_asks_to_check_for_an_antiresorptive(client, key):
+    body = load_request("persistent-low-in")
+    body["prefetch"]["medicationStatements"] = {"resourceType": "OperationOutcome", "issue": []}
+    if key == "medications":
+        body["prefetch"]["medicationRequests"] = {"resourceType": "OperationOutcome", "issue": []}
+    detail = client.cards(PV, body)[0]["detail"]
+    assert (
+        "Check whether the patient takes a bisphosphonate or denosumab: they lower the ALP themselves and need "
+        "review if HPP is possible; do not stop denosumab without a plan."
+    ) in detail
+
+
+# ------------------------------------------------------- review 18: diagnoses not read (finding 4)
+
+
+@pytest.mark.parametrize("scenario", ["order-low-alp-in", "order-long-name-in", "order-no-alp-in"])
+def test_diagnoses_not_read_are_in_the_order_summary(client, scenario):
+    body = load_request(scenario)
+    body["prefetch"]["conditions"] = {"resourceType": "OperationOutcome", "issue": []}
+    card = client.cards(OS, body)[0]
+    assert card["summary"].endswith("; diagnoses not read") and len(card["summary"]) <= SUMMARY_MAX
+    assert CONDITIONS_LINE in card["detail"]
+
+
+def test_the_summary_note_stays_whole_when_the_summary_is_cut():
+    from service.card_render import summary_text
+
+    text = summary_text("Exclude hypophosphatasia before giving " + "x" * 200, "; diagnoses not read")
+    assert len(text) == SUMMARY_MAX and text.endswith("…; diagnoses not read")
+    assert summary_text("short", "") == "short"
+
+
+# ------------------------------------------------------ review 18: one block, by relevance (finding 5)
+
+
+def test_what_was_not_read_is_one_block_ordered_by_relevance(client):
+    body = no_medications(load_request("order-long-name-in"))
+    for key in ("conditions", "labs"):
+        body["prefetch"][key] = {"resourceType": "OperationOutcome", "issue": []}
+    detail = client.cards(OS, body)[0]["detail"]
+    assert detail.startswith(NOT_CHECKED) and detail.count("Not checked") == 1
+    assert detail.index(MEDICATIONS_LINE) < detail.index(CONDITIONS_LINE) < detail.index(LABS_LINE)
+    assert "could not be read from the EHR" not in detail
 
 
 # ------------------------------------------------------------------------------------------ metrics and logs
@@ -232,7 +480,51 @@ def test_an_unavailable_key_is_counted_and_logged_by_name_only(client, caplog):
     assert "persistent-low-in" not in caplog.text
 
 
-def _count(client, key: str) -> float:
+def _count(client, key: str, what: str = "unavailable") -> float:
     text = client.client.get("/metrics").get_data(as_text=True)
-    match = re.search(rf'^cds_prefetch_unavailable_total{{key="{key}"}} (\S+)$', text, re.M)
+    match = re.search(rf'^cds_prefetch_{what}_total{{key="{key}"}} (\S+)$', text, re.M)
     return float(match.group(1)) if match else 0.0
+
+
+def test_with_a_medication_search_unread_the_card_never_says_the_drug_does_not_explain_the_low_alp(client):
+    """The start of treatment is the earliest record of any antiresorptive: with a search unread, an earlier one may
+    be missing, and "the ALP was already low before treatment began, so the drug does not explain it" could be
+    false. Here the unread requests hold an alendronate order from before the low ALP (found by an outside review)."""
+    statement = load_request("antiresorptive-current-in")["prefetch"]["medicationStatements"]["entry"][0]["resource"]
+    earlier = {
+        "resourceType": "MedicationRequest",
+        "id": "mr-early",
+        "status": "completed",
+        "intent": "order",
+        "authoredOn": "2024-06-01",
+        "subject": {"reference": "Patient/antiresorptive-current-in"},
+        "medicationCodeableConcept": statement["medicationCodeableConcept"],
+    }
+    full = load_request("antiresorptive-current-in")
+    full["prefetch"]["medicationRequests"] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": earlier}],
+    }
+    assert not any("ALP was low before treatment" in c["summary"] for c in client.cards(PV, full))
+    assert any(
+        "ALP was low before treatment" in c["summary"]
+        for c in client.cards(PV, load_request("antiresorptive-current-in"))
+    )
+    with responses.RequestsMock() as rsps:
+        failing(rsps, "500")
+        cards = client.cards(PV, without("antiresorptive-current-in", "medicationRequests"))
+    drug_card = next(c for c in cards if "on alendronate" in c["summary"])
+    detail = " ".join(drug_card["detail"].split())
+    assert "the drug does not explain it" not in detail and "ALP was low before treatment" not in drug_card["summary"]
+    assert "not every medication record could be read from the EHR, so when treatment began is not known" in detail
+
+
+def test_the_persistent_card_does_not_assume_no_antiresorptive_when_medications_were_not_read(client):
+    body = load_request("persistent-low-in")
+    read = " ".join(client.cards(PV, body)[0]["detail"].split())
+    assert "do not start them until HPP is excluded." in read
+    body["prefetch"]["medicationStatements"] = {"resourceType": "OperationOutcome", "issue": []}
+    detail = " ".join(client.cards(PV, body)[0]["detail"].split())
+    assert "if the patient already takes one, review it (never stop denosumab without a plan)" in detail
+    assert "do not start them until HPP is excluded." not in detail

@@ -20,13 +20,15 @@ from service.fhir.answers import answer_problem, error_in_bundle, outcome_failed
 from service.fhir.client import CallBudget, FhirClient, FhirError
 from service.fhir.lazy import decode_hook_request
 from service.hooks import low_alp_workup
+from service.hooks.patient_chart import build_chart
 from service.hooks.run import run_hook
 from service.settings import load_settings
 from tests.conftest import NOW, OS, PV, load_request, make_app
 
 BASE = "https://ehr.example.org/fhir"
 ANY = re.compile(BASE + "/.*")
-NOT_READ = "could not be read from the EHR"
+NOT_READ = "**Not checked, because the EHR did not return them:**"
+LABS_LINE = "- **Other lab results**: tests already done"
 
 
 def outcome(severity: str) -> dict:
@@ -215,7 +217,7 @@ def test_medications_cut_at_fhir_max_pages_are_not_taken_as_complete(caplog):
 
 def test_an_alp_search_cut_short_keeps_its_pages_and_is_named_not_a_412(caplog):
     """The ALP results are required, but a 412 would silence every warning: the pages read (the newest: the search
-    sorts by -date) are used, and the key is named as not completely read (logged, and in call.unavailable)."""
+    sorts by -date) are used, and the key is named as not completely read (logged, and on the cards)."""
     client = make_app(FHIR_MAX_ENTRIES=1)
     alp = load_request("persistent-low-in")["prefetch"]["alp"]
     assert len(alp["entry"]) > 1
@@ -223,19 +225,26 @@ def test_an_alp_search_cut_short_keeps_its_pages_and_is_named_not_a_412(caplog):
         rsps.add(responses.GET, ANY, json=alp)
         cards = client.cards(PV, without("persistent-low-in", "alp"))
     assert cards  # advice from the newest result, not silence
-    unavailable = [json.loads(r.getMessage()) for r in caplog.records if "prefetch_unavailable" in r.getMessage()]
-    assert [(u["key"], "CDS_FHIR_MAX_ENTRIES" in u["reason"]) for u in unavailable] == [("alp", True)]
+    assert "not all returned" in cards[0]["detail"]
+    incomplete = [json.loads(r.getMessage()) for r in caplog.records if "prefetch_incomplete" in r.getMessage()]
+    assert [(u["key"], "CDS_FHIR_MAX_ENTRIES" in u["reason"]) for u in incomplete] == [("alp", True)]
 
 
-def test_the_cut_alp_key_reaches_the_handler_as_not_completely_read():
+@pytest.mark.parametrize("cap", ["max_pages", "max_entries", "loop"])
+def test_the_cut_alp_key_reaches_the_handler_as_not_completely_read(cap):
     body = without("persistent-low-in", "alp")
     alp = load_request("persistent-low-in")["prefetch"]["alp"]
+    first, *rest = alp["entry"]
     settings = load_settings({"NOW": lambda: NOW, "AUTH": "off"}, environ={})
-    with responses.RequestsMock() as rsps:
-        rsps.add(responses.GET, ANY, json=alp)
-        ran = run_hook(low_alp_workup.SERVICE, body, settings, lambda: FhirClient(BASE, max_entries=1))
-    assert ran.call.unavailable == {"alp"}
-    assert len(ran.call.data["alp"]["entry"]) == 1
+    limits = {"max_pages": {"max_pages": 1}, "max_entries": {"max_entries": 1}, "loop": {}}[cap]
+    looping = {"link": [{"relation": "next", "url": BASE + "/p2"}]}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add(responses.GET, BASE + "/p2", json=bundle(*rest, **looping))  # leads back to itself
+        rsps.add(responses.GET, ANY, json=bundle(first, **looping) if cap != "max_entries" else alp)
+        ran = run_hook(low_alp_workup.SERVICE, body, settings, lambda: FhirClient(BASE, **limits))
+    assert ran.call.incomplete == {"alp"} and not ran.call.unavailable
+    assert 1 <= len(ran.call.data["alp"]["entry"]) <= len(alp["entry"])
+    assert "alp_history" in build_chart(ran.call).not_read
 
 
 # ------------------------------------------------------------------------------------- finding 4: the patient
@@ -371,7 +380,7 @@ def test_slow_optional_labs_do_not_turn_the_order_check_into_a_412():
         cards = client.cards(OS, body)
         assert time.monotonic() - started < 2 + 1
         assert [c["summary"] for c in cards] == [c["summary"] for c in expected]
-        assert "Other lab results could not be read from the EHR" in cards[0]["detail"]
+        assert LABS_LINE in cards[0]["detail"]
     finally:
         server.close()
 
@@ -398,7 +407,7 @@ def test_a_large_optional_labs_answer_does_not_make_the_required_alp_fetch_fail(
         body["prefetch"].pop("labs")
         body["fhirServer"] = server.base
         cards = client.cards(PV, body)
-        assert cards and "Other lab results could not be read from the EHR" in cards[0]["detail"]
+        assert cards and LABS_LINE in cards[0]["detail"]
     finally:
         server.close()
 

@@ -856,3 +856,78 @@ def storage_is_empty(context) -> bool:
     """No cookie and no web storage: the token never reaches the browser."""
     state = context.storage_state()
     return state["cookies"] == [] and all(not o.get("localStorage") for o in state["origins"])
+
+
+# ---------------------------------------------------------------- data that could not be read is never "none"
+
+SMART_BASE = "https://ehr.example.org/fhir"
+
+
+def _page_text_with_failing(failing: str) -> str:
+    """The SMART page for a patient on alendronate whose ``failing`` search answers 503 (an outside review found the
+    page saying "None on record" for data it never read)."""
+    import responses
+    from flask import render_template
+
+    from tests.conftest import load_request
+
+    app = create_app(
+        {
+            "NOW": lambda: NOW,
+            "AUTH": "off",
+            "FEEDBACK_DB_URL": "sqlite://",
+            "SMART_ISSUERS": SMART_BASE,
+            "PUBLIC_BASE_URL": "https://cds.example.org",
+            "SMART_STATE_STORE_URL": "sqlite://",
+        }
+    )
+    prefetch = load_request("antiresorptive-current-in")["prefetch"]
+    empty = {"resourceType": "Bundle", "type": "searchset"}
+
+    def answer(request):
+        url = request.url
+        key = (
+            "medicationStatements"
+            if "MedicationStatement" in url
+            else "medicationRequests"
+            if "MedicationRequest" in url
+            else "alp"
+            if "6768-6" in url
+            else "labs"
+        )
+        if key in failing or "page=2" in url:
+            return 503, {}, json.dumps({"resourceType": "OperationOutcome", "issue": []})
+        body = prefetch.get(key) or empty
+        if key == "alp" and "alp_pages" in failing:  # a second page of ALP results that cannot be read
+            body = {**body, "link": [{"relation": "next", "url": f"{SMART_BASE}/Observation?page=2"}]}
+        return 200, {}, json.dumps(body)
+
+    with app.test_request_context("/smart/callback"), responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, f"{SMART_BASE}/Patient/antiresorptive-current-in", json=prefetch["patient"])
+        rsps.add_callback(responses.GET, re.compile(SMART_BASE + r"/(Observation|Medication).*"), callback=answer)
+        page = views.chart_page(SMART_BASE, "token", "antiresorptive-current-in", app.config["CDS"])
+        html = render_template("smart_app.html", **page)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+@pytest.mark.parametrize(
+    ("failing", "said", "never"),
+    [
+        (("labs",), "Other lab results could not be read from the EHR", "No zinc, magnesium, TSH"),
+        (
+            ("medicationStatements", "medicationRequests"),
+            "Medication records could not be read from the EHR: no treatment period is shown",
+            "None on record",
+        ),
+        (("medicationStatements",), "Some medication records could not be read from the EHR", "None on record."),
+        (("alp_pages",), "Not every ALP result could be read from the EHR: the newest are shown", "None on record."),
+    ],
+)
+def test_the_smart_page_says_what_it_could_not_read_and_never_none_on_record(failing, said, never):
+    text = _page_text_with_failing(failing)
+    assert said in text and never not in text
+
+
+def test_the_smart_page_with_everything_read_names_no_missing_data():
+    text = _page_text_with_failing(())
+    assert "could not be read from the EHR" not in text and "alendronate" in text

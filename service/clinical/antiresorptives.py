@@ -37,6 +37,12 @@ def first_exposure(medications: Sequence[Medication]) -> datetime | None:
     return min(starts)
 
 
+def treatment_start(chart: Chart) -> datetime | None:
+    """``first_exposure`` of the chart's medications, when they could all be read: with a medication search or
+    record unread, an earlier start may be missing, and "the ALP was low before treatment" could be false."""
+    return first_exposure(chart.medications) if chart.medications_complete else None
+
+
 def alp_before(chart: Chart, start: datetime | None) -> LabResult | None:
     """The last judged ALP before treatment began, when that start is known: at least a day before the recorded
     start (a start written as a date may be any time that day, in any time zone) and within ``ALP_CURRENT_DAYS``
@@ -90,7 +96,7 @@ def review_current(chart: Chart) -> list[Finding]:
     run = chart.current_run
     if not drugs or not run:
         return []
-    start = first_exposure(chart.medications)
+    start = treatment_start(chart)
     before = alp_before(chart, start)
     # The workup is on the low-ALP card, which always comes with this one: this card is about the drug.
     return [
@@ -104,6 +110,7 @@ def review_current(chart: Chart) -> list[Finding]:
                 "latest": describe_alp(chart, run[-1]),
                 "before": describe_alp(chart, before) if before else None,
                 "low_before": bool(before and before.is_low()),
+                "records_incomplete": not chart.medications_complete,
                 "persistent": chart.persistent,
             },
             indicator=_indicator(drugs, "warning", "info"),
@@ -123,7 +130,9 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
       "antiresorptive-order-denosumab-course" when the order continues a denosumab course (warning for a
       bisphosphonate or denosumab, info for the others), with the low-ALP card's tier of tests (``order_workup``).
     The HPP and low-ALP cards offer the antiresorptive orders for removal, except a denosumab order that continues
-    an established course (``ongoing_course``): stopping denosumab causes rebound fractures.
+    an established course (``ongoing_course``): stopping denosumab causes rebound fractures. When the chart's
+    medications were not all read (``course_unknown``), no order is called a start or a first dose, and a denosumab
+    order (``course_unchecked``) is not offered for removal and is not to be delayed for the workup.
     Not when: no selected order is an antiresorptive; HPP is not documented and the latest judged ALP is current
     and normal."""
     drugs = [m for m in selected if is_antiresorptive(m)]
@@ -132,11 +141,13 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
     names = drug_names(drugs)
     denosumab = any("denosumab" in m.groups for m in drugs)
     course = ongoing_course(chart, drugs)
-    # Without the chart's medications a denosumab order may be the next dose of a course no record shows.
-    course_unchecked = denosumab and course is None and not chart.medications_complete
+    # Without the chart's medications (all of them) any order may continue a course no record shows: the card says
+    # "giving", never "starting" or "first dose". For denosumab that dose must not be delayed or removed.
+    course_unknown = course is None and not chart.medications_complete
+    course_unchecked = denosumab and course_unknown
     # Cancelling the next dose of an established denosumab course is stopping it: not offered as a simple removal.
     deletes = () if (course or course_unchecked) and denosumab else tuple(m.reference for m in drugs if m.reference)
-    start = first_exposure(chart.medications)
+    start = treatment_start(chart)
     before = alp_before(chart, start) if course else None
     common = {
         "drugs": names,
@@ -144,6 +155,7 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
         "denosumab": denosumab,
         "course_start": course.date().isoformat() if course else None,
         "denosumab_course": bool(course and denosumab),
+        "course_unknown": course_unknown,
         "course_unchecked": course_unchecked,
         "low_before": bool(before and before.is_low()),
         "before": describe_alp(chart, before) if before else None,

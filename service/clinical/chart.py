@@ -17,7 +17,7 @@ from functools import cached_property
 from service.clinical.alp import TOTAL_ALP, current_low_run, current_since, is_current, total_alp, unusable
 from service.clinical.codes import thresholds
 from service.clinical.facts import LabResult, Medication, Patient
-from service.clinical.rules import Finding, is_persistent, sample_contamination
+from service.clinical.rules import EDTA_ANALYTES, Finding, is_persistent, sample_contamination
 from service.settings import ClinicalSettings
 
 
@@ -30,7 +30,8 @@ class Chart:
     medications: Sequence[Medication]
     now: datetime
     settings: ClinicalSettings
-    # What of the chart could not be read ("labs", "medications", "some_medications", "conditions"): not "none".
+    # What of the chart could not be (completely) read ("labs", "medications", "some_medications", "conditions",
+    # "alp_history"): not "none" (service.hooks.patient_chart.not_read).
     not_read: frozenset[str] = frozenset()
 
     @property
@@ -76,7 +77,7 @@ class Chart:
         suspects = set()
         for alp in self.current_run:
             if id(alp) in self.contamination:
-                for analyte in ("potassium", "calcium", "zinc", "magnesium"):
+                for analyte in EDTA_ANALYTES:
                     if (result := self.drawn_with(alp, analyte)) is not None:
                         suspects.add(id(result))
         return frozenset(suspects)
@@ -141,13 +142,26 @@ class Chart:
         return latest
 
 
-def lab_days_needed(
-    alp_results: Sequence[LabResult], now: datetime, settings: ClinicalSettings
-) -> tuple[date, set[date]]:
-    """Which other lab results the rules can use: those since the recency cut-off, and those drawn on the days
-    (plus or minus one) of the lows of the current run, each of which is checked for contamination
-    (``Chart.contamination``). Lets a reader skip the rest of a large chart without parsing it."""
+@dataclass(frozen=True)
+class LabsNeeded:
+    """Which other lab results the rules can use, so that a reader may skip the rest of a large chart unparsed:
+    every result from ``since`` (the recency cut-off, ``RECENT_RESULT_DAYS``); every result of ``days``, those
+    around the latest low (the Wilson check reads bilirubin, AST and ALT from its draw); and of ``draw_days``, those
+    around every other low of the current run, only the ``EDTA_ANALYTES`` that the contamination check reads
+    (``Chart.contamination`` checks every low of the run). A day is taken with its neighbours (a draw near midnight,
+    a date in another time zone)."""
+
+    since: date
+    days: frozenset[date]
+    draw_days: frozenset[date]
+    draw_analytes: tuple[str, ...] = EDTA_ANALYTES
+
+
+def lab_days_needed(alp_results: Sequence[LabResult], now: datetime, settings: ClinicalSettings) -> LabsNeeded:
     run = current_low_run(total_alp(alp_results), now, settings)
-    days = {r.when.date() + timedelta(days=d) for r in run for d in (-1, 0, 1)}
+
+    def around(results: Sequence[LabResult]) -> frozenset[date]:
+        return frozenset(r.when.date() + timedelta(days=d) for r in results for d in (-1, 0, 1))
+
     since = (now - timedelta(days=settings.RECENT_RESULT_DAYS + 1)).date()
-    return since, days
+    return LabsNeeded(since, around(run[-1:]), around(run[:-1]))

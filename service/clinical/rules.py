@@ -109,6 +109,10 @@ def by_importance(findings: Sequence[Finding], indicator_of: Callable[[str], str
 # --------------------------------------------------------------------------------------------- rules
 
 
+# The results of an ALP's draw that the contamination check reads (and sets aside when the ALP is suspect).
+EDTA_ANALYTES = ("potassium", "calcium", "zinc", "magnesium")
+
+
 def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
     """When: a low ALP of the current run (``Chart.contamination`` asks about every one of them, not only those a
     card lists) was drawn (within ``same_draw_hours``, 24 h) with a potassium certainly at or above

@@ -48,4 +48,4 @@ def readyz() -> Response:
 
 @bp.get("/metrics")
 def prometheus_metrics() -> Response:
-    return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)  # it names its charset already

@@ -267,34 +267,66 @@ class FhirClient:
             return first
         return self.follow_pages(first, allowance)
 
+    def search(self, relative: str) -> tuple[dict[str, Any], str | None]:
+        """Like :meth:`fetch`, but once the first answer is read a later page that fails (or the page or entry cap)
+        does not lose the pages read: they are returned with why the rest could not be read (None: all were)."""
+        allowance = Allowance(self.max_pages)
+        first = self.get(relative, allowance)
+        if first["resourceType"] != "Bundle":
+            return first, None
+        return self.read_pages(first, allowance)
+
     def follow_pages(self, bundle: dict[str, Any], allowance: Allowance | None = None) -> dict[str, Any]:
         """Merge the pages after ``bundle`` into one Bundle. Paging cut short (``max_pages``, ``max_entries``, a
-        looping next link) raises :class:`PagingStopped` with the pages read: they are never the whole list."""
+        looping next link) raises :class:`PagingStopped` with the pages read: they are never the whole list
+        (:meth:`read_pages` returns them with the reason instead)."""
+        merged, error, stopped = self._pages(bundle, allowance)
+        if error is not None:
+            raise error
+        if stopped is not None:
+            raise PagingStopped(stopped, merged)
+        return merged
+
+    def read_pages(
+        self, bundle: dict[str, Any], allowance: Allowance | None = None
+    ) -> tuple[dict[str, Any], str | None]:
+        """The pages after ``bundle`` merged into one Bundle as far as they could be read, and why the rest could
+        not be (a page failed, or the page or entry cap or a looping next link stopped the paging), or None when
+        every page was read."""
+        merged, error, stopped = self._pages(bundle, allowance)
+        return merged, str(error) if error is not None else stopped
+
+    def _pages(
+        self, bundle: dict[str, Any], allowance: Allowance | None
+    ) -> tuple[dict[str, Any], FhirError | None, str | None]:
         allowance = allowance or Allowance(self.max_pages - 1)  # ``bundle`` itself was the first page
         entries = list(bundle.get("entry") or [])
         seen: set[str] = set()
-        stopped = None
+        error: FhirError | None = None
+        stopped: str | None = None
         url = next_link(bundle)
         while url:
-            if url in seen:
-                stopped = "a next link led back to a page already read"
+            if url in seen:  # the server's paging is broken: what follows is not known to be read
+                stopped = "paging stopped: a next link led back to a page already read"
             elif allowance.left <= 0:
-                stopped = "the search has more pages than CDS_FHIR_MAX_PAGES allows"
+                stopped = "paging stopped at CDS_FHIR_MAX_PAGES"
             elif len(entries) >= self.max_entries:
-                stopped = "the search has more entries than CDS_FHIR_MAX_ENTRIES allows"
+                stopped = "paging stopped at CDS_FHIR_MAX_ENTRIES"
             if stopped:
+                log_event(log, logging.WARNING, "fhir_paging_stopped", entries=len(entries))
                 break
             seen.add(url)
-            page = self.get(url, allowance, what="a next link")
-            if page["resourceType"] != "Bundle":
-                raise FhirError("a next link did not lead to a Bundle")
+            try:
+                page = self.get(url, allowance, what="a next link")
+                if page["resourceType"] != "Bundle":
+                    raise FhirError("a next link did not lead to a Bundle")
+            except FhirError as exc:
+                error = exc
+                break
             entries.extend(page.get("entry") or [])
             url = next_link(page)
         if len(entries) > self.max_entries:
-            stopped = "the search has more entries than CDS_FHIR_MAX_ENTRIES allows"
+            stopped = stopped or "paging stopped at CDS_FHIR_MAX_ENTRIES"
         merged = {k: v for k, v in bundle.items() if k not in ("link", "entry")}
         merged["entry"] = entries[: self.max_entries]
-        if stopped:
-            log_event(log, logging.WARNING, "fhir_paging_stopped", entries=len(merged["entry"]))
-            raise PagingStopped(f"paging stopped, not every page was read: {stopped}", merged)
-        return merged
+        return merged, error, stopped

@@ -6,13 +6,16 @@ For each template key of a service:
 - missing, or an OperationOutcome -> fetched from ``fhirServer`` (concurrently, all missing keys at once).
 When a required key's data cannot be had, :class:`DataUnavailable` (412) explains why, without patient data; an
 optional key's is recorded as unavailable and the call goes on without it (each service declares which are which).
+A search whose first pages were read but whose further pages cannot be (a next link and no ``fhirServer``, a later
+page that fails, the page or entry cap) keeps the pages read, which are real evidence, and is recorded as
+incomplete, for a required key too: the cards say what was not completely read. Pages read that hold no entry at all
+are no evidence: the key counts as not had.
 
 What is not the data (:mod:`service.fhir.answers`): a search answered with something other than a Bundle, or a
 Bundle carrying an OperationOutcome that reports an error, is a search that failed, never an empty list; from the
 client, a Bundle carrying such an outcome is a key it could not satisfy (fetched, as an OperationOutcome is), and
 ``null`` for a read (``Patient/{{context.patientId}}``) is a resource it does not have (fetched too: the patient
-of the context cannot be "none"). A search whose paging was cut short (:class:`PagingStopped`) keeps the pages read
-and is named in :attr:`Resolved.unavailable`, required or optional: never taken for the whole list, never a 412.
+of the context cannot be "none").
 
 Budgets (README "Prefetch and the FHIR fallback"): the optional keys are fetched within :data:`OPTIONAL_SHARE` of
 the call's time and bytes (``CDS_FHIR_TIME_BUDGET``, ``CDS_FHIR_MAX_CALL_BYTES``); the rest is kept for the
@@ -25,13 +28,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from service.errors import BadRequest, DataUnavailable
 from service.fhir.answers import answer_problem, error_in_bundle, is_search
-from service.fhir.client import FhirClient, FhirError, PagingStopped, bundle_problem, next_link
+from service.fhir.client import FhirClient, FhirError, bundle_problem, next_link
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 USER_TOKENS = {
@@ -84,9 +87,14 @@ def fetched_keys(templates: Mapping[str, str], request: Mapping[str, Any]) -> fr
 @dataclass(frozen=True)
 class Resolved:
     data: dict[str, dict[str, Any] | None]  # by prefetch key; None: the client has no data, or it could not be had
-    # keys whose data could not be had -> why (no patient data): optional ones (their data None, or the pages the
-    # client gave), and any key, required too, whose paging was cut short (its data: the pages read)
-    unavailable: dict[str, str]
+    unavailable: dict[str, str]  # optional keys whose data could not be had -> why (no patient data)
+    # keys (required or optional) of which only the first pages could be read: their data is those pages -> why not
+    # the rest (no patient data)
+    incomplete: dict[str, str] = field(default_factory=dict)
+
+
+def _has_entries(bundle: dict[str, Any]) -> bool:
+    return bool(bundle.get("entry"))
 
 
 def resolve_prefetch(
@@ -98,9 +106,13 @@ def resolve_prefetch(
 ) -> Resolved:
     """The data of every key in ``templates``. A key that cannot be had (the FHIR server failed or refused it, or
     there is no server to ask) fails the call with :class:`DataUnavailable` (412) unless it is ``optional``: then it
-    is named in :attr:`Resolved.unavailable`, its data is None (or the pages the client gave), and the service says
-    what it could not check. An OperationOutcome in the client's prefetch is a key the client could not satisfy:
-    fetched as if it were missing, and unavailable the same way."""
+    is named in :attr:`Resolved.unavailable`, its data is None, and the service says what it could not check. A
+    search of which some pages were read and the rest cannot be keeps the pages read and is named in
+    :attr:`Resolved.incomplete` (required or optional: never used silently as the whole list). An OperationOutcome
+    in the client's prefetch is a key the client could not satisfy: fetched as if it were missing, and unavailable
+    the same way; so is a Bundle carrying an error OperationOutcome, or ``null`` for a read (:func:`client_lacks`).
+    A search answered with no Bundle, or with an error OperationOutcome in it, failed (:func:`answer_problem`).
+    Optional keys spend at most :data:`OPTIONAL_SHARE` of the call's budget."""
     provided = request.get("prefetch") or {}
     context = request.get("context") or {}
     resolved: dict[str, dict[str, Any] | None] = {}
@@ -130,6 +142,9 @@ def resolve_prefetch(
                 raise
             resolved[key], unavailable[key] = None, exc.message
 
+    incomplete: dict[str, str] = {}
+    failed: dict[str, str] = {}  # key -> why its data could not be had at all
+    partial: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (the pages read, why not the rest)
     if not to_fetch and not to_complete:
         return Resolved(resolved, unavailable)
     client = make_client()
@@ -139,57 +154,62 @@ def resolve_prefetch(
                 f"prefetch data missing for {', '.join(sorted(to_fetch))} and the request has no fhirServer"
             )
         for key in to_fetch:
-            resolved[key], unavailable[key] = None, "prefetch data missing and the request has no fhirServer"
-        return Resolved(resolved, unavailable)  # a paginated prefetch with no server to finish it: the pages given
+            failed[key] = "prefetch data missing and the request has no fhirServer"
+        for key, bundle in to_complete.items():  # a paginated prefetch with no server to finish it: the pages given
+            partial[key] = (
+                bundle,
+                f"the prefetch Bundle has further pages and the request has no fhirServer (prefetch key {key})",
+            )
+    else:
 
-    def named(key: str, job: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
-        def run() -> dict[str, Any]:
-            try:
-                return job()
-            except FhirError as exc:
-                exc.args = (f"{exc} (prefetch key {key})",)  # the same exception (a PagingStopped keeps its pages)
-                raise
+        def named(key: str, job: Callable[[], tuple[dict[str, Any], str | None]]) -> Callable[[], Any]:
+            def run() -> tuple[dict[str, Any], str | None]:
+                try:
+                    value, problem = job()
+                except FhirError as exc:
+                    raise FhirError(f"{exc} (prefetch key {key})") from None
+                return value, f"{problem} (prefetch key {key})" if problem else None
 
-        return run
+            return run
 
-    optional_client = client.sharing(OPTIONAL_SHARE)  # what the optional keys may spend: see OPTIONAL_SHARE
+        optional_client = client.sharing(OPTIONAL_SHARE)  # what the optional keys may spend: see OPTIONAL_SHARE
 
-    def by(key: str) -> FhirClient:
-        return optional_client if key in optional else client
+        def by(key: str) -> FhirClient:
+            return optional_client if key in optional else client
 
-    jobs = {k: named(k, lambda k=k, u=u: by(k).fetch(u)) for k, u in to_fetch.items()}
-    jobs.update({k: named(k, lambda k=k, b=b: by(k).follow_pages(b)) for k, b in to_complete.items()})
-    failed: dict[str, FhirError] = {}
-    cut: dict[str, str] = {}  # keys whose paging was cut short -> why (their data: the pages read)
-    with client:
-        if len(jobs) == 1:
-            ((key, job),) = jobs.items()
-            futures = {key: _done(job)}
-        else:
-            with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-                futures = {key: pool.submit(job) for key, job in jobs.items()}
-        for key, future in futures.items():
-            try:
-                value = future.result()
-            except PagingStopped as exc:
-                value, cut[key] = exc.pages, str(exc)
-            except FhirError as exc:
-                failed[key] = exc
-                continue
-            problem = answer_problem(value, is_search(templates[key]))
-            if problem:  # answered 200, yet not the data
-                failed[key] = FhirError(f"{problem} (prefetch key {key})")
-                cut.pop(key, None)
+        jobs = {k: named(k, lambda k=k, u=u: by(k).search(u)) for k, u in to_fetch.items()}
+        jobs.update({k: named(k, lambda k=k, b=b: by(k).read_pages(b)) for k, b in to_complete.items()})
+        with client:
+            if len(jobs) == 1:
+                ((key, job),) = jobs.items()
+                futures = {key: _done(job)}
             else:
-                resolved[key] = value
+                with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+                    futures = {key: pool.submit(job) for key, job in jobs.items()}
+            for key, future in futures.items():
+                try:
+                    value, problem = future.result()
+                except FhirError as exc:
+                    failed[key] = str(exc)
+                    continue
+                wrong = answer_problem(value, is_search(templates[key]))
+                if wrong:  # answered 200, yet not the data (pages read or not)
+                    failed[key] = f"{wrong} (prefetch key {key})"
+                elif problem:
+                    partial[key] = (value, problem)
+                else:
+                    resolved[key] = value
+    for key, (pages, problem) in partial.items():
+        if _has_entries(pages):
+            resolved[key], incomplete[key] = pages, problem
+        else:  # pages that hold nothing are no evidence: the key was not had
+            failed[key] = f"{problem}; the pages read hold no entry"
     for key in templates:  # the first required key that failed, in the service's order, fails the call
         if key in failed and key not in optional:
             raise DataUnavailable(f"could not fetch the data the service needs: {failed[key]}")
-    for key, exc in failed.items():
-        resolved.setdefault(key, None)  # a paginated prefetch keeps the pages the client gave
-        unavailable[key] = str(exc)
-    unavailable.update(cut)  # the pages read are kept, and named as not all of them (a required key too)
-    return Resolved(resolved, unavailable)
+    for key, why in failed.items():
+        resolved[key], unavailable[key] = None, why
+    return Resolved(resolved, unavailable, incomplete)
 
 
 def _done(job: Callable[[], dict[str, Any]]) -> Future:

@@ -23,9 +23,8 @@ class HookCall:
     now: datetime
     fetch: Callable[[str], dict[str, Any]] | None = None
     fetched: frozenset[str] = frozenset()  # prefetch keys whose data came from the FHIR server, not the client
-    # optional prefetch keys whose data could not be had (not: empty), and any key (``alp`` too) whose paging was cut
-    # short: its data is the pages read, not the whole list
-    unavailable: frozenset[str] = frozenset()
+    unavailable: frozenset[str] = frozenset()  # optional prefetch keys whose data could not be had (not: empty)
+    incomplete: frozenset[str] = frozenset()  # prefetch keys of which only the first pages could be read
 
     @property
     def context(self) -> Mapping[str, Any]:

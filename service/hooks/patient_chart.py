@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from service import metrics
 from service.card_render import render_card, template
-from service.clinical.chart import Chart, lab_days_needed
+from service.clinical.chart import Chart, LabsNeeded, lab_days_needed
 from service.clinical.codes import LOINC, analytes, loinc_codes
 from service.clinical.facts import LabResult
 from service.clinical.rules import Finding, OrderSuggestion, by_importance
@@ -45,7 +45,9 @@ def chart_prefetch() -> dict[str, str]:
 # which workup tests were already done (it offers them, none recommended), nor check EDTA contamination or the
 # Wilson pattern. Without the medications, it cannot say whether an antiresorptive is current; an order is still
 # checked (the draft is in the hook's context), but a denosumab order may continue a course, so its removal is not
-# offered. Each card names what could not be checked (cards/partials.j2 not_checked).
+# offered. Each card names what could not be checked (cards/partials.j2 not_checked_note). Of the ALP results, the
+# first pages are enough to answer (the search sorts by -date, so they hold the newest); the cards then say that the
+# earlier ones were not all returned (not_read: alp_history).
 OPTIONAL_PREFETCH = frozenset({"labs", "medicationStatements", "medicationRequests"})
 MEDICATION_KEYS = ("medicationStatements", "medicationRequests")
 
@@ -83,19 +85,25 @@ def unrecommended(order: OrderSuggestion) -> OrderSuggestion:
 
 
 def not_read(call: HookCall, scope: Scope) -> frozenset[str]:
-    """What of the chart could not be read, by the names the cards use: ``labs``; ``medications`` (no medication
-    record could be read) or ``some_medications`` (one of the two medication searches failed, or a record's
-    Medication could not be read); ``conditions``. Data that could not be had is never taken for "none"."""
+    """What of the chart could not be (completely) read, by the names the cards use: ``labs`` (not read, or only
+    their first pages); ``medications`` (no medication record could be read) or ``some_medications`` (one of the
+    two medication searches failed or was read only in part, or a record's Medication could not be read);
+    ``conditions`` (not read, or only in part); ``alp_history`` (only the first pages of the ALP results: the
+    newest, since the search sorts by -date). Data that could not be had is never taken for "none", nor pages
+    read for the whole list."""
     missing = set()
-    if "labs" in call.unavailable:
+    lost = call.unavailable | call.incomplete
+    if "labs" in lost:
         missing.add("labs")
     failed = [k for k in MEDICATION_KEYS if k in call.unavailable]
     if len(failed) == len(MEDICATION_KEYS):
         missing.add("medications")
-    elif failed or scope.unresolved:
+    elif failed or scope.unresolved or any(k in call.incomplete for k in MEDICATION_KEYS):
         missing.add("some_medications")
-    if "conditions" in call.unavailable:
+    if "conditions" in lost:
         missing.add("conditions")
+    if "alp" in call.incomplete:
+        missing.add("alp_history")
     return frozenset(missing)
 
 
@@ -129,22 +137,33 @@ def without_repeats(findings: list[Finding]) -> list[Finding]:
     return kept
 
 
-def lab_filter(since: date, days: set[date]):
-    """A cheap pre-parse test on an Observation's date text (ISO dates compare as strings); undated Observations and
-    those carrying an ALP code (also as a panel component) are always kept and read in full."""
-    since_text = since.isoformat()
-    day_texts = {d.isoformat() for d in days}
+def lab_filter(needed: LabsNeeded):
+    """A cheap pre-parse test (:class:`LabsNeeded`) on an Observation's date text (ISO dates compare as strings)
+    and, on the days of earlier lows, its codes; undated Observations and those carrying an ALP code (also as a panel
+    component) are always kept and read in full."""
+    since_text = needed.since.isoformat()
+    day_texts = {d.isoformat() for d in needed.days}
+    draw_texts = {d.isoformat() for d in needed.draw_days}
     alp_codes = frozenset(loinc_codes(*ALP_ANALYTES))
+    draw_codes = frozenset(loinc_codes(*needed.draw_analytes))
 
-    def coded_alp(concept: Any) -> bool:
-        """Any coding with an ALP code, whatever its system says (the reader accepts LOINC's OID too: keeping a
+    def coded(concept: Any, codes: frozenset[str]) -> bool:
+        """Any coding with one of ``codes``, whatever its system says (the reader accepts LOINC's OID too: keeping a
         resource that is then not read costs little, skipping one the reader would read loses a result)."""
         codings = concept.get("coding") if isinstance(concept, dict) else None
         for coding in codings if isinstance(codings, list) else ():
             code = coding.get("code") if isinstance(coding, dict) else None
-            if isinstance(code, str) and code in alp_codes:
+            if isinstance(code, str) and code in codes:
                 return True
         return False
+
+    def carries(observation: dict[str, Any], codes: frozenset[str]) -> bool:
+        """The Observation's code, or one of its components' (a panel), is one of ``codes``."""
+        components = observation.get("component")
+        return coded(observation.get("code"), codes) or (
+            isinstance(components, list)
+            and any(isinstance(c, dict) and coded(c.get("code"), codes) for c in components)
+        )
 
     def keep(observation: dict[str, Any]) -> bool:
         text = observation.get("effectiveDateTime")
@@ -153,10 +172,7 @@ def lab_filter(since: date, days: set[date]):
         day = text[:10]
         if day >= since_text or day in day_texts:
             return True
-        components = observation.get("component")
-        return coded_alp(observation.get("code")) or (
-            isinstance(components, list) and any(isinstance(c, dict) and coded_alp(c.get("code")) for c in components)
-        )
+        return carries(observation, alp_codes) or (day in draw_texts and carries(observation, draw_codes))
 
     return keep
 
@@ -198,8 +214,8 @@ def build_chart(call: HookCall, scope: Scope | None = None) -> Chart:
     scope = scope or read_scope(call)
     clinical = call.settings.clinical
     alp = read_lab_results(data.get("alp"), scope=scope)
-    since, days = lab_days_needed(alp, call.now, clinical)
-    labs = _unique_sorted([*alp, *read_lab_results(data.get("labs"), scope=scope, keep=lab_filter(since, days))])
+    needed = lab_days_needed(alp, call.now, clinical)
+    labs = _unique_sorted([*alp, *read_lab_results(data.get("labs"), scope=scope, keep=lab_filter(needed))])
     medications = read_medications([data.get(k) for k in MEDICATION_KEYS], scope, resolver(call))
     report(scope, labs)
     return Chart(

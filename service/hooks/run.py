@@ -41,7 +41,7 @@ def run_hook(
     FHIR server (None: there is none, and data the request lacks cannot be had); ``now`` defaults to the settings'
     clock. Raises the :class:`service.errors.CdsError` of a call that cannot be answered (412 when a required
     prefetch key cannot be had); an optional key that cannot be had is counted, logged by name and given to the
-    handler as ``call.unavailable``."""
+    handler as ``call.unavailable``, a key of which only the first pages could be read as ``call.incomplete``."""
     started = time.perf_counter()
     resolved = resolve_prefetch(
         service.prefetch,
@@ -55,6 +55,9 @@ def run_hook(
     for key, reason in resolved.unavailable.items():  # key names and FhirError causes: no patient data
         metrics.PREFETCH_UNAVAILABLE.labels(key).inc()
         log_event(log, logging.WARNING, "prefetch_unavailable", service=service.id, key=key, reason=reason)
+    for key, reason in resolved.incomplete.items():
+        metrics.PREFETCH_INCOMPLETE.labels(key).inc()
+        log_event(log, logging.WARNING, "prefetch_incomplete", service=service.id, key=key, reason=reason)
     call = HookCall(
         request=request,
         data=resolved.data,
@@ -63,6 +66,7 @@ def run_hook(
         fetch=fetcher(make_client) if make_client else None,
         fetched=fetched,
         unavailable=frozenset(resolved.unavailable),
+        incomplete=frozenset(resolved.incomplete),
     )
     return HookRun(cards=service.handler(call), call=call, prefetch_seconds=prefetch_seconds)
 

@@ -27,7 +27,7 @@ from service.fhir.client import CallBudget, FhirClient
 from service.fhir.readers import read_lab_results, read_medications
 from service.gallery import markdown
 from service.hooks.low_alp_workup import SERVICE as PATIENT_VIEW
-from service.hooks.patient_chart import read_scope, resolver
+from service.hooks.patient_chart import not_read, read_scope, resolver
 from service.hooks.run import run_hook
 from service.logs import log_event
 from service.settings import Settings, smart_frame_ancestors, smart_launch_url, smart_redirect_url
@@ -222,6 +222,7 @@ def chart_page(iss: str, access_token: str, patient_id: str, config: Settings) -
         [data.get("medicationStatements"), data.get("medicationRequests")], scope, resolver(call)
     )
     series = build_series(scope.patient, labs, medications, call.now, config.clinical)
+    missing = not_read(call, scope)  # data that could not be read is said so, never shown as "none on record"
     patient = scope.patient
     return {
         "series": series,
@@ -237,6 +238,7 @@ def chart_page(iss: str, access_token: str, patient_id: str, config: Settings) -
             "birth_date": patient.birth_date.isoformat() if patient.birth_date else "unknown",
             "deceased": patient.deceased,
         },
+        "not_read": missing,
         "today": call.now.date().isoformat(),
         "num": number_text,
         "steps_text": [
