@@ -591,9 +591,12 @@ def test_patient_must_be_the_one_patient_of_the_hook_call():
     }
     assert read_patient(mixed, "p").gender == "male"  # other resources in the Bundle are not Patients
     only_other = {"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Observation", "id": "o"}}]}
-    assert read_patient(only_other, "p") == Patient("p")
-    assert read_patient(None, "p") == Patient("p")
-    assert read_patient({"resourceType": "Bundle", "entry": []}, "p") == Patient("p")
+    # No Patient at all is no patient, not one without a death date: whether they have died is unknown
+    for nothing in (only_other, {"resourceType": "Bundle", "entry": []}, {"resourceType": "Bundle"}):
+        with pytest.raises(PatientMismatch, match=r"^the patient data given holds no Patient$"):
+            read_patient(nothing, "p")
+    with pytest.raises(PatientMismatch, match=r"^the patient data given is not a Patient resource$"):
+        read_patient(None, "p")
 
 
 @pytest.mark.parametrize(

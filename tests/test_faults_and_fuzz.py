@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.fhir.client import FhirClient
+from service.fhir.client import FhirClient, PagingStopped
 from tests.conftest import OS, PV, free_port, load_request, make_app
 
 # ------------------------------------------------------------------------------------------- a misbehaving server
@@ -182,16 +182,22 @@ def test_redirect_to_another_origin_gives_412_and_is_not_followed(faulty):
 def test_looping_next_links_end(faulty):
     faulty.loop_calls = 0
     response = make_app().hook(PV, _request(f"http://127.0.0.1:{faulty.server_port}/loop"))
-    assert response.status_code == 200
+    # A next link leading back to a page already read: the paging is broken, the search not completely read. Its
+    # pages hold nothing, so the ALP results were not had: 412 (not "no ALP on record").
+    assert response.status_code == 412
+    assert "a next link led back to a page already read" in response.get_json()["issue"][0]["diagnostics"]
     assert faulty.loop_calls == 2  # the first page, then the looping link once
 
 
 def test_page_and_entry_caps(faulty):
     base = f"http://127.0.0.1:{faulty.server_port}/pages"
-    merged = FhirClient(base, max_pages=100, max_entries=7).fetch("Observation")
-    assert len(merged["entry"]) == 7
-    merged = FhirClient(base, max_pages=4).fetch("Observation")
-    assert len(merged["entry"]) == 12
+    """A cap ends the paging with the pages read, named as not all of them (PagingStopped), never as the list."""
+    with pytest.raises(PagingStopped, match="CDS_FHIR_MAX_ENTRIES") as stopped:
+        FhirClient(base, max_pages=100, max_entries=7).fetch("Observation")
+    assert len(stopped.value.pages["entry"]) == 7
+    with pytest.raises(PagingStopped, match="CDS_FHIR_MAX_PAGES") as stopped:
+        FhirClient(base, max_pages=4).fetch("Observation")
+    assert len(stopped.value.pages["entry"]) == 12
 
 
 # ------------------------------------------------------------------------------------------- property-based

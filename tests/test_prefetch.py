@@ -9,7 +9,7 @@ import pytest
 import requests
 import responses
 
-from service.fhir.client import FhirClient, FhirError
+from service.fhir.client import FhirClient, FhirError, PagingStopped
 from service.hook_requests import bundle_resources, fhir_authorization, hook_request, search
 from tests.conftest import PV, load_bundle, make_app, referencing_medication
 
@@ -183,8 +183,9 @@ def test_paging_is_bounded_and_stops_on_a_loop():
                 "entry": [_alp("y", 1, "2026")],
             },
         )
-        merged = FhirClient(BASE, max_pages=50).fetch("Observation")
-        assert len(merged["entry"]) == 2 and len(rsps.calls) == 2
+        with pytest.raises(PagingStopped, match="a next link led back") as stopped:  # never taken as complete
+            FhirClient(BASE, max_pages=50).fetch("Observation")
+        assert len(stopped.value.pages["entry"]) == 2 and len(rsps.calls) == 2
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         for i in range(10):
             rsps.add(
@@ -196,7 +197,8 @@ def test_paging_is_bounded_and_stops_on_a_loop():
                     "entry": [],
                 },
             )
-        FhirClient(BASE, max_pages=3).fetch("page0")
+        with pytest.raises(PagingStopped, match="CDS_FHIR_MAX_PAGES"):
+            FhirClient(BASE, max_pages=3).fetch("page0")
         assert len(rsps.calls) == 3
 
 

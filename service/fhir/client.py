@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -33,18 +33,38 @@ class FhirError(Exception):
     """Data could not be had from the FHIR server. The message names the cause, never patient data."""
 
 
+class PagingStopped(FhirError):
+    """A search whose paging was cut short (``CDS_FHIR_MAX_PAGES``, ``CDS_FHIR_MAX_ENTRIES``, a next link leading
+    back to a page already read): ``pages`` holds what was read, which is not the whole list."""
+
+    def __init__(self, message: str, pages: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.pages = pages
+
+
 REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class CallBudget:
     """What the FHIR fetching of one hook call may spend: a deadline, and bytes read (shared by all its fetches,
-    which run in several threads)."""
+    which run in several threads). :meth:`share` gives a part of it to fetches that must not use it all up."""
 
-    def __init__(self, seconds: float, max_bytes: int) -> None:
-        self.deadline = time.monotonic() + seconds
+    def __init__(self, seconds: float, max_bytes: int, *, within: CallBudget | None = None) -> None:
+        self.started = time.monotonic()
+        self.seconds = seconds
+        self.deadline = self.started + seconds
         self.max_bytes = max_bytes
+        self.within = within  # the budget this one is a share of (what is read here is counted there too)
         self._read = 0
         self._lock = threading.Lock()
+
+    def share(self, fraction: float) -> CallBudget:
+        """At most ``fraction`` of this budget: its time counted from this budget's start, and its bytes (counted
+        here as well, so the two together never exceed this budget)."""
+        part = CallBudget(self.seconds * fraction, int(self.max_bytes * fraction), within=self)
+        part.started = self.started
+        part.deadline = min(self.deadline, self.started + self.seconds * fraction)
+        return part
 
     def count(self, size: int) -> None:
         with self._lock:
@@ -52,10 +72,13 @@ class CallBudget:
             over = self._read > self.max_bytes
         if over:
             metrics.FHIR_FETCHES.labels("too_large").inc()
+            what = "bytes" if self.within is None else "bytes, the share of the optional prefetch keys of"
             raise FhirError(
-                f"the FHIR answers for this hook call add up to more than {self.max_bytes} bytes "
+                f"the FHIR answers for this hook call add up to more than {self.max_bytes} {what} "
                 "(CDS_FHIR_MAX_CALL_BYTES)"
             )
+        if self.within is not None:
+            self.within.count(size)
 
 
 @dataclass
@@ -150,6 +173,11 @@ class FhirClient:
 
     def close(self) -> None:
         self.session.close()
+
+    def sharing(self, fraction: float) -> FhirClient:
+        """This client (its session and token), its fetches limited to ``fraction`` of the hook call's budget (time
+        and bytes, see :meth:`CallBudget.share`); itself when it has no budget."""
+        return self if self.budget is None else replace(self, budget=self.budget.share(fraction))
 
     def __enter__(self) -> FhirClient:
         return self
@@ -249,17 +277,22 @@ class FhirClient:
         return self.read_pages(first, allowance)
 
     def follow_pages(self, bundle: dict[str, Any], allowance: Allowance | None = None) -> dict[str, Any]:
-        """Merge the pages after ``bundle`` into one Bundle (bounded by max_pages; a looping link ends it)."""
-        merged, error, _stopped = self._pages(bundle, allowance)
+        """Merge the pages after ``bundle`` into one Bundle. Paging cut short (``max_pages``, ``max_entries``, a
+        looping next link) raises :class:`PagingStopped` with the pages read: they are never the whole list
+        (:meth:`read_pages` returns them with the reason instead)."""
+        merged, error, stopped = self._pages(bundle, allowance)
         if error is not None:
             raise error
+        if stopped is not None:
+            raise PagingStopped(stopped, merged)
         return merged
 
     def read_pages(
         self, bundle: dict[str, Any], allowance: Allowance | None = None
     ) -> tuple[dict[str, Any], str | None]:
         """The pages after ``bundle`` merged into one Bundle as far as they could be read, and why the rest could
-        not be (a page failed, or the page or entry cap stopped the paging), or None when every page was read."""
+        not be (a page failed, or the page or entry cap or a looping next link stopped the paging), or None when
+        every page was read."""
         merged, error, stopped = self._pages(bundle, allowance)
         return merged, str(error) if error is not None else stopped
 
@@ -272,10 +305,15 @@ class FhirClient:
         error: FhirError | None = None
         stopped: str | None = None
         url = next_link(bundle)
-        while url and url not in seen:
-            if allowance.left <= 0 or len(entries) >= self.max_entries:
+        while url:
+            if url in seen:  # the server's paging is broken: what follows is not known to be read
+                stopped = "paging stopped: a next link led back to a page already read"
+            elif allowance.left <= 0:
+                stopped = "paging stopped at CDS_FHIR_MAX_PAGES"
+            elif len(entries) >= self.max_entries:
+                stopped = "paging stopped at CDS_FHIR_MAX_ENTRIES"
+            if stopped:
                 log_event(log, logging.WARNING, "fhir_paging_stopped", entries=len(entries))
-                stopped = "paging stopped at CDS_FHIR_MAX_PAGES or CDS_FHIR_MAX_ENTRIES"
                 break
             seen.add(url)
             try:

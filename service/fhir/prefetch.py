@@ -10,6 +10,17 @@ A search whose first pages were read but whose further pages cannot be (a next l
 page that fails, the page or entry cap) keeps the pages read, which are real evidence, and is recorded as
 incomplete, for a required key too: the cards say what was not completely read. Pages read that hold no entry at all
 are no evidence: the key counts as not had.
+
+What is not the data (:mod:`service.fhir.answers`): a search answered with something other than a Bundle, or a
+Bundle carrying an OperationOutcome that reports an error, is a search that failed, never an empty list; from the
+client, a Bundle carrying such an outcome is a key it could not satisfy (fetched, as an OperationOutcome is), and
+``null`` for a read (``Patient/{{context.patientId}}``) is a resource it does not have (fetched too: the patient
+of the context cannot be "none").
+
+Budgets (README "Prefetch and the FHIR fallback"): the optional keys are fetched within :data:`OPTIONAL_SHARE` of
+the call's time and bytes (``CDS_FHIR_TIME_BUDGET``, ``CDS_FHIR_MAX_CALL_BYTES``); the rest is kept for the
+required keys (which may use the whole budget) and for the reads the handler makes afterwards (the draft order's
+``Medication/<id>``). A slow or huge optional answer then makes that key unavailable, never the call a 412.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from typing import Any
 from urllib.parse import quote
 
 from service.errors import BadRequest, DataUnavailable
+from service.fhir.answers import answer_problem, error_in_bundle, is_search
 from service.fhir.client import FhirClient, FhirError, bundle_problem, next_link
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
@@ -31,6 +43,9 @@ USER_TOKENS = {
     "userPatientId": "Patient",
     "userRelatedPersonId": "RelatedPerson",
 }
+# The part of the call's FHIR time and bytes the optional keys may spend together; the rest is the required keys'
+# and the handler's (see the module's docstring).
+OPTIONAL_SHARE = 0.75
 
 
 def fill_template(template: str, context: Mapping[str, Any]) -> str:
@@ -56,10 +71,17 @@ def is_operation_outcome(value: Any) -> bool:
     return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
 
 
+def client_lacks(template: str, value: Any) -> bool:
+    """The client's prefetch value for a key says it could not give the data: an OperationOutcome, a Bundle that
+    carries one reporting an error, or ``null`` for a read (CDS Hooks: the client has no such resource; the patient
+    of the context is then read from the FHIR server, or the call is a 412)."""
+    return is_operation_outcome(value) or error_in_bundle(value) or (value is None and not is_search(template))
+
+
 def fetched_keys(templates: Mapping[str, str], request: Mapping[str, Any]) -> frozenset[str]:
     """The keys whose data comes from the FHIR server rather than from the client's prefetch."""
     provided = request.get("prefetch") or {}
-    return frozenset(k for k in templates if k not in provided or is_operation_outcome(provided[k]))
+    return frozenset(k for k, t in templates.items() if k not in provided or client_lacks(t, provided[k]))
 
 
 @dataclass(frozen=True)
@@ -88,7 +110,9 @@ def resolve_prefetch(
     search of which some pages were read and the rest cannot be keeps the pages read and is named in
     :attr:`Resolved.incomplete` (required or optional: never used silently as the whole list). An OperationOutcome
     in the client's prefetch is a key the client could not satisfy: fetched as if it were missing, and unavailable
-    the same way."""
+    the same way; so is a Bundle carrying an error OperationOutcome, or ``null`` for a read (:func:`client_lacks`).
+    A search answered with no Bundle, or with an error OperationOutcome in it, failed (:func:`answer_problem`).
+    Optional keys spend at most :data:`OPTIONAL_SHARE` of the call's budget."""
     provided = request.get("prefetch") or {}
     context = request.get("context") or {}
     resolved: dict[str, dict[str, Any] | None] = {}
@@ -96,10 +120,13 @@ def resolve_prefetch(
     to_fetch: dict[str, str] = {}
     to_complete: dict[str, dict[str, Any]] = {}
     for key, template in templates.items():
-        if key in provided and not is_operation_outcome(provided[key]):
+        if key in provided and not client_lacks(template, provided[key]):
             value = provided[key]
             if value is not None and not isinstance(value.get("resourceType"), str):
                 raise BadRequest(f"prefetch.{key}: not a FHIR resource (no resourceType)")
+            problem = answer_problem(value, is_search(template))
+            if problem:
+                raise BadRequest(f"prefetch.{key}: {problem}")
             if value is not None and value["resourceType"] == "Bundle":
                 problem = bundle_problem(value)
                 if problem:
@@ -145,8 +172,13 @@ def resolve_prefetch(
 
             return run
 
-        jobs = {k: named(k, lambda u=u: client.search(u)) for k, u in to_fetch.items()}
-        jobs.update({k: named(k, lambda b=b: client.read_pages(b)) for k, b in to_complete.items()})
+        optional_client = client.sharing(OPTIONAL_SHARE)  # what the optional keys may spend: see OPTIONAL_SHARE
+
+        def by(key: str) -> FhirClient:
+            return optional_client if key in optional else client
+
+        jobs = {k: named(k, lambda k=k, u=u: by(k).search(u)) for k, u in to_fetch.items()}
+        jobs.update({k: named(k, lambda k=k, b=b: by(k).read_pages(b)) for k, b in to_complete.items()})
         with client:
             if len(jobs) == 1:
                 ((key, job),) = jobs.items()
@@ -160,7 +192,10 @@ def resolve_prefetch(
                 except FhirError as exc:
                     failed[key] = str(exc)
                     continue
-                if problem:
+                wrong = answer_problem(value, is_search(templates[key]))
+                if wrong:  # answered 200, yet not the data (pages read or not)
+                    failed[key] = f"{wrong} (prefetch key {key})"
+                elif problem:
                     partial[key] = (value, problem)
                 else:
                     resolved[key] = value

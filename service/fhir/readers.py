@@ -215,13 +215,14 @@ class Scope:
 
 
 def read_patient(value: Any, patient_id: str, now: datetime | None = None) -> Patient:
-    """The Patient of the hook call: exactly one Patient resource, whose id is ``context.patientId``, else
-    :class:`PatientMismatch` (another id, several Patients, another resource type)."""
-    if isinstance(value, dict) and value.get("resourceType") not in ("Patient", "Bundle"):
+    """The Patient of the hook call: exactly one Patient resource, whose id is ``context.patientId`` (alone, or the
+    one Patient of a Bundle), else :class:`PatientMismatch` (another id, several Patients, another resource type, no
+    Patient at all: whether the patient has died is then unknown, and no advice can be given)."""
+    if not isinstance(value, dict) or value.get("resourceType") not in ("Patient", "Bundle"):
         raise PatientMismatch("the patient data given is not a Patient resource")
     found = list(resources(value, "Patient"))
     if not found:
-        return Patient(id=patient_id)
+        raise PatientMismatch("the patient data given holds no Patient")
     if len(found) > 1:
         raise PatientMismatch("the patient data given holds more than one Patient")
     resource = found[0]

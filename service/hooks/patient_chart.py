@@ -178,8 +178,10 @@ def lab_filter(needed: LabsNeeded):
 
 
 def read_scope(call: HookCall) -> Scope:
-    """The patient of the call, checked: a Patient resource with another id is refused (400 when the client sent
-    it, 412 when the FHIR server did)."""
+    """The patient of the call, checked: anything but exactly one Patient with the context's id (another id, no
+    Patient, an empty Bundle) is refused, 400 when the client sent it, 412 when the FHIR server did (a client's
+    ``null`` was fetched from the server: :func:`service.fhir.prefetch.client_lacks`). Without it, whether the patient
+    has died is unknown: no advice is given."""
     patient_id = call.context["patientId"]
     try:
         patient = read_patient(call.data.get("patient"), patient_id, call.now)
