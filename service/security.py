@@ -78,7 +78,9 @@ class KeyStore:
     def _parse(jwks: Any) -> dict[str, PyJWK]:
         """The keys of a JWK Set by kid; a member that is not a usable key is skipped. ValueError when ``jwks`` is
         not a key set at all."""
-        if not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list):
+        if not isinstance(jwks, Mapping) or not isinstance(
+            jwks.get("keys"), list | tuple
+        ):  # tuple: read-only, from settings
             raise ValueError("not a JWK Set")
         keys: dict[str, PyJWK] = {}
         for data in jwks["keys"]:

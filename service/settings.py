@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -35,34 +37,119 @@ def _bool(raw: Any) -> bool:
     raise SettingsError(f"expected on/off, got {raw!r}")
 
 
+DAY = 86_400  # seconds: the most any timeout, budget or wait may be (a larger one breaks timers, or is no bound)
+LARGEST_WHOLE = 2**53  # any count or size: still exact as a float, and fits a C ssize_t or an SQL integer
+LONGEST_AGE = 150  # years: no patient is older
+LONGEST_DAYS = 36_500  # 100 years: more reaches before the dates a chart can hold (timedelta overflows)
+# ALP site lower limits (U/L): within the plausible range of total ALP (service/clinical/data/plausibility.csv: from
+# 2, below which a value labelled U/L is really ukat/L) and no higher than 200: the adult lower limits of every
+# method lie far below it (CALIPER 35-40; older methods such as DGKC about 70), and the highest CALIPER lower limit
+# at any age is 142. A "lower limit" above that would call normal adults low.
+ALP_SITE_LIMIT_RANGE = (2.0, 200.0)
+
+
+def _finite(raw: Any) -> float:
+    """A finite number: infinity and NaN are no setting's value; nor is a boolean (True is not 1 second)."""
+    if isinstance(raw, bool):
+        raise SettingsError(f"expected a number, got {raw!r}")
+    try:
+        value = float(raw)
+    except OverflowError:  # an int beyond a double's range
+        value = math.inf
+    if not math.isfinite(value):
+        raise SettingsError(f"expected a finite number, got {raw!r}")
+    return value
+
+
 def _positive_float(raw: Any) -> float:
-    value = float(raw)
+    value = _finite(raw)
     if not value > 0:
         raise SettingsError(f"expected a positive number, got {raw!r}")
     return value
 
 
+def _seconds(raw: Any) -> float:
+    """A timeout, budget or wait: more than 0 seconds, at most a day (1e300 overflows the timers that enforce it)."""
+    value = _positive_float(raw)
+    if value > DAY:
+        raise SettingsError(f"expected at most {DAY} seconds (a day), got {raw!r}")
+    return value
+
+
+def _integer(raw: Any) -> int:
+    """A whole number: an int, a float without fraction, or its digits; never a boolean, never 2.9 cut to 2."""
+    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+        raise SettingsError(f"expected a whole number, got {raw!r}")
+    if isinstance(raw, int | float):
+        value = int(raw)
+    else:
+        text = str(raw).strip()
+        if not re.fullmatch(r"[+-]?[0-9]+(?:_[0-9]+)*", text):
+            raise SettingsError(f"expected a whole number, got {raw!r}")
+        value = int(text)
+    if abs(value) > LARGEST_WHOLE:
+        raise SettingsError(f"expected a whole number of at most {LARGEST_WHOLE}, got {raw!r}")
+    return value
+
+
 def _positive_int(raw: Any) -> int:
-    value = int(raw)
+    value = _integer(raw)
     if value < 1:
         raise SettingsError(f"expected a positive whole number, got {raw!r}")
     return value
 
 
 def _whole_number(raw: Any) -> int:
-    value = int(raw)
+    value = _integer(raw)
     if value < 0:
         raise SettingsError(f"expected 0 or a positive whole number, got {raw!r}")
     return value
+
+
+def _at_most(high: int, unit: str) -> Callable[[Any], int]:
+    """A positive whole number of ``unit`` up to ``high``, beyond which the value breaks date or timer arithmetic."""
+
+    def parse(raw: Any) -> int:
+        value = _positive_int(raw)
+        if value > high:
+            raise SettingsError(f"expected at most {high} {unit}, got {raw!r}")
+        return value
+
+    parse.__name__ = f"_at_most_{high}_{unit.split()[0]}"
+    return parse
+
+
+_age = _at_most(LONGEST_AGE, "years")
+_days = _at_most(LONGEST_DAYS, "days (100 years)")
+_whole_seconds = _at_most(DAY, "seconds (a day)")
 
 
 def _comma_list(raw: Any) -> tuple[str, ...]:
     """A list from overrides, or a comma-separated string from the environment."""
     if raw in (None, ""):
         return ()
+    if isinstance(raw, Mapping | set | frozenset | bytes | bytearray):
+        raise SettingsError(f"expected a list or comma-separated text, got a {type(raw).__name__}")
     if isinstance(raw, list | tuple):
         return tuple(str(x).strip() for x in raw if str(x).strip())
     return tuple(part.strip() for part in str(raw).split(",") if part.strip())
+
+
+def _log_level(raw: Any) -> str:
+    """A Python log level by name (any case): DEBUG, INFO, WARNING, ERROR, CRITICAL."""
+    text = str(raw).strip().upper()
+    if isinstance(raw, bool) or text not in logging.getLevelNamesMapping():
+        raise SettingsError(f"expected a log level such as INFO or WARNING, got {raw!r}")
+    return text
+
+
+def _frozen(value: Any) -> Any:
+    """A read-only deep copy of JSON-like data: mappings become read-only mappings, lists tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: _frozen(item) for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(item) for item in value)
+    return value
 
 
 def _issuers(raw: Any) -> Mapping[str, Mapping[str, Any]]:
@@ -72,35 +159,54 @@ def _issuers(raw: Any) -> Mapping[str, Mapping[str, Any]]:
     if isinstance(raw, Mapping):
         data: Any = raw
     else:
-        path = Path(str(raw))
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise SettingsError(f"cannot read trusted issuers file {path}: {exc.strerror}") from None
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+        data = _read_trust_file(Path(str(raw)))
     if not isinstance(data, Mapping):
         raise SettingsError("trusted issuers must map each iss to its settings")
     issuers: dict[str, Mapping[str, Any]] = {}
     for iss, conf in data.items():
         if not isinstance(conf, Mapping) or not (conf.get("jwks") or conf.get("jwks_url") or conf.get("jku")):
             raise SettingsError(f"issuer {iss!r} needs jwks, jwks_url or a jku allow-list")
-        if conf.get("jwks") and not (isinstance(conf["jwks"], Mapping) and isinstance(conf["jwks"].get("keys"), list)):
+        jwks = conf.get("jwks")
+        if jwks and not (isinstance(jwks, Mapping) and isinstance(jwks.get("keys"), list | tuple)):
             raise SettingsError(f"issuer {iss!r}: jwks must be a JWK Set, {{keys: [...]}}")
         issuers[str(iss)] = MappingProxyType(
             {
-                "jwks": conf.get("jwks"),
+                "jwks": _frozen(jwks),  # a copy: the caller's dict changing later changes no trusted key
                 "jwks_url": conf.get("jwks_url"),
                 "jku": _comma_list(conf.get("jku")),
                 "fhir_servers": tuple(u.rstrip("/") for u in _comma_list(conf.get("fhir_servers"))),
-                "tenant": conf.get("tenant"),
+                "tenant": _frozen(conf.get("tenant")),
             }
         )
     return MappingProxyType(issuers)
+
+
+def _read_trust_file(path: Path) -> Any:
+    """The trust file's content: YAML for a .yaml or .yml file, JSON otherwise; a SettingsError naming the file (and
+    the line, when the parser knows it) for a file that cannot be read as such."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"cannot read trusted issuers file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"trusted issuers file {path} is not text (UTF-8): neither JSON nor YAML") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise SettingsError(f"trusted issuers file {path} is not valid YAML{where}: {problem}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = "" if path.suffix.lower() == ".json" else " (a .yaml or .yml file is read as YAML)"
+        raise SettingsError(
+            f"trusted issuers file {path} is not valid JSON{hint} (line {exc.lineno}): {exc.msg}"
+        ) from None
 
 
 def _base_url(raw: Any) -> str:
@@ -168,20 +274,30 @@ def _on_off(raw: Any) -> bool:
     return not (isinstance(raw, str) and raw.strip().lower() in {"off", "0", "false", "no"}) and raw is not False
 
 
+def _alp_limit(raw: Any) -> float:
+    """An adult ALP lower limit in U/L, within ALP_SITE_LIMIT_RANGE."""
+    value = _finite(raw)
+    low, high = ALP_SITE_LIMIT_RANGE
+    if not low <= value <= high:
+        raise SettingsError(f"expected an adult ALP lower limit from {low:g} to {high:g} U/L, got {raw!r}")
+    return value
+
+
 def _site_limits(raw: Any) -> Mapping[str, float]:
-    """``"40"`` (both sexes) or ``"female=35,male=40"``; a mapping is accepted from overrides."""
+    """``"40"`` (both sexes) or ``"female=35,male=40"``; a mapping is accepted from overrides. A sex left out gets
+    the built-in table's limit (service/clinical/limits.py), never the other sex's."""
     if raw in (None, ""):
         return MappingProxyType({})
     if isinstance(raw, Mapping):
-        items = {str(k).lower(): _positive_float(v) for k, v in raw.items()}
+        items = {str(k).lower(): _alp_limit(v) for k, v in raw.items()}
     elif isinstance(raw, int | float) or "=" not in str(raw):
-        value = _positive_float(raw)
+        value = _alp_limit(raw)
         items = {"male": value, "female": value}
     else:
         items = {}
         for part in str(raw).split(","):
             key, _, value = part.partition("=")
-            items[key.strip().lower()] = _positive_float(value)
+            items[key.strip().lower()] = _alp_limit(value)
     unknown = set(items) - {"male", "female"}
     if unknown:
         raise SettingsError(f"site limits know only male and female, not {sorted(unknown)}")
@@ -209,19 +325,19 @@ class Settings:
     """The service's settings, one field per setting (the README's table is checked against these fields), read-only
     once loaded (:func:`load_settings`). ``NOW``, the clock, is no setting: tests and tools may inject one."""
 
-    FHIR_CONNECT_TIMEOUT: float = setting(_positive_float, 3.05, "Seconds to wait for a FHIR server connection.")
-    FHIR_READ_TIMEOUT: float = setting(_positive_float, 10.0, "Seconds to wait for a FHIR server's answer.")
+    FHIR_CONNECT_TIMEOUT: float = setting(_seconds, 3.05, "Seconds to wait for a FHIR server connection.")
+    FHIR_READ_TIMEOUT: float = setting(_seconds, 10.0, "Seconds to wait for a FHIR server's answer.")
     FHIR_MAX_PAGES: int = setting(_positive_int, 20, "Most Bundle pages followed (next links) per prefetch key.")
     FHIR_FETCH_WORKERS: int = setting(_positive_int, 6, "Missing prefetch keys fetched at once.")
     MAX_BODY_BYTES: int = setting(_positive_int, 5_000_000, "Largest hook request body accepted (413 beyond).")
     CLIENT_TIMEOUT: float = setting(
-        _positive_float,
+        _seconds,
         10.0,
         "Seconds a client may send nothing while sending its request, or take nothing of its answer, before it is "
         "disconnected (alp-cds serve).",
     )
     CLIENT_REQUEST_DEADLINE: float = setting(
-        _positive_float,
+        _seconds,
         30.0,
         "Seconds a client has to send a whole request, headers and body, once a thread has taken it up; then the "
         "connection is closed (alp-cds serve).",
@@ -230,34 +346,35 @@ class Settings:
         _site_limits,
         EMPTY,
         "Adult ALP lower limits (U/L) of your lab, used when a result carries no referenceRange: "
-        "`40` for both sexes or `female=35,male=40`. Empty: the built-in CALIPER table.",
+        "`40` for both sexes or `female=35,male=40`, from 2 to 200; a sex not given gets the built-in limit. "
+        "Empty: the built-in CALIPER table.",
     )
-    ADULT_AGE: int = setting(_positive_int, 19, "Age (years) from which ALP_SITE_LOW_LIMITS apply.")
+    ADULT_AGE: int = setting(_age, 19, "Age (years) from which ALP_SITE_LOW_LIMITS apply.")
     WILSON_MIN_AGE: int = setting(
-        _positive_int,
+        _age,
         3,
         "Youngest age (years) for the Wilson disease check: liver disease from Wilson disease is not seen before "
-        "about 3 years (EASL 2012), and a newborn's jaundice is not it.",
+        "about 3 years (EASL 2012), and a newborn's jaundice is not it. Below WILSON_MAX_AGE.",
     )
     WILSON_MAX_AGE: int = setting(
-        _positive_int,
+        _age,
         55,
         "Patients younger than this get the Wilson disease check (AASLD: consider it from 3 to 55 years in "
         "unexplained liver disease).",
     )
     RECENT_RESULT_DAYS: int = setting(
-        _positive_int,
+        _days,
         90,
         "A workup test resulted within this many days is not re-suggested.",
     )
     ALP_CURRENT_DAYS: int = setting(
-        _positive_int,
+        _days,
         365,
         "An ALP result older than this many days is history: shown, never the reason for advice today "
         "(a setting, not a sourced number: see the README's rules for the age of results).",
     )
     PERSISTENT_MIN_DAYS: int = setting(
-        _positive_int,
+        _days,
         28,
         "Two low ALP results at least this many days apart (no normal between, the latest current) count as "
         "persistent: a fall after surgery or acute illness can last weeks (addendum 6: 4 weeks, a design choice).",
@@ -280,9 +397,9 @@ class Settings:
         "The URL clients call the service at, e.g. `https://cds.example.org`: a JWT's `aud` must be it plus the path "
         "called. Required when AUTH is on (never taken from the Host header).",
     )
-    JWT_LEEWAY: int = setting(_positive_int, 5, "Seconds of clock skew allowed on `exp` and `iat`.")
+    JWT_LEEWAY: int = setting(_whole_seconds, 5, "Seconds of clock skew allowed on `exp` and `iat`.")
     JWT_MAX_LIFETIME: int = setting(
-        _positive_int,
+        _whole_seconds,
         600,
         "Longest lifetime (`exp` - `iat`, seconds) of a token accepted; the spec recommends 5 minutes.",
     )
@@ -298,7 +415,7 @@ class Settings:
         "TLS); empty: REPLAY_STORE_URL.",
     )
     REDIS_TIMEOUT: float = setting(
-        _positive_float,
+        _seconds,
         1.0,
         "Seconds to connect to Redis and to get its answer; then the replay store counts as down.",
     )
@@ -320,7 +437,7 @@ class Settings:
     )
     FEEDBACK_DB_URL: str = setting(str, "sqlite:///var/feedback.db", "SQLAlchemy URL of the feedback store.")
     FEEDBACK_DB_TIMEOUT: float = setting(
-        _positive_float,
+        _seconds,
         5.0,
         "Seconds a feedback-store operation may take (connecting, waiting for a lock, a statement); then 503.",
     )
@@ -332,12 +449,12 @@ class Settings:
         "newer than the service's refuses the start either way.",
     )
     MIGRATE_TIMEOUT: float = setting(
-        _positive_float,
+        _seconds,
         600.0,
         "Seconds `alp-cds migrate` gives the migration (statements, waits for locks); connecting is bounded by "
         "FEEDBACK_DB_TIMEOUT.",
     )
-    FHIR_TIME_BUDGET: float = setting(_positive_float, 8.0, "Seconds all FHIR fetching of one hook call may take.")
+    FHIR_TIME_BUDGET: float = setting(_seconds, 8.0, "Seconds all FHIR fetching of one hook call may take.")
     FHIR_CALLS_PER_WORKER: int = setting(
         _whole_number,
         0,
@@ -355,7 +472,7 @@ class Settings:
         "Most large hook calls one worker process parses and answers at once (memory); another waits for a slot.",
     )
     LARGE_CALL_WAIT: float = setting(
-        _positive_float,
+        _seconds,
         5.0,
         "Seconds a large hook call waits for a slot (its body not yet read) before a 503 with Retry-After.",
     )
@@ -370,7 +487,7 @@ class Settings:
         20_000_000,
         "Most bytes read from FHIR servers for one hook call, all answers together; then 412.",
     )
-    LOG_LEVEL: str = setting(str, "INFO", "Python log level.")
+    LOG_LEVEL: str = setting(_log_level, "INFO", "Python log level (DEBUG, INFO, WARNING, ERROR, CRITICAL).")
     SMART_ISSUERS: tuple[str, ...] = setting(
         _smart_issuers,
         (),
@@ -385,7 +502,7 @@ class Settings:
         "The SMART app's redirect URL as registered with the EHRs. Empty: `CDS_PUBLIC_BASE_URL` + `/smart/callback`.",
     )
     SMART_LAUNCH_SECONDS: int = setting(
-        _positive_int,
+        _whole_seconds,
         600,
         "Seconds a SMART launch may take from `/smart/launch` to `/smart/callback` (the state is then forgotten).",
     )
@@ -484,21 +601,51 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
             values[setting.name] = setting.parse(raw)
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"setting {setting.name} ({setting.env_name}): {exc}") from None
-    return Settings(**values)
+    settings = Settings(**values)
+    check_combinations(settings)
+    return settings
+
+
+def check_combinations(values: Settings) -> None:
+    """Settings each valid alone that together would silently switch a rule off."""
+    if values.WILSON_MIN_AGE >= values.WILSON_MAX_AGE:
+        raise SettingsError(
+            f"setting WILSON_MIN_AGE (CDS_WILSON_MIN_AGE), {values.WILSON_MIN_AGE}, must be below WILSON_MAX_AGE "
+            f"(CDS_WILSON_MAX_AGE), {values.WILSON_MAX_AGE}: otherwise no patient gets the Wilson disease check"
+        )
 
 
 INJECTABLE = frozenset({"NOW"})  # what tests and tools may pass besides the settings: the clock
 
 
+# The variables Kubernetes gives a pod for every Service of its namespace (enableServiceLinks): a Service named
+# "cds-redis" gives CDS_REDIS_SERVICE_HOST, CDS_REDIS_SERVICE_PORT(_<port name>), CDS_REDIS_PORT and
+# CDS_REDIS_PORT_6379_TCP(_PROTO, _PORT, _ADDR). Not settings, and no reason to refuse the start.
+SERVICE_LINK = re.compile(
+    r"[A-Z0-9_]+?_(?:PORT(?:_[0-9]+_(?:TCP|UDP|SCTP)(?:_PROTO|_PORT|_ADDR)?)?|SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?)"
+)
+
+
 def check_names(overrides: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+    """A name that is no setting is refused, with the closest setting: the override's name, or for a variable of
+    the environment that setting's variable (:attr:`Setting.env_name`). Kubernetes service-link variables that are
+    no setting are let be (:data:`SERVICE_LINK`)."""
     names = set(setting_names())
-    env_names = {setting.env_name for setting in SETTINGS}
-    unknown = [(k, k) for k in overrides if k not in names | INJECTABLE]
-    unknown += [(k, k.removeprefix(ENV_PREFIX)) for k in environ if k.startswith(ENV_PREFIX) and k not in env_names]
+    by_env_name = {setting.env_name: setting for setting in SETTINGS}
+    unknown = [k for k in overrides if k not in names | INJECTABLE]
+    unknown += [
+        k for k in environ if k.startswith(ENV_PREFIX) and k not in by_env_name and not SERVICE_LINK.fullmatch(k)
+    ]
     if unknown:
-        given, bare = unknown[0]
-        close = difflib.get_close_matches(bare, sorted(names), n=1)
-        hint = f"; did you mean {ENV_PREFIX if given != bare else ''}{close[0]}?" if close else ""
+        given = unknown[0]
+        if given in overrides:
+            close = difflib.get_close_matches(given, sorted(names), n=1)
+        else:  # matched without the prefix, against the settings' names and their variables' (TRUSTED_ISSUERS_FILE)
+            candidates = {name.removeprefix(ENV_PREFIX): name for name in by_env_name}
+            candidates |= {setting.name: setting.env_name for setting in SETTINGS}
+            match = difflib.get_close_matches(given.removeprefix(ENV_PREFIX), sorted(candidates), n=1)
+            close = [candidates[match[0]]] if match else []
+        hint = f"; did you mean {close[0]}?" if close else ""
         raise SettingsError(f"{given} is not a setting of this service{hint} (README, Settings)")
 
 

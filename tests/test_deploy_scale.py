@@ -119,6 +119,7 @@ def test_the_deployment_runs_as_the_issue_asks():
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz/hooks"  # no store: see test_feedback_and_ops
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["enableServiceLinks"] is False  # no CDS_REDIS_PORT... from a Service named cds-redis
     for each in [container, *pod["initContainers"]]:
         assert each["securityContext"]["readOnlyRootFilesystem"] is True
         assert each["securityContext"]["allowPrivilegeEscalation"] is False

@@ -687,7 +687,7 @@ def test_the_shipped_sandbox_file_trusts_a_sandbox_token_offline():
     assert sandbox["jku"] == (SANDBOX_JKU,)
     (published,) = sandbox["jwks"]["keys"]
     assert (published["kid"], published["crv"], published["alg"]) == (SANDBOX_KID, "P-384", "ES384")
-    jwt.PyJWK(published)  # a usable public key
+    jwt.PyJWK(dict(published))  # a usable public key (read-only in the settings: KeyStore copies it so too)
     test_key = ec.generate_private_key(ec.SECP384R1())
     sandbox = {**sandbox, "jwks": {"keys": [jwk(test_key, SANDBOX_KID, "ES384")]}}
     client = CheckedClient(

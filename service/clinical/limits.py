@@ -3,7 +3,7 @@
 Many feeds (Synthea among them) send bare numbers: without a fallback, a bilirubin of 14 mg/dL is "not high" and
 the Wilson and EDTA rules never fire. The fallback is the sourced interval in ``data/reference_intervals.csv`` for
 the patient's age and sex on the day of the test; for total ALP in adults, the site's own lower limit
-(``ALP_SITE_LOW_LIMITS``) comes first. The card always says which limit was used.
+(``ALP_SITE_LOW_LIMITS``) comes first, for the sexes it gives. The card always says which limit was used.
 """
 
 from __future__ import annotations
@@ -55,7 +55,12 @@ def fallback_limits(analyte: str, patient: Patient, when: datetime, settings: Cl
     if analyte == TOTAL_ALP:
         site = settings.ALP_SITE_LOW_LIMITS
         if site and age["y"] >= settings.ADULT_AGE:
-            return Limits(site.get(patient.gender or "") or min(site.values()), None, SITE_LIMIT)
+            # The site's limit for the patient's sex; sex unknown or "other": the lower of both, when both are set.
+            # A sex the site left out gets the built-in table below, never the other sex's limit.
+            if patient.gender in site:
+                return Limits(site[patient.gender], None, SITE_LIMIT)
+            if patient.gender not in ("male", "female") and {"male", "female"} <= site.keys():
+                return Limits(min(site["male"], site["female"]), None, SITE_LIMIT)
     if age["y"] >= settled_age(analyte):  # most patients: no band boundary lies ahead (same answer, cached)
         return _combined(analyte, patient.gender, tuple(b for b in bands if b.age_to is None))
     return _combined(analyte, patient.gender, tuple(b for b in bands if _in_band(age, b)))
