@@ -414,6 +414,12 @@ def conditions(draw):
     }
 
 
+def death_mistyped(patient: dict) -> bool:
+    return ("deceasedBoolean" in patient and not isinstance(patient["deceasedBoolean"], bool | None)) or (
+        "deceasedDateTime" in patient and not isinstance(patient["deceasedDateTime"], str | None)
+    )
+
+
 @FUZZ
 @given(
     obs=st.lists(observations(), max_size=8),
@@ -431,13 +437,16 @@ def conditions(draw):
 )
 def test_malformed_fhir_data_never_causes_a_500(obs, meds, conds, patient):
     """Every field the readers touch, mutated (types, edge dates, huge numbers): a 200, never a 500 or a 400 (the
-    request itself is well formed; only the data in it is bad)."""
+    request itself is well formed; only the data in it is bad), except a death of the wrong JSON type: a 400."""
     body = load_request("single-low-in")
     body["prefetch"]["patient"] = patient
     body["prefetch"]["alp"] = {"resourceType": "Bundle", "entry": [{"resource": o} for o in obs]}
     body["prefetch"]["labs"] = {"resourceType": "Bundle", "entry": [{"resource": o} for o in reversed(obs)]}
     body["prefetch"]["medicationStatements"] = {"resourceType": "Bundle", "entry": [{"resource": m} for m in meds]}
     response = CLIENT.hook(PV, body)  # CheckedClient validates every 200 against the response schema
+    if death_mistyped(patient):  # whether the patient has died is unknown: refused, never guessed
+        assert response.status_code == 400 and "Patient.deceased" in response.get_json()["issue"][0]["diagnostics"]
+        return
     assert response.status_code == 200, response.get_json()
     order = load_request("order-low-alp-in")
     order["context"]["patientId"] = PATIENT_ID
