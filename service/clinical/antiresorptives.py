@@ -118,7 +118,9 @@ def review_current(chart: Chart) -> list[Finding]:
     ]
 
 
-def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: bool) -> list[Finding]:
+def review_order(
+    chart: Chart, selected: Sequence[Medication], hpp_documented: bool, unread: Sequence[str] = ()
+) -> list[Finding]:
     """When (order-select): a selected order is an antiresorptive.
     Then, the first that applies:
     - HPP documented on the chart (``hpp_documented``) -> "antiresorptive-order-hpp" (critical for a bisphosphonate
@@ -133,6 +135,8 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
     an established course (``ongoing_course``): stopping denosumab causes rebound fractures. When the chart's
     medications were not all read (``course_unknown``), no order is called a start or a first dose, and a denosumab
     order (``course_unchecked``) is not offered for removal and is not to be delayed for the workup.
+    ``unread``: the selected draft orders whose drug could not be read (an unresolvable ``medicationReference``):
+    each card names them as not checked, since any of them may be a bisphosphonate or denosumab.
     Not when: no selected order is an antiresorptive; HPP is not documented and the latest judged ALP is current
     and normal."""
     drugs = [m for m in selected if is_antiresorptive(m)]
@@ -159,6 +163,7 @@ def review_order(chart: Chart, selected: Sequence[Medication], hpp_documented: b
         "course_unchecked": course_unchecked,
         "low_before": bool(before and before.is_low()),
         "before": describe_alp(chart, before) if before else None,
+        "unread_orders": list(unread),
     }
     judged = chart.alp
     if hpp_documented:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from service.clinical import antiresorptives
-from service.errors import DataUnavailable
-from service.fhir.readers import Scope, has_hpp_diagnosis, read_medications
+from service.errors import BadRequest, DataUnavailable
+from service.fhir.readers import MEDICATION_RECORDS, Scope, has_hpp_diagnosis, read_medications
 from service.hooks import CdsService, HookCall
 from service.hooks.patient_chart import (
     APP_LINK_NOTE,
@@ -33,8 +33,33 @@ def handle_sign(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
 
 
 def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str, dict[str, Any]]]:
-    """The draft orders named in ``selections`` (all of them when None) against the patient's ALP history."""
+    """The draft orders named in ``selections`` (all of them when None) against the patient's ALP history.
+
+    A selection that names no draft order, or a checked draft medication order that names its drug in a way that is
+    not FHIR R4, is a 400 (:func:`drug_naming_error`): the client's request is wrong, and the order was not checked.
+    A well-formed checked draft whose drug cannot be read (a ``medicationReference`` neither in the context nor to
+    be had from ``fhirServer``) is named on the cards issued for the other orders, or, when there is none, makes the
+    call a 412: an unreadable bisphosphonate beside a weaker agent is never silently passed."""
     entries = call.context["draftOrders"].get("entry")
+    drafts_given = [
+        resource
+        for entry in (entries if isinstance(entries, list) else ())
+        if isinstance(entry, dict) and isinstance(resource := entry.get("resource"), dict)
+    ]
+    if selections is not None:
+        named = {f"{r.get('resourceType')}/{r.get('id')}" for r in drafts_given if isinstance(r.get("id"), str)}
+        missing = sorted(selections - named)
+        if missing:
+            raise BadRequest(
+                f"context.selections names {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, which is "
+                "not in context.draftOrders (selections must be references to its entries)"
+            )
+    checked = [r for r in drafts_given if selections is None or f"{r.get('resourceType')}/{r.get('id')}" in selections]
+    for resource in checked:
+        if resource.get("resourceType") in MEDICATION_RECORDS and (why := drug_naming_error(resource)):
+            raise BadRequest(
+                f"the draft order {draft_name(resource)} in context.draftOrders {why}, so it cannot be checked"
+            )
     # The orders to check, with every Medication of the context (by id and by fullUrl) to resolve references.
     selected = {
         "resourceType": "Bundle",
@@ -56,15 +81,63 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
         return []  # no advice on the chart of a patient who has died
     drafts = Scope(patient=scope.patient, now=scope.now, settings=scope.settings, server=scope.server)
     ordered = read_medications([selected], drafts, resolver(call), drafts=True)
-    if drafts.unresolved and not ordered:
-        raise DataUnavailable(
-            f"the Medication of the draft order ({', '.join(drafts.unresolved[:3])}) could not be read, "
-            "so the order cannot be checked"
-        )
+    unread = list(dict.fromkeys(drafts.unresolved))
     hpp = has_hpp_diagnosis(call.data.get("conditions"), scope=scope)
     report(scope, [])
-    findings = antiresorptives.review_order(chart, ordered, hpp)
+    findings = antiresorptives.review_order(chart, ordered, hpp, unread=unread)
+    if unread and not findings:
+        # Nothing to show beside it: the unreadable order alone cannot be passed as checked.
+        raise DataUnavailable(
+            f"the Medication of the draft order ({', '.join(unread[:3])}) could not be read, "
+            "so the order cannot be checked"
+        )
     return with_app_link(issue(findings, chart.patient.id, chart.not_read), call.settings)
+
+
+def draft_name(resource: dict[str, Any]) -> str:
+    kind, ident = resource.get("resourceType"), resource.get("id")
+    return f"{kind}/{ident}" if isinstance(ident, str) else f"{kind} (no id)"
+
+
+def _bad_strings(value: dict[str, Any], keys: tuple[str, ...], where: str) -> str | None:
+    for key in keys:
+        if value.get(key) is not None and not isinstance(value[key], str):
+            return f"has a {where}.{key} that is not a string"
+    return None
+
+
+def drug_naming_error(resource: dict[str, Any]) -> str | None:
+    """Why a draft medication order does not name its drug as FHIR R4 does (``medication[x]``: exactly one of a
+    CodeableConcept or a Reference, JSON objects, ``coding`` a list of Codings, the texts strings, not empty), or
+    None. A JSON ``null`` counts as absent. Such a draft was not read at all before (its drug was taken for none)."""
+    concept, reference = resource.get("medicationCodeableConcept"), resource.get("medicationReference")
+    if concept is None and reference is None:
+        return "names no drug (neither medicationCodeableConcept nor medicationReference)"
+    if concept is not None and reference is not None:
+        return "has both medicationCodeableConcept and medicationReference (medication[x] is one or the other)"
+    if reference is not None:
+        if not isinstance(reference, dict):
+            return "has a medicationReference that is not a Reference (a JSON object)"
+        if why := _bad_strings(reference, ("reference", "display"), "medicationReference"):
+            return why
+        if not any(reference.get(key) for key in ("reference", "identifier", "display")):
+            return "has an empty medicationReference"
+        return None
+    if not isinstance(concept, dict):
+        return "has a medicationCodeableConcept that is not a CodeableConcept (a JSON object)"
+    if why := _bad_strings(concept, ("text",), "medicationCodeableConcept"):
+        return why
+    codings = concept.get("coding")
+    if codings is not None and not isinstance(codings, list):
+        return "has a medicationCodeableConcept.coding that is not a list of Codings"
+    for i, coding in enumerate(codings or ()):
+        if not isinstance(coding, dict):
+            return f"has a medicationCodeableConcept.coding[{i}] that is not a Coding (a JSON object)"
+        if why := _bad_strings(coding, ("system", "code", "display"), f"medicationCodeableConcept.coding[{i}]"):
+            return why
+    if not concept.get("text") and not any(c.get("code") or c.get("display") for c in codings or ()):
+        return "has a medicationCodeableConcept with no code, display or text"
+    return None
 
 
 DESCRIPTION = (

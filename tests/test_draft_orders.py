@@ -1,0 +1,173 @@
+"""The draft orders of order-select and order-sign as the client sent them: a selection that names no draft order,
+a selected draft whose drug is not named as FHIR R4 names it, and a selected draft whose drug cannot be read, are
+never passed as "checked, nothing to say" (outside attack, review 3, finding 6)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import OS, load_request
+
+SIGN = "antiresorptive-low-alp-sign"
+ATC_DENOSUMAB = {"system": "http://www.whocc.no/atc", "code": "M05BX04", "display": "denosumab"}
+
+
+def with_draft_concept(concept, fixture="order-low-alp-in"):
+    body = load_request(fixture)
+    body["context"]["draftOrders"]["entry"][0]["resource"]["medicationCodeableConcept"] = concept
+    return body
+
+
+def signing(body):
+    body["hook"] = "order-sign"
+    body["context"].pop("selections")
+    return body
+
+
+def unreadable_draft(patient="order-low-alp-in", ident="draft-unknown"):
+    return {
+        "resource": {
+            "resourceType": "MedicationRequest",
+            "id": ident,
+            "status": "draft",
+            "intent": "order",
+            "subject": {"reference": f"Patient/{patient}"},
+            "medicationReference": {"reference": "Medication/local-7"},  # not in the context, no fhirServer
+        }
+    }
+
+
+def diagnostics(response) -> str:
+    return response.get_json()["issue"][0]["diagnostics"]
+
+
+# --- a selected draft whose drug is not named as FHIR names it: 400 --------------------------------------------------
+
+
+def test_well_formed_denosumab_draft_gets_the_warning(client):
+    """The control for the malformed drafts below: the same drug, written correctly, is warned about."""
+    response = client.hook(OS, with_draft_concept({"coding": [ATC_DENOSUMAB]}))
+    assert response.status_code == 200
+    assert response.get_json()["cards"][0]["indicator"] == "warning"
+
+
+@pytest.mark.parametrize(
+    ("concept", "said"),
+    [
+        ({"coding": ATC_DENOSUMAB}, "medicationCodeableConcept.coding that is not a list"),  # seen: 200, no cards
+        ("Denosumab 60 mg", "medicationCodeableConcept that is not a CodeableConcept"),  # seen: 200, no cards
+        ({"coding": ["M05BX04"]}, "coding[0] that is not a Coding"),
+        ({"coding": [{**ATC_DENOSUMAB, "code": 5}]}, "coding[0].code that is not a string"),
+        ({"text": ["Prolia"]}, "medicationCodeableConcept.text that is not a string"),
+        ({}, "no code, display or text"),
+        ({"coding": [{"system": "http://www.whocc.no/atc"}]}, "no code, display or text"),
+    ],
+)
+def test_selected_draft_naming_its_drug_invalidly_is_a_400(client, concept, said):
+    response = client.hook(OS, with_draft_concept(concept))
+    assert response.status_code == 400, response.get_json()
+    assert "MedicationRequest/draft-denosumab" in diagnostics(response) and said in diagnostics(response)
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"medicationCodeableConcept": None}, "names no drug"),
+        ({"medicationReference": {"reference": "Medication/x"}}, "both medicationCodeableConcept and"),
+        ({"medicationCodeableConcept": None, "medicationReference": "Medication/x"}, "not a Reference"),
+        ({"medicationCodeableConcept": None, "medicationReference": {}}, "empty medicationReference"),
+        ({"medicationCodeableConcept": None, "medicationReference": {"reference": 7}}, "reference that is not a"),
+    ],
+)
+def test_selected_draft_without_one_valid_medication_is_a_400(client, change, said):
+    body = load_request("order-low-alp-in")
+    resource = body["context"]["draftOrders"]["entry"][0]["resource"]
+    resource.update(change)
+    for key in [k for k, v in change.items() if v is None]:
+        del resource[key]
+    response = client.hook(OS, body)
+    assert response.status_code == 400 and said in diagnostics(response), response.get_json()
+
+
+def test_order_sign_checks_every_draft_so_any_malformed_one_is_a_400(client):
+    body = signing(load_request("order-low-alp-in"))
+    body["context"]["draftOrders"]["entry"][1]["resource"]["medicationCodeableConcept"] = "atorvastatin"
+    response = client.hook(SIGN, body)
+    assert response.status_code == 400 and "MedicationRequest/draft-statin" in diagnostics(response)
+
+
+def test_order_select_does_not_judge_a_draft_that_was_not_selected(client):
+    body = load_request("order-low-alp-in")
+    body["context"]["draftOrders"]["entry"][1]["resource"]["medicationCodeableConcept"] = "atorvastatin"
+    response = client.hook(OS, body)
+    assert response.status_code == 200 and response.get_json()["cards"]
+
+
+# --- a selected draft whose drug cannot be read, beside one that can -------------------------------------------------
+
+
+def test_unresolvable_draft_beside_a_readable_antiresorptive_is_named_on_its_card(client):
+    body = load_request("order-low-alp-in")
+    entries = body["context"]["draftOrders"]["entry"]
+    entries.append(unreadable_draft())
+    body["context"]["selections"] = [f"MedicationRequest/{e['resource']['id']}" for e in entries]
+    response = client.hook(OS, body)
+    assert response.status_code == 200
+    cards = response.get_json()["cards"]
+    # seen: one card about denosumab only; the unreadable selected order was mentioned nowhere
+    assert cards and all("MedicationRequest/draft-unknown" in c["detail"] for c in cards)
+    assert "could not be read" in cards[0]["detail"]
+    assert cards[0]["summary"].endswith("; 1 selected order not read")
+    removable = [
+        a["resourceId"] for c in cards for s in c.get("suggestions", []) for a in s["actions"] if a["type"] == "delete"
+    ]
+    assert "MedicationRequest/draft-unknown" not in removable  # not known to be an antiresorptive
+
+
+def test_unresolvable_draft_beside_a_weaker_agent_is_named(client):
+    """An unreadable order (which may be a bisphosphonate) beside raloxifene: the raloxifene card names it."""
+    body = with_draft_concept({"text": "raloxifene 60 mg tablet"})
+    body["context"]["draftOrders"]["entry"].append(unreadable_draft())
+    body["context"]["selections"].append("MedicationRequest/draft-unknown")
+    response = client.hook(OS, body)
+    assert response.status_code == 200
+    cards = response.get_json()["cards"]
+    assert cards and "MedicationRequest/draft-unknown" in cards[0]["detail"]
+
+
+def test_order_sign_names_an_unresolvable_draft_too(client):
+    body = signing(load_request("order-low-alp-in"))
+    body["context"]["draftOrders"]["entry"].append(unreadable_draft())
+    response = client.hook(SIGN, body)
+    assert response.status_code == 200
+    assert "MedicationRequest/draft-unknown" in response.get_json()["cards"][0]["detail"]
+
+
+def test_unresolvable_draft_with_no_card_for_the_others_is_a_412(client):
+    """With a current normal ALP the denosumab draft gets no card; the unreadable one beside it was not checked:
+    a 412 naming it, as when it is selected alone (no silent 200 with no cards)."""
+    body = load_request("order-normal-alp-out")
+    patient = body["context"]["patientId"]
+    body["context"]["draftOrders"]["entry"].append(unreadable_draft(patient))
+    body["context"]["selections"].append("MedicationRequest/draft-unknown")
+    assert client.hook(OS, load_request("order-normal-alp-out")).get_json()["cards"] == []
+    response = client.hook(OS, body)
+    assert response.status_code == 412 and "MedicationRequest/draft-unknown" in diagnostics(response)
+
+
+# --- selections must name draft orders ---------------------------------------------------------------------------
+
+
+def test_selection_that_names_no_draft_order_is_a_400(client):
+    body = load_request("order-low-alp-in")
+    body["context"]["selections"] = ["MedicationRequest/not-in-draftOrders"]
+    response = client.hook(OS, body)  # seen: 200 {"cards": []}
+    assert response.status_code == 400
+    assert "MedicationRequest/not-in-draftOrders" in diagnostics(response) and "draftOrders" in diagnostics(response)
+
+
+def test_one_selection_naming_no_draft_beside_a_good_one_is_a_400(client):
+    body = load_request("order-low-alp-in")
+    body["context"]["selections"].append("ServiceRequest/draft-denosumab")  # the id is there, the type is not
+    response = client.hook(OS, body)
+    assert response.status_code == 400 and "ServiceRequest/draft-denosumab" in diagnostics(response)
