@@ -600,11 +600,33 @@ def test_patient_must_be_the_one_patient_of_the_hook_call():
 
 
 @pytest.mark.parametrize(
+    ("field", "value"),
+    [("deceasedBoolean", "true"), ("deceasedBoolean", "false"), ("deceasedBoolean", 1), ("deceasedDateTime", 20240101)],
+)
+def test_a_death_written_with_the_wrong_type_is_refused_not_guessed(field, value):
+    """Whether the patient has died decides whether any advice is given: neither "alive" nor "dead" is guessed
+    from a value of the wrong JSON type (an outside attack found "true" as a string read as alive)."""
+    with pytest.raises(PatientMismatch, match=rf"^Patient\.{field} must be"):
+        read_patient({"resourceType": "Patient", "id": "p", field: value}, "p")
+    assert read_patient({"resourceType": "Patient", "id": "p", "deceasedBoolean": True}, "p").deceased is True
+    assert read_patient({"resourceType": "Patient", "id": "p", "deceasedBoolean": False}, "p").deceased is False
+
+
+def test_a_death_written_with_the_wrong_type_is_a_400_from_the_client():
+    from tests.conftest import PV, load_request, make_app
+
+    body = load_request("persistent-low-in")
+    body["prefetch"]["patient"]["deceasedBoolean"] = "true"
+    response = make_app().hook(PV, body)
+    assert response.status_code == 400
+    assert "deceasedBoolean must be true or false" in response.get_json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize(
     ("fields", "deceased", "deceased_at"),
     [
         ({}, False, None),
         ({"deceasedBoolean": True}, True, None),
-        ({"deceasedBoolean": "true"}, False, None),
         ({"deceasedDateTime": "2026-05-01"}, True, datetime(2026, 5, 1, tzinfo=UTC)),
         ({"deceasedDateTime": "not a date"}, True, None),  # a death date that cannot be read is still a death
         ({"deceasedDateTime": "  "}, False, None),

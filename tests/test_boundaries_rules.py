@@ -248,6 +248,26 @@ def test_very_low_not_claimed_when_the_other_labs_could_not_be_read():
     assert main_finding(low_alp(unread)).facts["very_low"] is False
 
 
+def test_very_low_only_for_patients_like_the_cohort_of_the_figure():
+    """S50's cohort: at least two ALP values of 35 U/L or less, none above 45, secondary causes excluded (no
+    current antiresorptive or other drug lowering ALP, every medication record read). Found by an outside attack:
+    the figure was quoted beside a denosumab card and for lows of 24 and 38 U/L."""
+    from dataclasses import replace as with_field
+
+    def very_low(c: Chart) -> bool:
+        return main_finding(low_alp(c)).facts["very_low"]
+
+    assert very_low(chart([alp(24, ago(61)), alp(35, ago(1))])) is True  # 35 is "35 or less"
+    assert very_low(chart([alp(24, ago(61)), alp(38, ago(1))])) is False  # one value at or below 35
+    assert very_low(chart([alp(50, ago(300)), alp(24, ago(61)), alp(30, ago(1))])) is False  # one above 45
+    on_denosumab = [med("Prolia", {"denosumab", "antiresorptive"}, ingredient="denosumab")]
+    assert very_low(persistent_lows(value=20, medications=on_denosumab)) is False
+    steroid = [med("prednisone", {"glucocorticoid"}, tier="none", ingredient="prednisone")]
+    assert very_low(persistent_lows(value=20, medications=steroid)) is False
+    unread = with_field(persistent_lows(value=20), not_read=frozenset({"some_medications"}))
+    assert very_low(unread) is False
+
+
 def test_very_low_not_when_a_secondary_cause_is_found():
     zinc = lab("zinc", 40, ago(2), low=60, high=106)
     facts = main_finding(low_alp(persistent_lows(zinc, value=20))).facts

@@ -242,7 +242,7 @@ def low_alp(chart: Chart) -> list[Finding]:
         and age is not None
         and wilson is None
         and not secondary_found
-        and "labs" not in chart.not_read  # the figure needs secondary causes excluded: not without the labs
+        and in_variant_cohort(chart, reliable)
         and any(_certainly_below(r, very_low_limit) for r in reliable)
     )
     before = _alp_before_run(chart, run)
@@ -321,6 +321,23 @@ def _tiers(
     if secondary_found and "repeat_alp" not in keys:
         tiered.append(OrderSuggestion(workup_tests()["repeat_alp"], True))
     return tiered
+
+
+def in_variant_cohort(chart: Chart, reliable: Sequence[LabResult]) -> bool:
+    """The patient is like those of the cohort the ALPL-variant figure comes from (S50): at least two ALP values
+    certainly at or below ``alp_cohort_low`` (35 U/L), none of the chart's judged ALP results above
+    ``alp_cohort_high`` (45 U/L), and secondary causes excluded, which here means: the other labs and every medication
+    record were read, no antiresorptive is current and no drug on the chart lowers ALP."""
+    limits = thresholds()
+    at_most_low = [r for r in reliable if r.comparator not in (">", ">=") and r.value <= limits["alp_cohort_low"]]
+    return (
+        len(at_most_low) >= 2
+        and not any(r.value > limits["alp_cohort_high"] for r in chart.alp)
+        and "labs" not in chart.not_read
+        and chart.medications_complete
+        and not any(m.status == "current" and is_antiresorptive(m) for m in chart.medications)
+        and not alp_lowering_drugs(chart)
+    )
 
 
 def _certainly_below(result: LabResult, limit: float) -> bool:

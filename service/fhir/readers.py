@@ -61,7 +61,8 @@ DATE_TOLERANCE = timedelta(days=1)  # time zones and partial dates: a result a d
 
 
 class PatientMismatch(ValueError):
-    """The Patient resource given is not the patient of the hook call (or not one Patient at all)."""
+    """The Patient resource given is not the patient of the hook call (or not one Patient at all, or one whose death
+    cannot be read)."""
 
 
 @cache
@@ -229,6 +230,16 @@ def read_patient(value: Any, patient_id: str, now: datetime | None = None) -> Pa
     if resource.get("id") != patient_id:
         raise PatientMismatch("the Patient resource given is not context.patientId")
     gender = resource.get("gender")
+    # Whether the patient has died decides whether any advice is given: a value of the wrong type ("true" as a
+    # string, a date as a number) is refused rather than guessed either way.
+    if "deceasedBoolean" in resource and not isinstance(resource["deceasedBoolean"], bool | None):
+        raise PatientMismatch(
+            "Patient.deceasedBoolean must be true or false (JSON), so whether the patient has died is unknown"
+        )
+    if "deceasedDateTime" in resource and not isinstance(resource["deceasedDateTime"], str | None):
+        raise PatientMismatch(
+            "Patient.deceasedDateTime must be a date text, so whether the patient has died is unknown"
+        )
     death_text = resource.get("deceasedDateTime")
     deceased_at = parse_datetime(death_text)
     deceased = resource.get("deceasedBoolean") is True or deceased_at is not None
