@@ -27,7 +27,9 @@ LABS_LINE = "- **Other lab results**: tests already done"
 MEDICATIONS_LINE = "- **Medications**: "
 SOME_MEDICATIONS_LINE = "- **Some medication records**: "
 CONDITIONS_LINE = "- **Diagnoses**: check the problem list for hypophosphatasia before giving"
-ALP_HISTORY_LINE = "- **Earlier ALP results** (not all returned): the ALP history shown may be incomplete."
+ALP_HISTORY_LINE = (
+    "- **ALP results**: not all were returned, so the history, and possibly the latest result, may be incomplete."
+)
 NEXT_PAGE = f"{BASE}/X?page=2"
 
 

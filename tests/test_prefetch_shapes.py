@@ -225,7 +225,7 @@ def test_an_alp_search_cut_short_keeps_its_pages_and_is_named_not_a_412(caplog):
         rsps.add(responses.GET, ANY, json=alp)
         cards = client.cards(PV, without("persistent-low-in", "alp"))
     assert cards  # advice from the newest result, not silence
-    assert "not all returned" in cards[0]["detail"]
+    assert "not all were returned" in cards[0]["detail"]
     incomplete = [json.loads(r.getMessage()) for r in caplog.records if "prefetch_incomplete" in r.getMessage()]
     assert [(u["key"], "CDS_FHIR_MAX_ENTRIES" in u["reason"]) for u in incomplete] == [("alp", True)]
 
@@ -318,8 +318,13 @@ def test_the_optional_share_of_a_budget_leaves_the_rest_to_the_whole():
     with pytest.raises(FhirError, match="share of the optional prefetch keys"):
         part.count(100)  # over the share: refused, and not counted in the whole
     whole.count(300)  # the reserve is still there for the required keys
+    whole.count(1)  # and past it, the share yields what it read to the required keys
+    assert part.revoked
+    with pytest.raises(FhirError, match="required prefetch keys needed the bytes"):
+        part.count(1)
+    whole.count(699)
     with pytest.raises(FhirError, match="CDS_FHIR_MAX_CALL_BYTES"):
-        whole.count(1)
+        whole.count(1)  # with nothing left to yield, the whole is the limit
 
 
 class _Server:
@@ -430,3 +435,148 @@ def test_a_required_key_still_has_the_whole_budget():
         assert client.cards(PV, body)
     finally:
         server.close()
+
+
+# --- an optional key's bytes never make a required key fail (outside attack, round 2) -------------------------
+
+
+def test_optional_labs_size_does_not_make_the_required_alp_a_412():
+    """140 KB of labs read first, then 70 KB of ALP, within a 200 KB call: the labs yield their bytes to the ALP,
+    and the card is given with the labs named as not checked (never a 412 for the sake of an optional key)."""
+    client = make_app(FHIR_MAX_CALL_BYTES=200_000)
+    body = load_request("persistent-low-in")
+    alp_body = json.loads(json.dumps(body["prefetch"]["alp"]))
+    alp_body["meta"] = {"tag": [{"display": "x" * 70_000}]}
+    labs_body = bundle(meta={"tag": [{"display": "x" * 140_000}]})
+    body["fhirServer"] = BASE
+    del body["prefetch"]["alp"], body["prefetch"]["labs"]
+
+    def alp_answer(_request):
+        time.sleep(0.3)  # the optional labs answer first
+        return 200, {"Content-Type": "application/fhir+json"}, json.dumps(alp_body)
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add_callback(responses.GET, re.compile(BASE + r"/Observation\?.*6768-6.*"), callback=alp_answer)
+        rsps.add(responses.GET, re.compile(BASE + r"/Observation\?.*"), json=labs_body)
+        response = client.hook(PV, body)
+    assert response.status_code == 200, response.get_json()
+    cards = response.get_json()["cards"]
+    assert cards and NOT_READ in cards[0]["detail"] and LABS_LINE in cards[0]["detail"]
+
+
+def test_a_revoked_share_fails_its_fetches_and_the_whole_is_still_the_limit():
+    whole = CallBudget(8, 1000)
+    part = whole.share(0.75)
+    part.count(600)
+    whole.count(900)  # 1500 > 1000, but 900 without the share's 600: the share yields
+    assert part.revoked
+    with pytest.raises(FhirError):
+        part.count(1)
+    with pytest.raises(FhirError, match="CDS_FHIR_MAX_CALL_BYTES"):
+        whole.count(101)
+
+
+# --- a search answer that is visibly not the whole list is never the whole (empty) list ----------------------
+
+
+def order_with_meds(statements: dict) -> dict:
+    body = load_request("order-denosumab-course-in")
+    body["prefetch"]["medicationStatements"] = statements
+    return body
+
+
+TRUNCATED = {"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "incomplete"}]}
+NOT_WHOLE = {
+    "total-above-entries": bundle(total=1),
+    "unreadable-entries": bundle("x", 1, None, {"fullUrl": "MedicationStatement/1"}),
+    "next-link-without-url": bundle(link=[{"relation": "next", "url": 5}]),
+    "warning-incomplete": bundle({"resource": TRUNCATED, "search": {"mode": "outcome"}}),
+    "warning-too-costly": bundle({"resource": {**TRUNCATED, "issue": [{"severity": "warning", "code": "too-costly"}]}}),
+    "batch-response": {
+        "resourceType": "Bundle",
+        "type": "batch-response",
+        "entry": [{"response": {"status": "500 Internal Server Error"}}],
+    },
+}
+
+
+@pytest.mark.parametrize("answer", NOT_WHOLE.values(), ids=NOT_WHOLE.keys())
+def test_a_medication_bundle_that_is_not_the_whole_list_is_not_read_as_no_course(answer):
+    client = make_app()
+    cards = client.cards(OS, order_with_meds(answer))
+    assert not deletes(cards), [c["summary"] for c in cards]
+    assert any("Some medication records" in c.get("detail", "") for c in cards)
+
+
+@pytest.mark.parametrize("answer", NOT_WHOLE.values(), ids=NOT_WHOLE.keys())
+def test_a_fetched_medication_answer_that_is_not_the_whole_list_is_not_read_as_no_course(answer):
+    client = make_app()
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, ANY, json=answer)
+        cards = client.cards(OS, without("order-denosumab-course-in", "medicationStatements"))
+    assert not deletes(cards), [c["summary"] for c in cards]
+
+
+def test_medications_read_beside_a_total_above_them_are_kept_and_marked_incomplete():
+    course = load_request("order-denosumab-course-in")
+    statements = course["prefetch"]["medicationStatements"]
+    body = order_with_meds({**statements, "total": len(statements["entry"]) + 5})
+    cards = make_app().cards(OS, body)
+    assert not deletes(cards)
+    assert "denosumab course" in cards[0]["detail"] and "Some medication records" in cards[0]["detail"]
+
+
+def test_the_completeness_checks_name_what_is_not_whole_and_pass_a_whole_list():
+    from service.fhir.answers import incompleteness
+
+    for name, answer in NOT_WHOLE.items():
+        assert incompleteness(answer), name
+    whole = bundle({"resource": {"resourceType": "Observation"}, "search": {"mode": "match"}}, total=1)
+    assert incompleteness(whole) is None
+    assert incompleteness(bundle({"resource": outcome("warning")}, total=0)) is None  # a note, not a cut
+    included = bundle({"resource": {"resourceType": "Medication"}, "search": {"mode": "include"}}, total=1)
+    assert incompleteness(included) == "the Bundle's total is more than the results it holds"
+    lazily = decode_hook_request(json.dumps({"prefetch": {"k": bundle({"resource": 5}, total=1)}}).encode())
+    assert incompleteness(lazily["prefetch"]["k"])
+
+
+def test_an_alp_bundle_whose_total_exceeds_its_entries_is_not_no_alp():
+    client = make_app()
+    body = load_request("persistent-low-in")
+    body["prefetch"]["alp"] = bundle(total=5)
+    response = client.hook(PV, body)
+    assert response.status_code == 412, response.get_json()
+
+
+def test_alp_results_beside_a_total_above_them_are_used_and_said_incomplete():
+    client = make_app()
+    body = load_request("persistent-low-in")
+    body["prefetch"]["alp"]["total"] = len(body["prefetch"]["alp"]["entry"]) + 3
+    cards = client.cards(PV, body)
+    assert cards and "- **ALP results**: not all were returned" in cards[0]["detail"]
+
+
+# --- pages read of the ALP results are not assumed to be the newest -----------------------------------------
+
+
+def test_unsorted_partial_alp_page_is_not_called_the_latest_with_earlier_ones_missing():
+    client = make_app()
+    body = load_request("persistent-low-in")
+    alp = body["prefetch"]["alp"]
+    alp["entry"].sort(key=lambda e: e["resource"]["effectiveDateTime"])  # oldest first: _sort was ignored
+    alp["link"] = [{"relation": "next", "url": BASE + "/Observation?page=2"}]
+    cards = client.cards(PV, body)
+    text = "\n".join(c["summary"] + c.get("detail", "") for c in cards)
+    assert "Earlier ALP results" not in text
+    assert "those returned were not newest first, so the latest result may be missing" in text
+
+
+def test_a_newest_first_partial_alp_page_says_the_history_may_be_incomplete():
+    client = make_app()
+    body = load_request("persistent-low-in")
+    alp = body["prefetch"]["alp"]
+    alp["entry"].sort(key=lambda e: e["resource"]["effectiveDateTime"], reverse=True)
+    alp["link"] = [{"relation": "next", "url": BASE + "/Observation?page=2"}]
+    text = "\n".join(c.get("detail", "") for c in client.cards(PV, body))
+    assert "not all were returned, so the history, and possibly the latest result, may be incomplete" in text
+    assert "not newest first" not in text

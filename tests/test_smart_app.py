@@ -920,7 +920,11 @@ def _page_text_with_failing(failing: str) -> str:
             "None on record",
         ),
         (("medicationStatements",), "Some medication records could not be read from the EHR", "None on record."),
-        (("alp_pages",), "Not every ALP result could be read from the EHR: the newest are shown", "None on record."),
+        (
+            ("alp_pages",),
+            "Not every ALP result could be read from the EHR: the history, and possibly the latest result, may",
+            "None on record.",
+        ),
     ],
 )
 def test_the_smart_page_says_what_it_could_not_read_and_never_none_on_record(failing, said, never):

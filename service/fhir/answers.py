@@ -7,6 +7,12 @@ So such an answer is a search that failed, never "none".
 An OperationOutcome entry counts as a failure when any of its issues is ``error`` or ``fatal``, or when its issues
 cannot be read (no list, an issue without a known severity): only ``warning``, ``information`` (and R5's
 ``success``) issues are harmless notes beside the results.
+
+A Bundle can also be visibly not the whole list while reporting no error (:func:`incompleteness`): its ``total``
+is more than the matches it holds, some of its entries cannot be read, a ``next`` link that cannot be followed, a
+warning whose issue type says results were left out (FHIR IssueType ``incomplete``, ``too-costly``, ``throttled``,
+``timeout``, ``too-long``, ``suppressed``), or it is a batch or transaction response (its entries are the answers to
+requests, not the matches of one search). Its entries are then what was read, never the whole list.
 """
 
 from __future__ import annotations
@@ -15,9 +21,16 @@ from typing import Any
 
 import msgspec
 
+from service.fhir.client import unfollowable_next
 from service.fhir.lazy import LazyBundle
 
 HARMLESS = frozenset({"warning", "information", "success"})
+# FHIR IssueType codes (http://hl7.org/fhir/issue-type) that, even as a warning, say results were left out:
+# incomplete (not all sources answered in time: the results may be partial), too-costly (stopped to protect the
+# server), too-long, timeout, throttled, suppressed (withheld by business, consent or access rules). Generic codes
+# (exception, transient, processing, informational) do not say so and are not taken to.
+TRUNCATING = frozenset({"incomplete", "too-costly", "too-long", "timeout", "throttled", "suppressed"})
+RESPONSES = frozenset({"batch-response", "transaction-response"})
 _decode = msgspec.json.Decoder()
 
 
@@ -75,4 +88,73 @@ def answer_problem(value: Any, search: bool) -> str | None:
         return f"a search was answered with a {shown}, not a Bundle"
     if error_in_bundle(value):
         return "the answer holds an OperationOutcome reporting an error: the search failed"
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _outcome_truncates(outcome: Any) -> bool:
+    issues = outcome.get("issue") if isinstance(outcome, dict) else None
+    return isinstance(issues, list) and any(isinstance(i, dict) and _text(i.get("code")) in TRUNCATING for i in issues)
+
+
+def _entry_parts(bundle: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
+    """(search, response, resource type or None when the entry holds no readable resource) of every entry."""
+    if isinstance(bundle, LazyBundle):
+        return [
+            (e.search, e.response, h.resourceType if h is not None and isinstance(h.resourceType, str) else None)
+            for e, h in zip(bundle.entries, bundle.heads(), strict=True)
+        ]
+    entries = bundle.get("entry")
+    parts = []
+    for e in entries if isinstance(entries, list) else ():
+        if not isinstance(e, dict):
+            parts.append((None, None, None))
+            continue
+        resource = e.get("resource")
+        kind = resource.get("resourceType") if isinstance(resource, dict) else None
+        parts.append((e.get("search"), e.get("response"), kind if isinstance(kind, str) else None))
+    return parts
+
+
+def _is_match(search: Any, kind: Any) -> bool:
+    mode = search.get("mode") if isinstance(search, dict) else None
+    return kind is not None and kind != "OperationOutcome" and mode not in ("outcome", "include")
+
+
+def matches(bundle: Any) -> int:
+    """How many readable resources a Bundle holds as search matches (not outcomes, not included resources)."""
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        return 0
+    return sum(_is_match(search, kind) for search, _, kind in _entry_parts(bundle))
+
+
+def incompleteness(bundle: Any) -> str | None:
+    """Why a search's Bundle (a FHIR server's answer, its pages merged, or a client's prefetch value) is visibly
+    not the whole list, or None. No patient data in the text."""
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        return None
+    if _text(bundle.get("type")) in RESPONSES:
+        return "the answer is a batch or transaction response, not the results of a search"
+    if unfollowable_next(bundle):
+        return "the Bundle's next link has no URL: its further pages cannot be read"
+    parts = _entry_parts(bundle)
+    if any(kind is None for _, _, kind in parts):
+        return "some of the Bundle's entries hold no readable resource"
+    for _, response, _ in parts:
+        status = response.get("status") if isinstance(response, dict) else None
+        if response is not None and not (isinstance(status, str) and status.strip()[:1] == "2"):
+            return "an entry of the Bundle reports a request that did not succeed"
+    if any(_outcome_truncates(o) for o in _outcomes(bundle)):
+        return "the answer holds an OperationOutcome saying that not all results were returned"
+    total = bundle.get("total")
+    if (
+        bundle.get("type") in (None, "searchset")  # compared with ==: any JSON value
+        and isinstance(total, int)
+        and not isinstance(total, bool)
+        and total > sum(_is_match(s, k) for s, _, k in parts)
+    ):
+        return "the Bundle's total is more than the results it holds"
     return None

@@ -47,7 +47,12 @@ REDIRECTS = (301, 302, 303, 307, 308)
 
 class CallBudget:
     """What the FHIR fetching of one hook call may spend: a deadline, and bytes read (shared by all its fetches,
-    which run in several threads). :meth:`share` gives a part of it to fetches that must not use it all up."""
+    which run in several threads). :meth:`share` gives a part of it to fetches that must not use it all up (the
+    optional prefetch keys): a share that yields to the rest. When bytes read outside the shares (a required key's)
+    would take the call over its bytes and would not without what the shares hold, the shares are revoked: their
+    bytes are no longer counted here, their fetches fail from then on, and what they read must be dropped by their
+    caller (:attr:`revoked`). So the optional keys never make a required key fail, and what is kept of the call's
+    answers stays within its bytes."""
 
     def __init__(self, seconds: float, max_bytes: int, *, within: CallBudget | None = None) -> None:
         self.started = time.monotonic()
@@ -55,30 +60,68 @@ class CallBudget:
         self.deadline = self.started + seconds
         self.max_bytes = max_bytes
         self.within = within  # the budget this one is a share of (what is read here is counted there too)
+        self.revoked = False  # (a share) its bytes were given back to the required keys: what it read is dropped
         self._read = 0
+        self._counted = 0  # (a share) of its bytes, those counted in ``within``
+        self._shares: list[CallBudget] = []
         self._lock = threading.Lock()
 
     def share(self, fraction: float) -> CallBudget:
         """At most ``fraction`` of this budget: its time counted from this budget's start, and its bytes (counted
-        here as well, so the two together never exceed this budget)."""
+        here as well, so the two together never exceed this budget, until this budget needs them back)."""
         part = CallBudget(self.seconds * fraction, int(self.max_bytes * fraction), within=self)
         part.started = self.started
         part.deadline = min(self.deadline, self.started + self.seconds * fraction)
+        with self._lock:
+            self._shares.append(part)
         return part
 
+    def _too_many(self, share: bool) -> FhirError:
+        metrics.FHIR_FETCHES.labels("too_large").inc()
+        what = "bytes, the share of the optional prefetch keys of" if share else "bytes"
+        return FhirError(
+            f"the FHIR answers for this hook call add up to more than {self.max_bytes} {what} (CDS_FHIR_MAX_CALL_BYTES)"
+        )
+
     def count(self, size: int) -> None:
+        if self.within is None:
+            self._count(size, None)
+            return
         with self._lock:
+            if self.revoked:
+                raise FhirError(REVOKED)
             self._read += size
-            over = self._read > self.max_bytes
-        if over:
-            metrics.FHIR_FETCHES.labels("too_large").inc()
-            what = "bytes" if self.within is None else "bytes, the share of the optional prefetch keys of"
-            raise FhirError(
-                f"the FHIR answers for this hook call add up to more than {self.max_bytes} {what} "
-                "(CDS_FHIR_MAX_CALL_BYTES)"
-            )
-        if self.within is not None:
-            self.within.count(size)
+            if self._read > self.max_bytes:
+                raise self._too_many(share=True)
+        self.within._count(size, self)
+
+    def _count(self, size: int, share: CallBudget | None) -> None:
+        """``size`` bytes read by a fetch of this (whole) budget, or of one of its shares."""
+        with self._lock:
+            if share is not None:
+                with share._lock:
+                    if share.revoked:
+                        raise FhirError(REVOKED)
+                    share._counted += size
+            self._read += size
+            if self._read <= self.max_bytes:
+                return
+            if share is None:  # a required key's: the shares yield, when that is enough
+                held = [s for s in self._shares if not s.revoked and s._counted]
+                if held and self._read - sum(s._counted for s in held) <= self.max_bytes:
+                    for s in held:
+                        with s._lock:
+                            s.revoked = True
+                        self._read -= s._counted
+                    log_event(log, logging.WARNING, "fhir_optional_bytes_revoked", shares=len(held))
+                    return
+        raise self._too_many(share=False)
+
+
+REVOKED = (
+    "the FHIR answers for this hook call add up to more than CDS_FHIR_MAX_CALL_BYTES, and the required prefetch keys "
+    "needed the bytes the optional keys had read"
+)
 
 
 @dataclass
@@ -107,6 +150,17 @@ def next_link(bundle: dict[str, Any]) -> str | None:
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return link["url"]
     return None
+
+
+def unfollowable_next(bundle: dict[str, Any]) -> bool:
+    """A ``next`` link whose URL is missing or not a string: the Bundle has further pages that cannot be read."""
+    links = bundle.get("link")
+    return any(
+        isinstance(link, dict)
+        and link.get("relation") == "next"
+        and not (isinstance(link.get("url"), str) and link["url"].strip())
+        for link in (links if isinstance(links, list) else ())
+    )
 
 
 def _resolve(base: str, reference: str, what: str) -> str:
@@ -305,6 +359,7 @@ class FhirClient:
         error: FhirError | None = None
         stopped: str | None = None
         url = next_link(bundle)
+        last = bundle
         while url:
             if url in seen:  # the server's paging is broken: what follows is not known to be read
                 stopped = "paging stopped: a next link led back to a page already read"
@@ -324,7 +379,9 @@ class FhirClient:
                 error = exc
                 break
             entries.extend(page.get("entry") or [])
-            url = next_link(page)
+            url, last = next_link(page), page
+        if error is None and not stopped and unfollowable_next(last):
+            stopped = "paging stopped: a next link has no URL"
         if len(entries) > self.max_entries:
             stopped = stopped or "paging stopped at CDS_FHIR_MAX_ENTRIES"
         merged = {k: v for k, v in bundle.items() if k not in ("link", "entry")}

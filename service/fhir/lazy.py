@@ -64,6 +64,7 @@ class Peek:
 class Entry(msgspec.Struct, gc=False):
     fullUrl: Any = None
     search: Any = None
+    response: Any = None  # a batch-response's (read by service.fhir.answers.incompleteness)
     resource: msgspec.Raw = EMPTY
 
 

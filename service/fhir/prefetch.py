@@ -20,7 +20,13 @@ of the context cannot be "none").
 Budgets (README "Prefetch and the FHIR fallback"): the optional keys are fetched within :data:`OPTIONAL_SHARE` of
 the call's time and bytes (``CDS_FHIR_TIME_BUDGET``, ``CDS_FHIR_MAX_CALL_BYTES``); the rest is kept for the
 required keys (which may use the whole budget) and for the reads the handler makes afterwards (the draft order's
-``Medication/<id>``). A slow or huge optional answer then makes that key unavailable, never the call a 412.
+``Medication/<id>``). A slow or huge optional answer then makes that key unavailable, never the call a 412; and
+when a required key needs bytes the optional keys had read, they yield them (:class:`CallBudget`): the optional
+keys are then unavailable, the required key is read.
+
+A search answer that is visibly not the whole list (:func:`service.fhir.answers.incompleteness`: a total above its
+matches, unreadable entries, a next link without a URL, a warning that results were left out, a batch response) is
+incomplete as a cut paging is, whether the FHIR server or the client gave it.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ from typing import Any
 from urllib.parse import quote
 
 from service.errors import BadRequest, DataUnavailable
-from service.fhir.answers import answer_problem, error_in_bundle, is_search
-from service.fhir.client import FhirClient, FhirError, bundle_problem, next_link
+from service.fhir.answers import answer_problem, error_in_bundle, incompleteness, is_search, matches
+from service.fhir.client import REVOKED, FhirClient, FhirError, bundle_problem, next_link
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 USER_TOKENS = {
@@ -94,7 +100,8 @@ class Resolved:
 
 
 def _has_entries(bundle: dict[str, Any]) -> bool:
-    return bool(bundle.get("entry"))
+    """Whether pages read hold any search match that can be read (outcomes and unreadable entries are not)."""
+    return matches(bundle) > 0
 
 
 def resolve_prefetch(
@@ -119,6 +126,9 @@ def resolve_prefetch(
     unavailable: dict[str, str] = {}
     to_fetch: dict[str, str] = {}
     to_complete: dict[str, dict[str, Any]] = {}
+    incomplete: dict[str, str] = {}
+    failed: dict[str, str] = {}  # key -> why its data could not be had at all
+    partial: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (the pages read, why not the rest)
     for key, template in templates.items():
         if key in provided and not client_lacks(template, provided[key]):
             value = provided[key]
@@ -133,6 +143,9 @@ def resolve_prefetch(
                     raise BadRequest(f"prefetch.{key}: {problem}")
                 if next_link(value):
                     to_complete[key] = value
+                elif is_search(template) and (short := incompleteness(value)):
+                    partial[key] = (value, f"{short} (prefetch key {key})")
+                    continue
             resolved[key] = value
             continue
         try:
@@ -142,13 +155,10 @@ def resolve_prefetch(
                 raise
             resolved[key], unavailable[key] = None, exc.message
 
-    incomplete: dict[str, str] = {}
-    failed: dict[str, str] = {}  # key -> why its data could not be had at all
-    partial: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (the pages read, why not the rest)
+    client = make_client() if to_fetch or to_complete else None
     if not to_fetch and not to_complete:
-        return Resolved(resolved, unavailable)
-    client = make_client()
-    if client is None:
+        pass  # every key was given by the client
+    elif client is None:
         if set(to_fetch) - optional:
             raise DataUnavailable(
                 f"prefetch data missing for {', '.join(sorted(to_fetch))} and the request has no fhirServer"
@@ -186,17 +196,25 @@ def resolve_prefetch(
             else:
                 with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
                     futures = {key: pool.submit(job) for key, job in jobs.items()}
+            yielded = optional_client.budget is not None and optional_client.budget.revoked
             for key, future in futures.items():
+                if yielded and key in optional:  # its bytes went to the required keys: what it read is dropped
+                    failed[key] = f"{REVOKED} (prefetch key {key})"
+                    continue
                 try:
                     value, problem = future.result()
                 except FhirError as exc:
                     failed[key] = str(exc)
                     continue
-                wrong = answer_problem(value, is_search(templates[key]))
+                search = is_search(templates[key])
+                wrong = answer_problem(value, search)
+                short = incompleteness(value) if search and not wrong and not problem else None
                 if wrong:  # answered 200, yet not the data (pages read or not)
                     failed[key] = f"{wrong} (prefetch key {key})"
                 elif problem:
                     partial[key] = (value, problem)
+                elif short:  # visibly not the whole list
+                    partial[key] = (value, f"{short} (prefetch key {key})")
                 else:
                     resolved[key] = value
     for key, (pages, problem) in partial.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
 from service import metrics
@@ -15,6 +16,7 @@ from service.clinical.facts import LabResult
 from service.clinical.rules import Finding, OrderSuggestion, by_importance
 from service.errors import BadRequest, DataUnavailable
 from service.fhir.client import FhirError
+from service.fhir.lazy import LazyBundle
 from service.fhir.readers import PatientMismatch, Scope, entries, read_lab_results, read_medications, read_patient
 from service.hooks import HookCall
 from service.settings import Settings, smart_launch_url
@@ -46,8 +48,10 @@ def chart_prefetch() -> dict[str, str]:
 # Wilson pattern. Without the medications, it cannot say whether an antiresorptive is current; an order is still
 # checked (the draft is in the hook's context), but a denosumab order may continue a course, so its removal is not
 # offered. Each card names what could not be checked (cards/partials.j2 not_checked_note). Of the ALP results, the
-# first pages are enough to answer (the search sorts by -date, so they hold the newest); the cards then say that the
-# earlier ones were not all returned (not_read: alp_history).
+# pages read are enough to answer (the search asks for -date, so they should hold the newest); the cards then say
+# that not all were returned, so the history and possibly the latest result may be incomplete (not_read:
+# alp_history), and plainly that the latest may be missing when those read are not newest first (alp_unsorted: the
+# server ignored the sort).
 OPTIONAL_PREFETCH = frozenset({"labs", "medicationStatements", "medicationRequests"})
 MEDICATION_KEYS = ("medicationStatements", "medicationRequests")
 
@@ -88,8 +92,9 @@ def not_read(call: HookCall, scope: Scope) -> frozenset[str]:
     """What of the chart could not be (completely) read, by the names the cards use: ``labs`` (not read, or only
     their first pages); ``medications`` (no medication record could be read) or ``some_medications`` (one of the
     two medication searches failed or was read only in part, or a record's Medication could not be read);
-    ``conditions`` (not read, or only in part); ``alp_history`` (only the first pages of the ALP results: the
-    newest, since the search sorts by -date). Data that could not be had is never taken for "none", nor pages
+    ``conditions`` (not read, or only in part); ``alp_history`` (only some of the ALP results), with
+    ``alp_unsorted`` when those read are not newest first (the server ignored ``_sort=-date``: the unread ones may
+    be newer). Data that could not be had is never taken for "none", nor pages
     read for the whole list."""
     missing = set()
     lost = call.unavailable | call.incomplete
@@ -104,7 +109,25 @@ def not_read(call: HookCall, scope: Scope) -> frozenset[str]:
         missing.add("conditions")
     if "alp" in call.incomplete:
         missing.add("alp_history")
+        if not newest_first(call.data.get("alp")):
+            missing.add("alp_unsorted")
     return frozenset(missing)
+
+
+def newest_first(bundle: Any) -> bool:
+    """Whether the dated entries of a Bundle, in the order given, go from the newest to the oldest (by day; entries
+    with no readable date are passed over)."""
+    if isinstance(bundle, LazyBundle):
+        dates = [h.effectiveDateTime if h is not None else None for h in bundle.heads()]
+    else:
+        listed = bundle.get("entry") if isinstance(bundle, dict) else None
+        dates = [
+            e["resource"].get("effectiveDateTime")
+            for e in (listed if isinstance(listed, list) else ())
+            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+        ]
+    days = [d[:10] for d in dates if isinstance(d, str) and len(d) >= 4]
+    return all(a >= b for a, b in pairwise(days))
 
 
 APP_LINK_LABEL = "View ALP history"
