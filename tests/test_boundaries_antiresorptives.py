@@ -309,3 +309,41 @@ def test_review_order_says_when_the_latest_low_is_a_suspect_sample():
     ]
     (finding,) = order(chart(draw), [drug("draft")])
     assert finding.facts["latest_suspect"] is True
+
+
+# --------------------------------------------------------------------------- medications not (all) read
+
+
+def unread_medications(c):
+    from dataclasses import replace
+
+    return replace(c, not_read=frozenset({"some_medications"}))
+
+
+def test_the_treatment_start_is_unknown_when_a_medication_record_was_not_read():
+    """With a record unread, an earlier start may be missing: "the ALP was low before treatment" could be false."""
+    from service.clinical.antiresorptives import treatment_start
+
+    meds = [drug(start=ago(100))]
+    read = chart([alp(30, ago(200)), alp(30, ago(1))], medications=meds)
+    assert treatment_start(read) == ago(100)
+    assert treatment_start(unread_medications(read)) is None
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_an_order_whose_course_cannot_be_checked_is_never_a_first_dose(complete):
+    """A first dose when every record was read; unknown (never "starting", never removed for denosumab) when not;
+    a known course is a course whether or not everything was read."""
+    c = chart([alp(30, ago(1))])
+    c = c if complete else unread_medications(c)
+    (bisphosphonate,) = order(c, [drug(status="draft", reference="MedicationRequest/b")])
+    assert bisphosphonate.facts["course_unknown"] is (not complete)
+    assert bisphosphonate.facts["course_unchecked"] is False  # only denosumab's course is unchecked
+    (dose,) = order(c, [denosumab(status="draft", reference="MedicationRequest/d")])
+    assert dose.facts["course_unchecked"] is (not complete) and dose.facts["course_unknown"] is (not complete)
+    assert dose.deletes == (("MedicationRequest/d",) if complete else ())  # the next dose of a course: not removed
+    assert bisphosphonate.deletes == ("MedicationRequest/b",)  # a bisphosphonate keeps its removal
+    course = chart([alp(30, ago(1))], medications=[denosumab(start=ago(200))])
+    course = course if complete else unread_medications(course)
+    (continuing,) = order(course, [denosumab(status="draft", reference="MedicationRequest/d")])
+    assert continuing.facts["course_unknown"] is False and continuing.facts["course_unchecked"] is False

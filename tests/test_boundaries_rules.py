@@ -266,6 +266,19 @@ def test_very_low_only_for_patients_like_the_cohort_of_the_figure():
     assert very_low(persistent_lows(value=20, medications=steroid)) is False
     unread = with_field(persistent_lows(value=20), not_read=frozenset({"some_medications"}))
     assert very_low(unread) is False
+    # the edges: 45 is not "above 45"; ">30" may be above 35; a current drug that lowers nothing does not count
+    assert very_low(chart([alp(45, ago(300), low=40), alp(24, ago(61)), alp(30, ago(1))])) is True
+    for comparator in (">", ">="):
+        assert very_low(chart([alp(24, ago(61)), alp(30, ago(1), comparator=comparator)])) is False
+    metformin = [med("metformin", set(), tier="none", ingredient="metformin")]
+    assert very_low(persistent_lows(value=20, medications=metformin)) is True
+
+
+def test_earlier_counts_set_aside_results_only_given_the_chart():
+    from service.clinical.views import earlier
+
+    lows = [alp(30, ago(5 * i + 1)) for i in range(13)]
+    assert earlier(lows) == {"count": 1, "since": lows[0].when.date().isoformat(), "set_aside": 0}
 
 
 def test_very_low_not_when_a_secondary_cause_is_found():
