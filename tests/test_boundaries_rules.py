@@ -268,8 +268,10 @@ def test_very_low_only_for_patients_like_the_cohort_of_the_figure():
     assert very_low(unread) is False
     # the edges: 45 is not "above 45"; ">30" may be above 35; a current drug that lowers nothing does not count
     assert very_low(chart([alp(45, ago(300), low=40), alp(24, ago(61)), alp(30, ago(1))])) is True
-    for comparator in (">", ">="):
-        assert very_low(chart([alp(24, ago(61)), alp(30, ago(1), comparator=comparator)])) is False
+    for comparator in (">", ">="):  # judged low by the lab's flag alone (no range): it may still be above 35
+        flagged = lab("alp_total", 30, ago(1), comparator=comparator, flag="low")
+        assert very_low(chart([alp(24, ago(61)), flagged])) is False
+        assert very_low(chart([alp(24, ago(61)), lab("alp_total", 30, ago(1), flag="low")])) is True
     metformin = [med("metformin", set(), tier="none", ingredient="metformin")]
     assert very_low(persistent_lows(value=20, medications=metformin)) is True
 
