@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -99,11 +99,6 @@ class Resolved:
     incomplete: dict[str, str] = field(default_factory=dict)
 
 
-def _has_entries(bundle: dict[str, Any]) -> bool:
-    """Whether pages read hold any search match that can be read (outcomes and unreadable entries are not)."""
-    return matches(bundle) > 0
-
-
 def resolve_prefetch(
     templates: Mapping[str, str],
     request: Mapping[str, Any],
@@ -155,70 +150,45 @@ def resolve_prefetch(
                 raise
             resolved[key], unavailable[key] = None, exc.message
 
-    client = make_client() if to_fetch or to_complete else None
-    if not to_fetch and not to_complete:
-        pass  # every key was given by the client
-    elif client is None:
-        if set(to_fetch) - optional:
-            raise DataUnavailable(
-                f"prefetch data missing for {', '.join(sorted(to_fetch))} and the request has no fhirServer"
-            )
-        for key in to_fetch:
-            failed[key] = "prefetch data missing and the request has no fhirServer"
-        for key, bundle in to_complete.items():  # a paginated prefetch with no server to finish it: the pages given
-            partial[key] = (
-                bundle,
-                f"the prefetch Bundle has further pages and the request has no fhirServer (prefetch key {key})",
-            )
-    else:
-
-        def named(key: str, job: Callable[[], tuple[dict[str, Any], str | None]]) -> Callable[[], Any]:
-            def run() -> tuple[dict[str, Any], str | None]:
-                try:
-                    value, problem = job()
-                except FhirError as exc:
-                    raise FhirError(f"{exc} (prefetch key {key})") from None
-                return value, f"{problem} (prefetch key {key})" if problem else None
-
-            return run
-
-        optional_client = client.sharing(OPTIONAL_SHARE)  # what the optional keys may spend: see OPTIONAL_SHARE
-
-        def by(key: str) -> FhirClient:
-            return optional_client if key in optional else client
-
-        jobs = {k: named(k, lambda k=k, u=u: by(k).search(u)) for k, u in to_fetch.items()}
-        jobs.update({k: named(k, lambda k=k, b=b: by(k).read_pages(b)) for k, b in to_complete.items()})
-        with client:
-            if len(jobs) == 1:
-                ((key, job),) = jobs.items()
-                futures = {key: _done(job)}
-            else:
-                with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-                    futures = {key: pool.submit(job) for key, job in jobs.items()}
-            yielded = optional_client.budget is not None and optional_client.budget.revoked
-            for key, future in futures.items():
-                if yielded and key in optional:  # its bytes went to the required keys: what it read is dropped
-                    failed[key] = f"{REVOKED} (prefetch key {key})"
-                    continue
-                try:
-                    value, problem = future.result()
-                except FhirError as exc:
-                    failed[key] = str(exc)
-                    continue
-                search = is_search(templates[key])
-                wrong = answer_problem(value, search)
-                short = incompleteness(value) if search and not wrong and not problem else None
-                if wrong:  # answered 200, yet not the data (pages read or not)
-                    failed[key] = f"{wrong} (prefetch key {key})"
-                elif problem:
-                    partial[key] = (value, problem)
-                elif short:  # visibly not the whole list
-                    partial[key] = (value, f"{short} (prefetch key {key})")
-                else:
-                    resolved[key] = value
+    results: dict[str, tuple[dict[str, Any], str | None] | FhirError] = {}
+    yielded = False
+    if to_fetch or to_complete:
+        client = make_client()
+        if client is None:
+            if set(to_fetch) - optional:
+                raise DataUnavailable(
+                    f"prefetch data missing for {', '.join(sorted(to_fetch))} and the request has no fhirServer"
+                )
+            for key in to_fetch:
+                failed[key] = "prefetch data missing and the request has no fhirServer"
+            for key, bundle in to_complete.items():  # a paginated prefetch with no server to finish it: the pages
+                partial[key] = (
+                    bundle,
+                    f"the prefetch Bundle has further pages and the request has no fhirServer (prefetch key {key})",
+                )
+        else:
+            results, yielded = _fetch(client, to_fetch, to_complete, optional, workers)
+    for key, result in results.items():
+        if yielded and key in optional:  # its bytes went to the required keys: what it read is dropped
+            failed[key] = f"{REVOKED} (prefetch key {key})"
+            continue
+        if isinstance(result, FhirError):
+            failed[key] = str(result)
+            continue
+        value, problem = result
+        search = is_search(templates[key])
+        wrong = answer_problem(value, search)
+        short = incompleteness(value) if search and not wrong and not problem else None
+        if wrong:  # answered 200, yet not the data (pages read or not)
+            failed[key] = f"{wrong} (prefetch key {key})"
+        elif problem:
+            partial[key] = (value, problem)
+        elif short:  # visibly not the whole list
+            partial[key] = (value, f"{short} (prefetch key {key})")
+        else:
+            resolved[key] = value
     for key, (pages, problem) in partial.items():
-        if _has_entries(pages):
+        if matches(pages) > 0:  # a readable search match (outcomes and unreadable entries are not)
             resolved[key], incomplete[key] = pages, problem
         else:  # pages that hold nothing are no evidence: the key was not had
             failed[key] = f"{problem}; the pages read hold no entry"
@@ -230,11 +200,39 @@ def resolve_prefetch(
     return Resolved(resolved, unavailable, incomplete)
 
 
-def _done(job: Callable[[], dict[str, Any]]) -> Future:
-    """``job`` run here, as a finished future (one fetch needs no thread)."""
-    future: Future = Future()
-    try:
-        future.set_result(job())
-    except Exception as exc:  # handed to the caller as the future's, exactly as a pool would
-        future.set_exception(exc)
-    return future
+def _fetch(
+    client: FhirClient,
+    to_fetch: Mapping[str, str],
+    to_complete: Mapping[str, dict[str, Any]],
+    optional: frozenset[str],
+    workers: int,
+) -> tuple[dict[str, tuple[dict[str, Any], str | None] | FhirError], bool]:
+    """Fetch ``to_fetch`` and complete ``to_complete`` from the FHIR server, all at once (one fetch needs no
+    thread): by key, (the data, why not all of it or None) or the :class:`FhirError` that stopped it; and whether
+    the optional keys had to yield their bytes to the required ones (what they read is then dropped)."""
+
+    def named(key: str, job: Callable[[], tuple[dict[str, Any], str | None]]) -> Callable[[], Any]:
+        def run() -> tuple[dict[str, Any], str | None] | FhirError:
+            try:
+                value, problem = job()
+            except FhirError as exc:
+                return FhirError(f"{exc} (prefetch key {key})")
+            return value, f"{problem} (prefetch key {key})" if problem else None
+
+        return run
+
+    optional_client = client.sharing(OPTIONAL_SHARE)  # what the optional keys may spend: see OPTIONAL_SHARE
+
+    def by(key: str) -> FhirClient:
+        return optional_client if key in optional else client
+
+    jobs = {k: named(k, lambda k=k, u=u: by(k).search(u)) for k, u in to_fetch.items()}
+    jobs.update({k: named(k, lambda k=k, b=b: by(k).read_pages(b)) for k, b in to_complete.items()})
+    with client:
+        if len(jobs) == 1:
+            results = {key: job() for key, job in jobs.items()}
+        else:
+            with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+                futures = {key: pool.submit(job) for key, job in jobs.items()}
+            results = {key: future.result() for key, future in futures.items()}
+    return results, optional_client.budget is not None and optional_client.budget.revoked
