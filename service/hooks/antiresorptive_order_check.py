@@ -41,39 +41,33 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
     be had from ``fhirServer``) is named on the cards issued for the other orders, or, when there is none, makes the
     call a 412: an unreadable bisphosphonate beside a weaker agent is never silently passed."""
     entries = call.context["draftOrders"].get("entry")
-    drafts_given = [
-        resource
+    given = [
+        (entry, resource)
         for entry in (entries if isinstance(entries, list) else ())
         if isinstance(entry, dict) and isinstance(resource := entry.get("resource"), dict)
     ]
+
+    def is_checked(resource: dict[str, Any]) -> bool:
+        return selections is None or f"{resource.get('resourceType')}/{resource.get('id')}" in selections
+
     if selections is not None:
-        named = {f"{r.get('resourceType')}/{r.get('id')}" for r in drafts_given if isinstance(r.get("id"), str)}
+        named = {draft_name(r) for _, r in given if isinstance(r.get("id"), str)}
         missing = sorted(selections - named)
         if missing:
             raise BadRequest(
                 f"context.selections names {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, which is "
                 "not in context.draftOrders (selections must be references to its entries)"
             )
-    checked = [r for r in drafts_given if selections is None or f"{r.get('resourceType')}/{r.get('id')}" in selections]
-    for resource in checked:
-        if resource.get("resourceType") in MEDICATION_RECORDS and (why := drug_naming_error(resource)):
+    for _, resource in given:
+        checked = is_checked(resource) and resource.get("resourceType") in MEDICATION_RECORDS
+        if checked and (why := drug_naming_error(resource)):
             raise BadRequest(
                 f"the draft order {draft_name(resource)} in context.draftOrders {why}, so it cannot be checked"
             )
     # The orders to check, with every Medication of the context (by id and by fullUrl) to resolve references.
     selected = {
         "resourceType": "Bundle",
-        "entry": [
-            entry
-            for entry in (entries if isinstance(entries, list) else ())
-            if isinstance(entry, dict)
-            and isinstance(resource := entry.get("resource"), dict)
-            and (
-                selections is None
-                or f"{resource.get('resourceType')}/{resource.get('id')}" in selections
-                or resource.get("resourceType") == "Medication"
-            )
-        ],
+        "entry": [entry for entry, r in given if is_checked(r) or r.get("resourceType") == "Medication"],
     }
     scope = read_scope(call)
     chart = build_chart(call, scope)
