@@ -78,8 +78,8 @@ def template(kind: str) -> dict[str, Any]:
     data["_detail"] = _detail_env.from_string(data["detail"])
     data["_summary_note"] = _summary_env.from_string(data.get("summary_note", ""))
     for environment in (_summary_env, _detail_env):  # imported pieces load when first rendered: load them now
-        for field in ("summary", "detail"):
-            for name in meta.find_referenced_templates(environment.parse(data[field])):
+        for field in ("summary", "detail", "summary_note"):
+            for name in meta.find_referenced_templates(environment.parse(data.get(field, ""))):
                 environment.get_template(name)
     return data
 
