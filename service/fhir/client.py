@@ -23,6 +23,7 @@ import orjson
 import requests
 
 from service import metrics, outbound
+from service.fhir.elements import array, string, untyped
 from service.logs import log_event
 from service.settings import Settings
 
@@ -139,27 +140,22 @@ class Allowance:
 def bundle_problem(bundle: dict[str, Any]) -> str | None:
     """Why the paging fields of a Bundle cannot be read (``link`` and ``entry`` must be lists), or None."""
     for name in ("link", "entry"):
-        if bundle.get(name) is not None and not isinstance(bundle[name], list):
+        if untyped(bundle, name) is not None and not isinstance(untyped(bundle, name), list):
             return f"Bundle.{name} is not a list"
     return None
 
 
 def next_link(bundle: dict[str, Any]) -> str | None:
-    links = bundle.get("link")
-    for link in links if isinstance(links, list) else ():
-        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-            return link["url"]
+    for link in array(bundle, "link"):
+        if string(link, "relation") == "next" and (url := string(link, "url")) is not None:
+            return url
     return None
 
 
 def unfollowable_next(bundle: dict[str, Any]) -> bool:
     """A ``next`` link whose URL is missing or not a string: the Bundle has further pages that cannot be read."""
-    links = bundle.get("link")
     return any(
-        isinstance(link, dict)
-        and link.get("relation") == "next"
-        and not (isinstance(link.get("url"), str) and link["url"].strip())
-        for link in (links if isinstance(links, list) else ())
+        string(link, "relation") == "next" and not (string(link, "url") or "").strip() for link in array(bundle, "link")
     )
 
 
@@ -304,11 +300,11 @@ class FhirClient:
             body = orjson.loads(answer.body)
         except orjson.JSONDecodeError:
             raise FhirError("the FHIR server's answer is not JSON") from None
-        if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+        if string(body, "resourceType") is None:
             raise FhirError("the FHIR server's answer is not a FHIR resource")
-        if body["resourceType"] == "OperationOutcome":
+        if string(body, "resourceType") == "OperationOutcome":
             raise FhirError("the FHIR server answered with an OperationOutcome")
-        problem = bundle_problem(body) if body["resourceType"] == "Bundle" else None
+        problem = bundle_problem(body) if string(body, "resourceType") == "Bundle" else None
         if problem:
             raise FhirError(f"the FHIR server's answer is not a valid Bundle: {problem}")
         return body
@@ -317,7 +313,7 @@ class FhirClient:
         """A read or a search; a searchset Bundle is followed through its next links and merged into one."""
         allowance = Allowance(self.max_pages)
         first = self.get(relative, allowance)
-        if first["resourceType"] != "Bundle":
+        if string(first, "resourceType") != "Bundle":
             return first
         return self.follow_pages(first, allowance)
 
@@ -326,7 +322,7 @@ class FhirClient:
         does not lose the pages read: they are returned with why the rest could not be read (None: all were)."""
         allowance = Allowance(self.max_pages)
         first = self.get(relative, allowance)
-        if first["resourceType"] != "Bundle":
+        if string(first, "resourceType") != "Bundle":
             return first, None
         return self.read_pages(first, allowance)
 
@@ -354,7 +350,7 @@ class FhirClient:
         self, bundle: dict[str, Any], allowance: Allowance | None
     ) -> tuple[dict[str, Any], FhirError | None, str | None]:
         allowance = allowance or Allowance(self.max_pages - 1)  # ``bundle`` itself was the first page
-        entries = list(bundle.get("entry") or [])
+        entries = list(array(bundle, "entry"))
         seen: set[str] = set()
         error: FhirError | None = None
         stopped: str | None = None
@@ -373,12 +369,12 @@ class FhirClient:
             seen.add(url)
             try:
                 page = self.get(url, allowance, what="a next link")
-                if page["resourceType"] != "Bundle":
+                if string(page, "resourceType") != "Bundle":
                     raise FhirError("a next link did not lead to a Bundle")
             except FhirError as exc:
                 error = exc
                 break
-            entries.extend(page.get("entry") or [])
+            entries.extend(array(page, "entry"))
             url, last = next_link(page), page
         if error is None and not stopped and unfollowable_next(last):
             stopped = "paging stopped: a next link has no URL"

@@ -22,6 +22,8 @@ from typing import Any
 
 import msgspec
 
+from service.fhir.elements import Fields, array, obj, string
+
 EMPTY = msgspec.Raw(b"")
 _any = msgspec.json.Decoder()
 
@@ -44,9 +46,10 @@ class _Codes(msgspec.Struct, gc=False):
     component: Any = None
 
 
-class Peek:
-    """What a reader's cheap test sees of an entry, read like a dict: the head's fields, and ``code`` and
-    ``component`` decoded from the resource's text only if the test asks (and not kept)."""
+class Peek(Fields):
+    """What a reader's cheap test sees of an entry, read like a dict (through :mod:`service.fhir.elements`): the
+    head's fields, and ``code`` and ``component`` decoded from the resource's text only if the test asks (and not
+    kept)."""
 
     __slots__ = ("_codes", "_head", "_raw")
 
@@ -113,9 +116,9 @@ class LazyBundle(dict):
     ) -> Iterator[tuple[Any, dict[str, Any]]]:
         """(fullUrl, resource) of the entries of that type whose head ``keep`` accepts (search outcomes skipped)."""
         for index, (entry, head) in enumerate(zip(self.entries, self.heads(), strict=True)):
-            if head is None or (resource_type is not None and head.resourceType != resource_type):
+            if head is None or (resource_type is not None and string(head, "resourceType") != resource_type):
                 continue
-            if isinstance(entry.search, dict) and entry.search.get("mode") == "outcome":
+            if string(obj(entry, "search"), "mode") == "outcome":
                 continue
             if keep is not None and not keep(Peek(head, entry.resource)):
                 continue
@@ -151,7 +154,7 @@ def _prefetch_value(key: str, raw: msgspec.Raw) -> Any:
         fields = {k: _any.decode(v) for k, v in _top.decode(raw).items() if k != "entry"}
     except msgspec.ValidationError:  # null, or not an object
         return _any.decode(raw)
-    if fields.get("resourceType") != "Bundle" or _has_next_page(fields.get("link")):
+    if string(fields, "resourceType") != "Bundle" or _has_next_page(fields):
         return _any.decode(raw)
     try:
         entries = _bundle.decode(raw).entry
@@ -160,6 +163,6 @@ def _prefetch_value(key: str, raw: msgspec.Raw) -> Any:
     return LazyBundle(fields, entries or [], key)
 
 
-def _has_next_page(links: Any) -> bool:
+def _has_next_page(bundle: dict[str, Any]) -> bool:
     """A paginated Bundle is completed from the FHIR server, which merges pages as dicts: it is decoded in full."""
-    return isinstance(links, list) and any(isinstance(link, dict) and link.get("relation") == "next" for link in links)
+    return any(string(link, "relation") == "next" for link in array(bundle, "link"))
