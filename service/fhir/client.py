@@ -4,7 +4,8 @@ Next links are followed exactly as the server wrote them (HAPI's are opaque ``_g
 while they stay on the server the client was given: the access token is never sent anywhere else. Redirects are
 followed only within that origin (scheme, host and port, ``http://h`` being ``http://h:80``) and count against the
 page budget like pages do. Every URL the token is sent to (a read, a next link, a redirect) must also lie under the
-base URL's path (``/fhir/...`` for ``https://h/fhir``), without dot segments. A Bundle whose ``link`` or ``entry`` is
+base URL's path (``/fhir/...`` for ``https://h/fhir``), without dot segments as a servlet container reads them
+(``..;``, percent-encoded, look-alike: :func:`steps_out`). A Bundle whose ``link`` or ``entry`` is
 not a list, or a link that is not a valid URL, ends the fetch with a :class:`FhirError` (412), as any other answer
 that cannot be used.
 The time budget of a hook call covers each whole exchange, not each socket read (see :mod:`service.outbound`).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
@@ -172,18 +174,47 @@ def _resolve(base: str, reference: str, what: str) -> str:
 
 def outside_base(base: str, url: str) -> str | None:
     """Why ``url`` is not under the FHIR base URL ``base`` (which ends with ``/``), or None: another origin, a path
-    outside the base's path, or a path that could step out of it once the server decodes it (``..`` or ``.``
-    segments, written or percent-encoded, an encoded slash or a backslash). The bearer token goes under the base
-    only."""
+    outside the base's path, or a path that could step out of it once the server reads it (:func:`steps_out`). The
+    bearer token goes under the base only."""
     if outbound.origin(url) != outbound.origin(base):
         return "another host"
     path, prefix = urlsplit(url).path, urlsplit(base).path or "/"
-    if not (path + "/").startswith(prefix):
-        return "a path outside the FHIR base URL"
-    decoded = unquote(path)
-    if "\\" in decoded or "%2f" in path.lower() or any(s in (".", "..") for s in decoded.split("/")):
+    if not (path + "/").startswith(prefix) or steps_out(path):
         return "a path outside the FHIR base URL"
     return None
+
+
+DECODINGS = 3  # percent-encoding undone at most this often (a proxy may decode once more than the server does)
+
+
+def _decoded(text: str) -> str | None:
+    """``text`` with its percent-encoding undone until nothing is left to undo, or None when that takes more than
+    :data:`DECODINGS` decodings."""
+    for _ in range(DECODINGS + 1):
+        decoded = unquote(text)
+        if decoded == text:
+            return text
+        text = decoded
+    return None
+
+
+def steps_out(path: str) -> bool:
+    """Whether a server could read ``path`` as stepping out of the folders it names. Each segment is read as servlet
+    containers read it (Tomcat and Jetty, HAPI FHIR's): its path parameters cut off (``..;x=y`` is ``..``, which
+    urllib3 sends as written), its percent-encoding undone, as often as a chain of proxies might (a segment still
+    encoded after :data:`DECODINGS` decodings is refused), and then compared with ``.`` and ``..``, whichever is
+    done first. Also refused: an encoded slash, a backslash (a separator on some servers), a control character (a
+    NUL ends the path on some), and a segment of dots and blanks only, dots written as look-alike characters
+    (full-width dots, two-dot leaders: read as dots after Unicode NFKC) included."""
+    for raw in path.split("/"):
+        decoded = _decoded(raw)
+        if decoded is None or any(c in "/\\" or c < " " or c == "\x7f" for c in decoded):
+            return True
+        for name in (_decoded(raw.split(";", 1)[0]) or "", decoded.split(";", 1)[0]):
+            name = unicodedata.normalize("NFKC", name)
+            if "." in name and not name.strip(" \t."):
+                return True
+    return False
 
 
 @dataclass
