@@ -35,7 +35,7 @@ from service.smart import oauth
 from service.smart.chart import render_svg
 from service.smart.oauth import LaunchError
 from service.smart.series import age_text, build_series
-from service.smart.store import LaunchStore
+from service.smart.store import LaunchStore, client_of
 
 log = logging.getLogger("service.smart")
 bp = Blueprint("smart", __name__, url_prefix="/smart")
@@ -163,6 +163,7 @@ def launch() -> Response:
                 "browser": _digest(browser),
             },
             config.SMART_LAUNCH_SECONDS,
+            client_of(request.remote_addr),
         )
     _event("smart_launch", scopes="v2" if smart.scopes == oauth.SCOPES_V2 else "v1")
     response = redirect(url, 302)
