@@ -10,6 +10,7 @@ class CdsError(Exception):
 
     status = 400
     code = "invalid"
+    retry_after: int | None = None  # seconds, sent as Retry-After: the call may succeed when retried then
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -39,8 +40,11 @@ class DataUnavailable(CdsError):
 
 
 class StoreUnavailable(CdsError):
+    """A store (the token replay store, the feedback store) cannot answer now: retry shortly."""
+
     status = 503
     code = "transient"
+    retry_after = 1
 
 
 class Overloaded(CdsError):

@@ -44,42 +44,54 @@ class ReplayStore(Protocol):
 class SqliteReplayStore:
     """``sqlite:///path`` (shared by the processes that open the file) or ``sqlite://`` (this process only).
 
-    Each call writes in a transaction of its own, on a connection of its own, and SQLite orders the writers of every
-    process: no Python lock is held while SQLite waits, so calls wait side by side, each at most BUSY_SECONDS when
-    another process holds the store (then 503), never one after another."""
+    Each call is two statements in autocommit mode, each its own transaction: the deletion of expired entries, and
+    an insert that does nothing when the key is still remembered (an expired entry of the same key is overwritten).
+    SQLite's write lock is then held only while one statement runs inside SQLite, never while a thread waits for
+    Python's interpreter lock between the statements of a transaction (16 threads of a busy worker once held it so
+    long that calls of the other worker waited past their second: 503s under ordinary load). No Python lock is held
+    while SQLite waits, so calls wait side by side, each at most BUSY_SECONDS when another process holds the store
+    (then 503), never one after another."""
 
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
         self._lock: threading.Lock | contextlib.nullcontext = contextlib.nullcontext()
         if parsed.database in (None, "", ":memory:"):
-            self.engine = create_engine(parsed, poolclass=StaticPool, connect_args={"check_same_thread": False})
-            self._lock = threading.Lock()  # one connection for every thread: one transaction at a time
+            self.engine = create_engine(
+                parsed,
+                poolclass=StaticPool,
+                connect_args={"check_same_thread": False},
+                isolation_level="AUTOCOMMIT",
+            )
+            self._lock = threading.Lock()  # one connection for every thread: one statement at a time
         else:
             try:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # every token is then refused with a 503 until the location is fixed
                 log_event(log, logging.ERROR, "replay_store_dir_unavailable", error=type(exc).__name__)
-            self.engine = create_engine(parsed, pool_size=8, max_overflow=24, pool_timeout=BUSY_SECONDS)
+            self.engine = create_engine(
+                parsed, pool_size=8, max_overflow=24, pool_timeout=BUSY_SECONDS, isolation_level="AUTOCOMMIT"
+            )
             # A crash of the machine (not of the service) may forget the last tokens seen; they expire in minutes.
             event.listen(self.engine, "connect", pragmas("NORMAL", busy_seconds=BUSY_SECONDS))
         self._ready = False
 
     def first_use(self, key: str, expires_at: float) -> bool:
         digest = hashlib.sha256(key.encode()).hexdigest()  # a fixed-size key, whatever the token's jti
-        with self._lock, self.engine.begin() as connection:
-            # The write lock first, waited for on the busy timeout: a transaction that read first and then wanted
-            # to write could fail at once when another connection wrote meanwhile.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        now = time.time()
+        with self._lock, self.engine.connect() as connection:
             if not self._ready:
                 connection.exec_driver_sql(
                     "CREATE TABLE IF NOT EXISTS seen_tokens (key TEXT PRIMARY KEY, expires_at REAL NOT NULL)"
                 )
                 connection.exec_driver_sql("CREATE INDEX IF NOT EXISTS seen_tokens_expiry ON seen_tokens (expires_at)")
                 self._ready = True
-            connection.execute(text("DELETE FROM seen_tokens WHERE expires_at < :now"), {"now": time.time()})
+            connection.execute(text("DELETE FROM seen_tokens WHERE expires_at < :now"), {"now": now})
             inserted = connection.execute(
-                text("INSERT INTO seen_tokens (key, expires_at) VALUES (:key, :expires) ON CONFLICT DO NOTHING"),
-                {"key": digest, "expires": expires_at},
+                text(
+                    "INSERT INTO seen_tokens (key, expires_at) VALUES (:key, :expires) ON CONFLICT (key) DO UPDATE "
+                    "SET expires_at = excluded.expires_at WHERE seen_tokens.expires_at < :now"
+                ),
+                {"key": digest, "expires": expires_at, "now": now},
             )
             return inserted.rowcount == 1
 

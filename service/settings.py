@@ -515,7 +515,8 @@ class Settings:
     SMART_MAX_PENDING: int = setting(
         _positive_int,
         10_000,
-        "Most SMART launches in progress kept at once; past it the oldest are forgotten first.",
+        "Most SMART launches in progress kept at once; one client address holds at most a tenth of them (its own "
+        "oldest are forgotten past that); past the whole number the oldest of the client holding the most go first.",
     )
     SMART_STATE_STORE_URL: str = setting(
         str,

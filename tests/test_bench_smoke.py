@@ -32,3 +32,16 @@ def test_bench_smoke_run_prints_the_table():
         assert "| patient-view, no prefetch (FHIR server, 100 Obs) | 2 |" in out
         assert "no prefetch (100 Obs, 2 threads): mean call" in out and "the service's own time" in out
     assert "worker RSS (MiB) floor: after the run" in out and "worker RSS (MiB) service: after the run" in out
+
+
+def test_replay_load_smoke_run_counts_every_status():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "replay_load.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "JWT checks on, SQLite replay store" in result.stdout and "statuses: 200: " in result.stdout

@@ -737,7 +737,7 @@ def test_pending_launches_are_capped_oldest_first():
 
     store = LaunchStore("sqlite://", max_pending=3)
     for i in range(6):
-        store.put(f"s{i}", {"i": i}, 600 + i)
+        store.put(f"s{i}", {"i": i}, 600 + i, client=f"c{i}")  # one launch per client: the oldest go first
     with store.engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT count(*) FROM smart_launches").scalar_one() == 3
     assert [store.take(f"s{i}") for i in range(6)] == [None, None, None, {"i": 3}, {"i": 4}, {"i": 5}]

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from flask import Response, request
 
-from service.errors import CdsError, Overloaded, operation_outcome
+from service.errors import CdsError, operation_outcome
 from service.logs import log_event
 from service.security import Unauthorized
 
@@ -21,7 +21,7 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 def error_response(error: CdsError) -> Response:
     response = json_response(operation_outcome(error.message, error.code), error.status)
-    if isinstance(error, Overloaded):
+    if error.retry_after is not None:
         response.headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="cds-services"'

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from service.fhir.client import unfollowable_next
+from service.fhir.elements import array, objects, string, untyped
 from service.fhir.lazy import LazyBundle
 
 HARMLESS = frozenset({"warning", "information", "success"})
@@ -41,10 +42,8 @@ def is_search(template: str) -> bool:
 
 def outcome_failed(outcome: Any) -> bool:
     """An OperationOutcome that reports an error (or whose issues cannot be read: taken as one)."""
-    issues = outcome.get("issue") if isinstance(outcome, dict) else None
-    if not isinstance(issues, list) or not issues:
-        return True
-    return any(not isinstance(i, dict) or i.get("severity") not in HARMLESS for i in issues)
+    issues = array(outcome, "issue")
+    return not issues or any(not isinstance(i, dict) or string(i, "severity") not in HARMLESS for i in issues)
 
 
 def _outcomes(bundle: dict[str, Any]) -> list[Any]:
@@ -52,29 +51,19 @@ def _outcomes(bundle: dict[str, Any]) -> list[Any]:
     if isinstance(bundle, LazyBundle):
         found = []
         for entry, head in zip(bundle.entries, bundle.heads(), strict=True):
-            if head is not None and head.resourceType == "OperationOutcome":
+            if string(head, "resourceType") == "OperationOutcome":
                 try:
                     found.append(_decode.decode(entry.resource))
                 except msgspec.DecodeError:  # an outcome that cannot be read: taken as an error
                     found.append(None)
         return found
-    entries = bundle.get("entry")
-    return [
-        e["resource"]
-        for e in (entries if isinstance(entries, list) else ())
-        if isinstance(e, dict)
-        and isinstance(e.get("resource"), dict)
-        and e["resource"].get("resourceType") == "OperationOutcome"
-    ]
+    resources = (untyped(e, "resource") for e in objects(bundle, "entry"))
+    return [r for r in resources if string(r, "resourceType") == "OperationOutcome"]
 
 
 def error_in_bundle(value: Any) -> bool:
     """A Bundle that carries an OperationOutcome entry reporting an error: its search failed, whatever else it holds."""
-    return (
-        isinstance(value, dict)
-        and value.get("resourceType") == "Bundle"
-        and any(outcome_failed(o) for o in _outcomes(value))
-    )
+    return string(value, "resourceType") == "Bundle" and any(outcome_failed(o) for o in _outcomes(value))
 
 
 def answer_problem(value: Any, search: bool) -> str | None:
@@ -82,51 +71,40 @@ def answer_problem(value: Any, search: bool) -> str | None:
     data in the text: resource types and severities only."""
     if not isinstance(value, dict):
         return None
-    kind = value.get("resourceType")
+    kind = string(value, "resourceType")
     if search and kind != "Bundle":
-        shown = kind if isinstance(kind, str) and kind.isalpha() and len(kind) < 40 else "resource"
+        shown = kind if kind is not None and kind.isalpha() and len(kind) < 40 else "resource"
         return f"a search was answered with a {shown}, not a Bundle"
     if error_in_bundle(value):
         return "the answer holds an OperationOutcome reporting an error: the search failed"
     return None
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 def _outcome_truncates(outcome: Any) -> bool:
-    issues = outcome.get("issue") if isinstance(outcome, dict) else None
-    return isinstance(issues, list) and any(isinstance(i, dict) and _text(i.get("code")) in TRUNCATING for i in issues)
+    return any(string(i, "code") in TRUNCATING for i in array(outcome, "issue"))
 
 
 def _entry_parts(bundle: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
     """(search, response, resource type or None when the entry holds no readable resource) of every entry."""
     if isinstance(bundle, LazyBundle):
         return [
-            (e.search, e.response, h.resourceType if h is not None and isinstance(h.resourceType, str) else None)
+            (untyped(e, "search"), untyped(e, "response"), string(h, "resourceType"))
             for e, h in zip(bundle.entries, bundle.heads(), strict=True)
         ]
-    entries = bundle.get("entry")
-    parts = []
-    for e in entries if isinstance(entries, list) else ():
-        if not isinstance(e, dict):
-            parts.append((None, None, None))
-            continue
-        resource = e.get("resource")
-        kind = resource.get("resourceType") if isinstance(resource, dict) else None
-        parts.append((e.get("search"), e.get("response"), kind if isinstance(kind, str) else None))
-    return parts
+    return [
+        (untyped(e, "search"), untyped(e, "response"), string(untyped(e, "resource"), "resourceType"))
+        for e in array(bundle, "entry")
+    ]
 
 
 def _is_match(search: Any, kind: Any) -> bool:
-    mode = search.get("mode") if isinstance(search, dict) else None
+    mode = string(search, "mode")
     return kind is not None and kind != "OperationOutcome" and mode not in ("outcome", "include")
 
 
 def matches(bundle: Any) -> int:
     """How many readable resources a Bundle holds as search matches (not outcomes, not included resources)."""
-    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+    if string(bundle, "resourceType") != "Bundle":
         return 0
     return sum(_is_match(search, kind) for search, _, kind in _entry_parts(bundle))
 
@@ -134,9 +112,9 @@ def matches(bundle: Any) -> int:
 def incompleteness(bundle: Any) -> str | None:
     """Why a search's Bundle (a FHIR server's answer, its pages merged, or a client's prefetch value) is visibly
     not the whole list, or None. No patient data in the text."""
-    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+    if string(bundle, "resourceType") != "Bundle":
         return None
-    if _text(bundle.get("type")) in RESPONSES:
+    if string(bundle, "type") in RESPONSES:
         return "the answer is a batch or transaction response, not the results of a search"
     if unfollowable_next(bundle):
         return "the Bundle's next link has no URL: its further pages cannot be read"
@@ -144,14 +122,14 @@ def incompleteness(bundle: Any) -> str | None:
     if any(kind is None for _, _, kind in parts):
         return "some of the Bundle's entries hold no readable resource"
     for _, response, _ in parts:
-        status = response.get("status") if isinstance(response, dict) else None
-        if response is not None and not (isinstance(status, str) and status.strip()[:1] == "2"):
+        status = string(response, "status")
+        if response is not None and not (status is not None and status.strip()[:1] == "2"):
             return "an entry of the Bundle reports a request that did not succeed"
     if any(_outcome_truncates(o) for o in _outcomes(bundle)):
         return "the answer holds an OperationOutcome saying that not all results were returned"
-    total = bundle.get("total")
+    total = untyped(bundle, "total")
     if (
-        bundle.get("type") in (None, "searchset")  # compared with ==: any JSON value
+        untyped(bundle, "type") in (None, "searchset")  # compared with ==: any JSON value
         and isinstance(total, int)
         and not isinstance(total, bool)
         and total > sum(_is_match(s, k) for s, _, k in parts)

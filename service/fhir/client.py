@@ -4,7 +4,8 @@ Next links are followed exactly as the server wrote them (HAPI's are opaque ``_g
 while they stay on the server the client was given: the access token is never sent anywhere else. Redirects are
 followed only within that origin (scheme, host and port, ``http://h`` being ``http://h:80``) and count against the
 page budget like pages do. Every URL the token is sent to (a read, a next link, a redirect) must also lie under the
-base URL's path (``/fhir/...`` for ``https://h/fhir``), without dot segments. A Bundle whose ``link`` or ``entry`` is
+base URL's path (``/fhir/...`` for ``https://h/fhir``), without dot segments as a servlet container reads them
+(``..;``, percent-encoded, look-alike: :func:`steps_out`). A Bundle whose ``link`` or ``entry`` is
 not a list, or a link that is not a valid URL, ends the fetch with a :class:`FhirError` (412), as any other answer
 that cannot be used.
 The time budget of a hook call covers each whole exchange, not each socket read (see :mod:`service.outbound`).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
@@ -23,6 +25,7 @@ import orjson
 import requests
 
 from service import metrics, outbound
+from service.fhir.elements import array, string, untyped
 from service.logs import log_event
 from service.settings import Settings
 
@@ -139,27 +142,22 @@ class Allowance:
 def bundle_problem(bundle: dict[str, Any]) -> str | None:
     """Why the paging fields of a Bundle cannot be read (``link`` and ``entry`` must be lists), or None."""
     for name in ("link", "entry"):
-        if bundle.get(name) is not None and not isinstance(bundle[name], list):
+        if untyped(bundle, name) is not None and not isinstance(untyped(bundle, name), list):
             return f"Bundle.{name} is not a list"
     return None
 
 
 def next_link(bundle: dict[str, Any]) -> str | None:
-    links = bundle.get("link")
-    for link in links if isinstance(links, list) else ():
-        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-            return link["url"]
+    for link in array(bundle, "link"):
+        if string(link, "relation") == "next" and (url := string(link, "url")) is not None:
+            return url
     return None
 
 
 def unfollowable_next(bundle: dict[str, Any]) -> bool:
     """A ``next`` link whose URL is missing or not a string: the Bundle has further pages that cannot be read."""
-    links = bundle.get("link")
     return any(
-        isinstance(link, dict)
-        and link.get("relation") == "next"
-        and not (isinstance(link.get("url"), str) and link["url"].strip())
-        for link in (links if isinstance(links, list) else ())
+        string(link, "relation") == "next" and not (string(link, "url") or "").strip() for link in array(bundle, "link")
     )
 
 
@@ -176,18 +174,47 @@ def _resolve(base: str, reference: str, what: str) -> str:
 
 def outside_base(base: str, url: str) -> str | None:
     """Why ``url`` is not under the FHIR base URL ``base`` (which ends with ``/``), or None: another origin, a path
-    outside the base's path, or a path that could step out of it once the server decodes it (``..`` or ``.``
-    segments, written or percent-encoded, an encoded slash or a backslash). The bearer token goes under the base
-    only."""
+    outside the base's path, or a path that could step out of it once the server reads it (:func:`steps_out`). The
+    bearer token goes under the base only."""
     if outbound.origin(url) != outbound.origin(base):
         return "another host"
     path, prefix = urlsplit(url).path, urlsplit(base).path or "/"
-    if not (path + "/").startswith(prefix):
-        return "a path outside the FHIR base URL"
-    decoded = unquote(path)
-    if "\\" in decoded or "%2f" in path.lower() or any(s in (".", "..") for s in decoded.split("/")):
+    if not (path + "/").startswith(prefix) or steps_out(path):
         return "a path outside the FHIR base URL"
     return None
+
+
+DECODINGS = 3  # percent-encoding undone at most this often (a proxy may decode once more than the server does)
+
+
+def _decoded(text: str) -> str | None:
+    """``text`` with its percent-encoding undone until nothing is left to undo, or None when that takes more than
+    :data:`DECODINGS` decodings."""
+    for _ in range(DECODINGS + 1):
+        decoded = unquote(text)
+        if decoded == text:
+            return text
+        text = decoded
+    return None
+
+
+def steps_out(path: str) -> bool:
+    """Whether a server could read ``path`` as stepping out of the folders it names. Each segment is read as servlet
+    containers read it (Tomcat and Jetty, HAPI FHIR's): its path parameters cut off (``..;x=y`` is ``..``, which
+    urllib3 sends as written), its percent-encoding undone, as often as a chain of proxies might (a segment still
+    encoded after :data:`DECODINGS` decodings is refused), and then compared with ``.`` and ``..``, whichever is
+    done first. Also refused: an encoded slash, a backslash (a separator on some servers), a control character (a
+    NUL ends the path on some), and a segment of dots and blanks only, dots written as look-alike characters
+    (full-width dots, two-dot leaders: read as dots after Unicode NFKC) included."""
+    for raw in path.split("/"):
+        decoded = _decoded(raw)
+        if decoded is None or any(c in "/\\" or c < " " or c == "\x7f" for c in decoded):
+            return True
+        for name in (_decoded(raw.split(";", 1)[0]) or "", decoded.split(";", 1)[0]):
+            name = unicodedata.normalize("NFKC", name)
+            if "." in name and not name.strip(" \t."):
+                return True
+    return False
 
 
 @dataclass
@@ -304,11 +331,11 @@ class FhirClient:
             body = orjson.loads(answer.body)
         except orjson.JSONDecodeError:
             raise FhirError("the FHIR server's answer is not JSON") from None
-        if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+        if string(body, "resourceType") is None:
             raise FhirError("the FHIR server's answer is not a FHIR resource")
-        if body["resourceType"] == "OperationOutcome":
+        if string(body, "resourceType") == "OperationOutcome":
             raise FhirError("the FHIR server answered with an OperationOutcome")
-        problem = bundle_problem(body) if body["resourceType"] == "Bundle" else None
+        problem = bundle_problem(body) if string(body, "resourceType") == "Bundle" else None
         if problem:
             raise FhirError(f"the FHIR server's answer is not a valid Bundle: {problem}")
         return body
@@ -317,7 +344,7 @@ class FhirClient:
         """A read or a search; a searchset Bundle is followed through its next links and merged into one."""
         allowance = Allowance(self.max_pages)
         first = self.get(relative, allowance)
-        if first["resourceType"] != "Bundle":
+        if string(first, "resourceType") != "Bundle":
             return first
         return self.follow_pages(first, allowance)
 
@@ -326,7 +353,7 @@ class FhirClient:
         does not lose the pages read: they are returned with why the rest could not be read (None: all were)."""
         allowance = Allowance(self.max_pages)
         first = self.get(relative, allowance)
-        if first["resourceType"] != "Bundle":
+        if string(first, "resourceType") != "Bundle":
             return first, None
         return self.read_pages(first, allowance)
 
@@ -354,7 +381,7 @@ class FhirClient:
         self, bundle: dict[str, Any], allowance: Allowance | None
     ) -> tuple[dict[str, Any], FhirError | None, str | None]:
         allowance = allowance or Allowance(self.max_pages - 1)  # ``bundle`` itself was the first page
-        entries = list(bundle.get("entry") or [])
+        entries = list(array(bundle, "entry"))
         seen: set[str] = set()
         error: FhirError | None = None
         stopped: str | None = None
@@ -373,12 +400,12 @@ class FhirClient:
             seen.add(url)
             try:
                 page = self.get(url, allowance, what="a next link")
-                if page["resourceType"] != "Bundle":
+                if string(page, "resourceType") != "Bundle":
                     raise FhirError("a next link did not lead to a Bundle")
             except FhirError as exc:
                 error = exc
                 break
-            entries.extend(page.get("entry") or [])
+            entries.extend(array(page, "entry"))
             url, last = next_link(page), page
         if error is None and not stopped and unfollowable_next(last):
             stopped = "paging stopped: a next link has no URL"

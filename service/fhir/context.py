@@ -25,16 +25,8 @@ from service.clinical.codes import (
     pregnancy_answers,
 )
 from service.clinical.facts import Diagnosis, PregnancyEvidence
-from service.fhir.readers import (
-    DATE_TOLERANCE,
-    Scope,
-    _as_list,
-    _dict,
-    entries,
-    observation_time,
-    parse_datetime,
-    resources,
-)
+from service.fhir.elements import obj, objects, string
+from service.fhir.readers import DATE_TOLERANCE, Scope, entries, observation_time, parse_datetime, resources
 
 VOID_VERIFICATION = {"refuted", "entered-in-error"}
 SUSPECTED_VERIFICATION = {"provisional", "differential", "unconfirmed"}
@@ -105,10 +97,9 @@ def _index() -> tuple[dict[tuple[str, str], ConditionEntry], list[ConditionEntry
 
 def _coded(concept: dict[str, Any]) -> ConditionEntry | None:
     codes, prefixes, _ = _index()
-    for coding in _as_list(concept.get("coding")):
-        coding = _dict(coding)
-        system, code = canonical_system(coding.get("system")), coding.get("code")
-        if system is None or not isinstance(code, str) or not code.strip():
+    for coding in objects(concept, "coding"):
+        system, code = canonical_system(string(coding, "system")), string(coding, "code")
+        if system is None or code is None or not code.strip():
             continue
         code = condition_code(system, code)
         if (system, code) in codes:
@@ -120,8 +111,8 @@ def _coded(concept: dict[str, Any]) -> ConditionEntry | None:
 
 
 def _texts(concept: dict[str, Any]) -> list[str]:
-    candidates = [concept.get("text"), *(_dict(c).get("display") for c in _as_list(concept.get("coding")))]
-    return [t for t in candidates if isinstance(t, str) and t.strip()]
+    candidates = [string(concept, "text"), *(string(c, "display") for c in objects(concept, "coding"))]
+    return [t for t in candidates if t is not None and t.strip()]
 
 
 def _by_text(texts: Iterable[str]) -> tuple[ConditionEntry | None, bool]:
@@ -156,21 +147,22 @@ def _text_doubts(texts: Iterable[str]) -> bool:
     return False
 
 
-def _codes_of(element: Any) -> set[str]:
-    return {c for c in (_dict(x).get("code") for x in _as_list(_dict(element).get("coding"))) if isinstance(c, str)}
+def _codes_of(condition: Any, name: str) -> set[str]:
+    """The codes of a status element (``clinicalStatus``, ``verificationStatus``)."""
+    return {c for c in (string(x, "code") for x in objects(obj(condition, name), "coding")) if c is not None}
 
 
 def _onset(condition: dict[str, Any]) -> datetime | None:
-    period = _dict(condition.get("onsetPeriod"))
-    return parse_datetime(condition.get("onsetDateTime")) or parse_datetime(period.get("start"))
+    period = obj(condition, "onsetPeriod")
+    return parse_datetime(string(condition, "onsetDateTime")) or parse_datetime(string(period, "start"))
 
 
 def _abatement(condition: dict[str, Any]) -> datetime | None:
-    period = _dict(condition.get("abatementPeriod"))
+    period = obj(condition, "abatementPeriod")
     return (
-        parse_datetime(condition.get("abatementDateTime"))
-        or parse_datetime(period.get("end"))
-        or parse_datetime(period.get("start"))
+        parse_datetime(string(condition, "abatementDateTime"))
+        or parse_datetime(string(period, "end"))
+        or parse_datetime(string(period, "start"))
     )
 
 
@@ -183,10 +175,10 @@ def read_diagnoses(*values: Any, scope: Scope | None = None) -> list[Diagnosis]:
         for condition in resources(value, "Condition"):
             if scope is not None and not scope.owns(condition):
                 continue
-            verification = _codes_of(condition.get("verificationStatus"))
+            verification = _codes_of(condition, "verificationStatus")
             if verification & VOID_VERIFICATION:
                 continue
-            concept = _dict(condition.get("code"))
+            concept = obj(condition, "code")
             texts = _texts(concept)
             entry = _coded(concept)
             doubted = entry is not None and entry.group == "hpp" and _text_doubts(texts)
@@ -200,7 +192,7 @@ def read_diagnoses(*values: Any, scope: Scope | None = None) -> list[Diagnosis]:
             now = scope.now if scope is not None else None
             if onset is not None and now is not None and onset > now + DATE_TOLERANCE:
                 continue
-            clinical = _codes_of(condition.get("clinicalStatus"))
+            clinical = _codes_of(condition, "clinicalStatus")
             active = not (clinical & INACTIVE_CLINICAL) and not (
                 not clinical and abatement is not None and (now is None or abatement <= now)
             )
@@ -213,7 +205,7 @@ def read_diagnoses(*values: Any, scope: Scope | None = None) -> list[Diagnosis]:
                     confirmed=not (verification & SUSPECTED_VERIFICATION) and not doubted,
                     onset=onset,
                     abatement=abatement,
-                    recorded=parse_datetime(condition.get("recordedDate")),
+                    recorded=parse_datetime(string(condition, "recordedDate")),
                     matched_by=matched_by,
                 )
             )
@@ -222,21 +214,19 @@ def read_diagnoses(*values: Any, scope: Scope | None = None) -> list[Diagnosis]:
 
 def _loinc_kind(concept: Any) -> str | None:
     known = context_observations()
-    for coding in _as_list(_dict(concept).get("coding")):
-        coding = _dict(coding)
-        code = coding.get("code")
-        if canonical_system(coding.get("system")) == "http://loinc.org" and isinstance(code, str) and code in known:
+    for coding in objects(concept, "coding"):
+        code = string(coding, "code")
+        if canonical_system(string(coding, "system")) == "http://loinc.org" and code in known:
             return known[code].kind
     return None
 
 
 def _pregnant(concept: Any) -> bool | None:
     answers = pregnancy_answers()
-    for coding in _as_list(_dict(concept).get("coding")):
-        coding = _dict(coding)
-        code = coding.get("code")
-        if isinstance(code, str) and (canonical_system(coding.get("system")), code) in answers:
-            return answers[(canonical_system(coding.get("system")), code)]
+    for coding in objects(concept, "coding"):
+        key = (canonical_system(string(coding, "system")), string(coding, "code"))
+        if key in answers:
+            return answers[key]
     return None
 
 
@@ -246,12 +236,12 @@ def read_pregnancy_evidence(*values: Any, scope: Scope) -> list[PregnancyEvidenc
     found: list[PregnancyEvidence] = []
 
     def keep(observation: Any) -> bool:  # a cheap test on the code before a lazily decoded resource is decoded
-        return _loinc_kind(observation.get("code")) is not None
+        return _loinc_kind(obj(observation, "code")) is not None
 
     for value in values:
         for _, observation in entries(value, "Observation", keep):
-            kind = _loinc_kind(observation.get("code"))
-            if kind is None or observation.get("status") not in ("final", "amended", "corrected"):
+            kind = _loinc_kind(obj(observation, "code"))
+            if kind is None or string(observation, "status") not in ("final", "amended", "corrected"):
                 continue
             if not scope.owns(observation):
                 continue
@@ -259,11 +249,11 @@ def read_pregnancy_evidence(*values: Any, scope: Scope) -> list[PregnancyEvidenc
             if when is None or when > scope.now + DATE_TOLERANCE:
                 continue
             if kind == "status":
-                pregnant = _pregnant(observation.get("valueCodeableConcept"))
+                pregnant = _pregnant(obj(observation, "valueCodeableConcept"))
                 if pregnant is not None:
                     found.append(PregnancyEvidence("status", when, pregnant=pregnant))
                 continue
-            date = parse_datetime(observation.get("valueDateTime"))
+            date = parse_datetime(string(observation, "valueDateTime"))
             if date is not None:
                 found.append(PregnancyEvidence(kind, when, date=date))
     return found

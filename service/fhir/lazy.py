@@ -10,9 +10,11 @@ into plain dicts only when it will read it; everything after that works on dicts
 What the decoder refuses in a resource it reads (a number no double or Python int can hold) is
 :class:`UndecodableResource`, a 400 as it would have been had the whole body been decoded at once; a resource that
 is never read is never decoded, so a bad number in it goes unnoticed, as it harms nothing. A resource may nest about
-as deep as the decoder allows (about 970 levels) since none is ever walked recursively. The body must be UTF-8
-throughout (checked before anything is decoded). What stays as it was: the rest of the request (decoded in full) and
-any prefetch value that is not a Bundle of objects, or that has a next page to fetch.
+as deep as the decoder allows (about 970 levels) since none is ever walked recursively; everything else is held to
+the request's nesting limit (``service.endpoints.incoming``): the Bundle's own fields are decoded and walked, and an
+entry's other elements must be plain (:class:`Entry`). The body must be UTF-8 throughout (checked before anything is
+decoded). What stays as it was: the rest of the request (decoded in full) and any prefetch value that is not a
+Bundle of plain entries, or that has a next page to fetch.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
+
+from service.fhir.elements import Fields, array, obj, string
 
 EMPTY = msgspec.Raw(b"")
 _any = msgspec.json.Decoder()
@@ -44,9 +48,10 @@ class _Codes(msgspec.Struct, gc=False):
     component: Any = None
 
 
-class Peek:
-    """What a reader's cheap test sees of an entry, read like a dict: the head's fields, and ``code`` and
-    ``component`` decoded from the resource's text only if the test asks (and not kept)."""
+class Peek(Fields):
+    """What a reader's cheap test sees of an entry, read like a dict (through :mod:`service.fhir.elements`): the
+    head's fields, and ``code`` and ``component`` decoded from the resource's text only if the test asks (and not
+    kept)."""
 
     __slots__ = ("_codes", "_head", "_raw")
 
@@ -61,10 +66,18 @@ class Peek:
         return getattr(self._head, name, default)
 
 
-class Entry(msgspec.Struct, gc=False):
-    fullUrl: Any = None
-    search: Any = None
-    response: Any = None  # a batch-response's (read by service.fhir.answers.incompleteness)
+Plain = str | int | float | bool | None
+
+
+class Entry(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    """An entry as search results carry it: its elements other than the resource are plain (a ``search`` or
+    ``response`` object holds no list or object), so they nest 6 levels deep at most from the body's top. An entry
+    with anything else (another key, a nested ``search``, a ``response`` with an ``outcome``, a ``fullUrl`` that is
+    not a string) fails this decoding, and its Bundle is decoded whole: then the nesting limit holds in all of it."""
+
+    fullUrl: str | None = None
+    search: dict[str, Plain] | None = None
+    response: dict[str, Plain] | None = None  # a batch-response's (read by service.fhir.answers.incompleteness)
     resource: msgspec.Raw = EMPTY
 
 
@@ -113,9 +126,9 @@ class LazyBundle(dict):
     ) -> Iterator[tuple[Any, dict[str, Any]]]:
         """(fullUrl, resource) of the entries of that type whose head ``keep`` accepts (search outcomes skipped)."""
         for index, (entry, head) in enumerate(zip(self.entries, self.heads(), strict=True)):
-            if head is None or (resource_type is not None and head.resourceType != resource_type):
+            if head is None or (resource_type is not None and string(head, "resourceType") != resource_type):
                 continue
-            if isinstance(entry.search, dict) and entry.search.get("mode") == "outcome":
+            if string(obj(entry, "search"), "mode") == "outcome":
                 continue
             if keep is not None and not keep(Peek(head, entry.resource)):
                 continue
@@ -151,15 +164,15 @@ def _prefetch_value(key: str, raw: msgspec.Raw) -> Any:
         fields = {k: _any.decode(v) for k, v in _top.decode(raw).items() if k != "entry"}
     except msgspec.ValidationError:  # null, or not an object
         return _any.decode(raw)
-    if fields.get("resourceType") != "Bundle" or _has_next_page(fields.get("link")):
+    if string(fields, "resourceType") != "Bundle" or _has_next_page(fields):
         return _any.decode(raw)
     try:
         entries = _bundle.decode(raw).entry
-    except msgspec.ValidationError:  # entry is not a list of objects: the readers' checks name it
+    except msgspec.ValidationError:  # entry is not a list of plain entries: decoded whole, the readers' checks name it
         return _any.decode(raw)
     return LazyBundle(fields, entries or [], key)
 
 
-def _has_next_page(links: Any) -> bool:
+def _has_next_page(bundle: dict[str, Any]) -> bool:
     """A paginated Bundle is completed from the FHIR server, which merges pages as dicts: it is decoded in full."""
-    return isinstance(links, list) and any(isinstance(link, dict) and link.get("relation") == "next" for link in links)
+    return any(string(link, "relation") == "next" for link in array(bundle, "link"))

@@ -41,6 +41,7 @@ from urllib.parse import quote
 from service.errors import BadRequest, DataUnavailable
 from service.fhir.answers import answer_problem, error_in_bundle, incompleteness, is_search, matches
 from service.fhir.client import REVOKED, FhirClient, FhirError, bundle_problem, next_link
+from service.fhir.elements import string
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 USER_TOKENS = {
@@ -74,7 +75,7 @@ def fill_template(template: str, context: Mapping[str, Any]) -> str:
 
 
 def is_operation_outcome(value: Any) -> bool:
-    return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
+    return string(value, "resourceType") == "OperationOutcome"
 
 
 def client_lacks(template: str, value: Any) -> bool:
@@ -127,12 +128,12 @@ def resolve_prefetch(
     for key, template in templates.items():
         if key in provided and not client_lacks(template, provided[key]):
             value = provided[key]
-            if value is not None and not isinstance(value.get("resourceType"), str):
+            if value is not None and string(value, "resourceType") is None:
                 raise BadRequest(f"prefetch.{key}: not a FHIR resource (no resourceType)")
             problem = answer_problem(value, is_search(template))
             if problem:
                 raise BadRequest(f"prefetch.{key}: {problem}")
-            if value is not None and value["resourceType"] == "Bundle":
+            if string(value, "resourceType") == "Bundle":
                 problem = bundle_problem(value)
                 if problem:
                     raise BadRequest(f"prefetch.{key}: {problem}")

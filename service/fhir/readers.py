@@ -32,6 +32,7 @@ from service.clinical.codes import LOINC, Analyte, analytes, canonical_system, c
 from service.clinical.facts import LAB_FLAG, LAB_RANGE, LabResult, Medication, Patient
 from service.clinical.limits import TOTAL_ALP, fallback_limits
 from service.clinical.medications import match_medication
+from service.fhir.elements import array, as_object, nonempty, obj, objects, string, untyped
 from service.fhir.lazy import LazyBundle
 from service.settings import ClinicalSettings
 
@@ -76,19 +77,6 @@ def is_resource_type(name: str) -> bool:
     return True
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    """The value if it is a JSON object, else an empty one: malformed FHIR is skipped, never an exception."""
-    return value if isinstance(value, dict) else {}
-
-
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
 def entries(
     value: Any, resource_type: str | None = None, keep: Callable[[Any], bool] | None = None
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
@@ -100,20 +88,18 @@ def entries(
         return
     if not isinstance(value, dict):
         return
-    if value.get("resourceType") == "Bundle":
-        for entry in _as_list(value.get("entry")):
-            if not isinstance(entry, dict):
+    if string(value, "resourceType") == "Bundle":
+        for entry in objects(value, "entry"):
+            if string(obj(entry, "search"), "mode") == "outcome":
                 continue
-            if _dict(entry.get("search")).get("mode") == "outcome":
-                continue
-            resource = entry.get("resource")
+            resource = untyped(entry, "resource")
             if (
                 isinstance(resource, dict)
-                and (resource_type is None or resource.get("resourceType") == resource_type)
+                and (resource_type is None or string(resource, "resourceType") == resource_type)
                 and (keep is None or keep(resource))
             ):
-                yield entry.get("fullUrl"), resource
-    elif (resource_type is None or value.get("resourceType") == resource_type) and (keep is None or keep(value)):
+                yield untyped(entry, "fullUrl"), resource
+    elif (resource_type is None or string(value, "resourceType") == resource_type) and (keep is None or keep(value)):
         yield None, value
 
 
@@ -203,15 +189,15 @@ class Scope:
         ``unnamed_ok`` accepts a resource that names nobody (a draft order in the hook context is about the context
         patient)."""
         key = "subject" if "subject" in resource else "patient"
-        reference = _dict(resource.get(key)).get("reference")
-        if (isinstance(reference, str) and reference in self.aliases) or patient_in_reference(
+        reference = string(obj(resource, key), "reference")
+        if (reference is not None and reference in self.aliases) or patient_in_reference(
             reference, self.server
         ) == self.patient.id:
             return True
         if unnamed_ok and "subject" not in resource and "patient" not in resource:
             return True
-        kind = resource.get("resourceType")
-        self.dropped[kind if isinstance(kind, str) and kind.isalpha() and len(kind) < 40 else "unknown"] += 1
+        kind = string(resource, "resourceType")
+        self.dropped[kind if kind is not None and kind.isalpha() and len(kind) < 40 else "unknown"] += 1
         return False
 
 
@@ -219,7 +205,7 @@ def read_patient(value: Any, patient_id: str, now: datetime | None = None) -> Pa
     """The Patient of the hook call: exactly one Patient resource, whose id is ``context.patientId`` (alone, or the
     one Patient of a Bundle), else :class:`PatientMismatch` (another id, several Patients, another resource type, no
     Patient at all: whether the patient has died is then unknown, and no advice can be given)."""
-    if not isinstance(value, dict) or value.get("resourceType") not in ("Patient", "Bundle"):
+    if string(value, "resourceType") not in ("Patient", "Bundle"):
         raise PatientMismatch("the patient data given is not a Patient resource")
     found = list(resources(value, "Patient"))
     if not found:
@@ -227,33 +213,33 @@ def read_patient(value: Any, patient_id: str, now: datetime | None = None) -> Pa
     if len(found) > 1:
         raise PatientMismatch("the patient data given holds more than one Patient")
     resource = found[0]
-    if resource.get("id") != patient_id:
+    if string(resource, "id") != patient_id:
         raise PatientMismatch("the Patient resource given is not context.patientId")
-    gender = resource.get("gender")
+    gender = string(resource, "gender")
     # Whether the patient has died decides whether any advice is given: a value of the wrong type ("true" as a
     # string, a date as a number) is refused rather than guessed either way.
-    if "deceasedBoolean" in resource and not isinstance(resource["deceasedBoolean"], bool | None):
+    if not isinstance(untyped(resource, "deceasedBoolean"), bool | None):
         raise PatientMismatch(
             "Patient.deceasedBoolean must be true or false (JSON), so whether the patient has died is unknown"
         )
-    if "deceasedDateTime" in resource and not isinstance(resource["deceasedDateTime"], str | None):
+    if not isinstance(untyped(resource, "deceasedDateTime"), str | None):
         raise PatientMismatch(
             "Patient.deceasedDateTime must be a date text, so whether the patient has died is unknown"
         )
-    death_text = resource.get("deceasedDateTime")
+    death_text = string(resource, "deceasedDateTime")
     deceased_at = parse_datetime(death_text)
-    deceased = resource.get("deceasedBoolean") is True or deceased_at is not None
-    if isinstance(death_text, str) and death_text.strip() and deceased_at is None:
+    deceased = untyped(resource, "deceasedBoolean") is True or deceased_at is not None
+    if death_text is not None and death_text.strip() and deceased_at is None:
         deceased = True  # a death date that cannot be read is still a death
     if deceased_at is not None and now is not None and deceased_at > now + DATE_TOLERANCE:
         deceased, deceased_at = False, None  # a death in the future is a data error, not a death
     return Patient(
         id=patient_id,
-        birth_date=parse_date(resource.get("birthDate")),
+        birth_date=parse_date(string(resource, "birthDate")),
         gender=gender if gender in ("male", "female", "other", "unknown") else None,
         deceased=deceased,
         deceased_at=deceased_at,
-        name=patient_name(resource.get("name")),
+        name=patient_name(untyped(resource, "name")),
     )
 
 
@@ -263,13 +249,12 @@ def patient_name(names: Any) -> str | None:
     if not isinstance(names, list):
         return None
     usable = [n for n in names if isinstance(n, dict)]
-    usable.sort(key=lambda n: {"official": 0, "usual": 1}.get(n.get("use"), 2))
+    usable.sort(key=lambda n: {"official": 0, "usual": 1}.get(string(n, "use"), 2))
     for name in usable:
-        text = name.get("text")
-        if not (isinstance(text, str) and text.strip()):
-            given = name.get("given") if isinstance(name.get("given"), list) else []
-            parts = [g for g in given if isinstance(g, str)] + [name.get("family")]
-            text = " ".join(p.strip() for p in parts if isinstance(p, str) and p.strip())
+        text = string(name, "text")
+        if not (text is not None and text.strip()):
+            parts = [g for g in array(name, "given") if isinstance(g, str)] + [string(name, "family")]
+            text = " ".join(p.strip() for p in parts if p is not None and p.strip())
         text = " ".join(text.split())
         if text:
             return text[:200]
@@ -288,26 +273,26 @@ def _number(value: Any) -> float | None:
 
 def _unit(quantity: dict[str, Any]) -> str | None:
     for key in ("code", "unit"):
-        unit = quantity.get(key)
-        if isinstance(unit, str) and unit.strip():
+        unit = string(quantity, key)
+        if unit is not None and unit.strip():
             return unit
     return None
 
 
 def _units_disagree(quantity: dict[str, Any], unit_group: str) -> bool:
     """The UCUM code and the display unit are both known and mean different things (e.g. code U/L, unit ukat/L)."""
-    code, unit = quantity.get("code"), quantity.get("unit")
-    if not (isinstance(code, str) and isinstance(unit, str)):
+    code, unit = string(quantity, "code"), string(quantity, "unit")
+    if code is None or unit is None:
         return False
     by_code, by_unit = convert(1.0, code, unit_group), convert(1.0, unit, unit_group)
     return by_code is not None and by_unit is not None and by_code != by_unit
 
 
 def _flag(element: dict[str, Any]) -> str | None:
-    for concept in _as_list(element.get("interpretation")):
-        for coding in _as_list(_dict(concept).get("coding")):
-            code = _dict(coding).get("code")
-            if not isinstance(code, str):
+    for concept in array(element, "interpretation"):
+        for coding in array(concept, "coding"):
+            code = string(coding, "code")
+            if code is None:
                 continue
             if code in LOW_FLAGS:
                 return "low"
@@ -319,22 +304,22 @@ def _flag(element: dict[str, Any]) -> str | None:
 
 
 def observation_time(observation: dict[str, Any]) -> datetime | None:
-    period = _dict(observation.get("effectivePeriod"))
+    period = obj(observation, "effectivePeriod")
     return (
-        parse_datetime(observation.get("effectiveDateTime"))
-        or parse_datetime(observation.get("effectiveInstant"))
-        or parse_datetime(period.get("start"))
-        or parse_datetime(period.get("end"))
-        or parse_datetime(observation.get("issued"))
+        parse_datetime(string(observation, "effectiveDateTime"))
+        or parse_datetime(string(observation, "effectiveInstant"))
+        or parse_datetime(string(period, "start"))
+        or parse_datetime(string(period, "end"))
+        or parse_datetime(string(observation, "issued"))
     )
 
 
 def _analyte(concept: Any, known: Mapping[str, Analyte]) -> Analyte | None:
-    for coding in _as_list(_dict(concept).get("coding")):
-        if not isinstance(coding, dict) or canonical_system(coding.get("system")) != LOINC:
+    for coding in objects(concept, "coding"):
+        if canonical_system(string(coding, "system")) != LOINC:
             continue
-        code = coding.get("code")
-        if isinstance(code, str) and code in known:
+        code = string(coding, "code")
+        if code is not None and code in known:
             return known[code]
     return None
 
@@ -351,47 +336,45 @@ class _Raw:
 
 
 def _raw_value(element: dict[str, Any], range_unit: str | None) -> _Raw:
-    quantity = element.get("valueQuantity")
+    quantity = untyped(element, "valueQuantity")
     if isinstance(quantity, dict):
-        number = _number(quantity.get("value"))
-        comparator = quantity.get("comparator")
+        number = _number(untyped(quantity, "value"))
+        comparator = untyped(quantity, "comparator")
         unit = _unit(quantity)
         if number is None:
             return _Raw(None, unit, None, None, "the value is not a number")
         if comparator is not None and (not isinstance(comparator, str) or comparator not in COMPARATORS):
             return _Raw(number, unit, None, None, "the comparator is not one FHIR allows")
         return _Raw(number, unit, comparator, None, None)
-    text = element.get("valueString")
-    if isinstance(text, str):
+    text = string(element, "valueString")
+    if text is not None:
         shown = text.strip()[:VALUE_TEXT_MAX]
         match = VALUE_TEXT.match(text) if len(text) <= VALUE_TEXT_MAX else None
         if not match:
             return _Raw(None, None, None, shown, "the value is text that does not read as a number")
         comparator = UNICODE_COMPARATORS.get(match.group(1), match.group(1))
         return _Raw(float(match.group(2)), (match.group(3) or "").strip() or range_unit, comparator, shown, None)
-    integer = element.get("valueInteger")
+    integer = untyped(element, "valueInteger")
     if isinstance(integer, int) and not isinstance(integer, bool):
         number = _number(integer)  # None from a billion on: named, as for valueQuantity, not silently dropped
         return _Raw(number, range_unit, None, None, None if number is not None else "the value is not a number")
-    absent = _dict(element.get("dataAbsentReason"))
-    reason = _text(absent.get("text")) or next(
-        (_text(_dict(c).get("display")) or _text(_dict(c).get("code")) for c in _as_list(absent.get("coding"))), None
+    absent = obj(element, "dataAbsentReason")
+    reason = nonempty(absent, "text") or next(
+        (nonempty(c, "display") or nonempty(c, "code") for c in array(absent, "coding")), None
     )
     return _Raw(None, None, None, reason[:40] if reason else None, "no value")
 
 
 def _range_unit(reference_range: dict[str, Any]) -> str | None:
     for key in ("low", "high"):
-        bound = reference_range.get(key)
-        if isinstance(bound, dict) and _unit(bound):
+        bound = obj(reference_range, key)
+        if _unit(bound):
             return _unit(bound)
     return None
 
 
 def _range_bound(bound: Any, value_unit: str | None, unit_group: str) -> float | None:
-    if not isinstance(bound, dict):
-        return None
-    number = _number(bound.get("value"))
+    number = _number(untyped(bound, "value"))
     if number is None:
         return None
     converted = convert(number, _unit(bound) or value_unit, unit_group)
@@ -410,7 +393,7 @@ def _read_result(
     issued: datetime | None = None,
     corrected: bool = False,
 ) -> LabResult:
-    reference_range = _dict(next(iter(_as_list(element.get("referenceRange"))), None))
+    reference_range = as_object(next(iter(array(element, "referenceRange")), None))
     raw = _raw_value(element, _range_unit(reference_range))
     problem = problem or raw.problem
     converted = None
@@ -418,7 +401,7 @@ def _read_result(
         converted = convert(raw.number, raw.unit, analyte.unit_group)
         if converted is None:
             problem = "unit not recognised" if raw.unit else "no unit"
-    quantity = element.get("valueQuantity")
+    quantity = untyped(element, "valueQuantity")
     if converted is not None and isinstance(quantity, dict) and _units_disagree(quantity, analyte.unit_group):
         problem = "the unit code and the unit text disagree"
     if converted is not None and problem is None:
@@ -429,8 +412,8 @@ def _read_result(
     flag = _flag(element)
     if problem is None and converted is not None:
         value, unit = converted
-        low = _range_bound(reference_range.get("low"), raw.unit, analyte.unit_group)
-        high = _range_bound(reference_range.get("high"), raw.unit, analyte.unit_group)
+        low = _range_bound(untyped(reference_range, "low"), raw.unit, analyte.unit_group)
+        high = _range_bound(untyped(reference_range, "high"), raw.unit, analyte.unit_group)
         low_source = LAB_RANGE if low is not None else None
         high_source = LAB_RANGE if high is not None else None
         if flag is not None:  # the lab judged it: its flag stands for a bound it did not send
@@ -511,24 +494,24 @@ def read_observation(observation: dict[str, Any], scope: Scope | None = None) ->
     """The known lab results in one Observation: its own value and those of its components (a panel)."""
     known = analytes()
     parts: list[tuple[Analyte, dict[str, Any], str | None]] = []
-    ident = observation.get("id") if isinstance(observation.get("id"), str) else None
-    top = _analyte(observation.get("code"), known)
+    ident = string(observation, "id")
+    top = _analyte(untyped(observation, "code"), known)
     if top is not None:
         parts.append((top, observation, ident))
-    for index, component in enumerate(_as_list(observation.get("component"))):
-        found = _analyte(_dict(component).get("code"), known)
+    for index, component in enumerate(array(observation, "component")):
+        found = _analyte(untyped(component, "code"), known)
         if found is not None:
             parts.append((found, component, f"{ident}#component{index}" if ident else None))
     if not parts:
         return []
-    status = observation.get("status")
+    status = string(observation, "status")
     problem = None
-    if not isinstance(status, str):
+    if status is None:
         problem = "the status cannot be read"
     elif status not in COUNTED and status not in PRELIMINARY:
         return []  # registered, cancelled, entered-in-error...: not a result
     when = observation_time(observation)
-    issued = parse_datetime(observation.get("issued"))
+    issued = parse_datetime(string(observation, "issued"))
     corrected = status in ("amended", "corrected")
     return [
         _read_result(
@@ -589,8 +572,8 @@ def read_lab_results(
         for _, observation in entries(value, "Observation", keep):
             if scope is not None and not scope.owns(observation):
                 continue  # before de-duplication: another patient's resource must not hide one of this patient's
-            ident = observation.get("id")
-            if isinstance(ident, str):
+            ident = string(observation, "id")
+            if ident is not None:
                 if ident in seen:
                     continue
                 seen.add(ident)
@@ -602,28 +585,29 @@ def read_lab_results(
 def _concept_parts(concept: Any) -> tuple[list[tuple[str | None, str]], list[str]]:
     if not isinstance(concept, dict):
         return [], []
-    codings = [c for c in _as_list(concept.get("coding")) if isinstance(c, dict)]
-    texts = [t for t in [concept.get("text"), *(c.get("display") for c in codings)] if isinstance(t, str)]
-    pairs = [(canonical_system(c.get("system")), c.get("code")) for c in codings]
-    return [(system, code) for system, code in pairs if isinstance(code, str)], texts
+    codings = objects(concept, "coding")
+    texts = [t for t in [string(concept, "text"), *(string(c, "display") for c in codings)] if t is not None]
+    pairs = [(canonical_system(string(c, "system")), string(c, "code")) for c in codings]
+    return [(system, code) for system, code in pairs if code is not None], texts
 
 
 def _record_dates(resource: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
     """(start, end) this record gives for the drug: a statement's effective period, a request's authoring date (and
     the end of its validity period), a dispense's hand-over. ``dateAsserted`` is when a statement was written down,
     not when the drug started."""
-    kind = resource.get("resourceType")
+    kind = string(resource, "resourceType")
     if kind == "MedicationStatement":
-        period = _dict(resource.get("effectivePeriod"))
-        start = parse_datetime(period.get("start")) or parse_datetime(resource.get("effectiveDateTime"))
-        return start, parse_datetime(period.get("end"))
+        period = obj(resource, "effectivePeriod")
+        start = parse_datetime(string(period, "start")) or parse_datetime(string(resource, "effectiveDateTime"))
+        return start, parse_datetime(string(period, "end"))
     if kind == "MedicationRequest":
-        validity = _dict(_dict(resource.get("dispenseRequest")).get("validityPeriod"))
-        return parse_datetime(resource.get("authoredOn")), parse_datetime(validity.get("end"))
+        validity = obj(obj(resource, "dispenseRequest"), "validityPeriod")
+        return parse_datetime(string(resource, "authoredOn")), parse_datetime(string(validity, "end"))
     if kind == "MedicationAdministration":
-        period = _dict(resource.get("effectivePeriod"))
-        return parse_datetime(resource.get("effectiveDateTime")) or parse_datetime(period.get("start")), None
-    return parse_datetime(resource.get("whenHandedOver")) or parse_datetime(resource.get("whenPrepared")), None
+        period = obj(resource, "effectivePeriod")
+        return parse_datetime(string(resource, "effectiveDateTime")) or parse_datetime(string(period, "start")), None
+    handed_over = parse_datetime(string(resource, "whenHandedOver"))
+    return handed_over or parse_datetime(string(resource, "whenPrepared")), None
 
 
 NOT_AN_ORDER = {"proposal", "plan", "option"}  # MedicationRequest intents that order nothing
@@ -632,14 +616,13 @@ VOID = {"entered-in-error", "cancelled", "revoked"}
 
 def _meaning(resource: dict[str, Any], drafts: bool) -> str | None:
     """current | history | draft, or None when the record says nothing about taking the drug."""
-    status = resource.get("status")
-    status = status if isinstance(status, str) else None
-    if resource.get("doNotPerform") is True:
+    status = string(resource, "status")
+    if untyped(resource, "doNotPerform") is True:
         return None  # an instruction not to give the drug
     if drafts:  # the hook context's draft orders are being ordered now, whatever status the EHR sent
         return None if status in VOID else "draft"
-    kind = resource.get("resourceType")
-    if kind == "MedicationRequest" and resource.get("intent") in NOT_AN_ORDER:
+    kind = string(resource, "resourceType")
+    if kind == "MedicationRequest" and string(resource, "intent") in NOT_AN_ORDER:
         return None
     if kind in ("MedicationDispense", "MedicationAdministration") and status not in ("completed", "in-progress"):
         return None  # a dose handed over or given (as evidence of exposure); not-done, stopped... are not
@@ -652,8 +635,8 @@ def medication_index(values: Iterable[Any]) -> dict[str, dict[str, Any]]:
     index: dict[str, dict[str, Any]] = {}
     for value in values:
         for full_url, resource in entries(value, "Medication"):
-            if isinstance(resource.get("id"), str):
-                index[f"Medication/{resource['id']}"] = resource
+            if (ident := string(resource, "id")) is not None:
+                index[f"Medication/{ident}"] = resource
             if isinstance(full_url, str):
                 index[full_url] = resource
     return index
@@ -679,7 +662,7 @@ def read_medications(
     pool = [r for value in values for r in resources(value)]
     medications = medication_index(values)
     for resource in pool:
-        kind = resource.get("resourceType")
+        kind = string(resource, "resourceType")
         if kind not in MEDICATION_RECORDS:
             continue
         meaning = _meaning(resource, drafts)
@@ -687,8 +670,9 @@ def read_medications(
             continue
         if scope is not None and not scope.owns(resource, unnamed_ok=drafts):
             continue
-        reference = f"{kind}/{resource['id']}" if isinstance(resource.get("id"), str) else None
-        concept = resource.get("medicationCodeableConcept")
+        ident = string(resource, "id")
+        reference = f"{kind}/{ident}" if ident is not None else None
+        concept = untyped(resource, "medicationCodeableConcept")
         if concept is None:
             concept = _referenced_code(resource, medications, resolve)
             if concept is None and scope is not None and "medicationReference" in resource:
@@ -726,18 +710,18 @@ def _referenced_code(
     medications: dict[str, dict[str, Any]],
     resolve: Callable[[str], dict[str, Any] | None] | None,
 ) -> Any:
-    reference = _dict(resource.get("medicationReference")).get("reference")
-    if not isinstance(reference, str):
+    reference = string(obj(resource, "medicationReference"), "reference")
+    if reference is None:
         return None
     if reference.startswith("#"):
-        for contained in _as_list(resource.get("contained")):
-            if isinstance(contained, dict) and contained.get("id") == reference[1:]:
-                return contained.get("code")
+        for contained in objects(resource, "contained"):
+            if string(contained, "id") == reference[1:]:
+                return untyped(contained, "code")
         return None
     if reference in medications:
-        return medications[reference].get("code")
+        return untyped(medications[reference], "code")
     if resolve is not None and reference.startswith("Medication/"):
         target = resolve(reference)
-        if isinstance(target, dict) and target.get("resourceType") == "Medication":
-            return target.get("code")
+        if string(target, "resourceType") == "Medication":
+            return untyped(target, "code")
     return None

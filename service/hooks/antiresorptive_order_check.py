@@ -8,6 +8,7 @@ from typing import Any
 
 from service.clinical import antiresorptives
 from service.errors import BadRequest, DataUnavailable
+from service.fhir.elements import objects, string, untyped
 from service.fhir.readers import MEDICATION_RECORDS, Scope, read_medications
 from service.hooks import CdsService, HookCall
 from service.hooks.patient_chart import (
@@ -40,18 +41,17 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
     A well-formed checked draft whose drug cannot be read (a ``medicationReference`` neither in the context nor to
     be had from ``fhirServer``) is named on the cards issued for the other orders, or, when there is none, makes the
     call a 412: an unreadable bisphosphonate beside a weaker agent is never silently passed."""
-    entries = call.context["draftOrders"].get("entry")
     given = [
         (entry, resource)
-        for entry in (entries if isinstance(entries, list) else ())
-        if isinstance(entry, dict) and isinstance(resource := entry.get("resource"), dict)
+        for entry in objects(call.context["draftOrders"], "entry")
+        if isinstance(resource := untyped(entry, "resource"), dict)
     ]
 
     def is_checked(resource: dict[str, Any]) -> bool:
-        return selections is None or f"{resource.get('resourceType')}/{resource.get('id')}" in selections
+        return selections is None or f"{untyped(resource, 'resourceType')}/{untyped(resource, 'id')}" in selections
 
     if selections is not None:
-        named = {draft_name(r) for _, r in given if isinstance(r.get("id"), str)}
+        named = {draft_name(r) for _, r in given if string(r, "id") is not None}
         missing = sorted(selections - named)
         if missing:
             raise BadRequest(
@@ -59,7 +59,7 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
                 "not in context.draftOrders (selections must be references to its entries)"
             )
     for _, resource in given:
-        checked = is_checked(resource) and resource.get("resourceType") in MEDICATION_RECORDS
+        checked = is_checked(resource) and string(resource, "resourceType") in MEDICATION_RECORDS
         if checked and (why := drug_naming_error(resource)):
             raise BadRequest(
                 f"the draft order {draft_name(resource)} in context.draftOrders {why}, so it cannot be checked"
@@ -67,7 +67,7 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
     # The orders to check, with every Medication of the context (by id and by fullUrl) to resolve references.
     selected = {
         "resourceType": "Bundle",
-        "entry": [entry for entry, r in given if is_checked(r) or r.get("resourceType") == "Medication"],
+        "entry": [entry for entry, r in given if is_checked(r) or string(r, "resourceType") == "Medication"],
     }
     scope = read_scope(call)
     chart = build_chart(call, scope)
@@ -89,13 +89,13 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
 
 
 def draft_name(resource: dict[str, Any]) -> str:
-    kind, ident = resource.get("resourceType"), resource.get("id")
-    return f"{kind}/{ident}" if isinstance(ident, str) else f"{kind} (no id)"
+    kind, ident = untyped(resource, "resourceType"), string(resource, "id")
+    return f"{kind}/{ident}" if ident is not None else f"{kind} (no id)"
 
 
 def _bad_strings(value: dict[str, Any], keys: tuple[str, ...], where: str) -> str | None:
     for key in keys:
-        if value.get(key) is not None and not isinstance(value[key], str):
+        if untyped(value, key) is not None and string(value, key) is None:
             return f"has a {where}.{key} that is not a string"
     return None
 
@@ -104,7 +104,7 @@ def drug_naming_error(resource: dict[str, Any]) -> str | None:
     """Why a draft medication order does not name its drug as FHIR R4 does (``medication[x]``: exactly one of a
     CodeableConcept or a Reference, JSON objects, ``coding`` a list of Codings, the texts strings, not empty), or
     None. A JSON ``null`` counts as absent. Such a draft was not read at all before (its drug was taken for none)."""
-    concept, reference = resource.get("medicationCodeableConcept"), resource.get("medicationReference")
+    concept, reference = untyped(resource, "medicationCodeableConcept"), untyped(resource, "medicationReference")
     if concept is None and reference is None:
         return "names no drug (neither medicationCodeableConcept nor medicationReference)"
     if concept is not None and reference is not None:
@@ -114,14 +114,14 @@ def drug_naming_error(resource: dict[str, Any]) -> str | None:
             return "has a medicationReference that is not a Reference (a JSON object)"
         if why := _bad_strings(reference, ("reference", "display"), "medicationReference"):
             return why
-        if not any(reference.get(key) for key in ("reference", "identifier", "display")):
+        if not any(untyped(reference, key) for key in ("reference", "identifier", "display")):
             return "has an empty medicationReference"
         return None
     if not isinstance(concept, dict):
         return "has a medicationCodeableConcept that is not a CodeableConcept (a JSON object)"
     if why := _bad_strings(concept, ("text",), "medicationCodeableConcept"):
         return why
-    codings = concept.get("coding")
+    codings = untyped(concept, "coding")
     if codings is not None and not isinstance(codings, list):
         return "has a medicationCodeableConcept.coding that is not a list of Codings"
     for i, coding in enumerate(codings or ()):
@@ -129,7 +129,7 @@ def drug_naming_error(resource: dict[str, Any]) -> str | None:
             return f"has a medicationCodeableConcept.coding[{i}] that is not a Coding (a JSON object)"
         if why := _bad_strings(coding, ("system", "code", "display"), f"medicationCodeableConcept.coding[{i}]"):
             return why
-    if not concept.get("text") and not any(c.get("code") or c.get("display") for c in codings or ()):
+    if not string(concept, "text") and not any(string(c, "code") or string(c, "display") for c in codings or ()):
         return "has a medicationCodeableConcept with no code, display or text"
     return None
 

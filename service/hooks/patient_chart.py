@@ -17,6 +17,7 @@ from service.clinical.rules import Finding, OrderSuggestion, by_importance
 from service.errors import BadRequest, DataUnavailable
 from service.fhir.client import FhirError
 from service.fhir.context import read_diagnoses, read_pregnancy_evidence
+from service.fhir.elements import array, objects, string, untyped
 from service.fhir.lazy import LazyBundle
 from service.fhir.readers import (
     PatientMismatch,
@@ -136,15 +137,10 @@ def newest_first(bundle: Any) -> bool:
     """Whether the dated entries of a Bundle, in the order given, go from the newest to the oldest (by day; entries
     with no readable date are passed over)."""
     if isinstance(bundle, LazyBundle):
-        dates = [h.effectiveDateTime if h is not None else None for h in bundle.heads()]
+        dates = [string(h, "effectiveDateTime") for h in bundle.heads()]
     else:
-        listed = bundle.get("entry") if isinstance(bundle, dict) else None
-        dates = [
-            e["resource"].get("effectiveDateTime")
-            for e in (listed if isinstance(listed, list) else ())
-            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-        ]
-    days = [d[:10] for d in dates if isinstance(d, str) and len(d) >= 4]
+        dates = [string(untyped(e, "resource"), "effectiveDateTime") for e in objects(bundle, "entry")]
+    days = [d[:10] for d in dates if d is not None and len(d) >= 4]
     return all(a >= b for a, b in pairwise(days))
 
 
@@ -191,24 +187,21 @@ def lab_filter(needed: LabsNeeded):
     def coded(concept: Any, codes: frozenset[str]) -> bool:
         """Any coding with one of ``codes``, whatever its system says (the reader accepts LOINC's OID too: keeping a
         resource that is then not read costs little, skipping one the reader would read loses a result)."""
-        codings = concept.get("coding") if isinstance(concept, dict) else None
-        for coding in codings if isinstance(codings, list) else ():
-            code = coding.get("code") if isinstance(coding, dict) else None
-            if isinstance(code, str) and code in codes:
+        for coding in array(concept, "coding"):
+            code = string(coding, "code")
+            if code is not None and code in codes:
                 return True
         return False
 
     def carries(observation: dict[str, Any], codes: frozenset[str]) -> bool:
         """The Observation's code, or one of its components' (a panel), is one of ``codes``."""
-        components = observation.get("component")
-        return coded(observation.get("code"), codes) or (
-            isinstance(components, list)
-            and any(isinstance(c, dict) and coded(c.get("code"), codes) for c in components)
+        return coded(untyped(observation, "code"), codes) or any(
+            coded(untyped(c, "code"), codes) for c in array(observation, "component")
         )
 
     def keep(observation: dict[str, Any]) -> bool:
-        text = observation.get("effectiveDateTime")
-        if not isinstance(text, str) or len(text) < 10:
+        text = string(observation, "effectiveDateTime")
+        if text is None or len(text) < 10:
             return True
         day = text[:10]
         if day >= since_text or day in day_texts:
@@ -246,7 +239,7 @@ def patient_aliases(values: Any, patient_id: str) -> frozenset[str]:
         full_url
         for value in values
         for full_url, resource in entries(value, "Patient")
-        if resource.get("id") == patient_id and isinstance(full_url, str)
+        if string(resource, "id") == patient_id and isinstance(full_url, str)
     )
 
 

@@ -25,6 +25,7 @@ from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from service import outbound
+from service.fhir.elements import array, string, untyped
 from service.settings import Settings
 from service.watchdog import Watchdog
 
@@ -67,8 +68,8 @@ def _endpoint(config: Mapping[str, Any], name: str, iss: str) -> str:
     """An endpoint of the EHR's SMART configuration, checked before the browser or a code is sent to it: https
     (http only to a loopback host, and only when the ``iss`` itself is http), no user information, no link-local or
     metadata host, at most 2 KB, printable ASCII only, no fragment, and no query that holds OAuth parameters."""
-    value = config.get(name)
-    if not isinstance(value, str) or not value:
+    value = string(config, name)
+    if not value:
         raise LaunchError(502, f"the EHR's SMART configuration has no usable {name}")
     problem = outbound.url_problem(value, https_only=urlsplit(iss).scheme.lower() != "http")
     if problem is None and len(value) > ENDPOINT_MAX:
@@ -140,11 +141,10 @@ def _discover(iss: str, settings: Settings) -> SmartConfiguration:
         config = None
     if not isinstance(config, dict):
         raise LaunchError(502, "the EHR's SMART configuration is not a JSON object")
-    methods = config.get("code_challenge_methods_supported")
-    if not isinstance(methods, list) or "S256" not in methods:
+    if "S256" not in array(config, "code_challenge_methods_supported"):
         raise LaunchError(502, "the EHR does not offer PKCE with S256 (code_challenge_methods_supported)")
-    capabilities = config.get("capabilities") if isinstance(config.get("capabilities"), list) else []
-    scopes = config.get("scopes_supported") if isinstance(config.get("scopes_supported"), list) else []
+    capabilities = array(config, "capabilities")
+    scopes = array(config, "scopes_supported")
     v2 = "permission-v2" in capabilities or any(isinstance(s, str) and s.endswith(".rs") for s in scopes)
     v1_only = not v2 and (
         "permission-v1" in capabilities or any(isinstance(s, str) and s.endswith(".read") for s in scopes)
@@ -225,15 +225,15 @@ def exchange_code(pending: Mapping[str, Any], code: str, settings: Settings) -> 
         session.close()
     if watchdog.fired or not isinstance(token, dict):
         raise LaunchError(502, "the EHR's token endpoint did not answer in time")
-    access = token.get("access_token")
-    if not isinstance(access, str) or not access or not re.fullmatch(r"[\x21-\x7e]+", access):
+    access = string(token, "access_token")
+    if not access or not re.fullmatch(r"[\x21-\x7e]+", access):
         raise LaunchError(502, "the EHR's token response holds no usable access token")
-    if str(token.get("token_type", "")).lower() != "bearer":
+    if (string(token, "token_type") or "").lower() != "bearer":
         raise LaunchError(502, "the EHR's token is not a bearer token")
-    patient = token.get("patient")
-    if not isinstance(patient, str) or not FHIR_ID.fullmatch(patient):
+    patient = string(token, "patient")
+    if patient is None or not FHIR_ID.fullmatch(patient):
         raise LaunchError(502, "the EHR gave no patient with the token (the app must be launched from a chart)")
-    return {"access_token": access, "patient": patient, "highlight": highlight(token.get("appContext"))}
+    return {"access_token": access, "patient": patient, "highlight": highlight(untyped(token, "appContext"))}
 
 
 def _capped(response: requests.Response) -> requests.Response:
@@ -256,5 +256,5 @@ def highlight(app_context: Any) -> str | None:
         value = orjson.loads(app_context)
     except orjson.JSONDecodeError:
         return None
-    kind = value.get("highlight") if isinstance(value, dict) else None
-    return kind if isinstance(kind, str) and re.fullmatch(r"[a-z][a-z-]{0,60}", kind) else None
+    kind = string(value, "highlight")
+    return kind if kind is not None and re.fullmatch(r"[a-z][a-z-]{0,60}", kind) else None

@@ -35,7 +35,7 @@ from service.smart import oauth
 from service.smart.chart import render_svg
 from service.smart.oauth import LaunchError
 from service.smart.series import age_text, build_series
-from service.smart.store import LaunchStore
+from service.smart.store import LaunchStore, client_of
 
 log = logging.getLogger("service.smart")
 bp = Blueprint("smart", __name__, url_prefix="/smart")
@@ -69,6 +69,9 @@ def _param(name: str) -> str:
     return value
 
 
+STORE_RETRY_SECONDS = 60  # the 503 of a launch store that cannot be used says "try again in a minute"
+
+
 @contextmanager
 def store_errors() -> Iterator[None]:
     """The launch store cannot be read or written (disk full, locked past its busy timeout): a 503, retry later."""
@@ -85,9 +88,10 @@ def _event(name: str, **fields: Any) -> None:
 
 
 @bp.errorhandler(LaunchError)
-def launch_error(error: LaunchError) -> tuple[str, int]:
+def launch_error(error: LaunchError) -> tuple[str, int, dict[str, str]]:
     _event("smart_refused", status=error.status)
-    return render_template("smart_error.html", status=error.status, message=error.message), error.status
+    page = render_template("smart_error.html", status=error.status, message=error.message)
+    return page, error.status, {"Retry-After": str(STORE_RETRY_SECONDS)} if error.status == 503 else {}
 
 
 @bp.errorhandler(CdsError)
@@ -159,6 +163,7 @@ def launch() -> Response:
                 "browser": _digest(browser),
             },
             config.SMART_LAUNCH_SECONDS,
+            client_of(request.remote_addr),
         )
     _event("smart_launch", scopes="v2" if smart.scopes == oauth.SCOPES_V2 else "v1")
     response = redirect(url, 302)
