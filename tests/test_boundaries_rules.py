@@ -33,6 +33,13 @@ UNITS = {
     "ast": "U/L",
     "alt": "U/L",
     "albumin": "g/dL",
+    "egfr": "mL/min/{1.73_m2}",
+    "creatinine": "mg/dL",
+    "pth": "pg/mL",
+    "inr": "{INR}",
+    "haemoglobin": "g/dL",
+    "haptoglobin": "mg/dL",
+    "phosphate": "mg/dL",
 }
 
 

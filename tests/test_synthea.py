@@ -120,6 +120,8 @@ def expected(bundle: dict[str, Any], now: datetime) -> dict[str, Any]:
     )
     return {
         "deceased": deceased,
+        "ckd": _severe_ckd(bundle, person, now),
+        "fracture": _recent_fracture(bundle, person, now),
         "latest": latest,
         "latest_current": bool(latest) and latest[0] >= now - WINDOW,
         "latest_low": bool(latest) and latest[1] < limit,
@@ -128,6 +130,47 @@ def expected(bundle: dict[str, Any], now: datetime) -> dict[str, Any]:
         "antiresorptive_card": current_low and alendronate and not deceased,
         "verb": "continuing" if course and not deceased else "starting",
     }
+
+
+# Fragility fractures in this data: osteoporotic at any adult age; hip, wrist and forearm from 50 (the service's
+# reading of fragility-fracture definitions); clavicle, rib and ankle never.
+FRAGILITY = {"443165006": 19, "359817006": 50, "263102004": 50, "65966004": 50}
+
+
+def _age(person: dict[str, Any], when: datetime) -> int:
+    born = datetime.fromisoformat(person["birthDate"]).date()
+    day = when.date()
+    return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
+
+def _recent_fracture(bundle: dict[str, Any], person: dict[str, Any], now: datetime) -> bool:
+    """A fragility fracture with an onset in the 52 weeks up to ``now``."""
+    for condition in _resources(bundle, "Condition"):
+        least = FRAGILITY.get(condition["code"]["coding"][0]["code"])
+        onset = datetime.fromisoformat(condition["onsetDateTime"])
+        if least is not None and now - timedelta(weeks=52) <= onset <= now and _age(person, onset) >= least:
+            return True
+    return False
+
+
+def _severe_ckd(bundle: dict[str, Any], person: dict[str, Any], now: datetime) -> bool:
+    """eGFR below 30 from the latest eGFR or serum creatinine of the last 90 days (whichever is later; a creatinine
+    alone by the CKD-EPI 2021 equation, Inker 2021), as the service reads kidney function."""
+    recent = [
+        (datetime.fromisoformat(o["effectiveDateTime"]), o["code"]["coding"][0]["code"], o["valueQuantity"]["value"])
+        for o in _resources(bundle, "Observation")
+        if o["code"]["coding"][0]["code"] in ("33914-3", "38483-4", "2160-0") and "valueQuantity" in o
+    ]
+    recent = [r for r in recent if now - timedelta(days=90) <= r[0] <= now + timedelta(days=1)]
+    egfrs = sorted(r for r in recent if r[1] == "33914-3")
+    creatinines = sorted(r for r in recent if r[1] != "33914-3")
+    if creatinines and (not egfrs or creatinines[-1][0] > egfrs[-1][0]):
+        when, _, value = creatinines[-1]
+        age, female = _age(person, when), person["gender"] == "female"
+        kappa, alpha = (0.7, -0.241) if female else (0.9, -0.302)
+        egfr = 142 * min(value / kappa, 1) ** alpha * max(value / kappa, 1) ** -1.2 * 0.9938**age
+        return egfr * (1.012 if female else 1) < 30
+    return bool(egfrs) and egfrs[-1][2] < 30
 
 
 def _value_text(value: float) -> str:
@@ -145,6 +188,10 @@ def check_patient_view(cards: list[dict[str, Any]], want: dict[str, Any]) -> Non
         (summary,) = low
         assert summary.startswith("Persistently low ALP" if want["persistent"] else "Repeat the ALP")
         assert f"{_value_text(want['latest'][1])} U/L" in summary
+    if want["low_card"]:
+        (card,) = [c for c in cards if c["summary"] in low]
+        assert ("CKD stage 4-5" in card["detail"]) == want["ckd"], card["detail"]
+        assert ("**Recent fracture:**" in card["detail"]) == want["fracture"], card["detail"]
     on_drug = [s for s in summaries if "on alendronate" in s]
     assert bool(on_drug) == want["antiresorptive_card"], summaries
     assert not [s for s in summaries if "EDTA" in s or "Wilson" in s], summaries  # no such pattern in this data
@@ -163,6 +210,7 @@ def check_order_select(cards: list[dict[str, Any]], want: dict[str, Any]) -> Non
     elif want["latest_low"]:
         (summary,) = summaries
         assert summary.startswith(f"Exclude hypophosphatasia before {want['verb']} alendronate: ALP low")
+        assert ("CKD stage 4-5" in cards[0]["detail"]) == want["ckd"], cards[0]["detail"]
     else:
         assert summaries == []
 
@@ -232,7 +280,7 @@ def test_every_patient_at_the_time_of_each_alp(bundles):
     """Clocks a day after each ALP of a living patient (the last one of a deceased patient) make each of those
     results the current one, so the rules meet every pattern the data holds (later results are then dated in the
     future and set aside)."""
-    counted = {"low_card": 0, "persistent": 0, "antiresorptive_card": 0, "deceased": 0}
+    counted = {"low_card": 0, "persistent": 0, "antiresorptive_card": 0, "deceased": 0, "ckd_low": 0, "fracture_low": 0}
     for pid, bundle in bundles.items():
         series = _alp_series(bundle)
         if expected(bundle, FIXED_NOW)["deceased"]:
@@ -243,10 +291,14 @@ def test_every_patient_at_the_time_of_each_alp(bundles):
             want = expected(bundle, now)
             check_patient_view(client.cards(PV, hook_request(PV, bundle, pid)), want)
             check_order_select(client.cards(OS, order_request(bundle, pid)), want)
-            for key in counted:
+            for key in ("low_card", "persistent", "antiresorptive_card", "deceased"):
                 counted[key] += want[key]
+            counted["ckd_low"] += want["low_card"] and want["ckd"]
+            counted["fracture_low"] += want["low_card"] and want["fracture"]
     # (most of the 40 deaths come after the last ALP, so at that clock the patient is still alive)
     assert counted["low_card"] >= 5 and counted["persistent"] >= 1 and counted["deceased"] >= 20
+    # the chart around the labs, as this data holds it: severe CKD and recent fragility fractures beside a low ALP
+    assert counted["ckd_low"] >= 1 and counted["fracture_low"] >= 1, counted
 
 
 def test_another_patients_resources_in_the_prefetch_change_nothing(bundles):

@@ -21,6 +21,7 @@ from service.clinical.context import (
     Window,
     egfr_ckd_epi_2021,
     fracture_windows,
+    fragility_fractures,
     kidney_function,
     masked_span,
     pregnancy_windows,
@@ -57,7 +58,12 @@ class Chart:
     @cached_property
     def windows(self) -> tuple[Window, ...]:
         """Every span in which a normal total ALP is not read as normal (``service.clinical.context``)."""
-        return (*self.pregnancy_windows, *raising_windows(self.diagnoses), *fracture_windows(self.diagnoses))
+        return (*self.pregnancy_windows, *raising_windows(self.diagnoses), *fracture_windows(self.fractures))
+
+    @cached_property
+    def fractures(self) -> tuple[Diagnosis, ...]:
+        """Fragility fractures on the chart (``context.fragility_fractures``)."""
+        return tuple(fragility_fractures(self.diagnoses, self.patient, self.settings.ADULT_AGE))
 
     def window_of(self, result: LabResult, reasons: tuple[str, ...] = ("pregnancy", "alp_raising", "fracture")):
         """The window in which a result that is not low cannot be read as normal (None for a low one)."""
@@ -109,7 +115,7 @@ class Chart:
 
     @cached_property
     def recent_fractures(self) -> tuple[Diagnosis, ...]:
-        return tuple(recent_fractures(self.diagnoses, self.now))
+        return tuple(recent_fractures(self.fractures, self.now))
 
     @cached_property
     def alp_raising(self) -> tuple[Diagnosis, ...]:

@@ -103,14 +103,30 @@ def pregnancy_windows(
     return windows
 
 
-def fracture_windows(diagnoses: Sequence[Diagnosis]) -> list[Window]:
+FRAGILITY_KINDS = ("osteoporotic", "stress", "atypical_femoral")  # fragility by definition, whatever the site
+
+
+def fragility_fractures(diagnoses: Sequence[Diagnosis], patient: Patient, adult_age: int) -> list[Diagnosis]:
+    """The fractures that count as fragility fractures: coded osteoporotic, stress (insufficiency) or atypical
+    femoral from ``adult_age``; coded by a typical site alone (hip, vertebra, wrist, forearm) from
+    ``fragility_site_min_age`` (50), when a fall from standing is their usual cause. Other sites (ankle, clavicle,
+    a single rib), a fracture with no date, or an age that cannot be told do not count."""
+    found = []
+    for d in diagnoses:
+        when = d.onset or d.recorded
+        if d.group != "fracture" or when is None:
+            continue
+        age = patient.age_years(when)
+        least = adult_age if d.kind in FRAGILITY_KINDS else thresholds()["fragility_site_min_age"]
+        if age is not None and age >= least:
+            found.append(d)
+    return found
+
+
+def fracture_windows(fractures: Sequence[Diagnosis]) -> list[Window]:
     """While a fracture heals, bone formation raises the ALP (``fracture_healing_weeks`` from its onset)."""
     healing = weeks("fracture_healing_weeks")
-    return [
-        Window(onset, onset + healing, "fracture", d.name)
-        for d in diagnoses
-        if d.group == "fracture" and (onset := d.onset or d.recorded) is not None
-    ]
+    return [Window(onset, onset + healing, "fracture", d.name) for d in fractures if (onset := d.onset or d.recorded)]
 
 
 def raising_windows(diagnoses: Sequence[Diagnosis]) -> list[Window]:
@@ -139,11 +155,11 @@ def masked_span(start: datetime, end: datetime, windows: Iterable[Window]) -> ti
     return total
 
 
-def recent_fractures(diagnoses: Sequence[Diagnosis], now: datetime) -> list[Diagnosis]:
-    """Fractures whose onset lies within ``fracture_recent_weeks`` (the time in which treatment after a fracture is
-    decided), newest first."""
+def recent_fractures(fractures: Sequence[Diagnosis], now: datetime) -> list[Diagnosis]:
+    """The fractures whose onset lies within ``fracture_recent_weeks`` (the time in which treatment after a fracture
+    is decided), newest first."""
     since = now - weeks("fracture_recent_weeks")
-    found = [d for d in diagnoses if d.group == "fracture" and (d.onset or d.recorded or FAR_PAST) >= since]
+    found = [d for d in fractures if (d.onset or d.recorded) >= since]
     return sorted(found, key=lambda d: d.onset or d.recorded, reverse=True)
 
 
