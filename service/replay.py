@@ -28,6 +28,9 @@ from service.sqlite import pragmas
 log = logging.getLogger("service.replay")
 BUSY_SECONDS = 1.0  # how long a call waits for another process's lock on the store before its 503
 CLOCK_MARGIN = 5.0  # seconds more that a Redis entry lives, past the leeway, for replicas whose clocks differ
+# Seconds a SQLite entry is kept past its token's expiry: a call whose token passed the expiry check just before it
+# expired (its thread may then wait for the interpreter lock) must still find the entry, never a forgotten one.
+KEPT_PAST_EXPIRY = 5.0
 
 
 class ReplayStoreDown(Exception):
@@ -46,6 +49,7 @@ class SqliteReplayStore:
 
     Each call is two statements in autocommit mode, each its own transaction: the deletion of expired entries, and
     an insert that does nothing when the key is still remembered (an expired entry of the same key is overwritten).
+    An entry is kept KEPT_PAST_EXPIRY seconds past its expiry.
     SQLite's write lock is then held only while one statement runs inside SQLite, never while a thread waits for
     Python's interpreter lock between the statements of a transaction (16 threads of a busy worker once held it so
     long that calls of the other worker waited past their second: 503s under ordinary load). No Python lock is held
@@ -77,7 +81,7 @@ class SqliteReplayStore:
 
     def first_use(self, key: str, expires_at: float) -> bool:
         digest = hashlib.sha256(key.encode()).hexdigest()  # a fixed-size key, whatever the token's jti
-        now = time.time()
+        forgotten = time.time() - KEPT_PAST_EXPIRY  # entries that expired before this are gone
         with self._lock, self.engine.connect() as connection:
             if not self._ready:
                 connection.exec_driver_sql(
@@ -85,13 +89,13 @@ class SqliteReplayStore:
                 )
                 connection.exec_driver_sql("CREATE INDEX IF NOT EXISTS seen_tokens_expiry ON seen_tokens (expires_at)")
                 self._ready = True
-            connection.execute(text("DELETE FROM seen_tokens WHERE expires_at < :now"), {"now": now})
+            connection.execute(text("DELETE FROM seen_tokens WHERE expires_at < :forgotten"), {"forgotten": forgotten})
             inserted = connection.execute(
                 text(
                     "INSERT INTO seen_tokens (key, expires_at) VALUES (:key, :expires) ON CONFLICT (key) DO UPDATE "
-                    "SET expires_at = excluded.expires_at WHERE seen_tokens.expires_at < :now"
+                    "SET expires_at = excluded.expires_at WHERE seen_tokens.expires_at < :forgotten"
                 ),
-                {"key": digest, "expires": expires_at, "now": now},
+                {"key": digest, "expires": expires_at, "forgotten": forgotten},
             )
             return inserted.rowcount == 1
 

@@ -36,6 +36,8 @@ ESCAPES = [
     "..%2fadmin",
     "..%5cadmin",
     "%252e%252e%252fadmin",
+    "%C0%AE%C0%AE/admin",
+    "%u002e%u002e/admin",
 ]
 
 
@@ -170,6 +172,15 @@ def test_a_medication_reference_of_a_draft_order_out_of_the_base_is_not_read(rec
     assert recorder.paths == []
     assert response.status_code == 412
     assert "could not be read" in response.get_json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("control", ["\r\nX-Injected: 1", "\t", "\x00", "\x7f"])
+def test_an_address_with_a_control_character_is_never_requested(recorder, control):
+    """``urlsplit`` drops tabs and line breaks before the path is checked, requests would send them encoded: an
+    address holding a control character is not a URL the service follows."""
+    with pytest.raises(FhirError, match="not a valid URL"):
+        FhirClient(base_of(recorder), "secret-token").get(f"Observation{control}/..;/admin")
+    assert recorder.paths == []
 
 
 def test_addresses_under_the_base_are_still_read(recorder):

@@ -46,9 +46,19 @@ def test_a_call_paused_between_its_statements_holds_no_lock_that_others_wait_on(
 
 def test_a_token_whose_entry_expired_is_remembered_again():
     store = SqliteReplayStore("sqlite://")
-    assert store.first_use("iss|x", time.time() - 1)  # stored already expired
+    assert store.first_use("iss|x", time.time() - 60)  # stored long expired
     assert store.first_use("iss|x", time.time() + 60)  # the expired entry does not refuse it
     assert not store.first_use("iss|x", time.time() + 60)
+
+
+def test_a_token_replayed_as_it_expires_is_refused():
+    """The token passed its expiry check an instant before it expired; the store, asked a moment later, must still
+    remember it (outside attack: replays timed at the expiry)."""
+    store = SqliteReplayStore("sqlite://")
+    expires = time.time() + 0.2
+    assert store.first_use("iss|edge", expires)
+    time.sleep(0.3)  # now past the expiry the caller checked against
+    assert not store.first_use("iss|edge", expires)
 
 
 def test_a_replay_store_503_says_when_to_retry(tmp_path):
@@ -64,6 +74,8 @@ def test_a_feedback_store_503_says_when_to_retry():
     item = {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-06-01T10:00:00Z"}
     response = client.client.post(f"/cds-services/{PV}/feedback", json={"feedback": [item]})
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    ready = client.client.get("/readyz")
+    assert ready.status_code == 503 and ready.headers["Retry-After"] == "1"
 
 
 def test_a_launch_store_503_says_when_to_retry(monkeypatch):

@@ -244,7 +244,7 @@ def test_replay_store_forgets_expired_tokens(tmp_path):
 
     store = open_replay_store(f"sqlite:///{tmp_path}/replay.db")
     now = time.time()
-    assert store.first_use("iss|old", now - 1)
+    assert store.first_use("iss|old", now - 60)
     assert store.first_use("iss|new", now + 60)
     assert not store.first_use("iss|new", now + 60)
     assert store.size() == 1  # the expired entry was removed: the store stays bounded by the token lifetime

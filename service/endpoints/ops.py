@@ -42,7 +42,9 @@ def readyz() -> Response:
         # store did. Our own failures are SQLAlchemyError subclasses (StoreBusy, StoreTimedOut, SchemaTooNew,
         # SchemaNotMigrated), but a ping can also end in a driver error SQLAlchemy does not wrap, an Alembic error
         # while it migrates or an OSError; as a 500 those would hide which part of the store is down.
-        return json_response({"status": "unavailable", "feedback_store": type(exc).__name__}, 503)
+        response = json_response({"status": "unavailable", "feedback_store": type(exc).__name__}, 503)
+        response.headers["Retry-After"] = "1"
+        return response
     return json_response({"status": "ready", "feedback_store": "ok"})
 
 

@@ -164,6 +164,8 @@ def unfollowable_next(bundle: dict[str, Any]) -> bool:
 def _resolve(base: str, reference: str, what: str) -> str:
     """``reference`` made absolute against ``base``, checked to be a URL that can be requested."""
     try:
+        if any(c < " " or c == "\x7f" for c in reference):  # urlsplit drops tabs and line breaks, requests would not
+            raise ValueError(reference)
         url = urljoin(base, reference)
         outbound.origin(url)  # splits it, port included
     except ValueError:
@@ -189,11 +191,15 @@ DECODINGS = 3  # percent-encoding undone at most this often (a proxy may decode 
 
 def _decoded(text: str) -> str | None:
     """``text`` with its percent-encoding undone until nothing is left to undo, or None when that takes more than
-    :data:`DECODINGS` decodings."""
+    :data:`DECODINGS` decodings, when the bytes decoded are not UTF-8 (``%C0%AE``, an overlong dot that old servers
+    read as one), or when a ``%`` is left that is no escape (``%u002e``, which IIS reads as a dot): never guessed."""
     for _ in range(DECODINGS + 1):
-        decoded = unquote(text)
+        try:
+            decoded = unquote(text, errors="strict")
+        except UnicodeDecodeError:
+            return None
         if decoded == text:
-            return text
+            return None if "%" in text else text
         text = decoded
     return None
 
@@ -202,10 +208,11 @@ def steps_out(path: str) -> bool:
     """Whether a server could read ``path`` as stepping out of the folders it names. Each segment is read as servlet
     containers read it (Tomcat and Jetty, HAPI FHIR's): its path parameters cut off (``..;x=y`` is ``..``, which
     urllib3 sends as written), its percent-encoding undone, as often as a chain of proxies might (a segment still
-    encoded after :data:`DECODINGS` decodings is refused), and then compared with ``.`` and ``..``, whichever is
-    done first. Also refused: an encoded slash, a backslash (a separator on some servers), a control character (a
-    NUL ends the path on some), and a segment of dots and blanks only, dots written as look-alike characters
-    (full-width dots, two-dot leaders: read as dots after Unicode NFKC) included."""
+    encoded after :data:`DECODINGS` decodings, or not UTF-8, or holding a ``%`` that is no escape, is refused), and
+    then compared with ``.`` and ``..``, whichever is done first. Also refused: an encoded slash, a backslash (a
+    separator on some servers), a control character (a NUL ends the path on some), and a segment of dots and blanks
+    only, dots written as look-alike characters (full-width dots, two-dot leaders: read as dots after Unicode NFKC)
+    included."""
     for raw in path.split("/"):
         decoded = _decoded(raw)
         if decoded is None or any(c in "/\\" or c < " " or c == "\x7f" for c in decoded):
