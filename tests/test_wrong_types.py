@@ -380,6 +380,34 @@ def test_no_json_type_anywhere_in_a_request_gives_a_500(quiet):
     assert statuses.get(200, 0) > len(plan)  # most mutations leave a request the service answers
 
 
+EXTREME_DATES = ("0001-01-01", "0001-01-01T00:00:00+14:00", "9999-12-31", "9999-12-31T23:59:59-12:00")
+DATE_TEXT = __import__("re").compile(r"^\d{4}(-\d\d(-\d\d(T.*)?)?)?$")
+
+
+def test_no_date_at_the_ends_of_the_calendar_gives_a_500(quiet):
+    """Every date of the sweep's requests (a birth, a result, a medication's start or end, a diagnosis's onset, a due
+    date...) at year 1 or year 9999: the rules reckon months and years from dates, and year 1 minus a year cannot be
+    held. A date that cannot be reckoned with is read as no date, never a 500."""
+    client = make_app().client
+    failures, dates = [], 0
+    for name, request, path in sweep_plan():
+        parent = request
+        for step in path:
+            parent = parent[step]
+        if not (isinstance(parent, str) and DATE_TEXT.match(parent)):
+            continue
+        dates += 1
+        service = SERVICE_OF_HOOK[request["hook"]]
+        for value in EXTREME_DATES:
+            response = client.post(
+                f"/cds-services/{service}", data=replaced(request, path, value), content_type="application/json"
+            )
+            if response.status_code >= 500:
+                failures.append(f"{name} {'.'.join(map(str, path))} = {value}: {response.status_code}")
+    assert dates > 50
+    assert not failures, f"{len(failures)} calls answered 5xx, e.g.:\n" + "\n".join(failures[:20])
+
+
 def test_the_smart_page_reads_any_json_type_anywhere(quiet, monkeypatch):
     """The SMART page reads the chart from the EHR's FHIR server with the hooks' client and readers, then builds its
     series: with the server answering each search with the patient-view prefetch of a fixture or rich request, each

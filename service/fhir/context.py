@@ -26,7 +26,7 @@ from service.clinical.codes import (
 )
 from service.clinical.facts import Diagnosis, PregnancyEvidence
 from service.fhir.elements import obj, objects, string
-from service.fhir.readers import DATE_TOLERANCE, Scope, entries, observation_time, parse_datetime, resources
+from service.fhir.readers import DATE_TOLERANCE, Scope, entries, observation_time, plausible_datetime, resources
 
 VOID_VERIFICATION = {"refuted", "entered-in-error"}
 SUSPECTED_VERIFICATION = {"provisional", "differential", "unconfirmed"}
@@ -154,15 +154,15 @@ def _codes_of(condition: Any, name: str) -> set[str]:
 
 def _onset(condition: dict[str, Any]) -> datetime | None:
     period = obj(condition, "onsetPeriod")
-    return parse_datetime(string(condition, "onsetDateTime")) or parse_datetime(string(period, "start"))
+    return plausible_datetime(string(condition, "onsetDateTime")) or plausible_datetime(string(period, "start"))
 
 
 def _abatement(condition: dict[str, Any]) -> datetime | None:
     period = obj(condition, "abatementPeriod")
     return (
-        parse_datetime(string(condition, "abatementDateTime"))
-        or parse_datetime(string(period, "end"))
-        or parse_datetime(string(period, "start"))
+        plausible_datetime(string(condition, "abatementDateTime"))
+        or plausible_datetime(string(period, "end"))
+        or plausible_datetime(string(period, "start"))
     )
 
 
@@ -205,7 +205,7 @@ def read_diagnoses(*values: Any, scope: Scope | None = None) -> list[Diagnosis]:
                     confirmed=not (verification & SUSPECTED_VERIFICATION) and not doubted,
                     onset=onset,
                     abatement=abatement,
-                    recorded=parse_datetime(string(condition, "recordedDate")),
+                    recorded=plausible_datetime(string(condition, "recordedDate")),
                     matched_by=matched_by,
                 )
             )
@@ -246,14 +246,14 @@ def read_pregnancy_evidence(*values: Any, scope: Scope) -> list[PregnancyEvidenc
             if not scope.owns(observation):
                 continue
             when = observation_time(observation)
-            if when is None or when > scope.now + DATE_TOLERANCE:
+            if when is None or when > scope.now + DATE_TOLERANCE or plausible_datetime(when.isoformat()) is None:
                 continue
             if kind == "status":
                 pregnant = _pregnant(obj(observation, "valueCodeableConcept"))
                 if pregnant is not None:
                     found.append(PregnancyEvidence("status", when, pregnant=pregnant))
                 continue
-            date = parse_datetime(string(observation, "valueDateTime"))
+            date = plausible_datetime(string(observation, "valueDateTime"))
             if date is not None:
                 found.append(PregnancyEvidence(kind, when, date=date))
     return found

@@ -130,6 +130,18 @@ def parse_datetime(text: Any) -> datetime | None:
         return None
 
 
+EARLIEST_YEAR, LATEST_YEAR = 1000, 8999  # outside, a date is a feed error, and reckoning from it could overflow
+
+
+def plausible_datetime(text: Any) -> datetime | None:
+    """:func:`parse_datetime` for the dates the rules reckon from (a medication's start and end, a diagnosis's onset,
+    a due date): one outside the years ``EARLIEST_YEAR`` to ``LATEST_YEAR`` cannot be read (None), since no record of
+    a living patient holds one and months or years added to it cannot be held (year 1 minus a year). A lab result's
+    date is read as written, so that a placeholder date is named on the card ("dated before the patient's birth")."""
+    parsed = parse_datetime(text)
+    return parsed if parsed is not None and EARLIEST_YEAR <= parsed.year <= LATEST_YEAR else None
+
+
 def parse_date(text: Any) -> date | None:
     parsed = parse_datetime(text)
     return parsed.date() if parsed else None
@@ -235,7 +247,9 @@ def read_patient(value: Any, patient_id: str, now: datetime | None = None) -> Pa
         deceased, deceased_at = False, None  # a death in the future is a data error, not a death
     return Patient(
         id=patient_id,
-        birth_date=parse_date(string(resource, "birthDate")),
+        birth_date=parse_date(string(resource, "birthDate"))
+        if plausible_datetime(string(resource, "birthDate"))
+        else None,
         gender=gender if gender in ("male", "female", "other", "unknown") else None,
         deceased=deceased,
         deceased_at=deceased_at,
@@ -481,6 +495,8 @@ def _plain(number: float) -> str:
 def _misdated(when: datetime | None, scope: Scope | None) -> str | None:
     if when is None:
         return "no date"
+    if when.year < EARLIEST_YEAR:
+        return "dated before the patient's birth"  # whoever the patient is (and reckoning from it could overflow)
     if scope is None:
         return None
     if scope.patient.birth_date is not None and (scope.patient.birth_date - when.date()) > DATE_TOLERANCE:
@@ -598,16 +614,18 @@ def _record_dates(resource: dict[str, Any]) -> tuple[datetime | None, datetime |
     kind = string(resource, "resourceType")
     if kind == "MedicationStatement":
         period = obj(resource, "effectivePeriod")
-        start = parse_datetime(string(period, "start")) or parse_datetime(string(resource, "effectiveDateTime"))
-        return start, parse_datetime(string(period, "end"))
+        start = plausible_datetime(string(period, "start")) or plausible_datetime(string(resource, "effectiveDateTime"))
+        return start, plausible_datetime(string(period, "end"))
     if kind == "MedicationRequest":
         validity = obj(obj(resource, "dispenseRequest"), "validityPeriod")
-        return parse_datetime(string(resource, "authoredOn")), parse_datetime(string(validity, "end"))
+        return plausible_datetime(string(resource, "authoredOn")), plausible_datetime(string(validity, "end"))
     if kind == "MedicationAdministration":
         period = obj(resource, "effectivePeriod")
-        return parse_datetime(string(resource, "effectiveDateTime")) or parse_datetime(string(period, "start")), None
-    handed_over = parse_datetime(string(resource, "whenHandedOver"))
-    return handed_over or parse_datetime(string(resource, "whenPrepared")), None
+        return plausible_datetime(string(resource, "effectiveDateTime")) or plausible_datetime(
+            string(period, "start")
+        ), None
+    handed_over = plausible_datetime(string(resource, "whenHandedOver"))
+    return handed_over or plausible_datetime(string(resource, "whenPrepared")), None
 
 
 NOT_AN_ORDER = {"proposal", "plan", "option"}  # MedicationRequest intents that order nothing
