@@ -185,7 +185,7 @@ def render_card(finding: Finding, patient_id: str, not_checked: Sequence[str] = 
         ]
     links = [
         {"label": sources()[key]["label"], "url": sources()[key]["url"], "type": "absolute"}
-        for key in spec.get("links", [])
+        for key in dict.fromkeys([*spec.get("links", []), *finding.links])
     ]
     if links:
         card["links"] = links

@@ -763,7 +763,7 @@ def test_wilson_companion_labs_must_be_from_the_same_draw():
 def test_wilson_finding_suggests_the_wilson_tests_and_no_routine_low_alp_card_beside_it():
     found = low_alp(chart(wilson_labs(ago(1)), patient=Patient("p", date(2000, 1, 1), "female")))
     assert kinds(found) == ["wilson-screen"]  # no "repeat the ALP when well" beside it (issue 23)
-    assert [o.test.key for o in found[0].orders] == ["ceruloplasmin", "copper_serum", "copper_urine_24h"]
+    assert [o.test.key for o in found[0].orders] == ["ceruloplasmin", "copper_serum", "copper_urine_24h", "inr"]
 
 
 # ----------------------------------------------------------------------------------------------- unreadable results

@@ -65,9 +65,9 @@ def condition(code=None, text=None, clinical=None, verification=None, subject="P
         ("?HPP", "suspected"),
         ("Possible hypophosphatasia", "suspected"),
         ("R/O hypophosphatasia", "suspected"),
-        ("Hypophosphatasia ruled out", None),
-        ("HPP excluded", None),
-        ("No evidence of hypophosphatasia", None),
+        ("Hypophosphatasia ruled out", "excluded"),
+        ("HPP excluded", "excluded"),
+        ("No evidence of hypophosphatasia", "excluded"),
         ("Family history of hypophosphatasia", None),
         ("hypophosphatasia in mother", None),
         ("Pseudohypophosphatasia", None),
@@ -140,7 +140,6 @@ def test_e83_39_counts_as_hpp_only_with_words_that_say_so():
         (None, "provisional", True, True, False),
         (None, "differential", True, True, False),
         (None, "unconfirmed", True, True, False),
-        (None, "refuted", False, None, None),
         (None, "entered-in-error", False, None, None),
     ],
 )
@@ -164,7 +163,17 @@ def test_a_coded_hpp_whose_own_text_takes_it_back_is_not_established():
     (found,) = read_diagnoses(
         condition({"system": SNOMED, "code": "190859005"}, "Hypophosphatasia ruled out"), scope=scope()
     )
-    assert found.confirmed is False
+    assert found.group == "hpp_excluded"
+    (found,) = read_diagnoses(condition({"system": SNOMED, "code": "190859005"}, "?HPP"), scope=scope())
+    assert (found.group, found.confirmed) == ("hpp", False)
+
+
+def test_hpp_recorded_as_excluded_is_not_worked_up_again_as_new():
+    excluded = [dx("hpp_excluded", name="HPP ruled out 2024")]
+    (found,) = low_alp(chart([alp(20, ago(90)), alp(19, ago(1))], diagnoses=excluded))
+    assert found.kind == "alp-low-persistent" and found.indicator == "info" and found.facts["deferred"] == "excluded"
+    recommended = {o.test.key for o in found.orders if o.recommended}
+    assert not recommended & {"plp", "pea_urine", "alpl_gene"}
 
 
 def test_texts_are_read_only_for_conditions_no_code_places_and_never_when_negated():
@@ -361,20 +370,36 @@ INFANT = Patient("p", date(2026, 1, 1), "male")
         ([alp(60, ago(2), low=122)], "alp-low-infant"),  # less than half the lower limit
         ([alp(61.5, ago(2), low=122)], "alp-low-single"),  # not certainly below half
         ([alp(110, ago(2), low=122), lab("calcium", 11.8, ago(2), low=8.7, high=11.0)], "alp-low-infant"),
-        ([alp(110, ago(2), low=122), lab("pth", 4, ago(2), low=8, high=61)], "alp-low-infant"),
-        ([alp(110, ago(2), low=122), lab("phosphate", 9.0, ago(2), low=4.5, high=8.0)], "alp-low-infant"),
+        ([alp(90, ago(2), low=122), lab("pth", 4, ago(2), low=8, high=61)], "alp-low-infant"),
+        ([alp(90, ago(2), low=122), lab("phosphate", 9.0, ago(2), low=4.5, high=8.0)], "alp-low-infant"),
+        # a high phosphate or a low PTH needs a clearly low ALP (below three quarters of the limit: 91.5)
+        ([alp(92, ago(2), low=122), lab("pth", 4, ago(2), low=8, high=61)], "alp-low-single"),
+        ([alp(110, ago(2), low=122), lab("phosphate", 9.0, ago(2), low=4.5, high=8.0)], "alp-low-single"),
         ([alp(110, ago(2), low=122), lab("calcium", 10.0, ago(2), low=8.7, high=11.0)], "alp-low-single"),
     ],
 )
 def test_infant_hpp_picture(labs, kind):
     found = low_alp(chart(labs, patient=INFANT))
     assert kinds(found) == [kind]
-    if kind == "alp-low-infant":
+    if kind == "alp-low-infant":  # in an infant, rapid genetics too
         assert {o.test.key: o.recommended for o in found[0].orders} == {
             "plp": True,
             "pea_urine": True,
-            "alpl_gene": False,
+            "alpl_gene": True,
         }
+
+
+@pytest.mark.parametrize(
+    ("labs", "indicator"),
+    [
+        ([alp(60, ago(2), low=122)], "critical"),
+        ([alp(110, ago(2), low=122), lab("calcium", 11.8, ago(2), low=8.7, high=11.0)], "critical"),
+        ([alp(90, ago(2), low=122), lab("pth", 4, ago(2), low=8, high=61)], None),  # the template's: a warning
+    ],
+)
+def test_the_infant_picture_is_critical_under_one_year_with_a_high_calcium_or_a_very_low_alp(labs, indicator):
+    (found,) = low_alp(chart(labs, patient=INFANT))
+    assert found.indicator == indicator
 
 
 def test_the_infant_picture_ends_at_5_years():
@@ -403,14 +428,22 @@ def test_wilson_with_an_inr_of_1_5_is_liver_failure(inr, kind):
 
 
 def test_wilson_with_haemolysis_is_liver_failure():
-    haptoglobin = lab("haptoglobin", 5, ago(1), low=30, high=200)
-    c = wilson_draw(haptoglobin)
+    haptoglobin, haemoglobin = lab("haptoglobin", 5, ago(1), low=30, high=200), lab("haemoglobin", 8, ago(1), low=12)
+    c = wilson_draw(haptoglobin, haemoglobin)
     assert wilson_disease(c, c.current_run[-1]).kind == "wilson-alf-pattern"
-    hb_ldh = [lab("haemoglobin", 8, ago(1), low=12, high=16), lab("ldh", 900, ago(1), high=250)]
-    c = wilson_draw(*hb_ldh)
-    assert wilson_disease(c, c.current_run[-1]).kind == "wilson-alf-pattern"
-    c = wilson_draw(hb_ldh[0])  # a low haemoglobin alone is not haemolysis
-    assert wilson_disease(c, c.current_run[-1]).kind == "wilson-screen"
+    # a raised LDH rises with liver injury itself; a low haptoglobin or a low haemoglobin alone is not haemolysis
+    for alone in ([haemoglobin, lab("ldh", 900, ago(1), high=250)], [haptoglobin], [haemoglobin]):
+        c = wilson_draw(*alone)
+        assert wilson_disease(c, c.current_run[-1]).kind == "wilson-screen"
+
+
+def test_acute_liver_failure_is_critical_at_any_age_and_the_screen_stops_at_55():
+    inr = lab("inr", 2.0, ago(1))
+    old = wilson_draw(inr, born=date(1960, 1, 1))
+    assert wilson_disease(old, old.current_run[-1]).kind == "wilson-alf-pattern"
+    assert kinds(low_alp(old)) == ["wilson-alf-pattern"]  # never "repeat when well" beside it
+    plain = wilson_draw(born=date(1960, 1, 1))
+    assert wilson_disease(plain, plain.current_run[-1]) is None
 
 
 def test_a_childs_alp_against_an_adult_range_is_judged_for_age_too():

@@ -52,7 +52,7 @@ OUT = {
     "known-hpp-out": "Known hypophosphatasia",  # a negated HPP text: the workup stands
     "pregnancy-out": None,  # a normal ALP more than 8 weeks after delivery ends the run
     "fracture-out": None,  # a single low before a fracture: the healing normal ends it
-    "infant-hpp-out": "paediatric metabolic bone",  # a modest low with a normal calcium: repeat when well
+    "infant-hpp-out": "Refer today",  # a modest low with a normal calcium: repeat when well (with the red flags)
     "denosumab-overdue-out": "overdue",  # the last injection 3 months ago
     "amended-out": None,  # a low corrected to a normal, and one normal sent twice
 }
@@ -157,7 +157,7 @@ def test_7_wording():
         long_name["summary"] == "Exclude hypophosphatasia before starting alendronate: ALP low (23 U/L on 2026-04-05)"
     )
     persistent = " ".join(cards("persistent-low-in")[0]["detail"].split())
-    assert "a value below 25 U/L was 97.8 % specific for an ALPL variant in one cohort" in persistent
+    assert "below 25 U/L, which in one adult cohort" in persistent and "97.8 % specific" in persistent
     assert "metatarsal stress fractures and atypical femoral fractures" in persistent
     assert "refer to a metabolic bone specialist or clinical genetics" in persistent
     on_drug = cards("antiresorptive-current-in")

@@ -13,7 +13,7 @@ from service.clinical.chart import Chart
 from service.clinical.codes import thresholds, workup_tests
 from service.clinical.facts import Medication
 from service.clinical.medications import is_antiresorptive
-from service.clinical.rules import Finding, OrderSuggestion, alp_before, treatment_start, workup
+from service.clinical.rules import Finding, OrderSuggestion, alp_before, context_links, treatment_start, workup
 from service.clinical.treatment import add_months
 from service.clinical.views import alp_rows, chart_context, describe_alp, not_interpreted_rows, span_text
 
@@ -51,9 +51,13 @@ def order_workup(chart: Chart) -> tuple[list[OrderSuggestion], list[dict]]:
     genetics after them; a single low a repeat ALP first, the substrates optional (they are worth having before the
     drug lowers the ALP)."""
     if chart.persistent:
-        return workup(chart, ["hpp", "genetic"])
-    orders, resulted = workup(chart, ["repeat", "hpp"])
-    return [OrderSuggestion(o.test, o.test.group == "repeat") for o in orders], resulted
+        orders, resulted = workup(chart, ["hpp", "genetic"])
+    else:
+        orders, resulted = workup(chart, ["repeat", "hpp"])
+        orders = [OrderSuggestion(o.test, o.test.group == "repeat") for o in orders]
+    if chart.kidney.severe:  # PLP and urine PEA cannot be read with confidence in CKD 4-5: offered, not recommended
+        orders = [OrderSuggestion(o.test, o.recommended and o.test.group == "repeat") for o in orders]
+    return orders, resulted
 
 
 def review_current(chart: Chart) -> list[Finding]:
@@ -90,11 +94,39 @@ def review_current(chart: Chart) -> list[Finding]:
                 "records_incomplete": not chart.medications_complete,
                 "persistent": chart.persistent,
                 "overdue": overdue_denosumab(chart) is not None,
+                "last_dose_unknown": any("denosumab" in c.groups and c.last_dose is None for c in chart.courses),
+                "bisphosphonate": any("bisphosphonate" in m.groups for m in drugs),
                 "context": chart_context(chart, run, parts=("ckd",)),  # the rest is on the low-ALP card
             },
+            links=context_links({"ckd": chart.kidney.severe}),
             indicator="info" if drug_likely else _indicator(drugs, "warning", "info"),
         )
     ]
+
+
+RENAL_LIMITS = {
+    "alendronate": 35,
+    "risedronate": 30,
+}  # creatinine clearance (mL/min) below which the label advises against
+
+
+def _ckd_concern(chart: Chart, drugs: Sequence[Medication]) -> dict | None:
+    """With CKD stage 4-5, what the label says of the ordered drug: a bisphosphonate's renal limit (alendronate 35,
+    risedronate 30 mL/min creatinine clearance: Fosamax and Actonel labels, addendum 11), or denosumab's boxed warning
+    of severe hypocalcaemia (FDA 2024); None without severe CKD or for another drug."""
+    if not chart.kidney.severe:
+        return None
+    egfr = chart.kidney.egfr
+    shown = {"egfr": egfr.shown_value if egfr is not None else None, "diagnosis": chart.kidney.diagnosis.name if
+             chart.kidney.diagnosis else None}  # fmt: skip
+    for drug in drugs:
+        if drug.ingredient in RENAL_LIMITS:
+            return {**shown, "drug": drug.ingredient, "limit": RENAL_LIMITS[drug.ingredient]}
+        if "denosumab" in drug.groups:
+            return {**shown, "drug": "denosumab", "limit": None}
+        if "bisphosphonate" in drug.groups:
+            return {**shown, "drug": drug.ingredient or drug.name, "limit": None}
+    return None
 
 
 def overdue_denosumab(chart: Chart) -> dict | None:
@@ -124,6 +156,7 @@ def overdue_denosumab(chart: Chart) -> dict | None:
             "due": due.date().isoformat(),
             "since": span_text((chart.now - course.last_dose).days),
             "late": span_text((chart.now - due).days),
+            "late_weeks": (chart.now - due).days // 7,
             "current": course.current,
         }
     return None
@@ -132,14 +165,19 @@ def overdue_denosumab(chart: Chart) -> dict | None:
 def review_denosumab_timing(chart: Chart) -> list[Finding]:
     """When (patient-view): a denosumab course whose next dose is overdue (``overdue_denosumab``), whatever the ALP
     (addendum 5: rebound after an omitted dose).
-    Then: "denosumab-overdue" (warning): give the dose now (or, if denosumab is to stop, start the follow-on
-    bisphosphonate now); with a current low ALP, run the HPP workup alongside, never instead of the dose.
+    Then: "denosumab-overdue": give the dose now (or, if denosumab is to stop, start the follow-on treatment now);
+    with a current low ALP, run the HPP workup alongside, never instead of the dose; with HPP documented, decide
+    today with a metabolic bone specialist (a follow-on bisphosphonate carries the same concern in HPP). Info while
+    the dose is less than ``DENOSUMAB_GRACE`` late (a study counted a dose within 4 weeks of the 6-month date as on
+    time: Lyu 2020), a warning from then; from ``DENOSUMAB_LONG_DELAY`` late (vertebral fractures rose most after a
+    delay of over 16 weeks, the same study) the card asks about new back pain and spine imaging.
     Not when: no denosumab on the chart, the dose is not yet due, an oncology product, a bisphosphonate given since
-    the last injection, no dated dose, or HPP is documented (the known-HPP card and a specialist decide)."""
+    the last injection, or no dated dose."""
     overdue = overdue_denosumab(chart)
     if overdue is None:
         return []
     run = chart.current_run
+    late = overdue["late_weeks"]
     return [
         Finding(
             "denosumab-overdue",
@@ -149,10 +187,15 @@ def review_denosumab_timing(chart: Chart) -> list[Finding]:
                 "latest": describe_alp(chart, run[-1]) if run else None,
                 "persistent": chart.persistent if run else False,
                 "hpp_known": chart.hpp_known,
-                "administrations_unread": "administrations" in chart.not_read,
+                "long_delay": late >= DENOSUMAB_LONG_DELAY,
             },
+            indicator="info" if late < DENOSUMAB_GRACE else None,
         )
     ]
+
+
+DENOSUMAB_GRACE = 4  # weeks after the 6-month date still counted "on time" (Lyu et al., Ann Intern Med 2020)
+DENOSUMAB_LONG_DELAY = 16  # weeks late: the "long delay" of the same study (vertebral fracture HR 3.9)
 
 
 def review_order(
@@ -207,7 +250,10 @@ def review_order(
         "unread_orders": list(unread),
         "overdue": overdue,
         "context": chart_context(chart, chart.current_run),
+        # Severe CKD: the labels' own limits come first on a bisphosphonate or denosumab order.
+        "ckd_drug": _ckd_concern(chart, drugs),
     }
+    links = context_links(common["context"])
     judged = chart.alp
     if hpp_documented or hpp is not None:
         status = (
@@ -222,7 +268,10 @@ def review_order(
                     "hpp_status": status,
                     "hpp_name": hpp.name if hpp else None,
                 },
+                # suspected HPP: the substrates now, genetics after them (the workup that confirms or excludes it)
+                tuple(workup(chart, ["hpp", "genetic"])[0]) if status == "suspected" else (),
                 deletes=deletes,
+                links=links,
                 # suspected HPP: a warning; documented (or marked inactive, which HPP cannot be): critical
                 indicator=_indicator(drugs, "warning", "info")
                 if status == "suspected"
@@ -246,6 +295,7 @@ def review_order(
                     "unreadable_alp": any(r.analyte == TOTAL_ALP for r, _ in unreadable),
                 },
                 (OrderSuggestion(workup_tests()["repeat_alp"]),),
+                links=links,
                 indicator=_indicator(drugs, "warning", "info") if last_low else "info",
             )
         ]
@@ -267,6 +317,7 @@ def review_order(
             },
             tuple(orders),
             deletes=deletes,
+            links=links,
             indicator=_indicator(drugs, "warning", "info"),
         )
     ]

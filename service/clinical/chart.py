@@ -81,6 +81,14 @@ class Chart:
         found = [d for d in self.diagnoses if d.group == "hpp"]
         return tuple(sorted(found, key=lambda d: (not d.confirmed, not d.active)))
 
+    @cached_property
+    def hpp_excluded(self) -> Diagnosis | None:
+        """Hypophosphatasia recorded as excluded on the problem list (refuted, or "HPP ruled out"), when no entry says
+        it is documented or suspected."""
+        if self.hpp:
+            return None
+        return next((d for d in self.diagnoses if d.group == "hpp_excluded"), None)
+
     @property
     def hpp_known(self) -> bool:
         """Hypophosphatasia documented (confirmed or unqualified) and active on the problem list."""

@@ -44,6 +44,20 @@ class Finding:
     orders: tuple[OrderSuggestion, ...] = ()
     deletes: tuple[str, ...] = ()  # references of draft orders the card suggests removing
     indicator: str | None = None  # overrides the template's indicator (graded value sets)
+    links: tuple[str, ...] = ()  # sources (cards/sources.toml keys) for what this card says beyond its template's
+
+
+def context_links(context: Mapping[str, Any]) -> tuple[str, ...]:
+    """The sources of the chart-context lines a card shows (``views.chart_context``): pregnancy, a recent fracture,
+    severe CKD."""
+    keys = []
+    if context.get("pregnant_now") or "pregnancy" in context.get("passed_over_reasons", ()):
+        keys.append("PG9")
+    if context.get("fractures"):
+        keys.append("HZ7")
+    if context.get("ckd"):
+        keys += ["KD17", "AL1", "FDA24"]
+    return tuple(keys)
 
 
 def abnormal(test: WorkupTest, result: LabResult) -> bool | None:
@@ -371,7 +385,25 @@ def _workup_card(chart: Chart, run: Sequence[LabResult]) -> Finding:
     # Lows measured on an antiresorptive after a normal ALP before it: most likely the drug (info, not a warning at
     # every visit); a persistent low on teriparatide, which raises ALP, is the opposite (the card says so).
     indicator = "info" if by_drug and by_drug["normal_before"] and not facts["teriparatide"] else None
-    return Finding(kind, facts, tuple(orders), indicator=indicator)
+    excluded = chart.hpp_excluded
+    facts["hpp_excluded"] = excluded.name if excluded is not None else None
+    # In pregnancy the workup waits until after delivery (PLP, zinc, albumin and TSH all shift in pregnancy, and
+    # prenatal vitamins carry B6); HPP already excluded on the problem list: offered again, not recommended. Severe
+    # CKD: PLP and urine PEA cannot be read with confidence, so they are offered, not recommended.
+    deferred = next(
+        (why for why, holds in (("pregnancy", chart.pregnant_now), ("excluded", excluded), ("ckd", chart.kidney.severe))
+         if holds),
+        None,
+    )  # fmt: skip
+    facts["deferred"] = deferred
+    if deferred is not None:
+        kept = () if deferred == "pregnancy" else ("repeat", "secondary")
+        orders = [o if o.test.group in kept else replace(o, recommended=False) for o in orders]
+    if deferred == "pregnancy" or (deferred == "excluded" and not facts["antiresorptives"]):
+        indicator = "info"
+    if chart.alp_raising:  # total ALP raised by another disease: the bone isoenzyme tells what it cannot
+        orders = [*orders, *workup(chart, ["bone"])[0]]
+    return Finding(kind, facts, tuple(orders), indicator=indicator, links=context_links(facts["context"]))
 
 
 def drug_explains(chart: Chart, lows: Sequence[LabResult]) -> dict[str, Any] | None:
@@ -429,9 +461,11 @@ def infant_picture(chart: Chart, run: Sequence[LabResult]) -> Finding | None:
     """When (asked by ``low_alp``): a child under ``young_child_years`` (5 years) whose latest low ALP is certainly
     below ``infant_alp_far_below`` (half) of the lower limit for age, or comes with a high calcium or a high
     phosphate or a low PTH (drawn with it, else within ``RECENT_RESULT_DAYS``).
-    Then: "alp-low-infant" (warning): the picture of infantile or severe childhood HPP (often lethal untreated in
-    infancy, treatable with asfotase alfa): PLP and urine PEA now (recommended), ALPL genetics offered, paediatric
-    metabolic bone referral; never "repeat when well".
+    Then: "alp-low-infant" (warning; critical under one year with a high calcium or an ALP below half the limit):
+    the picture of infantile or severe childhood HPP (often lethal untreated in infancy, treatable with asfotase
+    alfa): PLP and urine PEA now (recommended; in an infant ALPL genetics too), paediatric metabolic bone referral
+    today; never "repeat when well". A high phosphate or a low PTH counts only with an ALP certainly below
+    ``infant_sign_alp_fraction`` (three quarters) of the limit.
     Not when: age unknown or from 5 years; a moderately low ALP with normal (or unmeasured) calcium, phosphate and
     PTH (the single or persistent card then applies: repeat, or work up).
 
@@ -450,15 +484,20 @@ def infant_picture(chart: Chart, run: Sequence[LabResult]) -> Finding | None:
         return chart.drawn_with(latest, analyte) or chart.latest(analyte, recent)
 
     calcium, phosphate, pth = near("calcium"), near("phosphate"), near("pth")
+    # A high phosphate or a low PTH counts only with a clearly low ALP: a marginal low with a phosphate judged
+    # against an adult range is not the picture (specialist review); a high calcium counts with any low.
+    clearly_low = limit is not None and _certainly_below(latest, limit * limits["infant_sign_alp_fraction"])
     signs = {
         "calcium": calcium if calcium is not None and calcium.is_high() else None,
-        "phosphate": phosphate if phosphate is not None and phosphate.is_high() else None,
-        "pth": pth if pth is not None and pth.is_low() else None,
+        "phosphate": phosphate if clearly_low and phosphate is not None and phosphate.is_high() else None,
+        "pth": pth if clearly_low and pth is not None and pth.is_low() else None,
     }
     if not far_below and not any(signs.values()):
         return None
+    infant = age < 1
     orders, resulted = workup(chart, ["hpp", "genetic"], show=["secondary"])
-    orders = [OrderSuggestion(o.test, o.test.group == "hpp") for o in orders]
+    # PLP and urine PEA now; in an infant, rapid ALPL genetics too (the treatment decision cannot wait for it).
+    orders = [OrderSuggestion(o.test, o.test.group == "hpp" or (infant and o.test.group == "genetic")) for o in orders]
     return Finding(
         "alp-low-infant",
         {
@@ -475,10 +514,11 @@ def infant_picture(chart: Chart, run: Sequence[LabResult]) -> Finding | None:
             "pth": display_row(pth) if pth is not None else None,
             "pth_low": signs["pth"] is not None,
             "resulted": resulted,
-            "plp_note": workup_tests()["plp"].note,
             "context": chart_context(chart, run),
         },
         tuple(orders),
+        # Under one year with a high calcium or an ALP below half the limit: the lethal form is possible: critical.
+        indicator="critical" if infant and (far_below or signs["calcium"] is not None) else None,
     )
 
 
@@ -569,13 +609,14 @@ def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
     """When (asked by ``low_alp`` about the latest low of the current run): a patient from ``WILSON_MIN_AGE`` (3
     years) has a low ALP with a raised total bilirubin and liver injury (AST or ALT raised) in the same draw.
     Then: under ``WILSON_MAX_AGE`` (55), screen for Wilson disease: "wilson-screen" (warning); at any age from 3,
-    both Korman ratios (ALP/bilirubin < 4, AST/ALT > 2.2) are the acute-liver-failure pattern, and under 55 an INR
-    certainly at or above ``wilson_inr_alf`` (1.5) or haemolysis (a low haptoglobin, or a low haemoglobin with a
-    raised LDH) near the draw is liver failure: "wilson-alf-pattern" (critical: contact hepatology today). Either
-    suggests the Wilson tests not resulted within ``RECENT_RESULT_DAYS``.
+    both Korman ratios (ALP/bilirubin < 4, AST/ALT > 2.2: the Wilson pattern among patients in liver failure), an
+    INR certainly at or above ``wilson_inr_alf`` (1.5: severe acute liver injury), or haemolysis (a low haptoglobin
+    with a low haemoglobin) near the draw: "wilson-alf-pattern" (critical: contact hepatology today; at any age,
+    since acute liver failure is not left to an age limit). Either suggests the Wilson tests, and the INR, not
+    resulted within ``RECENT_RESULT_DAYS``.
     Not when: age unknown or under 3; no total bilirubin from the draw, or it is not raised; neither AST nor ALT
-    from the draw is raised; from 55 without the acute-liver-failure pattern. A ratio needs exact numbers: a value
-    with a comparator ("<20") gives no ratio, so no acute-liver-failure pattern.
+    from the draw is raised; from 55 with none of the signs of liver failure. A ratio needs exact numbers: a value
+    with a comparator ("<20") gives no ratio, so no Korman pattern.
 
     Wilson disease presents with liver disease from about 3 years and into the 8th decade (EASL 2012); AASLD advises
     considering it from 3 to 55 years and not excluding it on age alone (A34, A35). Bilirubin alone (newborn
@@ -602,17 +643,20 @@ def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
         and alp_bili < limits["wilson_alp_bilirubin_ratio"]
         and ast_alt > limits["wilson_ast_alt_ratio"]
     )
-    if not alf_pattern and age >= settings.WILSON_MAX_AGE:
-        return None
     inr = near_draw(chart, alp, "inr")
     inr_high = inr is not None and inr.at_least(limits["wilson_inr_alf"])
     haemolysis = _haemolysis(chart, alp)
     haemoglobin = near_draw(chart, alp, "haemoglobin")
+    if not (alf_pattern or inr_high or haemolysis) and age >= settings.WILSON_MAX_AGE:
+        return None
     orders, resulted = workup(chart, ["wilson"])
     return Finding(
         "wilson-alf-pattern" if alf_pattern or inr_high or haemolysis else "wilson-screen",
         {
             "ratios_met": alf_pattern,
+            "alp_bilirubin_met": alp_bili is not None and alp_bili < limits["wilson_alp_bilirubin_ratio"],
+            "ast_alt_met": ast_alt is not None and ast_alt > limits["wilson_ast_alt_ratio"],
+            "older": age >= settings.WILSON_MAX_AGE,
             "inr": display_row(inr) if inr is not None else None,
             "inr_high": inr_high,
             "inr_limit": limits["wilson_inr_alf"],
@@ -652,14 +696,12 @@ def near_draw(chart: Chart, alp: LabResult, analyte: str) -> LabResult | None:
 
 
 def _haemolysis(chart: Chart, alp: LabResult) -> list[LabResult]:
-    """Markers of haemolysis near the ALP: a low haptoglobin, or a low haemoglobin with a raised LDH (Coombs-negative
-    haemolysis with liver injury is a sign of Wilson disease in liver failure: S20, A34)."""
-    haptoglobin = near_draw(chart, alp, "haptoglobin")
-    if haptoglobin is not None and haptoglobin.is_low():
-        return [haptoglobin]
-    haemoglobin, ldh = near_draw(chart, alp, "haemoglobin"), near_draw(chart, alp, "ldh")
-    if haemoglobin is not None and ldh is not None and haemoglobin.is_low() and ldh.is_high():
-        return [haemoglobin, ldh]
+    """Haemolysis near the ALP: a low haptoglobin with a low haemoglobin (Coombs-negative haemolysis with liver injury
+    is a sign of Wilson disease in liver failure: S20, A34). An LDH is not read: it rises with liver injury itself;
+    a low haemoglobin alone is named on the card with the tests that would tell."""
+    haptoglobin, haemoglobin = near_draw(chart, alp, "haptoglobin"), near_draw(chart, alp, "haemoglobin")
+    if haptoglobin is not None and haemoglobin is not None and haptoglobin.is_low() and haemoglobin.is_low():
+        return [haptoglobin, haemoglobin]
     return []
 
 

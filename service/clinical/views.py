@@ -52,8 +52,11 @@ def describe_alp(chart: Chart, result: LabResult) -> dict[str, Any]:
     measured on (``on``), whether it is a corrected version, and, for a child judged by a lab range that looks
     adult, the limit for age it is low against (``age_limit``)."""
     window = chart.window_of(result)
+    row = display_row(result)
+    if result.low_for_age_only:  # low only for age: the limit it is low against is the one for age and sex
+        row = {**row, "limit": result.age_low, "limit_source": result.age_low_source, "lab_limit": result.low}
     return {
-        **display_row(result),
+        **row,
         "history": not is_current(result, chart.now, chart.settings),
         "on": sorted({c.drug for c in chart.taking(result.when)}) if result.when else [],
         "corrected": result.corrected,
@@ -84,7 +87,7 @@ def span_text(days: int) -> str:
     if days < 56:
         return f"{days} day{'s' if days != 1 else ''}"
     if days < 91:
-        return f"{days // 7} weeks"
+        return f"{round(days / 7)} weeks"
     if days < 730:
         return f"{round(days / 30.44)} months"
     years = days / 365.25
@@ -111,7 +114,13 @@ def chart_context(chart: Chart, run: Sequence[LabResult] = (), parts: tuple[str,
         "passed_over_reasons": sorted({w.reason for _, w in chart.passed_over}),
         "passed_over_labels": sorted({w.label for _, w in chart.passed_over if w.reason != "pregnancy"}),
         "fractures": [
-            {"name": d.name, "date": (d.onset or d.recorded).date().isoformat(), "kind": d.kind} for d in fractures
+            {
+                "name": d.name,
+                "date": (d.onset or d.recorded).date().isoformat(),
+                "kind": d.kind,
+                "ago": span_text((chart.now - (d.onset or d.recorded)).days),
+            }
+            for d in fractures
         ],
         "ckd": (
             {

@@ -2,10 +2,11 @@
 
 Part of the trust boundary (:mod:`service.fhir.readers`): a resource counts only when it names the patient of the
 call; any JSON shape is read without error (a malformed element is skipped). What a Condition says of itself is
-honoured: ``verificationStatus`` refuted or entered-in-error drops it; provisional, differential or unconfirmed makes
-it suspected, not documented; ``clinicalStatus`` inactive, remission or resolved (or an abatement already passed)
-makes it inactive. A text is read only as a fallback for a Condition no code places, and never when it negates or
-doubts what it names ("ruled out", "family history of", "no", "?").
+honoured: ``verificationStatus`` entered-in-error drops it, refuted drops it too except for hypophosphatasia, where
+it is read as a decision (HPP excluded), as are words such as "HPP ruled out"; provisional, differential or
+unconfirmed makes it suspected, not documented; ``clinicalStatus`` inactive, remission or resolved (or an abatement
+already passed) makes it inactive. A text is read only as a fallback for a Condition no code places, and never when
+it negates or doubts what it names ("ruled out", "family history of", "no", "?").
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from service.clinical.facts import Diagnosis, PregnancyEvidence
 from service.fhir.elements import obj, objects, string
 from service.fhir.readers import DATE_TOLERANCE, Scope, entries, observation_time, plausible_datetime, resources
 
-VOID_VERIFICATION = {"refuted", "entered-in-error"}
 SUSPECTED_VERIFICATION = {"provisional", "differential", "unconfirmed"}
 INACTIVE_CLINICAL = {"inactive", "remission", "resolved"}
 
@@ -36,13 +36,14 @@ INACTIVE_CLINICAL = {"inactive", "remission", "resolved"}
 # another person, another disorder ("pseudo-"), or doubt.
 BEFORE = 48  # characters before the name that are read (about six words, within the same sentence)
 AFTER = 32
-NEGATION_BEFORE = re.compile(
-    r"\b(?:no|not|non|without|negative for|neg for|free of|denies|excluded|family history of|family hx of|family "
-    r"history|fh of|fhx|fh|mother|father|sibling|sister|brother|parent|son|daughter|pseudo)\b[^.;]*$|pseudo-?$"
+ANOTHER_BEFORE = re.compile(  # another person's, or another disorder
+    r"\b(?:family history of|family hx of|family history|fh of|fhx|fh|mother|father|sibling|sister|brother|parent|"
+    r"son|daughter|pseudo)\b[^.;]*$|pseudo-?$"
 )
-NEGATION_AFTER = re.compile(
-    r"^[^.;]{0,24}?\b(?:ruled out|excluded|negative|not confirmed|not present|unlikely|absent|in (?:the )?"
-    r"(?:mother|father|sibling|sister|brother|family|parent))\b"
+ANOTHER_AFTER = re.compile(r"^[^.;]{0,24}?\bin (?:the )?(?:mother|father|sibling|sister|brother|family|parent)\b")
+EXCLUDED_BEFORE = re.compile(r"\b(?:no|not|non|without|negative for|neg for|free of|denies|excluded)\b[^.;]*$")
+EXCLUDED_AFTER = re.compile(
+    r"^[^.;]{0,24}?\b(?:ruled out|excluded|negative|not confirmed|not present|unlikely|absent)\b"
 )
 DOUBT_BEFORE = re.compile(
     r"(?:\?\s*$|\b(?:suspected|suspect|suspicion of|possible|possibly|probable|probably|likely|query|queried|r/o|"
@@ -61,22 +62,27 @@ def _words(text: str) -> str:
 
 def _reading(words: str, start: int, end: int) -> str | None:
     """How the text around ``words[start:end]`` (a condition's name) speaks of it: ``documented``, ``suspected``,
-    or None when it is negated (or another disorder, or another person's)."""
+    ``excluded`` ("ruled out", "no ..."), or None (another disorder, or another person's)."""
     before, after = words[max(0, start - BEFORE) : start], words[end : end + AFTER]
-    if NEGATION_BEFORE.search(before) or NEGATION_AFTER.search(after):
+    if ANOTHER_BEFORE.search(before) or ANOTHER_AFTER.search(after):
         return None
+    if EXCLUDED_BEFORE.search(before) or EXCLUDED_AFTER.search(after):
+        return "excluded"
     return "suspected" if DOUBT_BEFORE.search(before) or DOUBT_AFTER.search(after) else "documented"
 
 
 def hpp_text(text: str) -> str | None:
     """How a free text speaks of hypophosphatasia: ``documented`` ("Hypophosphatasia, adult form", "HPP (ALPL variant
-    confirmed)"), ``suspected`` ("?HPP", "possible hypophosphatasia"), or None (not named, or negated: "ruled out",
-    "family history of", "pseudohypophosphatasia")."""
+    confirmed)"), ``suspected`` ("?HPP", "possible hypophosphatasia"), ``excluded`` ("HPP ruled out", "no evidence
+    of hypophosphatasia"), or None (not named, or not the patient's: "family history of", "pseudohypophosphatasia")."""
     words = _words(text)
     readings = [_reading(words, m.start(), m.end()) for m in HPP_NAME.finditer(words)]
     if not readings or None in readings:
         return None
-    return "suspected" if "suspected" in readings else "documented"
+    for reading in ("excluded", "suspected"):
+        if reading in readings:
+            return reading
+    return "documented"
 
 
 @cache
@@ -120,6 +126,8 @@ def _by_text(texts: Iterable[str]) -> tuple[ConditionEntry | None, bool]:
     _, _, entries = _index()
     for text in texts:
         reading = hpp_text(text)
+        if reading == "excluded":
+            return HPP_EXCLUDED, False
         if reading is not None:
             return HPP_BY_TEXT, reading == "suspected"
         words = _words(text)
@@ -128,23 +136,21 @@ def _by_text(texts: Iterable[str]) -> tuple[ConditionEntry | None, bool]:
             if at < 0:
                 continue
             reading = _reading(words, at, at + len(entry.code))
-            if reading is not None:
+            if reading in ("documented", "suspected"):
                 return entry, reading == "suspected"
     return None, False
 
 
 HPP_BY_TEXT = ConditionEntry("hpp", "hpp", "text", "", "hypophosphatasia", "hypophosphatasia")
+# "Hypophosphatasia ruled out (normal PLP and urine PEA, 2024)": a decision on the problem list, read as such.
+HPP_EXCLUDED = ConditionEntry("hpp_excluded", "hpp_excluded", "text", "", "hypophosphatasia excluded", "")
 
 
-def _text_doubts(texts: Iterable[str]) -> bool:
-    """A coded Condition whose own text negates or doubts the name (``"Hypophosphatasia ruled out"`` under an HPP
-    code): the code is kept, but the diagnosis is not taken as established."""
-    for text in texts:
-        words = _words(text)
-        for match in HPP_NAME.finditer(words):
-            if _reading(words, match.start(), match.end()) != "documented":
-                return True
-    return False
+def _text_reading(texts: Iterable[str]) -> str:
+    """How a coded HPP Condition's own texts speak of it: ``excluded`` when one says so ("Hypophosphatasia ruled
+    out" under an HPP code), ``suspected`` when one doubts it, else ``documented``."""
+    readings = {hpp_text(t) for t in texts} - {None}
+    return next((r for r in ("excluded", "suspected") if r in readings), "documented")
 
 
 def _codes_of(condition: Any, name: str) -> set[str]:
@@ -176,12 +182,21 @@ def read_diagnoses(*values: Any, scope: Scope | None = None) -> list[Diagnosis]:
             if scope is not None and not scope.owns(condition):
                 continue
             verification = _codes_of(condition, "verificationStatus")
-            if verification & VOID_VERIFICATION:
+            if "entered-in-error" in verification:
                 continue
             concept = obj(condition, "code")
             texts = _texts(concept)
             entry = _coded(concept)
-            doubted = entry is not None and entry.group == "hpp" and _text_doubts(texts)
+            if "refuted" in verification:
+                # A refuted HPP is a decision on the problem list (HPP excluded); any other refuted entry is nothing.
+                if entry is None or entry.group != "hpp":
+                    continue
+                entry = HPP_EXCLUDED
+            doubted = False
+            if entry is not None and entry.group == "hpp" and entry is not HPP_EXCLUDED:
+                reading = _text_reading(texts)
+                entry = HPP_EXCLUDED if reading == "excluded" else entry
+                doubted = reading == "suspected"
             matched_by = "code"
             if entry is None:
                 entry, doubted = _by_text(texts)
