@@ -65,7 +65,7 @@ def start_server(workdir: Path, smoke: bool = False) -> tuple[subprocess.Popen, 
     wait_http(port, "/fhir/metadata", 60)
     with tarfile.open(ROOT / "tests" / "data" / "synthea-r4.tar.xz") as archive:
         archive.extractall(workdir / "synthea", filter="data")
-    for path in sorted((workdir / "synthea" / "synthea-r4").glob("*.json"))[5 if smoke else None :]:
+    for path in sorted((workdir / "synthea" / "synthea-r4").glob("*.json"))[5:] if smoke else ():
         path.unlink()
     for name, alp in {} if smoke else SYNTHETIC.items():
         chart = synthetic_bundle(name, 1000)
