@@ -92,6 +92,15 @@ def _integer(raw: Any) -> int:
     return value
 
 
+def _fraction(raw: Any) -> float:
+    """A part of a whole: more than 0 and less than 1 (the optional keys' share of a call's budgets: 0 would fetch
+    none of them, 1 would leave the required reads after them nothing)."""
+    value = _finite(raw)
+    if not 0 < value < 1:
+        raise SettingsError(f"expected a fraction between 0 and 1 (such as 0.75), got {raw!r}")
+    return value
+
+
 def _positive_int(raw: Any) -> int:
     value = _integer(raw)
     if value < 1:
@@ -455,6 +464,12 @@ class Settings:
         "FEEDBACK_DB_TIMEOUT.",
     )
     FHIR_TIME_BUDGET: float = setting(_seconds, 8.0, "Seconds all FHIR fetching of one hook call may take.")
+    FHIR_OPTIONAL_SHARE: float = setting(
+        _fraction,
+        0.75,
+        "The part of FHIR_TIME_BUDGET and FHIR_MAX_CALL_BYTES (counted from the start of the call) within which the "
+        "optional prefetch keys are fetched, after the required ones; the rest is kept for the reads that follow.",
+    )
     FHIR_CALLS_PER_WORKER: int = setting(
         _whole_number,
         0,

@@ -45,3 +45,24 @@ def test_replay_load_smoke_run_counts_every_status():
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "JWT checks on, SQLite replay store" in result.stdout and "statuses: 200: " in result.stdout
+
+
+def test_fetch_bench_smoke_run_prints_the_table():
+    """bench/fetch.py (issue 30: fetching without prefetch from sekmet-fhir) runs end to end on five patients."""
+    if not (os.environ.get("SEKMET_BIN") or (ROOT / ".venv-sekmet" / "bin" / "sekmet").exists()):
+        if os.environ.get("CI"):
+            raise AssertionError("sekmet-fhir is not installed: .ci/run must install it (SEKMET_BIN)")
+        import pytest
+
+        pytest.skip("sekmet-fhir is not installed (SEKMET_BIN or .venv-sekmet)")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fetch.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| checkout | calls | fetch s (sum) | median ms |" in result.stdout
+    assert "| synthea, 2021-03-01: " in result.stdout

@@ -336,22 +336,35 @@ def test_settings_reach_the_client():
     assert (fhir.connect_timeout, fhir.read_timeout, fhir.max_pages) == (0.5, 2.0, 7)
 
 
-def test_missing_keys_are_fetched_concurrently(client):
-    """Seven missing keys: each answer waits for all of them to be in flight, which a serial fetch never is."""
+def test_missing_keys_are_fetched_concurrently_the_required_ones_first(client):
+    """Seven missing keys: the two required ones (patient, alp) are asked for together, and the five optional ones
+    together once both required answers are in (issue 30: a server that answers one request at a time must not make
+    the required keys wait behind a slow optional search). Each answer waits for the rest of its group to be in
+    flight, which a serial fetch never is."""
     import re
     import threading
 
-    barrier = threading.Barrier(len(chart_prefetch()), timeout=5)
+    groups = {True: threading.Barrier(2, timeout=5), False: threading.Barrier(len(chart_prefetch()) - 2, timeout=5)}
+    answered: list[str] = []  # required answers given
+    seen: list[tuple[str, int]] = []  # (optional request, required answers given when it was sent)
     resources = bundle_resources(load_bundle("single-low-in"))
 
     def answer(request):
-        barrier.wait()  # raises BrokenBarrierError (-> 412) if the requests come one after another
-        return 200, {}, json.dumps(search(resources, request.url[len(BASE) + 1 :]))
+        query = request.url[len(BASE) + 1 :]
+        required = query.startswith("Patient/") or "6768-6" in query  # the ALP search asks for its LOINC code
+        if not required:
+            seen.append((query, len(answered)))
+        groups[required].wait()  # raises BrokenBarrierError (-> 500) if the group's requests come one by one
+        if required:
+            answered.append(query)
+        return 200, {}, json.dumps(search(resources, query))
 
     with responses.RequestsMock() as rsps:
         rsps.add_callback(responses.GET, re.compile(BASE + "/.*"), callback=answer)
         cards = client.cards(PV, request_without_prefetch("single-low-in"))
         assert len(rsps.calls) == len(chart_prefetch())
+    optional = len(chart_prefetch()) - 2
+    assert len(answered) == 2 and [n for _, n in seen] == [2] * optional, seen
     assert cards[0]["summary"].startswith("Repeat the ALP when the patient is well: low at 31 U/L")
 
 

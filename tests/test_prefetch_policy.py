@@ -530,3 +530,17 @@ def test_the_persistent_card_does_not_assume_no_antiresorptive_when_medications_
     detail = " ".join(client.cards(PV, body)[0]["detail"].split())
     assert "if the patient already takes one, review it (never stop denosumab without a plan)" in detail
     assert "do not start them until HPP is excluded." not in detail
+
+
+def test_a_card_asking_to_check_the_latest_alp_by_hand_names_what_was_not_returned(client):
+    """Issue 30, point 4: the ALP results were not all returned, so the "latest" ALP the card asks to check by hand
+    may not be the latest; the card said nothing of it (its template had no not-checked block)."""
+    body = load_request("unit-unknown-in")
+    body["prefetch"]["alp"]["total"] = 3  # more matches than the Bundle holds: not the whole list
+    body["prefetch"]["labs"] = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "x"}]}
+    cards = client.cards(PV, body)
+    assert [c["summary"].split(":")[0] for c in cards] == ["Check the latest ALP by hand"]
+    assert cards[0]["detail"].startswith(NOT_CHECKED)
+    assert ALP_HISTORY_LINE in cards[0]["detail"] and LABS_LINE in cards[0]["detail"]
+    complete = client.cards(PV, load_request("unit-unknown-in"))
+    assert NOT_CHECKED not in complete[0]["detail"]

@@ -2,7 +2,7 @@
 outside review's findings on the prefetch failure policy). A search answered 200 with an error OperationOutcome
 inside its Bundle, or with no Bundle at all, failed: never "none" (412 for a required key, not checked for an
 optional one). Paging cut short is never the whole list. The patient must be one Patient. The optional keys spend at
-most a share of the call's time and bytes (service.fhir.prefetch.OPTIONAL_SHARE)."""
+most a share of the call's time and bytes (CDS_FHIR_OPTIONAL_SHARE)."""
 
 from __future__ import annotations
 

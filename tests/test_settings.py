@@ -269,7 +269,7 @@ def test_nonsense_overrides_are_refused_with_a_settings_error_naming_the_setting
 
 def test_every_number_setting_is_finite_and_every_whole_number_whole():
     """The general rule, for every number setting: no infinity, no NaN, no boolean; a whole number is whole; a float
-    setting (all are seconds) is at most a day."""
+    setting is seconds, at most a day, or a share of a budget (FHIR_OPTIONAL_SHARE), more than 0 and less than 1."""
     numbers = [s for s in SETTINGS if type(s.default) in (int, float)]
     assert {s.name for s in numbers if type(s.default) is float} >= {"FHIR_TIME_BUDGET", "MIGRATE_TIMEOUT"}
 
@@ -286,6 +286,10 @@ def test_every_number_setting_is_finite_and_every_whole_number_whole():
             for nonsense in ("2.9", 2.9, "1e3", 10**400):
                 assert refused(setting, nonsense)
             assert setting.parse(float(setting.default)) == setting.default  # 20.0 is 20
+        elif setting.name == "FHIR_OPTIONAL_SHARE":  # none of the optional keys, or no reserve for later reads
+            assert setting.parse("0.5") == 0.5
+            for nonsense in ("0", "1", "1.5", "-0.25", 75):
+                assert refused(setting, nonsense)
         else:  # seconds: at most a day, where timers and timeouts still work
             assert setting.parse("86400") == 86400.0
             for nonsense in ("86400.5", "1e300", 10**400):

@@ -3,7 +3,8 @@
 For each template key of a service:
 - present with data -> used as given (a paginated Bundle is completed from the FHIR server when one is given);
 - present with ``null`` -> the client has no data: nothing is fetched;
-- missing, or an OperationOutcome -> fetched from ``fhirServer`` (concurrently, all missing keys at once).
+- missing, or an OperationOutcome -> fetched from ``fhirServer``: the required keys first (all at once), then the
+  optional ones (all at once).
 When a required key's data cannot be had, :class:`DataUnavailable` (412) explains why, without patient data; an
 optional key's is recorded as unavailable and the call goes on without it (each service declares which are which).
 A search whose first pages were read but whose further pages cannot be (a next link and no ``fhirServer``, a later
@@ -17,12 +18,13 @@ client, a Bundle carrying such an outcome is a key it could not satisfy (fetched
 ``null`` for a read (``Patient/{{context.patientId}}``) is a resource it does not have (fetched too: the patient
 of the context cannot be "none").
 
-Budgets (README "Prefetch and the FHIR fallback"): the optional keys are fetched within :data:`OPTIONAL_SHARE` of
-the call's time and bytes (``CDS_FHIR_TIME_BUDGET``, ``CDS_FHIR_MAX_CALL_BYTES``); the rest is kept for the
-required keys (which may use the whole budget) and for the reads the handler makes afterwards (the draft order's
-``Medication/<id>``). A slow or huge optional answer then makes that key unavailable, never the call a 412; and
-when a required key needs bytes the optional keys had read, they yield them (:class:`CallBudget`): the optional
-keys are then unavailable, the required key is read.
+Order and budgets (README "Prefetch and the FHIR fallback"): the required keys are asked for first, on their own, so
+that a server that answers one request at a time, or queues a client's requests, never makes them wait behind a slow
+optional search; once they are had, the optional keys are fetched within a share (``CDS_FHIR_OPTIONAL_SHARE``) of
+the call's time and bytes (``CDS_FHIR_TIME_BUDGET``, ``CDS_FHIR_MAX_CALL_BYTES``, the time counted from the start of
+the call). The rest is kept for the reads the handler makes afterwards (the draft order's ``Medication/<id>``): a
+slow or huge optional answer makes that key unavailable, never the call a 412. Knowing the required data, a service
+may narrow an optional key's search to what it will read (the related labs to the dates the rules read).
 
 A search answer that is visibly not the whole list (:func:`service.fhir.answers.incompleteness`: a total above its
 matches, unreadable entries, a next link without a URL, a warning that results were left out, a batch response) is
@@ -40,7 +42,7 @@ from urllib.parse import quote
 
 from service.errors import BadRequest, DataUnavailable
 from service.fhir.answers import answer_problem, error_in_bundle, incompleteness, is_search, matches
-from service.fhir.client import REVOKED, FhirClient, FhirError, bundle_problem, next_link
+from service.fhir.client import FhirClient, FhirError, bundle_problem, next_link
 from service.fhir.elements import string
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
@@ -50,9 +52,6 @@ USER_TOKENS = {
     "userPatientId": "Patient",
     "userRelatedPersonId": "RelatedPerson",
 }
-# The part of the call's FHIR time and bytes the optional keys may spend together; the rest is the required keys'
-# and the handler's (see the module's docstring).
-OPTIONAL_SHARE = 0.75
 
 
 def fill_template(template: str, context: Mapping[str, Any]) -> str:
@@ -106,6 +105,9 @@ def resolve_prefetch(
     make_client: Callable[[], FhirClient | None],
     workers: int = 8,
     optional: frozenset[str] = frozenset(),
+    *,
+    optional_share: float,
+    narrow: Callable[[Mapping[str, Any]], Mapping[str, str]] | None = None,
 ) -> Resolved:
     """The data of every key in ``templates``. A key that cannot be had (the FHIR server failed or refused it, or
     there is no server to ask) fails the call with :class:`DataUnavailable` (412) unless it is ``optional``: then it
@@ -115,7 +117,12 @@ def resolve_prefetch(
     in the client's prefetch is a key the client could not satisfy: fetched as if it were missing, and unavailable
     the same way; so is a Bundle carrying an error OperationOutcome, or ``null`` for a read (:func:`client_lacks`).
     A search answered with no Bundle, or with an error OperationOutcome in it, failed (:func:`answer_problem`).
-    Optional keys spend at most :data:`OPTIONAL_SHARE` of the call's budget."""
+
+    The required keys are fetched first, on their own: a server that answers one request at a time (or queues a
+    client's requests) never makes them wait behind a slow optional search. The optional keys are fetched once the
+    required ones are had, within ``optional_share`` of the call's budget (counted from its start); ``narrow``, given
+    the data had so far, returns search parameters to add to an optional key's search (``{"labs": "date=ge..."}``:
+    only what the service will read)."""
     provided = request.get("prefetch") or {}
     context = request.get("context") or {}
     resolved: dict[str, dict[str, Any] | None] = {}
@@ -124,7 +131,36 @@ def resolve_prefetch(
     to_complete: dict[str, dict[str, Any]] = {}
     incomplete: dict[str, str] = {}
     failed: dict[str, str] = {}  # key -> why its data could not be had at all
-    partial: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (the pages read, why not the rest)
+
+    def give(key: str, value: dict[str, Any] | None, short: str | None = None) -> None:
+        """The data of ``key``; ``short``: why it is not the whole list (the pages read are kept only when they hold
+        a readable match: pages that hold nothing are no evidence, and the key was not had)."""
+        if short is None:
+            resolved[key] = value
+        elif matches(value) > 0:
+            resolved[key], incomplete[key] = value, short
+        else:
+            failed[key] = f"{short}; the pages read hold no entry"
+
+    def take(results: Mapping[str, tuple[dict[str, Any], str | None] | FhirError]) -> None:
+        for key, result in results.items():
+            if isinstance(result, FhirError):
+                failed[key] = str(result)
+                continue
+            value, problem = result
+            search = is_search(templates[key])
+            wrong = answer_problem(value, search)
+            short = incompleteness(value) if search and not wrong and not problem else None
+            if wrong:  # answered 200, yet not the data (pages read or not)
+                failed[key] = f"{wrong} (prefetch key {key})"
+            else:  # a cut paging, or visibly not the whole list
+                give(key, value, problem or (f"{short} (prefetch key {key})" if short else None))
+
+    def check_required() -> None:
+        for key in templates:  # the first required key that failed, in the service's order, fails the call
+            if key in failed and key not in optional:
+                raise DataUnavailable(f"could not fetch the data the service needs: {failed[key]}")
+
     for key, template in templates.items():
         if key in provided and not client_lacks(template, provided[key]):
             value = provided[key]
@@ -139,8 +175,9 @@ def resolve_prefetch(
                     raise BadRequest(f"prefetch.{key}: {problem}")
                 if next_link(value):
                     to_complete[key] = value
-                elif is_search(template) and (short := incompleteness(value)):
-                    partial[key] = (value, f"{short} (prefetch key {key})")
+                    continue
+                if is_search(template) and (short := incompleteness(value)):
+                    give(key, value, f"{short} (prefetch key {key})")
                     continue
             resolved[key] = value
             continue
@@ -151,8 +188,6 @@ def resolve_prefetch(
                 raise
             resolved[key], unavailable[key] = None, exc.message
 
-    results: dict[str, tuple[dict[str, Any], str | None] | FhirError] = {}
-    yielded = False
     if to_fetch or to_complete:
         client = make_client()
         if client is None:
@@ -163,54 +198,34 @@ def resolve_prefetch(
             for key in to_fetch:
                 failed[key] = "prefetch data missing and the request has no fhirServer"
             for key, bundle in to_complete.items():  # a paginated prefetch with no server to finish it: the pages
-                partial[key] = (
+                give(
+                    key,
                     bundle,
                     f"the prefetch Bundle has further pages and the request has no fhirServer (prefetch key {key})",
                 )
         else:
-            results, yielded = _fetch(client, to_fetch, to_complete, optional, workers)
-    for key, result in results.items():
-        if yielded and key in optional:  # its bytes went to the required keys: what it read is dropped
-            failed[key] = f"{REVOKED} (prefetch key {key})"
-            continue
-        if isinstance(result, FhirError):
-            failed[key] = str(result)
-            continue
-        value, problem = result
-        search = is_search(templates[key])
-        wrong = answer_problem(value, search)
-        short = incompleteness(value) if search and not wrong and not problem else None
-        if wrong:  # answered 200, yet not the data (pages read or not)
-            failed[key] = f"{wrong} (prefetch key {key})"
-        elif problem:
-            partial[key] = (value, problem)
-        elif short:  # visibly not the whole list
-            partial[key] = (value, f"{short} (prefetch key {key})")
-        else:
-            resolved[key] = value
-    for key, (pages, problem) in partial.items():
-        if matches(pages) > 0:  # a readable search match (outcomes and unreadable entries are not)
-            resolved[key], incomplete[key] = pages, problem
-        else:  # pages that hold nothing are no evidence: the key was not had
-            failed[key] = f"{problem}; the pages read hold no entry"
-    for key in templates:  # the first required key that failed, in the service's order, fails the call
-        if key in failed and key not in optional:
-            raise DataUnavailable(f"could not fetch the data the service needs: {failed[key]}")
+            with client:
+                required = {k: u for k, u in to_fetch.items() if k not in optional}
+                take(_fetch(client, required, {k: b for k, b in to_complete.items() if k not in optional}, workers))
+                check_required()  # a required key missing: the optional ones are not asked for
+                later = {k: u for k, u in to_fetch.items() if k in optional}
+                if later and narrow is not None:
+                    extra = narrow(resolved)
+                    later = {k: f"{u}&{extra[k]}" if extra.get(k) else u for k, u in later.items()}
+                rest = {k: b for k, b in to_complete.items() if k in optional}
+                if later or rest:
+                    take(_fetch(client.sharing(optional_share), later, rest, workers))
+    check_required()
     for key, why in failed.items():
         resolved[key], unavailable[key] = None, why
     return Resolved(resolved, unavailable, incomplete)
 
 
 def _fetch(
-    client: FhirClient,
-    to_fetch: Mapping[str, str],
-    to_complete: Mapping[str, dict[str, Any]],
-    optional: frozenset[str],
-    workers: int,
-) -> tuple[dict[str, tuple[dict[str, Any], str | None] | FhirError], bool]:
+    client: FhirClient, to_fetch: Mapping[str, str], to_complete: Mapping[str, dict[str, Any]], workers: int
+) -> dict[str, tuple[dict[str, Any], str | None] | FhirError]:
     """Fetch ``to_fetch`` and complete ``to_complete`` from the FHIR server, all at once (one fetch needs no
-    thread): by key, (the data, why not all of it or None) or the :class:`FhirError` that stopped it; and whether
-    the optional keys had to yield their bytes to the required ones (what they read is then dropped)."""
+    thread): by key, (the data, why not all of it or None) or the :class:`FhirError` that stopped it."""
 
     def named(key: str, job: Callable[[], tuple[dict[str, Any], str | None]]) -> Callable[[], Any]:
         def run() -> tuple[dict[str, Any], str | None] | FhirError:
@@ -222,18 +237,10 @@ def _fetch(
 
         return run
 
-    optional_client = client.sharing(OPTIONAL_SHARE)  # what the optional keys may spend: see OPTIONAL_SHARE
-
-    def by(key: str) -> FhirClient:
-        return optional_client if key in optional else client
-
-    jobs = {k: named(k, lambda k=k, u=u: by(k).search(u)) for k, u in to_fetch.items()}
-    jobs.update({k: named(k, lambda k=k, b=b: by(k).read_pages(b)) for k, b in to_complete.items()})
-    with client:
-        if len(jobs) == 1:
-            results = {key: job() for key, job in jobs.items()}
-        else:
-            with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-                futures = {key: pool.submit(job) for key, job in jobs.items()}
-            results = {key: future.result() for key, future in futures.items()}
-    return results, optional_client.budget is not None and optional_client.budget.revoked
+    jobs = {k: named(k, lambda u=u: client.search(u)) for k, u in to_fetch.items()}
+    jobs.update({k: named(k, lambda b=b: client.read_pages(b)) for k, b in to_complete.items()})
+    if len(jobs) <= 1:
+        return {key: job() for key, job in jobs.items()}
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        futures = {key: pool.submit(job) for key, job in jobs.items()}
+    return {key: future.result() for key, future in futures.items()}

@@ -42,6 +42,9 @@ class CdsService:
     # Prefetch keys the service can answer without: when one cannot be had, the call goes on and the cards say what
     # was not checked. Every other key is required: without it the call is a 412 (no safe answer can be given).
     optional_prefetch: frozenset[str] = frozenset()
+    # Given a call holding the required keys' data, search parameters to add to an optional key's search when it is
+    # fetched from the FHIR server (``{"labs": "date=ge2026-01-01"}``): the server sends only what the rules read.
+    narrow: Callable[[HookCall], Mapping[str, str]] | None = None
     usage_requirements: str | None = None
     context_schema: str = field(init=False)
 

@@ -18,6 +18,7 @@ from service.hooks.patient_chart import (
     build_chart,
     chart_prefetch,
     issue,
+    labs_window,
     read_scope,
     report,
     resolver,
@@ -154,6 +155,7 @@ SERVICE = CdsService(
     description="When an order is selected, " + DESCRIPTION,
     prefetch=PREFETCH,
     optional_prefetch=OPTIONAL,
+    narrow=labs_window,
     handler=handle_select,
 )
 
@@ -164,5 +166,6 @@ SIGN_SERVICE = CdsService(
     description="When orders are about to be signed, " + DESCRIPTION + " All draft orders are checked.",
     prefetch=PREFETCH,
     optional_prefetch=OPTIONAL,
+    narrow=labs_window,
     handler=handle_sign,
 )

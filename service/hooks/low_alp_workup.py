@@ -12,6 +12,7 @@ from service.hooks.patient_chart import (
     build_chart,
     chart_prefetch,
     issue,
+    labs_window,
     with_app_link,
 )
 
@@ -42,5 +43,6 @@ SERVICE = CdsService(
     + APP_LINK_NOTE,
     prefetch=chart_prefetch(),
     optional_prefetch=OPTIONAL_PREFETCH,
+    narrow=labs_window,
     handler=handle,
 )

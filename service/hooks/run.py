@@ -36,19 +36,31 @@ def run_hook(
     settings: Settings,
     make_client: MakeClient | None = None,
     now: datetime | None = None,
+    narrow: bool = True,
 ) -> HookRun:
     """One hook call of ``service`` on a validated ``request``. ``make_client`` gives a client for the request's
     FHIR server (None: there is none, and data the request lacks cannot be had); ``now`` defaults to the settings'
     clock. Raises the :class:`service.errors.CdsError` of a call that cannot be answered (412 when a required
     prefetch key cannot be had); an optional key that cannot be had is counted, logged by name and given to the
-    handler as ``call.unavailable``, a key of which only the first pages could be read as ``call.incomplete``."""
+    handler as ``call.unavailable``, a key of which only the first pages could be read as ``call.incomplete``.
+    ``narrow``: the optional keys fetched from the FHIR server ask only for what the handler reads
+    (:attr:`CdsService.narrow`); off for a caller that shows more of the chart than the cards use."""
     started = time.perf_counter()
+    now = now or settings.NOW()
+
+    def narrowing(data: Mapping[str, Any]) -> Mapping[str, str]:
+        if service.narrow is None or not narrow:
+            return {}
+        return service.narrow(HookCall(request=request, data=data, settings=settings, now=now))
+
     resolved = resolve_prefetch(
         service.prefetch,
         request,
         make_client or no_client,
         settings.FHIR_FETCH_WORKERS,
         optional=service.optional_prefetch,
+        optional_share=settings.FHIR_OPTIONAL_SHARE,
+        narrow=narrowing,
     )
     fetched = fetched_keys(service.prefetch, request)
     prefetch_seconds = time.perf_counter() - started if fetched else None
@@ -62,7 +74,7 @@ def run_hook(
         request=request,
         data=resolved.data,
         settings=settings,
-        now=now or settings.NOW(),
+        now=now,
         fetch=fetcher(make_client) if make_client else None,
         fetched=fetched,
         unavailable=frozenset(resolved.unavailable),

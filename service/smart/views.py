@@ -219,7 +219,8 @@ def chart_page(iss: str, access_token: str, patient_id: str, config: Settings) -
     def make_client() -> FhirClient:
         return FhirClient.configured(iss, access_token, config, budget)
 
-    ran = run_hook(PATIENT_VIEW, body, config, make_client)  # no prefetch in the body: every key is fetched
+    # No prefetch in the body: every key is fetched, the related labs of every date (the page tabulates them all).
+    ran = run_hook(PATIENT_VIEW, body, config, make_client, narrow=False)
     call, cards, data = ran.call, ran.cards, ran.call.data
     scope = read_scope(call)
     labs = read_lab_results(data.get("alp"), data.get("labs"), scope=scope)
