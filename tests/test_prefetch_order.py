@@ -38,7 +38,8 @@ def is_required(query: str) -> bool:
 
 
 def is_labs(query: str) -> bool:
-    return query.startswith("Observation?") and not is_required(query)
+    """The related-labs search (not the ALP one, nor the pregnancy records' search, which ask for other codes)."""
+    return query.startswith("Observation?") and not is_required(query) and "82810-3" not in query
 
 
 class OneAtATime:

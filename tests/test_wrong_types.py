@@ -479,7 +479,7 @@ OWN_VALUES = {
     "self.session.headers", "answer.headers", "card", "parts", "body", "merged", "pending", "token", "page",
     "current_app.config", "current_app.extensions", "g", "bp", "self", "outbound", "_discovered",
     "template(kind)", "plausible_ranges()", "thresholds()", "MED_STATUS", "UNICODE_COMPARATORS",
-    '{"http": 80, "https": 443}', '{"official": 0, "usual": 1}',
+    '{"http": 80, "https": 443}', '{"official": 0, "usual": 1}', "extra",
 }  # fmt: skip
 
 

@@ -247,7 +247,8 @@ def _pregnant(concept: Any) -> bool | None:
 
 def read_pregnancy_evidence(*values: Any, scope: Scope) -> list[PregnancyEvidence]:
     """Pregnancy Observations of the patient (final, amended or corrected): a status (pregnant or not, coded), an
-    estimated due date, the date of a delivery. Anything else, or a value that cannot be read, is skipped."""
+    estimated due date, the date of a delivery (the ``pregnancy`` prefetch key). Anything else, or a value that
+    cannot be read, is skipped."""
     found: list[PregnancyEvidence] = []
 
     def keep(observation: Any) -> bool:  # a cheap test on the code before a lazily decoded resource is decoded

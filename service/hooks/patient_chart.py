@@ -43,7 +43,6 @@ def chart_prefetch() -> dict[str, str]:
     """Generated from the analyte and pregnancy-record tables, so the templates always ask for exactly the codes the
     rules read."""
     related = [code for code, a in analytes().items() if a.analyte not in (*ALP_ANALYTES, "alp_liver")]
-    related += list(context_observations())
     return {
         "patient": f"Patient/{PATIENT}",
         "alp": f"Observation?patient={PATIENT}&code={_loinc_search(loinc_codes(*ALP_ANALYTES))}&_sort=-date&_count=100",
@@ -52,6 +51,9 @@ def chart_prefetch() -> dict[str, str]:
         "medicationRequests": f"MedicationRequest?patient={PATIENT}&_count=100",
         "medicationAdministrations": f"MedicationAdministration?patient={PATIENT}&_count=100",
         "conditions": f"Condition?patient={PATIENT}&_count=100",
+        # Pregnancy status, due and delivery dates: a key of their own, never bounded by the labs' dates (a due date
+        # written down at booking is read months later).
+        "pregnancy": f"Observation?patient={PATIENT}&code={_loinc_search(list(context_observations()))}&_count=50",
     }
 
 
@@ -67,7 +69,7 @@ def chart_prefetch() -> dict[str, str]:
 # alp_history), and plainly that the latest may be missing when those read are not newest first (alp_unsorted: the
 # server ignored the sort).
 OPTIONAL_PREFETCH = frozenset(
-    {"labs", "medicationStatements", "medicationRequests", "medicationAdministrations", "conditions"}
+    {"labs", "medicationStatements", "medicationRequests", "medicationAdministrations", "conditions", "pregnancy"}
 )
 MEDICATION_KEYS = ("medicationStatements", "medicationRequests")
 ADMINISTRATIONS = "medicationAdministrations"  # doses given: read for the date of the last denosumab injection
@@ -126,11 +128,19 @@ def not_read(call: HookCall, scope: Scope) -> frozenset[str]:
         missing.add("conditions")
     if ADMINISTRATIONS in lost:
         missing.add("administrations")
+    if "pregnancy" in lost and could_be_pregnant(scope.patient, call.now):
+        missing.add("pregnancy")
     if "alp" in call.incomplete:
         missing.add("alp_history")
         if not newest_first(call.data.get("alp")):
             missing.add("alp_unsorted")
     return frozenset(missing)
+
+
+def could_be_pregnant(patient: Any, now: Any) -> bool:
+    """Whether pregnancy records could matter: a patient not recorded as male, aged 10 to 60 (or of unknown age)."""
+    age = patient.age_years(now)
+    return patient.gender != "male" and (age is None or 10 <= age <= 60)
 
 
 def newest_first(bundle: Any) -> bool:
@@ -265,7 +275,7 @@ def build_chart(call: HookCall, scope: Scope | None = None) -> Chart:
     scope = scope or read_scope(call)
     clinical = call.settings.clinical
     diagnoses = read_diagnoses(data.get("conditions"), scope=scope)
-    pregnancy = read_pregnancy_evidence(data.get("labs"), scope=scope)
+    pregnancy = read_pregnancy_evidence(data.get("pregnancy"), scope=scope)
     alp = settle_versions(read_lab_results(data.get("alp"), scope=scope))
     # The run of lows decides which other labs are needed; pregnancy and the diseases that raise ALP shape it.
     context = Chart(
