@@ -143,3 +143,71 @@ def test_cli_reports_a_rejected_bundle(fhir_base, tmp_path, capsys):
     code = cli.main(["load-fixtures", "--fhir-base", fhir_base, "--token", TOKEN, "--dir", str(tmp_path)])
     assert code == 2
     assert "rejected bad.json: HTTP 4" in capsys.readouterr().err
+
+
+UCUM = "http://unitsofmeasure.org"
+
+
+def _long_history(patient: str, count: int) -> dict:
+    """A transaction Bundle: one woman, ``count`` low total ALP results two weeks apart up to the fixtures' clock,
+    dated with every precision FHIR allows (a day, UTC, an offset, a fraction of a second)."""
+    from datetime import timedelta
+
+    from service.hook_requests import NOW
+
+    def observation(number: int) -> dict:
+        when = NOW - timedelta(days=14 * number, hours=number % 7)
+        dated = (
+            when.date().isoformat(),
+            when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            (when - timedelta(hours=5)).strftime("%Y-%m-%dT%H:%M:%S-05:00"),
+            when.strftime("%Y-%m-%dT%H:%M:%S.123+00:00"),
+        )[number % 4]
+        return {
+            "resourceType": "Observation",
+            "id": f"{patient}-{number}",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "6768-6"}]},
+            "subject": {"reference": f"Patient/{patient}"},
+            "effectiveDateTime": dated,
+            "valueQuantity": {"value": 20 + number % 10, "unit": "U/L", "system": UCUM, "code": "U/L"},
+        }
+
+    resources = [
+        {"resourceType": "Patient", "id": patient, "gender": "female", "birthDate": "1970-02-01"},
+        *(observation(n) for n in range(count)),
+    ]
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}} for r in resources
+        ],
+    }
+
+
+def test_a_history_longer_than_a_page_is_read_through_the_servers_next_links(fhir_base, tmp_path):
+    """230 ALP results: three pages of the alp search (``_count=100``), through each server's own next links (HAPI:
+    ``<base>?_getpages=...``, with no ``total`` on the pages of a search this large), newest first as asked
+    (``_sort=-date`` over mixed date precision). Read whole, so the cards are those of the complete prefetch: no
+    "not all were returned"."""
+    patient = "long-history"
+    bundle = _long_history(patient, 230)
+    (tmp_path / f"{patient}.json").write_text(json.dumps(bundle))
+    loader.load_fixtures(fhir_base, TOKEN, str(tmp_path))
+    first = requests.get(
+        f"{fhir_base}/Observation",
+        params={"patient": patient, "code": "http://loinc.org|6768-6", "_sort": "-date", "_count": "100"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    ).json()
+    assert len(first["entry"]) == 100 and any(link["relation"] == "next" for link in first["link"])
+    client = make_app()
+    with_prefetch = hook_request(PV, bundle, patient)
+    without = hook_request(PV, bundle, patient, with_prefetch=False, fhir_server=fhir_base)
+    without["fhirAuthorization"] = fhir_authorization(TOKEN)
+    fetched = client.cards(PV, without)
+    assert without_uuids(fetched) == without_uuids(client.cards(PV, with_prefetch))
+    (card,) = [c for c in fetched if c["summary"].startswith("Persistently low ALP")]
+    assert "latest 20 U/L" in card["summary"], card["summary"]
+    assert "not all were returned" not in json.dumps(fetched)
