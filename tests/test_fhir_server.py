@@ -48,6 +48,19 @@ def test_fetch_path_gives_the_same_cards_as_the_prefetch_path(fhir_base, loaded,
     assert without_uuids(fetched) == without_uuids(client.cards(service, with_prefetch))
 
 
+@pytest.mark.parametrize("hook", ["order-select", "order-sign"])
+def test_the_sandbox_rx_view_draft_with_no_drug_yet_without_prefetch(fhir_base, loaded, hook):
+    """The Sandbox's Rx View as it opens (a draft with no drug yet), the service fetching the chart itself: 200, no
+    card."""
+    from tests.test_draft_orders import sandbox_rx_view
+
+    body = sandbox_rx_view("order-low-alp-in", hook)
+    body.pop("prefetch")
+    body["fhirServer"] = fhir_base
+    body["fhirAuthorization"] = fhir_authorization(TOKEN)
+    assert make_app().cards(SERVICE_OF_HOOK[hook], body) == []
+
+
 def test_wrong_token_gives_412(fhir_base, loaded):
     body = hook_request(PV, load_bundle("single-low-in"), "single-low-in", with_prefetch=False, fhir_server=fhir_base)
     body["fhirAuthorization"] = fhir_authorization("wrong")
