@@ -90,11 +90,13 @@ def test_selected_draft_without_one_valid_medication_is_a_400(client, change, sa
 # --- a selected draft that names no drug yet: unfinished, 200 and no card for it ------------------------------------
 
 
-def sandbox_rx_view(patient: str, hook: str = "order-select") -> dict:
+def sandbox_rx_view(patient: str, hook: str = "order-select", drug: tuple[str, str] | None = None) -> dict:
     """The request the CDS Hooks Sandbox's Rx View sends when it opens, and again after "Remove the draft order"
     (cds-hooks/sandbox: rx-view.jsx generateContext, medication-reducers.js createFhirResource with no prescribable
     chosen): a Bundle with no ``type``, one draft MedicationRequest with no ``intent`` and no drug; Rx Sign
-    (order-sign) sends the same draft without ``selections``. The prefetch is the fixture's."""
+    (order-sign) sends the same draft without ``selections``. With ``drug`` (RxNorm code, name), the draft once a
+    drug is chosen: the concept, an intent, a dosage, a dispense request and a ``category`` that is one object
+    (R4 has a list). The prefetch is the fixture's."""
     body = load_request(patient)
     draft = {
         "resourceType": "MedicationRequest",
@@ -103,6 +105,27 @@ def sandbox_rx_view(patient: str, hook: str = "order-select") -> dict:
         "subject": {"reference": f"Patient/{patient}"},
         "authoredOn": "2026-06-01",
     }
+    if drug:
+        code, name = drug
+        rxnorm = "http://www.nlm.nih.gov/research/umls/rxnorm"
+        draft["medicationCodeableConcept"] = {
+            "text": name,
+            "coding": [{"display": name, "system": rxnorm, "code": code}],
+        }
+        draft["dosageInstruction"] = [
+            {
+                "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+                "doseAndRate": [
+                    {"doseQuantity": {"value": 1, "system": "http://unitsofmeasure.org", "code": "{pill}"}}
+                ],
+            }
+        ]
+        draft["dispenseRequest"] = {
+            "expectedSupplyDuration": {"value": 30, "unit": "days", "system": "http://unitsofmeasure.org", "code": "d"}
+        }
+        draft["intent"] = "order"
+        category = "http://terminology.hl7.org/CodeSystem/medicationrequest-category"
+        draft["category"] = {"coding": [{"system": category, "code": "community"}]}
     body["context"]["draftOrders"] = {"resourceType": "Bundle", "entry": [{"resource": draft}]}
     if hook == "order-select":
         body["context"]["selections"] = ["MedicationRequest/request-123"]
@@ -118,6 +141,15 @@ def test_the_sandbox_rx_view_draft_with_no_drug_yet_is_a_200_with_no_card(client
     response = client.hook(service, sandbox_rx_view("order-low-alp-in", hook))
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["cards"] == []
+
+
+@pytest.mark.parametrize(("hook", "service"), [("order-select", OS), ("order-sign", SIGN)])
+def test_the_sandbox_rx_view_draft_once_a_bisphosphonate_is_chosen_gets_the_warning(client, hook, service):
+    """The control: the same draft with risedronate 150 mg chosen (the Sandbox's prescribedMedication=905028)."""
+    body = sandbox_rx_view("order-low-alp-in", hook, drug=("905028", "risedronate sodium 150 MG Oral Tablet"))
+    cards = client.cards(service, body)
+    assert [c["indicator"] for c in cards] == ["warning"], cards
+    assert "risedronate" in cards[0]["summary"] and "ALP low" in cards[0]["summary"]
 
 
 @pytest.mark.parametrize(

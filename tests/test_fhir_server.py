@@ -13,7 +13,7 @@ from werkzeug.serving import make_server
 from service import cli, loader
 from service.hook_requests import fhir_authorization, hook_request, without_uuids
 from tests.conftest import FHIR_TOKEN as TOKEN
-from tests.conftest import FIXTURES, OS, PV, SERVICE_OF_HOOK, free_port, load_bundle, load_request, make_app
+from tests.conftest import FIXTURES, OS, PV, ROOT, SERVICE_OF_HOOK, free_port, load_bundle, load_request, make_app
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +126,69 @@ def test_cli_load_and_call_against_a_running_service(fhir_base, loaded, capsys, 
         assert "WARNING: Exclude hypophosphatasia before starting denosumab: ALP low" in capsys.readouterr().out
     finally:
         server.shutdown()
+
+
+def test_cli_call_signs_its_token_for_a_service_with_jwt_checks_on(fhir_base, loaded, capsys):
+    """The README's auth-on step: ``alp-cds call`` with no key gets a 401 it explains; with the published test key,
+    which deploy/sandbox-issuers.yaml trusts as it is, the cards."""
+    import yaml
+
+    from service.loader import TEST_ISSUER
+
+    trusted = yaml.safe_load((ROOT / "deploy" / "sandbox-issuers.yaml").read_text())[TEST_ISSUER]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    app = make_app(
+        AUTH="on",
+        PUBLIC_BASE_URL=url,
+        REPLAY_STORE_URL="sqlite://",
+        TRUSTED_ISSUERS={TEST_ISSUER: {**trusted, "fhir_servers": [fhir_base]}},  # the test server's random port
+    ).app
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        argv = ["call", PV, "--patient", "persistent-low-in", "--fhir-base", fhir_base, "--token", TOKEN]
+        assert cli.main([*argv, "--service-url", url]) == 2
+        assert "HTTP 401: JWT checks are on: sign the call with --sign-key" in capsys.readouterr().err
+        key = str(ROOT / "deploy" / "test-cli-key.pem")
+        assert cli.main([*argv, "--service-url", url, "--sign-key", key]) == 0
+        assert "[1] WARNING: Persistently low ALP" in capsys.readouterr().out
+        assert cli.main([*argv, "--service-url", url, "--sign-key", key, "--issuer", "urn:someone-else"]) == 2
+        assert "the token was refused: the service's auth_failed log line says why" in capsys.readouterr().err
+        # reached at another address than its public URL (docker compose: http://alp-cds:8080 for localhost:8080)
+        other = f"http://localhost:{port}"
+        assert cli.main([*argv, "--service-url", other, "--sign-key", key]) == 2  # aud: the other address
+        assert cli.main([*argv, "--service-url", other, "--public-url", url, "--sign-key", key]) == 0
+    finally:
+        server.shutdown()
+
+
+def test_cli_call_refuses_a_key_it_cannot_sign_with(tmp_path, capsys):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    p256 = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "p256.pem").write_bytes(p256)
+    (tmp_path / "not-a-key.pem").write_text("hello")
+    argv = [
+        "call",
+        PV,
+        "--patient",
+        "p",
+        "--fhir-base",
+        "http://127.0.0.1:9/fhir",
+        "--service-url",
+        "http://127.0.0.1:9",
+    ]
+    for name, said in (
+        ("p256.pem", "ES384 (an EC P-384 key) or RS384 (an RSA key) only"),
+        ("not-a-key.pem", "is not an unencrypted PEM private key"),
+        ("missing.pem", "cannot read the signing key"),
+    ):
+        assert cli.main([*argv, "--sign-key", str(tmp_path / name)]) == 2
+        assert said in capsys.readouterr().err
 
 
 def test_cli_reports_an_unreachable_server(capsys):
