@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     call.add_argument("--issuer", help="the signed token's iss (default: urn:alp-cds:test-cli, the test client)")
     call.add_argument("--kid", help="the signed token's kid (default: the key's RFC 7638 thumbprint)")
-    call.add_argument("--draft-orders", help="order-select and order-sign: a JSON Bundle file of draft orders")
+    call.add_argument(
+        "--draft-orders",
+        help="order-select and order-sign: a JSON file, a Bundle of draft orders or a hook request whose "
+        "context.draftOrders to send (e.g. fixtures/requests/order-low-alp-in.json)",
+    )
     call.add_argument("--select", action="append", default=[], help="order-select: e.g. MedicationRequest/abc")
     call.add_argument("--json", action="store_true", help="print the raw JSON response")
     report = sub.add_parser(
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
             print(f"Loaded {len(report)} bundles ({total} resources) into {args.fhir_base}")
             return 0
-        draft_orders = json.loads(Path(args.draft_orders).read_text()) if args.draft_orders else None
+        draft_orders = read_draft_orders(args.draft_orders) if args.draft_orders else None
         cards = loader.call_service(
             args.service_url,
             args.service_id,
@@ -146,6 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     except (loader.ToolError, OSError, ValueError) as exc:
         print(f"alp-cds {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+def read_draft_orders(path: str) -> dict:
+    """The draft orders of ``alp-cds call``: a Bundle, or the ``context.draftOrders`` of a hook request."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if isinstance(data, dict) and isinstance(data.get("context"), dict) and "draftOrders" in data["context"]:
+        data = data["context"]["draftOrders"]
+    if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
+        raise ValueError(f"{path} holds neither a Bundle of draft orders nor a hook request with context.draftOrders")
+    return data
 
 
 MIGRATE_EXIT = {"current": 0, "behind": 1, "too_new": 2, "unreachable": 3, "failed": 4}

@@ -19,6 +19,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -72,6 +73,8 @@ def ensure_built(log=sys.stderr) -> Path:
     target = build_dir()
     jar = target / "hapi-test-server.jar"
     if jar.exists():
+        if not shutil.which("java"):  # built here before, but Java is gone
+            raise Unavailable(f"java is not installed: install {INSTALL_HINT}")
         return jar
     problem = missing_tools()
     if problem:
@@ -113,7 +116,10 @@ def start(
     command = ["java", HEAP, "-XX:+UseSerialGC", "-jar", str(jar)]
     command += ["--port", str(port), "--bind", bind] + (["--token", token] if token else [])
     out = log.open("w")
-    process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    except OSError as exc:
+        raise Unavailable(f"java could not be started ({exc.strerror}): install {INSTALL_HINT}") from None
     host = "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
     server = HapiServer(process, f"http://{host}:{port}/fhir", log)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -152,11 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     took = time.monotonic() - started
     print(f"HAPI FHIR {HAPI_VERSION} is serving {server.base} (started in {took:.0f} s; log {log})", flush=True)
-    try:
-        server.process.wait()
-    except KeyboardInterrupt:
+
+    def stop(*_: object) -> None:
         server.stop()
-    return 0
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)  # Java stops with it
+    signal.signal(signal.SIGINT, stop)
+    return server.process.wait()
 
 
 if __name__ == "__main__":

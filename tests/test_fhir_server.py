@@ -61,6 +61,16 @@ def test_the_sandbox_rx_view_draft_with_no_drug_yet_without_prefetch(fhir_base, 
     assert make_app().cards(SERVICE_OF_HOOK[hook], body) == []
 
 
+def test_a_patient_the_server_does_not_hold_gives_412(fhir_base, loaded):
+    """HAPI answers the read with a 404 OperationOutcome (HAPI-2001), sekmet with its own 404: the patient is a
+    required key either way."""
+    body = hook_request(PV, {}, "no-such-patient", with_prefetch=False, fhir_server=fhir_base)
+    body["fhirAuthorization"] = fhir_authorization(TOKEN)
+    response = make_app().hook(PV, body)
+    assert response.status_code == 412, response.get_json()
+    assert "patient" in response.get_json()["issue"][0]["diagnostics"]
+
+
 def test_wrong_token_gives_412(fhir_base, loaded):
     body = hook_request(PV, load_bundle("single-low-in"), "single-low-in", with_prefetch=False, fhir_server=fhir_base)
     body["fhirAuthorization"] = fhir_authorization("wrong")
@@ -119,11 +129,16 @@ def test_cli_load_and_call_against_a_running_service(fhir_base, loaded, capsys, 
         assert "* Order Pyridoxal 5'-phosphate (vitamin B6), plasma" in out
         drafts = tmp_path / "drafts.json"
         drafts.write_text(json.dumps(load_request("order-low-alp-in")["context"]["draftOrders"]))
-        assert (
-            call(OS, "order-low-alp-in", "--draft-orders", str(drafts), "--select", "MedicationRequest/draft-denosumab")
-            == 0
-        )
-        assert "WARNING: Exclude hypophosphatasia before starting denosumab: ALP low" in capsys.readouterr().out
+        request = str(FIXTURES / "requests" / "order-low-alp-in.json")  # the README's: a request's draftOrders
+        for given in (str(drafts), request):
+            assert (
+                call(OS, "order-low-alp-in", "--draft-orders", given, "--select", "MedicationRequest/draft-denosumab")
+                == 0
+            )
+            assert "WARNING: Exclude hypophosphatasia before starting denosumab: ALP low" in capsys.readouterr().out
+        (tmp_path / "not-drafts.json").write_text('{"resourceType": "Patient"}')
+        assert call(OS, "order-low-alp-in", "--draft-orders", str(tmp_path / "not-drafts.json")) == 2
+        assert "holds neither a Bundle of draft orders nor a hook request" in capsys.readouterr().err
     finally:
         server.shutdown()
 
