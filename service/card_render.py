@@ -135,7 +135,8 @@ def render_card(finding: Finding, patient_id: str, not_checked: Sequence[str] = 
     spec = template(finding.kind)
     facts = {**finding.facts, "not_checked": list(not_checked)}
     summary = summary_text(spec["_summary"].render(**facts), spec["_summary_note"].render(**facts))
-    detail = spec["_detail"].render(**facts).strip()
+    # Optional blocks leave empty lines behind; in markdown one empty line separates paragraphs, more mean nothing.
+    detail = re.sub(r"\n{3,}", "\n\n", spec["_detail"].render(**facts).strip())
     primary = sources()[spec["source"]]
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),

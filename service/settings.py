@@ -328,7 +328,7 @@ class Settings:
     FHIR_CONNECT_TIMEOUT: float = setting(_seconds, 3.05, "Seconds to wait for a FHIR server connection.")
     FHIR_READ_TIMEOUT: float = setting(_seconds, 10.0, "Seconds to wait for a FHIR server's answer.")
     FHIR_MAX_PAGES: int = setting(_positive_int, 20, "Most Bundle pages followed (next links) per prefetch key.")
-    FHIR_FETCH_WORKERS: int = setting(_positive_int, 6, "Missing prefetch keys fetched at once.")
+    FHIR_FETCH_WORKERS: int = setting(_positive_int, 8, "Missing prefetch keys fetched at once.")
     MAX_BODY_BYTES: int = setting(_positive_int, 5_000_000, "Largest hook request body accepted (413 beyond).")
     CLIENT_TIMEOUT: float = setting(
         _seconds,

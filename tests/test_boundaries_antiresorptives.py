@@ -11,13 +11,13 @@ from service.clinical.antiresorptives import (
     COURSE_RECENT,
     alp_before,
     drug_names,
-    first_exposure,
     ongoing_course,
     order_workup,
     review_current,
     review_order,
 )
 from service.clinical.facts import Medication
+from service.clinical.rules import first_exposure
 from tests.test_boundaries_rules import NOW, ago, alp, chart, lab
 
 

@@ -9,10 +9,10 @@ import pytest
 
 from service.clinical.facts import LAB_FLAG, LAB_RANGE, Patient
 from service.fhir import readers
+from service.fhir.context import has_hpp_diagnosis
 from service.fhir.readers import (
     PatientMismatch,
     Scope,
-    has_hpp_diagnosis,
     observation_time,
     parse_date,
     parse_datetime,

@@ -296,8 +296,7 @@ def test_very_low_not_with_the_wilson_pattern():
         lab("alt", 100, ago(1), low=10, high=40),
     ]
     found = low_alp(persistent_lows(*draw, value=20))
-    assert "wilson-screen" in kinds(found)
-    assert main_finding(found).facts["very_low"] is False and main_finding(found).facts["wilson"] is True
+    assert kinds(found) == ["wilson-screen"]  # no HPP card (and no "very low" figure) beside the Wilson pattern
 
 
 # ----------------------------------------------------------------------------------------------- EDTA
@@ -754,10 +753,10 @@ def test_wilson_companion_labs_must_be_from_the_same_draw():
     assert wilson(labs) is None
 
 
-def test_wilson_finding_suggests_the_wilson_tests_and_is_added_after_the_low_alp_card():
+def test_wilson_finding_suggests_the_wilson_tests_and_no_routine_low_alp_card_beside_it():
     found = low_alp(chart(wilson_labs(ago(1)), patient=Patient("p", date(2000, 1, 1), "female")))
-    assert kinds(found) == ["alp-low-single", "wilson-screen"]
-    assert [o.test.key for o in found[1].orders] == ["ceruloplasmin", "copper_serum", "copper_urine_24h"]
+    assert kinds(found) == ["wilson-screen"]  # no "repeat the ALP when well" beside it (issue 23)
+    assert [o.test.key for o in found[0].orders] == ["ceruloplasmin", "copper_serum", "copper_urine_24h"]
 
 
 # ----------------------------------------------------------------------------------------------- unreadable results
@@ -871,7 +870,10 @@ def test_alp_lowering_drugs_an_earlier_antiresorptive_with_its_latest_recorded_s
     ]
     facts = main_finding(low_alp(chart([alp(30, ago(1))], medications=meds))).facts
     assert facts["alp_lowering_drugs"] == [
-        {"name": "alendronate", "kind": f"earlier antiresorptive, last recorded {ago(400).date().isoformat()}"}
+        {
+            "name": "alendronate",
+            "kind": f"earlier antiresorptive, last recorded {ago(400).date().isoformat()}, 13 months ago",
+        }
     ]
     assert facts["antiresorptives"] == ["denosumab"]
 
@@ -979,7 +981,10 @@ def test_alp_lowering_drugs_the_latest_record_of_an_earlier_antiresorptive_wins_
     ]
     facts = main_finding(low_alp(chart([alp(30, ago(1))], medications=newest_first))).facts
     assert facts["alp_lowering_drugs"] == [
-        {"name": "alendronate", "kind": f"earlier antiresorptive, last recorded {ago(400).date().isoformat()}"}
+        {
+            "name": "alendronate",
+            "kind": f"earlier antiresorptive, last recorded {ago(400).date().isoformat()}, 13 months ago",
+        }
     ]
 
 

@@ -50,7 +50,7 @@ def test_single_low_followed_by_normal_gives_nothing(client):
 def test_persistent_low_gives_hpp_warning(client):
     (card,) = cards_for(client, "persistent-low-in")
     assert card["indicator"] == "warning"
-    assert card["summary"].startswith("Persistently low ALP (2 results over 64 days, latest 24 U/L)")
+    assert card["summary"].startswith("Persistently low ALP (2 results over 9 weeks, latest 24 U/L)")
     assert "hypophosphatasia" in card["summary"]
     assert "| 2026-01-10 | 22 | 35 |" in card["detail"] and "| 2026-03-15 | 24 | 35 |" in card["detail"]
     assert "a value below 25 U/L was 97.8 % specific for an ALPL variant in one cohort" in card["detail"]
@@ -151,8 +151,8 @@ def test_wilson_critical_when_both_korman_ratios_are_met_with_si_bilirubin(clien
     card = by_summary(cards_for(client, "wilson-critical-in"), "Wilson")
     assert card["indicator"] == "critical"
     # 87.2 umol/L = 5.1 mg/dL; 20 / 5.1 = 3.92 < 4; AST/ALT = 200/60 = 3.33 > 2.2
-    assert "ALP/bilirubin 3.92 and AST/ALT 3.33" in card["summary"]
-    assert "**contact hepatology now**: do not wait for the copper results" in " ".join(card["detail"].split())
+    assert "ALP/bilirubin 3.92, AST/ALT 3.33" in card["summary"]
+    assert "**Contact hepatology today**: do not wait for the copper results" in " ".join(card["detail"].split())
     assert card["overrideReasons"]
 
 

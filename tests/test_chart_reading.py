@@ -675,8 +675,8 @@ def test_hpp_by_text_only_when_the_text_names_the_diagnosis(text, documented):
     assert bool(cards and cards[0]["indicator"] == "critical") == documented
 
 
-@pytest.mark.parametrize("verification", ["provisional", "differential", "unconfirmed", "refuted", "entered-in-error"])
-def test_hpp_that_is_not_confirmed_is_not_documented(verification):
+@pytest.mark.parametrize("verification", ["refuted", "entered-in-error"])
+def test_hpp_that_is_refuted_or_entered_in_error_is_not_read(verification):
     condition = {
         "resourceType": "Condition",
         "id": "c1",
@@ -686,6 +686,21 @@ def test_hpp_that_is_not_confirmed_is_not_documented(verification):
     }
     request = add_to_prefetch(os_request(patient(), alp(80, "2026-05-01")), "conditions", condition)
     assert make_app().cards(OS, request) == []
+
+
+@pytest.mark.parametrize("verification", ["provisional", "differential", "unconfirmed"])
+def test_hpp_that_is_suspected_gives_a_warning_that_says_so(verification):
+    condition = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "190859005"}]},
+        "verificationStatus": {"coding": [{"code": verification}]},
+        "subject": {"reference": "Patient/p1"},
+    }
+    request = add_to_prefetch(os_request(patient(), alp(80, "2026-05-01")), "conditions", condition)
+    (card,) = make_app().cards(OS, request)
+    assert card["indicator"] == "warning"
+    assert card["summary"].startswith("Specialist review before alendronate: suspected hypophosphatasia")
 
 
 def test_hpp_with_a_weaker_agent_is_a_warning_not_a_fracture_claim():
@@ -854,7 +869,7 @@ def test_the_last_alp_before_treatment_must_be_from_the_year_before_it():
 def test_an_earlier_antiresorptive_is_named_among_the_drugs_that_lower_alp():
     request = pv_request(patient(), alp(28, "2026-05-01"), alendronate("completed", authoredOn="2021-03-01"))
     (card,) = make_app().cards(PV, request)
-    assert "alendronate (earlier antiresorptive, last recorded 2021-03-01)" in card["detail"]
+    assert "alendronate (earlier antiresorptive, last recorded 2021-03-01, 5.3 years ago)" in card["detail"]
 
 
 def test_order_select_gives_nothing_for_a_deceased_patient():

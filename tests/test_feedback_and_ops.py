@@ -215,7 +215,7 @@ def test_one_structured_log_line_per_request_without_patient_data(tmp_path, capl
     client.hook(PV, body)
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "service.access"]
     assert len(lines) == 1
-    assert lines[0]["hookInstance"] == body["hookInstance"] and lines[0]["status"] == 200 and lines[0]["cards"] == 2
+    assert lines[0]["hookInstance"] == body["hookInstance"] and lines[0]["status"] == 200 and lines[0]["cards"] == 1
     assert "wilson-critical-in" not in caplog.text and "2004-05-05" not in caplog.text
 
 

@@ -125,7 +125,7 @@ def test_cli_load_and_call_against_a_running_service(fhir_base, loaded, capsys, 
 
         assert call(PV, "persistent-low-in") == 0
         out = capsys.readouterr().out
-        assert "[1] WARNING: Persistently low ALP (2 results over 64 days, latest 24 U/L)" in out
+        assert "[1] WARNING: Persistently low ALP (2 results over 9 weeks, latest 24 U/L)" in out
         assert "* Order Pyridoxal 5'-phosphate (vitamin B6), plasma" in out
         drafts = tmp_path / "drafts.json"
         drafts.write_text(json.dumps(load_request("order-low-alp-in")["context"]["draftOrders"]))

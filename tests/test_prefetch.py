@@ -11,10 +11,13 @@ import responses
 
 from service.fhir.client import FhirClient, FhirError, PagingStopped
 from service.hook_requests import bundle_resources, fhir_authorization, hook_request, search
+from service.hooks.patient_chart import chart_prefetch
 from tests.conftest import PV, load_bundle, make_app, referencing_medication
 
 BASE = "https://ehr.example.org/fhir"
 TOKEN = "opaque-token-123"
+
+ALL_BUT_ALP = tuple(key for key in chart_prefetch() if key != "alp")
 
 
 def request_without_prefetch(name: str, keep: tuple[str, ...] = ()) -> dict:
@@ -48,19 +51,25 @@ def test_missing_prefetch_is_fetched_with_the_bearer_token_and_gives_the_same_ca
     prefetched = client.cards(PV, hook_request(PV, load_bundle("persistent-low-in"), "persistent-low-in"))
     assert [(c["summary"], c["indicator"]) for c in fetched] == [(c["summary"], c["indicator"]) for c in prefetched]
     assert fetched[0]["indicator"] == "warning"
-    assert len(responses.calls) == 5  # patient, alp, labs, two medication searches
+    assert len(responses.calls) == 7  # patient, alp, labs, three medication searches, conditions
     for call in responses.calls:
         assert call.request.headers["Authorization"] == f"Bearer {TOKEN}"
     paths = sorted(urlsplit(c.request.url).path.rsplit("/", 1)[-1] for c in responses.calls)
-    assert paths == ["MedicationRequest", "MedicationStatement", "Observation", "Observation", "persistent-low-in"]
+    assert paths == [
+        "Condition",
+        "MedicationAdministration",
+        "MedicationRequest",
+        "MedicationStatement",
+        "Observation",
+        "Observation",
+        "persistent-low-in",
+    ]
 
 
 @responses.activate
 def test_only_missing_keys_are_fetched(client):
     serve_bundle(responses, "single-low-in")
-    body = request_without_prefetch(
-        "single-low-in", keep=("patient", "labs", "medicationStatements", "medicationRequests")
-    )
+    body = request_without_prefetch("single-low-in", keep=ALL_BUT_ALP)
     cards = client.cards(PV, body)
     assert len(responses.calls) == 1
     query = parse_qs(urlsplit(responses.calls[0].request.url).query)
@@ -279,7 +288,7 @@ def test_the_token_is_sent_under_the_fhir_base_only(address):
 
 @pytest.mark.parametrize("target", ["https://ehr.example.org/steal", "https://ehr.example.org/fhir/../steal"])
 def test_hook_call_next_link_or_redirect_outside_the_base_is_412(client, target):
-    keep = ("patient", "labs", "medicationStatements", "medicationRequests")  # only the ALP search is fetched
+    keep = ALL_BUT_ALP  # only the ALP search is fetched
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         rsps.add(
             responses.GET,
@@ -328,11 +337,11 @@ def test_settings_reach_the_client():
 
 
 def test_missing_keys_are_fetched_concurrently(client):
-    """Five missing keys: each answer waits for all five requests to be in flight, which a serial fetch never is."""
+    """Seven missing keys: each answer waits for all of them to be in flight, which a serial fetch never is."""
     import re
     import threading
 
-    barrier = threading.Barrier(5, timeout=5)
+    barrier = threading.Barrier(len(chart_prefetch()), timeout=5)
     resources = bundle_resources(load_bundle("single-low-in"))
 
     def answer(request):
@@ -342,7 +351,7 @@ def test_missing_keys_are_fetched_concurrently(client):
     with responses.RequestsMock() as rsps:
         rsps.add_callback(responses.GET, re.compile(BASE + "/.*"), callback=answer)
         cards = client.cards(PV, request_without_prefetch("single-low-in"))
-        assert len(rsps.calls) == 5
+        assert len(rsps.calls) == len(chart_prefetch())
     assert cards[0]["summary"].startswith("Repeat the ALP when the patient is well: low at 31 U/L")
 
 
@@ -387,7 +396,7 @@ def _redirect_then_bundle(rsps: responses.RequestsMock, target: str) -> None:
 def test_redirect_to_another_origin_is_refused_with_412(client, target):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         _redirect_then_bundle(rsps, target)
-        keep = ("patient", "labs", "medicationStatements", "medicationRequests")  # only the ALP search is fetched
+        keep = ALL_BUT_ALP  # only the ALP search is fetched
         response = client.hook(PV, request_without_prefetch("single-low-in", keep=keep))
         assert len(rsps.calls) == 1  # the redirect target was never asked
     assert response.status_code == 412
@@ -404,7 +413,7 @@ def test_redirect_to_another_origin_is_refused_with_412(client, target):
 def test_redirect_with_user_information_is_refused_with_412(client, target):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         _redirect_then_bundle(rsps, target)
-        keep = ("patient", "labs", "medicationStatements", "medicationRequests")
+        keep = ALL_BUT_ALP
         response = client.hook(PV, request_without_prefetch("single-low-in", keep=keep))
         assert len(rsps.calls) == 1
     assert response.status_code == 412

@@ -6,7 +6,7 @@ interval for age and sex; see ``service.clinical.limits``). Bone and liver isoen
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from service.clinical.facts import LabResult
@@ -20,11 +20,15 @@ def total_alp(results: Sequence[LabResult]) -> list[LabResult]:
     return [r for r in results if r.analyte == TOTAL_ALP and r.usable and r.is_low() is not None]
 
 
-def low_run(results: Sequence[LabResult]) -> list[LabResult]:
-    """The low results since the last normal one; empty when the latest judged result is normal."""
+def low_run(results: Sequence[LabResult], passed_over: Callable[[LabResult], bool] | None = None) -> list[LabResult]:
+    """The low results since the last normal one; empty when the latest judged result is normal. A result that is not
+    low but ``passed_over`` (a normal value that cannot be read as normal, in pregnancy for example) neither ends the
+    run nor belongs to it."""
     run: list[LabResult] = []
     for result in reversed(results):
         if not result.is_low():
+            if passed_over is not None and passed_over(result):
+                continue
             break
         run.append(result)
     run.reverse()
@@ -55,8 +59,19 @@ def is_current(result: LabResult, now: datetime, settings: ClinicalSettings) -> 
     return result.when is not None and result.when >= current_since(now, settings)
 
 
-def current_low_run(results: Sequence[LabResult], now: datetime, settings: ClinicalSettings) -> list[LabResult]:
-    """The low results since the last normal one, when the latest of them is current (``ALP_CURRENT_DAYS``); empty
-    otherwise: a run whose latest low is older is history and gives no advice."""
-    run = low_run(results)
-    return run if run and is_current(run[-1], now, settings) else []
+def current_low_run(
+    results: Sequence[LabResult],
+    now: datetime,
+    settings: ClinicalSettings,
+    passed_over: Callable[[LabResult], bool] | None = None,
+    paused: Callable[[datetime], timedelta] | None = None,
+) -> list[LabResult]:
+    """The low results since the last normal one (``low_run``), when the latest of them is current
+    (``ALP_CURRENT_DAYS``); empty otherwise: a run whose latest low is older is history and gives no advice.
+    ``paused(since)`` is the time since then in which no normal result could be had (pregnancy): it does not age
+    the run."""
+    run = low_run(results, passed_over)
+    if not run:
+        return []
+    later = now - paused(run[-1].when) if paused is not None else now
+    return run if is_current(run[-1], later, settings) else []

@@ -10,11 +10,12 @@ from datetime import datetime, timedelta
 
 from service.clinical.alp import TOTAL_ALP, is_current
 from service.clinical.chart import Chart
-from service.clinical.codes import workup_tests
-from service.clinical.facts import LabResult, Medication
+from service.clinical.codes import thresholds, workup_tests
+from service.clinical.facts import Medication
 from service.clinical.medications import is_antiresorptive
-from service.clinical.rules import Finding, OrderSuggestion, workup
-from service.clinical.views import alp_rows, describe_alp, not_interpreted_rows
+from service.clinical.rules import Finding, OrderSuggestion, alp_before, treatment_start, workup
+from service.clinical.treatment import add_months
+from service.clinical.views import alp_rows, chart_context, describe_alp, not_interpreted_rows, span_text
 
 
 def _indicator(medications: Sequence[Medication], strong: str, weak: str) -> str:
@@ -24,34 +25,6 @@ def _indicator(medications: Sequence[Medication], strong: str, weak: str) -> str
 def drug_names(medications: Sequence[Medication]) -> list[str]:
     """Ingredient names (short, and what a clinician says), the record's own name where no ingredient is known."""
     return sorted({m.ingredient or m.name for m in medications})
-
-
-def first_exposure(medications: Sequence[Medication]) -> datetime | None:
-    """When antiresorptive treatment began: the earliest evidence of any antiresorptive (statement start, request,
-    dispense), not the latest renewal. Any antiresorptive counts, because each lowers ALP (S41), so an ALP measured
-    after any of them is no longer a pre-treatment value. None when a record has no date, since the start then
-    cannot be known."""
-    starts = [m.start for m in medications if is_antiresorptive(m) and m.status != "draft"]
-    if not starts or any(s is None for s in starts):
-        return None
-    return min(starts)
-
-
-def treatment_start(chart: Chart) -> datetime | None:
-    """``first_exposure`` of the chart's medications, when they could all be read: with a medication search or
-    record unread, an earlier start may be missing, and "the ALP was low before treatment" could be false."""
-    return first_exposure(chart.medications) if chart.medications_complete else None
-
-
-def alp_before(chart: Chart, start: datetime | None) -> LabResult | None:
-    """The last judged ALP before treatment began, when that start is known: at least a day before the recorded
-    start (a start written as a date may be any time that day, in any time zone) and within ``ALP_CURRENT_DAYS``
-    of it (an ALP from decades before says little about the patient when treatment began)."""
-    if start is None:
-        return None
-    window = timedelta(days=chart.settings.ALP_CURRENT_DAYS)
-    before = [r for r in chart.alp if start - window <= r.when <= start - timedelta(days=1)]
-    return before[-1] if before else None
 
 
 COURSE_RECENT = timedelta(days=365)  # a course ended more than a year ago is not being continued (design choice)
@@ -94,10 +67,13 @@ def review_current(chart: Chart) -> list[Finding]:
     no current run of lows."""
     drugs = [m for m in chart.medications if m.status == "current" and is_antiresorptive(m)]
     run = chart.current_run
-    if not drugs or not run:
-        return []
+    if not drugs or not run or chart.hpp_known:
+        return []  # with HPP known, the known-HPP card names the drug
     start = treatment_start(chart)
     before = alp_before(chart, start)
+    low_before = bool(before and before.is_low())
+    # Lows only since treatment, after a normal ALP before it: most likely the drug (info, not a warning each visit).
+    drug_likely = before is not None and not low_before and all(r.when > start for r in run)
     # The workup is on the low-ALP card, which always comes with this one: this card is about the drug.
     return [
         Finding(
@@ -109,11 +85,72 @@ def review_current(chart: Chart) -> list[Finding]:
                 "readings": alp_rows(chart, run),
                 "latest": describe_alp(chart, run[-1]),
                 "before": describe_alp(chart, before) if before else None,
-                "low_before": bool(before and before.is_low()),
+                "low_before": low_before,
+                "drug_likely": drug_likely,
                 "records_incomplete": not chart.medications_complete,
                 "persistent": chart.persistent,
+                "overdue": overdue_denosumab(chart) is not None,
+                "context": chart_context(chart, run, parts=("ckd",)),  # the rest is on the low-ALP card
             },
-            indicator=_indicator(drugs, "warning", "info"),
+            indicator="info" if drug_likely else _indicator(drugs, "warning", "info"),
+        )
+    ]
+
+
+def overdue_denosumab(chart: Chart) -> dict | None:
+    """The denosumab course whose next dose is overdue: its last dose (an administration, a dispense, or the last
+    prescription; ``Course.last_dose``) more than ``denosumab_interval_months`` (6) ago, while the course is
+    current or its last dose is within two years, no bisphosphonate given since, and not an oncology product
+    (120 mg every 4 weeks). None otherwise, or when no dose is dated."""
+    interval = int(thresholds()["denosumab_interval_months"])
+    for course in chart.courses:
+        if "denosumab" not in course.groups or course.oncology or course.last_dose is None:
+            continue
+        due = add_months(course.last_dose, interval)
+        if due >= chart.now:
+            continue
+        if not course.current and chart.now - course.last_dose > timedelta(days=730):
+            continue
+        follow_on = [
+            c
+            for c in chart.courses
+            if "bisphosphonate" in c.groups and c.last is not None and c.last > course.last_dose
+        ]
+        if follow_on:
+            continue  # a bisphosphonate after the last injection: the transition ECTS 2021 advises
+        return {
+            "last_dose": course.last_dose.date().isoformat(),
+            "record": course.last_dose_record,
+            "due": due.date().isoformat(),
+            "since": span_text((chart.now - course.last_dose).days),
+            "late": span_text((chart.now - due).days),
+            "current": course.current,
+        }
+    return None
+
+
+def review_denosumab_timing(chart: Chart) -> list[Finding]:
+    """When (patient-view): a denosumab course whose next dose is overdue (``overdue_denosumab``), whatever the ALP
+    (addendum 5: rebound after an omitted dose).
+    Then: "denosumab-overdue" (warning): give the dose now (or, if denosumab is to stop, start the follow-on
+    bisphosphonate now); with a current low ALP, run the HPP workup alongside, never instead of the dose.
+    Not when: no denosumab on the chart, the dose is not yet due, an oncology product, a bisphosphonate given since
+    the last injection, no dated dose, or HPP is documented (the known-HPP card and a specialist decide)."""
+    overdue = overdue_denosumab(chart)
+    if overdue is None:
+        return []
+    run = chart.current_run
+    return [
+        Finding(
+            "denosumab-overdue",
+            {
+                **overdue,
+                "low": bool(run),
+                "latest": describe_alp(chart, run[-1]) if run else None,
+                "persistent": chart.persistent if run else False,
+                "hpp_known": chart.hpp_known,
+                "administrations_unread": "administrations" in chart.not_read,
+            },
         )
     ]
 
@@ -153,6 +190,10 @@ def review_order(
     deletes = () if (course or course_unchecked) and denosumab else tuple(m.reference for m in drugs if m.reference)
     start = treatment_start(chart)
     before = alp_before(chart, start) if course else None
+    overdue = overdue_denosumab(chart) if denosumab else None
+    # Hypophosphatasia on the problem list in any words (``Chart.hpp``: documented, suspected, or marked inactive),
+    # or as the hook read it: the order card is the HPP one.
+    hpp = chart.hpp[0] if chart.hpp else None
     common = {
         "drugs": names,
         "strong": any(m.tier == "strong" for m in drugs),
@@ -164,15 +205,28 @@ def review_order(
         "low_before": bool(before and before.is_low()),
         "before": describe_alp(chart, before) if before else None,
         "unread_orders": list(unread),
+        "overdue": overdue,
+        "context": chart_context(chart, chart.current_run),
     }
     judged = chart.alp
-    if hpp_documented:
+    if hpp_documented or hpp is not None:
+        status = (
+            "documented" if hpp_documented or chart.hpp_known else ("suspected" if not hpp.confirmed else "inactive")
+        )
         return [
             Finding(
                 "antiresorptive-order-hpp",
-                {**common, "readings": alp_rows(chart, judged, 3)},
+                {
+                    **common,
+                    "readings": alp_rows(chart, judged, 3),
+                    "hpp_status": status,
+                    "hpp_name": hpp.name if hpp else None,
+                },
                 deletes=deletes,
-                indicator=_indicator(drugs, "critical", "warning"),
+                # suspected HPP: a warning; documented (or marked inactive, which HPP cannot be): critical
+                indicator=_indicator(drugs, "warning", "info")
+                if status == "suspected"
+                else _indicator(drugs, "critical", "warning"),
             )
         ]
     if not judged or not is_current(judged[-1], chart.now, chart.settings):

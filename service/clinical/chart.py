@@ -16,8 +16,20 @@ from functools import cached_property
 
 from service.clinical.alp import TOTAL_ALP, current_low_run, current_since, is_current, total_alp, unusable
 from service.clinical.codes import thresholds
-from service.clinical.facts import LabResult, Medication, Patient
+from service.clinical.context import (
+    KidneyFunction,
+    Window,
+    egfr_ckd_epi_2021,
+    fracture_windows,
+    kidney_function,
+    masked_span,
+    pregnancy_windows,
+    raising_windows,
+    recent_fractures,
+)
+from service.clinical.facts import Diagnosis, LabResult, Medication, Patient, PregnancyEvidence
 from service.clinical.rules import EDTA_ANALYTES, Finding, is_persistent, sample_contamination
+from service.clinical.treatment import Course, courses
 from service.settings import ClinicalSettings
 
 
@@ -33,6 +45,90 @@ class Chart:
     # What of the chart could not be (completely) read ("labs", "medications", "some_medications", "conditions",
     # "alp_history"): not "none" (service.hooks.patient_chart.not_read).
     not_read: frozenset[str] = frozenset()
+    diagnoses: Sequence[Diagnosis] = ()
+    pregnancy: Sequence[PregnancyEvidence] = ()
+
+    # ------------------------------------------------------------------------------ the chart around the labs
+
+    @cached_property
+    def pregnancy_windows(self) -> tuple[Window, ...]:
+        return tuple(pregnancy_windows(self.diagnoses, self.pregnancy, self.now))
+
+    @cached_property
+    def windows(self) -> tuple[Window, ...]:
+        """Every span in which a normal total ALP is not read as normal (``service.clinical.context``)."""
+        return (*self.pregnancy_windows, *raising_windows(self.diagnoses), *fracture_windows(self.diagnoses))
+
+    def window_of(self, result: LabResult, reasons: tuple[str, ...] = ("pregnancy", "alp_raising", "fracture")):
+        """The window in which a result that is not low cannot be read as normal (None for a low one)."""
+        if result.when is None or result.is_low():
+            return None
+        return next((w for w in self.windows if w.reason in reasons and w.holds(result.when)), None)
+
+    def paused(self, since: datetime) -> timedelta:
+        """The time since ``since`` spent in pregnancy windows: it does not age a run of lows."""
+        return masked_span(since, self.now, self.pregnancy_windows)
+
+    @cached_property
+    def hpp(self) -> tuple[Diagnosis, ...]:
+        """Hypophosphatasia on the problem list (documented or suspected, active or not), documented first."""
+        found = [d for d in self.diagnoses if d.group == "hpp"]
+        return tuple(sorted(found, key=lambda d: (not d.confirmed, not d.active)))
+
+    @property
+    def hpp_known(self) -> bool:
+        """Hypophosphatasia documented (confirmed or unqualified) and active on the problem list."""
+        return any(d.confirmed and d.active for d in self.hpp)
+
+    @cached_property
+    def kidney(self) -> KidneyFunction:
+        return kidney_function(self.diagnoses, self.latest_egfr)
+
+    @cached_property
+    def latest_egfr(self) -> LabResult | None:
+        """The latest recent eGFR, reported, or else calculated from a recent serum creatinine (CKD-EPI 2021)."""
+        days = self.settings.RECENT_RESULT_DAYS
+        reported = self.latest("egfr", days)
+        creatinine = self.latest("creatinine", days)
+        if creatinine is None or (reported is not None and reported.when >= creatinine.when):
+            return reported
+        if creatinine.comparator is not None:
+            return reported
+        egfr = egfr_ckd_epi_2021(creatinine.value, self.patient, creatinine.when)
+        if egfr is None:
+            return reported
+        return LabResult(
+            "egfr",
+            creatinine.loinc,
+            f"eGFR calculated from creatinine {creatinine.shown_value} {creatinine.unit} (CKD-EPI 2021)",
+            creatinine.when,
+            round(egfr),
+            "mL/min/{1.73_m2}",
+            resource_id=creatinine.resource_id,
+        )
+
+    @cached_property
+    def recent_fractures(self) -> tuple[Diagnosis, ...]:
+        return tuple(recent_fractures(self.diagnoses, self.now))
+
+    @cached_property
+    def alp_raising(self) -> tuple[Diagnosis, ...]:
+        """Active diseases that raise total ALP (Paget disease of bone, bone metastases, cholestatic liver disease)."""
+        return tuple(d for d in self.diagnoses if d.group == "alp_raising" and d.active)
+
+    @cached_property
+    def courses(self) -> tuple[Course, ...]:
+        """The antiresorptives (and teriparatide) on the chart as courses (``service.clinical.treatment``)."""
+        return tuple(courses(self.medications))
+
+    def taking(self, when: datetime) -> list[Course]:
+        """The antiresorptive courses that cover ``when`` (a result measured on treatment)."""
+        return [c for c in self.courses if c.covers(when) and "teriparatide" not in c.groups]
+
+    @cached_property
+    def pregnant_now(self) -> bool:
+        """Pregnant or within ``postpartum_weeks`` of a delivery now (a window holds today)."""
+        return any(w.holds(self.now) for w in self.pregnancy_windows)
 
     @property
     def medications_complete(self) -> bool:
@@ -55,8 +151,57 @@ class Chart:
     @cached_property
     def current_run(self) -> tuple[LabResult, ...]:
         """The low results since the last normal one, when the latest of them is current (``ALP_CURRENT_DAYS``);
-        empty otherwise: a run whose latest low is older is history and gives no advice."""
-        return tuple(current_low_run(self.alp, self.now, self.settings))
+        empty otherwise: a run whose latest low is older is history and gives no advice.
+
+        A normal result in pregnancy or within 8 weeks of delivery, or while a disease that raises total ALP is
+        active, neither ends the run nor counts as normal (``window_of``), and time in pregnancy does not age the
+        run. One while a fracture heals is passed over only when the lows before the fracture were already
+        persistent (the warning stays at the moment an antiresorptive is started)."""
+        steady = ("pregnancy", "alp_raising")
+        run = current_low_run(
+            self.alp, self.now, self.settings, lambda r: self.window_of(r, steady) is not None, self.paused
+        )
+        if not any(w.reason == "fracture" for w in self.windows):
+            return tuple(run)
+        healing = current_low_run(
+            self.alp, self.now, self.settings, lambda r: self.window_of(r) is not None, self.paused
+        )
+        if len(healing) > len(run) and self._persistent_before_fracture(healing):
+            return tuple(healing)
+        return tuple(run)
+
+    def _persistent_before_fracture(self, run: Sequence[LabResult]) -> bool:
+        """Two lows at least ``PERSISTENT_MIN_DAYS`` apart before the fracture whose healing the run passes over."""
+        for window in (w for w in self.windows if w.reason == "fracture"):
+            before = [r for r in run if r.when < window.start]
+            after = [r for r in self.alp if window.holds(r.when) and not r.is_low()]
+            if (
+                after
+                and len(before) >= 2
+                and (before[-1].when - before[0].when).days >= self.settings.PERSISTENT_MIN_DAYS
+            ):
+                return True
+        return False
+
+    @cached_property
+    def passed_over(self) -> tuple[tuple[LabResult, Window], ...]:
+        """The normal results since the first low of the current run that were not read as normal, with why."""
+        run = self.current_run
+        if not run:
+            return ()
+        found = []
+        for result in self.alp:
+            if result.when > run[0].when and not result.is_low():
+                window = self.window_of(result)
+                if window is not None:
+                    found.append((result, window))
+        return tuple(found)
+
+    @cached_property
+    def interpretable_alp(self) -> tuple[LabResult, ...]:
+        """The judged ALP results, without the normal ones that cannot be read as normal (``window_of``): what a card
+        may call "normal"."""
+        return tuple(r for r in self.alp if self.window_of(r) is None)
 
     @cached_property
     def contamination(self) -> dict[int, Finding]:
@@ -157,8 +302,16 @@ class LabsNeeded:
     draw_analytes: tuple[str, ...] = EDTA_ANALYTES
 
 
-def lab_days_needed(alp_results: Sequence[LabResult], now: datetime, settings: ClinicalSettings) -> LabsNeeded:
-    run = current_low_run(total_alp(alp_results), now, settings)
+def lab_days_needed(
+    alp_results: Sequence[LabResult],
+    now: datetime,
+    settings: ClinicalSettings,
+    run: Sequence[LabResult] | None = None,
+) -> LabsNeeded:
+    """``run``: the chart's current run of lows when it is known (``Chart.current_run``, which weighs pregnancy and
+    the diseases that raise ALP); else it is found from the ALP results alone."""
+    if run is None:
+        run = current_low_run(total_alp(alp_results), now, settings)
 
     def around(results: Sequence[LabResult]) -> frozenset[date]:
         return frozenset(r.when.date() + timedelta(days=d) for r in results for d in (-1, 0, 1))

@@ -19,6 +19,14 @@ SYSTEM_ALIASES = {
     "urn:oid:2.16.840.1.113883.6.88": RXNORM,
     "urn:oid:2.16.840.1.113883.6.96": SNOMED,
     "urn:oid:2.16.840.1.113883.6.73": ATC,
+    "urn:oid:2.16.840.1.113883.6.90": "http://hl7.org/fhir/sid/icd-10-cm",
+    # Orphanet and OMIM as EHRs write them (scheme, www, the ORDO path).
+    "http://orpha.net": "http://www.orpha.net",
+    "http://www.orpha.net/ordo": "http://www.orpha.net",
+    "http://www.orpha.net/ORDO": "http://www.orpha.net",
+    "http://omim.org": "http://www.omim.org",
+    "http://www.omim.org/entry": "http://www.omim.org",
+    "http://omim.org/entry": "http://www.omim.org",
 }
 
 
@@ -84,7 +92,8 @@ def _factor(unit: str, unit_group: str) -> tuple[float, str] | None:
 
 def convert(value: float, unit: str | None, unit_group: str) -> tuple[float, str] | None:
     """Value in the group's canonical unit, or None for a unit the table does not know (never guessed)."""
-    found = _factor(unit, unit_group) if unit is not None else None
+    # A ratio (INR) is often sent with no unit: the table's empty unit stands for it; other groups have none.
+    found = _factor(unit if unit is not None else "", unit_group)
     return None if found is None else (value * found[0], found[1])
 
 
@@ -230,10 +239,71 @@ def medication_entries() -> tuple[MedicationEntry, ...]:
     return tuple(entries)
 
 
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+ORPHANET = "http://www.orpha.net"
+OMIM = "http://www.omim.org"
+
+
+@dataclass(frozen=True)
+class ConditionEntry:
+    group: str  # hpp | pregnancy | postpartum | fracture | ckd_severe | alp_raising
+    kind: str
+    match: str  # code | prefix | text
+    system: str
+    code: str  # for ``prefix`` the start of an ICD-10-CM code without its dot; for ``text`` a lower-case fragment
+    display: str
+
+
+def condition_code(system: str | None, code: str) -> str:
+    """A condition code as the table writes it: ICD-10-CM without its dot and in capitals; Orphanet and OMIM without
+    the prefixes EHRs put before the number (``ORPHA:436``, ``Orphanet_436``, ``OMIM:146300``, ``MIM:146300``)."""
+    cleaned = code.strip()
+    if system == ICD10CM:
+        return cleaned.replace(".", "").upper()
+    if system in (ORPHANET, OMIM):
+        return re.sub(r"^(?:orpha(?:net)?|omim|mim)[:_ #]*", "", cleaned, flags=re.IGNORECASE)
+    return cleaned
+
+
 @cache
-def hpp_condition_codes() -> tuple[frozenset[tuple[str, str]], tuple[str, ...]]:
-    """(system, code) pairs and lower-case text fragments that document hypophosphatasia on a Condition."""
-    rows = [r for r in _rows("conditions.csv") if r["group"] == "hpp" and r["status"] in ("VERIFIED", "PARTIAL")]
-    codes = frozenset((r["system"], r["code"]) for r in rows if r["match"] == "code")
-    texts = tuple(r["code"].lower() for r in rows if r["match"] == "text")
-    return codes, texts
+def condition_entries() -> tuple[ConditionEntry, ...]:
+    """The condition value sets of ``data/conditions.csv`` (VERIFIED and PARTIAL rows; each names its source)."""
+    return tuple(
+        ConditionEntry(
+            r["group"],
+            r["kind"],
+            r["match"],
+            r["system"],
+            r["code"].lower() if r["match"] == "text" else condition_code(r["system"], r["code"]),
+            r["display"],
+        )
+        for r in _rows("conditions.csv")
+        if r["status"] in ("VERIFIED", "PARTIAL")
+    )
+
+
+@dataclass(frozen=True)
+class ContextObservation:
+    loinc: str
+    kind: str  # status | due_date | delivery_date
+    display: str
+
+
+@cache
+def context_observations() -> dict[str, ContextObservation]:
+    """LOINC code -> the pregnancy Observations the chart reads (``data/context_observations.csv``)."""
+    return {
+        r["loinc"]: ContextObservation(r["loinc"], r["kind"], r["display"])
+        for r in _rows("context_observations.csv")
+        if r["status"] in ("VERIFIED", "PARTIAL")
+    }
+
+
+@cache
+def pregnancy_answers() -> dict[tuple[str, str], bool]:
+    """(system, code) of a pregnancy-status answer -> pregnant or not (``data/context_observations.csv``'s answers)."""
+    return {
+        (r["system"], r["code"]): r["pregnant"] == "yes"
+        for r in _rows("pregnancy_status_answers.csv")
+        if r["status"] in ("VERIFIED", "PARTIAL")
+    }

@@ -91,6 +91,12 @@ class LabResult:
     preliminary: bool = False
     resource_id: str | None = None
     problem: str | None = None
+    issued: datetime | None = None  # when the lab released this version (Observation.issued)
+    corrected: bool = False  # status amended or corrected: a later version of an earlier result
+    # For a child's total ALP judged by the lab's own range: the age- and sex-specific lower limit (CALIPER), when
+    # the lab's limit is far below it (an adult range applied to a child; ``age_low_source`` names it).
+    age_low: float | None = None
+    age_low_source: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -106,14 +112,26 @@ class LabResult:
         return f"{self.comparator or ''}{number_text(self.value)}"
 
     def is_low(self) -> bool | None:
-        """Below the lower limit (the lab's, else the lab's flag, else the fallback); None when it cannot be judged."""
+        """Below the lower limit (the lab's, else the lab's flag, else the fallback); None when it cannot be judged.
+        A child's ALP judged by a lab range that looks adult is also low when it is below the limit for age and sex
+        (``age_low``)."""
         if self.value is None:
             return None
+        if self.age_low is not None and _below(self.value, self.comparator, self.age_low):
+            return True
         if self.low is not None:
             return _below(self.value, self.comparator, self.low)
         if self.flag is not None:
             return self.flag == "low"
         return None
+
+    @property
+    def low_for_age_only(self) -> bool:
+        """Low only against the limit for age and sex, not against the lab's own (adult-looking) range."""
+        if self.age_low is None or self.value is None or not _below(self.value, self.comparator, self.age_low):
+            return False
+        lab = _below(self.value, self.comparator, self.low) if self.low is not None else self.flag == "low"
+        return not lab
 
     def is_high(self) -> bool | None:
         if self.value is None:
@@ -144,8 +162,48 @@ class Medication:
     tier: str | None  # strongest tier among its groups, e.g. "strong"
     name: str  # as the record names it
     status: str  # current | history | draft
-    start: datetime | None = None  # when this record says the drug was started, ordered or handed over
-    end: datetime | None = None
+    start: datetime | None = None  # when this record says the drug was started, ordered, given or handed over
+    end: datetime | None = None  # when this record says the course ended (a statement's period, a request's validity)
     reference: str | None = None  # e.g. "MedicationRequest/abc"
     matched_by: str = "code"  # code | atc | text
     ingredient: str | None = None  # e.g. "alendronate"
+    record: str = "MedicationStatement"  # the resource type: a dose given (administration) or handed over (dispense)
+    # is evidence of a dose on ``start``; a request or statement is evidence of a course
+    oncology: bool = False  # a product for bone metastases (denosumab 120 mg, Xgeva): another dosing schedule
+
+    @property
+    def dose(self) -> bool:
+        """The record is a dose given or handed over (not a prescription or a statement of use)."""
+        return self.record in ("MedicationAdministration", "MedicationDispense")
+
+    @property
+    def last_recorded(self) -> datetime | None:
+        """The latest date this record gives for the drug: the end of its course when it has one, else its start."""
+        dates = [d for d in (self.start, self.end) if d is not None]
+        return max(dates) if dates else None
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A Condition of the patient that belongs to a group the rules read (``data/conditions.csv``)."""
+
+    group: str  # hpp | pregnancy | postpartum | fracture | ckd_severe | alp_raising
+    kind: str  # within the group, e.g. "paget", "bone_metastases", "cholestasis", "stress", "atypical_femoral"
+    name: str  # as the record names it (text, else the display)
+    active: bool  # clinicalStatus active, recurrence or relapse, or none given; False: inactive, remission, resolved
+    confirmed: bool  # verificationStatus confirmed or none given; False: provisional, differential, unconfirmed
+    onset: datetime | None = None
+    abatement: datetime | None = None
+    recorded: datetime | None = None
+    matched_by: str = "code"  # code | text
+
+
+@dataclass(frozen=True)
+class PregnancyEvidence:
+    """An Observation about a pregnancy: the status on a day (pregnant or not), an estimated due date, or the date of
+    a delivery (``data/context_observations.csv``)."""
+
+    kind: str  # status | due_date | delivery_date
+    when: datetime  # when it was observed
+    pregnant: bool | None = None  # for a status
+    date: datetime | None = None  # the due date or the delivery date

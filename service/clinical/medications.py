@@ -9,7 +9,7 @@ from functools import cache
 from service.clinical.codes import MedicationEntry, medication_entries
 from service.clinical.facts import Medication
 
-TIER_ORDER = {"strong": 0, "plp-confounder": 1, "informational": 2, "alp-lowering": 3}
+TIER_ORDER = {"strong": 0, "plp-confounder": 1, "informational": 2, "alp-lowering": 3, "anabolic": 4}
 ANTIRESORPTIVE_GROUPS = ("bisphosphonate", "denosumab", "romosozumab", "raloxifene", "calcitonin")
 
 

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from service.clinical.alp import is_current, unusable
 from service.clinical.codes import WorkupTest, thresholds, workup_tests
-from service.clinical.facts import LabResult
+from service.clinical.facts import LabResult, Medication
 from service.clinical.medications import is_antiresorptive
 from service.clinical.views import (
     alp_rows,
+    chart_context,
     describe_alp,
     display_row,
     earlier,
     not_interpreted_rows,
+    span_text,
     unreadable_row,
 )
 
@@ -52,12 +54,36 @@ def abnormal(test: WorkupTest, result: LabResult) -> bool | None:
     return None
 
 
+def b6_intake(chart: Chart, when: datetime | None = None) -> str:
+    """Whether vitamin B6 was taken (in any product: pyridoxine, B-complex, prenatal and multivitamins): ``taken``
+    (a B6 product is current, or a record of one covers ``when``), ``unknown`` (not every medication record could be
+    read), or ``none``."""
+    for medication in chart.medications:
+        if "pyridoxine" not in medication.groups or medication.status == "draft":
+            continue
+        if medication.status == "current":
+            return "taken"
+        start, last = medication.start, medication.last_recorded
+        if (
+            when is not None
+            and start is not None
+            and last is not None
+            and start - DRAW_MARGIN <= when <= last + DRAW_MARGIN
+        ):
+            return "taken"
+    return "none" if chart.medications_complete else "unknown"
+
+
+DRAW_MARGIN = timedelta(days=7)  # a B6 product taken within a week of a PLP draw still raises it (design choice)
+
+
 def explains(chart: Chart, test: WorkupTest, result: LabResult) -> bool:
     """The result counts as an explanation (a secondary cause) or as support for HPP. A PLP supports HPP from the
-    sourced cut-off of 180 nmol/L (S51), not from the upper reference limit, and not while a vitamin B6 product is
-    active (it raises PLP; S15b)."""
+    sourced cut-off of 180 nmol/L (S51), not from the upper reference limit, and only when no vitamin B6 was taken
+    in any product (it raises PLP; S15b, addendum 11): not when B6 was taken, nor when B6 intake is unknown (the
+    card asks)."""
     if test.key == "plp":
-        return result.at_least(thresholds()["plp_high"]) and not chart.current("pyridoxine")
+        return result.at_least(thresholds()["plp_high"]) and b6_intake(chart, result.when) == "none"
     return bool(abnormal(test, result))
 
 
@@ -78,16 +104,46 @@ def workup(
             if test.group in suggest:
                 orders.append(OrderSuggestion(test, recommended=test.recommended))
             continue
-        resulted.append(
-            {
-                **display_row(result),
-                "key": test.key,
-                "group": test.group,
-                "abnormal": abnormal(test, result),
-                "explanation": test.explanation if explains(chart, test, result) else None,
-            }
-        )
+        row = {
+            **display_row(result),
+            "key": test.key,
+            "group": test.group,
+            "abnormal": abnormal(test, result),
+            "explanation": test.explanation if explains(chart, test, result) else None,
+        }
+        if test.key == "plp" and result.at_least(thresholds()["plp_high"]):
+            row["b6"] = b6_intake(chart, result.when)  # a high PLP: whether B6 taken explains it
+        resulted.append(row)
     return orders, resulted
+
+
+def first_exposure(medications: Sequence[Medication]) -> datetime | None:
+    """When antiresorptive treatment began: the earliest evidence of any antiresorptive (statement start, request,
+    dispense), not the latest renewal. Any antiresorptive counts, because each lowers ALP (S41), so an ALP measured
+    after any of them is no longer a pre-treatment value. None when a record has no date, since the start then
+    cannot be known."""
+    starts = [m.start for m in medications if is_antiresorptive(m) and m.status != "draft"]
+    if not starts or any(s is None for s in starts):
+        return None
+    return min(starts)
+
+
+def treatment_start(chart: Chart) -> datetime | None:
+    """``first_exposure`` of the chart's medications, when they could all be read: with a medication search or
+    record unread, an earlier start may be missing, and "the ALP was low before treatment" could be false."""
+    return first_exposure(chart.medications) if chart.medications_complete else None
+
+
+def alp_before(chart: Chart, start: datetime | None) -> LabResult | None:
+    """The last judged ALP before treatment began, when that start is known: at least a day before the recorded
+    start (a start written as a date may be any time that day, in any time zone) and within ``ALP_CURRENT_DAYS``
+    of it (an ALP from decades before says little about the patient when treatment began)."""
+    if start is None:
+        return None
+    window = timedelta(days=chart.settings.ALP_CURRENT_DAYS)
+    # a normal result that cannot be read as normal (pregnancy, a disease that raises ALP) is no evidence either way
+    before = [r for r in chart.interpretable_alp if start - window <= r.when <= start - timedelta(days=1)]
+    return before[-1] if before else None
 
 
 INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
@@ -167,7 +223,7 @@ def is_persistent(chart: Chart, lows: Sequence[LabResult]) -> bool:
     keeps a fall after surgery or acute illness, which can last weeks, from counting."""
     return (
         len(lows) >= 2
-        and is_current(lows[-1], chart.now, chart.settings)
+        and is_current(lows[-1], chart.now - chart.paused(lows[-1].when), chart.settings)
         and (lows[-1].when - lows[0].when).days >= chart.settings.PERSISTENT_MIN_DAYS
     )
 
@@ -196,34 +252,60 @@ def unreadable_alp(chart: Chart) -> Finding | None:
 
 def low_alp(chart: Chart) -> list[Finding]:
     """When: the latest judged total ALP is low and current (``ALP_CURRENT_DAYS``): the chart has a current run of
-    lows (every low since the last normal result).
-    Then: first a "sample-contamination" card when ``sample_contamination`` finds the latest low possibly
-    contaminated (only the latest sample can usefully be recollected; every possibly contaminated low of the run is
-    not counted towards persistence and is marked in the card's table; the low-ALP card stays); then
-    - persistently low (``is_persistent``) -> "alp-low-persistent" (warning): the HPP substrates (PLP, urine PEA)
-      and the common secondary causes, ALPL genetics after them (recommended once PLP or urine PEA supports HPP and
-      no secondary cause is found: ``_tiers``); "very low" is said for an adult (from ``ADULT_AGE``) with a reliable
-      low certainly below ``alp_very_low`` (25 U/L), no secondary cause found and no Wilson card;
-    - otherwise (one low, or lows too close together) -> "alp-low-single" (info): repeat the ALP when the patient is
-      well, ``PERSISTENT_MIN_DAYS`` after the first low; recent secondary-cause results are shown;
-    - and the Wilson card when ``wilson_disease`` fires for the latest low.
-    A test resulted within ``RECENT_RESULT_DAYS`` is shown, not suggested again.
-    Not when: no judged ALP, the latest judged one is normal, or the latest low is older than ``ALP_CURRENT_DAYS``
-    (then only ``unreadable_alp`` may give a card). The patient-view hook does not ask for a deceased patient."""
+    lows (every low since the last normal result; a normal result in pregnancy, while a disease that raises ALP is
+    active, or while a fracture heals after persistent lows, is passed over: ``Chart.current_run``).
+    Then, the first that applies:
+    - the Wilson pattern for the latest low (``wilson_disease``): the Wilson card alone (with the sample card when
+      the latest sample may be contaminated): no routine repeat-the-ALP or child-HPP card beside it;
+    - hypophosphatasia documented and active on the problem list (``Chart.hpp_known``): "alp-known-hpp" (info):
+      the low ALP is expected; avoid bisphosphonates and denosumab; no workup again;
+    - a child under ``young_child_years`` (5) with an ALP certainly below ``infant_alp_far_below`` (half) of the
+      lower limit for age, or with a high calcium or phosphate or a low PTH (``infant_picture``): "alp-low-infant"
+      (warning): PLP and urine PEA now, paediatric metabolic bone referral;
+    - otherwise first a "sample-contamination" card when ``sample_contamination`` finds the latest low possibly
+      contaminated (only the latest sample can usefully be recollected; every possibly contaminated low of the run
+      is not counted towards persistence and is marked in the card's table; the low-ALP card stays); then
+      - persistently low (``is_persistent``) -> "alp-low-persistent" (warning; info when every low was measured on
+        an antiresorptive and the last ALP before treatment was normal: ``drug_explains``): the HPP substrates (PLP,
+        urine PEA) and the common secondary causes, ALPL genetics after them (recommended once PLP or urine PEA
+        supports HPP and no secondary cause is found: ``_tiers``); "very low" is said for an adult (from
+        ``ADULT_AGE``) with a reliable low certainly below ``alp_very_low`` (25 U/L), no secondary cause found;
+      - otherwise (one low, or lows too close together) -> "alp-low-single" (info): repeat the ALP when the patient
+        is well, ``PERSISTENT_MIN_DAYS`` after the first low; recent secondary-cause results are shown.
+    Each low-ALP card names the chart around the labs (``views.chart_context``): pregnancy, a recent fracture,
+    severe kidney disease with the PTH, diseases that raise ALP, HPP suspected or inactive on the problem list, a
+    child's ALP against a lab range that looks adult. A test resulted within ``RECENT_RESULT_DAYS`` is shown, not
+    suggested again.
+    Not when: no judged ALP, the latest judged one is normal (and not passed over), or the latest low is older than
+    ``ALP_CURRENT_DAYS`` (time in pregnancy not counted; then only ``unreadable_alp`` may give a card). The
+    patient-view hook does not ask for a deceased patient."""
     run = list(chart.current_run)
     if not run:
         unreadable = unreadable_alp(chart)
         return [unreadable] if unreadable else []
+    latest = run[-1]
+    # Only the latest sample can usefully be recollected: earlier contaminated lows are set aside (not counted, and
+    # marked in the table) without a card of their own; whether the workup stands without it is said on its card.
+    findings = []
+    if id(latest) in chart.contamination and not chart.hpp_known:
+        contaminated = chart.contamination[id(latest)]
+        findings.append(replace(contaminated, facts={**contaminated.facts, "workup_stands": chart.persistent}))
+    wilson = wilson_disease(chart, latest)
+    if wilson is not None:
+        return [*findings, wilson]
+    if chart.hpp_known:
+        return [known_hpp(chart, run)]
+    infant = infant_picture(chart, run)
+    if infant is not None:
+        return [*findings, infant]
+    return [*findings, _workup_card(chart, run)]
+
+
+def _workup_card(chart: Chart, run: Sequence[LabResult]) -> Finding:
     settings = chart.settings
     latest = run[-1]
     reliable = chart.reliable(run)
     persistent = chart.persistent
-    # Only the latest sample can usefully be recollected: earlier contaminated lows are set aside (not counted, and
-    # marked in the table) without a card of their own; whether the workup stands without it is said on its card.
-    findings = []
-    if id(latest) in chart.contamination:
-        contaminated = chart.contamination[id(latest)]
-        findings.append(replace(contaminated, facts={**contaminated.facts, "workup_stands": persistent}))
     age = chart.patient.age_years(latest.when)
     child = age is not None and age < settings.ADULT_AGE
     if persistent:
@@ -233,27 +315,28 @@ def low_alp(chart: Chart) -> list[Finding]:
     secondary_found = [r for r in resulted if r["group"] == "secondary" and r["explanation"]]
     substrates_high = [r for r in resulted if r["group"] == "hpp" and r["explanation"]]
     orders = _tiers(orders, resulted, secondary_found, substrates_high)
-    wilson = wilson_disease(chart, latest)
     very_low_limit = thresholds()["alp_very_low"]
     # The ALPL-variant figure (S50) holds for adults with persistently low values, secondary causes excluded.
     very_low = (
         persistent
         and not child
         and age is not None
-        and wilson is None
         and not secondary_found
         and in_variant_cohort(chart, reliable)
         and any(_certainly_below(r, very_low_limit) for r in reliable)
     )
     before = _alp_before_run(chart, run)
     span = (run[-1].when - run[0].when).days
+    by_drug = drug_explains(chart, reliable)
+    span_days = (reliable[-1].when - reliable[0].when).days if reliable else span
     facts = {
         "readings": alp_rows(chart, run),
         "earlier": earlier(run, chart),
         "latest": describe_alp(chart, latest),
         "count": len(reliable),
         "set_aside": len(run) - len(reliable),  # lows of the run not counted (possible EDTA contamination)
-        "span_days": (reliable[-1].when - reliable[0].when).days if reliable else span,
+        "span_days": span_days,
+        "span": span_text(span_days),
         "latest_suspect": id(latest) in chart.contamination,
         "very_low": very_low,
         "very_low_limit": very_low_limit,
@@ -264,6 +347,7 @@ def low_alp(chart: Chart) -> list[Finding]:
         "explanations": [r["explanation"] for r in resulted if r["explanation"]],
         "secondary_found": [r["explanation"] for r in secondary_found],
         "substrates_high": [r["explanation"] for r in substrates_high],
+        "plp_b6": next((r["b6"] for r in resulted if r["key"] == "plp" and "b6" in r), None),
         # counted from the first low that counts; None when none does (every one possibly contaminated)
         "repeat_from": (
             (reliable[0].when + timedelta(days=settings.PERSISTENT_MIN_DAYS)).date().isoformat() if reliable else None
@@ -275,22 +359,134 @@ def low_alp(chart: Chart) -> list[Finding]:
         "antiresorptives": sorted(
             {m.ingredient or m.name for m in chart.medications if m.status == "current" and is_antiresorptive(m)}
         ),
-        "wilson": wilson is not None,
+        "on_treatment": by_drug,
+        "teriparatide": on_teriparatide(chart, reliable),
+        "wilson": False,
         "persistent_min_days": settings.PERSISTENT_MIN_DAYS,
         "current_days": settings.ALP_CURRENT_DAYS,
         "plp_note": workup_tests()["plp"].note,
+        "context": chart_context(chart, run),
     }
     kind = "alp-low-persistent" if persistent else "alp-low-single"
-    findings.append(Finding(kind, facts, tuple(orders)))
-    if wilson:
-        findings.append(wilson)
-    return findings
+    # Lows measured on an antiresorptive after a normal ALP before it: most likely the drug (info, not a warning at
+    # every visit); a persistent low on teriparatide, which raises ALP, is the opposite (the card says so).
+    indicator = "info" if by_drug and by_drug["normal_before"] and not facts["teriparatide"] else None
+    return Finding(kind, facts, tuple(orders), indicator=indicator)
+
+
+def drug_explains(chart: Chart, lows: Sequence[LabResult]) -> dict[str, Any] | None:
+    """When every low was measured on an antiresorptive course (``Chart.taking``): the drugs, and whether the last
+    ALP before treatment began was normal (then the drug most likely explains the lows); None otherwise."""
+    if not lows or not all(chart.taking(r.when) for r in lows):
+        return None
+    start = treatment_start(chart)
+    before = alp_before(chart, start)
+    return {
+        "drugs": sorted({c.drug for r in lows for c in chart.taking(r.when)}),
+        "normal_before": bool(before is not None and before.is_low() is False),
+        "before": display_row(before) if before is not None else None,
+    }
+
+
+TERIPARATIDE_EFFECT = timedelta(days=90)  # bone ALP rises within months of starting teriparatide (addendum 11)
+
+
+def on_teriparatide(chart: Chart, lows: Sequence[LabResult]) -> bool:
+    """A low measured on teriparatide, at least ``TERIPARATIDE_EFFECT`` after it began: unexpected, since it raises
+    bone ALP (addendum 11), so it strengthens the suspicion of HPP."""
+    return any(
+        c.start is not None and c.covers(r.when) and r.when - c.start >= TERIPARATIDE_EFFECT
+        for c in chart.courses
+        if "teriparatide" in c.groups
+        for r in lows
+    )
+
+
+def known_hpp(chart: Chart, run: Sequence[LabResult]) -> Finding:
+    """When (asked by ``low_alp``): a current low ALP in a patient with hypophosphatasia documented and active on the
+    problem list. Then: "alp-known-hpp" (info): the low ALP is expected in HPP; bisphosphonates and denosumab are to
+    be avoided (named when one is current, which makes it a warning); no workup again (no PLP, urine PEA or
+    genetics suggested). Not when: the HPP entry is refuted, entered in error, provisional or inactive (then the
+    workup card says how it stands)."""
+    current = [m for m in chart.medications if m.status == "current" and is_antiresorptive(m)]
+    strong = [m for m in current if m.tier == "strong"]
+    diagnosis = next(d for d in chart.hpp if d.confirmed and d.active)
+    return Finding(
+        "alp-known-hpp",
+        {
+            "diagnosis": diagnosis.name,
+            "readings": alp_rows(chart, run, 3),
+            "latest": describe_alp(chart, run[-1]),
+            "antiresorptives": sorted({m.ingredient or m.name for m in current}),
+            "denosumab": any("denosumab" in m.groups for m in current),
+            "context": chart_context(chart, run),
+        },
+        indicator="warning" if strong else None,
+    )
+
+
+def infant_picture(chart: Chart, run: Sequence[LabResult]) -> Finding | None:
+    """When (asked by ``low_alp``): a child under ``young_child_years`` (5 years) whose latest low ALP is certainly
+    below ``infant_alp_far_below`` (half) of the lower limit for age, or comes with a high calcium or a high
+    phosphate or a low PTH (drawn with it, else within ``RECENT_RESULT_DAYS``).
+    Then: "alp-low-infant" (warning): the picture of infantile or severe childhood HPP (often lethal untreated in
+    infancy, treatable with asfotase alfa): PLP and urine PEA now (recommended), ALPL genetics offered, paediatric
+    metabolic bone referral; never "repeat when well".
+    Not when: age unknown or from 5 years; a moderately low ALP with normal (or unmeasured) calcium, phosphate and
+    PTH (the single or persistent card then applies: repeat, or work up).
+
+    Whyte 2016 (addendum 11): infants with HPP have hypercalcaemia with a suppressed PTH; the fraction and the age
+    are the service's design choices."""
+    latest = run[-1]
+    limits = thresholds()
+    age = chart.patient.age_years(latest.when)
+    if age is None or age >= limits["young_child_years"]:
+        return None
+    limit = latest.age_low if latest.low_for_age_only else latest.low
+    far_below = limit is not None and _certainly_below(latest, limit * limits["infant_alp_far_below"])
+    recent = chart.settings.RECENT_RESULT_DAYS
+
+    def near(analyte: str) -> LabResult | None:
+        return chart.drawn_with(latest, analyte) or chart.latest(analyte, recent)
+
+    calcium, phosphate, pth = near("calcium"), near("phosphate"), near("pth")
+    signs = {
+        "calcium": calcium if calcium is not None and calcium.is_high() else None,
+        "phosphate": phosphate if phosphate is not None and phosphate.is_high() else None,
+        "pth": pth if pth is not None and pth.is_low() else None,
+    }
+    if not far_below and not any(signs.values()):
+        return None
+    orders, resulted = workup(chart, ["hpp", "genetic"], show=["secondary"])
+    orders = [OrderSuggestion(o.test, o.test.group == "hpp") for o in orders]
+    return Finding(
+        "alp-low-infant",
+        {
+            "age_months": chart.patient.age_in("m", latest.when),
+            "infant": age < 1,
+            "readings": alp_rows(chart, run),
+            "latest": describe_alp(chart, latest),
+            "far_below": far_below,
+            "limit": limit,
+            "calcium": display_row(calcium) if calcium is not None else None,
+            "calcium_high": signs["calcium"] is not None,
+            "phosphate": display_row(phosphate) if phosphate is not None else None,
+            "phosphate_high": signs["phosphate"] is not None,
+            "pth": display_row(pth) if pth is not None else None,
+            "pth_low": signs["pth"] is not None,
+            "resulted": resulted,
+            "plp_note": workup_tests()["plp"].note,
+            "context": chart_context(chart, run),
+        },
+        tuple(orders),
+    )
 
 
 def _alp_before_run(chart: Chart, run: Sequence[LabResult]) -> LabResult | None:
     """The judged ALP just before the run of lows began (within ``ALP_CURRENT_DAYS`` of it): a normal one there means
-    the ALP fell, which points to an acute cause rather than HPP (S47)."""
-    earlier = [r for r in chart.alp if r.when < run[0].when]
+    the ALP fell, which points to an acute cause rather than HPP (S47). A normal value that cannot be read as normal
+    (pregnancy, a disease that raises ALP) is passed over."""
+    earlier = [r for r in chart.interpretable_alp if r.when < run[0].when]
     if not earlier or earlier[-1].when < run[0].when - timedelta(days=chart.settings.ALP_CURRENT_DAYS):
         return None
     return earlier[-1]
@@ -353,20 +549,19 @@ ALP_LOWERING = {"estrogen": "oestrogen", "glucocorticoid": "glucocorticoid", "cl
 def alp_lowering_drugs(chart: Chart) -> list[dict[str, str]]:
     """Drugs on the chart that lower ALP: current oestrogens and combined oral contraceptives, glucocorticoids and
     clofibrate (addendum 8), and earlier antiresorptives, which lower ALP too (S41; current ones have their own
-    card)."""
+    card). An earlier course is named with its last record (its end, its last dose: not its start) and how long ago
+    that was, so a drug holiday reads as one."""
     found: dict[str, str] = {}
-    taking = {m.ingredient or m.name for m in chart.medications if m.status == "current" and is_antiresorptive(m)}
     for medication in chart.medications:
-        name = medication.ingredient or medication.name
         if medication.status == "current":
             for group, label in ALP_LOWERING.items():
                 if group in medication.groups:
-                    found[name] = label
-        elif (
-            medication.status == "history" and is_antiresorptive(medication) and medication.start and name not in taking
-        ):
-            last = medication.start.date().isoformat()
-            found[name] = max(found.get(name, ""), f"earlier antiresorptive, last recorded {last}")
+                    found[medication.ingredient or medication.name] = label
+    for course in chart.courses:
+        if course.current or course.last is None or "teriparatide" in course.groups:
+            continue
+        ago = span_text((chart.now - course.last).days)
+        found[course.drug] = f"earlier antiresorptive, last recorded {course.last.date().isoformat()}, {ago} ago"
     return [{"name": name, "kind": kind} for name, kind in sorted(found.items())]
 
 
@@ -374,8 +569,10 @@ def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
     """When (asked by ``low_alp`` about the latest low of the current run): a patient from ``WILSON_MIN_AGE`` (3
     years) has a low ALP with a raised total bilirubin and liver injury (AST or ALT raised) in the same draw.
     Then: under ``WILSON_MAX_AGE`` (55), screen for Wilson disease: "wilson-screen" (warning); at any age from 3,
-    both Korman ratios (ALP/bilirubin < 4, AST/ALT > 2.2) are the acute-liver-failure pattern: "wilson-alf-pattern"
-    (critical). Either suggests the Wilson tests not resulted within ``RECENT_RESULT_DAYS``.
+    both Korman ratios (ALP/bilirubin < 4, AST/ALT > 2.2) are the acute-liver-failure pattern, and under 55 an INR
+    certainly at or above ``wilson_inr_alf`` (1.5) or haemolysis (a low haptoglobin, or a low haemoglobin with a
+    raised LDH) near the draw is liver failure: "wilson-alf-pattern" (critical: contact hepatology today). Either
+    suggests the Wilson tests not resulted within ``RECENT_RESULT_DAYS``.
     Not when: age unknown or under 3; no total bilirubin from the draw, or it is not raised; neither AST nor ALT
     from the draw is raised; from 55 without the acute-liver-failure pattern. A ratio needs exact numbers: a value
     with a comparator ("<20") gives no ratio, so no acute-liver-failure pattern.
@@ -407,10 +604,21 @@ def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
     )
     if not alf_pattern and age >= settings.WILSON_MAX_AGE:
         return None
+    inr = near_draw(chart, alp, "inr")
+    inr_high = inr is not None and inr.at_least(limits["wilson_inr_alf"])
+    haemolysis = _haemolysis(chart, alp)
+    haemoglobin = near_draw(chart, alp, "haemoglobin")
     orders, resulted = workup(chart, ["wilson"])
     return Finding(
-        "wilson-alf-pattern" if alf_pattern else "wilson-screen",
+        "wilson-alf-pattern" if alf_pattern or inr_high or haemolysis else "wilson-screen",
         {
+            "ratios_met": alf_pattern,
+            "inr": display_row(inr) if inr is not None else None,
+            "inr_high": inr_high,
+            "inr_limit": limits["wilson_inr_alf"],
+            "haemolysis": [display_row(r) for r in haemolysis],
+            "haemoglobin": display_row(haemoglobin) if haemoglobin is not None else None,
+            "haemoglobin_low": bool(haemoglobin is not None and haemoglobin.is_low()),
             "age": int(age),
             "child": age < 18,
             "alp": describe_alp(chart, alp),
@@ -429,6 +637,30 @@ def wilson_disease(chart: Chart, alp: LabResult) -> Finding | None:
         },
         tuple(orders),
     )
+
+
+NEAR_DRAW = timedelta(days=3)  # an INR or haemolysis marker this close to the ALP belongs to the same episode
+
+
+def near_draw(chart: Chart, alp: LabResult, analyte: str) -> LabResult | None:
+    """The result of ``analyte`` drawn with the ALP, else the latest within ``NEAR_DRAW`` of it."""
+    drawn = chart.drawn_with(alp, analyte)
+    if drawn is not None:
+        return drawn
+    latest = chart.latest(analyte)
+    return latest if latest is not None and abs(latest.when - alp.when) <= NEAR_DRAW else None
+
+
+def _haemolysis(chart: Chart, alp: LabResult) -> list[LabResult]:
+    """Markers of haemolysis near the ALP: a low haptoglobin, or a low haemoglobin with a raised LDH (Coombs-negative
+    haemolysis with liver injury is a sign of Wilson disease in liver failure: S20, A34)."""
+    haptoglobin = near_draw(chart, alp, "haptoglobin")
+    if haptoglobin is not None and haptoglobin.is_low():
+        return [haptoglobin]
+    haemoglobin, ldh = near_draw(chart, alp, "haemoglobin"), near_draw(chart, alp, "ldh")
+    if haemoglobin is not None and ldh is not None and haemoglobin.is_low() and ldh.is_high():
+        return [haemoglobin, ldh]
+    return []
 
 
 def _ratio(numerator: LabResult, denominator: LabResult) -> float | None:

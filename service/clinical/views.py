@@ -48,17 +48,98 @@ def display_row(result: LabResult) -> dict[str, Any]:
 
 
 def describe_alp(chart: Chart, result: LabResult) -> dict[str, Any]:
-    """An ALP row, marked ``history`` when it is older than ``ALP_CURRENT_DAYS``."""
-    return {**display_row(result), "history": not is_current(result, chart.now, chart.settings)}
+    """An ALP row, marked ``history`` when it is older than ``ALP_CURRENT_DAYS``, with the antiresorptives it was
+    measured on (``on``), whether it is a corrected version, and, for a child judged by a lab range that looks
+    adult, the limit for age it is low against (``age_limit``)."""
+    window = chart.window_of(result)
+    return {
+        **display_row(result),
+        "history": not is_current(result, chart.now, chart.settings),
+        "on": sorted({c.drug for c in chart.taking(result.when)}) if result.when else [],
+        "corrected": result.corrected,
+        "age_limit": result.age_low if result.low_for_age_only else None,
+        "age_limit_source": result.age_low_source if result.low_for_age_only else None,
+        "passed_over": window.reason if window is not None else None,
+    }
 
 
 def alp_rows(chart: Chart, results: Sequence[LabResult], shown: int | None = None) -> list[dict[str, Any]]:
     """The latest ``shown`` (``SHOWN_READINGS`` unless given) of the ALP results, oldest first, as rows; a row the
-    rules set aside (possible EDTA contamination, ``Chart.contamination``) says so."""
+    rules set aside (possible EDTA contamination, ``Chart.contamination``) says so. The normal results the run
+    passes over (pregnancy, a disease that raises ALP, a healing fracture: ``Chart.passed_over``) are listed among
+    them, marked, so that the table shows every result since the first low."""
+    listed = sorted([*results, *(r for r, _ in chart.passed_over if results and r.when > results[0].when)], key=_when)
     return [
         {**describe_alp(chart, r), "set_aside": id(r) in chart.contamination}
-        for r in results[-(shown or SHOWN_READINGS) :]
+        for r in listed[-(shown or SHOWN_READINGS) :]
     ]
+
+
+def _when(result: LabResult):
+    return result.when
+
+
+def span_text(days: int) -> str:
+    """A span as a clinician says it: days under 8 weeks, weeks under 3 months, months under 2 years, else years."""
+    if days < 56:
+        return f"{days} day{'s' if days != 1 else ''}"
+    if days < 91:
+        return f"{days // 7} weeks"
+    if days < 730:
+        return f"{round(days / 30.44)} months"
+    years = days / 365.25
+    return f"{years:.0f} years" if years >= 10 else f"{years:.1f} years".replace(".0 years", " years")
+
+
+def chart_context(chart: Chart, run: Sequence[LabResult] = (), parts: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """What of the chart around the labs a low-ALP or antiresorptive card names (cards/partials.j2 chart_context):
+    pregnancy, a recent fracture, severe kidney disease with the PTH, diseases that raise ALP, hypophosphatasia on
+    the problem list as suspected or inactive, and a child's lows against a range that looks adult."""
+    windows = [w for w in chart.pregnancy_windows if w.holds(chart.now)]
+    # The date to repeat from: 8 weeks after a delivery or due date on record (the latest), else not given.
+    repeat_from = max((w.end for w in windows if w.ends_known), default=None)
+    fractures = chart.recent_fractures
+    kidney = chart.kidney
+    pth = chart.latest("pth", chart.settings.RECENT_RESULT_DAYS)
+    in_pregnancy = [r for r in run if any(w.holds(r.when) for w in chart.pregnancy_windows)]
+    hpp = chart.hpp[0] if chart.hpp and not chart.hpp_known else None
+    adult_range = [r for r in run if r.low_for_age_only]
+    context = {
+        "pregnant_now": bool(windows),
+        "pregnancy_repeat_from": repeat_from.date().isoformat() if repeat_from else None,
+        "low_in_pregnancy": [display_row(r) for r in in_pregnancy],
+        "passed_over_reasons": sorted({w.reason for _, w in chart.passed_over}),
+        "passed_over_labels": sorted({w.label for _, w in chart.passed_over if w.reason != "pregnancy"}),
+        "fractures": [
+            {"name": d.name, "date": (d.onset or d.recorded).date().isoformat(), "kind": d.kind} for d in fractures
+        ],
+        "ckd": (
+            {
+                "egfr": display_row(kidney.egfr) if kidney.egfr else None,
+                "diagnosis": kidney.diagnosis.name if kidney.diagnosis else None,
+                "pth": display_row(pth) if pth else None,
+                "pth_low": bool(pth and pth.is_low()),
+            }
+            if kidney.severe
+            else None
+        ),
+        "alp_raising": sorted({d.name for d in chart.alp_raising}),
+        "hpp": (
+            {"name": hpp.name, "status": "suspected" if not hpp.confirmed else "inactive"} if hpp is not None else None
+        ),
+        "adult_range": (
+            {
+                "lab_limit": adult_range[-1].low,
+                "age_limit": adult_range[-1].age_low,
+                "source": adult_range[-1].age_low_source,
+            }
+            if adult_range
+            else None
+        ),
+    }
+    if parts is not None:  # a card about something else names only these parts
+        return {k: (v if k in parts else type(v)()) if v is not None else None for k, v in context.items()}
+    return context
 
 
 def earlier(results: Sequence[LabResult], chart: Chart | None = None) -> dict[str, Any] | None:

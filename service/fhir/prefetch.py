@@ -103,7 +103,7 @@ def resolve_prefetch(
     templates: Mapping[str, str],
     request: Mapping[str, Any],
     make_client: Callable[[], FhirClient | None],
-    workers: int = 6,
+    workers: int = 8,
     optional: frozenset[str] = frozenset(),
 ) -> Resolved:
     """The data of every key in ``templates``. A key that cannot be had (the FHIR server failed or refused it, or

@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 
 from fhir.resources.R4B import get_fhir_model_class
 
-from service.clinical.codes import LOINC, Analyte, analytes, canonical_system, convert, plausible_ranges
+from service.clinical.codes import LOINC, Analyte, analytes, canonical_system, convert, plausible_ranges, thresholds
 from service.clinical.facts import LAB_FLAG, LAB_RANGE, LabResult, Medication, Patient
-from service.clinical.limits import fallback_limits
+from service.clinical.limits import TOTAL_ALP, fallback_limits
 from service.clinical.medications import match_medication
 from service.fhir.lazy import LazyBundle
 from service.settings import ClinicalSettings
@@ -51,7 +51,7 @@ MED_STATUS = {
     # MedicationDispense: the drug was handed over (evidence of exposure, not of current use)
     "in-progress": "history",
 }
-MEDICATION_RECORDS = ("MedicationStatement", "MedicationRequest", "MedicationDispense")
+MEDICATION_RECORDS = ("MedicationStatement", "MedicationRequest", "MedicationDispense", "MedicationAdministration")
 # "<20", "< 5 U/L", ">= 1000 IU/L", "35": a comparator, a number with a decimal point (a comma is ambiguous
 # between a decimal and a thousands separator, so it is not read), and an optional unit.
 VALUE_TEXT = re.compile(r"^\s*+(<=|>=|<|>|≤|≥)?+\s*+([+-]?+(?:\d++\.?+\d*+|\.\d++))\s*+([^\d\s,][^,]*+)?+$")
@@ -407,6 +407,8 @@ def _read_result(
     resource_id: str | None,
     scope: Scope | None,
     problem: str | None = None,
+    issued: datetime | None = None,
+    corrected: bool = False,
 ) -> LabResult:
     reference_range = _dict(next(iter(_as_list(element.get("referenceRange"))), None))
     raw = _raw_value(element, _range_unit(reference_range))
@@ -423,7 +425,7 @@ def _read_result(
         problem = _implausible(analyte.analyte, converted[0])
     if problem is None:
         problem = _misdated(when, scope)
-    value = unit = low = high = low_source = high_source = None
+    value = unit = low = high = low_source = high_source = age_low = age_low_source = None
     flag = _flag(element)
     if problem is None and converted is not None:
         value, unit = converted
@@ -440,6 +442,8 @@ def _read_result(
                     low, low_source = fallback.low, fallback.source
                 if high is None and fallback.high is not None:
                     high, high_source = fallback.high, fallback.source
+        if low_source == LAB_RANGE and analyte.analyte == TOTAL_ALP and scope is not None and when is not None:
+            age_low, age_low_source = _child_limit(low, scope, when)
     return LabResult(
         analyte=analyte.analyte,
         loinc=analyte.loinc,
@@ -459,7 +463,24 @@ def _read_result(
         high=high,
         low_source=low_source,
         high_source=high_source,
+        issued=issued,
+        corrected=corrected,
+        age_low=age_low,
+        age_low_source=age_low_source,
     )
+
+
+def _child_limit(lab_low: float, scope: Scope, when: datetime) -> tuple[float | None, str | None]:
+    """For a child (under ``ADULT_AGE``), the CALIPER lower limit for age and sex when the lab's lower limit is far
+    below it (under ``child_adult_range_fraction`` of it): the lab's range then looks like an adult one, and a low
+    for age would go unflagged (addendum 6 A70)."""
+    age = scope.patient.age_years(when)
+    if age is None or age >= scope.settings.ADULT_AGE:
+        return None, None
+    band = fallback_limits(TOTAL_ALP, scope.patient, when, scope.settings)
+    if band is None or band.low is None or lab_low >= band.low * thresholds()["child_adult_range_fraction"]:
+        return None, None
+    return band.low, band.source
 
 
 def _implausible(analyte: str, value: float) -> str | None:
@@ -507,6 +528,8 @@ def read_observation(observation: dict[str, Any], scope: Scope | None = None) ->
     elif status not in COUNTED and status not in PRELIMINARY:
         return []  # registered, cancelled, entered-in-error...: not a result
     when = observation_time(observation)
+    issued = parse_datetime(observation.get("issued"))
+    corrected = status in ("amended", "corrected")
     return [
         _read_result(
             analyte,
@@ -516,9 +539,43 @@ def read_observation(observation: dict[str, Any], scope: Scope | None = None) ->
             resource_id=part_id,
             scope=scope,
             problem=problem,
+            issued=issued,
+            corrected=corrected,
         )
         for analyte, element, part_id in parts
     ]
+
+
+def _same_value(a: LabResult, b: LabResult) -> bool:
+    return (a.value, a.comparator, a.unit, a.raw_text) == (b.value, b.comparator, b.unit, b.raw_text)
+
+
+def settle_versions(results: Iterable[LabResult]) -> list[LabResult]:
+    """One result per measurement, oldest first. Results of one analyte at the same time are one specimen: an amended
+    or corrected version replaces the earlier ones (the version issued last, a correction before an original issued
+    at the same moment); without a correction, copies with the same value (one result sent by two sources) count
+    once. Different values, none corrected, stay apart (which is right cannot be told)."""
+    groups: dict[tuple[str, datetime], list[LabResult]] = {}
+    settled: list[LabResult] = []
+    for result in results:
+        if result.when is None:
+            settled.append(result)
+        else:
+            groups.setdefault((result.analyte, result.when), []).append(result)
+    floor = datetime.min.replace(tzinfo=UTC)
+    for group in groups.values():
+        if len(group) == 1:
+            settled.append(group[0])
+        elif any(r.corrected for r in group):
+            settled.append(max(group, key=lambda r: (r.issued or floor, r.corrected)))
+        else:
+            kept: list[LabResult] = []
+            for result in group:
+                if not any(_same_value(result, k) for k in kept):
+                    kept.append(result)
+            settled.extend(kept)
+    settled.sort(key=lambda r: r.when or floor)
+    return settled
 
 
 def read_lab_results(
@@ -563,6 +620,9 @@ def _record_dates(resource: dict[str, Any]) -> tuple[datetime | None, datetime |
     if kind == "MedicationRequest":
         validity = _dict(_dict(resource.get("dispenseRequest")).get("validityPeriod"))
         return parse_datetime(resource.get("authoredOn")), parse_datetime(validity.get("end"))
+    if kind == "MedicationAdministration":
+        period = _dict(resource.get("effectivePeriod"))
+        return parse_datetime(resource.get("effectiveDateTime")) or parse_datetime(period.get("start")), None
     return parse_datetime(resource.get("whenHandedOver")) or parse_datetime(resource.get("whenPrepared")), None
 
 
@@ -581,8 +641,8 @@ def _meaning(resource: dict[str, Any], drafts: bool) -> str | None:
     kind = resource.get("resourceType")
     if kind == "MedicationRequest" and resource.get("intent") in NOT_AN_ORDER:
         return None
-    if kind == "MedicationDispense" and status not in ("completed", "in-progress"):
-        return None
+    if kind in ("MedicationDispense", "MedicationAdministration") and status not in ("completed", "in-progress"):
+        return None  # a dose handed over or given (as evidence of exposure); not-done, stopped... are not
     return MED_STATUS.get(status) if status else None
 
 
@@ -654,6 +714,8 @@ def read_medications(
                 reference=reference,
                 matched_by=match.matched_by,
                 ingredient=match.ingredient,
+                record=kind,
+                oncology="denosumab_oncology" in match.groups,
             )
         )
     return found
@@ -679,36 +741,3 @@ def _referenced_code(
         if isinstance(target, dict) and target.get("resourceType") == "Medication":
             return target.get("code")
     return None
-
-
-HPP_TEXT = re.compile(
-    r"^(?:(?:adult|childhood|juvenile|infantile|perinatal|prenatal|benign prenatal)[ -]onset )?"
-    r"(?:(?:adult|childhood|juvenile|infantile|perinatal|prenatal) )?(?:odonto)?hypophosphatasia"
-    r"(?: \((?:disorder|diagnosis)\))?$"
-)
-DOCUMENTED = {None, "confirmed"}  # verificationStatus: absent (many EHRs omit it) or confirmed
-
-
-def has_hpp_diagnosis(*values: Any, scope: Scope | None = None) -> bool:
-    """A Condition of the patient that documents hypophosphatasia: coded as HPP (SNOMED CT, Orphanet), or named
-    exactly so ("Hypophosphatasia", "Adult hypophosphatasia"...): a text that only mentions HPP ("ruled out", "family
-    history of", "pseudohypophosphatasia") does not. A provisional, differential, unconfirmed or refuted diagnosis
-    is not documented HPP."""
-    from service.clinical.codes import hpp_condition_codes
-
-    codes, _ = hpp_condition_codes()
-    for value in values:
-        for condition in resources(value, "Condition"):
-            if scope is not None and not scope.owns(condition):
-                continue
-            verification = [
-                _text(_dict(c).get("code")) for c in _as_list(_dict(condition.get("verificationStatus")).get("coding"))
-            ]
-            if any(v not in DOCUMENTED for v in verification):
-                continue
-            codings, words = _concept_parts(condition.get("code"))
-            if any(pair in codes for pair in codings):
-                return True
-            if any(HPP_TEXT.match(" ".join(w.lower().split())) for w in words):
-                return True
-    return False

@@ -8,7 +8,7 @@ from typing import Any
 
 from service.clinical import antiresorptives
 from service.errors import BadRequest, DataUnavailable
-from service.fhir.readers import MEDICATION_RECORDS, Scope, has_hpp_diagnosis, read_medications
+from service.fhir.readers import MEDICATION_RECORDS, Scope, read_medications
 from service.hooks import CdsService, HookCall
 from service.hooks.patient_chart import (
     APP_LINK_NOTE,
@@ -85,9 +85,9 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
     drafts = Scope(patient=scope.patient, now=scope.now, settings=scope.settings, server=scope.server)
     ordered = read_medications([selected], drafts, resolver(call), drafts=True)
     unread = list(dict.fromkeys(drafts.unresolved))
-    hpp = has_hpp_diagnosis(call.data.get("conditions"), scope=scope)
     report(scope, [])
-    findings = antiresorptives.review_order(chart, ordered, hpp, unread=unread)
+    # Hypophosphatasia on the problem list (documented, suspected or marked inactive) is read with the chart.
+    findings = antiresorptives.review_order(chart, ordered, False, unread=unread)
     if unread and not findings:
         # Nothing to show beside it: the unreadable order alone cannot be passed as checked.
         raise DataUnavailable(

@@ -20,7 +20,10 @@ def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     chart = build_chart(call)
     if chart.patient.deceased:
         return []  # no workup advice on the chart of a patient who has died
-    issued = issue(rules.low_alp(chart) + antiresorptives.review_current(chart), chart.patient.id, chart.not_read)
+    findings = (
+        rules.low_alp(chart) + antiresorptives.review_current(chart) + antiresorptives.review_denosumab_timing(chart)
+    )
+    issued = issue(findings, chart.patient.id, chart.not_read)
     return with_app_link(issued, call.settings)
 
 

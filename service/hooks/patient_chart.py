@@ -11,13 +11,22 @@ from typing import Any
 from service import metrics
 from service.card_render import render_card, template
 from service.clinical.chart import Chart, LabsNeeded, lab_days_needed
-from service.clinical.codes import LOINC, analytes, loinc_codes
+from service.clinical.codes import LOINC, analytes, context_observations, loinc_codes
 from service.clinical.facts import LabResult
 from service.clinical.rules import Finding, OrderSuggestion, by_importance
 from service.errors import BadRequest, DataUnavailable
 from service.fhir.client import FhirError
+from service.fhir.context import read_diagnoses, read_pregnancy_evidence
 from service.fhir.lazy import LazyBundle
-from service.fhir.readers import PatientMismatch, Scope, entries, read_lab_results, read_medications, read_patient
+from service.fhir.readers import (
+    PatientMismatch,
+    Scope,
+    entries,
+    read_lab_results,
+    read_medications,
+    read_patient,
+    settle_versions,
+)
 from service.hooks import HookCall
 from service.settings import Settings, smart_launch_url
 
@@ -30,14 +39,18 @@ def _loinc_search(codes: list[str]) -> str:
 
 
 def chart_prefetch() -> dict[str, str]:
-    """Generated from the analyte table, so the templates always ask for exactly the codes the rules read."""
+    """Generated from the analyte and pregnancy-record tables, so the templates always ask for exactly the codes the
+    rules read."""
     related = [code for code, a in analytes().items() if a.analyte not in (*ALP_ANALYTES, "alp_liver")]
+    related += list(context_observations())
     return {
         "patient": f"Patient/{PATIENT}",
         "alp": f"Observation?patient={PATIENT}&code={_loinc_search(loinc_codes(*ALP_ANALYTES))}&_sort=-date&_count=100",
         "labs": f"Observation?patient={PATIENT}&code={_loinc_search(related)}&_sort=-date&_count=200",
         "medicationStatements": f"MedicationStatement?patient={PATIENT}&_count=100",
         "medicationRequests": f"MedicationRequest?patient={PATIENT}&_count=100",
+        "medicationAdministrations": f"MedicationAdministration?patient={PATIENT}&_count=100",
+        "conditions": f"Condition?patient={PATIENT}&_count=100",
     }
 
 
@@ -52,8 +65,11 @@ def chart_prefetch() -> dict[str, str]:
 # that not all were returned, so the history and possibly the latest result may be incomplete (not_read:
 # alp_history), and plainly that the latest may be missing when those read are not newest first (alp_unsorted: the
 # server ignored the sort).
-OPTIONAL_PREFETCH = frozenset({"labs", "medicationStatements", "medicationRequests"})
+OPTIONAL_PREFETCH = frozenset(
+    {"labs", "medicationStatements", "medicationRequests", "medicationAdministrations", "conditions"}
+)
 MEDICATION_KEYS = ("medicationStatements", "medicationRequests")
+ADMINISTRATIONS = "medicationAdministrations"  # doses given: read for the date of the last denosumab injection
 
 
 def resolver(call: HookCall):
@@ -107,6 +123,8 @@ def not_read(call: HookCall, scope: Scope) -> frozenset[str]:
         missing.add("some_medications")
     if "conditions" in lost:
         missing.add("conditions")
+    if ADMINISTRATIONS in lost:
+        missing.add("administrations")
     if "alp" in call.incomplete:
         missing.add("alp_history")
         if not newest_first(call.data.get("alp")):
@@ -233,21 +251,38 @@ def patient_aliases(values: Any, patient_id: str) -> frozenset[str]:
 
 
 def build_chart(call: HookCall, scope: Scope | None = None) -> Chart:
+    """The chart of the call: the patient, the diagnoses and pregnancy records around the labs, the ALP results (one
+    per measurement: corrections replace originals), the other labs the rules can use, and the medications."""
     data = call.data
     scope = scope or read_scope(call)
     clinical = call.settings.clinical
-    alp = read_lab_results(data.get("alp"), scope=scope)
-    needed = lab_days_needed(alp, call.now, clinical)
-    labs = _unique_sorted([*alp, *read_lab_results(data.get("labs"), scope=scope, keep=lab_filter(needed))])
-    medications = read_medications([data.get(k) for k in MEDICATION_KEYS], scope, resolver(call))
+    diagnoses = read_diagnoses(data.get("conditions"), scope=scope)
+    pregnancy = read_pregnancy_evidence(data.get("labs"), scope=scope)
+    alp = settle_versions(read_lab_results(data.get("alp"), scope=scope))
+    # The run of lows decides which other labs are needed; pregnancy and the diseases that raise ALP shape it.
+    context = Chart(
+        patient=scope.patient, labs=alp, medications=(), now=call.now, settings=clinical, diagnoses=diagnoses,
+        pregnancy=pregnancy,
+    )  # fmt: skip
+    run = context.current_run
+    needed = lab_days_needed(alp, call.now, clinical, run)
+    labs = settle_versions(
+        _unique_sorted([*alp, *read_lab_results(data.get("labs"), scope=scope, keep=lab_filter(needed))])
+    )
+    medications = read_medications([data.get(k) for k in (*MEDICATION_KEYS, ADMINISTRATIONS)], scope, resolver(call))
     report(scope, labs)
+    missing = not_read(call, scope)
+    if not any("denosumab" in m.groups for m in medications):
+        missing -= {"administrations"}  # read only for the date of the last denosumab injection
     return Chart(
         patient=scope.patient,
         labs=labs,
         medications=medications,
         now=call.now,
         settings=clinical,
-        not_read=not_read(call, scope),
+        not_read=missing,
+        diagnoses=diagnoses,
+        pregnancy=pregnancy,
     )
 
 
