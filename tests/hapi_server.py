@@ -159,13 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     took = time.monotonic() - started
     print(f"HAPI FHIR {HAPI_VERSION} is serving {server.base} (started in {took:.0f} s; log {log})", flush=True)
 
-    def stop(*_: object) -> None:
-        server.stop()
-        sys.exit(0)
+    stopping: list[int] = []
 
-    signal.signal(signal.SIGTERM, stop)  # Java stops with it
+    def stop(number: int, _frame: object) -> None:  # Java stops with it; the wait below then returns
+        stopping.append(number)
+        server.process.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    return server.process.wait()
+    code = server.process.wait()
+    return 0 if stopping else code
 
 
 if __name__ == "__main__":
