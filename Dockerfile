@@ -1,12 +1,13 @@
-FROM python:3.11-slim
+# Python 3.11, pinned by tag and digest; the Python packages by requirements.lock (README, "Reproducible builds").
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 RUN useradd --create-home --uid 10001 cds
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY service ./service
 COPY cards ./cards
 COPY fixtures ./fixtures
 COPY deploy ./deploy
-RUN pip install --no-cache-dir "./[smart]" && mkdir /data && chown 10001 /data
+RUN pip install --no-cache-dir -c requirements.lock "./[smart]" && mkdir /data && chown 10001 /data
 USER 10001
 ENV CDS_FEEDBACK_DB_URL=sqlite:////data/feedback.db \
     CDS_REPLAY_STORE_URL=sqlite:////data/replay.db \

@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run under gunicorn (production)")
     serve.add_argument("--bind", default="127.0.0.1:8080")
     serve.add_argument("--workers", type=int, default=2)
-    serve.add_argument("--threads", type=int, help="requests each worker serves at once (default 8)")
+    from service.gunicorn_conf import threads as default_threads
+
+    serve.add_argument("--threads", type=int, help=f"requests each worker serves at once (default {default_threads})")
     serve.add_argument(
         "--public-url",
         help="the URL clients call, which a JWT's aud must match (default: CDS_PUBLIC_BASE_URL, else http://BIND "
@@ -37,9 +39,24 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("service_id", help="low-alp-workup or antiresorptive-low-alp")
     call.add_argument("--patient", required=True)
     call.add_argument("--fhir-base", required=True)
-    call.add_argument("--service-url", default="http://127.0.0.1:8080")
+    call.add_argument("--service-url", default="http://localhost:8080", help="where to send the call")
+    call.add_argument(
+        "--public-url",
+        help="with --sign-key: the service's CDS_PUBLIC_BASE_URL, the token's audience (default: --service-url)",
+    )
     call.add_argument("--token", help="access token passed to the service as fhirAuthorization")
-    call.add_argument("--draft-orders", help="order-select and order-sign: a JSON Bundle file of draft orders")
+    call.add_argument(
+        "--sign-key",
+        help="sign the call (a service with JWT checks on needs it) with this PEM private key (EC P-384 or RSA); "
+        "deploy/test-cli-key.pem is the test client deploy/sandbox-issuers.yaml trusts",
+    )
+    call.add_argument("--issuer", help="the signed token's iss (default: urn:alp-cds:test-cli, the test client)")
+    call.add_argument("--kid", help="the signed token's kid (default: the key's RFC 7638 thumbprint)")
+    call.add_argument(
+        "--draft-orders",
+        help="order-select and order-sign: a JSON file, a Bundle of draft orders or a hook request whose "
+        "context.draftOrders to send (e.g. fixtures/requests/order-low-alp-in.json)",
+    )
     call.add_argument("--select", action="append", default=[], help="order-select: e.g. MedicationRequest/abc")
     call.add_argument("--json", action="store_true", help="print the raw JSON response")
     report = sub.add_parser(
@@ -114,15 +131,35 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
             print(f"Loaded {len(report)} bundles ({total} resources) into {args.fhir_base}")
             return 0
-        draft_orders = json.loads(Path(args.draft_orders).read_text()) if args.draft_orders else None
+        draft_orders = read_draft_orders(args.draft_orders) if args.draft_orders else None
         cards = loader.call_service(
-            args.service_url, args.service_id, args.patient, args.fhir_base, args.token, draft_orders, args.select
+            args.service_url,
+            args.service_id,
+            args.patient,
+            args.fhir_base,
+            args.token,
+            draft_orders,
+            args.select,
+            sign_key=args.sign_key,
+            issuer=args.issuer or loader.TEST_ISSUER,
+            kid=args.kid,
+            public_url=args.public_url,
         )
         print(json.dumps({"cards": cards}, indent=2) if args.json else loader.format_cards(cards))
         return 0
     except (loader.ToolError, OSError, ValueError) as exc:
         print(f"alp-cds {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+def read_draft_orders(path: str) -> dict:
+    """The draft orders of ``alp-cds call``: a Bundle, or the ``context.draftOrders`` of a hook request."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if isinstance(data, dict) and isinstance(data.get("context"), dict) and "draftOrders" in data["context"]:
+        data = data["context"]["draftOrders"]
+    if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
+        raise ValueError(f"{path} holds neither a Bundle of draft orders nor a hook request with context.draftOrders")
+    return data
 
 
 MIGRATE_EXIT = {"current": 0, "behind": 1, "too_new": 2, "unreachable": 3, "failed": 4}

@@ -81,6 +81,46 @@ def load_fixtures(fhir_base: str, token: str | None = None, directory: str | Non
     return report
 
 
+TEST_ISSUER = "urn:alp-cds:test-cli"  # deploy/sandbox-issuers.yaml trusts it with deploy/test-cli-key.pem
+TOKEN_SECONDS = 300  # CDS Hooks: a token's lifetime should be at most 5 minutes
+
+
+def _jwk_thumbprint(public: dict[str, Any]) -> str:
+    """RFC 7638: the SHA-256 of the key's required members, in order, as compact JSON (base64url)."""
+    import base64
+    import hashlib
+
+    required = ("crv", "kty", "x", "y") if public["kty"] == "EC" else ("e", "kty", "n")
+    canonical = json.dumps({k: public[k] for k in required}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+def signed_token(key_file: str, issuer: str, audience: str, kid: str | None = None) -> str:
+    """A CDS Hooks 2.0 client JWT for ``audience`` (the service URL called), signed with the PEM private key in
+    ``key_file``: ES384 for an EC P-384 key, RS384 for an RSA one; ``kid`` by default the key's RFC 7638
+    thumbprint (what the trust file's inline JWK must carry)."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+    try:
+        key = load_pem_private_key(Path(key_file).read_bytes(), password=None)
+    except OSError as exc:
+        raise ToolError(f"cannot read the signing key {key_file}: {exc.strerror}") from None
+    except (ValueError, TypeError):
+        raise ToolError(f"{key_file} is not an unencrypted PEM private key") from None
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP384R1):
+        algorithm, public = "ES384", json.loads(ECAlgorithm.to_jwk(key.public_key()))
+    elif isinstance(key, rsa.RSAPrivateKey):
+        algorithm, public = "RS384", json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    else:
+        raise ToolError(f"{key_file}: the service accepts ES384 (an EC P-384 key) or RS384 (an RSA key) only")
+    now = int(time.time())
+    claims = {"iss": issuer, "aud": audience, "iat": now, "exp": now + TOKEN_SECONDS, "jti": str(uuid.uuid4())}
+    return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid or _jwk_thumbprint(public)})
+
+
 def call_service(
     service_url: str,
     service_id: str,
@@ -89,8 +129,15 @@ def call_service(
     token: str | None = None,
     draft_orders: dict[str, Any] | None = None,
     selections: list[str] | None = None,
+    sign_key: str | None = None,
+    issuer: str = TEST_ISSUER,
+    kid: str | None = None,
+    public_url: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Send a hook request without prefetch, so the service fetches the patient's data from the FHIR server."""
+    """Send a hook request without prefetch, so the service fetches the patient's data from the FHIR server. With
+    ``sign_key``, the call carries a JWT signed with it (a service with JWT checks on needs one), for the audience
+    ``public_url`` + the path (the service's CDS_PUBLIC_BASE_URL; by default ``service_url``: the two differ when the
+    service is reached at another address than the one its clients use, e.g. from inside docker compose)."""
     body = hook_request(
         service_id,
         {},
@@ -103,11 +150,23 @@ def call_service(
     body["hookInstance"] = str(uuid.uuid4())
     if token:
         body["fhirAuthorization"] = fhir_authorization(token)
-    url = f"{service_url.rstrip('/')}/cds-services/{service_id}"
+    path = f"/cds-services/{service_id}"
+    url = service_url.rstrip("/") + path
+    audience = (public_url or service_url).rstrip("/") + path
+    headers = {"Authorization": f"Bearer {signed_token(sign_key, issuer, audience, kid)}"} if sign_key else {}
     try:
-        response = requests.post(url, json=body, timeout=60)
+        response = requests.post(url, json=body, headers=headers, timeout=60)
     except requests.RequestException as exc:
         raise ToolError(f"cannot reach the service at {service_url}: {type(exc).__name__}") from None
+    if response.status_code == 401:
+        hint = (
+            "the token was refused: the service's auth_failed log line says why (the issuer, the key, or the audience: "
+            "--public-url must be the service's CDS_PUBLIC_BASE_URL)"
+            if sign_key
+            else "JWT checks are on: sign the call with --sign-key (README, 'Try it with HAPI FHIR and the CDS Hooks "
+            "Sandbox')"
+        )
+        raise ToolError(f"the service answered HTTP 401: {hint}")
     if response.status_code != 200:
         raise ToolError(f"the service answered HTTP {response.status_code}: {_diagnostics(response)}")
     return response.json()["cards"]

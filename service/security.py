@@ -33,9 +33,12 @@ class Unauthorized(CdsError):
     status = 401
     code = "login"
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, **details: Any) -> None:
         super().__init__("authentication failed")  # the caller learns nothing more
         self.reason = loggable(reason)  # logged, never returned
+        # logged beside the reason, each cut as the reason is: what the service expected (its own settings) and
+        # what it found, so that an integrator can fix the client or the settings from the log line alone
+        self.details = {key: loggable(str(value), 200) for key, value in details.items() if value is not None}
 
 
 def loggable(text: str, limit: int = 100) -> str:
@@ -56,6 +59,7 @@ class _Source:
 
     keys: dict[str, PyJWK] = field(default_factory=dict)
     asked_at: float = -math.inf
+    failure: str | None = None  # why the last fetch failed (None: it succeeded, or none was made)
     fetching: threading.Event | None = None
     waiting: int = 0
 
@@ -132,19 +136,45 @@ class KeyStore:
             with self._lock:
                 known.waiting -= 1
                 return known.keys.get(kid)
-        keys = None
+        keys = failure = None
         try:
             keys = self._fetch(source)
         except (outbound.OutboundError, ValueError, jwt.PyJWTError) as exc:
-            log_event(log, logging.WARNING, "jwks_fetch_failed", error=type(exc).__name__)
+            failure = fetch_failure(exc)
+            log_event(log, logging.WARNING, "jwks_fetch_failed", error=type(exc).__name__, url=source, cause=failure)
             keys = None
         finally:
             with self._lock:
                 event, known.fetching = known.fetching, None
+                known.failure = failure
                 if keys is not None:
                     known.keys = keys
             event.set()
         return keys.get(kid) if keys is not None else None
+
+    def failure(self, source: str) -> str | None:
+        """Why the last fetch of ``source`` failed, or None."""
+        with self._lock:
+            known = self._sources.get(source)
+            return known.failure if known is not None else None
+
+
+def fetch_failure(exc: BaseException) -> str:
+    """What made a key set fetch fail, in one line for the log: the service's own message and, under it, the
+    innermost network error (a refused connection, a certificate that does not verify, a name that does not
+    resolve...)."""
+    inner: BaseException | None = None
+    under = exc.__context__
+    for _ in range(8):  # requests: ConnectionError(MaxRetryError(reason=NewConnectionError(...)))
+        if under is None:
+            break
+        inner = under
+        nested = getattr(under, "reason", None)
+        if not isinstance(nested, BaseException):
+            nested = next((a for a in under.args if isinstance(a, BaseException)), None) or under.__context__
+        under = nested
+    said = str(exc) or type(exc).__name__
+    return loggable(f"{said} ({type(inner).__name__}: {inner})" if inner is not None else said, 300)
 
 
 class Authenticator:
@@ -198,6 +228,12 @@ class Authenticator:
                 leeway=self.leeway,
                 options={"require": ["iss", "aud", "exp", "iat", "jti"]},
             )
+        except jwt.InvalidAudienceError:
+            raise Unauthorized(
+                "invalid token: InvalidAudienceError",
+                expected_aud=audience,  # CDS_PUBLIC_BASE_URL + the path called
+                token_aud=unverified.get("aud"),
+            ) from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
         if claims["iat"] > time.time() + self.leeway:
@@ -234,11 +270,13 @@ class Authenticator:
             inline = self.keys.key(f"inline:{id(issuer)}", kid, issuer["jwks"])
             if inline is not None or (jku is None and not issuer.get("jwks_url")):
                 return inline
-        if jku is not None:
-            return self.keys.key(jku, kid)
-        if issuer.get("jwks_url"):
-            return self.keys.key(issuer["jwks_url"], kid)
-        return None
+        source = jku if jku is not None else issuer.get("jwks_url")
+        if not source:
+            return None
+        key = self.keys.key(source, kid)
+        if key is None:
+            raise Unauthorized("unknown key", key_set=source, key_set_fetch_failed=self.keys.failure(source))
+        return key
 
 
 def claim_type_problem(claims: Mapping[str, Any]) -> str | None:

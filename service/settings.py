@@ -406,7 +406,11 @@ class Settings:
         "The URL clients call the service at, e.g. `https://cds.example.org`: a JWT's `aud` must be it plus the path "
         "called. Required when AUTH is on (never taken from the Host header).",
     )
-    JWT_LEEWAY: int = setting(_whole_seconds, 5, "Seconds of clock skew allowed on `exp` and `iat`.")
+    # 60 s, as Spring Security's resource servers allow by default (Microsoft's token handlers allow 300, panva's
+    # openid-client 30): a client machine's clock a few seconds or a minute off is common, and every call of such a
+    # client was refused with 5 s. A token stays in the replay store until exp plus this leeway, so it is never
+    # accepted again while it is accepted at all.
+    JWT_LEEWAY: int = setting(_whole_seconds, 60, "Seconds of clock skew allowed on `exp`, `iat` and `nbf`.")
     JWT_MAX_LIFETIME: int = setting(
         _whole_seconds,
         600,

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -144,16 +145,23 @@ def _sekmet_bin() -> str | None:
 
 
 class FhirServer:
-    def __init__(self, base: str, database: Path) -> None:
+    def __init__(self, name: str, base: str, database: Path | None = None) -> None:
+        self.name = name
         self.base = base
         self.database = database
 
     def analyze(self) -> None:
-        """Refresh SQLite's statistics after a bulk load; without them ``_sort=-date`` searches take seconds."""
+        """Refresh SQLite's statistics after a bulk load; without them sekmet's ``_sort=-date`` searches take
+        seconds. (HAPI's H2 needs nothing.)"""
         import sqlite3
 
+        if self.database is None:
+            return
         with sqlite3.connect(self.database) as connection:
             connection.execute("ANALYZE")
+
+
+FHIR_SERVERS = ("sekmet", "hapi")
 
 
 @pytest.fixture(scope="session")
@@ -161,17 +169,30 @@ def fhir_base(fhir_server: FhirServer) -> str:
     return fhir_server.base
 
 
-@pytest.fixture(scope="session")
-def fhir_server(tmp_path_factory):
+@pytest.fixture(scope="session", params=FHIR_SERVERS)
+def fhir_server(request, tmp_path_factory):
+    """Every integration test that talks to a FHIR server runs against both: sekmet-fhir and HAPI FHIR, each
+    started once per test session on a free loopback port, with bearer auth (``FHIR_TOKEN``)."""
+    if request.param == "sekmet":
+        yield from _sekmet_server(tmp_path_factory)
+    else:
+        yield from _hapi_server(tmp_path_factory)
+
+
+def _unavailable(message: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (.ci/run must install it)")
+    pytest.skip(message)
+
+
+def _sekmet_server(tmp_path_factory):
     """sekmet-fhir on loopback (its own virtualenv): a free port, a temporary data dir, no simulator, bearer auth.
     ``.ci/run`` installs it and sets ``SEKMET_BIN``; in CI a server that cannot start fails these tests."""
     from service import loader
 
     binary = _sekmet_bin() or _install_sekmet()
     if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("sekmet-fhir is not installed: .ci/run must install it (SEKMET_BIN)")
-        pytest.skip(
+        _unavailable(
             "sekmet-fhir could not be installed: python3 -m venv .venv-sekmet && "
             f".venv-sekmet/bin/pip install {SEKMET} (or set SEKMET_BIN)"
         )
@@ -191,9 +212,29 @@ def fhir_server(tmp_path_factory):
     except loader.ToolError as exc:
         process.terminate()
         pytest.fail(f"{exc}; server log: {(workdir / 'server.log').read_text()[-2000:]}")
-    yield FhirServer(base, workdir / "data" / "sekmet.db")
+    yield FhirServer("sekmet", base, workdir / "data" / "sekmet.db")
     process.terminate()
     process.wait(timeout=10)
+
+
+def _hapi_server(tmp_path_factory):
+    """HAPI FHIR (tests/hapi_server.py: our module on the HAPI JPA jars, as docker-compose.yml's image runs it),
+    built once into a cache (``.ci/run`` builds it first) and started once per session; it takes a while."""
+    from tests import hapi_server
+
+    try:
+        hapi_server.ensure_built()
+    except hapi_server.Unavailable as exc:
+        _unavailable(f"HAPI FHIR tests: {exc}")
+    workdir = tmp_path_factory.mktemp("hapi")
+    started = time.monotonic()
+    try:
+        server = hapi_server.start(free_port(), workdir / "server.log", FHIR_TOKEN)
+    except hapi_server.Unavailable as exc:
+        pytest.fail(str(exc))
+    print(f"HAPI FHIR {hapi_server.HAPI_VERSION} started in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    yield FhirServer("hapi", server.base)
+    server.stop()
 
 
 # ---------------------------------------------------------------------------------------- a real PostgreSQL

@@ -388,7 +388,11 @@ def test_keys_inline_then_the_jku_then_the_jwks_url(monkeypatch, conf, header, k
     )
     auth = authenticator({ISS: issuer(**conf)})
     monkeypatch.setattr(auth.keys, "_fetch", fetches)
-    key = auth._key(auth.issuers[ISS], header, kid)
+    try:
+        key = auth._key(auth.issuers[ISS], header, kid)
+    except security.Unauthorized as refused:  # a fetched key set without the kid
+        assert refused.reason == "unknown key" and refused.details["key_set"] == asked[-1]
+        key = None
     assert (key is not None) is found and fetches.asked == asked
 
 
@@ -560,14 +564,43 @@ def test_jwks_a_waiter_gives_up_one_second_after_the_fetch_timeout():
     assert 0.9 < time.monotonic() - started < 1.9 and source.waiting == 0
 
 
-def test_jwks_a_failed_fetch_is_logged_by_its_kind_only(monkeypatch, caplog):
+def test_jwks_a_failed_fetch_is_logged_with_its_url_and_cause(monkeypatch, caplog):
     store = KeyStore()
     monkeypatch.setattr(store, "_fetch", Fetches())
     with caplog.at_level("WARNING", logger="service.security"):
         assert store.key(URL, "k") is None
     assert [json.loads(r.getMessage()) for r in caplog.records] == [
-        {"event": "jwks_fetch_failed", "error": "OutboundError"}
+        {"event": "jwks_fetch_failed", "error": "OutboundError", "url": URL, "cause": "down"}
     ]
+    assert store.failure(URL) == "down"
+
+
+def test_jwks_the_cause_of_a_failed_fetch_names_the_network_error_under_it():
+    from tests.conftest import free_port
+
+    store = KeyStore(timeout=2)
+    closed = f"http://127.0.0.1:{free_port()}/jwks.json"  # nothing listens there
+    assert store.key(closed, "k") is None
+    assert (
+        store.failure(closed)
+        == "the peer could not be reached (ConnectionRefusedError: [Errno 111] Connection refused)"
+    )
+
+
+def test_the_refusal_of_an_unknown_key_names_the_key_set_and_why_its_fetch_failed(monkeypatch):
+    auth = authenticator({ISS: issuer(jwks=None, jwks_url=URL)})
+    monkeypatch.setattr(auth.keys, "_fetch", Fetches())
+    with pytest.raises(security.Unauthorized) as refused:
+        auth.verify("Bearer " + token(), AUD)
+    assert refused.value.reason == "unknown key"
+    assert refused.value.details == {"key_set": URL, "key_set_fetch_failed": "down"}
+
+
+def test_the_refusal_of_a_wrong_audience_says_which_was_expected():
+    with pytest.raises(security.Unauthorized) as refused:
+        authenticator().verify("Bearer " + token(aud="http://127.0.0.1:8080/cds-services/x"), AUD)
+    assert refused.value.reason == "invalid token: InvalidAudienceError"
+    assert refused.value.details == {"expected_aud": AUD, "token_aud": "http://127.0.0.1:8080/cds-services/x"}
 
 
 def test_jwks_an_unexpected_error_in_a_fetch_keeps_the_known_keys_and_ends_the_fetch(monkeypatch, clock):

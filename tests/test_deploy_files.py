@@ -142,3 +142,61 @@ def test_alp_cds_serve_refuses_an_unknown_setting_with_the_name():
     )
     assert result.returncode == 2
     assert "CDS_WILSON_MAX_AEG is not a setting of this service; did you mean CDS_WILSON_MAX_AGE?" in result.stderr
+
+
+DIGEST = r"@sha256:[0-9a-f]{64}"
+
+
+def test_every_image_is_pinned_by_exact_version_and_digest_and_hapi_is_the_tested_one():
+    import re
+
+    from tests.hapi_server import HAPI_VERSION
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    images = {name: s["image"] for name, s in compose["services"].items() if "build" not in s and "image" in s}
+    assert set(images) == {"hapi", "postgres", "redis", "loader"}
+    assert images.pop("loader") == compose["services"]["alp-cds"]["image"]  # the service's own image, built here
+    for name, image in images.items():
+        assert re.fullmatch(r"[a-z/]+:v?\d+\.\d+(\.\d+)?(-\d+)?" + DIGEST, image), (name, image)
+    assert images["hapi"].startswith(f"hapiproject/hapi:v{HAPI_VERSION}-")
+    base = re.search(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), re.M).group(1)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm" + DIGEST, base), base
+
+
+def test_python_packages_are_installed_from_the_lock_everywhere():
+    import re
+    import tomllib
+
+    lock = [line for line in (ROOT / "requirements.lock").read_text().splitlines() if not line.startswith("#")]
+    assert lock and all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][^\s;]*", line) for line in lock), lock
+    locked = {re.split("==", line)[0].lower().replace("_", "-").replace(".", "-") for line in lock}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["smart"]]
+    wanted += [d for d in project["optional-dependencies"]["test"] if not d.startswith("alp-cds")]
+    for requirement in wanted:
+        name = re.match(r"[A-Za-z0-9_.\-]+", requirement).group(0).lower().replace("_", "-").replace(".", "-")
+        assert name in locked, requirement
+    assert 'pip install --no-cache-dir -c requirements.lock "./[smart]"' in (ROOT / "Dockerfile").read_text()
+    assert '.venv/bin/pip install --quiet -e ".[test]" -c requirements.lock' in (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    installs = re.findall(r"pip install [^\n&]*", readme)
+    assert installs and all("-c requirements.lock" in i for i in installs if "-e" in i), installs
+
+
+def test_the_readme_sandbox_step_names_the_host_of_the_compose_public_url():
+    """localhost in one and 127.0.0.1 in the other gave a 401 (the token's aud is the URL the Sandbox calls)."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    public = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["alp-cds"]["environment"][
+        "CDS_PUBLIC_BASE_URL"
+    ]
+    readme = (ROOT / "README.md").read_text()
+    links = [w for w in readme.split() if w.startswith("https://sandbox.cds-hooks.org/?")]
+    assert links
+    for link in links:
+        query = parse_qs(urlsplit(link).query)
+        assert [unquote(u) for u in query["serviceDiscoveryURL"]] == [public + "/cds-services"], link
+        assert query["fhirServiceUrl"] == ["http://localhost:8090/fhir"] and query["patientId"], link
+        patient = query["patientId"][0]
+        assert (ROOT / "fixtures" / "fhir" / f"{patient}.json").exists(), patient
+    assert f"--public-url {public}" in readme and f"`{public}/cds-services`" in readme

@@ -10,6 +10,7 @@ applies the patches by hand.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -162,8 +163,8 @@ def test_a_pod_stops_after_the_balancers_let_go_of_it_and_its_requests_finish():
     pod = next(r for r in base_resources() if r["kind"] == "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     command = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "/bin/sleep"  # in python:3.11-slim (the Dockerfile's base)
-    assert "python:3.11-slim" in (ROOT / "Dockerfile").read_text()
+    assert command[0] == "/bin/sleep"  # in python:3.11.x-slim-bookworm (the Dockerfile's base)
+    assert re.search(r"^FROM python:3\.11\.\d+-slim-bookworm@", (ROOT / "Dockerfile").read_text(), re.M)
     assert pod["terminationGracePeriodSeconds"] > int(command[1]) + gunicorn_conf.graceful_timeout
 
 

@@ -78,3 +78,14 @@ def test_every_card_template_renders_only_known_sources():
         for key in [spec["source"], *spec.get("links", [])]:
             assert sources()[key]["url"].startswith("https://"), key
     assert callable(render_card)
+
+
+def test_serve_help_gives_the_thread_count_that_is_used(capsys):
+    """It said 8 while gunicorn_conf, the README and the start-up log said 16."""
+    from service import cli, gunicorn_conf
+
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"requests each worker serves at once (default {gunicorn_conf.threads})" in help_text
+    assert f"{gunicorn_conf.threads} threads each" in (ROOT / "README.md").read_text()

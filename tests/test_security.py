@@ -184,11 +184,26 @@ def test_auth_on_refuses_to_start_without_a_public_base_url():
 def test_expiry_and_issued_at_with_leeway():
     client = secured()
     now = int(time.time())
-    assert_401(call(client, token(iat=now - 400, exp=now - 60)))
-    assert call(client, token(iat=now - 300, exp=now - 2)).status_code == 200  # within the 5 s leeway
+    assert_401(call(client, token(iat=now - 400, exp=now - 120)))
+    assert call(client, token(iat=now - 300, exp=now - 30)).status_code == 200  # within the 60 s leeway
     assert call(client, token(iat=now + 1)).status_code == 200  # the sandbox rounds iat to the second
-    assert_401(call(client, token(iat=now + 120)))
+    assert call(client, token(iat=now + 30, exp=now + 330)).status_code == 200  # a client clock 30 s fast
+    assert_401(call(client, token(iat=now + 120, exp=now + 420)))
     assert_401(call(client, token(exp=None)))
+
+
+def test_a_token_is_remembered_as_long_as_the_leeway_lets_it_be_accepted():
+    """The replay window stays closed with the wider leeway: a token is accepted until exp plus the leeway, and its
+    jti is kept until then, so it is never accepted twice."""
+    client = secured()
+    now = int(time.time())
+    used = token(iat=now - 300, exp=now - 50)  # expired 50 s ago: accepted within the 60 s leeway
+    assert call(client, used).status_code == 200
+    assert_401(call(client, used))  # replayed
+    store = client.app.extensions["cds_authenticator"].replays
+    with store.engine.connect() as connection:
+        (kept_until,) = connection.exec_driver_sql("SELECT expires_at FROM seen_tokens").one()
+    assert kept_until == now - 50 + 60
 
 
 def test_tenant_checked_when_configured():
@@ -770,3 +785,33 @@ def test_an_epic_style_token_is_accepted():
 def test_an_epic_style_token_not_yet_valid_is_refused():
     assert_401(call(epic_client(), epic_token(nbf_offset=120)))  # nbf beyond the leeway
     assert call(epic_client(), epic_token(nbf_offset=3)).status_code == 200  # within CDS_JWT_LEEWAY
+
+
+def test_a_discovery_url_with_a_trailing_slash_is_answered_with_its_service_urls():
+    """The Sandbox given ``.../cds-services/`` sent its preflight there (a 404, which the browser reported as a CORS
+    error), then calls each service at that URL + "/" + id and signs the token for that URL."""
+    origin = "https://sandbox.cds-hooks.org"
+    client = secured(CORS_ORIGINS=[origin])
+    preflight = client.client.options(
+        "/cds-services/",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    assert preflight.status_code == 200 and preflight.headers["Access-Control-Allow-Origin"] == origin
+    assert client.client.get("/cds-services/").get_json() == client.client.get("/cds-services").get_json()
+    doubled = f"/cds-services//{PV}"
+    body = load_request("single-low-in")
+    response = client.client.post(doubled, json=body, headers={"Authorization": f"Bearer {token(aud=BASE + doubled)}"})
+    assert response.status_code == 200 and response.get_json()["cards"]
+    assert_401(client.client.post(doubled, json=body, headers={"Authorization": f"Bearer {token()}"}))  # aud: URL
+
+
+def test_the_audience_refusal_logs_what_was_expected(caplog):
+    caplog.set_level(logging.INFO, logger="service.access")
+    assert_401(call(secured(), token(aud="http://127.0.0.1:8080/cds-services/" + PV)))
+    [line] = [json.loads(r.getMessage()) for r in caplog.records if "auth_failed" in r.getMessage()]
+    assert line["reason"] == "invalid token: InvalidAudienceError"
+    assert line["expected_aud"] == URL and line["token_aud"] == "http://127.0.0.1:8080/cds-services/" + PV

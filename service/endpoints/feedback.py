@@ -20,6 +20,7 @@ log = logging.getLogger("service")
 
 
 @bp.post("/cds-services/<service_id>/feedback")
+@bp.post("/cds-services//<service_id>/feedback", merge_slashes=False)  # a discovery URL with a trailing slash
 def post_feedback(service_id: str) -> Response:
     find_service(service_id)
     authenticate()

@@ -25,7 +25,11 @@ bp = Blueprint("cds", __name__)
 HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what an Authorization header can carry as a token
 
 
+# A discovery URL written with a trailing slash (``/cds-services/``) is answered too: the CDS Hooks Sandbox then
+# calls each service at that URL + "/" + id, so ``/cds-services//<id>`` is a hook call as well (not merged into one
+# slash with a redirect, which a browser's preflight cannot follow; the JWT's aud is that URL as called).
 @bp.get("/cds-services")
+@bp.get("/cds-services/")
 def discovery() -> Response:
     if settings().DISCOVERY_AUTH:
         authenticate()
@@ -33,6 +37,7 @@ def discovery() -> Response:
 
 
 @bp.post("/cds-services/<service_id>")
+@bp.post("/cds-services//<service_id>", merge_slashes=False)
 def call_service(service_id: str) -> Response:
     service = find_service(service_id)
     claims = authenticate()

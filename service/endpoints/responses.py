@@ -25,5 +25,5 @@ def error_response(error: CdsError) -> Response:
         response.headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="cds-services"'
-        log_event(log, logging.INFO, "auth_failed", reason=error.reason, path=request.path)
+        log_event(log, logging.INFO, "auth_failed", reason=error.reason, path=request.path, **error.details)
     return response

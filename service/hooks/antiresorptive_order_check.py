@@ -39,6 +39,8 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
 
     A selection that names no draft order, or a checked draft medication order that names its drug in a way that is
     not FHIR R4, is a 400 (:func:`drug_naming_error`): the client's request is wrong, and the order was not checked.
+    A checked draft that names no drug yet (:func:`names_no_drug_yet`: the EHR's order form before a drug is chosen,
+    as the CDS Hooks Sandbox sends it) is unfinished, not wrong: there is nothing to check in it, so it gets no card.
     A well-formed checked draft whose drug cannot be read (a ``medicationReference`` neither in the context nor to
     be had from ``fhirServer``) is named on the cards issued for the other orders, or, when there is none, makes the
     call a 412: an unreadable bisphosphonate beside a weaker agent is never silently passed."""
@@ -59,16 +61,23 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
                 f"context.selections names {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, which is "
                 "not in context.draftOrders (selections must be references to its entries)"
             )
+    unfinished: list[int] = []
     for _, resource in given:
         checked = is_checked(resource) and string(resource, "resourceType") in MEDICATION_RECORDS
         if checked and (why := drug_naming_error(resource)):
             raise BadRequest(
                 f"the draft order {draft_name(resource)} in context.draftOrders {why}, so it cannot be checked"
             )
+        if checked and names_no_drug_yet(resource):
+            unfinished.append(id(resource))
     # The orders to check, with every Medication of the context (by id and by fullUrl) to resolve references.
     selected = {
         "resourceType": "Bundle",
-        "entry": [entry for entry, r in given if is_checked(r) or string(r, "resourceType") == "Medication"],
+        "entry": [
+            entry
+            for entry, r in given
+            if (is_checked(r) and id(r) not in unfinished) or string(r, "resourceType") == "Medication"
+        ],
     }
     scope = read_scope(call)
     chart = build_chart(call, scope)
@@ -102,21 +111,18 @@ def _bad_strings(value: dict[str, Any], keys: tuple[str, ...], where: str) -> st
 
 
 def drug_naming_error(resource: dict[str, Any]) -> str | None:
-    """Why a draft medication order does not name its drug as FHIR R4 does (``medication[x]``: exactly one of a
-    CodeableConcept or a Reference, JSON objects, ``coding`` a list of Codings, the texts strings, not empty), or
-    None. A JSON ``null`` counts as absent. Such a draft was not read at all before (its drug was taken for none)."""
+    """Why a draft medication order does not name its drug as FHIR R4 does (``medication[x]``: at most one of a
+    CodeableConcept or a Reference, JSON objects, ``coding`` a list of Codings, the texts strings), or None. A JSON
+    ``null`` counts as absent. A draft that names no drug at all is not wrong but unfinished
+    (:func:`names_no_drug_yet`). Such a draft was not read at all before (its drug was taken for none)."""
     concept, reference = untyped(resource, "medicationCodeableConcept"), untyped(resource, "medicationReference")
-    if concept is None and reference is None:
-        return "names no drug (neither medicationCodeableConcept nor medicationReference)"
     if concept is not None and reference is not None:
         return "has both medicationCodeableConcept and medicationReference (medication[x] is one or the other)"
     if reference is not None:
         if not isinstance(reference, dict):
             return "has a medicationReference that is not a Reference (a JSON object)"
-        if why := _bad_strings(reference, ("reference", "display"), "medicationReference"):
-            return why
-        if not any(untyped(reference, key) for key in ("reference", "identifier", "display")):
-            return "has an empty medicationReference"
+        return _bad_strings(reference, ("reference", "display"), "medicationReference")
+    if concept is None:
         return None
     if not isinstance(concept, dict):
         return "has a medicationCodeableConcept that is not a CodeableConcept (a JSON object)"
@@ -130,9 +136,21 @@ def drug_naming_error(resource: dict[str, Any]) -> str | None:
             return f"has a medicationCodeableConcept.coding[{i}] that is not a Coding (a JSON object)"
         if why := _bad_strings(coding, ("system", "code", "display"), f"medicationCodeableConcept.coding[{i}]"):
             return why
-    if not string(concept, "text") and not any(string(c, "code") or string(c, "display") for c in codings or ()):
-        return "has a medicationCodeableConcept with no code, display or text"
     return None
+
+
+def names_no_drug_yet(resource: dict[str, Any]) -> bool:
+    """Whether a draft medication order (one :func:`drug_naming_error` passed) names no drug yet: neither
+    ``medicationCodeableConcept`` nor ``medicationReference``, a concept with no code, display or text, or a
+    reference with no reference, identifier or display. EHR order forms fire order-select before a drug is chosen:
+    the CDS Hooks Sandbox's Rx View sends such a draft when it opens and after "Remove the draft order"."""
+    concept, reference = untyped(resource, "medicationCodeableConcept"), untyped(resource, "medicationReference")
+    if reference is not None:
+        return not any(untyped(reference, key) for key in ("reference", "identifier", "display"))
+    if concept is None:
+        return True
+    codings = objects(concept, "coding")
+    return not string(concept, "text") and not any(string(c, "code") or string(c, "display") for c in codings)
 
 
 DESCRIPTION = (

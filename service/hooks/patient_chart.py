@@ -315,6 +315,8 @@ def report(scope: Scope, labs: list[LabResult]) -> None:
 
 
 def _unique_sorted(results: list[LabResult]) -> list[LabResult]:
-    """Oldest first; an Observation that came under two prefetch keys counts once."""
+    """Oldest first, results of the same time by their id; an Observation that came under two prefetch keys counts
+    once. The id breaks ties so that the cards never depend on the order in which a server returns results of one
+    draw (HAPI FHIR's ``_sort=-date`` leaves ties in an order of its own, unlike the prefetch and sekmet-fhir)."""
     unique = {r.resource_id or str(id(r)): r for r in results}
-    return sorted(unique.values(), key=lambda r: r.when or datetime.min.replace(tzinfo=UTC))
+    return sorted(unique.values(), key=lambda r: (r.when or datetime.min.replace(tzinfo=UTC), r.resource_id or ""))
