@@ -120,12 +120,12 @@ def test_patient_view_low_alp_on_alendronate_says_low_before_the_drug(client):
     cards = client.cards(PV, load_request("antiresorptive-current-in"))
     card = next(c for c in cards if "alendronate" in c["summary"])
     assert card["indicator"] == "warning"
-    assert "ALP was low before treatment" in card["summary"]
+    assert "ALP low before alendronate and still low" in card["summary"]
     assert (
-        "already low before antiresorptive treatment began**: the last result before 2025-06-01 was 27 U/L on "
-        "2025-01-15" in " ".join(card["detail"].split())
+        "the ALP was already low before treatment** (27 U/L on 2025-01-15), so the drug does not explain it"
+        in " ".join(card["detail"].split())
     )
-    assert "first recorded on 2025-06-01" in " ".join(card["detail"].split())
+    assert "(first recorded 2025-06-01)" in " ".join(card["detail"].split())
     assert {r["code"] for r in card["overrideReasons"]} == {"hpp-excluded", "benefit-outweighs-risk", "workup-planned"}
     # the HPP workup is suggested once, on the low-ALP card, not repeated on this one
     all_codes = [
@@ -142,7 +142,8 @@ def test_patient_view_drug_explains_low_alp_when_no_earlier_low(client):
     entries = body["prefetch"]["alp"]["entry"]
     body["prefetch"]["alp"]["entry"] = [e for e in entries if e["resource"]["effectiveDateTime"] > "2025-06-01"]
     card = next(c for c in client.cards(PV, body) if "alendronate" in c["summary"])
-    assert "may explain a low value" in card["detail"] and "before treatment" not in card["summary"]
+    assert "a single low on alendronate is most often the drug itself" in " ".join(card["detail"].split())
+    assert "before" not in card["summary"] and card["indicator"] == "info"
 
 
 def test_patient_view_normal_alp_on_alendronate_is_quiet(client):

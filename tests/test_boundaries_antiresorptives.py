@@ -165,9 +165,12 @@ def test_review_current_needs_a_current_antiresorptive_and_a_current_low_run():
         ([denosumab(start=ago(100)), drug(start=ago(100), tier="informational")], "warning", True),
     ],
 )
-def test_review_current_indicator_is_a_warning_for_a_strong_drug(meds, indicator, is_denosumab):
-    (finding,) = review_current(chart([alp(30, ago(1))], medications=meds))
+def test_review_current_indicator_is_a_warning_for_a_strong_drug_and_a_persistent_low(meds, indicator, is_denosumab):
+    (finding,) = review_current(chart([alp(30, ago(61)), alp(30, ago(1))], medications=meds))
     assert finding.indicator == indicator and finding.facts["denosumab"] is is_denosumab
+    # one low on treatment: one card, information (most often the drug or an acute illness)
+    (single,) = review_current(chart([alp(30, ago(1))], medications=meds))
+    assert single.indicator == "info"
 
 
 @pytest.mark.parametrize(("before_value", "low_before"), [(30, True), (80, False), (None, False)])

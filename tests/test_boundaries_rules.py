@@ -492,9 +492,10 @@ def test_edta_a_contaminated_latest_low_gets_the_recollect_card_first_which_says
     from service.card_render import render_card
 
     stands, waits = render_card(ordered[0], "p"), render_card(alone[0], "p")
-    assert stands["summary"].startswith("Recollect the latest sample: ALP 30 U/L")
+    assert stands["summary"].startswith("Repeat the potassium now, treat it as real until repeated; recollect the ALP")
     assert "enough for the workup on the low-ALP card: it need not wait" in " ".join(stands["detail"].split())
-    assert waits["summary"].startswith("Recollect before any workup: ALP 30 U/L")
+    assert "(the earlier lows already make it persistently low)" in stands["detail"]
+    assert "recollect the ALP before any workup" in " ".join(waits["detail"].split())
 
 
 def test_current_low_run_is_empty_when_the_run_is_history_or_absent():
@@ -614,7 +615,8 @@ def test_genetics_waits_while_a_secondary_cause_is_found_and_a_repeat_alp_is_rec
     finding = main_finding(low_alp(persistent_lows(*labs)))
     tiers = order_tiers(finding)
     assert tiers["alpl_gene"] is False and tiers["repeat_alp"] is True
-    assert finding.facts["secondary_found"] == ["a low zinc (also seen with a low albumin or inflammation)"]
+    assert finding.facts["secondary_found"] == [{"name": "the low zinc", "key": "zinc"}]
+    assert tiers["pea_urine"] is False  # offered, not recommended, while the secondary cause is corrected
     assert finding.facts["substrates_high"] and len(finding.facts["explanations"]) == 2
 
 

@@ -284,8 +284,8 @@ def test_therapy_start_is_the_earliest_record_not_the_renewal():
     card = _antiresorptive_card(make_app().cards(PV, request))
     assert "before treatment" not in card["summary"]  # the 2023 low came after the drug was first recorded
     detail = " ".join(card["detail"].split())
-    assert "first recorded on 2020-01-10" in detail
-    assert "the last ALP before treatment (70 U/L on 2019-06-01) was not low" in detail
+    assert "(first recorded 2020-01-10)" in detail
+    assert "The last ALP before it was normal (70 U/L on 2019-06-01)" in detail
 
 
 def test_low_before_treatment_needs_the_last_alp_before_the_start_to_be_low():
@@ -299,7 +299,7 @@ def test_low_before_treatment_needs_the_last_alp_before_the_start_to_be_low():
         patient(), alp(30, "2019-06-01"), alp(28, "2026-05-01"), alendronate(authoredOn="2020-01-10")
     )
     card = _antiresorptive_card(make_app().cards(PV, low_first))
-    assert card["summary"].endswith("ALP was low before treatment")
+    assert "ALP low before alendronate and still low" in card["summary"]
 
 
 def test_unknown_start_leaves_the_claim_out():
@@ -314,7 +314,7 @@ def test_unknown_start_leaves_the_claim_out():
     request = pv_request(patient(), alp(30, "2019-06-01"), alp(28, "2026-05-01"), statement)
     card = _antiresorptive_card(make_app().cards(PV, request))
     assert "before treatment" not in card["summary"]
-    assert "the start of treatment is not recorded" in " ".join(card["detail"].split())
+    assert "when treatment began is not recorded" in " ".join(card["detail"].split())
 
 
 def test_a_dispense_is_evidence_of_an_earlier_start():
@@ -519,7 +519,7 @@ def test_the_card_says_which_fallback_limit_it_used():
     request = pv_request(patient(), alp(25, "2026-05-20"), lab("5763-8", 50, "ug/dL", "2026-05-20"))
     (card,) = make_app().cards(PV, request)
     assert (
-        "| Zinc | 50 ug/dL (abnormal) | 60-106 ug/dL (Mayo Clinic Laboratories adult interval) | 2026-05-20 |"
+        "| Zinc | 50 ug/dL (low) | 60-106 ug/dL (Mayo Clinic Laboratories adult interval) | 2026-05-20 |"
         in (card["detail"])
     )
 
@@ -640,7 +640,7 @@ def test_history_lows_are_not_persistent_when_the_current_sample_is_suspect():
         lab("17861-6", 3.0, "mg/dL", "2026-05-20T08:00:00Z"),  # gross EDTA: calcium far below 4 mg/dL
     )
     found = summaries(make_app().cards(PV, request))
-    assert found[0].startswith("Recollect before any workup: ALP 12 U/L on 2026-05-20")
+    assert found[0].startswith("Repeat the potassium now, treat it as real until repeated; recollect the ALP")
     assert not [s for s in found if s.startswith("Persistently")]
 
 

@@ -386,7 +386,7 @@ def test_medication_reference_is_read_from_the_fhir_server(client):
         assert len(rsps.calls) == 1
     antiresorptive = [c for c in cards if c["summary"].startswith("Exclude hypophosphatasia")]
     assert antiresorptive and antiresorptive[0]["indicator"] == "warning"
-    assert "on denosumab" in antiresorptive[0]["summary"]  # named from the code of the Medication fetched
+    assert "denosumab" in antiresorptive[0]["summary"]  # named from the code of the Medication fetched
 
 
 # ------------------------------------------------------------------------------------------------ redirects

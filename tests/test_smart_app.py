@@ -467,8 +467,8 @@ def test_launch_to_page(app_url, ehr, caplog):
     assert "Alkaline phosphatase history" in html and "Female, 17 y (born 2009-04-12)" in html
     counts = _groups(re.search(r"<svg.*?</svg>", html, re.S).group(0))
     assert counts["alp_points"] == 10 and counts["limit_steps"] == 5
-    assert 'data-indicator="warning"' in html  # the persistent-low and the antiresorptive cards
-    assert "Persistently low" in html or "persistent" in html.lower()
+    assert 'data-indicator="warning"' in html  # the antiresorptive card, carrying the workup (one card per problem)
+    assert "hypophosphatasia" in html.lower()
     assert "see report" in html and "the lab&#39;s reference range" in html
     assert "Pyridoxal 5&#39;-phosphate (PLP)" in html and "ARUP interval" in html
     assert response.headers["Cache-Control"] == "no-store"

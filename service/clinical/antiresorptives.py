@@ -6,6 +6,7 @@ follow (addendum 5; Cummings 2018, ECTS 2021), so an established course is never
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from service.clinical.alp import TOTAL_ALP, is_current
@@ -60,31 +61,44 @@ def order_workup(chart: Chart) -> tuple[list[OrderSuggestion], list[dict]]:
     return orders, resulted
 
 
-def review_current(chart: Chart) -> list[Finding]:
+def review_current(chart: Chart, workup: Finding | None = None) -> list[Finding]:
     """When (patient-view): the chart has a current run of lows (the latest judged ALP is low and current) while an
     antiresorptive (bisphosphonate, denosumab, romosozumab, raloxifene, calcitonin) is current.
-    Then: "antiresorptive-current-low-alp" (warning for a bisphosphonate or denosumab, info for the others):
-    exclude HPP; say plainly whether the ALP was already low before treatment began (``alp_before``); for
-    denosumab, warn against stopping it without a plan. No tests: the low-ALP card, which always comes with this
-    one, carries the workup.
+    Then: "antiresorptive-current-low-alp", one card for the one problem: the drug and the low ALP together, with
+    the low-ALP card's workup (``workup``, the "alp-low-single" or "alp-low-persistent" finding it replaces: its
+    facts, tests and sources). It says plainly whether the ALP was already low before treatment began
+    (``alp_before``); for denosumab, never to stop or delay it without a plan. A warning for a bisphosphonate or
+    denosumab when the low is persistent or was there before treatment; information when every low came after a
+    normal ALP before treatment (most likely the drug), for a single low on treatment, and for the weaker agents.
     Not when: no current antiresorptive (an earlier one is named on the low-ALP card as a drug that lowers ALP);
-    no current run of lows."""
+    no current run of lows; HPP documented (the known-HPP card names the drug)."""
     drugs = [m for m in chart.medications if m.status == "current" and is_antiresorptive(m)]
     run = chart.current_run
     if not drugs or not run or chart.hpp_known:
-        return []  # with HPP known, the known-HPP card names the drug
+        return []
     start = treatment_start(chart)
     before = alp_before(chart, start)
     low_before = bool(before and before.is_low())
     # Lows only since treatment, after a normal ALP before it: most likely the drug (info, not a warning each visit).
     drug_likely = before is not None and not low_before and all(r.when > start for r in run)
-    # The workup is on the low-ALP card, which always comes with this one: this card is about the drug.
+    strong = any(m.tier == "strong" for m in drugs)
+    warning = strong and not drug_likely and (chart.persistent or low_before)
+    denosumab = any("denosumab" in m.groups for m in drugs)
+    # Without a workup card beside it (a Wilson, infantile or known-HPP card instead), the card is about the drug.
+    base = (
+        dict(workup.facts)
+        if workup is not None
+        else {"context": chart_context(chart, run, parts=("ckd",)), "repeat_from": None}
+    )
     return [
         Finding(
             "antiresorptive-current-low-alp",
             {
+                **base,
+                "workup": workup is not None,
                 "drugs": drug_names(drugs),
-                "denosumab": any("denosumab" in m.groups for m in drugs),
+                "denosumab": denosumab,
+                "oncology": any(m.oncology for m in drugs),
                 "start": start.date().isoformat() if start else None,
                 "readings": alp_rows(chart, run),
                 "latest": describe_alp(chart, run[-1]),
@@ -96,12 +110,50 @@ def review_current(chart: Chart) -> list[Finding]:
                 "overdue": overdue_denosumab(chart) is not None,
                 "last_dose_unknown": any("denosumab" in c.groups and c.last_dose is None for c in chart.courses),
                 "bisphosphonate": any("bisphosphonate" in m.groups for m in drugs),
-                "context": chart_context(chart, run, parts=("ckd",)),  # the rest is on the low-ALP card
             },
-            links=context_links({"ckd": chart.kidney.severe}),
-            indicator="info" if drug_likely else _indicator(drugs, "warning", "info"),
+            # most likely the drug: the workup is offered, not recommended (the low-ALP card's tier otherwise)
+            tuple(replace(o, recommended=False) for o in workup.orders)
+            if drug_likely and workup
+            else (workup.orders if workup is not None else ()),
+            links=(*(workup.links if workup is not None else ()), *drug_links(drugs)),
+            indicator="warning" if warning else "info",
         )
     ]
+
+
+def drug_class(drugs: Sequence[Medication]) -> str:
+    """What the ordered drugs are, in words: romosozumab is mainly bone-forming (ATC M05BX06, with an antiresorptive
+    part: addendum 11), not "an antiresorptive"; raloxifene and bazedoxifene are oestrogen receptor modulators."""
+    groups = set().union(*(m.groups for m in drugs)) if drugs else set()
+    if groups <= {"romosozumab"}:
+        return "a bone-forming drug that also slows bone resorption"
+    if groups <= {"raloxifene"}:
+        return "a selective oestrogen receptor modulator, which slows bone resorption"
+    return "an antiresorptive"
+
+
+def drug_links(drugs: Sequence[Medication]) -> tuple[str, ...]:
+    """Sources about the drugs a card names: denosumab's discontinuation papers only for denosumab (not on an
+    alendronate card), the label's atypical femoral fracture warning for a bisphosphonate."""
+    keys = []
+    if any("denosumab" in m.groups and not m.oncology for m in drugs):
+        keys += ["A57", "A58"]
+    if any("bisphosphonate" in m.groups for m in drugs):
+        keys.append("AL1")
+    return tuple(keys)
+
+
+def one_card_per_problem(chart: Chart, findings: Sequence[Finding]) -> list[Finding]:
+    """The low-ALP workup card and the current antiresorptive are one problem: the workup card is replaced by the
+    antiresorptive card that carries its workup (``review_current``); with no workup card (the Wilson, infantile or
+    known-HPP card instead), the drug gets its own card beside them."""
+    workup = next((f for f in findings if f.kind in ("alp-low-single", "alp-low-persistent")), None)
+    merged = review_current(chart, workup)
+    if not merged:
+        return list(findings)
+    if workup is None:
+        return [*findings, *merged]
+    return [merged[0] if f is workup else f for f in findings]
 
 
 RENAL_LIMITS = {
@@ -241,6 +293,8 @@ def review_order(
         "drugs": names,
         "strong": any(m.tier == "strong" for m in drugs),
         "denosumab": denosumab,
+        "oncology": any(m.oncology for m in drugs),
+        "drug_class": drug_class(drugs),
         "course_start": course.date().isoformat() if course else None,
         "denosumab_course": bool(course and denosumab),
         "course_unknown": course_unknown,
@@ -253,7 +307,7 @@ def review_order(
         # Severe CKD: the labels' own limits come first on a bisphosphonate or denosumab order.
         "ckd_drug": _ckd_concern(chart, drugs),
     }
-    links = context_links(common["context"])
+    links = (*context_links(common["context"]), *drug_links(drugs))
     judged = chart.alp
     if hpp_documented or hpp is not None:
         status = (

@@ -123,6 +123,7 @@ def workup(
             "key": test.key,
             "group": test.group,
             "abnormal": abnormal(test, result),
+            "abnormal_when": test.abnormal_when,
             "explanation": test.explanation if explains(chart, test, result) else None,
         }
         if test.key == "plp" and result.at_least(thresholds()["plp_high"]):
@@ -359,7 +360,8 @@ def _workup_card(chart: Chart, run: Sequence[LabResult]) -> Finding:
         "infant": age is not None and age < 1,
         "resulted": resulted,
         "explanations": [r["explanation"] for r in resulted if r["explanation"]],
-        "secondary_found": [r["explanation"] for r in secondary_found],
+        "secondary_found": secondary_causes(secondary_found),
+        "repeat_months": int(thresholds()["secondary_repeat_months"]),
         "substrates_high": [r["explanation"] for r in substrates_high],
         "plp_b6": next((r["b6"] for r in resulted if r["key"] == "plp" and "b6" in r), None),
         # counted from the first low that counts; None when none does (every one possibly contaminated)
@@ -396,6 +398,8 @@ def _workup_card(chart: Chart, run: Sequence[LabResult]) -> Finding:
         None,
     )  # fmt: skip
     facts["deferred"] = deferred
+    if deferred is None and indicator == "info":
+        deferred = "drug"  # most likely the antiresorptive: the workup is offered, not recommended
     if deferred is not None:
         kept = () if deferred == "pregnancy" else ("repeat", "secondary")
         orders = [o if o.test.group in kept else replace(o, recommended=False) for o in orders]
@@ -451,6 +455,7 @@ def known_hpp(chart: Chart, run: Sequence[LabResult]) -> Finding:
             "latest": describe_alp(chart, run[-1]),
             "antiresorptives": sorted({m.ingredient or m.name for m in current}),
             "denosumab": any("denosumab" in m.groups for m in current),
+            "oncology": any(m.oncology for m in current),
             "context": chart_context(chart, run),
         },
         indicator="warning" if strong else None,
@@ -548,6 +553,8 @@ def _tiers(
         recommended = order.recommended
         if order.test.group == "genetic":
             recommended = bool(substrates_high) and not secondary_found
+        if order.test.group == "hpp" and secondary_found:
+            recommended = False  # offered, not recommended, while a secondary cause is being corrected
         if order.test.key == "free_t4" and tsh_high:
             recommended = True
         tiered.append(OrderSuggestion(order.test, recommended))
@@ -557,6 +564,28 @@ def _tiers(
     if secondary_found and "repeat_alp" not in keys:
         tiered.append(OrderSuggestion(workup_tests()["repeat_alp"], True))
     return tiered
+
+
+CAUSE_NAMES = {
+    "zinc": "the low zinc",
+    "magnesium": "the low magnesium",
+    "albumin": "the low albumin (malnutrition or acute illness)",
+    "total_protein": "the malnutrition (low total protein)",
+    "b12": "the vitamin B12 deficiency",
+}
+
+
+def secondary_causes(found: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The secondary causes the chart's results show, named as a clinician says them: hypothyroidism when the free
+    T4 is low (with or without the TSH), a raised TSH still to be confirmed when no free T4 is on record."""
+    keys = {r["key"]: r for r in found}
+    causes = []
+    if "free_t4" in keys:
+        causes.append({"name": "the hypothyroidism", "key": "free_t4"})
+    elif "tsh" in keys:
+        causes.append({"name": "the raised TSH (confirm hypothyroidism with a free T4)", "key": "tsh"})
+    causes += [{"name": name, "key": key} for key, name in CAUSE_NAMES.items() if key in keys]
+    return causes
 
 
 def in_variant_cohort(chart: Chart, reliable: Sequence[LabResult]) -> bool:

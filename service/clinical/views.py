@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from service.clinical.alp import is_current
+from service.clinical.codes import normalise_unit
 from service.clinical.facts import LabResult, number_text
 
 if TYPE_CHECKING:
@@ -44,7 +45,28 @@ def display_row(result: LabResult) -> dict[str, Any]:
         "limit": result.low,
         "limit_source": result.low_source or ("the lab's flag" if result.flag else "no limit available"),
         "limits": _limit_text(result),
+        "reported": reported(result),
+        "converted": converted(result),
     }
+
+
+def converted(result: LabResult) -> str | None:
+    """The value as the lab reported it when the service converted it to another unit (e.g. "87 umol/L"), else None:
+    a card shows the lab's value first and the conversion in brackets, never a precision the lab did not give."""
+    if result.value is None or result.raw_value is None or not result.raw_unit:
+        return None
+    if normalise_unit(result.raw_unit) == normalise_unit(result.unit):
+        return None
+    return f"{result.comparator or ''}{number_text(result.raw_value)} {result.raw_unit}"
+
+
+def reported(result: LabResult) -> str:
+    """The value with its unit as the lab reported it, the conversion to the card's unit in brackets (three
+    significant figures at most: no false precision)."""
+    original = converted(result)
+    if original is None:
+        return f"{result.shown_value} {result.unit}"
+    return f"{original} ({result.comparator or ''}{float(f'{result.value:.3g}'):g} {result.unit})"
 
 
 def describe_alp(chart: Chart, result: LabResult) -> dict[str, Any]:

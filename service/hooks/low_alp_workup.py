@@ -21,9 +21,9 @@ def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     chart = build_chart(call)
     if chart.patient.deceased:
         return []  # no workup advice on the chart of a patient who has died
-    findings = (
-        rules.low_alp(chart) + antiresorptives.review_current(chart) + antiresorptives.review_denosumab_timing(chart)
-    )
+    # One card per problem: a current antiresorptive and the low ALP are one card (the drug's, with the workup).
+    findings = antiresorptives.one_card_per_problem(chart, rules.low_alp(chart))
+    findings += antiresorptives.review_denosumab_timing(chart)
     issued = issue(findings, chart.patient.id, chart.not_read)
     return with_app_link(issued, call.settings)
 
