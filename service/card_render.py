@@ -146,9 +146,12 @@ def render_card(finding: Finding, patient_id: str, not_checked: Sequence[str] = 
     }
     if detail:
         card["detail"] = detail
+    names = finding.facts.get("delete_names") or {}
     suggestions = [
         {
-            "label": f"Remove the draft order ({reference.split('/', 1)[0]})",
+            "label": f"Remove the draft {names[reference]} order"
+            if names.get(reference)
+            else f"Remove the draft order ({reference.split('/', 1)[0]})",
             "uuid": str(uuid.uuid4()),
             "actions": [
                 {

@@ -825,6 +825,27 @@ def test_medications_referenced_by_id_by_full_url_or_contained():
     assert read_medications([med_resource(), by_reference("Medication/x")], scope())[0].ingredient == "alendronate"
 
 
+def test_medications_named_by_an_ingredient_a_reference_display_or_a_lower_case_atc_code():
+    """Outside review M3: a Medication that carries only its ingredients (a compounded or some EHRs' product), a
+    reference with only a display, and an ATC code written in lower case are all read as the drug they name."""
+    ingredient_only = {
+        "resourceType": "Medication",
+        "id": "c",
+        "ingredient": [{"itemCodeableConcept": {"coding": [{"system": RXNORM, "code": "993449"}]}}],
+    }
+    (med,) = read_medications([by_reference("#c", contained=[ingredient_only])], scope())
+    assert med.ingredient == "denosumab"
+    display_only = statement()
+    del display_only["medicationCodeableConcept"]
+    display_only["medicationReference"] = {"display": "Prolia 60 mg/mL syringe"}
+    (med,) = read_medications([display_only], scope())
+    assert (med.ingredient, med.matched_by) == ("denosumab", "text")
+    atc = statement()
+    atc["medicationCodeableConcept"] = {"coding": [{"system": "http://www.whocc.no/atc", "code": "m05bx04"}]}
+    (med,) = read_medications([atc], scope())
+    assert med.ingredient == "denosumab"
+
+
 def test_medications_resolved_from_the_server_only_for_a_medication_reference():
     asked = []
 

@@ -74,6 +74,17 @@ def condition(code=None, text=None, clinical=None, verification=None, subject="P
         ("pseudo-hypophosphatasia", None),
         ("Hypophosphatemia", None),  # low phosphate, another disorder
         ("Hyperphosphatasia", None),
+        # words near the name that do not govern it (outside clinical review): still the patient's HPP
+        ("Hypophosphatasia, ALPL heterozygous, negative for second variant", "documented"),
+        ("Hypophosphatasia (childhood-onset), unlikely to need asfotase alfa", "documented"),
+        ("Odontohypophosphatasia - no fractures", "documented"),
+        ("Adult HPP, no longer on Strensiq", "documented"),
+        ("Osteoporosis without fracture / hypophosphatasia (ALPL c.1250A>G)", "documented"),
+        ("HPP (hypophosphatasia) - absent dentition since age 3", "documented"),
+        ("Hypophosphatasia: ruled out", "excluded"),
+        ("Hypophosphatasia was excluded", "excluded"),
+        ("Hypophosphatasia?", "suspected"),
+        ("Hypophosphatasia vs. osteomalacia", "suspected"),
     ],
 )
 def test_hpp_text_is_read_with_its_negations_and_doubts(text, reading):
@@ -166,6 +177,22 @@ def test_a_coded_hpp_whose_own_text_takes_it_back_is_not_established():
     assert found.group == "hpp_excluded"
     (found,) = read_diagnoses(condition({"system": SNOMED, "code": "190859005"}, "?HPP"), scope=scope())
     assert (found.group, found.confirmed) == ("hpp", False)
+
+
+def test_a_coded_confirmed_hpp_is_documented_whatever_words_sit_near_its_name():
+    """Outside clinical review P41, P03: words near the name that do not govern it ("absent fractures", "without
+    secondary cause") never take a documented HPP back; a verificationStatus outranks the text."""
+    coded = condition({"system": SNOMED, "code": "20756002"}, "Adult hypophosphatasia - absent fractures so far")
+    coded["verificationStatus"] = {"coding": [{"code": "confirmed"}]}
+    (found,) = read_diagnoses(coded, scope=scope())
+    assert (found.group, found.confirmed) == ("hpp", True)
+    coded["code"]["text"] = "Hypophosphatasia ruled out"  # a confirmed status outranks its text
+    assert read_diagnoses(coded, scope=scope())[0].group == "hpp"
+    text_only = condition(
+        None, "Persistently low ALP without secondary cause - hypophosphatasia, ALPL variant confirmed"
+    )
+    (found,) = read_diagnoses(text_only, scope=scope())
+    assert (found.group, found.confirmed) == ("hpp", True)
 
 
 def test_hpp_recorded_as_excluded_is_not_worked_up_again_as_new():
@@ -284,6 +311,18 @@ def test_a_healing_normal_ends_a_single_low_as_any_normal_would():
     assert low_alp(chart(labs, patient=OLD, diagnoses=[HIP])) == []
 
 
+@pytest.mark.parametrize(("kind", "bone_alp"), [("cholestasis", True), ("paget", False), ("bone_metastases", False)])
+def test_a_disease_that_raises_alp_keeps_the_lows_and_offers_a_bone_alp_only_for_the_liver(kind, bone_alp):
+    """A liver disease raises the liver isoenzyme, which a bone ALP sets apart; Paget disease and bone metastases
+    raise bone ALP itself, so a bone ALP cannot tell (outside clinical review, P13/P14)."""
+    raising = dx("alp_raising", kind, "x", onset=ago(100))
+    labs = [alp(31, ago(270), low=35), alp(29, ago(180), low=35), alp(140, ago(40), low=35)]
+    (found,) = low_alp(chart(labs, patient=OLD, diagnoses=[raising]))
+    assert found.kind == "alp-low-persistent" and "alp_raising" in found.facts["context"]["passed_over_reasons"]
+    assert found.facts["context"]["alp_raising_liver"] is bone_alp
+    assert any(o.test.group == "bone" for o in found.orders) is bone_alp
+
+
 @pytest.mark.parametrize(
     ("kind", "born", "counts"),
     [
@@ -344,11 +383,18 @@ def test_known_hpp_with_a_current_bisphosphonate_is_a_warning_and_only_one_card(
     assert review_current(c) == []
 
 
-@pytest.mark.parametrize(("active", "confirmed", "status"), [(False, True, "inactive"), (True, False, "suspected")])
-def test_hpp_inactive_or_suspected_keeps_the_workup_and_says_how_it_stands(active, confirmed, status):
-    hpp = dx("hpp", active=active, confirmed=confirmed)
+def test_hpp_suspected_keeps_the_workup_and_says_how_it_stands():
+    hpp = dx("hpp", active=True, confirmed=False)
     (found,) = low_alp(chart([alp(20, ago(90)), alp(19, ago(1))], diagnoses=[hpp]))
-    assert found.kind == "alp-low-persistent" and found.facts["context"]["hpp"]["status"] == status
+    assert found.kind == "alp-low-persistent" and found.facts["context"]["hpp"]["status"] == "suspected"
+
+
+def test_a_confirmed_hpp_marked_inactive_is_still_known_hpp():
+    """A genetic disease does not resolve: an HPP marked inactive or resolved (often "not currently treated") is
+    still documented, and the card says how the problem list has it (outside clinical review)."""
+    hpp = dx("hpp", active=False, confirmed=True)
+    (found,) = low_alp(chart([alp(20, ago(90)), alp(19, ago(1))], diagnoses=[hpp]))
+    assert found.kind == "alp-known-hpp" and found.facts["inactive"] is True
 
 
 @pytest.mark.parametrize(("active", "confirmed", "indicator"), [(True, True, "critical"), (True, False, "warning")])

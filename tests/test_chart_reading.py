@@ -279,13 +279,28 @@ def _antiresorptive_card(cards):
 
 def test_therapy_start_is_the_earliest_record_not_the_renewal():
     first = alendronate("completed", authoredOn="2020-01-10")
+    renewals = [alendronate("completed", authoredOn=f"{year}-12-01") for year in range(2020, 2025)]  # yearly
     renewal = alendronate("active", authoredOn="2025-12-01")
-    request = pv_request(patient(), alp(70, "2019-06-01"), alp(30, "2023-05-01"), alp(28, "2026-05-01"), first, renewal)
+    labs = (alp(70, "2019-06-01"), alp(30, "2023-05-01"), alp(28, "2026-05-01"))
+    request = pv_request(patient(), *labs, first, *renewals, renewal)
     card = _antiresorptive_card(make_app().cards(PV, request))
     assert "before treatment" not in card["summary"]  # the 2023 low came after the drug was first recorded
     detail = " ".join(card["detail"].split())
     assert "(first recorded 2020-01-10)" in detail
     assert "The last ALP before it was normal (70 U/L on 2019-06-01)" in detail
+
+
+def test_a_course_restarted_after_a_drug_holiday_starts_again():
+    """Alendronate 2014-2019, a holiday, restarted 2025-11: a low ALP in 2025 was measured off treatment, five years
+    after the last tablet, so the lows are not simply the drug's (outside clinical review, P25)."""
+    stopped = alendronate("completed", authoredOn="2014-03-01")
+    stopped["dispenseRequest"] = {"validityPeriod": {"start": "2014-03-01", "end": "2019-06-30"}}
+    restarted = alendronate("active", authoredOn="2025-11-15")
+    request = pv_request(patient(), alp(30, "2025-01-10"), alp(29, "2026-03-10"), stopped, restarted)
+    card = _antiresorptive_card(make_app().cards(PV, request))
+    assert card["indicator"] == "warning"
+    assert card["summary"].startswith("Exclude hypophosphatasia: ALP low before alendronate")
+    assert "(first recorded 2025-11-15)" in " ".join(card["detail"].split())
 
 
 def test_low_before_treatment_needs_the_last_alp_before_the_start_to_be_low():

@@ -51,13 +51,14 @@ def test_missing_prefetch_is_fetched_with_the_bearer_token_and_gives_the_same_ca
     prefetched = client.cards(PV, hook_request(PV, load_bundle("persistent-low-in"), "persistent-low-in"))
     assert [(c["summary"], c["indicator"]) for c in fetched] == [(c["summary"], c["indicator"]) for c in prefetched]
     assert fetched[0]["indicator"] == "warning"
-    assert len(responses.calls) == 8  # patient, alp, labs, three medication searches, conditions, pregnancy
+    assert len(responses.calls) == 9  # patient, alp, labs, four medication searches, conditions, pregnancy
     for call in responses.calls:
         assert call.request.headers["Authorization"] == f"Bearer {TOKEN}"
     paths = sorted(urlsplit(c.request.url).path.rsplit("/", 1)[-1] for c in responses.calls)
     assert paths == [
         "Condition",
         "MedicationAdministration",
+        "MedicationDispense",
         "MedicationRequest",
         "MedicationStatement",
         "Observation",

@@ -29,6 +29,7 @@ def drug_names(medications: Sequence[Medication]) -> list[str]:
 
 
 COURSE_RECENT = timedelta(days=365)  # a course ended more than a year ago is not being continued (design choice)
+DENOSUMAB_COURSE = timedelta(days=730)  # a denosumab record this recent: an order is the next dose of a course
 
 
 def ongoing_course(chart: Chart, drugs: Sequence[Medication]) -> datetime | None:
@@ -39,8 +40,11 @@ def ongoing_course(chart: Chart, drugs: Sequence[Medication]) -> datetime | None
     records = [
         m for m in chart.medications if m.status != "draft" and m.ingredient in ingredients and is_antiresorptive(m)
     ]
-    since = chart.now - COURSE_RECENT
-    recent = [m for m in records if m.status == "current" or ((m.end or m.start) or since) > since]
+    # A denosumab dose may come late: any record within DENOSUMAB_COURSE still makes an order the course's next dose
+    # (never a first start, never offered for removal: stopping it is what causes rebound fractures).
+    window = DENOSUMAB_COURSE if any("denosumab" in m.groups for m in drugs) else COURSE_RECENT
+    since = chart.now - window
+    recent = [m for m in records if m.status == "current" or ((m.last_recorded) or since) > since]
     if not recent:
         return None
     dated = [m.start for m in records if m.start is not None]
@@ -156,10 +160,9 @@ def one_card_per_problem(chart: Chart, findings: Sequence[Finding]) -> list[Find
     return [merged[0] if f is workup else f for f in findings]
 
 
-RENAL_LIMITS = {
-    "alendronate": 35,
-    "risedronate": 30,
-}  # creatinine clearance (mL/min) below which the label advises against
+# Creatinine clearance (mL/min) below which the label advises against the drug: Fosamax and Actonel (addendum 11),
+# Reclast (contraindicated below 35 mL/min: FDA safety communication 2011, seen in issue 23's attack).
+RENAL_LIMITS = {"alendronate": 35, "risedronate": 30, "zoledronic acid": 35}
 
 
 def _ckd_concern(chart: Chart, drugs: Sequence[Medication]) -> dict | None:
@@ -282,7 +285,16 @@ def review_order(
     course_unknown = course is None and not chart.medications_complete
     course_unchecked = denosumab and course_unknown
     # Cancelling the next dose of an established denosumab course is stopping it: not offered as a simple removal.
-    deletes = () if (course or course_unchecked) and denosumab else tuple(m.reference for m in drugs if m.reference)
+    # For bone metastases (the 120 mg denosumab product, or metastases on the problem list) the drug is oncology
+    # care: the low ALP is named for the oncology team, removal is never offered, and the card is information.
+    oncology_context = any(m.oncology for m in drugs) or any(
+        d.kind == "bone_metastases" and d.active for d in chart.diagnoses
+    )
+    deletes = (
+        ()
+        if ((course or course_unchecked) and denosumab) or oncology_context
+        else tuple(m.reference for m in drugs if m.reference)
+    )
     start = treatment_start(chart)
     before = alp_before(chart, start) if course else None
     overdue = overdue_denosumab(chart) if denosumab else None
@@ -295,6 +307,8 @@ def review_order(
         "denosumab": denosumab,
         "oncology": any(m.oncology for m in drugs),
         "drug_class": drug_class(drugs),
+        "oncology_context": oncology_context,
+        "delete_names": {m.reference: m.ingredient or m.name for m in drugs if m.reference},
         "course_start": course.date().isoformat() if course else None,
         "denosumab_course": bool(course and denosumab),
         "course_unknown": course_unknown,
@@ -372,6 +386,6 @@ def review_order(
             tuple(orders),
             deletes=deletes,
             links=links,
-            indicator=_indicator(drugs, "warning", "info"),
+            indicator="info" if oncology_context else _indicator(drugs, "warning", "info"),
         )
     ]

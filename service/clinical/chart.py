@@ -91,8 +91,9 @@ class Chart:
 
     @property
     def hpp_known(self) -> bool:
-        """Hypophosphatasia documented (confirmed or unqualified) and active on the problem list."""
-        return any(d.confirmed and d.active for d in self.hpp)
+        """Hypophosphatasia documented (confirmed or unqualified) on the problem list, active or not: a lifelong
+        genetic disorder marked resolved or inactive is still HPP (the card says to keep it active)."""
+        return any(d.confirmed for d in self.hpp)
 
     @cached_property
     def kidney(self) -> KidneyFunction:

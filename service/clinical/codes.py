@@ -240,6 +240,7 @@ def medication_entries() -> tuple[MedicationEntry, ...]:
 
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"  # WHO ICD-10
 ORPHANET = "http://www.orpha.net"
 OMIM = "http://www.omim.org"
 
@@ -258,7 +259,7 @@ def condition_code(system: str | None, code: str) -> str:
     """A condition code as the table writes it: ICD-10-CM without its dot and in capitals; Orphanet and OMIM without
     the prefixes EHRs put before the number (``ORPHA:436``, ``Orphanet_436``, ``OMIM:146300``, ``MIM:146300``)."""
     cleaned = code.strip()
-    if system == ICD10CM:
+    if system in (ICD10CM, ICD10):
         return cleaned.replace(".", "").upper()
     if system in (ORPHANET, OMIM):
         return re.sub(r"^(?:orpha(?:net)?|omim|mim)[:_ #]*", "", cleaned, flags=re.IGNORECASE)

@@ -97,6 +97,7 @@ class LabResult:
     # the lab's limit is far below it (an adult range applied to a child; ``age_low_source`` names it).
     age_low: float | None = None
     age_low_source: str | None = None
+    age_band_low: float | None = None  # a child's CALIPER lower limit for age and sex, whether or not it judges
 
     @property
     def usable(self) -> bool:
@@ -130,7 +131,10 @@ class LabResult:
         """Low only against the limit for age and sex, not against the lab's own (adult-looking) range."""
         if self.age_low is None or self.value is None or not _below(self.value, self.comparator, self.age_low):
             return False
-        lab = _below(self.value, self.comparator, self.low) if self.low is not None else self.flag == "low"
+        if self.low is not None and self.low_source == LAB_RANGE:
+            lab = _below(self.value, self.comparator, self.low)
+        else:
+            lab = self.flag == "low"
         return not lab
 
     def is_high(self) -> bool | None:

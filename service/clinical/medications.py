@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
+from service.clinical.codes import ATC as ATC_SYSTEM
 from service.clinical.codes import MedicationEntry, medication_entries
 from service.clinical.facts import Medication
 
@@ -57,6 +58,8 @@ def match_medication(codings: Iterable[tuple[str | None, str | None]], texts: It
     for system, code in codings:
         if not code or not system:
             continue
+        if system == ATC_SYSTEM:
+            code = code.strip().upper()  # WHO ATC codes are capitals; some EHRs write them in lower case
         hits.extend(by_code.get((system, code), ()))
         hits.extend(e for e in prefixes if system == e.system and code.upper().startswith(e.code))
     if not hits:

@@ -16,6 +16,7 @@ from service.clinical.alp import is_current, unusable
 from service.clinical.codes import WorkupTest, thresholds, workup_tests
 from service.clinical.facts import LabResult, Medication
 from service.clinical.medications import is_antiresorptive
+from service.clinical.treatment import breaks
 from service.clinical.views import (
     alp_rows,
     chart_context,
@@ -133,14 +134,16 @@ def workup(
 
 
 def first_exposure(medications: Sequence[Medication]) -> datetime | None:
-    """When antiresorptive treatment began: the earliest evidence of any antiresorptive (statement start, request,
-    dispense), not the latest renewal. Any antiresorptive counts, because each lowers ALP (S41), so an ALP measured
+    """When the current antiresorptive treatment began: the earliest evidence of any antiresorptive (statement start,
+    request, dispense, dose) since the last drug holiday (``treatment.breaks``: a course restarted after one begins
+    again), not the latest renewal. Any antiresorptive counts, because each lowers ALP (S41), so an ALP measured
     after any of them is no longer a pre-treatment value. None when a record has no date, since the start then
     cannot be known."""
-    starts = [m.start for m in medications if is_antiresorptive(m) and m.status != "draft"]
-    if not starts or any(s is None for s in starts):
+    records = [m for m in medications if is_antiresorptive(m) and m.status != "draft"]
+    if not records or any(m.start is None for m in records):
         return None
-    return min(starts)
+    holidays = breaks(records)
+    return holidays[-1][1] if holidays else min(m.start for m in records)
 
 
 def treatment_start(chart: Chart) -> datetime | None:
@@ -405,7 +408,7 @@ def _workup_card(chart: Chart, run: Sequence[LabResult]) -> Finding:
         orders = [o if o.test.group in kept else replace(o, recommended=False) for o in orders]
     if deferred == "pregnancy" or (deferred == "excluded" and not facts["antiresorptives"]):
         indicator = "info"
-    if chart.alp_raising:  # total ALP raised by another disease: the bone isoenzyme tells what it cannot
+    if any(d.kind == "cholestasis" for d in chart.alp_raising):  # liver ALP raised: the bone isoenzyme tells apart
         orders = [*orders, *workup(chart, ["bone"])[0]]
     return Finding(kind, facts, tuple(orders), indicator=indicator, links=context_links(facts["context"]))
 
@@ -446,11 +449,12 @@ def known_hpp(chart: Chart, run: Sequence[LabResult]) -> Finding:
     workup card says how it stands)."""
     current = [m for m in chart.medications if m.status == "current" and is_antiresorptive(m)]
     strong = [m for m in current if m.tier == "strong"]
-    diagnosis = next(d for d in chart.hpp if d.confirmed and d.active)
+    diagnosis = next(d for d in chart.hpp if d.confirmed)
     return Finding(
         "alp-known-hpp",
         {
             "diagnosis": diagnosis.name,
+            "inactive": not diagnosis.active,
             "readings": alp_rows(chart, run, 3),
             "latest": describe_alp(chart, run[-1]),
             "antiresorptives": sorted({m.ingredient or m.name for m in current}),
@@ -481,7 +485,9 @@ def infant_picture(chart: Chart, run: Sequence[LabResult]) -> Finding | None:
     age = chart.patient.age_years(latest.when)
     if age is None or age >= limits["young_child_years"]:
         return None
-    limit = latest.age_low if latest.low_for_age_only else latest.low
+    # Judged against the limit for age whenever it is higher than the lab's (a lab range or flag for adults would
+    # hide how far below its age an infant's ALP is).
+    limit = max((x for x in (latest.low, latest.age_low, latest.age_band_low) if x is not None), default=None)
     far_below = limit is not None and _certainly_below(latest, limit * limits["infant_alp_far_below"])
     recent = chart.settings.RECENT_RESULT_DAYS
 

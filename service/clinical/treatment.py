@@ -3,7 +3,7 @@ No I/O, no Flask.
 
 A record's own dates say little alone: a statement gives a start (and perhaps an end), a request the day it was
 written, a dispense or an administration the day of a dose. "Last recorded" is therefore the latest date any record
-gives (the end of a course, the last dose), never the first start; a break of ``HOLIDAY`` or more between records is
+gives (the end of a course, the last dose), never the first start; a gap of more than ``HOLIDAY`` between records is
 shown as a break (a drug holiday), not as one continuous course.
 """
 
@@ -17,7 +17,13 @@ from service.clinical.facts import Medication
 from service.clinical.medications import is_antiresorptive
 
 ONGOING = datetime.max.replace(tzinfo=UTC)
-HOLIDAY = timedelta(days=365)  # a year or more between records is a break in treatment (design choice)
+# More than this between records is a break in treatment (design choice): a year's prescription (one order with
+# refills, renewed yearly) followed by at least six months without one.
+HOLIDAY = timedelta(days=548)
+# How long after its last record a dose still acts, for the drugs given rarely: a yearly zoledronic acid infusion
+# (Reclast label: once a year) and a 6-monthly denosumab injection (Prolia label). A low ALP in that time is a low on
+# treatment. Others: their last record.
+EFFECT = {"zoledronic acid": timedelta(days=365), "denosumab": timedelta(days=183)}
 COURSE_GROUPS = ("teriparatide",)  # besides the antiresorptives: drugs whose timing the rules read
 
 
@@ -30,7 +36,7 @@ class Course:
     start: datetime | None  # the earliest date of any record; None when a record gives no date
     last: datetime | None  # the latest date any record gives (an end, a dose, a prescription)
     current: bool  # a record is current (active, not ended)
-    breaks: tuple[tuple[datetime, datetime], ...]  # spans of HOLIDAY or more with no record
+    breaks: tuple[tuple[datetime, datetime], ...]  # spans of more than HOLIDAY with no record
     last_dose: datetime | None  # the latest dose given, handed over or prescribed (not a statement's start)
     last_dose_record: str | None  # which kind of record gives it: administration | dispense | prescription
     oncology: bool  # an oncology product (denosumab 120 mg): another dosing schedule
@@ -40,7 +46,7 @@ class Course:
         not in a break."""
         if self.start is None or when < self.start:
             return False
-        if not self.current and self.last is not None and when > self.last:
+        if not self.current and self.last is not None and when > self.last + EFFECT.get(self.drug, timedelta(0)):
             return False
         return not any(a < when < b for a, b in self.breaks)
 
@@ -74,17 +80,29 @@ def courses(medications: Iterable[Medication]) -> list[Course]:
     return [_course(drug, records) for drug, records in sorted(by_drug.items())]
 
 
+def breaks(records: Iterable[Medication]) -> list[tuple[datetime, datetime]]:
+    """The spans of more than ``HOLIDAY`` with no record in effect (drug holidays), each from the end of the last
+    record before it to the next record's start. A current record runs until today; a yearly infusion or 6-monthly
+    injection acts until its next is due (``EFFECT``). Records without a date are left out."""
+    found = []
+    reach = None
+    for record in sorted((r for r in records if r.start is not None), key=lambda r: r.start):
+        if reach is not None and record.start - reach > HOLIDAY:
+            found.append((reach, record.start))
+        acting = EFFECT.get(record.ingredient or record.name, timedelta(0))
+        last = ONGOING if record.status == "current" else record.last_recorded + acting
+        reach = last if reach is None or last > reach else reach
+    return found
+
+
 def _course(drug: str, records: Sequence[Medication]) -> Course:
     dated = sorted((r for r in records if r.start is not None), key=lambda r: r.start)
     lasts = [r.last_recorded for r in records if r.last_recorded is not None]
-    breaks = []
-    reach = None
-    for record in dated:
-        if reach is not None and record.start - reach >= HOLIDAY:
-            breaks.append((reach, record.start))
-        last = ONGOING if record.status == "current" else record.last_recorded  # a current record runs until today
-        reach = last if reach is None or last > reach else reach
     doses = [(d, r) for r in records if (d := _dose_date(r)) is not None]
+    # Doses given or handed over, when any are on record, date the last dose: a prescription written since may
+    # never have been given (it is a dose only where nothing else records them).
+    given = [(d, r) for d, r in doses if r.dose]
+    doses = given or doses
     last_dose, last_record = max(doses, key=lambda pair: pair[0]) if doses else (None, None)
     return Course(
         drug=drug,
@@ -92,7 +110,7 @@ def _course(drug: str, records: Sequence[Medication]) -> Course:
         start=dated[0].start if dated else None,
         last=max(lasts) if lasts else None,
         current=any(r.status == "current" for r in records),
-        breaks=tuple(breaks),
+        breaks=tuple(breaks(records)),
         last_dose=last_dose,
         last_dose_record=RECORD_KIND.get(last_record.record, "record") if last_record else None,
         oncology=any(r.oncology for r in records),

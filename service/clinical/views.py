@@ -155,6 +155,9 @@ def chart_context(chart: Chart, run: Sequence[LabResult] = (), parts: tuple[str,
             else None
         ),
         "alp_raising": sorted({d.name for d in chart.alp_raising}),
+        # a liver disease raises the liver isoenzyme, which a bone ALP sets apart; Paget disease and bone
+        # metastases raise the bone isoenzyme itself
+        "alp_raising_liver": any(d.kind == "cholestasis" for d in chart.alp_raising),
         "hpp": (
             {"name": hpp.name, "status": "suspected" if not hpp.confirmed else "inactive"} if hpp is not None else None
         ),

@@ -34,23 +34,32 @@ INACTIVE_CLINICAL = {"inactive", "remission", "resolved"}
 
 # A text names a condition; the words just before or after it may take it back (NegEx-like windows): a negation,
 # another person, another disorder ("pseudo-"), or doubt.
-BEFORE = 48  # characters before the name that are read (about six words, within the same sentence)
+BEFORE = 48  # characters before the name that are read (within the same sentence)
 AFTER = 32
+# The words must govern the name: a negation right before it ("no HPP", "no evidence of hypophosphatasia") or right
+# after it ("HPP excluded", "hypophosphatasia: ruled out"), not anywhere near it ("Hypophosphatasia - absent
+# fractures so far", "Osteoporosis without fracture / hypophosphatasia" name HPP as the patient's).
 ANOTHER_BEFORE = re.compile(  # another person's, or another disorder
-    r"\b(?:family history of|family hx of|family history|fh of|fhx|fh|mother|father|sibling|sister|brother|parent|"
-    r"son|daughter|pseudo)\b[^.;]*$|pseudo-?$"
+    r"(?:\b(?:family history of|family history|family hx of|family hx|fh of|fhx|fh|mother|father|sibling|sister|"
+    r"brother|parent|son|daughter)\b(?:\s+(?:with|has|had|of|:))?\s*[:\-]?\s*|pseudo-?\s*)$"
 )
-ANOTHER_AFTER = re.compile(r"^[^.;]{0,24}?\bin (?:the )?(?:mother|father|sibling|sister|brother|family|parent)\b")
-EXCLUDED_BEFORE = re.compile(r"\b(?:no|not|non|without|negative for|neg for|free of|denies|excluded)\b[^.;]*$")
+ANOTHER_AFTER = re.compile(
+    r"^\s*[-:,(]?\s*in (?:the |a |his |her )?(?:mother|father|sibling|sister|brother|family|parent)\b"
+)
+EXCLUDED_BEFORE = re.compile(
+    r"\b(?:no|not|non|without|negative for|neg for|free of|denies|excluded|ruled out)"
+    r"(?:\s+(?:evidence|signs?|features|history|suspicion)\s+(?:of|for))?\s*[:\-]?\s*$"
+)
 EXCLUDED_AFTER = re.compile(
-    r"^[^.;]{0,24}?\b(?:ruled out|excluded|negative|not confirmed|not present|unlikely|absent)\b"
+    r"^\s*[-:,]?\s*(?:(?:was|is|has been|now)\s+)?(?:ruled out|excluded|negative|not confirmed|not present|"
+    r"unlikely|absent)\s*(?:[.;,(:]|$)"
 )
 DOUBT_BEFORE = re.compile(
-    r"(?:\?\s*$|\b(?:suspected|suspect|suspicion of|possible|possibly|probable|probably|likely|query|queried|r/o|"
-    r"rule[ -]?out|differential|consider|evaluat\w* for|work[ -]?up for|presumed|borderline)\b[^.;]*$)"
+    r"(?:\?|\b(?:suspected|suspect|suspicion of|possible|possibly|probable|probably|likely|query|queried|r/o|"
+    r"rule[ -]?out|differential|consider|evaluat\w* for|work[ -]?up for|presumed|borderline))\s*[:\-]?\s*$"
 )
 DOUBT_AFTER = re.compile(
-    r"^\s*\?|^[^.;]{0,24}?\b(?:suspected|possible|vs|versus|query|unconfirmed|not yet confirmed)\b"
+    r"^\s*(?:\?|[-:,(]?\s*(?:suspected|possible|query|unconfirmed|not yet confirmed|vs\.?|versus)\b)"
 )
 HPP_NAME = re.compile(r"hypophosphatasia|\bhpp\b|\balpl\b[^.;]{0,30}?\b(?:variants?|mutations?|pathogenic)\b")
 
@@ -147,8 +156,8 @@ HPP_EXCLUDED = ConditionEntry("hpp_excluded", "hpp_excluded", "text", "", "hypop
 
 
 def _text_reading(texts: Iterable[str]) -> str:
-    """How a coded HPP Condition's own texts speak of it: ``excluded`` when one says so ("Hypophosphatasia ruled
-    out" under an HPP code), ``suspected`` when one doubts it, else ``documented``."""
+    """How a coded HPP Condition's own texts speak of it: ``excluded`` when one says so, ``suspected`` when one
+    doubts it, else ``documented``."""
     readings = {hpp_text(t) for t in texts} - {None}
     return next((r for r in ("excluded", "suspected") if r in readings), "documented")
 
@@ -193,7 +202,9 @@ def read_diagnoses(*values: Any, scope: Scope | None = None) -> list[Diagnosis]:
                     continue
                 entry = HPP_EXCLUDED
             doubted = False
-            if entry is not None and entry.group == "hpp" and entry is not HPP_EXCLUDED:
+            if entry is not None and entry.group == "hpp" and not verification:
+                # A coded HPP with a verificationStatus is what its statuses say, whatever its text; without one, its
+                # own text may take it back ("Hypophosphatasia ruled out", "?HPP" under an HPP code).
                 reading = _text_reading(texts)
                 entry = HPP_EXCLUDED if reading == "excluded" else entry
                 doubted = reading == "suspected"

@@ -422,7 +422,7 @@ def _read_result(
         problem = _implausible(analyte.analyte, converted[0])
     if problem is None:
         problem = _misdated(when, scope)
-    value = unit = low = high = low_source = high_source = age_low = age_low_source = None
+    value = unit = low = high = low_source = high_source = age_low = age_low_source = age_band_low = None
     flag = _flag(element)
     if problem is None and converted is not None:
         value, unit = converted
@@ -439,8 +439,8 @@ def _read_result(
                     low, low_source = fallback.low, fallback.source
                 if high is None and fallback.high is not None:
                     high, high_source = fallback.high, fallback.source
-        if low_source == LAB_RANGE and analyte.analyte == TOTAL_ALP and scope is not None and when is not None:
-            age_low, age_low_source = _child_limit(low, scope, when)
+        if low_source in (LAB_RANGE, LAB_FLAG) and analyte.analyte == TOTAL_ALP and scope is not None and when:
+            age_low, age_low_source, age_band_low = _child_limit(low if low_source == LAB_RANGE else None, scope, when)
     return LabResult(
         analyte=analyte.analyte,
         loinc=analyte.loinc,
@@ -464,20 +464,25 @@ def _read_result(
         corrected=corrected,
         age_low=age_low,
         age_low_source=age_low_source,
+        age_band_low=age_band_low,
     )
 
 
-def _child_limit(lab_low: float, scope: Scope, when: datetime) -> tuple[float | None, str | None]:
-    """For a child (under ``ADULT_AGE``), the CALIPER lower limit for age and sex when the lab's lower limit is far
-    below it (under ``child_adult_range_fraction`` of it): the lab's range then looks like an adult one, and a low
-    for age would go unflagged (addendum 6 A70)."""
+def _child_limit(lab_low: float | None, scope: Scope, when: datetime) -> tuple[float | None, str | None, float | None]:
+    """For a child (under ``ADULT_AGE``) judged by the lab: (the limit to judge against as well, its source, the
+    CALIPER lower limit for age and sex). The CALIPER limit applies too when the lab's lower limit is far below it
+    (under ``child_adult_range_fraction`` of it: the lab's range looks like an adult one) or when the lab sent only a
+    flag, which cannot be checked against any limit for age: labs leave children's age-specific lows unflagged
+    (addendum 6 A70: none of 226 was flagged)."""
     age = scope.patient.age_years(when)
     if age is None or age >= scope.settings.ADULT_AGE:
-        return None, None
+        return None, None, None
     band = fallback_limits(TOTAL_ALP, scope.patient, when, scope.settings)
-    if band is None or band.low is None or lab_low >= band.low * thresholds()["child_adult_range_fraction"]:
-        return None, None
-    return band.low, band.source
+    if band is None or band.low is None:
+        return None, None, None
+    if lab_low is not None and lab_low >= band.low * thresholds()["child_adult_range_fraction"]:
+        return None, None, band.low
+    return band.low, band.source, band.low
 
 
 def _implausible(analyte: str, value: float) -> str | None:
@@ -553,7 +558,8 @@ def settle_versions(results: Iterable[LabResult]) -> list[LabResult]:
     """One result per measurement, oldest first. Results of one analyte at the same time are one specimen: an amended
     or corrected version replaces the earlier ones (the version issued last, a correction before an original issued
     at the same moment); without a correction, copies with the same value (one result sent by two sources) count
-    once. Different values, none corrected, stay apart (which is right cannot be told)."""
+    once. Different values, none corrected, with different ``issued`` times: the one issued last is a re-issue and
+    replaces the other; with no ``issued`` to tell them apart they stay apart (which is right cannot be told)."""
     groups: dict[tuple[str, datetime], list[LabResult]] = {}
     settled: list[LabResult] = []
     for result in results:
@@ -566,7 +572,10 @@ def settle_versions(results: Iterable[LabResult]) -> list[LabResult]:
         if len(group) == 1:
             settled.append(group[0])
         elif any(r.corrected for r in group):
-            settled.append(max(group, key=lambda r: (r.issued or floor, r.corrected)))
+            # an amended or corrected version wins, even one that gives no issued time; among them the latest
+            settled.append(max(group, key=lambda r: (r.corrected, r.issued or floor)))
+        elif len({r.issued for r in group}) == len(group) and all(r.issued for r in group):
+            settled.append(max(group, key=lambda r: r.issued))  # re-issued as a new final: the later one
         else:
             kept: list[LabResult] = []
             for result in group:
@@ -728,18 +737,33 @@ def _referenced_code(
     medications: dict[str, dict[str, Any]],
     resolve: Callable[[str], dict[str, Any] | None] | None,
 ) -> Any:
-    reference = string(obj(resource, "medicationReference"), "reference")
-    if reference is None:
-        return None
-    if reference.startswith("#"):
-        for contained in objects(resource, "contained"):
-            if string(contained, "id") == reference[1:]:
-                return untyped(contained, "code")
-        return None
-    if reference in medications:
-        return untyped(medications[reference], "code")
-    if resolve is not None and reference.startswith("Medication/"):
+    """The drug a ``medicationReference`` names: the Medication's code (or, without one, its first ingredient's
+    concept), from the contained resources, the request's Medications or the FHIR server; failing all of them the
+    reference's own ``display`` ("Prolia 60 mg/mL syringe"), read as text. None when nothing names the drug."""
+    element = obj(resource, "medicationReference")
+    reference = string(element, "reference")
+    display = nonempty(element, "display")
+    target = None
+    if reference is not None and reference.startswith("#"):
+        target = next((c for c in objects(resource, "contained") if string(c, "id") == reference[1:]), None)
+    elif reference is not None and reference in medications:
+        target = medications[reference]
+    elif reference is not None and resolve is not None and reference.startswith("Medication/"):
         target = resolve(reference)
-        if string(target, "resourceType") == "Medication":
-            return untyped(target, "code")
-    return None
+        target = target if string(target, "resourceType") == "Medication" else None
+    concept = _medication_concept(target) if target is not None else None
+    if concept is None and display is not None:
+        return {"text": display}
+    return concept
+
+
+def _medication_concept(medication: Any) -> Any:
+    """A Medication's code, or, when it has none, the concept of its first ingredient (``itemCodeableConcept``)."""
+    code = untyped(medication, "code")
+    if isinstance(code, dict) and code:
+        return code
+    for ingredient in objects(medication, "ingredient"):
+        item = obj(ingredient, "itemCodeableConcept")
+        if item:
+            return item
+    return code

@@ -50,6 +50,7 @@ def chart_prefetch() -> dict[str, str]:
         "medicationStatements": f"MedicationStatement?patient={PATIENT}&_count=100",
         "medicationRequests": f"MedicationRequest?patient={PATIENT}&_count=100",
         "medicationAdministrations": f"MedicationAdministration?patient={PATIENT}&_count=100",
+        "medicationDispenses": f"MedicationDispense?patient={PATIENT}&_count=100",
         "conditions": f"Condition?patient={PATIENT}&_count=100",
         # Pregnancy status, due and delivery dates: a key of their own, never bounded by the labs' dates (a due date
         # written down at booking is read months later).
@@ -69,10 +70,18 @@ def chart_prefetch() -> dict[str, str]:
 # alp_history), and plainly that the latest may be missing when those read are not newest first (alp_unsorted: the
 # server ignored the sort).
 OPTIONAL_PREFETCH = frozenset(
-    {"labs", "medicationStatements", "medicationRequests", "medicationAdministrations", "conditions", "pregnancy"}
+    {
+        "labs",
+        "medicationStatements",
+        "medicationRequests",
+        "medicationAdministrations",
+        "medicationDispenses",
+        "conditions",
+        "pregnancy",
+    }
 )
 MEDICATION_KEYS = ("medicationStatements", "medicationRequests")
-ADMINISTRATIONS = "medicationAdministrations"  # doses given: read for the date of the last denosumab injection
+DOSE_KEYS = ("medicationAdministrations", "medicationDispenses")  # doses given or handed over: the last denosumab dose
 
 
 def resolver(call: HookCall):
@@ -126,7 +135,7 @@ def not_read(call: HookCall, scope: Scope) -> frozenset[str]:
         missing.add("some_medications")
     if "conditions" in lost:
         missing.add("conditions")
-    if ADMINISTRATIONS in lost:
+    if lost & set(DOSE_KEYS):
         missing.add("administrations")
     if "pregnancy" in lost and could_be_pregnant(scope.patient, call.now):
         missing.add("pregnancy")
@@ -287,7 +296,7 @@ def build_chart(call: HookCall, scope: Scope | None = None) -> Chart:
     labs = settle_versions(
         _unique_sorted([*alp, *read_lab_results(data.get("labs"), scope=scope, keep=lab_filter(needed))])
     )
-    medications = read_medications([data.get(k) for k in (*MEDICATION_KEYS, ADMINISTRATIONS)], scope, resolver(call))
+    medications = read_medications([data.get(k) for k in (*MEDICATION_KEYS, *DOSE_KEYS)], scope, resolver(call))
     report(scope, labs)
     missing = not_read(call, scope)
     if not any("denosumab" in m.groups for m in medications):
