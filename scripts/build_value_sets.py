@@ -16,9 +16,11 @@ It writes, in ``service/clinical/data/``:
   names in the source's own display, with the sources that list it (``;``-separated keys of ``sources.csv``) and
   whether it is the 120 mg oncology denosumab (Xgeva-type);
 - ``provenance.csv``: for every code a rule reads (the ``code`` rows of ``medications.csv``, ``conditions.csv``,
-  ``analytes.csv``, ``context_observations.csv``, ``pregnancy_status_answers.csv`` and the RxNorm table), the
+  ``analytes.csv``, ``context_observations.csv``, ``pregnancy_status_answers.csv``, ``workup_tests.csv`` and the
+  RxNorm table), the
   published value sets or code systems that contain it, with their versions: the VSAC value sets the row names
-  (or, when the named set lacks the code, every set of the pinned package that holds it), the WHO ATC code system,
+  that hold it, else the sets of the pinned package that hold it (the first four; the whole package is read from
+  a mirror, only the named sets over the network), the WHO ATC code system,
   and the medication lists above. A code that no machine-readable source places keeps the citation its row gives
   (``REF``), and the run lists them;
 
@@ -321,9 +323,10 @@ def read_codes() -> list[tuple[str, str, str, str]]:
         ("analytes.csv", lambda r: LOINC, "loinc"),
         ("context_observations.csv", lambda r: LOINC, "loinc"),
         ("pregnancy_status_answers.csv", lambda r: r["system"], "code"),
+        ("workup_tests.csv", lambda r: LOINC, "loinc"),
     ]:
         for r in rows_of(name):
-            if r.get("match", "code") == "code" and r["status"] in ("VERIFIED", "PARTIAL"):
+            if r.get("match", "code") == "code" and r.get("status", "VERIFIED") in ("VERIFIED", "PARTIAL"):
                 found.append((system(r), r[code], name, r["source"]))
     for r in rows_of("rxnorm_antiresorptives.csv"):
         found.append((RXNORM, r["rxcui"], "rxnorm_antiresorptives.csv", r["sources"]))
@@ -358,7 +361,12 @@ def vsac_index(sources: Sources, oids: set[str], log) -> tuple[dict, dict]:
 def provenance(sources: Sources, table: Table, all_vsac: Callable[[], set[str]], log) -> list[dict[str, str]]:
     codes = read_codes()
     named = {oid for *_, citation in codes for oid in OID.findall(citation)}
-    index, meta = vsac_index(sources, named, log)
+    try:  # every set of the package: a row that names none is placed by the sets that hold its code
+        everything = all_vsac()
+    except Unavailable as exc:
+        print(f"only the value sets the rows name are read ({exc})", file=log)
+        everything = named
+    index, meta = vsac_index(sources, everything | named, log)
     atc = json.loads(sources.source("atc"))
     atc_codes = {}
 
@@ -368,10 +376,6 @@ def provenance(sources: Sources, table: Table, all_vsac: Callable[[], set[str]],
             walk(concept.get("concept", []))
 
     walk(atc.get("concept", []))
-    missing_in_named = [(s, c) for s, c, _, citation in codes if OID.findall(citation) and not index.get((s, c))]
-    if missing_in_named:
-        print(f"{len(missing_in_named)} codes are not in the value sets their rows name: reading all of VSAC", file=log)
-        index, meta = vsac_index(sources, all_vsac(), log)
     out = []
     unplaced = []
     for system, code, file, citation in codes:

@@ -278,8 +278,9 @@ def value_set(definition: ValueSetDefinition, base: str, summary: bool = False) 
         "identifier": "urn:uuid:" + str(uuid.uuid5(uuid.NAMESPACE_URL, resource["url"] + "|" + version)),
         "timestamp": build_date() + "T00:00:00Z",
         "total": len(contains),
-        "contains": contains,
     }
+    if contains:
+        expansion["contains"] = contains
     if filtered:
         unclosed = {"url": "http://hl7.org/fhir/StructureDefinition/valueset-unclosed", "valueBoolean": True}
         expansion = {"extension": [unclosed], **expansion}
