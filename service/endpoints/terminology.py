@@ -23,7 +23,7 @@ FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 def _base() -> str:
     """Where the value sets are served: ``CDS_PUBLIC_BASE_URL`` when set (their canonical URLs then stay the same
     whatever name a client used), else the address this request came to."""
-    return (settings().PUBLIC_BASE_URL or request.host_url).rstrip("/")
+    return (settings().PUBLIC_BASE_URL or request.url_root).rstrip("/")
 
 
 def _fhir(body: dict[str, Any], status: int = 200) -> Response:
