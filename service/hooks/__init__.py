@@ -67,6 +67,17 @@ class CdsService:
         return entry
 
 
+def value_sets_note(hook: str) -> str:
+    """The sentence of a service's description that names the value sets it reads (served as FHIR ValueSets)."""
+    from service.clinical.value_sets import for_hook
+
+    ids = for_hook(hook)
+    return (
+        f" The codes it reads are {len(ids)} value sets, served as FHIR R4 ValueSet resources at GET "
+        f"/fhir/ValueSet/{{id}} (GET /fhir/ValueSet lists them): {', '.join(ids)}."
+    )
+
+
 def all_services() -> tuple[CdsService, ...]:
     from service.hooks import antiresorptive_order_check, low_alp_workup
 

@@ -10,7 +10,7 @@ from service.clinical import antiresorptives
 from service.errors import BadRequest, DataUnavailable
 from service.fhir.elements import objects, string, untyped
 from service.fhir.readers import MEDICATION_RECORDS, Scope, read_medications
-from service.hooks import CdsService, HookCall
+from service.hooks import CdsService, HookCall, value_sets_note
 from service.hooks.patient_chart import (
     APP_LINK_NOTE,
     OPTIONAL_PREFETCH,
@@ -155,7 +155,8 @@ def names_no_drug_yet(resource: dict[str, Any]) -> bool:
 
 DESCRIPTION = (
     "checks the patient's ALP history against each bisphosphonate or denosumab order (and, with less weight, "
-    "romosozumab, raloxifene, bazedoxifene or calcitonin). A low ALP may mean hypophosphatasia, in which these drugs "
+    "raloxifene, bazedoxifene or calcitonin; romosozumab, mainly bone-forming, is not checked). A low ALP may mean "
+    "hypophosphatasia, in which these drugs "
     "can cause atypical femoral fractures: the card shows the ALP values, offers to remove a first-dose draft order "
     "and to order the HPP workup; the next dose of a denosumab course is never offered for removal (stopping it "
     "causes rebound fractures). A documented hypophosphatasia diagnosis gives a critical card; no current ALP gives "
@@ -170,7 +171,7 @@ SERVICE = CdsService(
     id="antiresorptive-low-alp",
     hook="order-select",
     title="Antiresorptive order with low alkaline phosphatase",
-    description="When an order is selected, " + DESCRIPTION,
+    description="When an order is selected, " + DESCRIPTION + value_sets_note("order-select"),
     prefetch=PREFETCH,
     optional_prefetch=OPTIONAL,
     narrow=labs_window,
@@ -181,7 +182,10 @@ SIGN_SERVICE = CdsService(
     id="antiresorptive-low-alp-sign",
     hook="order-sign",
     title="Antiresorptive order with low alkaline phosphatase (at signing)",
-    description="When orders are about to be signed, " + DESCRIPTION + " All draft orders are checked.",
+    description="When orders are about to be signed, "
+    + DESCRIPTION
+    + " All draft orders are checked."
+    + value_sets_note("order-sign"),
     prefetch=PREFETCH,
     optional_prefetch=OPTIONAL,
     narrow=labs_window,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.clinical import antiresorptives, rules
-from service.hooks import CdsService, HookCall
+from service.hooks import CdsService, HookCall, value_sets_note
 from service.hooks.patient_chart import (
     APP_LINK_NOTE,
     OPTIONAL_PREFETCH,
@@ -40,7 +40,8 @@ SERVICE = CdsService(
         "sample contamination, the Wilson disease pattern in young patients, and a current bisphosphonate or "
         "denosumab alongside a low ALP."
     )
-    + APP_LINK_NOTE,
+    + APP_LINK_NOTE
+    + value_sets_note("patient-view"),
     prefetch=chart_prefetch(),
     optional_prefetch=OPTIONAL_PREFETCH,
     narrow=labs_window,
