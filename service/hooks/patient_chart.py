@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
 from service import metrics
-from service.card_render import render_card, template
+from service.card_render import OverrideNote, render_card, template
 from service.clinical.chart import Chart, LabsNeeded, lab_days_needed
 from service.clinical.codes import LOINC, analytes, context_observations, loinc_codes
 from service.clinical.facts import LabResult
@@ -29,6 +30,7 @@ from service.fhir.readers import (
     settle_versions,
 )
 from service.hooks import HookCall
+from service.memory import Override
 from service.settings import Settings, smart_launch_url
 
 PATIENT = "{{context.patientId}}"
@@ -90,15 +92,98 @@ def resolver(call: HookCall):
 
 
 def issue(
-    findings: list[Finding], patient_id: str, not_checked: frozenset[str] = frozenset()
+    findings: list[Finding],
+    patient_id: str,
+    not_checked: frozenset[str] = frozenset(),
+    memory: Memory | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Findings -> cards: the most important first (critical, warning, info), each test suggested once, on the
     first card that asks for it. ``not_checked`` names the data that could not be read (:func:`not_read`): the
-    cards say so, and without the other labs no workup test is recommended (whether it was done is not known)."""
+    cards say so, and without the other labs no workup test is recommended (whether it was done is not known).
+    ``memory``: the patient's overrides (:func:`remembered`); a card of a kind overridden within the period says
+    so, and a warning with nothing new since is shown as information (:meth:`Memory.apply`)."""
+    notes: dict[str, OverrideNote] = {}
+    if memory is not None:
+        findings, notes = memory.apply(findings)
     ordered = without_repeats(by_importance(findings, lambda kind: template(kind)["indicator"]))
     if "labs" in not_checked:
         ordered = [replace(f, orders=tuple(unrecommended(o) for o in f.orders)) for f in ordered]
-    return [(f.kind, render_card(f, patient_id, sorted(not_checked))) for f in ordered]
+    return [(f.kind, render_card(f, patient_id, sorted(not_checked), notes.get(f.kind))) for f in ordered]
+
+
+ORDER_HOOKS = ("order-select", "order-sign")
+# What the chart could not all be read of that would show something new since an override: without it, nothing is
+# taken as unchanged.
+EVIDENCE_UNREAD = frozenset({"medications", "some_medications", "alp_history"})
+
+
+@dataclass(frozen=True)
+class Memory:
+    """The patient's overrides at this call, with what happened on the chart that an override may not have
+    known (:func:`remembered`)."""
+
+    overrides: Mapping[str, Override]  # the latest per card kind within OVERRIDE_DAYS
+    now: datetime
+    days: int  # OVERRIDE_DAYS; a card kind may remember for less (its template's ``remember_days``)
+    events: tuple[tuple[datetime, str], ...]  # (when it came to be known, what) for each low and treatment start
+    always_new: str | None = None  # why every card of this call counts as new (an order is checked), or None
+
+    def apply(self, findings: list[Finding]) -> tuple[list[Finding], dict[str, OverrideNote]]:
+        """The findings, a warning whose kind was overridden with nothing new since made information; and the note
+        each card of an overridden kind carries (when, why, and until when it stays information, or why it is
+        shown as before). A critical card is never made information."""
+        kept, notes = [], {}
+        for finding in findings:
+            override = self.overrides.get(finding.kind)
+            days = min(self.days, template(finding.kind).get("remember_days", self.days))
+            if override is None or override.at + timedelta(days=days) < self.now:
+                kept.append(finding)
+                continue
+            indicator = finding.indicator or template(finding.kind)["indicator"]
+            newer = [(when, what) for when, what in self.events if when > override.at]
+            until, why = None, None
+            if indicator == "critical":
+                why = "a critical card is always shown as critical"
+            elif indicator == "warning":
+                if self.always_new:
+                    why = self.always_new
+                elif newer:
+                    why = max(newer)[1] + " since then"
+                else:
+                    until = (override.at + timedelta(days=days)).date()
+                    finding = replace(finding, indicator="info")
+                    metrics.OVERRIDE_DOWNGRADES.labels(finding.kind).inc()
+            notes[finding.kind] = OverrideNote(at=override.at, reason=override.reason, until=until, why_shown=why)
+            kept.append(finding)
+        return kept, notes
+
+
+def remembered(call: HookCall, chart: Chart) -> Memory | None:
+    """The patient's overrides (:attr:`HookCall.remembered`, read beside the call and taken only if in time), with
+    what the chart shows that is new to an override: each low of the current run (when the lab released it, if
+    later than the draw), each start or restart after a break of a course of an antiresorptive or teriparatide.
+    On an order hook an order is being checked: that is new. When the ALP history or the medications could not
+    all be read, nothing is taken as unchanged."""
+    overrides = call.remembered() if call.remembered is not None else None
+    if not overrides:
+        return None
+    events = [(max(r.when, r.issued or r.when), f"a low ALP on {r.when.date().isoformat()}") for r in chart.current_run]
+    for course in chart.courses:
+        if course.start is not None:
+            events.append((course.start, f"{course.drug} started on {course.start.date().isoformat()}"))
+        events += [(end, f"{course.drug} restarted on {end.date().isoformat()}") for _, end in course.breaks]
+    always_new = None
+    if call.request["hook"] in ORDER_HOOKS:
+        always_new = "a new order is being checked"
+    elif chart.not_read & EVIDENCE_UNREAD:
+        always_new = "not every record could be read, so whether anything new happened is not known"
+    return Memory(
+        overrides=overrides,
+        now=call.now,
+        days=call.settings.OVERRIDE_DAYS,
+        events=tuple((when, what) for when, what in events if when <= call.now),
+        always_new=always_new,
+    )
 
 
 def unrecommended(order: OrderSuggestion) -> OrderSuggestion:
