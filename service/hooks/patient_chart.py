@@ -148,7 +148,7 @@ class Memory:
                 if self.always_new:
                     why = self.always_new
                 elif newer:
-                    why = max(newer)[1] + " since then"
+                    why = max(newer)[1] + ", after the override"
                 else:
                     until = (override.at + timedelta(days=days)).date()
                     finding = replace(finding, indicator="info")
@@ -167,7 +167,9 @@ def remembered(call: HookCall, chart: Chart) -> Memory | None:
     overrides = call.remembered() if call.remembered is not None else None
     if not overrides:
         return None
-    events = [(max(r.when, r.issued or r.when), f"a low ALP on {r.when.date().isoformat()}") for r in chart.current_run]
+    events = [
+        (max(r.when, r.issued or r.when), f"a new low ALP on {r.when.date().isoformat()}") for r in chart.current_run
+    ]
     for course in chart.courses:
         if course.start is not None:
             events.append((course.start, f"{course.drug} started on {course.start.date().isoformat()}"))
