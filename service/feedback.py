@@ -36,6 +36,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     insert,
     select,
     text,
@@ -426,6 +427,44 @@ class FeedbackStore:
     def feedback_rows(self) -> list[dict[str, Any]]:
         with self.engine.connect() as connection:
             return [dict(r._mapping) for r in connection.execute(select(feedback).order_by(feedback.c.id))]
+
+    def report_rows(self) -> tuple[list[Any], list[Any]]:
+        """What the committee's report reads (service/committee.py): the cards issued, counted by service, kind and
+        month of issue (UTC, ``YYYY-MM``); and every feedback item with its card's audit row (kind, service, month
+        of issue, patient hash, suggestions: None where no row was written). No comments."""
+        self.flush()
+        if self.engine.dialect.name == "postgresql":
+            month = func.to_char(func.timezone("UTC", issued_cards.c.issued_at), "YYYY-MM")
+        else:  # SQLite keeps the UTC time as text, "YYYY-MM-DD HH:MM:SS..."
+            month = func.substr(issued_cards.c.issued_at, 1, 7)
+        with self.engine.connect() as connection:
+            issued = connection.execute(
+                select(issued_cards.c.service_id, issued_cards.c.kind, month.label("month"), func.count())
+                .group_by(issued_cards.c.service_id, issued_cards.c.kind, month)
+                .order_by(month)
+            ).all()
+            items = connection.execute(
+                select(
+                    feedback.c.id,
+                    feedback.c.card_uuid,
+                    feedback.c.service_id.label("feedback_service_id"),
+                    feedback.c.outcome,
+                    feedback.c.outcome_timestamp,
+                    feedback.c.received_at,
+                    feedback.c.accepted_suggestions,
+                    feedback.c.override_system,
+                    feedback.c.override_code,
+                    feedback.c.override_display,
+                    issued_cards.c.service_id,
+                    issued_cards.c.kind,
+                    month.label("month"),
+                    issued_cards.c.patient_hash,
+                    issued_cards.c.suggestions,
+                )
+                .select_from(feedback.outerjoin(issued_cards, feedback.c.card_uuid == issued_cards.c.uuid))
+                .order_by(feedback.c.id)
+            ).all()
+        return issued, items
 
     def report(self, reason_displays: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
         """Per card kind: cards issued, how many cards got any feedback, each card counted once by its last outcome
