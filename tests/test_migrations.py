@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, insert, select, text
 
 from service import cli, migrations
 from service.app import create_app
-from service.feedback import feedback, metadata
+from service.feedback import feedback, issued_cards, metadata
 from service.hook_requests import NOW
 from service.migrations import SchemaTooNew
 from tests.conftest import PV, CheckedClient, postgres_url
@@ -88,12 +88,24 @@ def test_a_store_made_before_migrations_keeps_every_row(empty_store):
                 for i in range(3)
             ],
         )
+        connection.execute(  # the columns of revision 0001 only
+            text(
+                "INSERT INTO issued_cards (uuid, service_id, kind, indicator, issued_at) "
+                "VALUES ('old-0', :service, 'alp-low-single', 'info', :at)"
+            ),
+            {"service": PV, "at": NOW},
+        )
     client = app_on(empty_store)  # the service migrates at start by default
     assert post(client, "new").status_code == 200
     with engine.connect() as connection:
         cards = connection.execute(select(feedback.c.card_uuid).order_by(feedback.c.id)).scalars().all()
+        issued = connection.execute(select(issued_cards)).mappings().all()
         assert MigrationContext.configure(connection).get_current_revision() == migrations.head()
     assert cards == ["old-0", "old-1", "old-2", "new"]
+    # The issued card is kept; what revision 0002 added is empty for it (no patient hash was ever made for it).
+    assert [(r["uuid"], r["kind"], r["patient_hash"], r["suggestions"]) for r in issued] == [
+        ("old-0", "alp-low-single", None, None)
+    ]
 
 
 def test_a_schema_newer_than_the_code_refuses_the_start(empty_store, capsys):
