@@ -43,7 +43,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         app.extensions["cds_feedback"],
         settings.OVERRIDE_KEY,
         settings.OVERRIDE_DAYS,
-        settings.OVERRIDE_LOOKUP_TIMEOUT,
+        min(settings.OVERRIDE_LOOKUP_TIMEOUT, settings.FHIR_TIME_BUDGET / 2),  # well inside the call's budget
         override_reason_displays(),
         OVERRIDE_SYSTEM,
     )

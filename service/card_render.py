@@ -138,7 +138,7 @@ class OverrideNote:
     at: datetime  # when it was overridden (the date is read in the offset the EHR gave)
     reason: str  # as the EHR or the service's own list names it
     until: date | None = None  # a warning shown as information until then
-    why_shown: str | None = None  # why it is shown as before ("a new low ALP on 2026-07-01 since then")
+    why_shown: str | None = None  # why it is shown as before ("a new low ALP on 2026-07-01, after the override")
 
     def summary(self) -> str:
         return f"; overridden {self.at.date().isoformat()}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -122,7 +122,7 @@ class Memory:
     """The patient's overrides at this call, with what happened on the chart that an override may not have
     known (:func:`remembered`)."""
 
-    overrides: Mapping[str, Override]  # the latest per card kind within OVERRIDE_DAYS
+    recall: Callable[[], Mapping[str, Override] | None]  # the latest override per card kind within OVERRIDE_DAYS
     now: datetime
     days: int  # OVERRIDE_DAYS; a card kind may remember for less (its template's ``remember_days``)
     events: tuple[tuple[datetime, str], ...]  # (when it came to be known, what) for each low and treatment start
@@ -132,9 +132,12 @@ class Memory:
         """The findings, a warning whose kind was overridden with nothing new since made information; and the note
         each card of an overridden kind carries (when, why, and until when it stays information, or why it is
         shown as before). A critical card is never made information."""
+        overrides = self.recall() if findings else None  # a call without cards does not wait for the reading
+        if not overrides:
+            return findings, {}
         kept, notes = [], {}
         for finding in findings:
-            override = self.overrides.get(finding.kind)
+            override = overrides.get(finding.kind)
             days = min(self.days, template(finding.kind).get("remember_days", self.days))
             if override is None or override.at + timedelta(days=days) < self.now:
                 kept.append(finding)
@@ -164,23 +167,25 @@ def remembered(call: HookCall, chart: Chart) -> Memory | None:
     later than the draw), each start or restart after a break of a course of an antiresorptive or teriparatide.
     On an order hook an order is being checked: that is new. When the ALP history or the medications could not
     all be read, nothing is taken as unchanged."""
-    overrides = call.remembered() if call.remembered is not None else None
-    if not overrides:
+    if call.remembered is None:
         return None
+    # A result released by the lab after it was drawn came to be known then (a release time ahead of the clock is
+    # not believed: the draw counts).
     events = [
-        (max(r.when, r.issued or r.when), f"a new low ALP on {r.when.date().isoformat()}") for r in chart.current_run
+        (max(r.when, r.issued if r.issued and r.issued <= call.now else r.when), f"a new low ALP on {r.when.date()}")
+        for r in chart.current_run
     ]
     for course in chart.courses:
         if course.start is not None:
-            events.append((course.start, f"{course.drug} started on {course.start.date().isoformat()}"))
-        events += [(end, f"{course.drug} restarted on {end.date().isoformat()}") for _, end in course.breaks]
+            events.append((course.start, f"{course.drug} started on {course.start.date()}"))
+        events += [(end, f"{course.drug} restarted on {end.date()}") for _, end in course.breaks]
     always_new = None
     if call.request["hook"] in ORDER_HOOKS:
         always_new = "a new order is being checked"
     elif chart.not_read & EVIDENCE_UNREAD:
         always_new = "not every record could be read, so whether anything new happened is not known"
     return Memory(
-        overrides=overrides,
+        recall=call.remembered,
         now=call.now,
         days=call.settings.OVERRIDE_DAYS,
         events=tuple((when, what) for when, what in events if when <= call.now),
