@@ -167,21 +167,10 @@ def write_committee_report(store, settings, path: Path) -> int:
 
     from sqlalchemy.exc import SQLAlchemyError
 
+    from service import committee
     from service.card_render import OVERRIDE_SYSTEM, card_kinds, override_reason_displays, template
     from service.hooks import all_services
 
-    try:
-        import altair  # noqa: F401  (the charts: the SMART app's libraries)
-        import vl_convert  # noqa: F401
-
-        from service import committee
-    except ImportError as exc:
-        print(
-            f"alp-cds feedback-report: the HTML report draws its charts with altair and vl-convert ({exc.name} is "
-            "missing): pip install 'alp-cds[smart]'",
-            file=sys.stderr,
-        )
-        return 2
     days, now = settings.OVERRIDE_DAYS, datetime.now(UTC)
     kinds = set(card_kinds())
     try:
@@ -200,7 +189,16 @@ def write_committee_report(store, settings, path: Path) -> int:
         own_system=OVERRIDE_SYSTEM,
     )
     try:
-        path.write_text(committee.render_html(groups, now=now, days=days), encoding="utf-8")
+        page = committee.render_html(groups, now=now, days=days)
+    except ImportError as exc:  # the charts are drawn with the SMART app's libraries
+        print(
+            f"alp-cds feedback-report: the HTML report draws its charts with altair and vl-convert ({exc.name} is "
+            "missing): pip install 'alp-cds[smart]'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        path.write_text(page, encoding="utf-8")
     except OSError as exc:
         print(f"alp-cds feedback-report: cannot write {path}: {exc.strerror}", file=sys.stderr)
         return 2

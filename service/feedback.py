@@ -1,7 +1,8 @@
 """Durable store of issued cards and clinicians' feedback (CDS Hooks 2.0 "Feedback").
 
-SQLite by default (embedded), PostgreSQL when ``FEEDBACK_DB_URL`` says so. Issued cards keep only what is needed to
-report per card kind (uuid, service, kind, indicator, time): no patient data. A feedback 200 means committed.
+SQLite by default (embedded), PostgreSQL when ``FEEDBACK_DB_URL`` says so. Issued cards keep what is needed to report
+per card kind (uuid, service, kind, indicator, time, what each suggestion proposed) and, with the override memory on,
+a keyed hash of the patient (service/memory.py): no patient data in clear. A feedback 200 means committed.
 
 A store that is down, locked or partitioned must give a quick 503, never a call that hangs: every operation ends
 about ``FEEDBACK_DB_TIMEOUT`` seconds after it began. PostgreSQL gets a connect timeout, a statement and a lock

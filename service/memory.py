@@ -2,8 +2,8 @@
 
 A clinician who overrides a card with a reason (CDS Hooks 2.0 feedback, ``overridden`` with ``overrideReason``)
 has made a decision about this patient. For ``OVERRIDE_DAYS`` the next warnings of that card kind for that patient
-are shown as information, with the override's date and reason, unless something new happened since (the issuing
-step decides: service/hooks/patient_chart.py).
+are shown as information, with the override's date and reason, unless something new happened since (:class:`Memory`,
+applied by the issuing step, service/hooks/patient_chart.py, to every card kind alike).
 
 What is kept: each issued card's audit row carries a keyed hash of the patient (:func:`patient_key`: HMAC-SHA256
 under ``OVERRIDE_KEY`` of the calling EHR's issuer and tenant and the patient's id; never the id), and the
@@ -11,12 +11,13 @@ overrides are the feedback rows of those cards, joined when read (:meth:`Feedbac
 key nothing is hashed, nothing is remembered, and the start-up log says so.
 
 Reading never holds a hook call up: it starts in a thread of its own as soon as the call is validated, beside the
-call's FHIR fetching, and the call takes its answer only if it came within ``OVERRIDE_LOOKUP_TIMEOUT`` of the
-start. A store that is slow, down or busy means "nothing remembered": the cards are shown as they would be without
-the memory. At most LOOKUP_SLOTS readings of a process wait on the store at once (a hung store holds that many
-threads, each for the reading's time plus the watchdog's margin); a call that finds none free is answered without
-the memory at once. Each reading is counted (``cds_override_lookups_total`` by outcome); a failing memory is logged
-when it starts failing (then at most once a minute while it does) and when it works again, never with patient data.
+call's FHIR fetching, and the call takes its answer only when it has cards to show and only if the answer came
+within ``OVERRIDE_LOOKUP_TIMEOUT`` of the start (at most half of ``FHIR_TIME_BUDGET``). A store that is slow, down
+or busy means "nothing remembered": the cards are shown as they would be without the memory. At most LOOKUP_SLOTS
+readings of a process wait on the store at once (a hung store holds that many threads, each for the reading's time
+plus the watchdog's margin); a call that finds none free is answered without the memory at once. Each reading taken
+is counted (``cds_override_lookups_total`` by outcome); a failing memory is logged when it starts failing (then at
+most once a minute while it does) and when it works again, never with patient data.
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from service import metrics
+from service.card_render import OverrideNote, template
+from service.clinical.rules import Finding
 from service.logs import log_event
 
 log = logging.getLogger("service.memory")
@@ -65,6 +68,51 @@ def reason_text(row: Mapping[str, Any], displays: Mapping[str, str], own_system:
     if row.get("override_system") in (None, own_system) and code in displays:
         return displays[code]
     return row.get("override_display") or code
+
+
+@dataclass(frozen=True)
+class Memory:
+    """The patient's overrides at this call, with what happened on the chart that an override may not have
+    known (service/hooks/patient_chart.py ``remembered``): how it changes the cards (:meth:`apply`)."""
+
+    recall: Callable[[], Mapping[str, Override] | None]  # the latest override per card kind within OVERRIDE_DAYS
+    now: datetime
+    days: int  # OVERRIDE_DAYS; a card kind may remember for less (its template's ``remember_days``)
+    events: tuple[tuple[datetime, str], ...]  # (when it came to be known, what) for each low and treatment start
+    always_new: str | None = None  # why every card of this call counts as new (an order is checked), or None
+
+    def apply(self, findings: list[Finding]) -> tuple[list[Finding], Callable[[str], OverrideNote | None]]:
+        """The findings, a warning whose kind was overridden with nothing new since made information; and the note
+        a card of each kind carries (when, why, and until when it stays information, or why it is shown as
+        before; None for a kind not overridden). A critical card is never made information."""
+        overrides = self.recall() if findings else None  # a call without cards does not wait for the reading
+        if not overrides:
+            return findings, lambda _kind: None
+        kept: list[Finding] = []
+        notes: dict[str, OverrideNote] = {}
+        for finding in findings:
+            override = overrides.get(finding.kind)
+            days = min(self.days, template(finding.kind).get("remember_days", self.days))
+            if override is None or override.at + timedelta(days=days) < self.now:
+                kept.append(finding)
+                continue
+            indicator = finding.indicator or template(finding.kind)["indicator"]
+            newer = [(when, what) for when, what in self.events if when > override.at]
+            until, why = None, None
+            if indicator == "critical":
+                why = "a critical card is always shown as critical"
+            elif indicator == "warning":
+                if self.always_new:
+                    why = self.always_new
+                elif newer:
+                    why = max(newer)[1] + ", after the override"
+                else:
+                    until = (override.at + timedelta(days=days)).date()
+                    finding = replace(finding, indicator="info")
+                    metrics.OVERRIDE_DOWNGRADES.labels(finding.kind).inc()
+            notes[finding.kind] = OverrideNote(at=override.at, reason=override.reason, until=until, why_shown=why)
+            kept.append(finding)
+        return kept, notes.get
 
 
 class Recall:

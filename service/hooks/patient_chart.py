@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
 from service import metrics
-from service.card_render import OverrideNote, render_card, template
+from service.card_render import render_card, template
 from service.clinical.chart import Chart, LabsNeeded, lab_days_needed
 from service.clinical.codes import LOINC, analytes, context_observations, loinc_codes
 from service.clinical.facts import LabResult
@@ -30,7 +29,7 @@ from service.fhir.readers import (
     settle_versions,
 )
 from service.hooks import HookCall
-from service.memory import Override
+from service.memory import Memory
 from service.settings import Settings, smart_launch_url
 
 PATIENT = "{{context.patientId}}"
@@ -101,64 +100,24 @@ def issue(
     first card that asks for it. ``not_checked`` names the data that could not be read (:func:`not_read`): the
     cards say so, and without the other labs no workup test is recommended (whether it was done is not known).
     ``memory``: the patient's overrides (:func:`remembered`); a card of a kind overridden within the period says
-    so, and a warning with nothing new since is shown as information (:meth:`Memory.apply`)."""
-    notes: dict[str, OverrideNote] = {}
+    so, and a warning with nothing new since is shown as information (:meth:`service.memory.Memory.apply`)."""
+    note_of = no_note
     if memory is not None:
-        findings, notes = memory.apply(findings)
+        findings, note_of = memory.apply(findings)
     ordered = without_repeats(by_importance(findings, lambda kind: template(kind)["indicator"]))
     if "labs" in not_checked:
         ordered = [replace(f, orders=tuple(unrecommended(o) for o in f.orders)) for f in ordered]
-    return [(f.kind, render_card(f, patient_id, sorted(not_checked), notes.get(f.kind))) for f in ordered]
+    return [(f.kind, render_card(f, patient_id, sorted(not_checked), note_of(f.kind))) for f in ordered]
+
+
+def no_note(_kind: str) -> None:
+    return None
 
 
 ORDER_HOOKS = ("order-select", "order-sign")
 # What the chart could not all be read of that would show something new since an override: without it, nothing is
 # taken as unchanged.
 EVIDENCE_UNREAD = frozenset({"medications", "some_medications", "alp_history"})
-
-
-@dataclass(frozen=True)
-class Memory:
-    """The patient's overrides at this call, with what happened on the chart that an override may not have
-    known (:func:`remembered`)."""
-
-    recall: Callable[[], Mapping[str, Override] | None]  # the latest override per card kind within OVERRIDE_DAYS
-    now: datetime
-    days: int  # OVERRIDE_DAYS; a card kind may remember for less (its template's ``remember_days``)
-    events: tuple[tuple[datetime, str], ...]  # (when it came to be known, what) for each low and treatment start
-    always_new: str | None = None  # why every card of this call counts as new (an order is checked), or None
-
-    def apply(self, findings: list[Finding]) -> tuple[list[Finding], dict[str, OverrideNote]]:
-        """The findings, a warning whose kind was overridden with nothing new since made information; and the note
-        each card of an overridden kind carries (when, why, and until when it stays information, or why it is
-        shown as before). A critical card is never made information."""
-        overrides = self.recall() if findings else None  # a call without cards does not wait for the reading
-        if not overrides:
-            return findings, {}
-        kept, notes = [], {}
-        for finding in findings:
-            override = overrides.get(finding.kind)
-            days = min(self.days, template(finding.kind).get("remember_days", self.days))
-            if override is None or override.at + timedelta(days=days) < self.now:
-                kept.append(finding)
-                continue
-            indicator = finding.indicator or template(finding.kind)["indicator"]
-            newer = [(when, what) for when, what in self.events if when > override.at]
-            until, why = None, None
-            if indicator == "critical":
-                why = "a critical card is always shown as critical"
-            elif indicator == "warning":
-                if self.always_new:
-                    why = self.always_new
-                elif newer:
-                    why = max(newer)[1] + ", after the override"
-                else:
-                    until = (override.at + timedelta(days=days)).date()
-                    finding = replace(finding, indicator="info")
-                    metrics.OVERRIDE_DOWNGRADES.labels(finding.kind).inc()
-            notes[finding.kind] = OverrideNote(at=override.at, reason=override.reason, until=until, why_shown=why)
-            kept.append(finding)
-        return kept, notes
 
 
 def remembered(call: HookCall, chart: Chart) -> Memory | None:
