@@ -25,6 +25,10 @@ class HookCall:
     fetched: frozenset[str] = frozenset()  # prefetch keys whose data came from the FHIR server, not the client
     unavailable: frozenset[str] = frozenset()  # optional prefetch keys whose data could not be had (not: empty)
     incomplete: frozenset[str] = frozenset()  # prefetch keys of which only the first pages could be read
+    # The patient's overrides (service/memory.py), latest per card kind, when the memory is on and could be read
+    # in time; None: nothing remembered. Called once the chart is read (it may wait for the reading until its
+    # deadline).
+    remembered: Callable[[], Mapping[str, Any] | None] | None = None
 
     @property
     def context(self) -> Mapping[str, Any]:

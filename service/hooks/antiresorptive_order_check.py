@@ -20,6 +20,7 @@ from service.hooks.patient_chart import (
     issue,
     labs_window,
     read_scope,
+    remembered,
     report,
     resolver,
     with_app_link,
@@ -95,7 +96,8 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
             f"the Medication of the draft order ({', '.join(unread[:3])}) could not be read, "
             "so the order cannot be checked"
         )
-    return with_app_link(issue(findings, chart.patient.id, chart.not_read), call.settings)
+    memory = remembered(call, chart)
+    return with_app_link(issue(findings, chart.patient.id, chart.not_read, memory), call.settings)
 
 
 def draft_name(resource: dict[str, Any]) -> str:

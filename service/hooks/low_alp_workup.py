@@ -13,6 +13,7 @@ from service.hooks.patient_chart import (
     chart_prefetch,
     issue,
     labs_window,
+    remembered,
     with_app_link,
 )
 
@@ -24,7 +25,7 @@ def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     # One card per problem: a current antiresorptive and the low ALP are one card (the drug's, with the workup).
     findings = antiresorptives.one_card_per_problem(chart, rules.low_alp(chart))
     findings += antiresorptives.review_denosumab_timing(chart)
-    issued = issue(findings, chart.patient.id, chart.not_read)
+    issued = issue(findings, chart.patient.id, chart.not_read, remembered(call, chart))
     return with_app_link(issued, call.settings)
 
 
