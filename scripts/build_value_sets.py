@@ -15,7 +15,10 @@ It writes, in ``service/clinical/data/``:
   ingredient (ingredients, products (SCD, SBD), packs, brands, groups), recognised by the ingredient's and brands'
   names in the source's own display, with the sources that list it (``;``-separated keys of ``sources.csv``) and
   whether it is the 120 mg oncology denosumab (Xgeva-type);
+- ``procedures.csv``: the surgery and transfusion procedures of the VSAC sets ``PROCEDURE_SETS`` names, and the
+  words of ``PROCEDURE_TEXTS``;
 - ``provenance.csv``: for every code a rule reads (the ``code`` rows of ``medications.csv``, ``conditions.csv``,
+  ``procedures.csv``,
   ``analytes.csv``, ``context_observations.csv``, ``pregnancy_status_answers.csv``, ``workup_tests.csv`` and the
   RxNorm table), the
   published value sets or code systems that contain it, with their versions: the VSAC value sets the row names
@@ -95,6 +98,38 @@ MEDICATION_SETS = {
     "VSAC-BrandNames": "2.16.840.1.113762.1.4.1237.18",
 }
 PHIN_BRANDS = "2.16.840.1.113883.3.88.12.80.16"
+
+# The procedures after which a single low ALP is most likely temporary (surgery, transfusion: issue 24, S47): OID ->
+# (kind, what the set is). The surgery sets are those of the eCQM venous thromboembolism measures (major surgery).
+PROCEDURE_SETS = {
+    "2.16.840.1.113762.1.4.1029.213": ("transfusion", "Blood Transfusion"),
+    "2.16.840.1.113762.1.4.1234.71": ("transfusion", "Transfusion CPT codes for exposure identification"),
+    "2.16.840.1.113762.1.4.1234.73": ("transfusion", "Transfusion ICD10PCS codes for exposure identification"),
+    "2.16.840.1.113883.3.666.5.694": ("surgery", "CABG Surgeries"),
+    "2.16.840.1.113883.3.117.1.7.1.255": ("surgery", "General Surgery"),
+    "2.16.840.1.113883.3.117.1.7.1.257": ("surgery", "Gynecological Surgery"),
+    "2.16.840.1.113883.3.117.1.7.1.258": ("surgery", "Hip Fracture Surgery"),
+    "2.16.840.1.113883.3.117.1.7.1.259": ("surgery", "Hip Replacement Surgery"),
+    "2.16.840.1.113883.3.117.1.7.1.260": ("surgery", "Intracranial Neurosurgery"),
+    "2.16.840.1.113883.3.117.1.7.1.261": ("surgery", "Knee Replacement Surgery"),
+    "2.16.840.1.113883.3.117.1.7.1.272": ("surgery", "Urological Surgery"),
+}
+CPT = "http://www.ama-assn.org/go/cpt"
+# Procedures named in words only (no code the sets hold): the row's citation says where the word comes from.
+PROCEDURE_TEXTS = [
+    ("transfusion", "transfusion", "Transfusion"),
+    ("surgery", "coronary artery bypass", "Coronary artery bypass graft"),
+    ("surgery", "cabg", "Coronary artery bypass graft"),
+    ("surgery", "cardiopulmonary bypass", "Cardiopulmonary bypass"),
+    ("surgery", "valve replacement", "Heart valve replacement"),
+    ("surgery", "hip replacement", "Hip replacement"),
+    ("surgery", "knee replacement", "Knee replacement"),
+    ("surgery", "arthroplasty", "Arthroplasty"),
+    ("surgery", "hemiarthroplasty", "Hemiarthroplasty"),
+    ("surgery", "laparotomy", "Laparotomy"),
+    ("apheresis", "apheresis", "Apheresis"),
+    ("apheresis", "plasmapheresis", "Plasmapheresis"),
+]
 
 # Ingredient -> the names (ingredient, salts, US brands) that place a source's display under it.
 INGREDIENTS: dict[str, str] = {
@@ -320,6 +355,7 @@ def read_codes() -> list[tuple[str, str, str, str]]:
     for name, system, code in [
         ("medications.csv", lambda r: r["system"], "code"),
         ("conditions.csv", lambda r: r["system"], "code"),
+        ("procedures.csv", lambda r: r["system"], "code"),
         ("analytes.csv", lambda r: LOINC, "loinc"),
         ("context_observations.csv", lambda r: LOINC, "loinc"),
         ("pregnancy_status_answers.csv", lambda r: r["system"], "code"),
@@ -399,6 +435,51 @@ def provenance(sources: Sources, table: Table, all_vsac: Callable[[], set[str]],
     return out
 
 
+def write_procedures(sources: Sources, log) -> int:
+    """``procedures.csv``: every code of ``PROCEDURE_SETS`` (CPT codes with a display of our own: the AMA's
+    descriptors are not ours to copy), then the words of ``PROCEDURE_TEXTS``."""
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for oid, (kind, title) in PROCEDURE_SETS.items():
+        value_set = vsac(sources, oid)
+        version = value_set.get("version", "")
+        expansion = value_set.get("expansion", {})
+        for item in expansion.get("contains", []):
+            key = (item["system"], item["code"])
+            if key in rows:
+                continue
+            display = f"{title} (CPT {item['code']})" if item["system"] == CPT else item.get("display", "")
+            rows[key] = {
+                "group": "acute_event",
+                "kind": kind,
+                "match": "code",
+                "system": item["system"],
+                "code": item["code"],
+                "display": display.removesuffix(" (procedure)"),
+                "status": "VERIFIED",
+                "source": f"VSAC {oid} {title} v{version}, expansion {expansion.get('timestamp', '')[:10]}",
+            }
+    texts = [
+        {
+            "group": "acute_event",
+            "kind": kind,
+            "match": "text",
+            "system": "",
+            "code": fragment,
+            "display": display,
+            "status": "PARTIAL",
+            "source": "text fallback (issue 24; the procedures McKiernan 2014 names: S47); negations read around it",
+        }
+        for kind, fragment, display in PROCEDURE_TEXTS
+    ]
+    ordered = sorted(rows.values(), key=lambda r: (r["kind"], r["system"], r["code"]))
+    with (DATA / "procedures.csv").open("w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, list(ordered[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows([*ordered, *texts])
+    print(f"procedures.csv: {len(ordered)} codes, {len(texts)} words", file=log)
+    return len(ordered)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mirrors", type=Path, help="a directory of git mirrors (owner+name/repo)")
@@ -433,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         ).stdout.split()
         return {Path(p).name[len("ValueSet-") : -len(".json")] for p in listing if "/ValueSet-" in p}
 
+    write_procedures(sources, log)
     rows = provenance(sources, table, all_vsac, log)
     with (DATA / "provenance.csv").open("w", newline="", encoding="utf-8") as out:
         writer = csv.DictWriter(out, ["system", "code", "file", "source", "detail"], lineterminator="\n")

@@ -25,7 +25,12 @@ def _date_key(resource: Mapping[str, Any]) -> str:
     if resource.get("resourceType") == "Observation":
         when = observation_time(dict(resource))
         return when.isoformat() if when else ""
-    return str(resource.get("authoredOn") or (resource.get("effectivePeriod") or {}).get("start") or "")
+    return str(
+        resource.get("authoredOn")
+        or resource.get("performedDateTime")
+        or (resource.get("effectivePeriod") or resource.get("performedPeriod") or {}).get("start")
+        or ""
+    )
 
 
 def _resource_codes(resource: Mapping[str, Any]) -> set[str]:

@@ -12,9 +12,9 @@ from service.clinical.antiresorptives import overdue_denosumab, review_current, 
 from service.clinical.chart import Chart
 from service.clinical.context import egfr_ckd_epi_2021, pregnancy_windows
 from service.clinical.facts import Diagnosis, LabResult, Medication, Patient, PregnancyEvidence
-from service.clinical.rules import b6_intake, low_alp, wilson_disease
+from service.clinical.rules import acute_drop, b6_intake, low_alp, wilson_disease
 from service.clinical.treatment import add_months, courses
-from service.fhir.context import hpp_text, read_diagnoses, read_pregnancy_evidence
+from service.fhir.context import hpp_text, read_diagnoses, read_pregnancy_evidence, read_procedures
 from service.fhir.readers import Scope, read_lab_results, settle_versions
 from service.settings import ClinicalSettings
 from tests.test_boundaries_rules import ADULT, NOW, ago, alp, kinds, lab, med
@@ -648,3 +648,97 @@ def test_a_correction_wins_whatever_its_or_the_originals_issued_says(original_is
     original = version(70, issued=original_issued)
     assert settled(original, version(30, "amended", correction_issued, "o2")) == [30]
     assert settled(version(30, "corrected", correction_issued, "o2"), original) == [30]
+
+
+# ----------------------------------------------------------------------------------------------- after an acute event
+
+
+def procedure(code=None, text=None, status="completed", performed=None, subject="Patient/p", **extra) -> dict:
+    concept = {**({"coding": [code]} if code else {}), **({"text": text} if text else {})}
+    return {
+        "resourceType": "Procedure", "id": "pr", "status": status, "code": concept, "subject": {"reference": subject},
+        **({"performedDateTime": performed} if performed else {}), **extra,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "kind"),
+    [
+        ({"system": SNOMED, "code": "52734007"}, None, "surgery"),  # total hip replacement (VSAC VTE sets)
+        ({"system": SNOMED, "code": "116863004"}, None, "transfusion"),  # red cells (VSAC Blood Transfusion)
+        ({"system": "urn:oid:2.16.840.1.113883.6.4", "code": "30233n1"}, None, "transfusion"),  # ICD-10-PCS by OID
+        ({"system": "http://www.ama-assn.org/go/cpt", "code": "36430"}, None, "transfusion"),  # CPT
+        (None, "CABG x3", "surgery"),
+        (None, "Plasmapheresis session", "apheresis"),
+        (None, "No transfusion given", None),
+        ({"system": SNOMED, "code": "80146002"}, "Appendectomy", None),  # not a set the rule reads, no category
+    ],
+)
+def test_procedures_read_as_acute_events(code, text, kind):
+    found = read_procedures(procedure(code, text, performed="2026-05-20"), scope=scope())
+    assert [d.kind for d in found] == ([kind] if kind else [])
+    if kind:
+        assert found[0].group == "acute_event" and found[0].onset.date() == date(2026, 5, 20)
+
+
+def test_a_procedure_categorised_as_surgical_is_surgery_and_only_a_performed_dated_one_counts():
+    surgical = {"coding": [{"system": SNOMED, "code": "387713003"}]}
+    appendectomy = procedure({"system": SNOMED, "code": "80146002"}, "Appendectomy", category=surgical)
+    assert [d.kind for d in read_procedures(appendectomy, scope=scope())] == []  # no date
+    appendectomy["performedPeriod"] = {"start": "2026-05-20T08:00:00Z", "end": "2026-05-20T10:00:00Z"}
+    (found,) = read_procedures(appendectomy, scope=scope())
+    assert (found.kind, found.name, found.onset.hour) == ("surgery", "Appendectomy", 10)  # dated by its end
+    red_cells = {"system": SNOMED, "code": "116863004"}
+    for status in ("preparation", "not-done", "on-hold", "entered-in-error", None):
+        assert read_procedures(procedure(red_cells, status=status, performed="2026-05-20"), scope=scope()) == []
+    assert read_procedures(procedure(red_cells, performed="2026-07-20"), scope=scope()) == []  # after today
+    assert read_procedures(procedure(red_cells, performed="2026-05-20", subject="Patient/x"), scope=scope()) == []
+
+
+def event(kind, days_before_low, group="acute_event"):
+    return dx(group, kind, f"a {kind}", onset=ago(10 + days_before_low))
+
+
+@pytest.mark.parametrize(
+    ("events", "labs", "expected"),
+    [
+        ([event("surgery", 12)], "normal, low", "surgery"),
+        ([event("transfusion", 30)], "normal, low", "a transfusion"),
+        ([event("transfusion", 31)], "normal, low", None),  # more than acute_event_days before the low
+        ([event("transfusion", -1)], "normal, low", None),  # after the low: not its cause
+        ([event("hip", 5, group="fracture")], "normal, low", "a fracture"),  # trauma
+        ([event("surgery", 12)], "low, low", None),  # persistent: not a temporary fall
+        ([event("surgery", 12)], "low", None),  # no ALP before it to show it fell
+    ],
+)
+def test_a_single_low_after_a_normal_soon_after_an_acute_event_is_most_likely_temporary(events, labs, expected):
+    values = [{"normal": 80, "low": 20}[v] for v in labs.split(", ")]  # 60 days apart, the latest 10 days ago
+    results = [alp(value, ago(10 + 60 * (len(values) - 1 - i))) for i, value in enumerate(values)]
+    found = acute_drop(chart(results, diagnoses=events))
+    assert (found["what"] if found else None) == expected
+    if found:
+        assert found["before"].value == 80 and found["date"] == events[0].onset.date().isoformat()
+
+
+def test_an_order_after_an_acute_fall_says_repeat_and_defer_never_remove():
+    order = Medication(
+        frozenset({"bisphosphonate"}), "strong", "zoledronic acid", "draft", ingredient="zoledronic acid",
+        reference="MedicationRequest/d",
+    )  # fmt: skip
+    c = chart([alp(80, ago(90)), alp(20, ago(10))], diagnoses=[event("surgery", 12)])
+    (found,) = review_order(c, [order], False)
+    assert found.kind == "antiresorptive-order-low-alp" and found.indicator == "info" and found.deletes == ()
+    assert found.facts["acute"]["what"] == "surgery" and found.facts["dose"] == "the infusion"
+    assert [r["value"] for r in found.facts["readings"]] == ["80", "20"]  # the earlier normal is shown
+    assert {o.test.key for o in found.orders if o.recommended} == {"repeat_alp"}
+    later = chart([alp(80, ago(90)), alp(20, ago(10))], diagnoses=[event("surgery", 45)])
+    (found,) = review_order(later, [order], False)
+    assert found.facts["acute"] is None and found.indicator == "warning" and found.deletes == ("MedicationRequest/d",)
+
+
+def test_the_next_denosumab_dose_is_never_deferred_for_an_acute_fall():
+    given = med("Prolia", {"denosumab"}, status="history", start=ago(190), ingredient="denosumab")
+    order = Medication(frozenset({"denosumab"}), "strong", "Prolia", "draft", ingredient="denosumab")
+    c = chart([alp(80, ago(90)), alp(20, ago(10))], medications=[given], diagnoses=[event("surgery", 12)])
+    (found,) = review_order(c, [order], False)
+    assert found.kind == "antiresorptive-order-denosumab-course" and found.facts["acute"] is None

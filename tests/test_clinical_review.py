@@ -55,6 +55,8 @@ OUT = {
     "infant-hpp-out": "Refer today",  # a modest low with a normal calcium: repeat when well (with the red flags)
     "denosumab-overdue-out": "overdue",  # the last injection 3 months ago
     "amended-out": None,  # a low corrected to a normal, and one normal sent twice
+    # issue 24: a low 45 days after a transfusion is no longer read as its temporary fall
+    "order-after-surgery-out": "most likely temporary",
 }
 
 

@@ -544,3 +544,15 @@ def test_a_card_asking_to_check_the_latest_alp_by_hand_names_what_was_not_return
     assert ALP_HISTORY_LINE in cards[0]["detail"] and LABS_LINE in cards[0]["detail"]
     complete = client.cards(PV, load_request("unit-unknown-in"))
     assert NOT_CHECKED not in complete[0]["detail"]
+
+
+def test_procedures_unread_are_named_only_where_they_could_change_the_card(client):
+    """Without the procedures a single low after a normal cannot be told from the fall surgery or a transfusion
+    causes: the card is the usual one and says so. For any other ALP history they change nothing: not named."""
+    unread = client.cards(OS, without("order-after-surgery-out", "procedures", server=False))
+    assert unread[0]["indicator"] == "warning" and "**Procedures**" in unread[0]["detail"]
+    # the hip fracture of the "in" chart is trauma enough: still most likely temporary
+    fracture = client.cards(OS, without("order-after-surgery-in", "procedures", server=False))
+    assert "most likely temporary" in fracture[0]["summary"]
+    other = client.cards(OS, without("order-low-alp-in", "procedures", server=False))
+    assert "Procedures" not in other[0]["detail"]

@@ -14,7 +14,15 @@ from service.clinical.chart import Chart
 from service.clinical.codes import thresholds, workup_tests
 from service.clinical.facts import Medication
 from service.clinical.medications import is_antiresorptive
-from service.clinical.rules import Finding, OrderSuggestion, alp_before, context_links, treatment_start, workup
+from service.clinical.rules import (
+    Finding,
+    OrderSuggestion,
+    acute_drop,
+    alp_before,
+    context_links,
+    treatment_start,
+    workup,
+)
 from service.clinical.treatment import add_months
 from service.clinical.views import alp_rows, chart_context, describe_alp, not_interpreted_rows, span_text
 
@@ -368,12 +376,19 @@ def review_order(
     if not run:
         return []
     orders, resulted = order_workup(chart)
+    # A single low soon after surgery, a transfusion or a fracture, with a normal ALP before it: most likely
+    # temporary. Repeat the ALP before the dose and defer the order, never remove it (after a hip fracture, the
+    # zoledronate infusion is proven secondary prevention). Not for what may be the next dose of a denosumab course.
+    acute = None if (course and denosumab) or course_unchecked else acute_drop(chart)
+    shown = [acute["before"], *run] if acute else run
     return [
         Finding(
             "antiresorptive-order-denosumab-course" if course and denosumab else "antiresorptive-order-low-alp",
             {
                 **common,
-                "readings": alp_rows(chart, run),
+                "acute": {**acute, "before": describe_alp(chart, acute["before"])} if acute else None,
+                "dose": _dose_word(drugs, bool(course)),
+                "readings": alp_rows(chart, shown),
                 "latest": describe_alp(chart, run[-1]),
                 "persistent": chart.persistent,
                 "latest_suspect": id(run[-1]) in chart.contamination,
@@ -381,8 +396,21 @@ def review_order(
                 "not_interpreted": not_interpreted_rows(chart.not_interpreted()),
             },
             tuple(orders),
-            deletes=deletes,
-            links=links,
-            indicator="info" if oncology_context else _indicator(drugs, "warning", "info"),
+            deletes=() if acute else deletes,
+            links=(*links, "S47") if acute else links,
+            indicator="info" if oncology_context or acute else _indicator(drugs, "warning", "info"),
         )
     ]
+
+
+INFUSED = ("zoledronic acid", "pamidronate")  # given only as infusions
+
+
+def _dose_word(drugs: Sequence[Medication], continuing: bool) -> str:
+    """What the order gives, in words: the infusion (zoledronic acid, pamidronate), the injection (denosumab), or
+    the first or next dose."""
+    if any(m.ingredient in INFUSED for m in drugs):
+        return "the infusion"
+    if any("denosumab" in m.groups for m in drugs):
+        return "the injection"
+    return "the next dose" if continuing else "the first dose"

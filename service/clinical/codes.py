@@ -20,6 +20,8 @@ SYSTEM_ALIASES = {
     "urn:oid:2.16.840.1.113883.6.96": SNOMED,
     "urn:oid:2.16.840.1.113883.6.73": ATC,
     "urn:oid:2.16.840.1.113883.6.90": "http://hl7.org/fhir/sid/icd-10-cm",
+    "urn:oid:2.16.840.1.113883.6.4": "http://www.cms.gov/Medicare/Coding/ICD10",  # ICD-10-PCS
+    "urn:oid:2.16.840.1.113883.6.12": "http://www.ama-assn.org/go/cpt",
     # Orphanet and OMIM as EHRs write them (scheme, www, the ORDO path).
     "http://orpha.net": "http://www.orpha.net",
     "http://www.orpha.net/ordo": "http://www.orpha.net",
@@ -251,11 +253,13 @@ ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 ICD10 = "http://hl7.org/fhir/sid/icd-10"  # WHO ICD-10
 ORPHANET = "http://www.orpha.net"
 OMIM = "http://www.omim.org"
+ICD10PCS = "http://www.cms.gov/Medicare/Coding/ICD10"
+CPT = "http://www.ama-assn.org/go/cpt"
 
 
 @dataclass(frozen=True)
 class ConditionEntry:
-    group: str  # hpp | pregnancy | postpartum | fracture | ckd_severe | alp_raising
+    group: str  # hpp | pregnancy | postpartum | fracture | ckd_severe | alp_raising; acute_event (procedures)
     kind: str
     match: str  # code | prefix | text
     system: str
@@ -267,16 +271,14 @@ def condition_code(system: str | None, code: str) -> str:
     """A condition code as the table writes it: ICD-10-CM without its dot and in capitals; Orphanet and OMIM without
     the prefixes EHRs put before the number (``ORPHA:436``, ``Orphanet_436``, ``OMIM:146300``, ``MIM:146300``)."""
     cleaned = code.strip()
-    if system in (ICD10CM, ICD10):
+    if system in (ICD10CM, ICD10, ICD10PCS):
         return cleaned.replace(".", "").upper()
     if system in (ORPHANET, OMIM):
         return re.sub(r"^(?:orpha(?:net)?|omim|mim)[:_ #]*", "", cleaned, flags=re.IGNORECASE)
     return cleaned
 
 
-@cache
-def condition_entries() -> tuple[ConditionEntry, ...]:
-    """The condition value sets of ``data/conditions.csv`` (VERIFIED and PARTIAL rows; each names its source)."""
+def _entries(name: str) -> tuple[ConditionEntry, ...]:
     return tuple(
         ConditionEntry(
             r["group"],
@@ -286,9 +288,22 @@ def condition_entries() -> tuple[ConditionEntry, ...]:
             r["code"].lower() if r["match"] == "text" else condition_code(r["system"], r["code"]),
             r["display"],
         )
-        for r in _rows("conditions.csv")
+        for r in _rows(name)
         if r["status"] in ("VERIFIED", "PARTIAL")
     )
+
+
+@cache
+def condition_entries() -> tuple[ConditionEntry, ...]:
+    """The condition value sets of ``data/conditions.csv`` (VERIFIED and PARTIAL rows; each names its source)."""
+    return _entries("conditions.csv")
+
+
+@cache
+def procedure_entries() -> tuple[ConditionEntry, ...]:
+    """The procedures of ``data/procedures.csv`` after which a low ALP is most likely temporary: surgery,
+    transfusion, apheresis (group ``acute_event``; built by scripts/build_value_sets.py from VSAC)."""
+    return _entries("procedures.csv")
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,16 @@ def fragility_fractures(diagnoses: Sequence[Diagnosis], patient: Patient, adult_
     return found
 
 
+def acute_event_before(diagnoses: Sequence[Diagnosis], when: datetime) -> Diagnosis | None:
+    """The latest surgery, transfusion or apheresis (group ``acute_event``) or fracture (trauma: any fracture on the
+    chart, fragility or not) dated within ``acute_event_days`` before ``when``: each can lower ALP for a while
+    (acute hypophosphatasaemia: McKiernan 2014, S47)."""
+    span = timedelta(days=thresholds()["acute_event_days"])
+    events = [d for d in diagnoses if d.group in ("acute_event", "fracture")]
+    dated = [(at, d) for d in events if (at := d.onset or d.recorded) is not None and when - span <= at <= when]
+    return max(dated, key=lambda pair: pair[0])[1] if dated else None
+
+
 def fracture_windows(fractures: Sequence[Diagnosis]) -> list[Window]:
     """While a fracture heals, bone formation raises the ALP (``fracture_healing_weeks`` from its onset)."""
     healing = weeks("fracture_healing_weeks")

@@ -189,9 +189,10 @@ class Medication:
 
 @dataclass(frozen=True)
 class Diagnosis:
-    """A Condition of the patient that belongs to a group the rules read (``data/conditions.csv``)."""
+    """A Condition of the patient that belongs to a group the rules read (``data/conditions.csv``), or a Procedure
+    the patient had that lowers ALP for a while (group ``acute_event``, ``data/procedures.csv``: onset is its date)."""
 
-    group: str  # hpp | pregnancy | postpartum | fracture | ckd_severe | alp_raising
+    group: str  # hpp | pregnancy | postpartum | fracture | ckd_severe | alp_raising | acute_event
     kind: str  # within the group, e.g. "paget", "bone_metastases", "cholestasis", "stress", "atypical_femoral"
     name: str  # as the record names it (text, else the display)
     active: bool  # clinicalStatus active, recurrence or relapse, or none given; False: inactive, remission, resolved

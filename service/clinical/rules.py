@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.clinical.alp import is_current, unusable
 from service.clinical.codes import WorkupTest, thresholds, workup_tests
+from service.clinical.context import acute_event_before
 from service.clinical.facts import LabResult, Medication
 from service.clinical.medications import is_antiresorptive
 from service.clinical.treatment import breaks
@@ -541,6 +542,41 @@ def _alp_before_run(chart: Chart, run: Sequence[LabResult]) -> LabResult | None:
     if not earlier or earlier[-1].when < run[0].when - timedelta(days=chart.settings.ALP_CURRENT_DAYS):
         return None
     return earlier[-1]
+
+
+ACUTE_KINDS = {"surgery": "surgery", "transfusion": "a transfusion", "apheresis": "apheresis", "fracture": "a fracture"}
+
+
+def single_low_after_normal(chart: Chart) -> LabResult | None:
+    """The normal ALP before the current run, when that run is a single low (not persistent): the shape of a fall
+    with an acute cause."""
+    run = chart.current_run
+    if len(run) != 1 or chart.persistent:
+        return None
+    before = _alp_before_run(chart, run)
+    return None if before is None or before.is_low() else before
+
+
+def acute_drop(chart: Chart) -> dict[str, Any] | None:
+    """When: the current run is a single low, the judged ALP just before it was normal (``_alp_before_run``), and
+    surgery, a transfusion, apheresis or a fracture came within ``acute_event_days`` before the low
+    (``context.acute_event_before``). Then the low is most likely the temporary fall those cause (S47): the event,
+    how long before the low, and the normal before it. Not when: the lows persist, or no normal came before."""
+    before = single_low_after_normal(chart)
+    if before is None:
+        return None
+    run = chart.current_run
+    event = acute_event_before(chart.diagnoses, run[0].when)
+    if event is None:
+        return None
+    at = event.onset or event.recorded
+    return {
+        "name": event.name,
+        "what": ACUTE_KINDS[event.kind if event.group == "acute_event" else "fracture"],
+        "date": at.date().isoformat(),
+        "days": max((run[0].when.date() - at.date()).days, 0),
+        "before": before,
+    }
 
 
 def _tiers(

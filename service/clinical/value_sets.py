@@ -19,7 +19,18 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from service.clinical.codes import ATC, ICD10CM, LOINC, OMIM, ORPHANET, RXNORM, SNOMED, medication_entries
+from service.clinical.codes import (
+    ATC,
+    CPT,
+    ICD10CM,
+    ICD10PCS,
+    LOINC,
+    OMIM,
+    ORPHANET,
+    RXNORM,
+    SNOMED,
+    medication_entries,
+)
 
 FHIR_PATH = "fhir/ValueSet"
 SYSTEM_NAMES = {
@@ -28,6 +39,8 @@ SYSTEM_NAMES = {
     SNOMED: "SNOMED CT",
     LOINC: "LOINC",
     ICD10CM: "ICD-10-CM",
+    ICD10PCS: "ICD-10-PCS",
+    CPT: "CPT",
     ORPHANET: "Orphanet",
     OMIM: "OMIM",
 }
@@ -40,6 +53,8 @@ COPYRIGHT = {
     "(https://loinc.org/license).",
     ATC: "WHO ATC codes are maintained by the WHO Collaborating Centre for Drug Statistics Methodology.",
     ICD10CM: "ICD-10-CM is maintained by the US National Center for Health Statistics (CDC).",
+    ICD10PCS: "ICD-10-PCS is maintained by the US Centers for Medicare & Medicaid Services (CMS).",
+    CPT: "CPT codes are copyright the American Medical Association; the displays here are the service's own words.",
     ORPHANET: "Orphanet nomenclature: INSERM, CC BY 4.0.",
     OMIM: "OMIM numbers: Johns Hopkins University.",
 }
@@ -89,10 +104,10 @@ def _select(table: str, select: dict[str, str]) -> list[Member]:
             citation = row["source"] if row else f"rxnorm_antiresorptives.csv: {table_sources.get(entry.code, '')}"
             found.append(Member(entry.system, entry.code, entry.display, entry.match, citation))
         return found
-    if table == "conditions":
+    if table in ("conditions", "procedures"):
         return [
             Member(r["system"], r["code"], r["display"], r["match"], r["source"])
-            for r in _rows("conditions.csv")
+            for r in _rows(f"{table}.csv")
             if _usable(r) and all(r[k] == v for k, v in select.items())
         ]
     if table in ("analytes", "context_observations", "workup_tests"):

@@ -24,6 +24,7 @@ from service.clinical.codes import (
     condition_entries,
     context_observations,
     pregnancy_answers,
+    procedure_entries,
 )
 from service.clinical.facts import Diagnosis, PregnancyEvidence
 from service.fhir.elements import obj, objects, string
@@ -95,11 +96,13 @@ def hpp_text(text: str) -> str | None:
 
 
 @cache
-def _index() -> tuple[dict[tuple[str, str], ConditionEntry], list[ConditionEntry], list[ConditionEntry]]:
+def _index(
+    table: str = "conditions",
+) -> tuple[dict[tuple[str, str], ConditionEntry], list[ConditionEntry], list[ConditionEntry]]:
     codes: dict[tuple[str, str], ConditionEntry] = {}
     prefixes: list[ConditionEntry] = []
     texts: list[ConditionEntry] = []
-    for entry in condition_entries():
+    for entry in condition_entries() if table == "conditions" else procedure_entries():
         if entry.match == "code":
             codes.setdefault((entry.system, entry.code), entry)
         elif entry.match == "prefix":
@@ -110,8 +113,8 @@ def _index() -> tuple[dict[tuple[str, str], ConditionEntry], list[ConditionEntry
     return codes, prefixes, texts
 
 
-def _coded(concept: dict[str, Any]) -> ConditionEntry | None:
-    codes, prefixes, _ = _index()
+def _coded(concept: dict[str, Any], table: str = "conditions") -> ConditionEntry | None:
+    codes, prefixes, _ = _index(table)
     for coding in objects(concept, "coding"):
         system, code = canonical_system(string(coding, "system")), string(coding, "code")
         if system is None or code is None or not code.strip():
@@ -130,8 +133,21 @@ def _texts(concept: dict[str, Any]) -> list[str]:
     return [t for t in candidates if t is not None and t.strip()]
 
 
-def _by_text(texts: Iterable[str]) -> tuple[ConditionEntry | None, bool]:
+def _named(text: str, entries: Iterable[ConditionEntry]) -> tuple[ConditionEntry | None, bool]:
     """The first table entry a text names (not negated), and whether the text doubts it."""
+    words = _words(text)
+    for entry in entries:
+        at = words.find(entry.code)
+        if at < 0:
+            continue
+        reading = _reading(words, at, at + len(entry.code))
+        if reading in ("documented", "suspected"):
+            return entry, reading == "suspected"
+    return None, False
+
+
+def _by_text(texts: Iterable[str]) -> tuple[ConditionEntry | None, bool]:
+    """The first condition a text names (hypophosphatasia read first, with its negations and doubts)."""
     _, _, entries = _index()
     for text in texts:
         reading = hpp_text(text)
@@ -139,14 +155,9 @@ def _by_text(texts: Iterable[str]) -> tuple[ConditionEntry | None, bool]:
             return HPP_EXCLUDED, False
         if reading is not None:
             return HPP_BY_TEXT, reading == "suspected"
-        words = _words(text)
-        for entry in entries:
-            at = words.find(entry.code)
-            if at < 0:
-                continue
-            reading = _reading(words, at, at + len(entry.code))
-            if reading in ("documented", "suspected"):
-                return entry, reading == "suspected"
+        entry, doubted = _named(text, entries)
+        if entry is not None:
+            return entry, doubted
     return None, False
 
 
@@ -233,6 +244,58 @@ def read_diagnoses(*values: Any, scope: Scope | None = None) -> list[Diagnosis]:
                     abatement=abatement,
                     recorded=plausible_datetime(string(condition, "recordedDate")),
                     matched_by=matched_by,
+                )
+            )
+    return found
+
+
+# Procedure statuses that say it took place (FHIR R4 event-status): in progress, done, or begun and stopped.
+PERFORMED = {"in-progress", "completed", "stopped"}
+SURGICAL_CATEGORY = ("http://snomed.info/sct", "387713003")  # Procedure.category "Surgical procedure" (FHIR R4)
+
+
+def read_procedures(*values: Any, scope: Scope) -> list[Diagnosis]:
+    """The surgery, transfusion and apheresis the patient has had (group ``acute_event``, ``data/procedures.csv``,
+    or any procedure whose category is "Surgical procedure"), each dated by the end of its performance (or its
+    start, or its single date). A procedure not performed (preparation, not done, on hold, entered in error), with
+    no date, or dated after today is not read."""
+    found: list[Diagnosis] = []
+    for value in values:
+        for procedure in resources(value, "Procedure"):
+            if not scope.owns(procedure) or string(procedure, "status") not in PERFORMED:
+                continue
+            period = obj(procedure, "performedPeriod")
+            when = (
+                plausible_datetime(string(procedure, "performedDateTime"))
+                or plausible_datetime(string(period, "end"))
+                or plausible_datetime(string(period, "start"))
+            )
+            if when is None or when > scope.now + DATE_TOLERANCE:
+                continue
+            concept = obj(procedure, "code")
+            texts = _texts(concept)
+            entry = _coded(concept, "procedures")
+            if entry is None:
+                _, _, words = _index("procedures")
+                entry = next((e for t in texts if (e := _named(t, words)[0]) is not None), None)
+            surgical = any(
+                (canonical_system(string(c, "system")), string(c, "code")) == SURGICAL_CATEGORY
+                for c in objects(obj(procedure, "category"), "coding")
+            )
+            if entry is None and not surgical:
+                continue
+            kind = entry.kind if entry is not None else "surgery"
+            name = texts[0] if texts else (entry.display if entry is not None else "surgical procedure")
+            found.append(
+                Diagnosis(
+                    group="acute_event",
+                    kind=kind,
+                    name=" ".join(name.split())[:80],
+                    active=False,
+                    confirmed=True,
+                    onset=when,
+                    abatement=when,
+                    matched_by="code" if entry is not None and entry.match == "code" else "text",
                 )
             )
     return found

@@ -164,10 +164,10 @@ DESCRIPTION = (
     "causes rebound fractures). A documented hypophosphatasia diagnosis gives a critical card; no current ALP gives "
     "a suggestion to measure one before the first dose."
 ) + APP_LINK_NOTE
-PREFETCH = {**chart_prefetch(), "conditions": f"Condition?patient={PATIENT}&_count=100"}
-# Without the conditions an order is still checked against the ALP, but a recorded HPP diagnosis is not seen: the
-# card says so.
-OPTIONAL = OPTIONAL_PREFETCH | {"conditions"}
+# Surgery, transfusions and apheresis, newest first: a single low soon after them is most likely temporary (an order
+# card then says to repeat the ALP before the dose, not to remove the order).
+PREFETCH = {**chart_prefetch(), "procedures": f"Procedure?patient={PATIENT}&_sort=-date&_count=50"}
+OPTIONAL = OPTIONAL_PREFETCH | {"procedures"}
 
 SERVICE = CdsService(
     id="antiresorptive-low-alp",

@@ -13,10 +13,10 @@ from service.card_render import render_card, template
 from service.clinical.chart import Chart, LabsNeeded, lab_days_needed
 from service.clinical.codes import LOINC, analytes, context_observations, loinc_codes
 from service.clinical.facts import LabResult
-from service.clinical.rules import Finding, OrderSuggestion, by_importance
+from service.clinical.rules import Finding, OrderSuggestion, by_importance, single_low_after_normal
 from service.errors import BadRequest, CdsError, DataUnavailable
 from service.fhir.client import FhirError
-from service.fhir.context import read_diagnoses, read_pregnancy_evidence
+from service.fhir.context import read_diagnoses, read_pregnancy_evidence, read_procedures
 from service.fhir.elements import array, objects, string, untyped
 from service.fhir.lazy import LazyBundle
 from service.fhir.readers import (
@@ -186,6 +186,8 @@ def not_read(call: HookCall, scope: Scope) -> frozenset[str]:
         missing.add("some_medications")
     if "conditions" in lost:
         missing.add("conditions")
+    if "procedures" in lost:
+        missing.add("procedures")
     if lost & set(DOSE_KEYS):
         missing.add("administrations")
     if "pregnancy" in lost and could_be_pregnant(scope.patient, call.now):
@@ -334,7 +336,10 @@ def build_chart(call: HookCall, scope: Scope | None = None) -> Chart:
     data = call.data
     scope = scope or read_scope(call)
     clinical = call.settings.clinical
-    diagnoses = read_diagnoses(data.get("conditions"), scope=scope)
+    diagnoses = [
+        *read_diagnoses(data.get("conditions"), scope=scope),
+        *read_procedures(data.get("procedures"), scope=scope),
+    ]
     pregnancy = read_pregnancy_evidence(data.get("pregnancy"), scope=scope)
     alp = settle_versions(read_lab_results(data.get("alp"), scope=scope))
     # The run of lows decides which other labs are needed; pregnancy and the diseases that raise ALP shape it.
@@ -352,6 +357,8 @@ def build_chart(call: HookCall, scope: Scope | None = None) -> Chart:
     missing = not_read(call, scope)
     if not any("denosumab" in m.groups for m in medications):
         missing -= {"administrations"}  # read only for the date of the last denosumab injection
+    if single_low_after_normal(context) is None:
+        missing -= {"procedures"}  # read only to tell a fall after surgery or a transfusion
     return Chart(
         patient=scope.patient,
         labs=labs,
