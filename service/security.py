@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-import orjson
 from jwt import PyJWK
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import outbound
 from service.errors import BadRequest, CdsError, StoreUnavailable
+from service.jsontext import loads
 from service.logs import log_event
 from service.replay import ReplayStoreDown, open_replay_store
 from service.settings import Settings
@@ -112,7 +112,7 @@ class KeyStore:
         )
         if answer.status != 200:
             raise outbound.OutboundError(f"JWKS answer {answer.status}")
-        return self._parse(orjson.loads(answer.body))  # orjson: a 1000-deep answer is no RecursionError
+        return self._parse(loads(answer.body))  # orjson: a 1000-deep answer is no RecursionError
 
     def key(self, source: str, kid: str, inline: Mapping[str, Any] | None = None) -> PyJWK | None:
         with self._lock:

@@ -26,6 +26,7 @@ import requests
 
 from service import metrics, outbound
 from service.fhir.elements import array, string, untyped
+from service.jsontext import loads
 from service.logs import log_event
 from service.settings import Settings
 
@@ -335,7 +336,7 @@ class FhirClient:
         if answer.status != 200:
             raise FhirError(f"the FHIR server answered {answer.status}")
         try:
-            body = orjson.loads(answer.body)
+            body = loads(answer.body)
         except orjson.JSONDecodeError:
             raise FhirError("the FHIR server's answer is not JSON") from None
         if string(body, "resourceType") is None:
