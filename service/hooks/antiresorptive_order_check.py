@@ -4,6 +4,7 @@ Both run the same rule (``antiresorptives.review_order``)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from service.clinical import antiresorptives
@@ -24,6 +25,9 @@ from service.hooks.patient_chart import (
     resolver,
     with_app_link,
 )
+from service.logs import log_event
+
+log = logging.getLogger(__name__)
 
 
 def handle_select(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
@@ -86,7 +90,15 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
     drafts = Scope(patient=scope.patient, now=scope.now, settings=scope.settings, server=scope.server)
     ordered = read_medications([selected], drafts, resolver(call), drafts=True)
     unread = list(dict.fromkeys(drafts.unresolved))
-    report(scope, [])
+    if drafts.dropped:  # a draft order naming another patient is not checked: said so, without ids
+        log_event(
+            log,
+            logging.WARNING,
+            "draft_order_of_another_patient",
+            hook=call.request["hook"],
+            drafts=drafts.dropped.total(),
+        )
+    report(drafts, [])
     # Hypophosphatasia on the problem list (documented, suspected or marked inactive) is read with the chart.
     findings = antiresorptives.review_order(chart, ordered, False, unread=unread)
     if unread and not findings:
