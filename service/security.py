@@ -302,14 +302,18 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def check_fhir_server_url(fhir_server: str | None) -> None:
-    """A fhirServer that is not a URL is a 400, whether or not anything is fetched from it."""
+def check_fhir_server_url(fhir_server: str | None) -> str | None:
+    """A fhirServer that is not a URL is a 400, whether or not anything is fetched from it. Returns it with its scheme
+    in lower case (schemes are case-insensitive: ``HTTPS://h/fhir`` is ``https://h/fhir``), the form the allow-lists
+    are compared with."""
     if not fhir_server:
-        return
+        return fhir_server
     try:
         outbound.origin(fhir_server)
     except ValueError:
         raise BadRequest("fhirServer is not a valid URL") from None
+    scheme, colon, rest = fhir_server.partition(":")
+    return scheme.lower() + colon + rest
 
 
 def check_fhir_server(fhir_server: str | None, claims: Mapping[str, Any] | None, settings: Settings) -> None:
@@ -318,8 +322,7 @@ def check_fhir_server(fhir_server: str | None, claims: Mapping[str, Any] | None,
     fhirServer it names (the CDS Hooks Sandbox always sends one)."""
     if not fhir_server:
         return
-    check_fhir_server_url(fhir_server)
-    server = fhir_server.rstrip("/")
+    server = check_fhir_server_url(fhir_server).rstrip("/")
     if claims is not None:
         allowed = settings.TRUSTED_ISSUERS[claims["iss"]]["fhir_servers"]
     else:
