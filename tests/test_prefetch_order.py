@@ -238,6 +238,19 @@ def test_the_draft_orders_medication_is_read_with_the_required_keys(service):
         server.close()
 
 
+def test_a_draft_order_that_cannot_be_checked_is_a_400_before_anything_is_fetched():
+    """The drafts are read first (to know which Medication to read): a wrong one costs the server nothing."""
+    body = load_request("order-low-alp-in")
+    body["context"]["draftOrders"]["entry"][0]["resource"]["medicationCodeableConcept"] = "denosumab"
+    del body["prefetch"]
+    body["fhirServer"] = "https://ehr.example.org/fhir"
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add(responses.GET, re.compile(r".*"), json={"resourceType": "Bundle", "type": "searchset"})
+        response = make_app().hook(OS, body)
+        assert response.status_code == 400 and "cannot be checked" in response.get_json()["issue"][0]["diagnostics"]
+        assert len(rsps.calls) == 0
+
+
 # ------------------------------------------------------------------------- the labs search, bounded by date
 
 
