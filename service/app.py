@@ -12,11 +12,13 @@ from werkzeug.exceptions import HTTPException
 
 from service import endpoints
 from service.bulkhead import bulkheads
+from service.card_render import OVERRIDE_SYSTEM, override_reason_displays
 from service.endpoints.responses import error_response, json_response
 from service.errors import CdsError, operation_outcome
 from service.feedback import FeedbackStore
 from service.hooks import all_services
 from service.logs import log_event
+from service.memory import OverrideMemory
 from service.security import Authenticator
 from service.settings import Settings, SettingsError, check_startup, load_settings
 
@@ -37,6 +39,21 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["cds_feedback"] = FeedbackStore(
         settings.FEEDBACK_DB_URL, settings.FEEDBACK_DB_TIMEOUT, settings.FEEDBACK_DB_MIGRATE
     )
+    app.extensions["cds_memory"] = OverrideMemory(
+        app.extensions["cds_feedback"],
+        settings.OVERRIDE_KEY,
+        settings.OVERRIDE_DAYS,
+        min(settings.OVERRIDE_LOOKUP_TIMEOUT, settings.FHIR_TIME_BUDGET / 2),  # well inside the call's budget
+        override_reason_displays(),
+        OVERRIDE_SYSTEM,
+    )
+    if not settings.OVERRIDE_KEY:
+        log_event(
+            logging.getLogger("service"),
+            logging.WARNING,
+            "override_memory_off",
+            message="CDS_OVERRIDE_KEY is not set: clinicians' overrides are not remembered (README, Feedback)",
+        )
     if not settings.AUTH:
         log_event(
             logging.getLogger("service"),

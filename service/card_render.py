@@ -6,6 +6,8 @@ import re
 import tomllib
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -128,15 +130,48 @@ def summary_text(summary: str, note: str = "") -> str:
     return summary + note
 
 
-def render_card(finding: Finding, patient_id: str, not_checked: Sequence[str] = ()) -> dict[str, Any]:
+@dataclass(frozen=True)
+class OverrideNote:
+    """What a card of a kind the clinician overrode for this patient says (service/hooks/patient_chart.py): when and
+    why it was overridden, and until when it is shown as information, or why it is shown as before."""
+
+    at: datetime  # when it was overridden (the date is read in the offset the EHR gave)
+    reason: str  # as the EHR or the service's own list names it
+    until: date | None = None  # a warning shown as information until then
+    why_shown: str | None = None  # why it is shown as before ("a new low ALP on 2026-07-01, after the override")
+
+    def summary(self) -> str:
+        return f"; overridden {self.at.date().isoformat()}"
+
+    def detail(self) -> str:
+        """The first lines of the detail (markdown; the reason, which the EHR sent, made inert)."""
+        head = f"**Overridden on {self.at.date().isoformat()}** ({markdown_text(self.reason)})"
+        if self.until is not None:
+            return (
+                f"{head}: shown as information instead of a warning until {self.until.isoformat()}, unless a new low "
+                "ALP or a new antiresorptive is recorded."
+            )
+        if self.why_shown is not None:
+            return f"{head}; shown as before: {self.why_shown}."
+        return f"{head}."
+
+
+def render_card(
+    finding: Finding, patient_id: str, not_checked: Sequence[str] = (), override: OverrideNote | None = None
+) -> dict[str, Any]:
     """``not_checked``: what of the chart could not be (completely) read (``labs``, ``medications``,
     ``some_medications``, ``conditions``, ``alp_history``); the templates say so with the ``not_checked_note``
-    macro of partials.j2, and a template's ``summary_note`` can say it in the summary."""
+    macro of partials.j2, and a template's ``summary_note`` can say it in the summary. ``override``: the card's kind
+    was overridden for this patient; the detail opens with it and the summary ends with its date, whatever the
+    template (:class:`OverrideNote`)."""
     spec = template(finding.kind)
     facts = {**finding.facts, "not_checked": list(not_checked)}
-    summary = summary_text(spec["_summary"].render(**facts), spec["_summary_note"].render(**facts))
+    note = spec["_summary_note"].render(**facts) + (override.summary() if override else "")
+    summary = summary_text(spec["_summary"].render(**facts), note)
     # Optional blocks leave empty lines behind; in markdown one empty line separates paragraphs, more mean nothing.
     detail = re.sub(r"\n{3,}", "\n\n", spec["_detail"].render(**facts).strip())
+    if override is not None:
+        detail = f"{override.detail()}\n\n{detail}".strip()
     primary = sources()[spec["source"]]
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),

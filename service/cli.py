@@ -63,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         "feedback-report", help="feedback per card kind: issued, cards with feedback, last outcomes and why, events"
     )
     report.add_argument("--db", help="feedback store URL (default: CDS_FEEDBACK_DB_URL)")
+    report.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write the CDS committee's report to FILE instead: one self-contained HTML page, per card kind and hook "
+        "by month (issued, accepted and which suggestion, overridden and why, ignored, acceptance rate, the "
+        "overrides that now quiet a card)",
+    )
     migrate = sub.add_parser(
         "migrate", help="bring the feedback store's schema to this release's version (Alembic; idempotent)"
     )
@@ -116,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         store = FeedbackStore(
             args.db or settings.FEEDBACK_DB_URL, settings.FEEDBACK_DB_TIMEOUT, settings.FEEDBACK_DB_MIGRATE
         )
+        if args.html:
+            return write_committee_report(store, settings, Path(args.html))
         print(json.dumps(store.report(override_reason_displays()), indent=2))
         return 0
 
@@ -150,6 +159,51 @@ def main(argv: list[str] | None = None) -> int:
     except (loader.ToolError, OSError, ValueError) as exc:
         print(f"alp-cds {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+def write_committee_report(store, settings, path: Path) -> int:
+    """``alp-cds feedback-report --html FILE`` (service/committee.py)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service import committee
+    from service.card_render import OVERRIDE_SYSTEM, card_kinds, override_reason_displays, template
+    from service.hooks import all_services
+
+    days, now = settings.OVERRIDE_DAYS, datetime.now(UTC)
+    kinds = set(card_kinds())
+    try:
+        issued, items = store.report_rows()
+    except SQLAlchemyError as exc:
+        print(f"alp-cds feedback-report: the feedback store cannot be read ({type(exc).__name__})", file=sys.stderr)
+        return 3
+    groups = committee.build(
+        issued,
+        items,
+        now=now,
+        days=days,
+        days_of=lambda kind: template(kind).get("remember_days", days) if kind in kinds else days,
+        hooks={service.id: service.hook for service in all_services()},
+        reason_displays=override_reason_displays(),
+        own_system=OVERRIDE_SYSTEM,
+    )
+    try:
+        page = committee.render_html(groups, now=now, days=days)
+    except ImportError as exc:  # the charts are drawn with the SMART app's libraries
+        print(
+            f"alp-cds feedback-report: the HTML report draws its charts with altair and vl-convert ({exc.name} is "
+            "missing): pip install 'alp-cds[smart]'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        print(f"alp-cds feedback-report: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(f"alp-cds feedback-report: wrote {path} ({len(groups)} card kinds and hooks)")
+    return 0
 
 
 def read_draft_orders(path: str) -> dict:

@@ -1,7 +1,8 @@
 """Durable store of issued cards and clinicians' feedback (CDS Hooks 2.0 "Feedback").
 
-SQLite by default (embedded), PostgreSQL when ``FEEDBACK_DB_URL`` says so. Issued cards keep only what is needed to
-report per card kind (uuid, service, kind, indicator, time): no patient data. A feedback 200 means committed.
+SQLite by default (embedded), PostgreSQL when ``FEEDBACK_DB_URL`` says so. Issued cards keep what is needed to report
+per card kind (uuid, service, kind, indicator, time, what each suggestion proposed) and, with the override memory on,
+a keyed hash of the patient (service/memory.py): no patient data in clear. A feedback 200 means committed.
 
 A store that is down, locked or partitioned must give a quick 503, never a call that hangs: every operation ends
 about ``FEEDBACK_DB_TIMEOUT`` seconds after it began. PostgreSQL gets a connect timeout, a statement and a lock
@@ -36,6 +37,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     insert,
     select,
     text,
@@ -76,6 +78,11 @@ issued_cards = Table(
     Column("kind", String(100), nullable=False),
     Column("indicator", String(20), nullable=False),
     Column("issued_at", DateTime(timezone=True), nullable=False),
+    # The override memory (service/memory.py): a keyed hash of the caller's issuer and the patient's id, never the
+    # id; NULL when the memory is off.
+    Column("patient_hash", String(64), nullable=True, index=True),
+    # What each suggestion proposed (JSON: uuid -> label and code), so that an accepted one is named in the report.
+    Column("suggestions", Text, nullable=True),
 )
 
 feedback = Table(
@@ -93,6 +100,19 @@ feedback = Table(
     Column("outcome_timestamp", String(64), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
+
+
+def suggestions_record(card: Mapping[str, Any]) -> str | None:
+    """What each suggestion of a card proposed, as stored with its audit row (JSON, uuid -> label and code): the
+    LOINC code of a test proposed, ``delete`` for a draft order to remove. No resource, and so no patient id."""
+    record = {}
+    for suggestion in card.get("suggestions") or ():
+        actions = suggestion.get("actions") or [{}]
+        code = "delete" if actions[0].get("type") == "delete" else None
+        for coding in ((actions[0].get("resource") or {}).get("code") or {}).get("coding") or ():
+            code = code or coding.get("code")
+        record[suggestion["uuid"]] = {"label": suggestion.get("label", ""), "code": code}
+    return json.dumps(record) if record else None
 
 
 def _instant(text: str) -> datetime:
@@ -188,13 +208,14 @@ class FeedbackStore:
     # ------------------------------------------------------------------------------------------ bounded waits
 
     @contextlib.contextmanager
-    def _bounded(self, slot: bool = False):
-        """One store operation, ended by the watchdog if the store has not answered in time; with ``slot``, only
-        when one of the STORE_SLOTS is free within SLOT_WAIT (else StoreBusy)."""
+    def _bounded(self, slot: bool = False, seconds: float | None = None):
+        """One store operation, ended by the watchdog if the store has not answered in time (``seconds``, the
+        store's timeout by default, plus ANSWER_MARGIN); with ``slot``, only when one of the STORE_SLOTS is free
+        within SLOT_WAIT (else StoreBusy)."""
         if slot and not self._slots.acquire(timeout=SLOT_WAIT):
             raise StoreBusy("the feedback store is busy: every slot waits for it")
         try:
-            with Watchdog(self.timeout + ANSWER_MARGIN) as watchdog:
+            with Watchdog((self.timeout if seconds is None else seconds) + ANSWER_MARGIN) as watchdog:
                 try:
                     yield
                 except SQLAlchemyError as exc:
@@ -256,10 +277,23 @@ class FeedbackStore:
         with self._bounded():
             return self._ensure_schema(upgrade=True)
 
-    def record_cards_later(self, service_id: str, cards: Iterable[tuple[str, Mapping[str, Any]]]) -> bool:
+    def record_cards_later(
+        self, service_id: str, cards: Iterable[tuple[str, Mapping[str, Any]]], patient_hash: str | None = None
+    ) -> bool:
         """Queue the audit rows for a background writer, off the hook call's path. False when the queue is full
-        (the rows are dropped and the caller counts it); feedback itself is never queued."""
-        rows = [(service_id, kind, card["uuid"], card["indicator"]) for kind, card in cards]
+        (the rows are dropped and the caller counts it); feedback itself is never queued. ``patient_hash``: the
+        keyed hash of the override memory (None: off)."""
+        rows = [
+            {
+                "uuid": card["uuid"],
+                "service_id": service_id,
+                "kind": kind,
+                "indicator": card["indicator"],
+                "patient_hash": patient_hash,
+                "suggestions": suggestions_record(card),
+            }
+            for kind, card in cards
+        ]
         if not rows:
             return True
         with self._writer_lock:
@@ -288,37 +322,24 @@ class FeedbackStore:
                     taken += 1
                 except queue.Empty:
                     break
-            by_service: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
-            for service_id, kind, uuid, indicator in batch:
-                by_service.setdefault(service_id, []).append((kind, {"uuid": uuid, "indicator": indicator}))
             try:
                 with self._bounded():
-                    for service_id, cards in by_service.items():
-                        self.record_cards(service_id, cards)
+                    self._insert_cards(batch)
             except SQLAlchemyError as exc:
                 log_event(log, logging.ERROR, "record_cards_failed", error=type(exc).__name__)
             finally:
                 for _ in range(taken):
                     self._queue.task_done()
 
-    def record_cards(self, service_id: str, cards: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
-        rows = [
-            {
-                "uuid": card["uuid"],
-                "service_id": service_id,
-                "kind": kind,
-                "indicator": card["indicator"],
-                "issued_at": datetime.now(UTC),
-            }
-            for kind, card in cards
-        ]
+    def _insert_cards(self, rows: list[dict[str, Any]]) -> None:
         if rows:
+            now = datetime.now(UTC)
             self._ensure_schema()
             with self.engine.begin() as connection:
                 # An audit row, not a clinician's words: it may wait for the next sync (it survives a crash of
                 # the service, not of the machine), which keeps an fsync off every chart open.
                 self._relaxed_durability(connection)
-                connection.execute(insert(issued_cards), rows)
+                connection.execute(insert(issued_cards), [{**row, "issued_at": now} for row in rows])
 
     def add_feedback(self, service_id: str, items: Iterable[Mapping[str, Any]]) -> int:
         """Store every item in one transaction; returns how many were stored once it has committed."""
@@ -348,6 +369,46 @@ class FeedbackStore:
                 connection.execute(insert(feedback), rows)
         return len(rows)
 
+    def overrides_of(self, patient_hash: str, since: datetime, seconds: float) -> list[dict[str, Any]]:
+        """The overrides with a reason of the cards issued to the patient of ``patient_hash`` whose feedback was
+        received since ``since``: kind, service, when (the outcomeTimestamp, never later than the feedback was
+        received: a client's clock cannot make an override last longer) and the reason. Read from the feedback as
+        stored, joined to the cards' audit rows: nothing is written for it, so a feedback that came before its
+        card's audit row was written counts as soon as the row is there. The statements end after ``seconds``
+        (PostgreSQL), the connection ``ANSWER_MARGIN`` later; a schema behind this code's is not migrated here."""
+        query = (
+            select(
+                issued_cards.c.kind,
+                issued_cards.c.service_id,
+                feedback.c.outcome_timestamp,
+                feedback.c.received_at,
+                feedback.c.override_system,
+                feedback.c.override_code,
+                feedback.c.override_display,
+            )
+            .select_from(issued_cards.join(feedback, feedback.c.card_uuid == issued_cards.c.uuid))
+            .where(
+                issued_cards.c.patient_hash == patient_hash,
+                feedback.c.outcome == "overridden",
+                feedback.c.override_code.is_not(None),
+                feedback.c.received_at >= since,
+            )
+        )
+        with self._bounded(seconds=seconds):
+            self._ensure_schema(upgrade=False)
+            with self.engine.begin() as connection:
+                if self.engine.dialect.name == "postgresql":
+                    limit = str(max(1, round(seconds * 1000)))
+                    connection.exec_driver_sql("SELECT set_config('statement_timeout', %(ms)s, true)", {"ms": limit})
+                rows = connection.execute(query).all()
+        found = []
+        for row in rows:
+            received = row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=UTC)
+            when = min(_instant(row.outcome_timestamp), received)
+            if when >= since:
+                found.append({**row._mapping, "at": when})
+        return found
+
     def _relaxed_durability(self, connection) -> None:
         if self.engine.dialect.name == "sqlite":
             connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
@@ -367,6 +428,44 @@ class FeedbackStore:
     def feedback_rows(self) -> list[dict[str, Any]]:
         with self.engine.connect() as connection:
             return [dict(r._mapping) for r in connection.execute(select(feedback).order_by(feedback.c.id))]
+
+    def report_rows(self) -> tuple[list[Any], list[Any]]:
+        """What the committee's report reads (service/committee.py): the cards issued, counted by service, kind and
+        month of issue (UTC, ``YYYY-MM``); and every feedback item with its card's audit row (kind, service, month
+        of issue, patient hash, suggestions: None where no row was written). No comments."""
+        self.flush()
+        if self.engine.dialect.name == "postgresql":
+            month = func.to_char(func.timezone("UTC", issued_cards.c.issued_at), "YYYY-MM")
+        else:  # SQLite keeps the UTC time as text, "YYYY-MM-DD HH:MM:SS..."
+            month = func.substr(issued_cards.c.issued_at, 1, 7)
+        with self.engine.connect() as connection:
+            issued = connection.execute(
+                select(issued_cards.c.service_id, issued_cards.c.kind, month.label("month"), func.count())
+                .group_by(issued_cards.c.service_id, issued_cards.c.kind, month)
+                .order_by(month)
+            ).all()
+            items = connection.execute(
+                select(
+                    feedback.c.id,
+                    feedback.c.card_uuid,
+                    feedback.c.service_id.label("feedback_service_id"),
+                    feedback.c.outcome,
+                    feedback.c.outcome_timestamp,
+                    feedback.c.received_at,
+                    feedback.c.accepted_suggestions,
+                    feedback.c.override_system,
+                    feedback.c.override_code,
+                    feedback.c.override_display,
+                    issued_cards.c.service_id,
+                    issued_cards.c.kind,
+                    month.label("month"),
+                    issued_cards.c.patient_hash,
+                    issued_cards.c.suggestions,
+                )
+                .select_from(feedback.outerjoin(issued_cards, feedback.c.card_uuid == issued_cards.c.uuid))
+                .order_by(feedback.c.id)
+            ).all()
+        return issued, items
 
     def report(self, reason_displays: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
         """Per card kind: cards issued, how many cards got any feedback, each card counted once by its last outcome

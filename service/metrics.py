@@ -61,6 +61,19 @@ FEEDBACK = Counter("cds_feedback_total", "Feedback items stored by outcome", ["o
 AUDIT_DROPPED = Counter(
     "cds_issued_cards_dropped_total", "Issued-card audit rows dropped (writer queue full)", registry=REGISTRY
 )
+OVERRIDE_LOOKUPS = Counter(
+    "cds_override_lookups_total",
+    "Readings of a patient's overrides at hook calls by outcome: found, none, timeout (not within "
+    "OVERRIDE_LOOKUP_TIMEOUT), error, busy (every reading slot taken); the last three answered without the memory",
+    ["outcome"],
+    registry=REGISTRY,
+)
+OVERRIDE_DOWNGRADES = Counter(
+    "cds_override_downgrades_total",
+    "Warnings shown as information because the card kind was overridden for the patient and nothing new happened",
+    ["kind"],
+    registry=REGISTRY,
+)
 FOREIGN_DROPPED = Counter(
     "cds_foreign_resources_dropped_total",
     "Resources dropped because they belong to another patient than the hook call's",

@@ -152,6 +152,39 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": {"description": "Ready"}},
             }
         },
+        "/fhir/ValueSet": {
+            "get": {
+                "summary": "The value sets the rules read: a FHIR R4 searchset Bundle of ValueSet resources",
+                "operationId": "valueSetSearch",
+                "security": [],
+                "parameters": [
+                    {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                    for name in ("_id", "url", "name", "_summary")
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Bundle",
+                        "content": {"application/fhir+json": {"schema": {"type": "object"}}},
+                    },
+                    "400": {"description": "Unsupported search parameter (OperationOutcome)"},
+                },
+            }
+        },
+        "/fhir/ValueSet/{id}": {
+            "get": {
+                "summary": "One value set as a FHIR R4 ValueSet (compose with each code's sources, and an expansion)",
+                "operationId": "valueSetRead",
+                "security": [],
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {
+                        "description": "ValueSet",
+                        "content": {"application/fhir+json": {"schema": {"type": "object"}}},
+                    },
+                    "404": {"description": "Unknown value set (OperationOutcome)"},
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",

@@ -278,6 +278,19 @@ def _redis_url(raw: Any) -> str:
     return text
 
 
+OVERRIDE_KEY_MIN = 32  # characters: a short key could be guessed, and every patient's hash computed with it
+
+
+def _override_key(raw: Any) -> str:
+    """A secret: never repeated in a message. Empty (off), or at least OVERRIDE_KEY_MIN characters."""
+    text = str(raw).strip()
+    if text and len(text) < OVERRIDE_KEY_MIN:
+        raise SettingsError(
+            f"expected a secret of at least {OVERRIDE_KEY_MIN} characters (e.g. the output of openssl rand -hex 32)"
+        )
+    return text
+
+
 def _on_off(raw: Any) -> bool:
     """Secure by default: anything but an explicit off is on."""
     return not (isinstance(raw, str) and raw.strip().lower() in {"off", "0", "false", "no"}) and raw is not False
@@ -313,13 +326,14 @@ def _site_limits(raw: Any) -> Mapping[str, float]:
     return MappingProxyType(items)
 
 
-def setting(parse: Callable[[Any], Any], default: Any, doc: str) -> Any:
+def setting(parse: Callable[[Any], Any], default: Any, doc: str, secret: bool = False) -> Any:
     """One row of the settings table, as a field of :class:`Settings`: its default, the parser of a value from the
-    environment or an override, and its documentation. A mapping default is a fresh read-only copy per load."""
+    environment or an override, and its documentation. A mapping default is a fresh read-only copy per load. A
+    ``secret`` is left out of the settings' repr."""
     metadata = {"parse": parse, "doc": doc}
     if isinstance(default, Mapping):
         return field(default_factory=lambda: MappingProxyType(dict(default)), metadata=metadata)
-    return field(default=default, metadata=metadata)
+    return field(default=default, metadata=metadata, repr=not secret)
 
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})  # the default of a mapping setting (each load its own copy)
@@ -468,6 +482,26 @@ class Settings:
         "FEEDBACK_DB_TIMEOUT.",
     )
     FHIR_TIME_BUDGET: float = setting(_seconds, 8.0, "Seconds all FHIR fetching of one hook call may take.")
+    OVERRIDE_KEY: str = setting(
+        _override_key,
+        "",
+        "Secret key (at least 32 characters) of the override memory: the store knows a patient only by an "
+        "HMAC-SHA256 of the caller's issuer and the patient's id under this key. Empty: nothing is remembered.",
+        secret=True,
+    )
+    OVERRIDE_DAYS: int = setting(
+        _days,
+        365,
+        "Days a clinician's override of a card (with a reason) is remembered: a warning of that kind for that "
+        "patient is shown as information meanwhile, unless something new happened since.",
+    )
+    OVERRIDE_LOOKUP_TIMEOUT: float = setting(
+        _seconds,
+        0.5,
+        "Seconds from the start of a hook call within which the patient's overrides must have been read (the "
+        "reading runs beside the call's FHIR fetching), and at most half of FHIR_TIME_BUDGET; later, or with the "
+        "store down, the cards are shown as if nothing had been overridden.",
+    )
     FHIR_OPTIONAL_SHARE: float = setting(
         _fraction,
         0.75,

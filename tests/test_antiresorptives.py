@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import csv
+from importlib import resources
 
 import pytest
 
@@ -267,9 +269,9 @@ def test_a_sample_of_every_ingredients_codes_matches_by_code_alone():
 
 
 def test_every_product_code_names_its_sources():
-    known = {"VSAC-PIM", "VSAC-Reclast", "VSAC-BWH", "VSAC-Allergy", "VSAC-HormoneTherapy", "VSAC-HarmfulEstrogens"}
-    known |= {"eCQM-HarmfulEstrogens", "eCQM-ConjugatedEstrogens", "USCore-AllergySubstance", "PHIN-BrandNames"}
-    known |= {"OHDSI-ODTP", "EMA-RxNorm-map", "Synthea"}
+    text = resources.files("service.clinical").joinpath("data", "sources.csv").read_text()
+    known = {r["key"] for r in csv.DictReader(text.splitlines())}  # data/sources.csv, each with its version
+    assert {"VSAC-PIM", "PHIN-BrandNames", "OHDSI-ODTP", "EMA-RxNorm-map", "CDS-Sandbox"} <= known
     for row in _product_table():
         assert row["sources"] and set(row["sources"].split(";")) <= known, row
 

@@ -631,3 +631,20 @@ def test_an_amended_result_replaces_the_original_and_a_copy_counts_once():
     assert settled(version(70, "corrected", "2026-05-21T09:00:00Z", "o2"), original) == [70]  # in any order
     assert settled(original, version(30, ident="o2")) == [30]  # one measurement sent by two sources
     assert settled(original, version(35, ident="o2")) == [30, 35]  # two values, none corrected: both stay
+
+
+@pytest.mark.parametrize(
+    ("original_issued", "correction_issued"),
+    [
+        ("2026-05-19T12:00:00Z", None),  # issued is optional in FHIR: a correction need not carry it
+        ("2027-01-01", "2026-05-21T09:00:00Z"),  # an original "issued" ahead of the clock is not believed
+        ("9999-12-31", None),
+        (None, "9999-12-31"),
+    ],
+)
+def test_a_correction_wins_whatever_its_or_the_originals_issued_says(original_issued, correction_issued):
+    """Outside attack on issues 25/27/30 (F5): the low-ALP card disappeared when the amended result had no issued,
+    or when the original's issued lay in the future."""
+    original = version(70, issued=original_issued)
+    assert settled(original, version(30, "amended", correction_issued, "o2")) == [30]
+    assert settled(version(30, "corrected", correction_issued, "o2"), original) == [30]

@@ -135,6 +135,9 @@ def test_the_deployment_runs_as_the_issue_asks():
     for name, key in (("CDS_FEEDBACK_DB_URL", "feedback-db-url"), ("CDS_REDIS_URL", "redis-url")):
         assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "alp-cds-secrets", "key": key}
     assert env["CDS_FEEDBACK_DB_MIGRATE"]["value"] == "off" and env["CDS_REPLAY_FAIL_OPEN"]["value"] == "off"
+    # The override memory's key: from the Secret, the same for every pod; an install without it starts (memory off).
+    key = env["CDS_OVERRIDE_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key == {"name": "alp-cds-secrets", "key": "override-key", "optional": True}
     assert pod["initContainers"][0]["command"] == ["alp-cds", "migrate"]
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}

@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, insert, select, text
 
 from service import cli, migrations
 from service.app import create_app
-from service.feedback import feedback, metadata
+from service.feedback import feedback, issued_cards, metadata
 from service.hook_requests import NOW
 from service.migrations import SchemaTooNew
 from tests.conftest import PV, CheckedClient, postgres_url
@@ -34,6 +34,15 @@ def empty_store(request, tmp_path):
 
 def engine_of(url: str):
     return create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+
+
+def create_as_before_migrations(url: str) -> None:
+    """The tables as create_all made them before migrations existed: the baseline revision's, not stamped."""
+    from alembic import command
+
+    with engine_of(url).begin() as connection:
+        command.upgrade(migrations.config(connection), migrations.BASELINE)
+        connection.execute(text("DROP TABLE alembic_version"))
 
 
 def app_on(url: str, **settings) -> CheckedClient:
@@ -64,7 +73,7 @@ def test_migrate_is_idempotent_and_check_tells_current_from_behind(empty_store, 
 def test_a_store_made_before_migrations_keeps_every_row(empty_store):
     """The tables as create_all made them, with feedback in them: migrating stamps them as the first revision."""
     engine = engine_of(empty_store)
-    metadata.create_all(engine)
+    create_as_before_migrations(empty_store)
     with engine.begin() as connection:
         connection.execute(
             insert(feedback),
@@ -79,12 +88,24 @@ def test_a_store_made_before_migrations_keeps_every_row(empty_store):
                 for i in range(3)
             ],
         )
+        connection.execute(  # the columns of revision 0001 only
+            text(
+                "INSERT INTO issued_cards (uuid, service_id, kind, indicator, issued_at) "
+                "VALUES ('old-0', :service, 'alp-low-single', 'info', :at)"
+            ),
+            {"service": PV, "at": NOW},
+        )
     client = app_on(empty_store)  # the service migrates at start by default
     assert post(client, "new").status_code == 200
     with engine.connect() as connection:
         cards = connection.execute(select(feedback.c.card_uuid).order_by(feedback.c.id)).scalars().all()
+        issued = connection.execute(select(issued_cards)).mappings().all()
         assert MigrationContext.configure(connection).get_current_revision() == migrations.head()
     assert cards == ["old-0", "old-1", "old-2", "new"]
+    # The issued card is kept; what revision 0002 added is empty for it (no patient hash was ever made for it).
+    assert [(r["uuid"], r["kind"], r["patient_hash"], r["suggestions"]) for r in issued] == [
+        ("old-0", "alp-low-single", None, None)
+    ]
 
 
 def test_a_schema_newer_than_the_code_refuses_the_start(empty_store, capsys):
@@ -126,7 +147,7 @@ def test_migrate_never_prints_the_store_url(capsys):
 
 
 def test_check_says_a_store_made_before_migrations_is_so_and_behind_is_not_unreachable(empty_store, capsys):
-    metadata.create_all(engine_of(empty_store))
+    create_as_before_migrations(empty_store)
     assert cli.main(["migrate", "--db", empty_store, "--check"]) == 1  # behind: 1, unreachable: 3
     message = capsys.readouterr().err
     assert "made before migrations" in message and "not '0001'" not in message

@@ -28,6 +28,7 @@ from tests.servers import Nginx, Redis
 from tests.test_security import ISS, JWKS, token
 
 ALP_CDS = str(Path(sys.executable).parent / "alp-cds")
+OVERRIDE_KEY = "the-replicas-share-this-override-key-0123456789"
 
 
 @dataclass
@@ -123,7 +124,7 @@ def cluster(tmp_path_factory):
     assert migrate.returncode == 0, migrate.stderr
     lb_port = free_port()
     lb = f"http://127.0.0.1:{lb_port}"
-    shared = {"CDS_REDIS_URL": redis.url, "CDS_FEEDBACK_DB_URL": pg_url}
+    shared = {"CDS_REDIS_URL": redis.url, "CDS_FEEDBACK_DB_URL": pg_url, "CDS_OVERRIDE_KEY": OVERRIDE_KEY}
     a = start_instance("a", workdir / "a", lb, shared)
     b = start_instance("b", workdir / "b", lb, shared)
     started: list = [redis, a, b]
@@ -196,6 +197,78 @@ def test_feedback_through_either_instance_is_in_the_one_postgresql(cluster):
         assert post_feedback(cluster.lb, cluster.lb, card).status_code == 200
         cards.append(card)
     assert set(cards) <= cluster.feedback_cards()
+
+
+def test_an_override_through_one_instance_quiets_the_warning_on_the_other(cluster):
+    """The override memory across replicas: a warning issued by instance a, overridden through instance b, is shown
+    as information by both instances and through the balancer (every worker reads the one PostgreSQL). The patient
+    is in no table and in no log in clear. The chart's dates are reckoned from today: the instances run on the real
+    clock."""
+    from datetime import UTC, datetime, timedelta
+
+    from fixtures.scenarios import Scenario
+    from service.hook_requests import hook_request
+
+    today = datetime.now(UTC).date()
+    patient = f"replica-memory-{uuid.uuid4()}"
+    scenario = (
+        Scenario(patient, "1970-02-02", "female")
+        .lab("alp", 22, (today - timedelta(days=120)).isoformat(), low=35, high=104)
+        .lab("alp", 24, (today - timedelta(days=40)).isoformat(), low=35, high=104)
+    )
+    request = hook_request(PV, scenario.bundle(), patient)
+
+    def cards(base: str) -> list[dict]:
+        bearer = token(aud=f"{cluster.lb}/cds-services/{PV}")
+        answer = requests.post(
+            f"{base}/cds-services/{PV}", json=request, headers={"Authorization": f"Bearer {bearer}"}, timeout=10
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()["cards"]
+
+    [card] = cards(cluster.a.base)
+    assert card["indicator"] == "warning"
+    engine = create_engine(cluster.pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        deadline = time.monotonic() + 10  # instance a writes the card's audit row off the call's path
+        while True:
+            with engine.connect() as connection:
+                found = connection.execute(
+                    text("SELECT count(*) FROM issued_cards WHERE uuid = :u"), {"u": card["uuid"]}
+                ).scalar_one()
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        bearer = token(aud=f"{cluster.lb}/cds-services/{PV}/feedback")
+        item = {
+            "card": card["uuid"],
+            "outcome": "overridden",
+            "outcomeTimestamp": datetime.now(UTC).isoformat(),
+            "overrideReason": {"reason": {"system": "urn:alp-cds:override-reason", "code": "hpp-already-assessed"}},
+        }
+        answer = requests.post(
+            f"{cluster.b.base}/cds-services/{PV}/feedback",
+            json={"feedback": [item]},
+            headers={"Authorization": f"Bearer {bearer}"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        for base in (cluster.b.base, cluster.a.base, cluster.lb, cluster.lb):
+            [again] = cards(base)
+            assert again["indicator"] == "info", base
+            assert again["summary"].endswith(f"; overridden {today.isoformat()}")
+            assert again["detail"].startswith(f"**Overridden on {today.isoformat()}** (HPP already diagnosed or ")
+        with engine.connect() as connection:
+            dump = "\n".join(
+                json.dumps(list(row), default=str)
+                for table in ("issued_cards", "feedback")
+                for row in connection.execute(text(f"SELECT * FROM {table}"))
+            )
+    finally:
+        engine.dispose()
+    assert patient not in dump and patient not in cluster.a.log() + cluster.b.log()
+    assert counter(cluster.a.base, "cds_override_lookups_total", outcome="found") >= 1
+    assert counter(cluster.b.base, "cds_override_lookups_total", outcome="found") >= 1
 
 
 def test_metrics_of_an_instance_sum_its_workers(cluster):

@@ -67,7 +67,7 @@ def order_workup(chart: Chart) -> tuple[list[OrderSuggestion], list[dict]]:
 
 def review_current(chart: Chart, workup: Finding | None = None) -> list[Finding]:
     """When (patient-view): the chart has a current run of lows (the latest judged ALP is low and current) while an
-    antiresorptive (bisphosphonate, denosumab, romosozumab, raloxifene, calcitonin) is current.
+    antiresorptive (bisphosphonate, denosumab, raloxifene, bazedoxifene, calcitonin) is current.
     Then: "antiresorptive-current-low-alp", one card for the one problem: the drug and the low ALP together, with
     the low-ALP card's workup (``workup``, the "alp-low-single" or "alp-low-persistent" finding it replaces: its
     facts, tests and sources). It says plainly whether the ALP was already low before treatment began
@@ -126,11 +126,8 @@ def review_current(chart: Chart, workup: Finding | None = None) -> list[Finding]
 
 
 def drug_class(drugs: Sequence[Medication]) -> str:
-    """What the ordered drugs are, in words: romosozumab is mainly bone-forming (ATC M05BX06, with an antiresorptive
-    part: addendum 11), not "an antiresorptive"; raloxifene and bazedoxifene are oestrogen receptor modulators."""
+    """What the ordered drugs are, in words: raloxifene and bazedoxifene are oestrogen receptor modulators."""
     groups = set().union(*(m.groups for m in drugs)) if drugs else set()
-    if groups <= {"romosozumab"}:
-        return "a bone-forming drug that also slows bone resorption"
     if groups <= {"raloxifene"}:
         return "a selective oestrogen receptor modulator, which slows bone resorption"
     return "an antiresorptive"

@@ -218,7 +218,9 @@ class MedicationEntry:
 @cache
 def medication_entries() -> tuple[MedicationEntry, ...]:
     """The value sets: ``medications.csv``, where an ``rxnorm-table`` row stands for every RxNorm code of its
-    ingredient in ``rxnorm_antiresorptives.csv`` (products, packs, brands; sources per code in that file)."""
+    ingredient in ``rxnorm_antiresorptives.csv`` (products, packs, brands; sources per code in that file, rebuilt
+    by ``scripts/build_value_sets.py``). A code the table marks ``oncology`` (denosumab 120 mg, Xgeva-type) is in
+    the ``denosumab_oncology`` group as well."""
     products: dict[str, list[dict[str, str]]] = {}
     for r in _rows("rxnorm_antiresorptives.csv"):
         products.setdefault(r["ingredient"], []).append(r)
@@ -227,10 +229,16 @@ def medication_entries() -> tuple[MedicationEntry, ...]:
         if r["status"] not in ("VERIFIED", "PARTIAL"):
             continue
         if r["match"] == "rxnorm-table":
-            entries.extend(
-                MedicationEntry(r["group"], r["tier"], "code", r["system"], p["rxcui"], p["name"], r["ingredient"])
-                for p in products[r["ingredient"]]
-            )
+            for p in products[r["ingredient"]]:
+                entries.append(
+                    MedicationEntry(r["group"], r["tier"], "code", r["system"], p["rxcui"], p["name"], r["ingredient"])
+                )
+                if p["oncology"] == "yes":
+                    entries.append(
+                        MedicationEntry(
+                            "denosumab_oncology", r["tier"], "code", r["system"], p["rxcui"], p["name"], r["ingredient"]
+                        )
+                    )
             continue
         code = r["code"].lower() if r["match"] == "text" else r["code"]
         entries.append(

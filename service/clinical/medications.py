@@ -11,7 +11,12 @@ from service.clinical.codes import MedicationEntry, medication_entries
 from service.clinical.facts import Medication
 
 TIER_ORDER = {"strong": 0, "plp-confounder": 1, "informational": 2, "alp-lowering": 3, "anabolic": 4}
-ANTIRESORPTIVE_GROUPS = ("bisphosphonate", "denosumab", "romosozumab", "raloxifene", "calcitonin")
+# The drugs that suppress bone resorption, and so lower ALP: what the order check and the "on an antiresorptive"
+# readings are about. The SERMs (group ``raloxifene``: raloxifene, bazedoxifene) and calcitonin are weak ones.
+# Romosozumab is not among them: a sclerostin antibody, mainly bone-forming (ATC M05BX06; addendum 11), it is
+# recognised (its own value set, group ``romosozumab``) but neither checked at order time nor read as a drug that
+# explains a low ALP (issue 26).
+ANTIRESORPTIVE_GROUPS = ("bisphosphonate", "denosumab", "raloxifene", "calcitonin")
 
 
 def is_antiresorptive(medication: Medication) -> bool:

@@ -4,6 +4,7 @@
 - ``feedback``: CDS Hooks feedback;
 - ``ops``: health, readiness, metrics and the OpenAPI document;
 - ``integrator``: the integrator page;
+- ``terminology``: the value sets the rules read, as FHIR ValueSets;
 - ``access``: CORS headers, request metrics and the access log, on every response;
 
 with what they share in ``incoming`` (services, settings, authentication, the JSON body) and ``responses`` (JSON
@@ -16,7 +17,7 @@ from flask import Flask
 
 
 def register(app: Flask) -> None:
-    from service.endpoints import access, feedback, hooks, integrator, ops
+    from service.endpoints import access, feedback, hooks, integrator, ops, terminology
 
-    for module in (access, hooks, feedback, ops, integrator):
+    for module in (access, hooks, feedback, ops, integrator, terminology):
         app.register_blueprint(module.bp)

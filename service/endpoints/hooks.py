@@ -67,10 +67,14 @@ def call_service(service_id: str) -> Response:
             "fhirAuthorization.access_token: only visible ASCII characters (no spaces) can be sent as a bearer token"
         )
 
+    # The override memory is read beside the FHIR fetching, and taken only if it came in time (service/memory.py).
+    memory = current_app.extensions["cds_memory"]
+    patient_hash = memory.key(body["context"]["patientId"], claims)
+    remembered = memory.recall(patient_hash, config.NOW()).result if patient_hash else None
     budget = CallBudget(config.FHIR_TIME_BUDGET, config.FHIR_MAX_CALL_BYTES)
     make_client = lambda: with_fhir_slot(held, client_for(body, config, budget, claims))  # noqa: E731
     try:
-        ran = run_hook(service, body, config, make_client)
+        ran = run_hook(service, body, config, make_client, remembered=remembered)
     except UndecodableResource as exc:  # found when the resource was read (service/fhir/lazy.py)
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if ran.prefetch_seconds is not None:
@@ -78,7 +82,7 @@ def call_service(service_id: str) -> Response:
     issued = ran.cards
     for kind, card in issued:
         metrics.CARDS.labels(kind, card["indicator"]).inc()
-    if not current_app.extensions["cds_feedback"].record_cards_later(service_id, issued):
+    if not current_app.extensions["cds_feedback"].record_cards_later(service_id, issued, patient_hash):
         metrics.AUDIT_DROPPED.inc(len(issued))
     g.card_count = len(issued)
     return json_response({"cards": [card for _, card in issued]})

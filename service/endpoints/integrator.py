@@ -23,6 +23,16 @@ def integrator_page() -> str:
             exchange["request_json"] = json.dumps(exchange["request"], indent=2)
             exchange["response_json"] = json.dumps(exchange["response"], indent=2)
         current_app.extensions["cds_gallery"] = content
+    from service.clinical import value_sets
+
+    terminology = [
+        {"id": d.id, "title": d.title, "codes": len({(m.system, m.code) for m in d.members if m.match == "code"})}
+        for d in value_sets.definitions()
+    ]
     return render_template(
-        "index.html", services=[s.discovery() for s in services().values()], base=request.url_root, **content
+        "index.html",
+        services=[s.discovery() for s in services().values()],
+        base=request.url_root,
+        value_sets=terminology,
+        **content,
     )

@@ -25,6 +25,10 @@ class HookCall:
     fetched: frozenset[str] = frozenset()  # prefetch keys whose data came from the FHIR server, not the client
     unavailable: frozenset[str] = frozenset()  # optional prefetch keys whose data could not be had (not: empty)
     incomplete: frozenset[str] = frozenset()  # prefetch keys of which only the first pages could be read
+    # The patient's overrides (service/memory.py), latest per card kind, when the memory is on and could be read
+    # in time; None: nothing remembered. Called once the chart is read (it may wait for the reading until its
+    # deadline).
+    remembered: Callable[[], Mapping[str, Any] | None] | None = None
 
     @property
     def context(self) -> Mapping[str, Any]:
@@ -70,6 +74,17 @@ class CdsService:
         if self.usage_requirements:
             entry["usageRequirements"] = self.usage_requirements
         return entry
+
+
+def value_sets_note(hook: str) -> str:
+    """The sentence of a service's description that names the value sets it reads (served as FHIR ValueSets)."""
+    from service.clinical.value_sets import for_hook
+
+    ids = for_hook(hook)
+    return (
+        f" The codes it reads are {len(ids)} value sets, served as FHIR R4 ValueSet resources at GET "
+        f"/fhir/ValueSet/{{id}} (GET /fhir/ValueSet lists them): {', '.join(ids)}."
+    )
 
 
 def all_services() -> tuple[CdsService, ...]:

@@ -12,7 +12,7 @@ from service.clinical.facts import Patient
 from service.errors import BadRequest, DataUnavailable
 from service.fhir.elements import objects, string, untyped
 from service.fhir.readers import MEDICATION_RECORDS, Scope, read_medications
-from service.hooks import CdsService, HookCall
+from service.hooks import CdsService, HookCall, value_sets_note
 from service.hooks.patient_chart import (
     APP_LINK_NOTE,
     OPTIONAL_PREFETCH,
@@ -22,6 +22,7 @@ from service.hooks.patient_chart import (
     issue,
     labs_window,
     read_scope,
+    remembered,
     report,
     resolver,
     with_app_link,
@@ -67,7 +68,8 @@ def check_orders(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
             f"the Medication of the draft order ({', '.join(unread[:3])}) could not be read, "
             "so the order cannot be checked"
         )
-    return with_app_link(issue(findings, chart.patient.id, chart.not_read), call.settings)
+    memory = remembered(call, chart)
+    return with_app_link(issue(findings, chart.patient.id, chart.not_read, memory), call.settings)
 
 
 def checked_drafts(call: HookCall) -> dict[str, Any]:
@@ -187,7 +189,8 @@ def names_no_drug_yet(resource: dict[str, Any]) -> bool:
 
 DESCRIPTION = (
     "checks the patient's ALP history against each bisphosphonate or denosumab order (and, with less weight, "
-    "romosozumab, raloxifene, bazedoxifene or calcitonin). A low ALP may mean hypophosphatasia, in which these drugs "
+    "raloxifene, bazedoxifene or calcitonin; romosozumab, mainly bone-forming, is not checked). A low ALP may mean "
+    "hypophosphatasia, in which these drugs "
     "can cause atypical femoral fractures: the card shows the ALP values, offers to remove a first-dose draft order "
     "and to order the HPP workup; the next dose of a denosumab course is never offered for removal (stopping it "
     "causes rebound fractures). A documented hypophosphatasia diagnosis gives a critical card; no current ALP gives "
@@ -202,7 +205,7 @@ SERVICE = CdsService(
     id="antiresorptive-low-alp",
     hook="order-select",
     title="Antiresorptive order with low alkaline phosphatase",
-    description="When an order is selected, " + DESCRIPTION,
+    description="When an order is selected, " + DESCRIPTION + value_sets_note("order-select"),
     prefetch=PREFETCH,
     optional_prefetch=OPTIONAL,
     narrow=labs_window,
@@ -214,7 +217,10 @@ SIGN_SERVICE = CdsService(
     id="antiresorptive-low-alp-sign",
     hook="order-sign",
     title="Antiresorptive order with low alkaline phosphatase (at signing)",
-    description="When orders are about to be signed, " + DESCRIPTION + " All draft orders are checked.",
+    description="When orders are about to be signed, "
+    + DESCRIPTION
+    + " All draft orders are checked."
+    + value_sets_note("order-sign"),
     prefetch=PREFETCH,
     optional_prefetch=OPTIONAL,
     narrow=labs_window,

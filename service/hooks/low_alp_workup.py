@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.clinical import antiresorptives, rules
-from service.hooks import CdsService, HookCall
+from service.hooks import CdsService, HookCall, value_sets_note
 from service.hooks.patient_chart import (
     APP_LINK_NOTE,
     OPTIONAL_PREFETCH,
@@ -13,6 +13,7 @@ from service.hooks.patient_chart import (
     chart_prefetch,
     issue,
     labs_window,
+    remembered,
     with_app_link,
 )
 
@@ -24,7 +25,7 @@ def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     # One card per problem: a current antiresorptive and the low ALP are one card (the drug's, with the workup).
     findings = antiresorptives.one_card_per_problem(chart, rules.low_alp(chart))
     findings += antiresorptives.review_denosumab_timing(chart)
-    issued = issue(findings, chart.patient.id, chart.not_read)
+    issued = issue(findings, chart.patient.id, chart.not_read, remembered(call, chart))
     return with_app_link(issued, call.settings)
 
 
@@ -40,7 +41,8 @@ SERVICE = CdsService(
         "sample contamination, the Wilson disease pattern in young patients, and a current bisphosphonate or "
         "denosumab alongside a low ALP."
     )
-    + APP_LINK_NOTE,
+    + APP_LINK_NOTE
+    + value_sets_note("patient-view"),
     prefetch=chart_prefetch(),
     optional_prefetch=OPTIONAL_PREFETCH,
     narrow=labs_window,

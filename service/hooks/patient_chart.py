@@ -29,6 +29,7 @@ from service.fhir.readers import (
     settle_versions,
 )
 from service.hooks import HookCall
+from service.memory import Memory
 from service.settings import Settings, smart_launch_url
 
 PATIENT = "{{context.patientId}}"
@@ -99,15 +100,65 @@ def resolver(call: HookCall):
 
 
 def issue(
-    findings: list[Finding], patient_id: str, not_checked: frozenset[str] = frozenset()
+    findings: list[Finding],
+    patient_id: str,
+    not_checked: frozenset[str] = frozenset(),
+    memory: Memory | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Findings -> cards: the most important first (critical, warning, info), each test suggested once, on the
     first card that asks for it. ``not_checked`` names the data that could not be read (:func:`not_read`): the
-    cards say so, and without the other labs no workup test is recommended (whether it was done is not known)."""
+    cards say so, and without the other labs no workup test is recommended (whether it was done is not known).
+    ``memory``: the patient's overrides (:func:`remembered`); a card of a kind overridden within the period says
+    so, and a warning with nothing new since is shown as information (:meth:`service.memory.Memory.apply`)."""
+    note_of = no_note
+    if memory is not None:
+        findings, note_of = memory.apply(findings)
     ordered = without_repeats(by_importance(findings, lambda kind: template(kind)["indicator"]))
     if "labs" in not_checked:
         ordered = [replace(f, orders=tuple(unrecommended(o) for o in f.orders)) for f in ordered]
-    return [(f.kind, render_card(f, patient_id, sorted(not_checked))) for f in ordered]
+    return [(f.kind, render_card(f, patient_id, sorted(not_checked), note_of(f.kind))) for f in ordered]
+
+
+def no_note(_kind: str) -> None:
+    return None
+
+
+ORDER_HOOKS = ("order-select", "order-sign")
+# What the chart could not all be read of that would show something new since an override: without it, nothing is
+# taken as unchanged.
+EVIDENCE_UNREAD = frozenset({"medications", "some_medications", "alp_history"})
+
+
+def remembered(call: HookCall, chart: Chart) -> Memory | None:
+    """The patient's overrides (:attr:`HookCall.remembered`, read beside the call and taken only if in time), with
+    what the chart shows that is new to an override: each low of the current run (when the lab released it, if
+    later than the draw), each start or restart after a break of a course of an antiresorptive or teriparatide.
+    On an order hook an order is being checked: that is new. When the ALP history or the medications could not
+    all be read, nothing is taken as unchanged."""
+    if call.remembered is None:
+        return None
+    # A result released by the lab after it was drawn came to be known then (a release time ahead of the clock is
+    # not believed: the draw counts).
+    events = [
+        (max(r.when, r.issued if r.issued and r.issued <= call.now else r.when), f"a new low ALP on {r.when.date()}")
+        for r in chart.current_run
+    ]
+    for course in chart.courses:
+        if course.start is not None:
+            events.append((course.start, f"{course.drug} started on {course.start.date()}"))
+        events += [(end, f"{course.drug} restarted on {end.date()}") for _, end in course.breaks]
+    always_new = None
+    if call.request["hook"] in ORDER_HOOKS:
+        always_new = "a new order is being checked"
+    elif chart.not_read & EVIDENCE_UNREAD:
+        always_new = "not every record could be read, so whether anything new happened is not known"
+    return Memory(
+        recall=call.remembered,
+        now=call.now,
+        days=call.settings.OVERRIDE_DAYS,
+        events=tuple((when, what) for when, what in events if when <= call.now),
+        always_new=always_new,
+    )
 
 
 def unrecommended(order: OrderSuggestion) -> OrderSuggestion:

@@ -37,6 +37,7 @@ def run_hook(
     make_client: MakeClient | None = None,
     now: datetime | None = None,
     narrow: bool = True,
+    remembered: Callable[[], Mapping[str, Any] | None] | None = None,
 ) -> HookRun:
     """One hook call of ``service`` on a validated ``request``. ``make_client`` gives a client for the request's
     FHIR server (None: there is none, and data the request lacks cannot be had); ``now`` defaults to the settings'
@@ -44,7 +45,8 @@ def run_hook(
     prefetch key cannot be had); an optional key that cannot be had is counted, logged by name and given to the
     handler as ``call.unavailable``, a key of which only the first pages could be read as ``call.incomplete``.
     ``narrow``: the optional keys fetched from the FHIR server ask only for what the handler reads
-    (:attr:`CdsService.narrow`); off for a caller that shows more of the chart than the cards use."""
+    (:attr:`CdsService.narrow`); off for a caller that shows more of the chart than the cards use. ``remembered``:
+    the patient's overrides (:attr:`HookCall.remembered`; only hook calls from an EHR have them)."""
     started = time.perf_counter()
     now = now or settings.NOW()
     fetched = fetched_keys(service.prefetch, request)
@@ -84,6 +86,7 @@ def run_hook(
         fetched=fetched,
         unavailable=frozenset(resolved.unavailable),
         incomplete=frozenset(resolved.incomplete),
+        remembered=remembered,
     )
     return HookRun(cards=service.handler(call), call=call, prefetch_seconds=prefetch_seconds)
 
