@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-import orjson
 from jwt import PyJWK
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import outbound
 from service.errors import BadRequest, CdsError, StoreUnavailable
+from service.jsontext import loads
 from service.logs import log_event
 from service.replay import ReplayStoreDown, open_replay_store
 from service.settings import Settings
@@ -112,7 +112,7 @@ class KeyStore:
         )
         if answer.status != 200:
             raise outbound.OutboundError(f"JWKS answer {answer.status}")
-        return self._parse(orjson.loads(answer.body))  # orjson: a 1000-deep answer is no RecursionError
+        return self._parse(loads(answer.body))  # orjson: a 1000-deep answer is no RecursionError
 
     def key(self, source: str, kid: str, inline: Mapping[str, Any] | None = None) -> PyJWK | None:
         with self._lock:
@@ -302,14 +302,18 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def check_fhir_server_url(fhir_server: str | None) -> None:
-    """A fhirServer that is not a URL is a 400, whether or not anything is fetched from it."""
+def check_fhir_server_url(fhir_server: str | None) -> str | None:
+    """A fhirServer that is not a URL is a 400, whether or not anything is fetched from it. Returns it with its scheme
+    in lower case (schemes are case-insensitive: ``HTTPS://h/fhir`` is ``https://h/fhir``), the form the allow-lists
+    are compared with."""
     if not fhir_server:
-        return
+        return fhir_server
     try:
         outbound.origin(fhir_server)
     except ValueError:
         raise BadRequest("fhirServer is not a valid URL") from None
+    scheme, colon, rest = fhir_server.partition(":")
+    return scheme.lower() + colon + rest
 
 
 def check_fhir_server(fhir_server: str | None, claims: Mapping[str, Any] | None, settings: Settings) -> None:
@@ -318,8 +322,7 @@ def check_fhir_server(fhir_server: str | None, claims: Mapping[str, Any] | None,
     fhirServer it names (the CDS Hooks Sandbox always sends one)."""
     if not fhir_server:
         return
-    check_fhir_server_url(fhir_server)
-    server = fhir_server.rstrip("/")
+    server = check_fhir_server_url(fhir_server).rstrip("/")
     if claims is not None:
         allowed = settings.TRUSTED_ISSUERS[claims["iss"]]["fhir_servers"]
     else:

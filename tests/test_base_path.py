@@ -183,6 +183,44 @@ def test_an_address_with_a_control_character_is_never_requested(recorder, contro
     assert recorder.paths == []
 
 
+@pytest.mark.parametrize(
+    "address", ["Patient/.", "Patient/..", "Medication/./m1", "Medication/../Patient/p1", "./Observation", "../fhir/x"]
+)
+def test_an_address_with_a_dot_segment_is_judged_as_written(recorder, address):
+    """Made absolute, ``Patient/..`` is the base itself and ``Medication/../Patient/p1`` lies under it: the dot
+    segments were gone before the path was checked, and ``GET /fhir/`` was sent with the token (outside attack 27,
+    F6: a patientId of ``.`` or ``..``)."""
+    with pytest.raises(FhirError, match="outside the FHIR base URL"):
+        FhirClient(base_of(recorder), "secret-token").get(address)
+    assert recorder.paths == []
+
+
+@pytest.mark.parametrize("patient", [".", ".."])
+def test_a_patient_id_of_dots_is_never_read(recorder, patient):
+    """Refused as ``...`` is: a 412 naming the patient key; only the ALP search went out (``patient=..`` is a value
+    of its query, not a path), and nothing optional after the 412."""
+    body = with_server(load_request("single-low-in"), recorder, keep=())
+    body["context"]["patientId"] = patient
+    response = make_app().hook(PV, body)
+    assert response.status_code == 412
+    said = response.get_json()["issue"][0]["diagnostics"]
+    assert "outside the FHIR base URL" in said and said.endswith("(prefetch key patient)")
+    assert [p for p in recorder.paths if not p.startswith("/fhir/Observation?")] == [], recorder.paths
+
+
+def test_a_fhir_server_with_an_upper_case_scheme_is_read(recorder):
+    """Schemes are case-insensitive: ``HTTP://`` was a 400 "does not match '^https?://'" (outside attack 27, F6). It
+    is read as ``http://``, so the allow-list (which names it in lower case) still decides."""
+    body = with_server(load_request("single-low-in"), recorder, keep=("patient",))
+    body["fhirServer"] = body["fhirServer"].replace("http://", "HTTP://")
+    allowed = make_app(FHIR_SERVERS=[base_of(recorder)]).hook(PV, body)
+    assert allowed.status_code == 200, allowed.get_json()
+    assert [p.split("?")[0] for p in recorder.paths if "6768-6" in p] == ["/fhir/Observation"]
+    recorder.paths.clear()
+    other = make_app(FHIR_SERVERS=[base_of(recorder).replace("/fhir", "/other")]).hook(PV, body)
+    assert other.status_code == 403 and recorder.paths == []
+
+
 def test_addresses_under_the_base_are_still_read(recorder):
     """What a FHIR server's own links look like stays allowed: ids with dots, history, HAPI's paging query."""
     client = FhirClient(base_of(recorder), "secret-token")

@@ -557,7 +557,9 @@ def test_identity_subject_first_then_patient_then_aliases_and_drafts_that_name_n
     assert s.owns({"subject": {"reference": "urn:uuid:abc"}})
     assert not s.owns({"resourceType": "MedicationRequest"})
     assert s.owns({"resourceType": "MedicationRequest"}, unnamed_ok=True)
-    assert not s.owns({"resourceType": "MedicationRequest", "subject": {}}, unnamed_ok=True)
+    assert s.owns({"resourceType": "MedicationRequest", "subject": {}}, unnamed_ok=True)  # names no patient
+    assert s.owns({"resourceType": "MedicationRequest", "subject": {"reference": "urn:uuid:x"}}, unnamed_ok=True)
+    assert not s.owns({"resourceType": "MedicationRequest", "subject": {"reference": "Patient/q"}}, unnamed_ok=True)
     assert not s.owns({"resourceType": 5, "subject": {"reference": "Patient/q"}})
     assert not s.owns({"resourceType": "X" * 40, "subject": {"reference": "Patient/q"}})
     assert not s.owns({"resourceType": "X" * 39, "subject": {"reference": "Patient/q"}})
@@ -569,6 +571,7 @@ def test_identity_a_reference_on_another_server_is_another_patient():
     s = scope(server="https://ehr.example/fhir")
     assert s.owns({"subject": {"reference": "https://ehr.example/fhir/Patient/p"}})
     assert not s.owns({"subject": {"reference": "https://elsewhere.example/fhir/Patient/p"}})
+    assert not s.owns({"subject": {"reference": "https://elsewhere.example/fhir/Patient/p"}}, unnamed_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------- the patient

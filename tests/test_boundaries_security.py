@@ -520,8 +520,8 @@ def test_loggable_limit_is_a_parameter():
 def test_fhir_server_that_is_not_a_url_is_a_400(url):
     with pytest.raises(BadRequest, match=r"^fhirServer is not a valid URL$"):
         check_fhir_server_url(url)
-    check_fhir_server_url(None)
-    check_fhir_server_url("")
+    assert check_fhir_server_url(None) is None and check_fhir_server_url("") == ""
+    assert check_fhir_server_url("HTTPS://EHR.example/Fhir") == "https://EHR.example/Fhir"
 
 
 SETTINGS = Settings(TRUSTED_ISSUERS={ISS: issuer(fhir_servers=["https://ehr.example.org/fhir"])}, FHIR_SERVERS=())
@@ -539,6 +539,10 @@ SETTINGS = Settings(TRUSTED_ISSUERS={ISS: issuer(fhir_servers=["https://ehr.exam
         ("https://ehr.example.org/fhirX", {"iss": ISS}, SETTINGS, False),
         ("https://a.example/fhir", None, replace(SETTINGS, FHIR_SERVERS=["https://a.example/fhirX"]), False),
         (None, {"iss": ISS}, SETTINGS, True),
+        ("HTTPS://ehr.example.org/fhir", {"iss": ISS}, SETTINGS, True),  # a scheme is case-insensitive
+        ("Https://ehr.example.org/fhir/", {"iss": ISS}, SETTINGS, True),
+        ("HTTP://ehr.example.org/fhir", {"iss": ISS}, SETTINGS, False),  # http is not https
+        ("HTTPS://ehr.example.org/FHIR", {"iss": ISS}, SETTINGS, False),  # a path is not
     ],
 )
 def test_fhir_server_allow_list(server, claims, settings, allowed):

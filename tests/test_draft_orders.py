@@ -4,8 +4,11 @@ never passed as "checked, nothing to say" (outside attack, review 3, finding 6).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from service import metrics
 from tests.conftest import OS, load_request
 
 SIGN = "antiresorptive-low-alp-sign"
@@ -251,6 +254,66 @@ def test_unresolvable_draft_with_no_card_for_the_others_is_a_412(client):
     assert client.hook(OS, load_request("order-normal-alp-out")).get_json()["cards"] == []
     response = client.hook(OS, body)
     assert response.status_code == 412 and "MedicationRequest/draft-unknown" in diagnostics(response)
+
+
+# --- the subject of a draft order ----------------------------------------------------------------------------------
+# A draft in the hook's own context is being ordered for the context patient: only a subject that clearly names
+# another patient (a Patient reference with another id, or on another server) drops it. Before, a subject of the
+# wrong JSON type or one that names nobody dropped it too, silently: 200, no card, no log, no metric (issue 27).
+
+PATIENT = "order-low-alp-in"
+
+
+def with_draft_subject(subject, hook="order-select"):
+    body = load_request(PATIENT)
+    body["fhirServer"] = "https://ehr.example.org/fhir"  # the prefetch is complete: nothing is fetched
+    body["context"]["draftOrders"]["entry"][0]["resource"]["subject"] = subject
+    return body if hook == "order-select" else signing(body)
+
+
+@pytest.mark.parametrize("hook", ["order-select", "order-sign"])
+@pytest.mark.parametrize(
+    "subject",
+    [
+        None,
+        {},
+        [],
+        "",
+        f"Patient/{PATIENT}",  # a string, not a Reference
+        [{"reference": f"Patient/{PATIENT}"}],
+        {"reference": ""},
+        {"reference": None},
+        {"reference": 5},
+        {"display": "Jane Doe"},
+        {"identifier": {"system": "urn:mrn", "value": "123"}},
+        {"reference": "urn:uuid:8f1b2a7e-0000-4000-8000-000000000001"},  # an unsaved resource, not this Patient
+        {"reference": f"https://ehr.example.org/fhir/Patient/{PATIENT}/_history/2", "display": "Jane"},
+    ],
+)
+def test_a_draft_whose_subject_names_no_other_patient_is_checked(client, hook, subject):
+    cards = client.cards(OS if hook == "order-select" else SIGN, with_draft_subject(subject, hook))
+    assert [c["indicator"] for c in cards] == ["warning"] and "denosumab" in cards[0]["summary"], cards
+
+
+@pytest.mark.parametrize("hook", ["order-select", "order-sign"])
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "Patient/someone-else",
+        "Patient/someone-else/_history/1",
+        "https://ehr.example.org/fhir/Patient/someone-else",
+        f"https://other.example.org/fhir/Patient/{PATIENT}",  # the same id on another server: another patient
+    ],
+)
+def test_a_draft_naming_another_patient_is_not_checked_and_is_counted_and_logged(client, caplog, hook, reference):
+    before = metrics.FOREIGN_DROPPED.labels("MedicationRequest")._value.get()
+    with caplog.at_level("WARNING", logger="service.hooks"):
+        cards = client.cards(OS if hook == "order-select" else SIGN, with_draft_subject({"reference": reference}, hook))
+    assert cards == []
+    assert metrics.FOREIGN_DROPPED.labels("MedicationRequest")._value.get() - before == 1
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.name.startswith("service.hooks")]
+    assert events == [{"event": "draft_order_of_another_patient", "hook": hook, "drafts": 1}]
+    assert "someone-else" not in caplog.text and PATIENT not in caplog.text
 
 
 # --- selections must name draft orders ---------------------------------------------------------------------------

@@ -6,16 +6,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import responses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.fhir.client import FhirClient, PagingStopped
-from tests.conftest import OS, PV, free_port, load_request, make_app
+from service.hook_requests import bundle_resources, search
+from tests.conftest import OS, PV, free_port, load_bundle, load_request, make_app
 
 # ------------------------------------------------------------------------------------------- a misbehaving server
 
@@ -517,6 +520,72 @@ def test_a_number_no_decoder_can_hold_in_a_resource_read_is_a_clear_400(number):
     response = CLIENT.client.post(f"/cds-services/{PV}", data=body, content_type="application/json")
     assert response.status_code == 400
     assert "not valid JSON" in response.get_json()["issue"][0]["diagnostics"]
+
+
+# ------------------------------------------------------------------------------------------- lone surrogates
+# "\ud800" is valid JSON (any \uXXXX escape is), and JSON.stringify and json.dumps write one for a truncated emoji.
+# It was a 400 "unexpected end of hex escape" anywhere in the body, and a 412 in a FHIR server's answer: every card
+# lost for a note nobody reads. It is read as U+FFFD, the replacement character.
+
+LONE = "\ud83d"  # the first half of an emoji, alone
+
+
+def _posted(service: str, body: dict):
+    text = json.dumps(body)  # ensure_ascii: the lone surrogate is written as the escape "\ud83d"
+    assert "\\ud83d" in text
+    return CLIENT.client.post(f"/cds-services/{service}", data=text, content_type="application/json")
+
+
+def _summaries(response) -> list[str]:
+    assert response.status_code == 200, response.get_json()
+    return [c["summary"] for c in response.get_json()["cards"]]
+
+
+def test_a_lone_surrogate_in_the_request_changes_no_card():
+    """Outside the prefetch, decoded whole: the hookInstance (logged) and a note of each draft order."""
+    expected = _summaries(CLIENT.hook(OS, load_request("order-low-alp-in")))
+    body = load_request("order-low-alp-in")
+    body["hookInstance"] += LONE
+    for entry in body["context"]["draftOrders"]["entry"]:
+        entry["resource"]["note"] = [{"text": "see " + LONE}]
+    assert _summaries(_posted(OS, body)) == expected
+
+
+def test_a_lone_surrogate_in_the_prefetch_changes_no_card_and_is_shown_as_the_replacement_character():
+    """In resources decoded when read (the patient's name, a lab result's note) and in one never read; a unit the
+    card quotes is shown with U+FFFD."""
+    expected = _summaries(CLIENT.hook(PV, load_request("persistent-low-in")))
+    body = load_request("persistent-low-in")
+    body["prefetch"]["patient"]["name"][0]["family"] = "O" + LONE
+    for key in ("alp", "labs"):
+        body["prefetch"][key]["entry"][0]["resource"]["note"] = [{"text": "see " + LONE}]
+    assert _summaries(_posted(PV, body)) == expected
+
+    body = load_request("single-low-in")
+    body["prefetch"]["alp"]["entry"][0]["resource"]["valueQuantity"] = {"value": 31, "unit": "U" + LONE}
+    assert _summaries(_posted(PV, body)) == [
+        "Check the latest ALP by hand: 31 U\ufffd on 2026-05-20 could not be interpreted"
+    ]
+
+
+def test_a_lone_surrogate_in_a_fhir_servers_answer_changes_no_card():
+    """The ALP search (a required key: it was a 412 "the FHIR server's answer is not JSON") and the labs search."""
+    base = "https://ehr.example.org/fhir"
+    resources = bundle_resources(load_bundle("persistent-low-in"))
+    for resource in resources:
+        if resource["resourceType"] == "Observation":
+            resource["note"] = [{"text": "see " + LONE}]
+    body = load_request("persistent-low-in")
+    expected = _summaries(CLIENT.hook(PV, body))
+    del body["prefetch"]
+    body["fhirServer"] = base
+    with responses.RequestsMock() as rsps:
+        rsps.add_callback(
+            responses.GET,
+            re.compile(base + "/.*"),
+            callback=lambda r: (200, {}, json.dumps(search(resources, r.url.split("/fhir/", 1)[1]))),
+        )
+        assert _summaries(CLIENT.hook(PV, body)) == expected
 
 
 # ------------------------------------------------------------------------------------------- the connect phase

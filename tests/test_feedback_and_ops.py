@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import uuid
 
@@ -113,6 +114,17 @@ def test_feedback_no_store_can_hold_is_400_on_both_stores_and_nothing_is_stored(
     assert store.feedback_rows() == []  # the batch is refused whole
     assert post_feedback(client, {"feedback": [GOOD]}).status_code == 200  # and the store is fine
     assert len(store.feedback_rows()) == 1
+
+
+def test_feedback_with_a_lone_surrogate_is_stored_with_the_replacement_character(store_url):
+    """A comment cut in the middle of an emoji ("\ud83d" alone: valid JSON, as JSON.stringify writes it) was a 400
+    "unexpected end of hex escape", and the clinician's feedback was lost."""
+    client = app_on(store_url)
+    item = {**GOOD, "overrideReason": {"userComment": "known cause \ud83d"}}
+    text = json.dumps({"feedback": [item]})
+    response = client.client.post(f"/cds-services/{PV}/feedback", data=text, content_type="application/json")
+    assert response.status_code == 200, response.get_json()
+    assert client.app.extensions["cds_feedback"].feedback_rows()[0]["user_comment"] == "known cause \ufffd"
 
 
 def test_store_refusing_data_is_400_not_503(tmp_path, monkeypatch):

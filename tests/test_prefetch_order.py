@@ -145,19 +145,33 @@ def test_a_server_answering_one_request_at_a_time_and_a_labs_search_slower_than_
             server.close()
 
 
-def test_the_optional_keys_are_not_asked_for_when_a_required_key_cannot_be_had():
+PERSON = {"resourceType": "Patient", "id": "persistent-low-in", "gender": "female", "birthDate": "1980-01-01"}
+
+
+@pytest.mark.parametrize(
+    ("status", "patient", "said"),
+    [
+        (404, {"resourceType": "OperationOutcome"}, "(prefetch key patient)"),
+        # Answered 200, yet not the patient of the call (outside attack 27, F4: the optional searches were still sent,
+        # with the token, and the 412 came only after them)
+        (200, {**PERSON, "id": "someone-else"}, "not context.patientId"),
+        (200, {"resourceType": "Bundle", "type": "searchset", "entry": []}, "holds no Patient"),
+        (200, {**PERSON, "deceasedBoolean": "true"}, "whether the patient has died is unknown"),
+    ],
+)
+def test_the_optional_keys_are_not_asked_for_when_a_required_key_cannot_be_had(status, patient, said):
     """The optional searches start once the required keys are had: a call that is a 412 anyway costs the server
     nothing more."""
     body = load_request("persistent-low-in")
     del body["prefetch"]
     body["fhirServer"] = "https://ehr.example.org/fhir"
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        rsps.add(responses.GET, re.compile(r".*/Patient/.*"), status=404, json={"resourceType": "OperationOutcome"})
+        rsps.add(responses.GET, re.compile(r".*/Patient/.*"), status=status, json=patient)
         rsps.add(responses.GET, re.compile(r".*/Observation\?.*"), json={"resourceType": "Bundle", "type": "searchset"})
         response = make_app().hook(PV, body)
         queries = [c.request.url for c in rsps.calls]
-    assert response.status_code == 412 and "(prefetch key patient)" in response.get_json()["issue"][0]["diagnostics"]
-    assert all("6768-6" in q or "/Patient/" in q for q in queries), queries  # no labs or medication search
+    assert response.status_code == 412 and said in response.get_json()["issue"][0]["diagnostics"], response.get_json()
+    assert len(queries) == 2 and all("6768-6" in q or "/Patient/" in q for q in queries), queries  # nothing optional
 
 
 def test_the_optional_share_is_a_setting():
@@ -185,6 +199,56 @@ def test_the_optional_share_is_a_setting():
             run_hook(low_alp_workup.SERVICE, body, settings, lambda budget=budget: Recording(base, budget=budget))
         assert shares.pop() == expected and not shares
         assert budget._shares[0].deadline == pytest.approx(budget.started + settings.FHIR_TIME_BUDGET * expected)
+
+
+SIGN = "antiresorptive-low-alp-sign"
+PROLIA = {
+    "resourceType": "Medication",
+    "id": "prolia",
+    "code": {"coding": [{"system": "http://www.whocc.no/atc", "code": "M05BX04", "display": "denosumab"}]},
+}
+
+
+@pytest.mark.parametrize("service", [OS, SIGN])
+def test_the_draft_orders_medication_is_read_with_the_required_keys(service):
+    """A draft whose drug is a ``Medication/<id>`` the request does not hold cannot be checked without it: it is
+    read with the Patient and the ALP results, before the optional searches. Outside attack 27, F1: read after them,
+    it queued behind the labs search on a server that answers one request at a time, and the call was a 412 "the
+    Medication of the draft order could not be read" at the end of the budget."""
+    client = make_app(FHIR_TIME_BUDGET=BUDGET)
+    body = load_request("order-low-alp-in")
+    draft = body["context"]["draftOrders"]["entry"][0]["resource"]
+    del draft["medicationCodeableConcept"]
+    draft["medicationReference"] = {"reference": "Medication/prolia"}
+    if service == SIGN:
+        body["hook"] = "order-sign"
+        del body["context"]["selections"]
+    del body["prefetch"]
+    server = OneAtATime([*bundle_resources(load_bundle("order-low-alp-in")), PROLIA])
+    try:
+        body["fhirServer"] = server.base
+        response = client.hook(service, body)
+        assert response.status_code == 200, response.get_json()
+        cards = response.get_json()["cards"]
+        assert [c["indicator"] for c in cards] == ["warning"] and "denosumab" in cards[0]["summary"], cards
+        assert LABS_LINE in cards[0]["detail"]
+        first = server.taken[:3]
+        assert "Medication/prolia" in first and len([q for q in first if is_required(q)]) == 2, server.taken
+    finally:
+        server.close()
+
+
+def test_a_draft_order_that_cannot_be_checked_is_a_400_before_anything_is_fetched():
+    """The drafts are read first (to know which Medication to read): a wrong one costs the server nothing."""
+    body = load_request("order-low-alp-in")
+    body["context"]["draftOrders"]["entry"][0]["resource"]["medicationCodeableConcept"] = "denosumab"
+    del body["prefetch"]
+    body["fhirServer"] = "https://ehr.example.org/fhir"
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add(responses.GET, re.compile(r".*"), json={"resourceType": "Bundle", "type": "searchset"})
+        response = make_app().hook(OS, body)
+        assert response.status_code == 400 and "cannot be checked" in response.get_json()["issue"][0]["diagnostics"]
+        assert len(rsps.calls) == 0
 
 
 # ------------------------------------------------------------------------- the labs search, bounded by date

@@ -59,7 +59,8 @@ def call_service(service_id: str) -> Response:
     problem = first_error(service.context_schema, body["context"])
     if problem:
         raise BadRequest(f"invalid {service.hook} context: {problem}")
-    check_fhir_server_url(body.get("fhirServer"))
+    if body.get("fhirServer"):
+        body["fhirServer"] = check_fhir_server_url(body["fhirServer"])
     token = (body.get("fhirAuthorization") or {}).get("access_token")
     if token is not None and not HEADER_TOKEN.fullmatch(token):
         raise BadRequest(

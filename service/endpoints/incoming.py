@@ -12,6 +12,7 @@ from flask import current_app, g, request
 from service.errors import BadRequest, NotFound, TooLarge
 from service.fhir.lazy import decode_hook_request
 from service.hooks import CdsService
+from service.jsontext import loads
 from service.settings import Settings
 
 MAX_JSON_DEPTH = 100  # FHIR resources nest about 15 levels; 1000 exhausts Python's stack in validation messages
@@ -55,7 +56,7 @@ def parse_json_body(*, lazy: bool = False) -> Any:
     if len(raw) > limit:
         raise TooLarge(f"request body is larger than {limit} bytes (CDS_MAX_BODY_BYTES)")
     try:
-        body = decode_hook_request(raw) if lazy else orjson.loads(raw)
+        body = decode_hook_request(raw) if lazy else loads(raw)
     except (orjson.JSONDecodeError, msgspec.DecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}") from None
     except UnicodeDecodeError:

@@ -26,6 +26,7 @@ import requests
 
 from service import metrics, outbound
 from service.fhir.elements import array, string, untyped
+from service.jsontext import loads
 from service.logs import log_event
 from service.settings import Settings
 
@@ -174,14 +175,15 @@ def _resolve(base: str, reference: str, what: str) -> str:
     return url
 
 
-def outside_base(base: str, url: str) -> str | None:
-    """Why ``url`` is not under the FHIR base URL ``base`` (which ends with ``/``), or None: another origin, a path
-    outside the base's path, or a path that could step out of it once the server reads it (:func:`steps_out`). The
-    bearer token goes under the base only."""
+def outside_base(base: str, url: str, written: str = "") -> str | None:
+    """Why ``url`` (``written`` made absolute) is not under the FHIR base URL ``base`` (which ends with ``/``), or
+    None: another origin, a path outside the base's path, or a path that could step out of it once the server reads
+    it (:func:`steps_out`), as written too (making it absolute removes ``.`` and ``..``: ``Patient/..`` is the base
+    itself). The bearer token goes under the base only."""
     if outbound.origin(url) != outbound.origin(base):
         return "another host"
     path, prefix = urlsplit(url).path, urlsplit(base).path or "/"
-    if not (path + "/").startswith(prefix) or steps_out(path):
+    if not (path + "/").startswith(prefix) or steps_out(path) or steps_out(urlsplit(written).path):
         return "a path outside the FHIR base URL"
     return None
 
@@ -278,7 +280,7 @@ class FhirClient:
     ) -> dict[str, Any]:
         """GET one resource (a read, or one page of a search) and check that it is FHIR JSON."""
         url = _resolve(self.base_url, relative_or_absolute, what)
-        problem = outside_base(self.base_url, url)
+        problem = outside_base(self.base_url, url, relative_or_absolute)
         if problem is not None:
             metrics.FHIR_FETCHES.labels("outside_base").inc()
             raise FhirError(f"{what} pointed to {problem}; the request was not sent")
@@ -289,7 +291,7 @@ class FhirClient:
             if answer.status not in REDIRECTS or not answer.headers.get("Location"):
                 break
             url = _resolve(url, answer.headers["Location"], "the place the FHIR server redirected to")
-            problem = outside_base(self.base_url, url)
+            problem = outside_base(self.base_url, url, answer.headers["Location"])
             if problem is not None:
                 metrics.FHIR_FETCHES.labels("redirect_refused").inc()
                 where = "another origin" if problem == "another host" else problem
@@ -335,7 +337,7 @@ class FhirClient:
         if answer.status != 200:
             raise FhirError(f"the FHIR server answered {answer.status}")
         try:
-            body = orjson.loads(answer.body)
+            body = loads(answer.body)
         except orjson.JSONDecodeError:
             raise FhirError("the FHIR server's answer is not JSON") from None
         if string(body, "resourceType") is None:

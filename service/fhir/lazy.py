@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from service.fhir.elements import Fields, array, obj, string
+from service.jsontext import without_lone_surrogates
 
 EMPTY = msgspec.Raw(b"")
 _any = msgspec.json.Decoder()
@@ -141,6 +142,7 @@ def decode_hook_request(raw: bytes) -> Any:
     outside the prefetch Bundles' resources) and ``RecursionError`` for JSON nested too deep to decode."""
     if not raw.isascii():
         raw.decode("utf-8")  # the resources are decoded later, and only some: check every byte now
+    raw = without_lone_surrogates(raw)  # then a "\\ud800" in a resource never stops its decoding
     try:
         parts = _top.decode(raw)
     except msgspec.ValidationError:  # not a JSON object: decoded in full, the schema says what is wrong

@@ -22,9 +22,11 @@ Order and budgets (README "Prefetch and the FHIR fallback"): the required keys a
 that a server that answers one request at a time, or queues a client's requests, never makes them wait behind a slow
 optional search; once they are had, the optional keys are fetched within a share (``CDS_FHIR_OPTIONAL_SHARE``) of
 the call's time and bytes (``CDS_FHIR_TIME_BUDGET``, ``CDS_FHIR_MAX_CALL_BYTES``, the time counted from the start of
-the call). The rest is kept for the reads the handler makes afterwards (the draft order's ``Medication/<id>``): a
-slow or huge optional answer makes that key unavailable, never the call a 412. Knowing the required data, a service
-may narrow an optional key's search to what it will read (the related labs to the dates the rules read).
+the call). The rest is kept for the reads the handler makes afterwards (the ``Medication/<id>`` of a medication
+record): a slow or huge optional answer makes that key unavailable, never the call a 412. What the service cannot
+answer without (a draft order's ``Medication/<id>``) is read with the required keys. Knowing the required data, a
+service may narrow an optional key's search to what it will read (the related labs to the dates the rules read), or
+refuse the call before the optional keys are fetched (a Patient that is not the context's).
 
 A search answer that is visibly not the whole list (:func:`service.fhir.answers.incompleteness`: a total above its
 matches, unreadable entries, a next link without a URL, a warning that results were left out, a batch response) is
@@ -34,7 +36,7 @@ incomplete as a cut paging is, whether the FHIR server or the client gave it.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +99,8 @@ class Resolved:
     # keys (required or optional) of which only the first pages could be read: their data is those pages -> why not
     # the rest (no patient data)
     incomplete: dict[str, str] = field(default_factory=dict)
+    # the resources read beside the prefetch (``reads``), by reference: the resource, or why it could not be read
+    read: dict[str, dict[str, Any] | FhirError] = field(default_factory=dict)
 
 
 def resolve_prefetch(
@@ -108,6 +112,7 @@ def resolve_prefetch(
     *,
     optional_share: float,
     narrow: Callable[[Mapping[str, Any]], Mapping[str, str]] | None = None,
+    reads: Collection[str] = (),
 ) -> Resolved:
     """The data of every key in ``templates``. A key that cannot be had (the FHIR server failed or refused it, or
     there is no server to ask) fails the call with :class:`DataUnavailable` (412) unless it is ``optional``: then it
@@ -122,7 +127,9 @@ def resolve_prefetch(
     client's requests) never makes them wait behind a slow optional search. The optional keys are fetched once the
     required ones are had, within ``optional_share`` of the call's budget (counted from its start); ``narrow``, given
     the data had so far, returns search parameters to add to an optional key's search (``{"labs": "date=ge..."}``:
-    only what the service will read)."""
+    only what the service will read), or raises the error of a call that will be refused anyway, and then nothing
+    more is fetched. ``reads`` (``Medication/<id>``: what the service cannot answer without) are read with the
+    required keys, each failure kept in :attr:`Resolved.read` for the service to name."""
     provided = request.get("prefetch") or {}
     context = request.get("context") or {}
     resolved: dict[str, dict[str, Any] | None] = {}
@@ -188,7 +195,8 @@ def resolve_prefetch(
                 raise
             resolved[key], unavailable[key] = None, exc.message
 
-    if to_fetch or to_complete:
+    read: dict[str, dict[str, Any] | FhirError] = {}
+    if to_fetch or to_complete or reads:
         client = make_client()
         if client is None:
             if set(to_fetch) - optional:
@@ -206,19 +214,26 @@ def resolve_prefetch(
         else:
             with client:
                 required = {k: u for k, u in to_fetch.items() if k not in optional}
-                take(_fetch(client, required, {k: b for k, b in to_complete.items() if k not in optional}, workers))
+                first = _fetch(
+                    client,
+                    {**required, **{r: r for r in reads}},  # a reference has a "/", a prefetch key never
+                    {k: b for k, b in to_complete.items() if k not in optional},
+                    workers,
+                )
+                read = {r: got if isinstance(got := first.pop(r), FhirError) else got[0] for r in reads}
+                take(first)
                 check_required()  # a required key missing: the optional ones are not asked for
                 later = {k: u for k, u in to_fetch.items() if k in optional}
-                if later and narrow is not None:
+                rest = {k: b for k, b in to_complete.items() if k in optional}
+                if (later or rest) and narrow is not None:
                     extra = narrow(resolved)
                     later = {k: f"{u}&{extra[k]}" if extra.get(k) else u for k, u in later.items()}
-                rest = {k: b for k, b in to_complete.items() if k in optional}
                 if later or rest:
                     take(_fetch(client.sharing(optional_share), later, rest, workers))
     check_required()
     for key, why in failed.items():
         resolved[key], unavailable[key] = None, why
-    return Resolved(resolved, unavailable, incomplete)
+    return Resolved(resolved, unavailable, incomplete, read)
 
 
 def _fetch(

@@ -198,15 +198,17 @@ class Scope:
 
     def owns(self, resource: dict[str, Any], *, unnamed_ok: bool = False) -> bool:
         """The resource names this patient as its ``subject`` (``patient`` only when there is no subject);
-        ``unnamed_ok`` accepts a resource that names nobody (a draft order in the hook context is about the context
-        patient)."""
+        ``unnamed_ok`` accepts a resource that names no patient (a draft order in the hook context is about the
+        context patient): no subject, one of the wrong JSON type, or one whose reference is no Patient reference
+        (empty, a display or an identifier only, a ``urn:uuid:``). Only a Patient reference to someone else (another
+        id, or a server other than ``fhirServer``) makes such a resource another patient's."""
         key = "subject" if "subject" in resource else "patient"
         reference = string(obj(resource, key), "reference")
         if (reference is not None and reference in self.aliases) or patient_in_reference(
             reference, self.server
         ) == self.patient.id:
             return True
-        if unnamed_ok and "subject" not in resource and "patient" not in resource:
+        if unnamed_ok and (reference is None or PATIENT_REFERENCE.match(reference) is None):
             return True
         kind = string(resource, "resourceType")
         self.dropped[kind if kind is not None and kind.isalpha() and len(kind) < 40 else "unknown"] += 1
@@ -678,11 +680,11 @@ def read_medications(
 ) -> list[Medication]:
     """Medication records (statements, requests, dispenses) of the scope's patient that match a value set.
 
-    ``drafts`` reads the hook context's draft orders: they may name no subject (they are the context patient's) and
-    count as drafts whatever their status. Otherwise a record is current only while it is active, its effective or
-    validity period has not ended, it did not start in the future, and the patient is alive. A request that is only
-    a proposal or plan, or says not to give the drug, is not a record of taking it. A record whose Medication cannot
-    be read is noted in ``scope.unresolved``.
+    ``drafts`` reads the hook context's draft orders: they are the context patient's unless they name another
+    patient (:meth:`Scope.owns`), and count as drafts whatever their status. Otherwise a record is current only
+    while it is active, its effective or validity period has not ended, it did not start in the future, and the
+    patient is alive. A request that is only a proposal or plan, or says not to give the drug, is not a record of
+    taking it. A record whose Medication cannot be read is noted in ``scope.unresolved``.
     """
     values = list(values)
     found: list[Medication] = []

@@ -46,9 +46,14 @@ class CdsService:
     # Prefetch keys the service can answer without: when one cannot be had, the call goes on and the cards say what
     # was not checked. Every other key is required: without it the call is a 412 (no safe answer can be given).
     optional_prefetch: frozenset[str] = frozenset()
-    # Given a call holding the required keys' data, search parameters to add to an optional key's search when it is
-    # fetched from the FHIR server (``{"labs": "date=ge2026-01-01"}``): the server sends only what the rules read.
+    # Given a call holding the required keys' data, before any optional key is fetched: search parameters to add to
+    # an optional key's search when it is fetched from the FHIR server (``{"labs": "date=ge2026-01-01"}``: the server
+    # sends only what the rules read). It raises the CdsError of a call the handler would refuse (a patient that is
+    # not the context's): the server is then spared the optional searches.
     narrow: Callable[[HookCall], Mapping[str, str]] | None = None
+    # Given the call before anything is fetched: the resources (``Medication/<id>``) the handler must read from the
+    # FHIR server beside the prefetch to answer at all. They are read with the required keys, before the optional ones.
+    reads: Callable[[HookCall], list[str]] | None = None
     usage_requirements: str | None = None
     context_schema: str = field(init=False)
 

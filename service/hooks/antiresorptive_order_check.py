@@ -4,9 +4,11 @@ Both run the same rule (``antiresorptives.review_order``)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from service.clinical import antiresorptives
+from service.clinical.facts import Patient
 from service.errors import BadRequest, DataUnavailable
 from service.fhir.elements import objects, string, untyped
 from service.fhir.readers import MEDICATION_RECORDS, Scope, read_medications
@@ -25,26 +27,61 @@ from service.hooks.patient_chart import (
     resolver,
     with_app_link,
 )
+from service.logs import log_event
+
+log = logging.getLogger(__name__)
 
 
-def handle_select(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
-    return check_orders(call, set(call.context["selections"]))
+def selections(call: HookCall) -> set[str] | None:
+    """The draft orders to check: those selected at order-select, every one (None) at order-sign."""
+    return set(call.context["selections"]) if call.request["hook"] == "order-select" else None
 
 
-def handle_sign(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
-    return check_orders(call, None)
+def check_orders(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
+    """The checked draft orders (:func:`selections`) against the patient's ALP history.
+
+    A well-formed checked draft whose drug cannot be read (a ``medicationReference`` neither in the context nor to
+    be had from ``fhirServer``) is named on the cards issued for the other orders, or, when there is none, makes the
+    call a 412: an unreadable bisphosphonate beside a weaker agent is never silently passed."""
+    selected = checked_drafts(call)
+    scope = read_scope(call)
+    chart = build_chart(call, scope)
+    if chart.patient.deceased:
+        return []  # no advice on the chart of a patient who has died
+    drafts = Scope(patient=scope.patient, now=scope.now, settings=scope.settings, server=scope.server)
+    ordered = read_medications([selected], drafts, resolver(call), drafts=True)
+    unread = list(dict.fromkeys(drafts.unresolved))
+    if drafts.dropped:  # a draft order naming another patient is not checked: said so, without ids
+        log_event(
+            log,
+            logging.WARNING,
+            "draft_order_of_another_patient",
+            hook=call.request["hook"],
+            drafts=drafts.dropped.total(),
+        )
+    report(drafts, [])
+    # Hypophosphatasia on the problem list (documented, suspected or marked inactive) is read with the chart.
+    findings = antiresorptives.review_order(chart, ordered, False, unread=unread)
+    if unread and not findings:
+        # Nothing to show beside it: the unreadable order alone cannot be passed as checked.
+        raise DataUnavailable(
+            f"the Medication of the draft order ({', '.join(unread[:3])}) could not be read, "
+            "so the order cannot be checked"
+        )
+    memory = remembered(call, chart)
+    return with_app_link(issue(findings, chart.patient.id, chart.not_read, memory), call.settings)
 
 
-def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str, dict[str, Any]]]:
-    """The draft orders named in ``selections`` (all of them when None) against the patient's ALP history.
+def checked_drafts(call: HookCall) -> dict[str, Any]:
+    """The checked draft orders, with every Medication of the context (by id and by fullUrl, to resolve references),
+    as a Bundle.
 
     A selection that names no draft order, or a checked draft medication order that names its drug in a way that is
     not FHIR R4, is a 400 (:func:`drug_naming_error`): the client's request is wrong, and the order was not checked.
     A checked draft that names no drug yet (:func:`names_no_drug_yet`: the EHR's order form before a drug is chosen,
-    as the CDS Hooks Sandbox sends it) is unfinished, not wrong: there is nothing to check in it, so it gets no card.
-    A well-formed checked draft whose drug cannot be read (a ``medicationReference`` neither in the context nor to
-    be had from ``fhirServer``) is named on the cards issued for the other orders, or, when there is none, makes the
-    call a 412: an unreadable bisphosphonate beside a weaker agent is never silently passed."""
+    as the CDS Hooks Sandbox sends it) is unfinished, not wrong: there is nothing to check in it, so it is left out
+    (no card)."""
+    checking = selections(call)
     given = [
         (entry, resource)
         for entry in objects(call.context["draftOrders"], "entry")
@@ -52,11 +89,11 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
     ]
 
     def is_checked(resource: dict[str, Any]) -> bool:
-        return selections is None or f"{untyped(resource, 'resourceType')}/{untyped(resource, 'id')}" in selections
+        return checking is None or f"{untyped(resource, 'resourceType')}/{untyped(resource, 'id')}" in checking
 
-    if selections is not None:
+    if checking is not None:
         named = {draft_name(r) for _, r in given if string(r, "id") is not None}
-        missing = sorted(selections - named)
+        missing = sorted(checking - named)
         if missing:
             raise BadRequest(
                 f"context.selections names {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, which is "
@@ -71,8 +108,7 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
             )
         if checked and names_no_drug_yet(resource):
             unfinished.append(id(resource))
-    # The orders to check, with every Medication of the context (by id and by fullUrl) to resolve references.
-    selected = {
+    return {
         "resourceType": "Bundle",
         "entry": [
             entry
@@ -80,24 +116,20 @@ def check_orders(call: HookCall, selections: set[str] | None) -> list[tuple[str,
             if (is_checked(r) and id(r) not in unfinished) or string(r, "resourceType") == "Medication"
         ],
     }
-    scope = read_scope(call)
-    chart = build_chart(call, scope)
-    if chart.patient.deceased:
-        return []  # no advice on the chart of a patient who has died
-    drafts = Scope(patient=scope.patient, now=scope.now, settings=scope.settings, server=scope.server)
-    ordered = read_medications([selected], drafts, resolver(call), drafts=True)
-    unread = list(dict.fromkeys(drafts.unresolved))
-    report(scope, [])
-    # Hypophosphatasia on the problem list (documented, suspected or marked inactive) is read with the chart.
-    findings = antiresorptives.review_order(chart, ordered, False, unread=unread)
-    if unread and not findings:
-        # Nothing to show beside it: the unreadable order alone cannot be passed as checked.
-        raise DataUnavailable(
-            f"the Medication of the draft order ({', '.join(unread[:3])}) could not be read, "
-            "so the order cannot be checked"
-        )
-    memory = remembered(call, chart)
-    return with_app_link(issue(findings, chart.patient.id, chart.not_read, memory), call.settings)
+
+
+def drug_references(call: HookCall) -> list[str]:
+    """The ``Medication/<id>`` the checked drafts name and the request does not hold (neither contained nor in
+    ``draftOrders``): the order cannot be checked without them, so they are read from ``fhirServer`` with the
+    required prefetch keys, before the optional searches, which a slow labs search would make them wait behind.
+    Exactly the references the handler will resolve: found by reading the drafts as it does (a draft of another
+    patient is not checked, so its Medication is not read)."""
+    wanted: list[str] = []
+    scope = Scope(
+        patient=Patient(id=call.context["patientId"]), now=call.now, server=call.request.get("fhirServer") or None
+    )
+    read_medications([checked_drafts(call)], scope, lambda reference: wanted.append(reference), drafts=True)
+    return list(dict.fromkeys(wanted))
 
 
 def draft_name(resource: dict[str, Any]) -> str:
@@ -177,7 +209,8 @@ SERVICE = CdsService(
     prefetch=PREFETCH,
     optional_prefetch=OPTIONAL,
     narrow=labs_window,
-    handler=handle_select,
+    reads=drug_references,
+    handler=check_orders,
 )
 
 SIGN_SERVICE = CdsService(
@@ -191,5 +224,6 @@ SIGN_SERVICE = CdsService(
     prefetch=PREFETCH,
     optional_prefetch=OPTIONAL,
     narrow=labs_window,
-    handler=handle_sign,
+    reads=drug_references,
+    handler=check_orders,
 )

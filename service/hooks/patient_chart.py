@@ -14,7 +14,7 @@ from service.clinical.chart import Chart, LabsNeeded, lab_days_needed
 from service.clinical.codes import LOINC, analytes, context_observations, loinc_codes
 from service.clinical.facts import LabResult
 from service.clinical.rules import Finding, OrderSuggestion, by_importance, single_low_after_normal
-from service.errors import BadRequest, CdsError, DataUnavailable
+from service.errors import BadRequest, DataUnavailable
 from service.fhir.client import FhirError
 from service.fhir.context import read_diagnoses, read_pregnancy_evidence, read_procedures
 from service.fhir.elements import array, objects, string, untyped
@@ -287,12 +287,10 @@ def labs_window(call: HookCall) -> dict[str, str]:
     """The related-labs search, when fetched from the FHIR server, bounded to the dates :func:`lab_filter` keeps:
     from the earliest of ``since`` and the days around the current run's lows (:func:`lab_days_needed`, from the
     ALP results read first), a day earlier still for a result dated in a time zone ahead of the server's. The server
-    then sends the recent labs and those of the run, not a lifetime of them. A patient the handler will refuse
-    narrows nothing (the handler says why)."""
-    try:
-        scope = read_scope(call)
-    except CdsError:
-        return {}
+    then sends the recent labs and those of the run, not a lifetime of them. A patient the handler would refuse
+    (:func:`read_scope`: another id, no Patient, a death that cannot be read) is refused here, before the optional
+    keys are fetched: the FHIR server is spared them."""
+    scope = read_scope(call)
     needed = lab_days_needed(read_lab_results(call.data.get("alp"), scope=scope), call.now, call.settings.clinical)
     earliest = min([needed.since, *needed.days, *needed.draw_days]) - timedelta(days=1)
     return {"labs": f"date=ge{earliest.isoformat()}"}

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from service import metrics
-from service.fhir.client import FhirClient
+from service.fhir.client import FhirClient, FhirError
 from service.fhir.prefetch import fetched_keys, resolve_prefetch
 from service.hooks import CdsService, HookCall
 from service.logs import log_event
@@ -49,11 +49,16 @@ def run_hook(
     the patient's overrides (:attr:`HookCall.remembered`; only hook calls from an EHR have them)."""
     started = time.perf_counter()
     now = now or settings.NOW()
+    fetched = fetched_keys(service.prefetch, request)
+
+    def so_far(data: Mapping[str, Any]) -> HookCall:
+        return HookCall(request=request, data=data, settings=settings, now=now, fetched=fetched)
 
     def narrowing(data: Mapping[str, Any]) -> Mapping[str, str]:
-        if service.narrow is None or not narrow:
+        if service.narrow is None:
             return {}
-        return service.narrow(HookCall(request=request, data=data, settings=settings, now=now))
+        extra = service.narrow(so_far(data))  # raises for a call the handler would refuse: nothing more is fetched
+        return extra if narrow else {}
 
     resolved = resolve_prefetch(
         service.prefetch,
@@ -63,8 +68,8 @@ def run_hook(
         optional=service.optional_prefetch,
         optional_share=settings.FHIR_OPTIONAL_SHARE,
         narrow=narrowing,
+        reads=service.reads(so_far({})) if service.reads else (),
     )
-    fetched = fetched_keys(service.prefetch, request)
     prefetch_seconds = time.perf_counter() - started if fetched else None
     for key, reason in resolved.unavailable.items():  # key names and FhirError causes: no patient data
         metrics.PREFETCH_UNAVAILABLE.labels(key).inc()
@@ -77,7 +82,7 @@ def run_hook(
         data=resolved.data,
         settings=settings,
         now=now,
-        fetch=fetcher(make_client) if make_client else None,
+        fetch=fetcher(make_client, resolved.read) if make_client else None,
         fetched=fetched,
         unavailable=frozenset(resolved.unavailable),
         incomplete=frozenset(resolved.incomplete),
@@ -90,10 +95,16 @@ def no_client() -> None:
     return None
 
 
-def fetcher(make_client: MakeClient) -> Callable[[str], dict[str, Any]]:
-    """A lazy one-off reader for handlers that need a resource the prefetch did not hold."""
+def fetcher(make_client: MakeClient, read: Mapping[str, dict[str, Any] | FhirError]) -> Callable[[str], dict[str, Any]]:
+    """A lazy one-off reader for handlers that need a resource the prefetch did not hold; what was ``read`` already
+    (:attr:`service.fhir.prefetch.Resolved.read`) is not asked for again."""
 
     def fetch(relative: str) -> dict[str, Any]:
+        if relative in read:
+            found = read[relative]
+            if isinstance(found, FhirError):
+                raise found
+            return found
         client = make_client()
         if client is None:
             raise LookupError("no fhirServer in the request")

@@ -26,6 +26,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from service import outbound
 from service.fhir.elements import array, string, untyped
+from service.jsontext import loads
 from service.settings import Settings
 from service.watchdog import Watchdog
 
@@ -136,7 +137,7 @@ def _discover(iss: str, settings: Settings) -> SmartConfiguration:
     if answer.status != 200:
         raise LaunchError(502, f"the EHR's SMART configuration could not be read: it answered {answer.status}")
     try:
-        config = orjson.loads(answer.body)
+        config = loads(answer.body)
     except orjson.JSONDecodeError:
         config = None
     if not isinstance(config, dict):
