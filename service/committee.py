@@ -138,6 +138,31 @@ def _month(when: datetime) -> str:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC).strftime("%Y-%m")
 
 
+def _outcome_bars(name: str, values: list[dict[str, Any]], x: Any, y: Any, width: int, height: int) -> dict[str, Any]:
+    """Stacked bars of cards by outcome, in the report's colours and order (``x``, ``y``: the Altair encodings)."""
+    import altair as alt
+
+    return (
+        alt.Chart(alt.Data(values=values), name=name)
+        .mark_bar()
+        .encode(
+            x=x,
+            y=y,
+            color=alt.Color(
+                "outcome:N",
+                scale=alt.Scale(domain=list(OUTCOMES), range=list(COLOURS)),
+                legend=alt.Legend(orient="top", title=None, labelFontSize=12),
+            ),
+            order=alt.Order("order:Q"),
+        )
+        .transform_calculate(order=f"indexof({json.dumps(list(OUTCOMES))}, datum.outcome)")
+        .properties(width=width, height=height)
+        .configure_view(stroke="#d0d7de")
+        .configure(font="sans-serif")
+        .to_dict()
+    )
+
+
 def month_chart(entry: Group) -> dict[str, Any]:
     """Cards issued per month of issue, by outcome (stacked bars)."""
     import altair as alt
@@ -147,24 +172,13 @@ def month_chart(entry: Group) -> dict[str, Any]:
         for month, counts in sorted(entry.months.items())
         for outcome in OUTCOMES
     ]
-    return (
-        alt.Chart(alt.Data(values=values), name="months")
-        .mark_bar()
-        .encode(
-            x=alt.X("month:O", title=None, axis=alt.Axis(labelAngle=0, labelFontSize=11)),
-            y=alt.Y("cards:Q", title="Cards", stack="zero", axis=alt.Axis(tickMinStep=1, format="d")),
-            color=alt.Color(
-                "outcome:N",
-                scale=alt.Scale(domain=list(OUTCOMES), range=list(COLOURS)),
-                legend=alt.Legend(orient="top", title=None, labelFontSize=12),
-            ),
-            order=alt.Order("order:Q"),
-        )
-        .transform_calculate(order=f"indexof({json.dumps(list(OUTCOMES))}, datum.outcome)")
-        .properties(width=max(160, 60 * len(entry.months)), height=170)
-        .configure_view(stroke="#d0d7de")
-        .configure(font="sans-serif")
-        .to_dict()
+    return _outcome_bars(
+        "months",
+        values,
+        x=alt.X("month:O", title=None, axis=alt.Axis(labelAngle=0, labelFontSize=11)),
+        y=alt.Y("cards:Q", title="Cards", stack="zero", axis=alt.Axis(tickMinStep=1, format="d")),
+        width=max(160, 60 * len(entry.months)),
+        height=170,
     )
 
 
@@ -177,24 +191,13 @@ def overview_chart(groups: list[Group]) -> dict[str, Any]:
         for g in groups
         for outcome in OUTCOMES
     ]
-    return (
-        alt.Chart(alt.Data(values=values), name="overview")
-        .mark_bar()
-        .encode(
-            y=alt.Y("card:N", title=None, sort=None, axis=alt.Axis(labelLimit=360, labelFontSize=12)),
-            x=alt.X("cards:Q", title="Cards", stack="zero", axis=alt.Axis(tickMinStep=1, format="d")),
-            color=alt.Color(
-                "outcome:N",
-                scale=alt.Scale(domain=list(OUTCOMES), range=list(COLOURS)),
-                legend=alt.Legend(orient="top", title=None, labelFontSize=12),
-            ),
-            order=alt.Order("order:Q"),
-        )
-        .transform_calculate(order=f"indexof({json.dumps(list(OUTCOMES))}, datum.outcome)")
-        .properties(width=560, height=max(60, 24 * len(groups)))
-        .configure_view(stroke="#d0d7de")
-        .configure(font="sans-serif")
-        .to_dict()
+    return _outcome_bars(
+        "overview",
+        values,
+        x=alt.X("cards:Q", title="Cards", stack="zero", axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y("card:N", title=None, sort=None, axis=alt.Axis(labelLimit=360, labelFontSize=12)),
+        width=560,
+        height=max(60, 24 * len(groups)),
     )
 
 

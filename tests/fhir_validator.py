@@ -15,19 +15,16 @@ It needs Java 17 or later and Maven (Debian: ``apt-get install openjdk-17-jdk-he
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 try:
-    from tests.hapi_server import HAPI_VERSION, INSTALL_HINT, Unavailable, missing_tools
+    from tests.hapi_server import Unavailable, build_module
 except ImportError:  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.hapi_server import HAPI_VERSION, INSTALL_HINT, Unavailable, missing_tools
+    from tests.hapi_server import Unavailable, build_module
 
 MODULE = Path(__file__).resolve().parent / "fhir-validator"
 
@@ -40,41 +37,9 @@ class Issue:
     message: str
 
 
-def _source_digest() -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in MODULE.rglob("*") if p.is_file() and "target" not in p.parts):
-        digest.update(str(path.relative_to(MODULE)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def build_dir() -> Path:
-    cache = Path(os.environ.get("ALPCDS_CACHE") or Path.home() / ".cache" / "alp-cds")
-    return cache / f"fhir-validator-{HAPI_VERSION}-{_source_digest()}"
-
-
 def ensure_built() -> Path:
     """The validator's jar, built with Maven when this version of its sources has not been built yet."""
-    target = build_dir()
-    jar = target / "fhir-validator.jar"
-    if jar.exists():
-        if not shutil.which("java"):
-            raise Unavailable(f"java is not installed: install {INSTALL_HINT}")
-        return jar
-    problem = missing_tools()
-    if problem:
-        raise Unavailable(problem)
-    command = ["mvn", "-B", "-q", "-f", str(MODULE / "pom.xml"), f"-Dvalidator.build.dir={target}.partial", "package"]
-    shutil.rmtree(f"{target}.partial", ignore_errors=True)
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise Unavailable(f"building the FHIR validator failed: {exc}") from None
-    if done.returncode != 0:
-        raise Unavailable(f"building the FHIR validator failed: {(done.stdout + done.stderr)[-3000:]}")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(f"{target}.partial", target)
-    return jar
+    return build_module(MODULE, "fhir-validator", "the FHIR validator", "validator.build.dir")
 
 
 def validate(paths: list[Path], timeout: float = 900) -> tuple[int, list[Issue]]:

@@ -55,23 +55,21 @@ def missing_tools() -> str | None:
     return None
 
 
-def _source_digest() -> str:
+def _source_digest(module: Path) -> str:
     digest = hashlib.sha256()
-    for path in sorted(p for p in MODULE.rglob("*") if p.is_file() and "target" not in p.parts):
-        digest.update(str(path.relative_to(MODULE)).encode())
+    for path in sorted(p for p in module.rglob("*") if p.is_file() and "target" not in p.parts):
+        digest.update(str(path.relative_to(module)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def build_dir() -> Path:
+def build_module(module: Path, name: str, what: str, directory_property: str, log=None) -> Path:
+    """The jar ``<name>.jar`` of a Maven module of the tests, built into the cache (``$ALPCDS_CACHE``, else
+    ``~/.cache/alp-cds``) when this version of its sources has not been built yet. The module's pom takes the build
+    directory as ``-D<directory_property>``; ``what`` names it in messages."""
     cache = Path(os.environ.get("ALPCDS_CACHE") or Path.home() / ".cache" / "alp-cds")
-    return cache / f"hapi-test-server-{HAPI_VERSION}-{_source_digest()}"
-
-
-def ensure_built(log=sys.stderr) -> Path:
-    """The server's jar, built with Maven when this version of the sources has not been built yet."""
-    target = build_dir()
-    jar = target / "hapi-test-server.jar"
+    target = cache / f"{name}-{HAPI_VERSION}-{_source_digest(module)}"
+    jar = target / f"{name}.jar"
     if jar.exists():
         if not shutil.which("java"):  # built here before, but Java is gone
             raise Unavailable(f"java is not installed: install {INSTALL_HINT}")
@@ -79,18 +77,24 @@ def ensure_built(log=sys.stderr) -> Path:
     problem = missing_tools()
     if problem:
         raise Unavailable(problem)
-    print(f"building the HAPI FHIR {HAPI_VERSION} test server into {target} (first run: a few minutes)", file=log)
-    command = ["mvn", "-B", "-q", "-f", str(MODULE / "pom.xml"), f"-Dhapi.build.dir={target}.partial", "package"]
+    if log is not None:
+        print(f"building {what} into {target} (first run: a few minutes)", file=log)
+    command = ["mvn", "-B", "-q", "-f", str(module / "pom.xml"), f"-D{directory_property}={target}.partial", "package"]
     shutil.rmtree(f"{target}.partial", ignore_errors=True)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise Unavailable(f"building the HAPI test server failed: {exc}") from None
+        raise Unavailable(f"building {what} failed: {exc}") from None
     if done.returncode != 0:
-        raise Unavailable(f"building the HAPI test server failed: {(done.stdout + done.stderr)[-3000:]}")
+        raise Unavailable(f"building {what} failed: {(done.stdout + done.stderr)[-3000:]}")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(f"{target}.partial", target)
     return jar
+
+
+def ensure_built(log=sys.stderr) -> Path:
+    """The server's jar, built with Maven when this version of the sources has not been built yet."""
+    return build_module(MODULE, "hapi-test-server", f"the HAPI FHIR {HAPI_VERSION} test server", "hapi.build.dir", log)
 
 
 class HapiServer:
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.build:
             print(jar)
             return 0
-        log = build_dir() / f"server-{args.port}.log"
+        log = ensure_built().parent / f"server-{args.port}.log"
         started = time.monotonic()
         server = start(args.port, log, args.token, args.bind)
     except Unavailable as exc:
