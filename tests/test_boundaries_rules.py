@@ -493,9 +493,11 @@ def test_edta_a_contaminated_latest_low_gets_the_recollect_card_first_which_says
 
     stands, waits = render_card(ordered[0], "p"), render_card(alone[0], "p")
     assert stands["summary"].startswith("Repeat the potassium now, treat it as real until repeated; recollect the ALP")
-    assert "enough for the workup on the low-ALP card: it need not wait" in " ".join(stands["detail"].split())
-    assert "(the earlier lows already make it persistently low)" in stands["detail"]
-    assert "recollect the ALP before any workup" in " ".join(waits["detail"].split())
+    stands_text, waits_text = " ".join(stands["detail"].split()), " ".join(waits["detail"].split())
+    assert "(the earlier lows already make it persistently low: their workup need not wait)" in stands_text
+    assert "before any workup" not in stands_text
+    assert "recollect the ALP in a serum or lithium-heparin tube before any workup" in waits_text
+    assert "need not wait" not in waits_text
 
 
 def test_current_low_run_is_empty_when_the_run_is_history_or_absent():
