@@ -348,6 +348,7 @@ def replay(service_id: str, opens: list[dict[str, Any]], overrides: str | None, 
         "calls with a card": with_card,
         "calls with two cards or more": several,
         "calls with an interruptive card": interruptive,
+        "patients given an interruptive card": len({p for p, _ in shown}),
         "patients with the same interruptive kind more than 3 times in 365 days": len({p for p, _ in repeated}),
         "(patient, kind) pairs doing so": len(repeated),
         "overrides posted": posted,
@@ -394,7 +395,8 @@ def table(run: dict[str, Any]) -> list[str]:
         f"- calls: {calls}; with a card: {run['calls with a card']}; with two cards or more: "
         f"{run['calls with two cards or more']}; with an interruptive card (warning or "
         f"critical): {run['calls with an interruptive card']} (**{share:.2f} %**)",
-        "- patients who get the same interruptive card kind more than 3 times within 365 days: "
+        f"- patients given an interruptive card: {run['patients given an interruptive card']}; who get the same "
+        "interruptive card kind more than 3 times within 365 days: "
         f"**{run['patients with the same interruptive kind more than 3 times in 365 days']}** "
         f"({run['(patient, kind) pairs doing so']} patient and kind pairs)",
     ]

@@ -101,6 +101,7 @@ def test_alert_burden_smoke_run_counts_add_up():
         cards = sum(sum(by_indicator.values()) for by_indicator in run["cards"].values())
         assert set().union(*run["cards"].values()) <= {"critical", "warning", "info"}
         assert run["calls with an interruptive card"] <= run["calls with a card"] <= run["calls"]
+        assert run["patients given an interruptive card"] <= min(3, run["calls with an interruptive card"])
         assert run["calls with a card"] + run["calls with two cards or more"] <= cards
         # the memory changes indicators, never which cards are given
         assert cards == sum(sum(c.values()) for c in runs[(service, None)]["cards"].values())
