@@ -18,7 +18,7 @@ one chart open), at the day's last second (UTC, the data's only offset), with th
   administration's effective start; a dispense's ``whenHandedOver`` or ``whenPrepared``); their status as exported
   (the data has no stop dates);
 - Conditions once recorded (``recordedDate``, else the onset); one abated after that day was still active then
-  (its abatement taken off, ``clinicalStatus`` active);
+  (its abatement taken off, ``clinicalStatus`` active); Procedures once performed (the data has none);
 - a death after that day has not happened yet (``deceasedDateTime`` taken off); visit days after the death are
   not chart opens;
 - a resource with no date of its own is on the chart at every open (counted: the Synthea data has none).
@@ -126,6 +126,7 @@ def on_chart_since(resource: dict[str, Any]) -> datetime | None:
         "MedicationStatement": ("dateAsserted", "effectiveDateTime", "effectivePeriod"),
         "MedicationAdministration": ("effectiveDateTime", "effectivePeriod"),
         "MedicationDispense": ("whenHandedOver", "whenPrepared"),
+        "Procedure": ("performedDateTime", "performedPeriod"),
     }.get(kind, ())
     return _start(resource, *names)
 
