@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,3 +67,47 @@ def test_fetch_bench_smoke_run_prints_the_table():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| checkout | calls | fetch s (sum) | median ms |" in result.stdout
     assert "| synthea, 2021-03-01: " in result.stdout
+
+
+def test_alert_burden_smoke_run_counts_add_up():
+    """bench/alert_burden.py (issue 24 point 5) on three Synthea patients: every run's figures are consistent."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "alert_burden.py"),
+            "--data",
+            str(ROOT / "tests" / "data" / "synthea-r4.tar.xz"),
+            "--patients",
+            "3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout)
+    data = figures["data"]
+    assert data["patients"] == 3 and data["undated"] == 0
+    assert data["chart opens"] == data["visit days"] - data.get("visit days after death", 0) > 0
+    runs = {(run["service"], run["overrides"]): run for run in figures["runs"]}
+    assert set(runs) == {(s, o) for s in ("low-alp-workup", "antiresorptive-low-alp") for o in (None, "first", "every")}
+    for (service, overrides), run in runs.items():
+        assert run["calls"] == (
+            data["chart opens"] if service == "low-alp-workup" else data["order-select calls (aged 50 or more)"]
+        )
+        cards = sum(sum(by_indicator.values()) for by_indicator in run["cards"].values())
+        assert set().union(*run["cards"].values()) <= {"critical", "warning", "info"}
+        assert run["calls with an interruptive card"] <= run["calls with a card"] <= run["calls"]
+        assert run["patients given an interruptive card"] <= min(3, run["calls with an interruptive card"])
+        assert run["calls with a card"] + run["calls with two cards or more"] <= cards
+        # the memory changes indicators, never which cards are given
+        assert cards == sum(sum(c.values()) for c in runs[(service, None)]["cards"].values())
+        assert run["audit rows dropped"] == 0
+        readings = run["memory readings"]
+        assert readings["timeout"] == readings["error"] == readings["busy"] == 0
+        if overrides is None:
+            assert run["overrides posted"] == 0 and sum(readings.values()) == 0
+    assert figures["seconds"]["whole"] > 0
