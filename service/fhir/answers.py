@@ -48,15 +48,17 @@ def outcome_failed(outcome: Any) -> bool:
 
 def _outcomes(bundle: dict[str, Any]) -> list[Any]:
     """The OperationOutcome entries of a Bundle (decoded, for a lazily decoded one: only these are decoded)."""
-    if isinstance(bundle, LazyBundle):
-        found = []
-        for entry, head in zip(bundle.entries, bundle.heads(), strict=True):
-            if string(head, "resourceType") == "OperationOutcome":
-                try:
-                    found.append(_decode.decode(entry.resource))
-                except msgspec.DecodeError:  # an outcome that cannot be read: taken as an error
-                    found.append(None)
-        return found
+    if isinstance(bundle, LazyBundle):  # its entries never change: worked out once (asked several times a call)
+        if bundle.outcomes is None:
+            found = []
+            for entry, head in zip(bundle.entries, bundle.heads(), strict=True):
+                if string(head, "resourceType") == "OperationOutcome":
+                    try:
+                        found.append(_decode.decode(entry.resource))
+                    except msgspec.DecodeError:  # an outcome that cannot be read: taken as an error
+                        found.append(None)
+            bundle.outcomes = found
+        return bundle.outcomes
     resources = (untyped(e, "resource") for e in objects(bundle, "entry"))
     return [r for r in resources if string(r, "resourceType") == "OperationOutcome"]
 
@@ -87,10 +89,12 @@ def _outcome_truncates(outcome: Any) -> bool:
 def _entry_parts(bundle: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
     """(search, response, resource type or None when the entry holds no readable resource) of every entry."""
     if isinstance(bundle, LazyBundle):
-        return [
-            (untyped(e, "search"), untyped(e, "response"), string(h, "resourceType"))
-            for e, h in zip(bundle.entries, bundle.heads(), strict=True)
-        ]
+        if bundle.parts is None:
+            bundle.parts = [
+                (untyped(e, "search"), untyped(e, "response"), string(h, "resourceType"))
+                for e, h in zip(bundle.entries, bundle.heads(), strict=True)
+            ]
+        return bundle.parts
     return [
         (untyped(e, "search"), untyped(e, "response"), string(untyped(e, "resource"), "resourceType"))
         for e in array(bundle, "entry")

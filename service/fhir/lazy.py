@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from service.fhir.elements import Fields, array, obj, string
+from service.fhir.elements import Fields, array, string
 from service.jsontext import without_lone_surrogates
 
 EMPTY = msgspec.Raw(b"")
@@ -112,6 +112,9 @@ class LazyBundle(dict):
         self.entries = entries
         self.name = name  # the prefetch key, to name a resource that cannot be decoded
         self._heads: list[Head | None] | None = None
+        # what service.fhir.answers works out of the entries, once per Bundle (its entries never change)
+        self.outcomes: list[Any] | None = None
+        self.parts: list[tuple[Any, Any, Any]] | None = None
 
     def heads(self) -> list[Head | None]:
         """The head of every entry (None for an entry that holds no JSON object), decoded once."""
@@ -127,9 +130,10 @@ class LazyBundle(dict):
     ) -> Iterator[tuple[Any, dict[str, Any]]]:
         """(fullUrl, resource) of the entries of that type whose head ``keep`` accepts (search outcomes skipped)."""
         for index, (entry, head) in enumerate(zip(self.entries, self.heads(), strict=True)):
-            if head is None or (resource_type is not None and string(head, "resourceType") != resource_type):
+            # read off the structs directly (any JSON type compares unequal to a string): this loop sees every entry
+            if head is None or (resource_type is not None and head.resourceType != resource_type):
                 continue
-            if string(obj(entry, "search"), "mode") == "outcome":
+            if string(entry.search, "mode") == "outcome":
                 continue
             if keep is not None and not keep(Peek(head, entry.resource)):
                 continue

@@ -195,6 +195,9 @@ class Scope:
     aliases: frozenset[str] = frozenset()  # Bundle fullUrls of this patient's Patient entry (e.g. urn:uuid:...)
     dropped: Counter[str] = field(default_factory=Counter)  # resource type -> other patients' resources dropped
     unresolved: list[str] = field(default_factory=list)  # medication records whose Medication could not be read
+    # fallback limits by (analyte, day): they depend on the patient's age on that day only (read once per day, not
+    # once per result)
+    fallbacks: dict[tuple[str, date], Any] = field(default_factory=dict, compare=False, repr=False)
 
     def owns(self, resource: dict[str, Any], *, unnamed_ok: bool = False) -> bool:
         """The resource names this patient as its ``subject`` (``patient`` only when there is no subject);
@@ -435,7 +438,11 @@ def _read_result(
         if flag is not None:  # the lab judged it: its flag stands for a bound it did not send
             low_source, high_source = low_source or LAB_FLAG, high_source or LAB_FLAG
         elif (low is None or high is None) and scope is not None and when is not None:
-            fallback = fallback_limits(analyte.analyte, scope.patient, when, scope.settings)
+            key = (analyte.analyte, when.date())
+            if key in scope.fallbacks:
+                fallback = scope.fallbacks[key]
+            else:
+                fallback = scope.fallbacks[key] = fallback_limits(analyte.analyte, scope.patient, when, scope.settings)
             if fallback is not None:
                 if low is None and fallback.low is not None:
                     low, low_source = fallback.low, fallback.source
