@@ -303,6 +303,12 @@ def _units_disagree(quantity: dict[str, Any], unit_group: str) -> bool:
     code, unit = string(quantity, "code"), string(quantity, "unit")
     if code is None or unit is None:
         return False
+    return _unit_texts_disagree(code, unit, unit_group)
+
+
+@cache
+def _unit_texts_disagree(code: str, unit: str, unit_group: str) -> bool:
+    """Worked out once per (code, unit, group): a chart holds thousands of results in a handful of units."""
     by_code, by_unit = convert(1.0, code, unit_group), convert(1.0, unit, unit_group)
     return by_code is not None and by_unit is not None and by_code != by_unit
 
@@ -335,10 +341,8 @@ def observation_time(observation: dict[str, Any]) -> datetime | None:
 
 def _analyte(concept: Any, known: Mapping[str, Analyte]) -> Analyte | None:
     for coding in objects(concept, "coding"):
-        if canonical_system(string(coding, "system")) != LOINC:
-            continue
         code = string(coding, "code")
-        if code is not None and code in known:
+        if code is not None and code in known and canonical_system(string(coding, "system")) == LOINC:
             return known[code]
     return None
 
@@ -386,9 +390,9 @@ def _raw_value(element: dict[str, Any], range_unit: str | None) -> _Raw:
 
 def _range_unit(reference_range: dict[str, Any]) -> str | None:
     for key in ("low", "high"):
-        bound = obj(reference_range, key)
-        if _unit(bound):
-            return _unit(bound)
+        unit = _unit(obj(reference_range, key))
+        if unit:
+            return unit
     return None
 
 
