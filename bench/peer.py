@@ -12,6 +12,8 @@ Servers, all on loopback with 2 workers:
 - ``before`` (``--before DIR``): the same, from another checkout (its own ``service`` package);
 - ``sync`` (``--sync``): this checkout under ``gunicorn --worker-class sync --threads 1`` (one shared socket), the rest
   of ``gunicorn_conf.py`` as deployed;
+- ``shared`` (``--shared``): this checkout with the deployed gthread workers but one shared listening socket (no
+  ``--reuse-port``);
 - ``floor``: ``bench/baseline.py`` (a bare Flask app that reads the body) with ``alp-cds serve``'s gunicorn command;
 - ``healthchain``: ``bench/peer_healthchain.py`` (the low-ALP rule as a HealthChain user writes it) with the same
   gunicorn options (2 workers, a socket per worker) and the ASGI worker FastAPI needs (``uvicorn.workers.
@@ -108,6 +110,10 @@ def start_servers(args: argparse.Namespace, workdir: Path) -> dict[str, Server]:
     if args.sync:
         command = [sys.executable, "-m", "gunicorn", *sync[1:-1], "--worker-class", "sync", sync[-1]]
         servers["sync"] = Peer("sync", command, env("sync"))
+    if args.shared:
+        shared = gunicorn_argv("{bind}", workers, None)
+        shared.remove("--reuse-port")  # the deployed gthread workers, one listening socket shared by both
+        servers["shared"] = Peer("shared", [sys.executable, "-m", "gunicorn", *shared[1:]], env("shared"))
     servers["floor"] = Peer("floor", [sys.executable, "-m", "gunicorn", *floor[1:]], env("floor"))
     if not args.no_healthchain:
         venv = healthchain_venv()
@@ -178,6 +184,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--before", help="another checkout of the service to run beside this one")
     parser.add_argument("--sync", action="store_true", help="also this checkout under plain sync gunicorn workers")
+    parser.add_argument("--shared", action="store_true", help="also the deployed workers on one shared socket")
     parser.add_argument("--no-healthchain", action="store_true")
     parser.add_argument("--json", help="also write every measurement here")
     args = parser.parse_args()
