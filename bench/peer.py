@@ -18,7 +18,10 @@ Servers, all on loopback with 2 workers:
 - ``healthchain``: ``bench/peer_healthchain.py`` (the low-ALP rule as a HealthChain user writes it) with the same
   gunicorn options (2 workers, a socket per worker) and the ASGI worker FastAPI needs (``uvicorn.workers.
   UvicornWorker``), in a virtualenv of its own that this script makes under ``~/.cache/alp-cds/peer`` (HealthChain
-  is never a dependency of the project).
+  is never a dependency of the project);
+- ``healthchain-typed``: the same app with ``PEER_TYPED=1``: the prefetch turned into ``fhir.resources`` models by
+  HealthChain's own ``convert_prefetch_to_fhir_objects`` first, the way its documentation leads (``--no-typed-peer``
+  leaves it out).
 
 The bodies are ``bench/run.py``'s synthetic patient-view charts (a fifth of the Observations ALP, all low; the rest
 potassium, calcium, bilirubin and zinc), at 10, 100, 1000 and 10000 Observations. For each client thread count and
@@ -54,7 +57,8 @@ from service.hook_requests import hook_request  # noqa: E402
 
 HEALTHCHAIN = os.environ.get("PEER_HEALTHCHAIN_VERSION", "0.16.1")  # the version issue 28 measured
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "alp-cds" / "peer"
-PATHS = {"healthchain": f"/cds/cds-services/{PV}"}  # HealthChain's routes sit under /cds; the others as the service
+# HealthChain's routes sit under /cds; the others' as the service's
+PATHS = {"healthchain": f"/cds/cds-services/{PV}", "healthchain-typed": f"/cds/cds-services/{PV}"}
 
 
 def healthchain_venv() -> Path:
@@ -78,7 +82,7 @@ class Peer(Server):
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
         command = [part.replace("{bind}", bind) for part in command]
         self.process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **env}, stdout=self.log, stderr=self.log)
-        wait_http(self.port, "/cds/cds-discovery" if name == "healthchain" else "/cds-services", 60)
+        wait_http(self.port, "/cds/cds-discovery" if name.startswith("healthchain") else "/cds-services", 60)
 
 
 def service_command(workers: int) -> list[str]:
@@ -120,6 +124,8 @@ def start_servers(args: argparse.Namespace, workdir: Path) -> dict[str, Server]:
         command = [str(venv / "bin" / "gunicorn"), "--bind", "{bind}", "--workers", str(workers), "--reuse-port",
                    "--worker-class", "uvicorn.workers.UvicornWorker", "bench.peer_healthchain:app"]  # fmt: skip
         servers["healthchain"] = Peer("healthchain", command, {"PYTHONPATH": ""})
+        if not args.no_typed_peer:
+            servers["healthchain-typed"] = Peer("healthchain-typed", command, {"PYTHONPATH": "", "PEER_TYPED": "1"})
     return servers
 
 
@@ -186,6 +192,7 @@ def main() -> int:
     parser.add_argument("--sync", action="store_true", help="also this checkout under plain sync gunicorn workers")
     parser.add_argument("--shared", action="store_true", help="also the deployed workers on one shared socket")
     parser.add_argument("--no-healthchain", action="store_true")
+    parser.add_argument("--no-typed-peer", action="store_true", help="leave out HealthChain with FHIR models")
     parser.add_argument("--json", help="also write every measurement here")
     args = parser.parse_args()
     sizes = [10, 100] if args.smoke else [int(s) for s in args.sizes.split(",")]
@@ -253,7 +260,7 @@ def main() -> int:
 
 
 def requests_for(size: int) -> int:
-    return {10: 300, 100: 300, 1000: 60}.get(size, 16)
+    return {10: 300, 100: 300, 1000: 60}.get(size, 12)
 
 
 def scenario(size: int, body: bytes, count: int, server: str) -> Scenario:

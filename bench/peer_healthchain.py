@@ -16,16 +16,24 @@ carries them) and applies the same core rule, simplified as a user would write i
 
 So it reads every ALP result and every lab of those days, as the service does, but none of the service's other
 work (patient identity, units, age bands, medications, conditions, cards with suggestions).
+
+With ``PEER_TYPED=1`` the handler first turns the prefetch into FHIR models with HealthChain's own helper
+(``healthchain.fhir.convert_prefetch_to_fhir_objects``: ``fhir.resources`` R4B, pydantic-validated), the "type-safe
+FHIR" its documentation leads with, and reads those (``bench/peer.py`` serves both, as ``healthchain`` and
+``healthchain-typed``).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from healthchain.fhir import convert_prefetch_to_fhir_objects
 from healthchain.gateway import CDSHooksService, HealthChainAPI
 from healthchain.models.requests.cdsrequest import CDSRequest
 from healthchain.models.responses.cdsresponse import Card, CDSResponse
 
+LOINC = "http://loinc.org"
 ALP_CODES = {"6768-6", "77141-0", "1783-0", "1777-2", "17838-4"}
 CONTAMINATION = {  # LOINC: (unit, test) -- a value that points to an EDTA tube
     "2823-3": ("mmol/L", lambda v: v > 6.0),  # potassium
@@ -40,60 +48,78 @@ DEFAULT_LOW = 40.0
 cds = CDSHooksService()
 
 
-def _entries(bundle: Any) -> list[dict[str, Any]]:
+TYPED = os.environ.get("PEER_TYPED") == "1"
+Row = tuple[str | None, str | None, str, float | None, str | None, float | None]  # code status when value unit low
+
+
+def _rows(bundle: Any) -> list[Row]:
+    """(LOINC code, status, effective time as text, value, UCUM code, reference-range low) of each Observation."""
+    if TYPED:
+        return [_typed_row(e.resource) for e in getattr(bundle, "entry", None) or [] if e.resource is not None]
     if not isinstance(bundle, dict):
         return []
-    return [e["resource"] for e in bundle.get("entry") or [] if isinstance(e, dict) and "resource" in e]
+    return [_row(e["resource"]) for e in bundle.get("entry") or [] if isinstance(e, dict) and "resource" in e]
 
 
-def _code(observation: dict[str, Any]) -> str | None:
-    for coding in (observation.get("code") or {}).get("coding") or []:
-        if coding.get("system") == "http://loinc.org":
-            return coding.get("code")
-    return None
-
-
-def _quantity(observation: dict[str, Any]) -> float | None:
+def _row(observation: dict[str, Any]) -> Row:
+    code = next(
+        (c.get("code") for c in (observation.get("code") or {}).get("coding") or [] if c.get("system") == LOINC),
+        None,
+    )
     quantity = observation.get("valueQuantity") or {}
     value = quantity.get("value")
-    return float(value) if isinstance(value, int | float) else None
+    low = None
+    for reference in observation.get("referenceRange") or []:
+        bound = (reference.get("low") or {}).get("value")
+        if isinstance(bound, int | float):
+            low = float(bound)
+    when = observation.get("effectiveDateTime") or ""
+    number = float(value) if isinstance(value, int | float) else None
+    return code, observation.get("status"), when, number, quantity.get("code"), low
+
+
+def _typed_row(observation: Any) -> Row:
+    code = next((c.code for c in (observation.code.coding or []) if c.system == LOINC), None)
+    quantity = getattr(observation, "valueQuantity", None)
+    low = None
+    for reference in getattr(observation, "referenceRange", None) or []:
+        if reference.low is not None and reference.low.value is not None:
+            low = float(reference.low.value)
+    when = getattr(observation, "effectiveDateTime", None)
+    value = float(quantity.value) if quantity is not None and quantity.value is not None else None
+    unit = quantity.code if quantity is not None else None
+    return code, observation.status, when.isoformat() if when is not None else "", value, unit, low
 
 
 @cds.hook("patient-view", id="low-alp-workup", title="Low ALP")
 def low_alp(request: CDSRequest) -> CDSResponse:
     prefetch = request.prefetch or {}
+    if TYPED:
+        prefetch = convert_prefetch_to_fhir_objects({k: v for k, v in prefetch.items() if k in ("alp", "labs") and v})
     results = []
-    for observation in _entries(prefetch.get("alp")):
-        if observation.get("status") not in ("final", "amended", "corrected") or _code(observation) not in ALP_CODES:
+    for code, status, when, value, unit, low in _rows(prefetch.get("alp")):
+        if status not in ("final", "amended", "corrected") or code not in ALP_CODES:
             continue
-        value = _quantity(observation)
-        unit = (observation.get("valueQuantity") or {}).get("code")
         if value is None or unit != "U/L":
             continue
-        low = DEFAULT_LOW
-        for reference in observation.get("referenceRange") or []:
-            bound = (reference.get("low") or {}).get("value")
-            if isinstance(bound, int | float):
-                low = float(bound)
-        results.append((observation.get("effectiveDateTime") or "", value, low))
+        results.append((when, value, low if low is not None else DEFAULT_LOW))
     results.sort(reverse=True)
     if not results or results[0][1] >= results[0][2]:
         return CDSResponse(cards=[])
 
-    labs_by_day: dict[str, list[dict[str, Any]]] = {}
-    for observation in _entries(prefetch.get("labs")):
-        if _code(observation) in CONTAMINATION:
-            labs_by_day.setdefault((observation.get("effectiveDateTime") or "")[:10], []).append(observation)
+    labs_by_day: dict[str, list[Row]] = {}
+    for row in _rows(prefetch.get("labs")):
+        if row[0] in CONTAMINATION:
+            labs_by_day.setdefault(row[2][:10], []).append(row)
 
     lows, contaminated = [], 0
     for when, value, low in results:
         if value >= low:
             break
         suspect = False
-        for lab in labs_by_day.get(when[:10], []):
-            unit, test = CONTAMINATION[_code(lab)]
-            lab_value = _quantity(lab)
-            if lab_value is not None and (lab.get("valueQuantity") or {}).get("code") == unit and test(lab_value):
+        for code, _, _, lab_value, lab_unit, _ in labs_by_day.get(when[:10], []):
+            unit, test = CONTAMINATION[code]
+            if lab_value is not None and lab_unit == unit and test(lab_value):
                 suspect = True
         if suspect:
             contaminated += 1
