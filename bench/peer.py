@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -225,6 +226,7 @@ def main() -> int:
     finally:
         for server in servers.values():
             server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"\nmachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; HealthChain {HEALTHCHAIN}; "
           f"{repeats} rotated repeat(s){' (SMOKE: no timing value)' if args.smoke else ''}")  # fmt: skip
