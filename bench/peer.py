@@ -14,6 +14,8 @@ Servers, all on loopback with 2 workers:
   of ``gunicorn_conf.py`` as deployed;
 - ``shared`` (``--shared``): this checkout with the deployed gthread workers but one shared listening socket (no
   ``--reuse-port``);
+- ``NAME`` (``--variant NAME=ARGS``, repeatable): this checkout's ``alp-cds serve`` with ``ARGS`` added (a later
+  ``--workers`` or ``--threads`` wins);
 - ``floor``: ``bench/baseline.py`` (a bare Flask app that reads the body) with ``alp-cds serve``'s gunicorn command;
 - ``healthchain``: ``bench/peer_healthchain.py`` (the low-ALP rule as a HealthChain user writes it) with the same
   gunicorn options (2 workers, a socket per worker) and the ASGI worker FastAPI needs (``uvicorn.workers.
@@ -119,6 +121,9 @@ def start_servers(args: argparse.Namespace, workdir: Path) -> dict[str, Server]:
         shared = gunicorn_argv("{bind}", workers, None)
         shared.remove("--reuse-port")  # the deployed gthread workers, one listening socket shared by both
         servers["shared"] = Peer("shared", [sys.executable, "-m", "gunicorn", *shared[1:]], env("shared"))
+    for variant in args.variant:  # NAME=ARGS: alp-cds serve of this checkout with other options
+        name, _, extra = variant.partition("=")
+        servers[name] = Peer(name, [*service_command(workers), *extra.split()], env(name))
     servers["floor"] = Peer("floor", [sys.executable, "-m", "gunicorn", *floor[1:]], env("floor"))
     if not args.no_healthchain:
         venv = healthchain_venv()
@@ -192,6 +197,7 @@ def main() -> int:
     parser.add_argument("--before", help="another checkout of the service to run beside this one")
     parser.add_argument("--sync", action="store_true", help="also this checkout under plain sync gunicorn workers")
     parser.add_argument("--shared", action="store_true", help="also the deployed workers on one shared socket")
+    parser.add_argument("--variant", action="append", default=[], help="NAME=ARGS: also alp-cds serve ARGS")
     parser.add_argument("--no-healthchain", action="store_true")
     parser.add_argument("--no-typed-peer", action="store_true", help="leave out HealthChain with FHIR models")
     parser.add_argument("--json", help="also write every measurement here")
