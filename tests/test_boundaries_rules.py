@@ -930,7 +930,7 @@ def test_describe_says_what_a_result_was_judged_against(low, high, flag, sources
 def test_describe_an_undated_result_and_a_preliminary_one():
     described = views.display_row(lab("zinc", 50, None, low=60, preliminary=True))
     assert described["date"] == "date unknown" and described["preliminary"] is True
-    assert described["value"] == "50" and described["unit"] == "ug/dL" and described["analyte"] == "zinc"
+    assert described["value"] == "50" and described["unit"] == "µg/dL" and described["analyte"] == "zinc"
 
 
 def test_describe_alp_marks_a_history_result():

@@ -263,10 +263,20 @@ def unreadable_alp(chart: Chart) -> Finding | None:
         {
             "result": unreadable_row(latest),
             "problem": unusable(latest),
+            "as_ukat": _as_ukat(latest),
             "not_interpreted": not_interpreted_rows(chart.not_interpreted()),
         },
         (OrderSuggestion(workup_tests()["repeat_alp"], recommended=False),),
     )
+
+
+def _as_ukat(result: LabResult) -> int | None:
+    """A total ALP below 2 "U/L" is impossible; written in µkat/L it would be this many U/L (x 60: the addendum's
+    plausibility table, section 2), which the card names so that a very low value is not lost to a unit slip."""
+    unit = (result.raw_unit or "").strip().lower()
+    if result.raw_value is None or not 0 < result.raw_value < 2 or unit not in ("u/l", "iu/l", "[iu]/l"):
+        return None
+    return round(result.raw_value * 60)
 
 
 def low_alp(chart: Chart) -> list[Finding]:
