@@ -3,7 +3,8 @@ each test is a finding, failing before its fix."""
 
 from __future__ import annotations
 
-from tests.conftest import PV, load_request
+from service.clinical.codes import RXNORM
+from tests.conftest import OS, PV, load_request
 from tests.test_override_memory import app_on, note, one_card, override, with_alendronate
 
 
@@ -21,3 +22,29 @@ def test_an_override_of_an_information_card_never_quiets_a_later_warning(tmp_pat
     on_alendronate = one_card(client, PV, with_alendronate(request, "2026-01-01"))
     assert "alendronate" in on_alendronate["summary"]
     assert on_alendronate["indicator"] == "warning", note(on_alendronate)
+
+
+def order_select(client, coding: dict) -> list[dict]:
+    """The order-select fixture with a low ALP, its selected draft naming its drug by this one coding alone."""
+    request = load_request("order-low-alp-in")
+    draft = request["context"]["draftOrders"]["entry"][0]["resource"]
+    draft["medicationCodeableConcept"] = {"coding": [coding]}
+    return client.cards(OS, request)
+
+
+def test_a_code_sent_with_blanks_around_it_is_still_recognised(tmp_path):
+    """A2. A careless EHR pads its codes (" 904399 ", "6768-6\\t"): the Fosamax 35 mg order by RxNorm code alone got
+    no card at all, and an ALP result under a padded LOINC code was not read (no low-ALP card). Conditions and ATC
+    codes were already read trimmed."""
+    client = app_on(f"sqlite:///{tmp_path}/f.db")
+    for code in (" 904399 ", "904399\t", "\u00a0904399"):
+        cards = order_select(client, {"system": RXNORM, "code": code})
+        assert [c["indicator"] for c in cards] == ["warning"], code
+        assert "alendronate" in cards[0]["summary"]
+
+    request = load_request("persistent-low-in")
+    for entry in request["prefetch"]["alp"]["entry"]:
+        for coding in entry["resource"]["code"]["coding"]:
+            coding["code"] = f" {coding['code']}\t"
+    card = one_card(client, PV, request)
+    assert card["indicator"] == "warning" and "Persistently low ALP" in card["summary"]
