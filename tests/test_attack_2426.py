@@ -48,3 +48,21 @@ def test_a_code_sent_with_blanks_around_it_is_still_recognised(tmp_path):
             coding["code"] = f" {coding['code']}\t"
     card = one_card(client, PV, request)
     assert card["indicator"] == "warning" and "Persistently low ALP" in card["summary"]
+
+
+def test_a_code_system_written_with_capitals_in_its_scheme_or_host_is_recognised(tmp_path):
+    """A3. The scheme and host of a URI are case-insensitive (RFC 3986), and an OID URN's prefix too: an order for
+    Fosamax 35 mg by RxNorm code alone under ``HTTP://WWW.NLM.NIH.GOV/research/umls/rxnorm`` or
+    ``URN:OID:2.16.840.1.113883.6.88`` got no card (``https://`` and a trailing slash were already read)."""
+    client = app_on(f"sqlite:///{tmp_path}/f.db")
+    for system in (
+        "HTTP://www.nlm.nih.gov/research/umls/rxnorm",
+        "http://WWW.NLM.NIH.GOV/research/umls/rxnorm",
+        "Https://www.nlm.nih.gov/research/umls/rxnorm/",
+        "URN:OID:2.16.840.1.113883.6.88",
+        "urn:oid:2.16.840.1.113883.6.88",
+    ):
+        cards = order_select(client, {"system": system, "code": "904399"})
+        assert [c["indicator"] for c in cards] == ["warning"], system
+    # The path stays case-sensitive: another path is another system.
+    assert order_select(client, {"system": "http://www.nlm.nih.gov/research/umls/RXNORM", "code": "904399"}) == []
