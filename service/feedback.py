@@ -119,12 +119,18 @@ def suggestions_record(card: Mapping[str, Any]) -> str | None:
 
 
 def _instant(text: str) -> datetime:
-    """An outcomeTimestamp as a time to order by (validated as an RFC 3339 date-time on the way in)."""
+    """An outcomeTimestamp as a time to order by (validated as an RFC 3339 date-time on the way in; RFC 3339 allows
+    a lower-case ``t`` and ``z``, which Python's parser does not)."""
     try:
-        parsed = datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text.upper())
     except ValueError:
         return datetime.min.replace(tzinfo=UTC)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _instant_or_error(text: str) -> datetime:
+    """The instant, in UTC (ValueError or OverflowError when it is none that can be stored)."""
+    return datetime.fromisoformat(text.upper()).astimezone(UTC)
 
 
 def storable_problem(items: Iterable[Mapping[str, Any]]) -> str | None:
@@ -136,7 +142,7 @@ def storable_problem(items: Iterable[Mapping[str, Any]]) -> str | None:
             if "\x00" in value:
                 return f"{path}: contains a NUL character"
         try:
-            datetime.fromisoformat(item["outcomeTimestamp"]).astimezone(UTC)
+            _instant_or_error(item["outcomeTimestamp"])
         except (ValueError, OverflowError):
             return f"feedback[{i}].outcomeTimestamp: not a time that can be stored"
     return None

@@ -66,3 +66,13 @@ def test_a_code_system_written_with_capitals_in_its_scheme_or_host_is_recognised
         assert [c["indicator"] for c in cards] == ["warning"], system
     # The path stays case-sensitive: another path is another system.
     assert order_select(client, {"system": "http://www.nlm.nih.gov/research/umls/RXNORM", "code": "904399"}) == []
+
+
+def test_an_outcome_timestamp_in_lower_case_is_stored_and_remembered(tmp_path):
+    """A4. RFC 3339 (5.6) allows ``t`` and ``z`` in lower case and the schema's date-time check takes them; the store
+    refused it as "not a time that can be stored" (a 400: the clinician's override was lost)."""
+    client = app_on(f"sqlite:///{tmp_path}/f.db")
+    card = one_card(client, PV, load_request("persistent-low-in"))
+    override(client, card, at="2026-05-20t10:00:00z")
+    again = one_card(client, PV, load_request("persistent-low-in"))
+    assert again["indicator"] == "info" and note(again).startswith("**Overridden on 2026-05-20**")
