@@ -76,3 +76,25 @@ def test_an_outcome_timestamp_in_lower_case_is_stored_and_remembered(tmp_path):
     override(client, card, at="2026-05-20t10:00:00z")
     again = one_card(client, PV, load_request("persistent-low-in"))
     assert again["indicator"] == "info" and note(again).startswith("**Overridden on 2026-05-20**")
+
+
+def test_value_set_search_parameters_are_read_as_fhir_defines_them(tmp_path):
+    """A5. ``_id=alendronate,risedronate`` (a comma: either, FHIR search) found nothing; ``url=<url>|<version>`` (a
+    canonical with its version) found nothing; ``name=AlpCdsAlendr`` (a string parameter: starts with, in any case)
+    found nothing."""
+    client = app_on(f"sqlite:///{tmp_path}/f.db").client
+
+    def ids(query: str) -> list[str]:
+        response = client.get(f"/fhir/ValueSet?{query}")
+        assert response.status_code == 200, response.get_json()
+        return sorted(e["resource"]["id"] for e in response.get_json()["entry"])
+
+    assert ids("_id=alendronate,risedronate") == ["alendronate", "risedronate"]
+    assert ids("_id=alendronate&_id=risedronate") == ["alendronate", "risedronate"]
+    one = client.get("/fhir/ValueSet/alendronate").get_json()
+    assert ids(f"url={one['url']}|{one['version']}") == ["alendronate"]
+    assert ids(f"url={one['url']}|1999-01-01.0") == []
+    assert ids(f"url={one['url']}") == ["alendronate"]
+    assert ids("name=alpcdsalendr") == ["alendronate"]
+    assert ids("name=AlpCdsAlendronate") == ["alendronate"]
+    assert ids("_id=nothing-of-ours") == []
