@@ -335,8 +335,8 @@ def _analyte(concept: Any, known: Mapping[str, Analyte]) -> Analyte | None:
         if canonical_system(string(coding, "system")) != LOINC:
             continue
         code = string(coding, "code")
-        if code is not None and code in known:
-            return known[code]
+        if code is not None and code.strip() in known:  # " 6768-6": a careless EHR's blank is no other code
+            return known[code.strip()]
     return None
 
 
@@ -615,7 +615,8 @@ def _concept_parts(concept: Any) -> tuple[list[tuple[str | None, str]], list[str
     codings = objects(concept, "coding")
     texts = [t for t in [string(concept, "text"), *(string(c, "display") for c in codings)] if t is not None]
     pairs = [(canonical_system(string(c, "system")), string(c, "code")) for c in codings]
-    return [(system, code) for system, code in pairs if code is not None], texts
+    # A code with blanks around it (" 904399 ", which FHIR's code type does not allow) is read as the code.
+    return [(system, code.strip()) for system, code in pairs if code is not None], texts
 
 
 def _record_dates(resource: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
