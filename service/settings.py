@@ -4,6 +4,19 @@ Each setting is declared once below, as a field of the frozen :class:`Settings` 
 documentation; the settings table of docs/configuration.md is checked against these fields by a test, so the two
 cannot drift apart.
 The clinical rules get a narrow view of them, :class:`ClinicalSettings`.
+
+Why not pydantic-settings (issue 29, point 3: tried with pydantic 2.14 and pydantic-settings 2.16, and left): it
+would replace the number parsers (about 90 lines) but not the rest, and adds code of its own for what it does not do.
+Under ``env_prefix`` it ignores a ``CDS_`` variable that is no field (``CDS_WILSON_MAX_AEG=40`` loads silently), so
+``check_names`` with its closest-name hint and the Kubernetes service-link pattern stay as they are; an unknown
+keyword is refused but with no hint. It takes ``True`` for 1 in an int or float field (lax mode; strict mode then
+refuses the environment's strings), so every number still needs a validator; it reads a tuple from the environment as
+JSON (a comma list needs ``NoDecode`` and a splitter per field); a ``Mapping`` field comes back a mutable ``dict``
+and a read-only default cannot be copied (``MappingProxyType`` cannot be pickled), so the freezing stays; frozen
+stops assignment only. It reads ``os.environ`` only (``load_settings(environ=...)``, which the tests use throughout,
+needs a subclass of its private ``_load_env_vars``), would read a ``CDS_NOW`` into the injected clock, and its
+``ValidationError`` names the field, not the variable, and quotes the input (an override key, a Redis password), so
+every error needs translating. The trust file, URL, origin and site-limit parsers are domain rules either way.
 """
 
 from __future__ import annotations
