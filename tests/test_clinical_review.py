@@ -183,7 +183,7 @@ def test_8_further_causes():
     assert "ethinyl estradiol (oestrogen), prednisone (glucocorticoid)" in card["detail"]
     persistent = " ".join(cards("persistent-low-in")[0]["detail"].split())
     assert "malnutrition or malabsorption" in persistent and "severe anaemia" in persistent
-    # no pregnancy note without a pregnancy on the chart (the service reads none yet: see the README)
+    # no pregnancy note without a pregnancy on the chart (the service reads none yet: see docs/clinical-logic.md)
     assert "pregnan" not in persistent
 
 
