@@ -340,8 +340,9 @@ class FeedbackStore:
 
     def overrides_of(self, patient_hash: str, since: datetime, seconds: float) -> list[dict[str, Any]]:
         """The overrides with a reason of the warning and critical cards issued to the patient of ``patient_hash``
-        whose feedback was received since ``since`` (an information card dismissed quiets nothing): kind, service, when (the outcomeTimestamp, never later than the feedback was
-        received: a client's clock cannot make an override last longer) and the reason. Read from the feedback as
+        whose feedback was received since ``since`` (an information card dismissed quiets nothing): kind, service,
+        when (the outcomeTimestamp, never later than the feedback was received: a client's clock cannot make an
+        override last longer) and the reason. Read from the feedback as
         stored, joined to the cards' audit rows: nothing is written for it, so a feedback that came before its
         card's audit row was written counts as soon as the row is there. The statements end after ``seconds``
         (PostgreSQL), the connection ``ANSWER_MARGIN`` later; a schema behind this code's is not migrated here."""

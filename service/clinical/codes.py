@@ -41,7 +41,7 @@ def canonical_system(system: object) -> str | None:
     cleaned = system.strip().rstrip("/")
     web = re.match(r"(?i)(https?)://([^/?#]*)", cleaned)
     if web:
-        cleaned = f"http://{web.group(2).lower()}{cleaned[web.end():]}"
+        cleaned = f"http://{web.group(2).lower()}{cleaned[web.end() :]}"
     elif cleaned[:8].lower() == "urn:oid:":
         cleaned = "urn:oid:" + cleaned[8:]
     return SYSTEM_ALIASES.get(cleaned, cleaned)
