@@ -116,7 +116,8 @@ def test_abnormal_secondary_results_are_named_as_explanations(client):
     detail = " ".join(card["detail"].split())
     assert detail.startswith(
         "**Check a free T4 and treat hypothyroidism if it is confirmed; treat the low zinc; then repeat the ALP in "
-        "about 3 months**. PLP and urine phosphoethanolamine can wait (offered, not recommended)."
+        "about 3 months**. PLP and urine phosphoethanolamine can wait (offered, not recommended): if the ALP is still "
+        "low once the cause is corrected, they come next, for hypophosphatasia."
     )
     assert card["summary"].endswith("check a free T4, treat hypothyroidism if confirmed, repeat the ALP in 3 months")
     # the cause is named: the generic list of secondary causes and the PLP preparation are not repeated (GP review)
@@ -183,7 +184,7 @@ def test_wilson_age_cut_off_is_a_setting():
 def test_edta_pattern_asks_to_recollect_first_and_keeps_the_low_alp_advice(client):
     card, low = cards_for(client, "edta-in")
     assert card["indicator"] == "warning"
-    assert card["summary"].startswith("Repeat the potassium now, treat it as real until repeated; recollect the ALP")
+    assert card["summary"].startswith("Repeat the potassium and calcium now, treat them as real until repeated; recollect the ALP")
     assert card["detail"].startswith("**Repeat the potassium and calcium now and treat them as real")
     detail = " ".join(card["detail"].split())
     assert "**potassium of 7.4 mmol/L** (at or above 6.0 mmol/L)" in detail

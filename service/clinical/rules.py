@@ -349,6 +349,9 @@ def _workup_card(chart: Chart, run: Sequence[LabResult]) -> Finding:
         "secondary_found": secondary_causes(secondary_found),
         "repeat_months": int(thresholds()["secondary_repeat_months"]),
         "substrates_high": [r["explanation"] for r in substrates_high],
+        "substrates_high_names": [
+            {"plp": "PLP", "pea_urine": "urine PEA"}.get(r["key"], r["key"]) for r in substrates_high
+        ],
         "plp_b6": next((r["b6"] for r in resulted if r["key"] == "plp" and "b6" in r), None),
         # counted from the first low that counts; None when none does (every one possibly contaminated)
         "repeat_from": (
