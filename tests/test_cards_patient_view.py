@@ -184,7 +184,9 @@ def test_wilson_age_cut_off_is_a_setting():
 def test_edta_pattern_asks_to_recollect_first_and_keeps_the_low_alp_advice(client):
     card, low = cards_for(client, "edta-in")
     assert card["indicator"] == "warning"
-    assert card["summary"].startswith("Repeat the potassium and calcium now, treat them as real until repeated; recollect the ALP")
+    assert card["summary"].startswith(
+        "Repeat the potassium and calcium now, treat them as real until repeated; recollect the ALP"
+    )
     assert card["detail"].startswith("**Repeat the potassium and calcium now and treat them as real")
     detail = " ".join(card["detail"].split())
     assert "**potassium of 7.4 mmol/L** (at or above 6.0 mmol/L)" in detail

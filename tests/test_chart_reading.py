@@ -661,7 +661,9 @@ def test_history_lows_are_not_persistent_when_the_current_sample_is_suspect():
         lab("17861-6", 3.0, "mg/dL", "2026-05-20T08:00:00Z"),  # gross EDTA: calcium far below 4 mg/dL
     )
     found = summaries(make_app().cards(PV, request))
-    assert found[0].startswith("Repeat the potassium and calcium now, treat them as real until repeated; recollect the ALP")
+    assert found[0].startswith(
+        "Repeat the potassium and calcium now, treat them as real until repeated; recollect the ALP"
+    )
     assert not [s for s in found if s.startswith("Persistently")]
 
 
