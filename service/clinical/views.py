@@ -63,12 +63,15 @@ def converted(result: LabResult) -> str | None:
 
 
 def reported(result: LabResult) -> str:
-    """The value with its unit as the lab reported it, the conversion to the card's unit in brackets (three
-    significant figures at most: no false precision)."""
+    """The value with its unit as the lab reported it, the conversion to the card's unit in brackets, to as many
+    significant figures as the lab gave (two at least, three at most: 87 µmol/L is 5.1 mg/dL, not 5.09)."""
     original = converted(result)
     if original is None:
         return f"{result.shown_value} {unit_text(result.unit)}".rstrip()
-    converted_text = f"{result.comparator or ''}{float(f'{result.value:.3g}'):g} {unit_text(result.unit)}".rstrip()
+    digits = min(3, max(2, len(original.split()[0].lstrip("<>=").replace(".", "").lstrip("0"))))
+    converted_text = (
+        f"{result.comparator or ''}{float(f'{result.value:.{digits}g}'):g} {unit_text(result.unit)}".rstrip()
+    )
     return f"{original} ({converted_text})"
 
 
