@@ -295,3 +295,14 @@ def test_a_single_low_on_an_order_gets_a_repeat_first():
     (card,) = make_app().cards(OS, load_request("order-long-name-in"))
     recommended = [s["label"] for s in card["suggestions"] if s.get("isRecommended")]
     assert recommended == ["Order Alkaline phosphatase, serum"]
+
+
+def test_a_card_that_says_no_workup_recommends_none():
+    """The GP's reading (issue 24): "HPP recorded as excluded: no repeat workup" and "most likely the drug: no
+    workup" recommended zinc, magnesium, TSH and albumin, and the drug card offered ten workup buttons."""
+    (excluded,) = cards("known-hpp-out")
+    assert "no repeat workup" in excluded["summary"]
+    assert codes_ordered(excluded) and not any(codes_ordered(excluded).values())
+    (drug,) = cards("on-treatment-in")
+    assert "most likely the drug" in drug["summary"] and not codes_ordered(drug)
+    assert "PLP preparation" not in drug["detail"]

@@ -390,7 +390,9 @@ def _workup_card(chart: Chart, run: Sequence[LabResult]) -> Finding:
     if deferred is None and indicator == "info":
         deferred = "drug"  # most likely the antiresorptive: the workup is offered, not recommended
     if deferred is not None:
-        kept = () if deferred == "pregnancy" else ("repeat", "secondary")
+        # the card says "no repeat workup" (HPP excluded) or "most likely the drug: no workup": only a repeat ALP
+        # stays recommended (the GP's reading, issue 24); in CKD the secondary causes still are; in pregnancy nothing
+        kept = {"pregnancy": (), "ckd": ("repeat", "secondary")}.get(deferred, ("repeat",))
         orders = [o if o.test.group in kept else replace(o, recommended=False) for o in orders]
     if deferred == "pregnancy" or (deferred == "excluded" and not facts["antiresorptives"]):
         indicator = "info"
