@@ -52,7 +52,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
             logging.getLogger("service"),
             logging.WARNING,
             "override_memory_off",
-            message="CDS_OVERRIDE_KEY is not set: clinicians' overrides are not remembered (README, Feedback)",
+            message="CDS_OVERRIDE_KEY is not set: clinicians' overrides are not remembered (docs/feedback.md)",
         )
     if not settings.AUTH:
         log_event(

@@ -19,6 +19,7 @@ from markupsafe import Markup
 from service.clinical.codes import LOINC, WorkupTest
 from service.clinical.facts import number_text
 from service.clinical.rules import Finding
+from service.clinical.views import span_text
 
 SUMMARY_MAX = 140
 OVERRIDE_SYSTEM = "urn:alp-cds:override-reason"
@@ -57,6 +58,7 @@ def _environment(finalize=None) -> Environment:
         finalize=finalize,
     )
     environment.filters["num"] = _num
+    environment.filters["span"] = span_text
     return environment
 
 

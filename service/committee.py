@@ -24,7 +24,7 @@ from typing import Any
 
 from jinja2 import Environment, select_autoescape
 
-from service.feedback import _instant
+from service.feedback import INTERRUPTIVE, _instant
 from service.memory import reason_text
 
 OUTCOMES = ("accepted", "overridden", "ignored")
@@ -107,10 +107,13 @@ def build(
         if row.outcome == "overridden":
             entry.reasons[_reason(row, reason_displays, own_system) or "no reason given"] += 1
 
-    # The overrides in force: the latest override with a reason per patient and kind, within the kind's period.
+    # The overrides in force: the latest override with a reason of a warning or critical card per patient and kind,
+    # within the kind's period (what the memory reads: FeedbackStore.overrides_of).
     latest: dict[tuple[str, str], tuple[datetime, Any]] = {}
     for row in items:
         if row.outcome != "overridden" or not row.override_code or row.patient_hash is None:
+            continue
+        if row.indicator not in INTERRUPTIVE:
             continue
         received = row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=UTC)
         at = min(_instant(row.outcome_timestamp), received)

@@ -28,13 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Column,
-    DateTime,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     create_engine,
     event,
     func,
@@ -49,6 +42,7 @@ from sqlalchemy.pool import StaticPool
 from service import migrations
 from service.logs import log_event
 from service.migrations import SchemaTooNew
+from service.migrations.schema import feedback, issued_cards
 from service.sqlite import pragmas
 from service.watchdog import Watchdog
 from service.watchdog import current as current_watchdog
@@ -57,6 +51,9 @@ log = logging.getLogger("service.feedback")
 SCHEMA_LOCK = 0x616C70636473  # any number, the same in every process: "alpcds"
 STORE_SLOTS = 2  # feedback and readiness calls of one process waiting on the store at once
 SLOT_WAIT = 0.5  # seconds a call waits for a slot before its 503
+# The indicators of the cards whose override the memory remembers: a clinician who dismissed an information card
+# has not dismissed the warning the same kind may become later (known HPP, then a bisphosphonate on the chart).
+INTERRUPTIVE = ("warning", "critical")
 ANSWER_MARGIN = 2.0  # seconds past the server-side timeouts before the watchdog cuts the connection
 
 
@@ -66,40 +63,6 @@ class StoreBusy(SQLAlchemyError):
 
 class StoreTimedOut(SQLAlchemyError):
     """The store did not answer within its time."""
-
-
-metadata = MetaData()
-
-issued_cards = Table(
-    "issued_cards",
-    metadata,
-    Column("uuid", String(36), primary_key=True),
-    Column("service_id", String(100), nullable=False),
-    Column("kind", String(100), nullable=False),
-    Column("indicator", String(20), nullable=False),
-    Column("issued_at", DateTime(timezone=True), nullable=False),
-    # The override memory (service/memory.py): a keyed hash of the caller's issuer and the patient's id, never the
-    # id; NULL when the memory is off.
-    Column("patient_hash", String(64), nullable=True, index=True),
-    # What each suggestion proposed (JSON: uuid -> label and code), so that an accepted one is named in the report.
-    Column("suggestions", Text, nullable=True),
-)
-
-feedback = Table(
-    "feedback",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("service_id", String(100), nullable=False),
-    Column("card_uuid", String(100), nullable=False, index=True),
-    Column("outcome", String(20), nullable=False),
-    Column("accepted_suggestions", Text, nullable=True),
-    Column("override_system", String(300), nullable=True),
-    Column("override_code", String(300), nullable=True),
-    Column("override_display", String(500), nullable=True),
-    Column("user_comment", Text, nullable=True),
-    Column("outcome_timestamp", String(64), nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False),
-)
 
 
 def suggestions_record(card: Mapping[str, Any]) -> str | None:
@@ -116,12 +79,18 @@ def suggestions_record(card: Mapping[str, Any]) -> str | None:
 
 
 def _instant(text: str) -> datetime:
-    """An outcomeTimestamp as a time to order by (validated as an RFC 3339 date-time on the way in)."""
+    """An outcomeTimestamp as a time to order by (validated as an RFC 3339 date-time on the way in; RFC 3339 allows
+    a lower-case ``t`` and ``z``, which Python's parser does not)."""
     try:
-        parsed = datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text.upper())
     except ValueError:
         return datetime.min.replace(tzinfo=UTC)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _instant_or_error(text: str) -> datetime:
+    """The instant, in UTC (ValueError or OverflowError when it is none that can be stored)."""
+    return datetime.fromisoformat(text.upper()).astimezone(UTC)
 
 
 def storable_problem(items: Iterable[Mapping[str, Any]]) -> str | None:
@@ -133,7 +102,7 @@ def storable_problem(items: Iterable[Mapping[str, Any]]) -> str | None:
             if "\x00" in value:
                 return f"{path}: contains a NUL character"
         try:
-            datetime.fromisoformat(item["outcomeTimestamp"]).astimezone(UTC)
+            _instant_or_error(item["outcomeTimestamp"])
         except (ValueError, OverflowError):
             return f"feedback[{i}].outcomeTimestamp: not a time that can be stored"
     return None
@@ -370,9 +339,10 @@ class FeedbackStore:
         return len(rows)
 
     def overrides_of(self, patient_hash: str, since: datetime, seconds: float) -> list[dict[str, Any]]:
-        """The overrides with a reason of the cards issued to the patient of ``patient_hash`` whose feedback was
-        received since ``since``: kind, service, when (the outcomeTimestamp, never later than the feedback was
-        received: a client's clock cannot make an override last longer) and the reason. Read from the feedback as
+        """The overrides with a reason of the warning and critical cards issued to the patient of ``patient_hash``
+        whose feedback was received since ``since`` (an information card dismissed quiets nothing): kind, service,
+        when (the outcomeTimestamp, never later than the feedback was received: a client's clock cannot make an
+        override last longer) and the reason. Read from the feedback as
         stored, joined to the cards' audit rows: nothing is written for it, so a feedback that came before its
         card's audit row was written counts as soon as the row is there. The statements end after ``seconds``
         (PostgreSQL), the connection ``ANSWER_MARGIN`` later; a schema behind this code's is not migrated here."""
@@ -389,6 +359,7 @@ class FeedbackStore:
             .select_from(issued_cards.join(feedback, feedback.c.card_uuid == issued_cards.c.uuid))
             .where(
                 issued_cards.c.patient_hash == patient_hash,
+                issued_cards.c.indicator.in_(INTERRUPTIVE),
                 feedback.c.outcome == "overridden",
                 feedback.c.override_code.is_not(None),
                 feedback.c.received_at >= since,
@@ -458,6 +429,7 @@ class FeedbackStore:
                     feedback.c.override_display,
                     issued_cards.c.service_id,
                     issued_cards.c.kind,
+                    issued_cards.c.indicator,
                     month.label("month"),
                     issued_cards.c.patient_hash,
                     issued_cards.c.suggestions,

@@ -9,7 +9,7 @@ thread took it up (``service/gunicorn_worker.py``). The work of a hook call itse
 ``CDS_FHIR_TIME_BUDGET``, the stores by their timeouts. ``alp-cds serve`` adds ``--reuse-port`` on a TCP address,
 so that each worker has a listening socket of its own and the kernel spreads connections evenly over them. Each slow
 client still holds a thread while it lasts, so facing the open internet, put a buffering proxy (nginx) in front
-(README, "Serving", which gives the measured numbers).
+(docs/operations.md, "Serving", which gives the measured numbers).
 """
 
 import gc

@@ -8,7 +8,7 @@ cut short). Answers are not affected: shutting down the reading side of a reques
 that the connection is not kept alive.
 
 This bounds how long one connection holds a thread, not how many connections an attacker opens: against many
-slow clients, a buffering proxy (nginx) in front is the remedy (README, "Serving").
+slow clients, a buffering proxy (nginx) in front is the remedy (docs/operations.md, "Serving").
 """
 
 from __future__ import annotations

@@ -1,8 +1,22 @@
 """Settings: built-in defaults, then environment variables (``CDS_<NAME>``), then an override mapping.
 
 Each setting is declared once below, as a field of the frozen :class:`Settings` with its type, default, parser and
-documentation; the README's settings table is checked against these fields by a test, so the two cannot drift apart.
+documentation; the settings table of docs/configuration.md is checked against these fields by a test, so the two
+cannot drift apart.
 The clinical rules get a narrow view of them, :class:`ClinicalSettings`.
+
+Why not pydantic-settings (issue 29, point 3: tried with pydantic 2.14 and pydantic-settings 2.16, and left): it
+would replace the number parsers (about 90 lines) but not the rest, and adds code of its own for what it does not do.
+Under ``env_prefix`` it ignores a ``CDS_`` variable that is no field (``CDS_WILSON_MAX_AEG=40`` loads silently), so
+``check_names`` with its closest-name hint and the Kubernetes service-link pattern stay as they are; an unknown
+keyword is refused but with no hint. It takes ``True`` for 1 in an int or float field (lax mode; strict mode then
+refuses the environment's strings), so every number still needs a validator; it reads a tuple from the environment as
+JSON (a comma list needs ``NoDecode`` and a splitter per field); a ``Mapping`` field comes back a mutable ``dict``
+and a read-only default cannot be copied (``MappingProxyType`` cannot be pickled), so the freezing stays; frozen
+stops assignment only. It reads ``os.environ`` only (``load_settings(environ=...)``, which the tests use throughout,
+needs a subclass of its private ``_load_env_vars``), would read a ``CDS_NOW`` into the injected clock, and its
+``ValidationError`` names the field, not the variable, and quotes the input (an override key, a Redis password), so
+every error needs translating. The trust file, URL, origin and site-limit parsers are domain rules either way.
 """
 
 from __future__ import annotations
@@ -345,8 +359,9 @@ def _utc_now() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The service's settings, one field per setting (the README's table is checked against these fields), read-only
-    once loaded (:func:`load_settings`). ``NOW``, the clock, is no setting: tests and tools may inject one."""
+    """The service's settings, one field per setting (docs/configuration.md's table is checked against these
+    fields), read-only once loaded (:func:`load_settings`). ``NOW``, the clock, is no setting: tests and tools may
+    inject one."""
 
     FHIR_CONNECT_TIMEOUT: float = setting(_seconds, 3.05, "Seconds to wait for a FHIR server connection.")
     FHIR_READ_TIMEOUT: float = setting(_seconds, 10.0, "Seconds to wait for a FHIR server's answer.")
@@ -394,7 +409,7 @@ class Settings:
         _days,
         365,
         "An ALP result older than this many days is history: shown, never the reason for advice today "
-        "(a setting, not a sourced number: see the README's rules for the age of results).",
+        "(a setting, not a sourced number: see docs/clinical-logic.md on the age of results).",
     )
     PERSISTENT_MIN_DAYS: int = setting(
         _days,
@@ -546,7 +561,8 @@ class Settings:
         (),
         "FHIR base URLs (`iss`) the SMART companion app may be launched from (comma-separated). Empty: every "
         "launch is refused. Only launches from these are served: their discovery documents and FHIR servers are "
-        "read, and the authorization and token endpoints their discovery names are used (https; see the README).",
+        "read, and the authorization and token endpoints their discovery names are used (https; see "
+        "docs/smart-app.md).",
     )
     SMART_CLIENT_ID: str = setting(str, "alp-cds", "The client id the SMART app is registered under with the EHRs.")
     SMART_REDIRECT_URL: str = setting(
@@ -700,7 +716,7 @@ def check_names(overrides: Mapping[str, Any], environ: Mapping[str, str]) -> Non
             match = difflib.get_close_matches(given.removeprefix(ENV_PREFIX), sorted(candidates), n=1)
             close = [candidates[match[0]]] if match else []
         hint = f"; did you mean {close[0]}?" if close else ""
-        raise SettingsError(f"{given} is not a setting of this service{hint} (README, Settings)")
+        raise SettingsError(f"{given} is not a setting of this service{hint} (docs/configuration.md)")
 
 
 def check_startup(values: Settings) -> None:

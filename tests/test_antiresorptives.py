@@ -156,7 +156,7 @@ def test_order_select_low_alp_warns_with_delete_and_workup(client):
     body = load_request("order-low-alp-in")
     (card,) = client.cards(OS, body)
     assert card["indicator"] == "warning"
-    assert card["summary"] == ("Exclude hypophosphatasia before starting denosumab: ALP low (23 U/L on 2026-04-05)")
+    assert card["summary"] == ("Send PLP and urine PEA before starting denosumab: ALP low (23 U/L on 2026-04-05)")
     assert "| 2026-01-05 | 24 | 35 |" in card["detail"]
     delete = card["suggestions"][0]["actions"][0]
     assert delete == {
@@ -302,7 +302,7 @@ def test_an_order_coded_only_as_alendronic_acid_70_mg_gets_the_card(client):
     order["medicationCodeableConcept"] = {"coding": [{"system": RXNORM, "code": "904431"}]}  # no display, no text
     (card,) = client.cards(OS, body)
     assert card["indicator"] == "warning" and card["summary"].startswith(
-        "Exclude hypophosphatasia before starting alendronate"
+        "Send PLP and urine PEA before starting alendronate"
     )
 
 
@@ -340,7 +340,7 @@ def test_order_sign_checks_every_draft_without_selections(client):
     body = load_request("sign-low-alp-in")
     assert "selections" not in body["context"]
     (card,) = client.cards(SIGN, body)
-    assert card["summary"] == "Exclude hypophosphatasia before starting alendronate: ALP low (23 U/L on 2026-04-05)"
+    assert card["summary"] == "Send PLP and urine PEA before starting alendronate: ALP low (23 U/L on 2026-04-05)"
     assert card["suggestions"][0]["actions"][0] == {
         "type": "delete",
         "description": "Remove the draft antiresorptive order",

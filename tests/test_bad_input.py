@@ -233,8 +233,8 @@ def test_feedback_nested_up_to_the_limit_is_stored():
 @pytest.mark.parametrize("element", ["search", "fullUrl", "response", "request", "unknown"])
 @pytest.mark.parametrize("levels", [DEPTH_LIMIT + 1, 150, 900])
 def test_the_nesting_limit_holds_in_the_entries_of_prefetch_bundles_outside_their_resources(element, levels):
-    """Only a prefetch Bundle's resources are exempt from the 100 levels (README): an entry's other elements are not
-    (issue 27, point 5). 101 to 900 levels deep under the ALP Bundle's first entry is a 400."""
+    """Only a prefetch Bundle's resources are exempt from the 100 levels (docs/integrating.md): an entry's other
+    elements are not (issue 27, point 5). 101 to 900 levels deep under the ALP Bundle's first entry is a 400."""
     document = load_request("persistent-low-in")
     text = _placed(document, ("prefetch", "alp", "entry", 0, element), False, levels)
     response = make_app().client.post(f"/cds-services/{PV}", data=text, content_type="application/json")

@@ -492,7 +492,9 @@ def test_edta_a_contaminated_latest_low_gets_the_recollect_card_first_which_says
     from service.card_render import render_card
 
     stands, waits = render_card(ordered[0], "p"), render_card(alone[0], "p")
-    assert stands["summary"].startswith("Repeat the potassium now, treat it as real until repeated; recollect the ALP")
+    assert stands["summary"].startswith(
+        "Repeat the potassium and calcium now, treat them as real until repeated; recollect the ALP"
+    )
     stands_text, waits_text = " ".join(stands["detail"].split()), " ".join(waits["detail"].split())
     assert "(the earlier lows already make it persistently low: their workup need not wait)" in stands_text
     assert "before any workup" not in stands_text
@@ -930,7 +932,7 @@ def test_describe_says_what_a_result_was_judged_against(low, high, flag, sources
 def test_describe_an_undated_result_and_a_preliminary_one():
     described = views.display_row(lab("zinc", 50, None, low=60, preliminary=True))
     assert described["date"] == "date unknown" and described["preliminary"] is True
-    assert described["value"] == "50" and described["unit"] == "ug/dL" and described["analyte"] == "zinc"
+    assert described["value"] == "50" and described["unit"] == "µg/dL" and described["analyte"] == "zinc"
 
 
 def test_describe_alp_marks_a_history_result():

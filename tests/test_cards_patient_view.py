@@ -57,12 +57,13 @@ def test_persistent_low_gives_hpp_warning(client):
     assert card["detail"].startswith("**Send plasma PLP and urine phosphoethanolamine**")
     assert "| 2026-01-10 | 22 | 35 |" in card["detail"] and "| 2026-03-15 | 24 | 35 |" in card["detail"]
     detail = " ".join(card["detail"].split())
-    assert "Values below 25 U/L were 97.8 % specific for an ALPL variant in one adult cohort" in detail
+    assert "about half carried an ALPL variant, and more than 9 in 10 of those with values below 25 U/L" in detail
+    assert "have the PLP and urine PEA results: if either is high" in detail
     assert "temporary ones: acute illness, cardiac surgery, transfusion" in detail
     codes = ordered_codes(card)
     assert codes[:3] == ["62236-5", "28604-7", "69548-6"]
     assert "5763-8" not in codes  # zinc resulted 78 days ago: shown instead
-    assert "| Zinc | 88 ug/dL | 60-120 ug/dL (the lab's reference range) | 2026-03-15 |" in card["detail"]
+    assert "| Zinc | 88 µg/dL | 60-120 µg/dL (the lab's reference range) | 2026-03-15 |" in card["detail"]
     genetic = next(s for s in card["suggestions"] if "ALPL" in s["label"])
     assert "isRecommended" not in genetic  # genetics after the biochemistry
     assert {r["code"] for r in card["overrideReasons"]} >= {"hpp-already-assessed", "known-cause"}
@@ -101,7 +102,7 @@ def test_units_are_converted_and_unknown_units_are_reported(client):
         in card["detail"]
     )
     (unknown,) = cards_for(client, "unit-unknown-in")  # the only ALP is in mg/dL: no advice, a request to check it
-    assert unknown["summary"] == "Check the latest ALP by hand: 7 mg/dL on 2026-05-21 could not be interpreted"
+    assert unknown["summary"] == "Ask the lab to check the latest ALP: 7 mg/dL on 2026-05-21 could not be interpreted"
 
 
 def test_preliminary_counts_but_is_marked_and_entered_in_error_is_ignored(client):
@@ -114,10 +115,13 @@ def test_abnormal_secondary_results_are_named_as_explanations(client):
     (card,) = cards_for(client, "secondary-in")
     detail = " ".join(card["detail"].split())
     assert detail.startswith(
-        "**Treat the raised TSH (confirm hypothyroidism with a free T4) and the low zinc first, then repeat the ALP "
-        "in about 3 months**; PLP and urine phosphoethanolamine can wait (offered, not recommended)."
+        "**Check a free T4 and treat hypothyroidism if it is confirmed; treat the low zinc; then repeat the ALP in "
+        "about 3 months**. PLP and urine phosphoethanolamine can wait (offered, not recommended): if the ALP is still "
+        "low once the cause is corrected, they come next, for hypophosphatasia."
     )
-    assert card["summary"].endswith("first, repeat the ALP in about 3 months")
+    assert card["summary"].endswith("check a free T4, treat hypothyroidism if confirmed, repeat the ALP in 3 months")
+    # the cause is named: the generic list of secondary causes and the PLP preparation are not repeated (GP review)
+    assert "Secondary causes: low zinc or magnesium" not in detail and "PLP preparation" not in detail
     assert "Order Alkaline phosphatase, serum" in [s["label"] for s in card["suggestions"]]  # for after it
     recommended = {s["label"] for s in card["suggestions"] if s.get("isRecommended")}
     assert not any("Pyridoxal" in label or "Phosphoethanolamine" in label for label in recommended)
@@ -142,21 +146,25 @@ def test_wilson_screen_for_young_patient_with_raised_bilirubin(client):
     card = by_summary(cards, "Wilson")
     assert card["indicator"] == "warning"
     assert card["summary"] == (
-        "Check for Wilson disease: age 22 with low ALP (30 U/L), raised bilirubin (5.1 mg/dL) and liver injury"
+        "Check the INR today and send copper studies for Wilson disease; refer to hepatology (age 22, low ALP 30 U/L, "
+        "raised bilirubin)"
     )
+    assert card["detail"].startswith("**Check the INR today and send ceruloplasmin, serum copper and 24-hour urine")
     assert (
         "| AST | 90 U/L (8-48 U/L (Mayo Clinic Laboratories interval, 14 years and over)) | 2026-05-20 |"
         in (card["detail"])
     )
     assert ordered_codes(card) == ["2064-4", "5631-7", "5633-3", "6301-6"]  # and the INR (issue 23)
-    assert "ALP/bilirubin ratio: 5.88" in card["detail"]
+    # outside liver failure the Korman ratios are not shown: a "no" would read as "not Wilson" (GP review)
+    assert "5.88" not in card["detail"] and "cannot rule Wilson disease out" in card["detail"]
 
 
 def test_wilson_critical_when_both_korman_ratios_are_met_with_si_bilirubin(client):
     card = by_summary(cards_for(client, "wilson-critical-in"), "Wilson")
     assert card["indicator"] == "critical"
     # 87.2 umol/L = 5.1 mg/dL; 20 / 5.1 = 3.92 < 4; AST/ALT = 200/60 = 3.33 > 2.2
-    assert "ALP/bilirubin 3.92, AST/ALT 3.33" in card["summary"]
+    assert "ALP/bilirubin 3.9, AST/ALT 3.3" in card["summary"]  # one decimal: no false precision
+    assert "fulminant" not in card["summary"]  # no INR on the chart: liver failure is not shown yet (GP review)
     assert "do not wait for the copper results" in " ".join(card["detail"].split())
     assert card["detail"].startswith("**Contact hepatology today**")
     assert card["overrideReasons"]
@@ -176,12 +184,14 @@ def test_wilson_age_cut_off_is_a_setting():
 def test_edta_pattern_asks_to_recollect_first_and_keeps_the_low_alp_advice(client):
     card, low = cards_for(client, "edta-in")
     assert card["indicator"] == "warning"
-    assert card["summary"].startswith("Repeat the potassium now, treat it as real until repeated; recollect the ALP")
-    assert card["detail"].startswith("**Repeat the potassium now and treat the high value as real")
+    assert card["summary"].startswith(
+        "Repeat the potassium and calcium now, treat them as real until repeated; recollect the ALP"
+    )
+    assert card["detail"].startswith("**Repeat the potassium and calcium now and treat them as real")
     detail = " ".join(card["detail"].split())
     assert "**potassium of 7.4 mmol/L** (at or above 6.0 mmol/L)" in detail
     assert "**low calcium** (6.1 mg/dL; 8.6-10.2 mg/dL (the lab's reference range))" in detail
-    assert "low zinc (12 ug/dL)" in detail
+    assert "low zinc (12 µg/dL)" in detail
     assert "Laboratories reject EDTA plasma" not in detail
     assert ordered_codes(card) == ["6768-6"]
     assert low["summary"] == "Recollect, then repeat the ALP: 28 U/L on 2026-05-20 may be from a contaminated sample"

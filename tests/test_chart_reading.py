@@ -173,7 +173,7 @@ def test_a_draft_order_for_another_patient_is_not_checked():
     unnamed = alendronate("draft")
     unnamed.pop("subject")
     (card,) = make_app().cards(OS, os_request(patient(), alp(22, "2026-05-01"), order=unnamed))
-    assert card["summary"].startswith("Exclude hypophosphatasia before starting alendronate: ALP low")
+    assert card["summary"].startswith("Repeat the ALP before starting alendronate: one low")
 
 
 def test_a_prefetched_patient_with_another_id_is_a_400():
@@ -249,7 +249,7 @@ def test_order_select_with_only_an_old_low_asks_for_a_current_alp():
     request = os_request(patient(birth="1950-01-01"), alp(20, "1978-01-09"))
     (card,) = make_app().cards(OS, request)
     assert card["summary"] == (
-        "Measure ALP before starting alendronate: none in the last 365 days (last one low, 20 U/L on 1978-01-09)"
+        "Measure ALP before starting alendronate: none in the last 12 months (last one low, 20 U/L on 1978-01-09)"
     )
     assert "Exclude" not in card["summary"]
     assert card["indicator"] == "warning"
@@ -260,7 +260,7 @@ def test_order_select_with_only_an_old_low_asks_for_a_current_alp():
 def test_order_select_with_an_old_normal_alp_is_informational():
     (card,) = make_app().cards(OS, os_request(patient(), alp(80, "2019-01-09")))
     assert card["indicator"] == "info"
-    assert card["summary"] == "Measure ALP before starting alendronate: none in the last 365 days"
+    assert card["summary"] == "Measure ALP before starting alendronate: none in the last 12 months"
 
 
 def test_the_window_is_a_setting():
@@ -474,7 +474,7 @@ def test_total_protein_in_g_per_l_labelled_g_per_dl_is_implausible_and_not_alrea
 def test_impossible_alp_is_never_evidence(value, unit):
     request = pv_request(patient(), lab("6768-6", value, unit, "2026-05-20"))
     (card,) = make_app().cards(PV, request)  # no low-ALP advice: only a request to read the value by hand
-    assert card["summary"].startswith("Check the latest ALP by hand:") and card["indicator"] == "info"
+    assert card["summary"].startswith("Ask the lab to check the latest ALP:") and card["indicator"] == "info"
     assert "outside the possible range: 2-5000 U/L" in card["detail"]
     result = read_one(lab("6768-6", value, unit, "2026-05-20"))
     assert result.value is None and result.problem.startswith("outside the possible range")
@@ -534,7 +534,7 @@ def test_the_card_says_which_fallback_limit_it_used():
     request = pv_request(patient(), alp(25, "2026-05-20"), lab("5763-8", 50, "ug/dL", "2026-05-20"))
     (card,) = make_app().cards(PV, request)
     assert (
-        "| Zinc | 50 ug/dL (low) | 60-106 ug/dL (Mayo Clinic Laboratories adult interval) | 2026-05-20 |"
+        "| Zinc | 50 µg/dL (low) | 60-106 µg/dL (Mayo Clinic Laboratories adult interval) | 2026-05-20 |"
         in (card["detail"])
     )
 
@@ -585,7 +585,10 @@ def test_naive_and_partial_dates():
         (
             "implausible-in",
             PV,
-            ["Check the latest ALP by hand: 0.3 U/L on 2026-05-18 could not be interpreted"],
+            [
+                "Ask the lab to check the latest ALP: 0.3 U/L on 2026-05-18 could not be interpreted (as µkat/L, "
+                "about 18 U/L: very low)"
+            ],
         ),
         (
             "text-value-in",
@@ -595,7 +598,10 @@ def test_naive_and_partial_dates():
         (
             "order-old-low-in",
             OS,
-            ["Measure ALP before starting alendronate: none in the last 365 days (last one low, 26 U/L on 2016-09-12)"],
+            [
+                "Measure ALP before starting alendronate: none in the last 12 months (last one low, 26 U/L on "
+                "2016-09-12)"
+            ],
         ),
     ],
 )
@@ -655,14 +661,16 @@ def test_history_lows_are_not_persistent_when_the_current_sample_is_suspect():
         lab("17861-6", 3.0, "mg/dL", "2026-05-20T08:00:00Z"),  # gross EDTA: calcium far below 4 mg/dL
     )
     found = summaries(make_app().cards(PV, request))
-    assert found[0].startswith("Repeat the potassium now, treat it as real until repeated; recollect the ALP")
+    assert found[0].startswith(
+        "Repeat the potassium and calcium now, treat them as real until repeated; recollect the ALP"
+    )
     assert not [s for s in found if s.startswith("Persistently")]
 
 
 def test_a_readable_but_unjudgeable_alp_is_named_not_dropped():
     observation = alp(None, "2026-05-20", valueString="<50 U/L")
     (card,) = make_app().cards(PV, pv_request(patient(), observation))
-    assert card["summary"] == "Check the latest ALP by hand: <50 U/L on 2026-05-20 could not be interpreted"
+    assert card["summary"] == "Ask the lab to check the latest ALP: <50 U/L on 2026-05-20 could not be interpreted"
     assert "cannot be judged" in card["detail"]
     (order,) = make_app().cards(OS, os_request(patient(), observation))
     assert order["summary"] == "Measure ALP before starting alendronate: the ALP on record could not be interpreted"
@@ -821,7 +829,7 @@ def test_a_selected_draft_is_checked_whatever_status_the_ehr_sent(status):
     else:
         order["status"] = status
     (card,) = make_app().cards(OS, os_request(patient(), alp(22, "2026-05-01"), order=order))
-    assert card["summary"].startswith("Exclude hypophosphatasia before starting alendronate")
+    assert card["summary"].startswith("Repeat the ALP before starting alendronate")
 
 
 def test_a_draft_referring_to_its_medication_by_urn_uuid():
@@ -839,7 +847,7 @@ def test_a_draft_referring_to_its_medication_by_urn_uuid():
 def test_rxnorm_written_as_its_oid_or_with_a_trailing_slash(system):
     order = {**alendronate("draft"), "medicationCodeableConcept": {"coding": [{"system": system, "code": "904431"}]}}
     (card,) = make_app().cards(OS, os_request(patient(), alp(22, "2026-05-01"), order=order))
-    assert card["summary"].startswith("Exclude hypophosphatasia before starting alendronate")
+    assert card["summary"].startswith("Repeat the ALP before starting alendronate")
 
 
 @responses.activate
@@ -884,7 +892,7 @@ def test_the_last_alp_before_treatment_must_be_from_the_year_before_it():
 def test_an_earlier_antiresorptive_is_named_among_the_drugs_that_lower_alp():
     request = pv_request(patient(), alp(28, "2026-05-01"), alendronate("completed", authoredOn="2021-03-01"))
     (card,) = make_app().cards(PV, request)
-    assert "alendronate (earlier antiresorptive, last recorded 2021-03-01, 5.3 years ago)" in card["detail"]
+    assert "alendronate (earlier antiresorptive, last recorded 2021-03-01, 5 years ago)" in card["detail"]
 
 
 def test_order_select_gives_nothing_for_a_deceased_patient():

@@ -98,7 +98,7 @@ def test_sandbox_trust_file_loads_and_the_compose_service_uses_it():
 
 def test_every_cds_variable_the_deployment_files_and_docs_name_is_a_setting():
     """The service refuses an unknown CDS_ variable at start: a name in the compose file, the Kubernetes manifests,
-    the Dockerfile, the README, the benchmarks or CI that is not a setting would stop it from starting."""
+    the Dockerfile, the README and docs/, the benchmarks or CI that is not a setting would stop it from starting."""
     import re
 
     from service.settings import SETTINGS
@@ -106,6 +106,7 @@ def test_every_cds_variable_the_deployment_files_and_docs_name_is_a_setting():
     names = {s.env_name for s in SETTINGS}
     files = [*(ROOT / "deploy").rglob("*.yaml"), *(ROOT / "bench").glob("*.py")]
     files += [ROOT / name for name in ("docker-compose.yml", "Dockerfile", "README.md", ".ci/run")]
+    files += sorted((ROOT / "docs").glob("*.md"))
     named = {(m, f.name) for f in files for m in re.findall(r"\bCDS_[A-Z0-9_]+", f.read_text())}
     assert named and not {(m, f) for m, f in named if m not in names}
 
@@ -119,7 +120,11 @@ def test_every_cds_variable_the_deployment_files_and_docs_name_is_a_setting():
             {"CDS_WILSON_MAX_AEG": "40"},
             "CDS_WILSON_MAX_AEG is not a setting of this service; did you mean CDS_WILSON_MAX_AGE?",
         ),
-        ({}, {"CDS_NOTHING_LIKE_IT": "1"}, "CDS_NOTHING_LIKE_IT is not a setting of this service (README, Settings)"),
+        (
+            {},
+            {"CDS_NOTHING_LIKE_IT": "1"},
+            "CDS_NOTHING_LIKE_IT is not a setting of this service (docs/configuration.md)",
+        ),
     ],
 )
 def test_an_unknown_setting_fails_clearly_at_start(overrides, environ, message):

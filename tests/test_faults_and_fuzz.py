@@ -564,7 +564,7 @@ def test_a_lone_surrogate_in_the_prefetch_changes_no_card_and_is_shown_as_the_re
     body = load_request("single-low-in")
     body["prefetch"]["alp"]["entry"][0]["resource"]["valueQuantity"] = {"value": 31, "unit": "U" + LONE}
     assert _summaries(_posted(PV, body)) == [
-        "Check the latest ALP by hand: 31 U\ufffd on 2026-05-20 could not be interpreted"
+        "Ask the lab to check the latest ALP: 31 U\ufffd on 2026-05-20 could not be interpreted"
     ]
 
 

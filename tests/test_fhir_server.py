@@ -135,7 +135,7 @@ def test_cli_load_and_call_against_a_running_service(fhir_base, loaded, capsys, 
                 call(OS, "order-low-alp-in", "--draft-orders", given, "--select", "MedicationRequest/draft-denosumab")
                 == 0
             )
-            assert "WARNING: Exclude hypophosphatasia before starting denosumab: ALP low" in capsys.readouterr().out
+            assert "WARNING: Send PLP and urine PEA before starting denosumab: ALP low" in capsys.readouterr().out
         (tmp_path / "not-drafts.json").write_text('{"resourceType": "Patient"}')
         assert call(OS, "order-low-alp-in", "--draft-orders", str(tmp_path / "not-drafts.json")) == 2
         assert "holds neither a Bundle of draft orders nor a hook request" in capsys.readouterr().err

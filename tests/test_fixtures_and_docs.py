@@ -1,4 +1,5 @@
-"""Fixtures are current and valid FHIR R4; the README documents every setting and every card kind."""
+"""Fixtures are current and valid FHIR R4; the docs document every setting and every card kind, and every relative
+link of the README and docs/ leads somewhere."""
 
 from __future__ import annotations
 
@@ -54,12 +55,13 @@ def test_every_scenario_has_in_and_out_cases():
     } <= names
 
 
-def test_readme_documents_every_setting_and_card_kind():
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_document_every_setting_and_card_kind():
+    table = [line for line in (ROOT / "docs" / "configuration.md").read_text().splitlines() if line.startswith("| `")]
     for setting in SETTINGS:
-        assert f"`{setting.env_name}`" in readme, setting.name
+        assert any(line.startswith(f"| `{setting.env_name}` |") for line in table), setting.name
+    cards = (ROOT / "docs" / "clinical-logic.md").read_text()
     for kind in card_kinds():
-        assert f"`{kind}`" in readme, kind
+        assert f"| `{kind}` |" in cards, kind
 
 
 def test_readme_opens_with_the_run_and_test_commands():
@@ -88,4 +90,46 @@ def test_serve_help_gives_the_thread_count_that_is_used(capsys):
         cli.main(["serve", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert f"requests each worker serves at once (default {gunicorn_conf.threads})" in help_text
-    assert f"{gunicorn_conf.threads} threads each" in (ROOT / "README.md").read_text()
+    assert f"{gunicorn_conf.threads} threads each" in (ROOT / "docs" / "operations.md").read_text()
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a page's headings (lower case, punctuation dropped, spaces as hyphens); code blocks
+    are no headings."""
+    text = re.sub(r"^```.*?^```", "", markdown, flags=re.S | re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+def markdown_links(markdown: str) -> list[str]:
+    text = re.sub(r"^```.*?^```", "", markdown, flags=re.S | re.M)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return re.findall(r"\]\(([^)\s]+)\)", text)
+
+
+def test_every_relative_link_of_the_readme_and_docs_leads_to_a_file_and_heading():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    checked = 0
+    for page in pages:
+        for link in markdown_links(page.read_text()):
+            if re.match(r"[a-z]+:", link):
+                continue
+            path, _, anchor = link.partition("#")
+            target = (page.parent / path).resolve() if path else page
+            assert target.is_file() and ROOT in target.parents, (page.name, link)
+            if anchor and target.suffix == ".md":
+                assert anchor in github_anchors(target.read_text()), (page.name, link)
+            checked += 1
+    assert checked > 30
+
+
+def test_every_docs_page_is_reachable_from_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    linked = {link.partition("#")[0] for link in markdown_links(readme)}
+    for page in (ROOT / "docs").glob("*.md"):
+        assert f"docs/{page.name}" in linked, page.name
+
+
+def test_the_link_checker_sees_a_broken_link_and_anchor():
+    assert "running-the-tests" in github_anchors("# Testing\n\n## Running the tests\n")
+    assert "the-committees-report" in github_anchors("### The committee's report\n")
+    assert markdown_links("[a](docs/x.md#y) `[b](c.md)` [c](https://e.org)") == ["docs/x.md#y", "https://e.org"]

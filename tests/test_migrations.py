@@ -9,9 +9,9 @@ from sqlalchemy import create_engine, insert, select, text
 
 from service import cli, migrations
 from service.app import create_app
-from service.feedback import feedback, issued_cards, metadata
 from service.hook_requests import NOW
 from service.migrations import SchemaTooNew
+from service.migrations.schema import feedback, issued_cards, metadata
 from tests.conftest import PV, CheckedClient, postgres_url
 
 ITEM = {

@@ -3,7 +3,7 @@ asks the FHIR server only for the dates the rules read.
 
 A FHIR server that answers one request at a time (sekmet-fhir does; many EHR endpoints queue or rate-limit a
 client's requests) made the quick Patient read and ALP search queue behind a slow labs search when all were sent
-at once: a 412 where the README promises "not checked"."""
+at once: a 412 where docs/integrating.md promises "not checked"."""
 
 from __future__ import annotations
 

@@ -89,8 +89,8 @@ def test_an_entry_outlives_the_token_by_the_leeway_and_a_margin_for_the_replicas
 
 
 def test_a_full_redis_refuses_the_write_and_the_token_gets_a_503_not_an_accept(tmp_path):
-    """maxmemory-policy noeviction (README, "Deploying at scale"): when Redis is full it refuses writes (OOM), and
-    the service fails closed; the jtis already stored are not evicted, so a replay is still refused."""
+    """maxmemory-policy noeviction (docs/operations.md, "Deploying at scale"): when Redis is full it refuses writes
+    (OOM), and the service fails closed; the jtis already stored are not evicted, so a replay is still refused."""
     import redis
 
     server = Redis(tmp_path, extra=("--maxmemory-policy", "noeviction"))

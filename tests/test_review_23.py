@@ -53,7 +53,7 @@ def labels(card: dict[str, Any]) -> list[str]:
         # Paget disease coded M88.0 without a display
         ("P13-paget", "warning", "Low ALP before Paget's disease - skull"),
         # a 4-month-old judged against the lab's adult range: the infantile picture
-        ("P15-infant", "critical", "Refer today to paediatric metabolic bone"),
+        ("P15-infant", "critical", "Phone the on-call paediatrician today, send PLP and urine PEA"),
         # a child's normal by an adult text range: low for age
         ("P16-child-text", "info", "Repeat the ALP when the patient is well: low at 110 U/L"),
         # a prescription written after the last injection is not a dose

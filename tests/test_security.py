@@ -432,6 +432,23 @@ def test_cors_refuses_other_origins_and_is_off_by_default():
     assert "Access-Control-Allow-Origin" not in response.headers
 
 
+def test_a_refused_origin_is_logged_once_and_the_log_cannot_be_flooded(caplog, monkeypatch):
+    from service.endpoints import access
+
+    monkeypatch.setattr(access, "_refused_logged", set())
+    client = secured(CORS_ORIGINS=["https://sandbox.cds-hooks.org"])
+    with caplog.at_level("WARNING", logger="service.access"):
+        for _ in range(3):
+            client.client.options("/cds-services", headers={"Origin": "http://127.0.0.1:3000"})
+        client.client.options("/cds-services", headers={"Origin": "https://sandbox.cds-hooks.org"})
+        for n in range(access.REFUSED_ORIGINS_LOGGED + 50):
+            client.client.get("/cds-services", headers={"Origin": f"https://x{n}.example"})
+    refused = [r.getMessage() for r in caplog.records if "cors_origin_refused" in r.getMessage()]
+    assert sum('"origin": "http://127.0.0.1:3000"' in line for line in refused) == 1
+    assert not [line for line in refused if "sandbox.cds-hooks.org" in line]
+    assert len(refused) == access.REFUSED_ORIGINS_LOGGED
+
+
 def test_cors_headers_on_actual_responses():
     client = secured(CORS_ORIGINS="*")
     response = call(client, token())

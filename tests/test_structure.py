@@ -18,16 +18,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 OWN = ("service", "cards")
-# Alembic loads these itself, as scripts, when a migration runs (``alp-cds migrate``): they are not imported
-ALEMBIC_SCRIPTS = ("service/migrations/env.py", "service/migrations/versions/")
 
 
 def modules() -> dict[str, Path]:
+    """Every module of the code, Alembic's scripts (``service/migrations/env.py``, ``versions/``) included: Alembic
+    loads them itself when a migration runs, but what they import is imported then all the same."""
     found = {}
     for top in OWN:
         for path in sorted((ROOT / top).rglob("*.py")):
-            if path.relative_to(ROOT).as_posix().startswith(ALEMBIC_SCRIPTS):
-                continue
             name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
             found[name] = path
     return found
@@ -40,9 +38,25 @@ def node_of(module: str, known: dict[str, Path]) -> str:
     return module if package == "service" else package
 
 
+def module_level(body: list[ast.stmt]) -> list[ast.stmt]:
+    """The statements run when a module is imported, or read as its types: its body and what module-level ``if``
+    (``if TYPE_CHECKING:`` included: a reader and a type checker follow those imports), ``try`` and ``with`` blocks
+    hold; not the bodies of functions and classes."""
+    found = []
+    for node in body:
+        found.append(node)
+        if isinstance(node, ast.If | ast.With):
+            found += module_level([*node.body, *getattr(node, "orelse", [])])
+        elif isinstance(node, ast.Try):
+            found += module_level(
+                [*node.body, *node.orelse, *node.finalbody, *(s for h in node.handlers for s in h.body)]
+            )
+    return found
+
+
 def imported(path: Path, *, top_level_only: bool) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    nodes = module_level(tree.body) if top_level_only else list(ast.walk(tree))
     names: set[str] = set()
     for node in nodes:
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -62,6 +76,16 @@ def package_graph() -> dict[str, set[str]]:
             if target in known and node_of(target, known) != node_of(module, known):
                 graph[node_of(module, known)].add(node_of(target, known))
     return graph
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Every module against the modules it imports at module level (``from service.clinical import rules`` names
+    ``service.clinical.rules``), inside packages too: rules.py and chart.py are two nodes here."""
+    known = modules()
+    return {
+        module: {target for target in imported(path, top_level_only=True) if target in known and target != module}
+        for module, path in known.items()
+    }
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -93,6 +117,18 @@ def test_the_import_graph_of_the_packages_has_no_cycle():
     }, "the clinical core imports no FHIR, hooks, HTTP or storage code"
     for below in ("service.hooks", "service.fhir", "service.clinical", "service.smart"):
         assert "service.endpoints" not in graph[below], f"{below} imports the HTTP endpoints"
+
+
+def test_the_import_graph_of_the_modules_has_no_cycle():
+    """Down to the modules, inside service/clinical/ too: facts -> chart -> rules -> views, one way (issue 29); the
+    feedback store's tables sit below the store and Alembic's env.py alike."""
+    graph = module_graph()
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+    assert "service.migrations.env" in graph and "service.clinical.samples" in graph  # none left out
+    below_the_rules = ("facts", "alp", "codes", "context", "treatment", "samples", "chart")
+    for module in below_the_rules:
+        assert not {t for t in graph[f"service.clinical.{module}"] if t.startswith("service.clinical.rules")}, module
+    assert "service.feedback" not in graph["service.migrations.env"]
 
 
 def test_the_cycle_finder_finds_a_cycle():

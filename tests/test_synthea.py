@@ -12,7 +12,7 @@ from the raw JSON by a deliberately separate, simple reading of the data:
   at least 28 days; its summary names the latest value;
 - an active alendronate order of a living patient with such a low gives the antiresorptive card;
 - order-select with a draft alendronate (living patients): no ALP -> "measure ALP ... none on record"; latest older
-  than 365 days -> "none in the last 365 days" (saying it was low when it was); current and low -> the low-ALP
+  than 365 days -> "none in the last 12 months" (saying it was low when it was); current and low -> the low-ALP
   warning; current and normal -> quiet;
 - another patient's resources mixed into a prefetch change nothing.
 """
@@ -226,14 +226,20 @@ def check_order_select(cards: list[dict[str, Any]], want: dict[str, Any]) -> Non
         assert summaries == [f"Measure ALP before {want['verb']} alendronate: none on record"]
     elif not want["latest_current"]:
         (summary,) = summaries
-        assert summary.startswith(f"Measure ALP before {want['verb']} alendronate: none in the last 365 days")
+        assert summary.startswith(f"Measure ALP before {want['verb']} alendronate: none in the last 12 months")
         assert ("(last one low," in summary) == want["latest_low"]
     elif want["latest_low"]:
         (summary,) = summaries
         if want["ckd"]:  # the label's renal limit comes first
             assert summary.startswith("Alendronate not recommended: CKD 4-5"), summary
         else:
-            assert summary.startswith(f"Exclude hypophosphatasia before {want['verb']} alendronate: ALP low")
+            # a persistent low (or one before treatment) asks for the substrates first, a single low for a repeat
+            assert summary.startswith(
+                (
+                    f"Send PLP and urine PEA before {want['verb']} alendronate: ALP low",
+                    f"Repeat the ALP before {want['verb']} alendronate: one low",
+                )
+            ), summary
         assert ("**Kidney function:**" in cards[0]["detail"]) == want["ckd"], cards[0]["detail"]
     else:
         assert summaries == []

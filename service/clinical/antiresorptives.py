@@ -123,8 +123,9 @@ def review_current(chart: Chart, workup: Finding | None = None) -> list[Finding]
                 "last_dose_unknown": any("denosumab" in c.groups and c.last_dose is None for c in chart.courses),
                 "bisphosphonate": any("bisphosphonate" in m.groups for m in drugs),
             },
-            # most likely the drug: the workup is offered, not recommended (the low-ALP card's tier otherwise)
-            tuple(replace(o, recommended=False) for o in workup.orders)
+            # most likely the drug: only a repeat ALP is offered, not recommended (the GP's reading, issue 24: ten
+            # workup buttons on a card that says "no workup" contradict it); the low-ALP card's tier otherwise
+            tuple(replace(o, recommended=False) for o in workup.orders if o.test.group == "repeat")
             if drug_likely and workup
             else (workup.orders if workup is not None else ()),
             links=(*(workup.links if workup is not None else ()), *drug_links(drugs)),

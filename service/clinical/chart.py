@@ -2,8 +2,8 @@
 
 The facts are already checked by the reading step (``service.fhir.readers``). The chart finds results (the latest of
 an analyte, the one drawn with an ALP, the current run of lows) and keeps, once per request, what two rules decide
-about it that other rules and the SMART page ask again: which lows are possibly contaminated
-(``rules.sample_contamination``) and whether the run is persistent (``rules.is_persistent``).
+about it that rules and the SMART page ask again: which lows are possibly contaminated
+(``samples.possible_contamination``) and whether the run is persistent (``samples.is_persistent``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from service.clinical.context import (
     recent_fractures,
 )
 from service.clinical.facts import Diagnosis, LabResult, Medication, Patient, PregnancyEvidence
-from service.clinical.rules import EDTA_ANALYTES, Finding, is_persistent, sample_contamination
+from service.clinical.samples import EDTA_ANALYTES, Contamination, is_persistent, possible_contamination
 from service.clinical.treatment import Course, courses
 from service.settings import ClinicalSettings
 
@@ -219,11 +219,11 @@ class Chart:
         return tuple(r for r in self.alp if self.window_of(r) is None)
 
     @cached_property
-    def contamination(self) -> dict[int, Finding]:
+    def contamination(self) -> dict[int, Contamination]:
         """Possible EDTA contamination, by ``id`` of the low result it concerns. Every low of the current run is
         checked, however many of them a card lists: each one counts towards the advice (its count, its span,
         persistence), so none may count unchecked."""
-        found = {id(r): sample_contamination(self, r) for r in self.current_run}
+        found = {id(r): possible_contamination(self.patient, r, self.drawn_with) for r in self.current_run}
         return {key: finding for key, finding in found.items() if finding is not None}
 
     def reliable(self, results: Sequence[LabResult]) -> list[LabResult]:
@@ -244,7 +244,7 @@ class Chart:
 
     @cached_property
     def persistent(self) -> bool:
-        return is_persistent(self, self.reliable(self.current_run))
+        return is_persistent(self.reliable(self.current_run), self.now, self.paused, self.settings)
 
     def latest(self, analyte: str, within_days: int | None = None) -> LabResult | None:
         """The latest usable result of ``analyte`` (not from a draw suspected of contamination)."""

@@ -33,12 +33,17 @@ SYSTEM_ALIASES = {
 
 
 def canonical_system(system: object) -> str | None:
-    """A code system URI as the value sets write it: no trailing slash, http for https, OIDs mapped."""
+    """A code system URI as the value sets write it: no trailing slash, http for https, OIDs mapped; the scheme and
+    the host in any case (they are case-insensitive, RFC 3986: ``HTTP://WWW.NLM.NIH.GOV/research/umls/rxnorm``,
+    ``URN:OID:2.16.840.1.113883.6.88``), the path as written."""
     if not isinstance(system, str):
         return None
     cleaned = system.strip().rstrip("/")
-    if cleaned.startswith("https://"):
-        cleaned = "http://" + cleaned[len("https://") :]
+    web = re.match(r"(?i)(https?)://([^/?#]*)", cleaned)
+    if web:
+        cleaned = f"http://{web.group(2).lower()}{cleaned[web.end() :]}"
+    elif cleaned[:8].lower() == "urn:oid:":
+        cleaned = "urn:oid:" + cleaned[8:]
     return SYSTEM_ALIASES.get(cleaned, cleaned)
 
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from service.clinical.alp import is_current, unusable
+from service.clinical.alp import unusable
 from service.clinical.codes import WorkupTest, thresholds, workup_tests
 from service.clinical.context import acute_event_before
 from service.clinical.facts import LabResult, Medication
 from service.clinical.medications import is_antiresorptive
+from service.clinical.samples import Contamination, possible_contamination
 from service.clinical.treatment import breaks
 from service.clinical.views import (
     alp_rows,
@@ -184,10 +185,6 @@ def by_importance(findings: Sequence[Finding], indicator_of: Callable[[str], str
 # --------------------------------------------------------------------------------------------- rules
 
 
-# The results of an ALP's draw that the contamination check reads (and sets aside when the ALP is suspect).
-EDTA_ANALYTES = ("potassium", "calcium", "zinc", "magnesium")
-
-
 def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
     """When: a low ALP of the current run (``Chart.contamination`` asks about every one of them, not only those a
     card lists) was drawn (within ``same_draw_hours``, 24 h) with a potassium certainly at or above
@@ -204,46 +201,21 @@ def sample_contamination(chart: Chart, alp: LabResult) -> Finding | None:
     100 % sensitive, and gross contamination shows as high K with low Ca, Mg and Zn (S26, A45, A48). A normal zinc or
     magnesium on the same draw therefore speaks against EDTA. Under one year the potassium interval reaches 6.0-6.1.
     """
-    age = chart.patient.age_years(alp.when)
-    limits = thresholds()
-    if age is not None and age < limits["edta_min_age_years"]:
-        return None
-    potassium = chart.drawn_with(alp, "potassium")
-    calcium = chart.drawn_with(alp, "calcium")
-    if not potassium or not calcium:
-        return None
-    if not potassium.at_least(limits["potassium_edta"]) or not calcium.is_low():
-        return None
-    chelated = [r for a in ("zinc", "magnesium") if (r := chart.drawn_with(alp, a)) is not None]
-    if any(r.is_low() is False for r in chelated):
-        return None
+    found = possible_contamination(chart.patient, alp, chart.drawn_with)
+    return _contamination_card(chart, alp, found) if found is not None else None
+
+
+def _contamination_card(chart: Chart, alp: LabResult, found: Contamination) -> Finding:
     return Finding(
         "sample-contamination",
         {
             "alp": describe_alp(chart, alp),
-            "potassium": display_row(potassium),
-            "potassium_limit": limits["potassium_edta"],
-            "calcium": display_row(calcium),
-            "supporting": [display_row(r) for r in chelated if r.is_low()],
+            "potassium": display_row(found.potassium),
+            "potassium_limit": thresholds()["potassium_edta"],
+            "calcium": display_row(found.calcium),
+            "supporting": [display_row(r) for r in found.supporting],
         },
         orders=(OrderSuggestion(workup_tests()["repeat_alp"]),),
-    )
-
-
-def is_persistent(chart: Chart, lows: Sequence[LabResult]) -> bool:
-    """When: ``lows`` (the current run without the lows suspected of contamination: none normal in between) holds
-    at least two results, the latest of them current (``ALP_CURRENT_DAYS``), the first and the last at least
-    ``PERSISTENT_MIN_DAYS`` (28) whole days apart.
-    Then: persistently low (the "alp-low-persistent" card and its HPP workup; the antiresorptive cards say so).
-    Not when: a single reliable low; lows closer together than ``PERSISTENT_MIN_DAYS``; the latest reliable low is
-    history, so that history lows do not become "persistent" when today's sample is the suspect one.
-
-    S47, S50, addendum 6: the sources count two or more lows with no normal value; the spacing, a design choice,
-    keeps a fall after surgery or acute illness, which can last weeks, from counting."""
-    return (
-        len(lows) >= 2
-        and is_current(lows[-1], chart.now - chart.paused(lows[-1].when), chart.settings)
-        and (lows[-1].when - lows[0].when).days >= chart.settings.PERSISTENT_MIN_DAYS
     )
 
 
@@ -263,10 +235,20 @@ def unreadable_alp(chart: Chart) -> Finding | None:
         {
             "result": unreadable_row(latest),
             "problem": unusable(latest),
+            "as_ukat": _as_ukat(latest),
             "not_interpreted": not_interpreted_rows(chart.not_interpreted()),
         },
         (OrderSuggestion(workup_tests()["repeat_alp"], recommended=False),),
     )
+
+
+def _as_ukat(result: LabResult) -> int | None:
+    """A total ALP below 2 "U/L" is impossible; written in µkat/L it would be this many U/L (x 60: the addendum's
+    plausibility table, section 2), which the card names so that a very low value is not lost to a unit slip."""
+    unit = (result.raw_unit or "").strip().lower()
+    if result.raw_value is None or not 0 < result.raw_value < 2 or unit not in ("u/l", "iu/l", "[iu]/l"):
+        return None
+    return round(result.raw_value * 60)
 
 
 def low_alp(chart: Chart) -> list[Finding]:
@@ -307,7 +289,7 @@ def low_alp(chart: Chart) -> list[Finding]:
     # marked in the table) without a card of their own; whether the workup stands without it is said on its card.
     findings = []
     if id(latest) in chart.contamination and not chart.hpp_known:
-        contaminated = chart.contamination[id(latest)]
+        contaminated = _contamination_card(chart, latest, chart.contamination[id(latest)])
         findings.append(replace(contaminated, facts={**contaminated.facts, "workup_stands": chart.persistent}))
     wilson = wilson_disease(chart, latest)
     if wilson is not None:
@@ -367,6 +349,9 @@ def _workup_card(chart: Chart, run: Sequence[LabResult]) -> Finding:
         "secondary_found": secondary_causes(secondary_found),
         "repeat_months": int(thresholds()["secondary_repeat_months"]),
         "substrates_high": [r["explanation"] for r in substrates_high],
+        "substrates_high_names": [
+            {"plp": "PLP", "pea_urine": "urine PEA"}.get(r["key"], r["key"]) for r in substrates_high
+        ],
         "plp_b6": next((r["b6"] for r in resulted if r["key"] == "plp" and "b6" in r), None),
         # counted from the first low that counts; None when none does (every one possibly contaminated)
         "repeat_from": (
@@ -405,7 +390,9 @@ def _workup_card(chart: Chart, run: Sequence[LabResult]) -> Finding:
     if deferred is None and indicator == "info":
         deferred = "drug"  # most likely the antiresorptive: the workup is offered, not recommended
     if deferred is not None:
-        kept = () if deferred == "pregnancy" else ("repeat", "secondary")
+        # the card says "no repeat workup" (HPP excluded) or "most likely the drug: no workup": only a repeat ALP
+        # stays recommended (the GP's reading, issue 24); in CKD the secondary causes still are; in pregnancy nothing
+        kept = {"pregnancy": (), "ckd": ("repeat", "secondary")}.get(deferred, ("repeat",))
         orders = [o if o.test.group in kept else replace(o, recommended=False) for o in orders]
     if deferred == "pregnancy" or (deferred == "excluded" and not facts["antiresorptives"]):
         indicator = "info"

@@ -6,6 +6,7 @@ the list a card shows (``SHOWN_READINGS``), counting what it leaves out.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +25,13 @@ def _limit_text(result: LabResult) -> str:
     low, high = result.low, result.high
     if low is None and high is None:
         return "the lab's flag" if result.flag else "no limit available"
+    unit = unit_text(result.unit)
     if low is not None and high is not None:
-        bounds = f"{number_text(low)}-{number_text(high)} {result.unit}"
+        bounds = f"{number_text(low)}-{number_text(high)} {unit}".rstrip()
     elif low is not None:
-        bounds = f"lower limit {number_text(low)} {result.unit}"
+        bounds = f"lower limit {number_text(low)} {unit}".rstrip()
     else:
-        bounds = f"upper limit {number_text(high)} {result.unit}"
+        bounds = f"upper limit {number_text(high)} {unit}".rstrip()
     sources = [s for s in dict.fromkeys((result.low_source, result.high_source)) if s]
     return f"{bounds} ({'; '.join(sources)})" if sources else bounds
 
@@ -39,7 +41,7 @@ def display_row(result: LabResult) -> dict[str, Any]:
         "analyte": result.analyte,
         "display": result.display,
         "value": result.shown_value,
-        "unit": result.unit,
+        "unit": unit_text(result.unit),
         "date": result.when.date().isoformat() if result.when else "date unknown",
         "preliminary": result.preliminary,
         "limit": result.low,
@@ -57,16 +59,34 @@ def converted(result: LabResult) -> str | None:
         return None
     if normalise_unit(result.raw_unit) == normalise_unit(result.unit):
         return None
-    return f"{result.comparator or ''}{number_text(result.raw_value)} {result.raw_unit}"
+    return f"{result.comparator or ''}{number_text(result.raw_value)} {unit_text(result.raw_unit)}"
 
 
 def reported(result: LabResult) -> str:
-    """The value with its unit as the lab reported it, the conversion to the card's unit in brackets (three
-    significant figures at most: no false precision)."""
+    """The value with its unit as the lab reported it, the conversion to the card's unit in brackets, to as many
+    significant figures as the lab gave (two at least, three at most: 87 µmol/L is 5.1 mg/dL, not 5.09)."""
     original = converted(result)
     if original is None:
-        return f"{result.shown_value} {result.unit}"
-    return f"{original} ({result.comparator or ''}{float(f'{result.value:.3g}'):g} {result.unit})"
+        return f"{result.shown_value} {unit_text(result.unit)}".rstrip()
+    digits = min(3, max(2, len(original.split()[0].lstrip("<>=").replace(".", "").lstrip("0"))))
+    converted_text = (
+        f"{result.comparator or ''}{float(f'{result.value:.{digits}g}'):g} {unit_text(result.unit)}".rstrip()
+    )
+    return f"{original} ({converted_text})"
+
+
+_MICRO = re.compile(r"(?<![A-Za-z])u(?=(?:kat|g|mol|L|IU|\[IU\])\b|(?:kat|g|mol)/)")
+_ANNOTATION = re.compile(r"\{[^{}]*\}")
+
+
+def unit_text(unit: str | None) -> str:
+    """A UCUM unit as a clinician reads it: micro as µ (umol/L -> µmol/L, ukat/L -> µkat/L, ug/dL -> µg/dL), no
+    brackets around IU (m[IU]/L -> mIU/L), no annotations ({INR} -> nothing: the INR is a plain ratio)."""
+    if not unit:
+        return ""
+    text = _MICRO.sub("µ", unit).replace("{1.73_m2}", "1.73 m²").replace("[IU]", "IU")
+    text = _ANNOTATION.sub("", text).strip()
+    return "" if text in ("1", "/") else text
 
 
 def describe_alp(chart: Chart, result: LabResult) -> dict[str, Any]:
@@ -105,15 +125,15 @@ def _when(result: LabResult):
 
 
 def span_text(days: int) -> str:
-    """A span as a clinician says it: days under 8 weeks, weeks under 3 months, months under 2 years, else years."""
+    """A span as a clinician says it: days under 8 weeks, weeks under 3 months, months under 2 years, else whole
+    years (no false precision: "6 years", not "5.9 years")."""
     if days < 56:
         return f"{days} day{'s' if days != 1 else ''}"
     if days < 91:
         return f"{round(days / 7)} weeks"
     if days < 730:
         return f"{round(days / 30.44)} months"
-    years = days / 365.25
-    return f"{years:.0f} years" if years >= 10 else f"{years:.1f} years".replace(".0 years", " years")
+    return f"{round(days / 365.25)} years"
 
 
 def chart_context(chart: Chart, run: Sequence[LabResult] = (), parts: tuple[str, ...] | None = None) -> dict[str, Any]:

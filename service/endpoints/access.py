@@ -47,10 +47,17 @@ def cors_and_access_log(response: Response) -> Response:
     return response
 
 
+REFUSED_ORIGINS_LOGGED = 100  # distinct refused origins logged per process: a client cannot flood the log
+_refused_logged: set[str] = set()
+
+
 def add_cors_headers(response: Response) -> None:
     origin = request.headers.get("Origin")
     allowed = settings().CORS_ORIGINS
-    if not origin or not request.path.startswith(CDS_PATHS) or not ("*" in allowed or origin in allowed):
+    if not origin or not request.path.startswith(CDS_PATHS):
+        return
+    if not ("*" in allowed or origin in allowed):
+        _log_refused(origin[:200])
         return
     response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
     response.headers["Vary"] = "Origin"
@@ -58,3 +65,19 @@ def add_cors_headers(response: Response) -> None:
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
         response.headers["Access-Control-Max-Age"] = "600"
+
+
+def _log_refused(origin: str) -> None:
+    """Once per origin: a browser page from an origin not in ``CDS_CORS_ORIGINS`` gets no CORS headers, and the
+    browser then blocks the answer with nothing on the service's side to say why (a self-hosted Sandbox, a
+    127.0.0.1 for a localhost)."""
+    if origin in _refused_logged or len(_refused_logged) >= REFUSED_ORIGINS_LOGGED:
+        return
+    _refused_logged.add(origin)
+    log_event(
+        log,
+        logging.WARNING,
+        "cors_origin_refused",
+        origin=origin,
+        message="this browser origin is not in CDS_CORS_ORIGINS: the browser will block the answer",
+    )

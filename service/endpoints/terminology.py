@@ -39,6 +39,20 @@ def _summary() -> bool | Response:
     return value == "true"
 
 
+def _any_of(parameter: str) -> list[str] | None:
+    """The values a search parameter accepts, as FHIR reads them: repeated parameters and comma-separated values
+    are alternatives (``_id=alendronate,risedronate``); None when the parameter is not given."""
+    if parameter not in request.args:
+        return None
+    return [value for given in request.args.getlist(parameter) for value in given.split(",")]
+
+
+def _canonical_matches(resource: dict[str, Any], value: str) -> bool:
+    """A canonical search value: the url, or ``url|version`` (FHIR's canonical references)."""
+    url, bar, version = value.partition("|")
+    return url == resource["url"] and (not bar or version == resource["version"])
+
+
 @bp.get("/fhir/ValueSet")
 def search() -> Response:
     unknown = sorted(set(request.args) - SEARCH_PARAMETERS)
@@ -50,14 +64,15 @@ def search() -> Response:
     if isinstance(summary, Response):
         return summary
     base = _base()
+    ids, urls, names = (_any_of(parameter) for parameter in ("_id", "url", "name"))
     entries = []
     for definition in value_sets.definitions():
         resource = value_sets.value_set(definition, base, summary)
-        if "_id" in request.args and definition.id not in request.args.getlist("_id"):
+        if ids is not None and definition.id not in ids:
             continue
-        if "url" in request.args and resource["url"] not in request.args.getlist("url"):
+        if urls is not None and not any(_canonical_matches(resource, url) for url in urls):
             continue
-        if "name" in request.args and resource["name"].lower() not in {n.lower() for n in request.args.getlist("name")}:
+        if names is not None and not any(resource["name"].lower().startswith(n.lower()) for n in names):
             continue
         entries.append({"fullUrl": resource["url"], "resource": resource, "search": {"mode": "match"}})
     bundle = {

@@ -304,7 +304,7 @@ def read_procedures(*values: Any, scope: Scope) -> list[Diagnosis]:
 def _loinc_kind(concept: Any) -> str | None:
     known = context_observations()
     for coding in objects(concept, "coding"):
-        code = string(coding, "code")
+        code = (string(coding, "code") or "").strip()
         if canonical_system(string(coding, "system")) == "http://loinc.org" and code in known:
             return known[code].kind
     return None
@@ -313,7 +313,7 @@ def _loinc_kind(concept: Any) -> str | None:
 def _pregnant(concept: Any) -> bool | None:
     answers = pregnancy_answers()
     for coding in objects(concept, "coding"):
-        key = (canonical_system(string(coding, "system")), string(coding, "code"))
+        key = (canonical_system(string(coding, "system")), (string(coding, "code") or "").strip())
         if key in answers:
             return answers[key]
     return None

@@ -343,8 +343,9 @@ def observation_time(observation: dict[str, Any]) -> datetime | None:
 def _analyte(concept: Any, known: Mapping[str, Analyte]) -> Analyte | None:
     for coding in objects(concept, "coding"):
         code = string(coding, "code")
-        if code is not None and code in known and canonical_system(string(coding, "system")) == LOINC:
-            return known[code]
+        # " 6768-6": a careless EHR's blank is no other code; the system canonicalised only for a known code
+        if code is not None and code.strip() in known and canonical_system(string(coding, "system")) == LOINC:
+            return known[code.strip()]
     return None
 
 
@@ -642,7 +643,8 @@ def _concept_parts(concept: Any) -> tuple[list[tuple[str | None, str]], list[str
     codings = objects(concept, "coding")
     texts = [t for t in [string(concept, "text"), *(string(c, "display") for c in codings)] if t is not None]
     pairs = [(canonical_system(string(c, "system")), string(c, "code")) for c in codings]
-    return [(system, code) for system, code in pairs if code is not None], texts
+    # A code with blanks around it (" 904399 ", which FHIR's code type does not allow) is read as the code.
+    return [(system, code.strip()) for system, code in pairs if code is not None], texts
 
 
 def _record_dates(resource: dict[str, Any]) -> tuple[datetime | None, datetime | None]:

@@ -261,7 +261,7 @@ def lab_filter(needed: LabsNeeded):
         resource that is then not read costs little, skipping one the reader would read loses a result)."""
         for coding in array(concept, "coding"):
             code = string(coding, "code")
-            if code is not None and code in codes:
+            if code is not None and code.strip() in codes:
                 return True
         return False
 

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from service.feedback import metadata
+from service.migrations.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -21,7 +21,7 @@ from service.clinical.codes import reference_bands
 from service.clinical.facts import LAB_RANGE, LabResult, Medication, Patient
 from service.clinical.limits import fallback_limits
 from service.clinical.medications import is_antiresorptive
-from service.clinical.rules import Finding
+from service.clinical.samples import Contamination
 from service.clinical.views import display_row
 from service.settings import ClinicalSettings
 
@@ -140,18 +140,17 @@ def build_series(
     )
 
 
-def set_aside_text(finding: Finding) -> str:
+def set_aside_text(found: Contamination) -> str:
     """Why the rules set a result aside, in the words of the card that says so (``sample-contamination``)."""
-    facts = finding.facts
-    potassium, calcium = facts["potassium"], facts["calcium"]
+    potassium, calcium = found.potassium, found.calcium
     return (
-        f"set aside: possible EDTA contamination (potassium {potassium['value']} {potassium['unit']} and a low "
-        f"calcium, {calcium['value']} {calcium['unit']}, on the same draw); recollect. Not counted by the advice."
+        f"set aside: possible EDTA contamination (potassium {potassium.shown_value} {potassium.unit} and a low "
+        f"calcium, {calcium.shown_value} {calcium.unit}, on the same draw); recollect. Not counted by the advice."
     )
 
 
 def _point(
-    patient: Patient, result: LabResult, now: datetime, settings: ClinicalSettings, finding: Finding | None = None
+    patient: Patient, result: LabResult, now: datetime, settings: ClinicalSettings, found: Contamination | None = None
 ) -> AlpPoint:
     return AlpPoint(
         when=result.when,
@@ -167,7 +166,7 @@ def _point(
         preliminary=result.preliminary,
         history=not is_current(result, now, settings),
         by_flag=judged_by_flag(result),
-        set_aside=set_aside_text(finding) if finding is not None else None,
+        set_aside=set_aside_text(found) if found is not None else None,
     )
 
 
