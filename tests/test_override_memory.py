@@ -90,7 +90,9 @@ ALENDRONATE = ("904420", "Alendronic acid 10 MG [Fosamax]")
 PROLIA = ("993456", "1 ML denosumab 60 MG/ML Prefilled Syringe [Prolia]")
 
 
-def with_alendronate(request: dict, start: str, drug: tuple[str, str] = ALENDRONATE) -> dict:
+def with_alendronate(
+    request: dict, start: str, drug: tuple[str, str] = ALENDRONATE, asserted: str | None = None
+) -> dict:
     request = copy.deepcopy(request)
     patient = request["context"]["patientId"]
     statement = {
@@ -108,6 +110,7 @@ def with_alendronate(request: dict, start: str, drug: tuple[str, str] = ALENDRON
         },
         "subject": {"reference": f"Patient/{patient}"},
         "effectivePeriod": {"start": start},
+        **({"dateAsserted": asserted} if asserted else {}),
     }
     bundle = request["prefetch"]["medicationStatements"]
     bundle["entry"].append({"fullUrl": f"MedicationStatement/{statement['id']}", "resource": statement})
@@ -233,6 +236,22 @@ def test_a_new_antiresorptive_after_the_override_shows_the_warning_again(tmp_pat
     drug_card = next(c for c in cards if "alendronate, denosumab" in c["summary"])
     assert drug_card["indicator"] == "warning"
     assert "shown as before: denosumab started on 2026-05-02, after the override." in note(drug_card)
+
+
+def test_a_drug_written_down_after_the_override_is_new_though_started_before_it(tmp_path):
+    """Outside attack A6: a medication list reconciled after the override adds denosumab started a month before
+    it. The clinician overrode a card that did not know the drug: the warning comes back, and says when it was
+    recorded. A statement written down before the override (or with no dateAsserted) is not new."""
+    client = app_on(f"sqlite:///{tmp_path}/f.db")
+    request = with_alendronate(load_request("persistent-low-in"), "2026-02-02")
+    override(client, one_card(client, PV, request), at="2026-04-01T10:00:00Z")
+    before = with_alendronate(request, "2026-03-01", PROLIA, asserted="2026-03-02")
+    known = next(c for c in client.cards(PV, before) if "alendronate, denosumab" in c["summary"])
+    assert known["indicator"] == "info"
+    later = with_alendronate(request, "2026-03-01", PROLIA, asserted="2026-04-20")
+    drug_card = next(c for c in client.cards(PV, later) if "alendronate, denosumab" in c["summary"])
+    assert drug_card["indicator"] == "warning"
+    assert "denosumab started on 2026-03-01, recorded on 2026-04-20, after the override." in note(drug_card)
 
 
 def test_without_every_record_read_nothing_is_taken_as_unchanged(tmp_path):

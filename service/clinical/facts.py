@@ -174,6 +174,14 @@ class Medication:
     record: str = "MedicationStatement"  # the resource type: a dose given (administration) or handed over (dispense)
     # is evidence of a dose on ``start``; a request or statement is evidence of a course
     oncology: bool = False  # a product for bone metastases (denosumab 120 mg, Xgeva): another dosing schedule
+    asserted: datetime | None = None  # when a statement was written down (dateAsserted), which may be after ``start``
+
+    @property
+    def known(self) -> datetime | None:
+        """When the chart came to show this record: its start, or when it was written down if that was later (a
+        medication list reconciled today can record a drug started months ago)."""
+        dates = [d for d in (self.start, self.asserted) if d is not None]
+        return max(dates) if dates else None
 
     @property
     def dose(self) -> bool:

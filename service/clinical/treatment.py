@@ -40,6 +40,7 @@ class Course:
     last_dose: datetime | None  # the latest dose given, handed over or prescribed (not a statement's start)
     last_dose_record: str | None  # which kind of record gives it: administration | dispense | prescription
     oncology: bool  # an oncology product (denosumab 120 mg): another dosing schedule
+    known: datetime | None = None  # when the chart first showed the course (a record's start, or its writing down)
 
     def covers(self, when: datetime) -> bool:
         """``when`` falls within the course (from its start to its last record, or today while it is current), and
@@ -114,6 +115,7 @@ def _course(drug: str, records: Sequence[Medication]) -> Course:
         last_dose=last_dose,
         last_dose_record=RECORD_KIND.get(last_record.record, "record") if last_record else None,
         oncology=any(r.oncology for r in records),
+        known=min((k for r in records if (k := r.known) is not None), default=None),
     )
 
 

@@ -758,6 +758,7 @@ def read_medications(
                 ingredient=match.ingredient,
                 record=kind,
                 oncology="denosumab_oncology" in match.groups,
+                asserted=plausible_datetime(string(resource, "dateAsserted")),
             )
         )
     return found

@@ -144,8 +144,10 @@ def remembered(call: HookCall, chart: Chart) -> Memory | None:
         for r in chart.current_run
     ]
     for course in chart.courses:
-        if course.start is not None:
-            events.append((course.start, f"{course.drug} started on {course.start.date()}"))
+        if course.start is not None:  # new to an override written before the chart showed it (outside attack A6)
+            known = max(course.start, course.known or course.start)
+            what = f"{course.drug} started on {course.start.date()}"
+            events.append((known, what if known == course.start else f"{what}, recorded on {known.date()}"))
         events += [(end, f"{course.drug} restarted on {end.date()}") for _, end in course.breaks]
     always_new = None
     if call.request["hook"] in ORDER_HOOKS:
