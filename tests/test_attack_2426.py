@@ -98,3 +98,19 @@ def test_value_set_search_parameters_are_read_as_fhir_defines_them(tmp_path):
     assert ids("name=alpcdsalendr") == ["alendronate"]
     assert ids("name=AlpCdsAlendronate") == ["alendronate"]
     assert ids("_id=nothing-of-ours") == []
+
+
+def test_a_format_the_value_sets_are_not_served_in_is_a_406(tmp_path):
+    """A8. ``_format=xml`` or ``Accept: application/fhir+xml`` got 200 JSON; FHIR's REST rules answer 406 when the
+    server cannot supply the format. JSON asked in any of its names, or nothing asked, is served."""
+    client = app_on(f"sqlite:///{tmp_path}/f.db").client
+    for path in ("/fhir/ValueSet", "/fhir/ValueSet/alendronate"):
+        for query in ("_format=xml", "_format=application/fhir%2Bxml", "_format=json&_format=xml"):
+            response = client.get(f"{path}?{query}")
+            assert response.status_code == 406 and response.get_json()["resourceType"] == "OperationOutcome"
+        refused = client.get(path, headers={"Accept": "application/fhir+xml"})
+        assert refused.status_code == 406 and refused.mimetype == "application/fhir+json"
+        for query in ("", "?_format=json", "?_format=application/fhir%2Bjson"):
+            assert client.get(f"{path}{query}").status_code == 200
+        for accept in ("application/fhir+json", "application/json", "*/*", "text/html, */*;q=0.8"):
+            assert client.get(path, headers={"Accept": accept}).status_code == 200, accept
