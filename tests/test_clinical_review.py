@@ -339,3 +339,10 @@ def test_a_hip_fracture_card_gives_the_end_of_the_90_day_window():
     assert card["summary"].startswith("Hip fracture 11 weeks ago, persistently low ALP")
     assert "send PLP and urine PEA today, agree bone treatment this week" in card["summary"]
     assert "repair reduced new fractures and deaths: here until about 2026-06-13)" in " ".join(card["detail"].split())
+
+
+def test_the_cholestasis_card_summary_and_first_line_ask_for_the_same_tests():
+    """The GP's reading (issue 24): the summary said "check a bone ALP", the detail opened with "Send plasma PLP"."""
+    (card,) = cards("cholestasis-in")
+    assert card["summary"].endswith("(latest low 31 U/L): check a bone ALP, send PLP and urine PEA")
+    assert card["detail"].startswith("**Check a bone-specific ALP, and send plasma PLP and urine phosphoethanolamine**")
