@@ -113,7 +113,7 @@ def build(
     for row in items:
         if row.outcome != "overridden" or not row.override_code or row.patient_hash is None:
             continue
-        if row.indicator not in INTERRUPTIVE:
+        if row.indicator not in INTERRUPTIVE or not row.same_caller or row.feedback_service_id != row.service_id:
             continue
         received = row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=UTC)
         at = min(_instant(row.outcome_timestamp), received)

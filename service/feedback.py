@@ -32,6 +32,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     text,
 )
@@ -247,7 +248,11 @@ class FeedbackStore:
             return self._ensure_schema(upgrade=True)
 
     def record_cards_later(
-        self, service_id: str, cards: Iterable[tuple[str, Mapping[str, Any]]], patient_hash: str | None = None
+        self,
+        service_id: str,
+        cards: Iterable[tuple[str, Mapping[str, Any]]],
+        patient_hash: str | None = None,
+        caller_hash: str | None = None,
     ) -> bool:
         """Queue the audit rows for a background writer, off the hook call's path. False when the queue is full
         (the rows are dropped and the caller counts it); feedback itself is never queued. ``patient_hash``: the
@@ -259,6 +264,7 @@ class FeedbackStore:
                 "kind": kind,
                 "indicator": card["indicator"],
                 "patient_hash": patient_hash,
+                "caller_hash": caller_hash,
                 "suggestions": suggestions_record(card),
             }
             for kind, card in cards
@@ -310,8 +316,9 @@ class FeedbackStore:
                 self._relaxed_durability(connection)
                 connection.execute(insert(issued_cards), [{**row, "issued_at": now} for row in rows])
 
-    def add_feedback(self, service_id: str, items: Iterable[Mapping[str, Any]]) -> int:
-        """Store every item in one transaction; returns how many were stored once it has committed."""
+    def add_feedback(self, service_id: str, items: Iterable[Mapping[str, Any]], caller_hash: str | None = None) -> int:
+        """Store every item in one transaction; returns how many were stored once it has committed. ``caller_hash``:
+        the keyed hash of the caller that sent it (None: the memory is off)."""
         now = datetime.now(UTC)
         rows = []
         for item in items:
@@ -329,6 +336,7 @@ class FeedbackStore:
                     "user_comment": (item.get("overrideReason") or {}).get("userComment"),
                     "outcome_timestamp": item["outcomeTimestamp"],
                     "received_at": now,
+                    "caller_hash": caller_hash,
                 }
             )
         with self._bounded(slot=True):
@@ -358,6 +366,10 @@ class FeedbackStore:
             )
             .select_from(issued_cards.join(feedback, feedback.c.card_uuid == issued_cards.c.uuid))
             .where(
+                # the feedback of the caller the card was issued to, through the service that issued it (a card
+                # written before 0003 has no caller: any caller's counts, as before)
+                feedback.c.service_id == issued_cards.c.service_id,
+                or_(issued_cards.c.caller_hash.is_(None), feedback.c.caller_hash == issued_cards.c.caller_hash),
                 issued_cards.c.patient_hash == patient_hash,
                 issued_cards.c.indicator.in_(INTERRUPTIVE),
                 feedback.c.outcome == "overridden",
@@ -433,6 +445,10 @@ class FeedbackStore:
                     month.label("month"),
                     issued_cards.c.patient_hash,
                     issued_cards.c.suggestions,
+                    # the feedback comes from the caller the card was issued to (what the memory counts)
+                    or_(
+                        issued_cards.c.caller_hash.is_(None), feedback.c.caller_hash == issued_cards.c.caller_hash
+                    ).label("same_caller"),
                 )
                 .select_from(feedback.outerjoin(issued_cards, feedback.c.card_uuid == issued_cards.c.uuid))
                 .order_by(feedback.c.id)

@@ -186,6 +186,11 @@ class OverrideMemory:
             tenant if isinstance(tenant, str) else "",
         )
 
+    def caller(self, claims: Mapping[str, Any] | None) -> str | None:
+        """The caller's hash (its issuer and tenant, keyed; None when the memory is off): a feedback counts only for
+        a card issued to the caller that sends it."""
+        return self.key("\x1ecaller", claims)
+
     def recall(self, patient_hash: str, now: datetime) -> Recall:
         """Start reading the overrides of ``patient_hash`` received within ``days`` before ``now``; the call has
         ``timeout`` seconds from now to take them."""

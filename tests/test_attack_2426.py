@@ -98,3 +98,75 @@ def test_value_set_search_parameters_are_read_as_fhir_defines_them(tmp_path):
     assert ids("name=alpcdsalendr") == ["alendronate"]
     assert ids("name=AlpCdsAlendronate") == ["alendronate"]
     assert ids("_id=nothing-of-ours") == []
+
+
+def test_a_format_the_value_sets_are_not_served_in_is_a_406(tmp_path):
+    """A8. ``_format=xml`` or ``Accept: application/fhir+xml`` got 200 JSON; FHIR's REST rules answer 406 when the
+    server cannot supply the format. JSON asked in any of its names, or nothing asked, is served."""
+    client = app_on(f"sqlite:///{tmp_path}/f.db").client
+    for path in ("/fhir/ValueSet", "/fhir/ValueSet/alendronate"):
+        for query in ("_format=xml", "_format=application/fhir%2Bxml", "_format=json&_format=xml"):
+            response = client.get(f"{path}?{query}")
+            assert response.status_code == 406 and response.get_json()["resourceType"] == "OperationOutcome"
+        refused = client.get(path, headers={"Accept": "application/fhir+xml"})
+        assert refused.status_code == 406 and refused.mimetype == "application/fhir+json"
+        for query in ("", "?_format=json", "?_format=application/fhir%2Bjson"):
+            assert client.get(f"{path}{query}").status_code == 200
+        for accept in ("application/fhir+json", "application/json", "*/*", "text/html, */*;q=0.8"):
+            assert client.get(path, headers={"Accept": accept}).status_code == 200, accept
+
+
+def test_a_feedback_counts_only_from_the_caller_the_card_was_issued_to(tmp_path):
+    """A7. Any trusted issuer that knew a card's uuid could override it (another hospital's card): the feedback is
+    stored, but the memory counts it only for a card issued to the same caller (a keyed hash of its issuer and
+    tenant on both rows), through the same service. The committee's overrides in force read the same rows."""
+    from service.app import create_app
+    from service.hook_requests import NOW
+    from tests.conftest import CheckedClient
+    from tests.test_override_memory import HPP_EXCLUDED, KEY
+    from tests.test_security import BASE, FHIR, ISS, JWKS, token
+
+    other = "https://other-hospital.example.org"
+    conf = {"jwks": JWKS, "fhir_servers": [FHIR]}
+
+    client = CheckedClient(
+        create_app(
+            {
+                "NOW": lambda: NOW,
+                "LOG_LEVEL": "WARNING",
+                "FEEDBACK_DB_URL": f"sqlite:///{tmp_path}/f.db",
+                "TRUSTED_ISSUERS": {ISS: conf, other: conf},
+                "PUBLIC_BASE_URL": BASE,
+                "REPLAY_STORE_URL": "sqlite://",
+                "OVERRIDE_KEY": KEY,
+            }
+        )
+    )
+
+    def bearer(issuer: str, path: str) -> dict:
+        return {"Authorization": f"Bearer {token(iss=issuer, aud=BASE + path)}"}
+
+    def warning_card() -> dict:
+        path = f"/cds-services/{PV}"
+        response = client.client.post(path, json=load_request("persistent-low-in"), headers=bearer(ISS, path))
+        assert response.status_code == 200, response.get_json()
+        (card,) = response.get_json()["cards"]
+        return card
+
+    def dismiss(card: dict, issuer: str, service: str = PV) -> None:
+        client.app.extensions["cds_feedback"].flush()
+        item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-05-20T10:00:00Z"}
+        item["overrideReason"] = {"reason": HPP_EXCLUDED}
+        path = f"/cds-services/{service}/feedback"
+        response = client.client.post(path, json={"feedback": [item]}, headers=bearer(issuer, path))
+        assert response.status_code == 200, response.get_json()
+
+    card = warning_card()
+    assert card["indicator"] == "warning"
+    dismiss(card, other)  # another hospital's client, with the uuid
+    dismiss(card, ISS, OS)  # the right caller, through another service's feedback endpoint
+    assert warning_card()["indicator"] == "warning"
+    report = client.app.extensions["cds_feedback"].report_rows()[1]
+    assert [r.same_caller for r in report] == [False, True]
+    dismiss(card, ISS)
+    assert warning_card()["indicator"] == "info"

@@ -306,3 +306,43 @@ def test_a_card_that_says_no_workup_recommends_none():
     (drug,) = cards("on-treatment-in")
     assert "most likely the drug" in drug["summary"] and not codes_ordered(drug)
     assert "PLP preparation" not in drug["detail"]
+
+
+@pytest.mark.parametrize(
+    ("drug", "summary", "first_line"),
+    [
+        (
+            "ALENDRONATE",
+            "Hold alendronate, ask a metabolic bone specialist before the next dose",
+            "**Hold alendronate and ask a metabolic bone specialist before the next dose.**",
+        ),
+        (
+            "PROLIA",
+            "Plan denosumab with a metabolic bone specialist before the next dose, do not just stop it",
+            "**Decide the next denosumab dose with a metabolic bone specialist before it is due; do not stop it",
+        ),
+    ],
+)
+def test_known_hpp_on_an_antiresorptive_says_what_to_do_with_the_drug(drug, summary, first_line):
+    """The GP's reading (issue 24): "Review alendronate" said nothing a GP could do. A bisphosphonate is held
+    until the specialist has seen it (it acts for years); denosumab is never simply stopped (rebound fractures)."""
+    from tests import test_override_memory as memory
+
+    request = memory.with_alendronate(load_request("known-hpp-in"), "2026-01-02", getattr(memory, drug))
+    (card,) = make_app().cards(PV, request)
+    assert card["indicator"] == "warning" and card["summary"].startswith(summary), card["summary"]
+    assert first_line in " ".join(card["detail"].split())
+
+
+def test_a_hip_fracture_card_gives_the_end_of_the_90_day_window():
+    (card,) = cards("fracture-in")
+    assert card["summary"].startswith("Hip fracture 11 weeks ago, persistently low ALP")
+    assert "send PLP and urine PEA today, agree bone treatment this week" in card["summary"]
+    assert "repair reduced new fractures and deaths: here until about 2026-06-13)" in " ".join(card["detail"].split())
+
+
+def test_the_cholestasis_card_summary_and_first_line_ask_for_the_same_tests():
+    """The GP's reading (issue 24): the summary said "check a bone ALP", the detail opened with "Send plasma PLP"."""
+    (card,) = cards("cholestasis-in")
+    assert card["summary"].endswith("(latest low 31 U/L): check a bone ALP, send PLP and urine PEA")
+    assert card["detail"].startswith("**Check a bone-specific ALP, and send plasma PLP and urine phosphoethanolamine**")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from service.clinical.alp import is_current
@@ -161,6 +162,9 @@ def chart_context(chart: Chart, run: Sequence[LabResult] = (), parts: tuple[str,
                 "date": (d.onset or d.recorded).date().isoformat(),
                 "kind": d.kind,
                 "ago": span_text((chart.now - (d.onset or d.recorded)).days),
+                # the hip-fracture trial's window: zoledronate begun within 90 days of the repair (HZ7); counted
+                # from the fracture's date, the repair's being rarely on the chart
+                "window_end": ((d.onset or d.recorded) + timedelta(days=90)).date().isoformat(),
             }
             for d in fractures
         ],

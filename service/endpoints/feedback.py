@@ -23,13 +23,14 @@ log = logging.getLogger("service")
 @bp.post("/cds-services//<service_id>/feedback", merge_slashes=False)  # a discovery URL with a trailing slash
 def post_feedback(service_id: str) -> Response:
     find_service(service_id)
-    authenticate()
+    claims = authenticate()
     body = parse_json_body()
     problem = first_error("feedback", body) or storable_problem(body["feedback"])
     if problem:
         raise BadRequest(f"invalid feedback: {problem}")
     try:
-        stored = current_app.extensions["cds_feedback"].add_feedback(service_id, body["feedback"])
+        caller = current_app.extensions["cds_memory"].caller(claims)
+        stored = current_app.extensions["cds_feedback"].add_feedback(service_id, body["feedback"], caller)
     except DataError as exc:  # the store refuses this data: retrying would not help
         log_event(log, logging.ERROR, "feedback_refused", error=type(exc).__name__)
         raise BadRequest("the feedback store cannot hold this feedback; nothing was stored") from None

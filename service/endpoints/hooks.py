@@ -82,7 +82,8 @@ def call_service(service_id: str) -> Response:
     issued = ran.cards
     for kind, card in issued:
         metrics.CARDS.labels(kind, card["indicator"]).inc()
-    if not current_app.extensions["cds_feedback"].record_cards_later(service_id, issued, patient_hash):
+    caller = memory.caller(claims)
+    if not current_app.extensions["cds_feedback"].record_cards_later(service_id, issued, patient_hash, caller):
         metrics.AUDIT_DROPPED.inc(len(issued))
     g.card_count = len(issued)
     return json_response({"cards": [card for _, card in issued]})

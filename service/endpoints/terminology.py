@@ -20,6 +20,26 @@ SEARCH_PARAMETERS = {"_id", "url", "name", "_summary", "_format"}
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
+JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
+
+
+@bp.before_request
+def only_json() -> Response | None:
+    """The value sets are served as JSON only: a client that asks for another format (``_format=xml``, an
+    ``Accept`` that takes neither FHIR JSON nor JSON) gets a 406, as FHIR's REST rules say, not a body it did not
+    ask for."""
+    formats = request.args.getlist("_format")
+    if any(f.split(";")[0].strip().lower() not in JSON_FORMATS for f in formats):
+        return _fhir(operation_outcome("only _format=json is served", "not-supported"), 406)
+    if (
+        not formats
+        and request.accept_mimetypes
+        and not request.accept_mimetypes.best_match([FHIR_JSON, "application/json"])
+    ):
+        return _fhir(operation_outcome("only application/fhir+json is served", "not-supported"), 406)
+    return None
+
+
 def _base() -> str:
     """Where the value sets are served: ``CDS_PUBLIC_BASE_URL`` when set (their canonical URLs then stay the same
     whatever name a client used), else the address this request came to."""

@@ -18,6 +18,8 @@ issued_cards = Table(
     Column("patient_hash", String(64), nullable=True, index=True),
     # What each suggestion proposed (JSON: uuid -> label and code), so that an accepted one is named in the report.
     Column("suggestions", Text, nullable=True),
+    # A keyed hash of the caller (issuer and tenant) the card was issued to; NULL when the memory is off (0003).
+    Column("caller_hash", String(64), nullable=True),
 )
 
 feedback = Table(
@@ -34,4 +36,6 @@ feedback = Table(
     Column("user_comment", Text, nullable=True),
     Column("outcome_timestamp", String(64), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    # A keyed hash of the caller that sent the feedback: it counts only for a card issued to the same caller (0003).
+    Column("caller_hash", String(64), nullable=True),
 )
