@@ -10,16 +10,22 @@ import sys
 from tests.conftest import ROOT
 
 
-def test_bench_smoke_run_prints_the_table():
+def bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``bench/<script>.py`` run as a user runs it, from the checkout; it must succeed."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke"],
+        [sys.executable, str(ROOT / "bench" / f"{script}.py"), *args],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+def test_bench_smoke_run_prints_the_table():
+    result = bench("run", "--smoke")
     out = result.stdout
     assert "| scenario | threads | request KiB | p50 ms | p95 ms | p99 ms | req/s | floor p50 ms |" in out
     for row in (
@@ -36,15 +42,7 @@ def test_bench_smoke_run_prints_the_table():
 
 
 def test_replay_load_smoke_run_counts_every_status():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "replay_load.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    result = bench("replay_load", "--smoke")
     assert "JWT checks on, SQLite replay store" in result.stdout and "statuses: 200: " in result.stdout
 
 
@@ -56,38 +54,16 @@ def test_fetch_bench_smoke_run_prints_the_table():
         import pytest
 
         pytest.skip("sekmet-fhir is not installed (SEKMET_BIN or .venv-sekmet)")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "fetch.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = bench("fetch", "--smoke")
     assert "| checkout | calls | fetch s (sum) | median ms |" in result.stdout
     assert "| synthea, 2021-03-01: " in result.stdout
 
 
 def test_alert_burden_smoke_run_counts_add_up():
     """bench/alert_burden.py (issue 24 point 5) on three Synthea patients: every run's figures are consistent."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "alert_burden.py"),
-            "--data",
-            str(ROOT / "tests" / "data" / "synthea-r4.tar.xz"),
-            "--patients",
-            "3",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    result = bench(
+        "alert_burden", "--data", str(ROOT / "tests" / "data" / "synthea-r4.tar.xz"), "--patients", "3", "--json"
     )
-    assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout)
     data = figures["data"]
     assert data["patients"] == 3 and data["undated"] == 0

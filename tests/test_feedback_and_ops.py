@@ -394,14 +394,19 @@ class BlackHole:
             sock.close()
 
 
-@pytest.fixture
-def pg_clean():
+def clean_postgres() -> str:
+    """The test PostgreSQL's URL, its feedback store dropped (tables and schema revision)."""
     url = postgres_url()
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.begin() as connection:
         connection.execute(text("DROP TABLE IF EXISTS feedback, issued_cards, alembic_version"))
     engine.dispose()
     return url
+
+
+@pytest.fixture
+def pg_clean():
+    return clean_postgres()
 
 
 def app_with(url: str, **settings) -> CheckedClient:

@@ -14,14 +14,14 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import inspect, select, text
 
 from service.app import create_app
 from service.feedback import issued_cards
 from service.hook_requests import NOW
 from service.memory import patient_key
-from tests.conftest import OS, PV, SIGN, CheckedClient, load_request, postgres_url
-from tests.test_feedback_and_ops import BlackHole, within
+from tests.conftest import OS, PV, SIGN, CheckedClient, load_request
+from tests.test_feedback_and_ops import BlackHole, clean_postgres, within
 
 KEY = "a-test-key-of-the-override-memory-0123456789"
 HPP_EXCLUDED = {"system": "urn:alp-cds:override-reason", "code": "hpp-already-assessed"}
@@ -32,15 +32,6 @@ def store_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/feedback.db"
     return clean_postgres()
-
-
-def clean_postgres() -> str:
-    url = postgres_url()
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    with engine.begin() as connection:
-        connection.execute(text("DROP TABLE IF EXISTS feedback, issued_cards, alembic_version"))
-    engine.dispose()
-    return url
 
 
 def app_on(url: str, **settings) -> CheckedClient:
