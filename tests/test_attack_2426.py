@@ -139,6 +139,7 @@ def test_a_feedback_counts_only_from_the_caller_the_card_was_issued_to(tmp_path)
                 "PUBLIC_BASE_URL": BASE,
                 "REPLAY_STORE_URL": "sqlite://",
                 "OVERRIDE_KEY": KEY,
+                "OVERRIDE_LOOKUP_TIMEOUT": 4,
             }
         )
     )

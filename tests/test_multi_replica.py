@@ -124,7 +124,12 @@ def cluster(tmp_path_factory):
     assert migrate.returncode == 0, migrate.stderr
     lb_port = free_port()
     lb = f"http://127.0.0.1:{lb_port}"
-    shared = {"CDS_REDIS_URL": redis.url, "CDS_FEEDBACK_DB_URL": pg_url, "CDS_OVERRIDE_KEY": OVERRIDE_KEY}
+    shared = {
+        "CDS_REDIS_URL": redis.url,
+        "CDS_FEEDBACK_DB_URL": pg_url,
+        "CDS_OVERRIDE_KEY": OVERRIDE_KEY,
+        "CDS_OVERRIDE_LOOKUP_TIMEOUT": "4",
+    }
     a = start_instance("a", workdir / "a", lb, shared)
     b = start_instance("b", workdir / "b", lb, shared)
     started: list = [redis, a, b]
