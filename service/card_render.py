@@ -158,6 +158,23 @@ class OverrideNote:
         return f"{head}."
 
 
+NOT_CHECKED = re.compile(r"<<not-checked>>(.*?)<</not-checked>>", re.S)
+
+
+def after_action_line(detail: str) -> str:
+    """The block of what was not checked (partials.j2 ``not_checked_note``, marked) moved after the detail's first
+    paragraph, so that the card opens with its action line (issue 24) and says next what it could not check."""
+    found = NOT_CHECKED.search(detail)
+    if found is None:
+        return detail
+    block = found.group(1).strip()
+    rest = (detail[: found.start()] + detail[found.end() :]).strip()
+    if not block:
+        return rest
+    first, _, tail = rest.partition("\n\n")
+    return f"{first}\n\n{block}\n\n{tail}" if first else block
+
+
 def render_card(
     finding: Finding, patient_id: str, not_checked: Sequence[str] = (), override: OverrideNote | None = None
 ) -> dict[str, Any]:
@@ -171,7 +188,7 @@ def render_card(
     note = spec["_summary_note"].render(**facts) + (override.summary() if override else "")
     summary = summary_text(spec["_summary"].render(**facts), note)
     # Optional blocks leave empty lines behind; in markdown one empty line separates paragraphs, more mean nothing.
-    detail = re.sub(r"\n{3,}", "\n\n", spec["_detail"].render(**facts).strip())
+    detail = re.sub(r"\n{3,}", "\n\n", after_action_line(spec["_detail"].render(**facts)).strip())
     if override is not None:
         detail = f"{override.detail()}\n\n{detail}".strip()
     primary = sources()[spec["source"]]

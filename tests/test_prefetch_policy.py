@@ -14,7 +14,7 @@ import responses
 
 from service.card_render import SUMMARY_MAX
 from service.hooks import all_services
-from tests.conftest import OS, PV, SIGN, load_request, referencing_medication
+from tests.conftest import OS, PV, SIGN, load_request, make_app, referencing_medication
 
 BASE = "https://ehr.example.org/fhir"
 ANY = re.compile(BASE + "/.*")
@@ -458,7 +458,10 @@ def test_what_was_not_read_is_one_block_ordered_by_relevance(client):
     for key in ("conditions", "labs"):
         body["prefetch"][key] = {"resourceType": "OperationOutcome", "issue": []}
     detail = client.cards(OS, body)[0]["detail"]
-    assert detail.startswith(NOT_CHECKED) and detail.count("Not checked") == 1
+    # the action line first, then what was not checked (issue 24: a card opens with its action), then the rest
+    action, block = detail.split("\n\n")[:2]
+    assert action.startswith("**Repeat the ALP before giving it") and block == NOT_CHECKED
+    assert detail.count("Not checked") == 1 and "<<" not in detail
     assert detail.index(MEDICATIONS_LINE) < detail.index(CONDITIONS_LINE) < detail.index(LABS_LINE)
     assert "could not be read from the EHR" not in detail
 
@@ -542,7 +545,7 @@ def test_a_card_asking_to_check_the_latest_alp_by_hand_names_what_was_not_return
     body["prefetch"]["labs"] = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "x"}]}
     cards = client.cards(PV, body)
     assert [c["summary"].split(":")[0] for c in cards] == ["Ask the lab to check the latest ALP"]
-    assert cards[0]["detail"].startswith(NOT_CHECKED)
+    assert cards[0]["detail"].split("\n\n")[1] == NOT_CHECKED  # after the card's first paragraph
     assert ALP_HISTORY_LINE in cards[0]["detail"] and LABS_LINE in cards[0]["detail"]
     complete = client.cards(PV, load_request("unit-unknown-in"))
     assert NOT_CHECKED not in complete[0]["detail"]
@@ -558,3 +561,24 @@ def test_procedures_unread_are_named_only_where_they_could_change_the_card(clien
     assert "most likely temporary" in fracture[0]["summary"]
     other = client.cards(OS, without("order-low-alp-in", "procedures", server=False))
     assert "Procedures" not in other[0]["detail"]
+
+
+def test_the_not_checked_block_follows_the_action_line_and_its_marks_never_show():
+    from service.card_render import after_action_line
+
+    block = "<<not-checked>>\n**Not checked, because the EHR did not return them:**\n\n- **Labs**\n\n<</not-checked>>"
+    assert after_action_line(f"{block}\n**Do this.**\n\nEvidence.\n\nMore.") == (
+        "**Do this.**\n\n**Not checked, because the EHR did not return them:**\n\n- **Labs**\n\nEvidence.\n\nMore."
+    )
+    assert after_action_line("<<not-checked>>\n\n<</not-checked>>\n**Do this.**\n\nEvidence.") == (
+        "**Do this.**\n\nEvidence."
+    )
+    assert after_action_line("**Do this.**") == "**Do this.**"
+    assert after_action_line(block) == "**Not checked, because the EHR did not return them:**\n\n- **Labs**"
+    for name in ("persistent-low-in", "order-low-alp-in", "unit-unknown-in"):
+        body = load_request(name)
+        body["prefetch"]["labs"] = {"resourceType": "OperationOutcome", "issue": []}
+        service = OS if name.startswith("order") else PV
+        for card in make_app().cards(service, body):
+            assert "<<" not in card["detail"] and ">>" not in card["detail"], name
+            assert card["detail"].split("\n\n")[1] == NOT_CHECKED, name
