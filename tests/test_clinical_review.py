@@ -96,8 +96,8 @@ def test_2_wilson_not_for_newborn_jaundice_nor_an_isolated_bilirubin_rise():
 def test_3_edta_needs_the_sourced_potassium_and_keeps_the_alp_advice():
     assert not [s for s in summaries("edta-ckd-out") if "EDTA" in s]  # K 5.6 with a low calcium
     assert not [s for s in summaries("edta-infant-out") if "EDTA" in s]  # K 6.1 at 4 months is normal
-    edta, low = cards("edta-in")
-    assert "EDTA" in edta["summary"] and low["summary"].startswith("Recollect, then repeat the ALP")
+    (edta,) = cards("edta-in")  # the only low is the suspect sample's: its card is the problem's one card
+    assert "EDTA" in edta["summary"] and "(not counted: possible EDTA contamination)" in edta["detail"]
     detail = " ".join(edta["detail"].split())
     assert "Laboratories reject EDTA plasma" not in detail
     assert "carry out the low-ALP advice if the clean repeat is still low" in detail
@@ -213,10 +213,11 @@ def test_edta_not_called_when_zinc_or_magnesium_of_the_draw_is_normal(normal):
 
 
 def test_a_zinc_from_a_suspect_draw_is_not_a_secondary_cause():
-    found = make_app().cards(PV, load_request("edta-in"))
-    low = found[1]
-    assert "may explain it" not in low["detail"]
-    assert "| Zinc |" not in low["detail"]
+    # had the suspect zinc been read as a secondary cause, the low-ALP card would name it and stay beside the
+    # sample card; it is the one card, with no zinc row and nothing said to explain the low ALP
+    (card,) = make_app().cards(PV, load_request("edta-in"))
+    assert "may explain it" not in card["detail"]
+    assert "| Zinc |" not in card["detail"]
 
 
 def test_wilson_alf_pattern_at_58():
@@ -346,3 +347,22 @@ def test_the_cholestasis_card_summary_and_first_line_ask_for_the_same_tests():
     (card,) = cards("cholestasis-in")
     assert card["summary"].endswith("(latest low 31 U/L): check a bone ALP, send PLP and urine PEA")
     assert card["detail"].startswith("**Check a bone-specific ALP, and send plasma PLP and urine phosphoethanolamine**")
+
+
+def test_a_suspect_sample_with_a_low_that_counts_keeps_both_cards():
+    """The fold is only for a sample card whose single-low card repeats it: with an earlier low that counts, or
+    chart context to say, the low-ALP card stays beside the sample card."""
+    from service.clinical import rules
+
+    sample = rules.Finding("sample-contamination", {"readings": []}, ())
+    quiet = {"count": 0, "readings": ["row"], "context": {"fractures": []}, "earlier": None}
+    single = rules.Finding("alp-low-single", quiet, ())
+    (folded,) = rules.one_card_per_sample_problem([sample, single])
+    assert folded.kind == "sample-contamination" and folded.facts["readings"] == ["row"]
+    counted = rules.Finding("alp-low-single", {**quiet, "count": 1}, ())
+    assert [f.kind for f in rules.one_card_per_sample_problem([sample, counted])] == [
+        "sample-contamination",
+        "alp-low-single",
+    ]
+    context = rules.Finding("alp-low-single", {**quiet, "context": {"fractures": [{"name": "hip"}]}}, ())
+    assert len(rules.one_card_per_sample_problem([sample, context])) == 2

@@ -214,6 +214,7 @@ def _contamination_card(chart: Chart, alp: LabResult, found: Contamination) -> F
             "potassium_limit": thresholds()["potassium_edta"],
             "calcium": display_row(found.calcium),
             "supporting": [display_row(r) for r in found.supporting],
+            "readings": [],  # the ALP table, when this card is the problem's only one (one_card_per_sample_problem)
         },
         orders=(OrderSuggestion(workup_tests()["repeat_alp"]),),
     )
@@ -300,6 +301,23 @@ def low_alp(chart: Chart) -> list[Finding]:
     if infant is not None:
         return [*findings, infant]
     return [*findings, _workup_card(chart, run)]
+
+
+def one_card_per_sample_problem(findings: list[Finding]) -> list[Finding]:
+    """When the only low is the possibly contaminated sample's (none of the run counts) and its single-low card has
+    nothing else to say (no chart context, results, drugs or unreadable results), that card only repeated
+    "recollect": its ALP table goes on the sample card, which is then the one card of the problem (issue 24, the
+    GP's reading)."""
+    if len(findings) != 2 or findings[0].kind != "sample-contamination" or findings[1].kind != "alp-low-single":
+        return findings
+    sample, single = findings
+    facts = single.facts
+    quiet = not any(
+        facts.get(key) for key in ("resulted", "alp_lowering_drugs", "antiresorptives", "not_interpreted", "earlier")
+    )
+    if facts.get("count") != 0 or not quiet or any(facts["context"].values()):
+        return findings
+    return [replace(sample, facts={**sample.facts, "readings": facts["readings"]})]
 
 
 def _workup_card(chart: Chart, run: Sequence[LabResult]) -> Finding:

@@ -24,6 +24,8 @@ def handle(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
         return []  # no workup advice on the chart of a patient who has died
     # One card per problem: a current antiresorptive and the low ALP are one card (the drug's, with the workup).
     findings = antiresorptives.one_card_per_problem(chart, rules.low_alp(chart))
+    # and a possibly contaminated sample with no low that counts is one card, the sample's, with the ALP table
+    findings = rules.one_card_per_sample_problem(findings)
     findings += antiresorptives.review_denosumab_timing(chart)
     issued = issue(findings, chart.patient.id, chart.not_read, remembered(call, chart))
     return with_app_link(issued, call.settings)
