@@ -1047,3 +1047,61 @@ def test_fallback_alp_band_edges_fall_on_the_birthday_and_the_day_of_age(day, lo
     when = datetime.fromisoformat(day).replace(hour=12, tzinfo=UTC)
     limits = fallback_limits("alp_total", patient, when, ClinicalSettings(ADULT_AGE=18))
     assert limits is not None and limits.low == low
+
+
+@pytest.mark.parametrize(
+    ("unit", "shown"),
+    [
+        ("umol/L", "µmol/L"),
+        ("ukat/L", "µkat/L"),
+        ("ug/dL", "µg/dL"),
+        ("ug/L", "µg/L"),
+        ("10*3/uL", "10*3/µL"),
+        ("m[IU]/L", "mIU/L"),
+        ("[IU]/L", "IU/L"),
+        ("{INR}", ""),
+        ("mL/min/{1.73_m2}", "mL/min/1.73 m²"),
+        ("U/L", "U/L"),
+        ("mmol/L", "mmol/L"),
+        ("1", ""),
+        ("", ""),
+        (None, ""),
+    ],
+)
+def test_units_are_shown_as_clinicians_write_them(unit, shown):
+    assert views.unit_text(unit) == shown
+
+
+@pytest.mark.parametrize(
+    ("days", "text"),
+    [(1, "1 day"), (55, "55 days"), (56, "8 weeks"), (90, "13 weeks"), (91, "3 months"), (365, "12 months"),
+     (729, "24 months"), (730, "2 years"), (2155, "6 years"), (2318, "6 years")],
+)  # fmt: skip
+def test_spans_in_whole_units_without_false_precision(days, text):
+    assert views.span_text(days) == text
+
+
+@pytest.mark.parametrize(
+    ("raw", "value", "text"),
+    [
+        (87, 5.0877, "87 µmol/L (5.1 mg/dL)"),  # two figures given: two shown
+        (87.2, 5.0994, "87.2 µmol/L (5.1 mg/dL)"),  # three: 5.10 is 5.1
+        (171, 10.0, "171 µmol/L (10 mg/dL)"),
+        (0.4, 24.0, "0.4 µmol/L (24 mg/dL)"),  # one figure: at least two shown
+        (1050, 61.4, "1050 µmol/L (61.4 mg/dL)"),  # four: at most three
+        (0.05, 2.92, "0.05 µmol/L (2.9 mg/dL)"),  # leading zeros are not figures
+    ],
+)
+def test_a_conversion_keeps_the_figures_the_lab_gave(raw, value, text):
+    result = LabResult("bilirubin", "1975-2", "x", None, value, "mg/dL", raw_value=raw, raw_unit="umol/L")
+    assert views.reported(result) == text
+
+
+@pytest.mark.parametrize(
+    ("raw", "unit", "expected"),
+    [(0.3, "U/L", 18), (1.99, "IU/L", 119), (0.5, " [iu]/l ", 30), (2, "U/L", None), (0, "U/L", None),
+     (-1, "U/L", None), (0.3, "mg/dL", None), (None, "U/L", None), (0.3, None, None)],
+)  # fmt: skip
+def test_an_alp_below_2_u_per_l_is_named_as_possibly_ukat(raw, unit, expected):
+    result = LabResult("alp_total", "6768-6", "x", None, None, "U/L", raw_value=raw, raw_unit=unit)
+    assert rules._as_ukat(result) == expected
