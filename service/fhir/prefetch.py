@@ -18,7 +18,7 @@ client, a Bundle carrying such an outcome is a key it could not satisfy (fetched
 ``null`` for a read (``Patient/{{context.patientId}}``) is a resource it does not have (fetched too: the patient
 of the context cannot be "none").
 
-Order and budgets (README "Prefetch and the FHIR fallback"): the required keys are asked for first, on their own, so
+Order and budgets (docs/integrating.md, fallback): the required keys are asked for first, on their own, so
 that a server that answers one request at a time, or queues a client's requests, never makes them wait behind a slow
 optional search; once they are had, the optional keys are fetched within a share (``CDS_FHIR_OPTIONAL_SHARE``) of
 the call's time and bytes (``CDS_FHIR_TIME_BUDGET``, ``CDS_FHIR_MAX_CALL_BYTES``, the time counted from the start of

@@ -59,7 +59,7 @@ def chart_prefetch() -> dict[str, str]:
     }
 
 
-# Which prefetch keys a call can do without (README "Prefetch"). The patient (age and sex for the reference
+# Which prefetch keys a call can do without (docs/integrating.md). The patient (age and sex for the reference
 # interval, alive or not) and the ALP results are what every card is about: without them no safe answer can be
 # given, and the call is a 412. Without the other labs, a low ALP is still low: the card is given, but it cannot say
 # which workup tests were already done (it offers them, none recommended), nor check EDTA contamination or the
