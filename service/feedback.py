@@ -55,6 +55,9 @@ SLOT_WAIT = 0.5  # seconds a call waits for a slot before its 503
 # The indicators of the cards whose override the memory remembers: a clinician who dismissed an information card
 # has not dismissed the warning the same kind may become later (known HPP, then a bisphosphonate on the chart).
 INTERRUPTIVE = ("warning", "critical")
+# The feedback comes from the caller its card was issued to (a card written before revision 0003 has no caller:
+# any caller's counts, as before). What the memory and the committee's overrides in force count.
+SAME_CALLER = or_(issued_cards.c.caller_hash.is_(None), feedback.c.caller_hash == issued_cards.c.caller_hash)
 ANSWER_MARGIN = 2.0  # seconds past the server-side timeouts before the watchdog cuts the connection
 
 
@@ -366,10 +369,9 @@ class FeedbackStore:
             )
             .select_from(issued_cards.join(feedback, feedback.c.card_uuid == issued_cards.c.uuid))
             .where(
-                # the feedback of the caller the card was issued to, through the service that issued it (a card
-                # written before 0003 has no caller: any caller's counts, as before)
+                # the feedback of the caller the card was issued to, through the service that issued it
                 feedback.c.service_id == issued_cards.c.service_id,
-                or_(issued_cards.c.caller_hash.is_(None), feedback.c.caller_hash == issued_cards.c.caller_hash),
+                SAME_CALLER,
                 issued_cards.c.patient_hash == patient_hash,
                 issued_cards.c.indicator.in_(INTERRUPTIVE),
                 feedback.c.outcome == "overridden",
@@ -445,10 +447,7 @@ class FeedbackStore:
                     month.label("month"),
                     issued_cards.c.patient_hash,
                     issued_cards.c.suggestions,
-                    # the feedback comes from the caller the card was issued to (what the memory counts)
-                    or_(
-                        issued_cards.c.caller_hash.is_(None), feedback.c.caller_hash == issued_cards.c.caller_hash
-                    ).label("same_caller"),
+                    SAME_CALLER.label("same_caller"),
                 )
                 .select_from(feedback.outerjoin(issued_cards, feedback.c.card_uuid == issued_cards.c.uuid))
                 .order_by(feedback.c.id)

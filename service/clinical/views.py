@@ -69,7 +69,8 @@ def reported(result: LabResult) -> str:
     original = converted(result)
     if original is None:
         return f"{result.shown_value} {unit_text(result.unit)}".rstrip()
-    digits = min(3, max(2, len(original.split()[0].lstrip("<>=").replace(".", "").lstrip("0"))))
+    given = len(number_text(result.raw_value).lstrip("-").replace(".", "").lstrip("0"))  # the lab's figures
+    digits = min(3, max(2, given))
     converted_text = (
         f"{result.comparator or ''}{float(f'{result.value:.{digits}g}'):g} {unit_text(result.unit)}".rstrip()
     )
